@@ -1,0 +1,79 @@
+//! The errors a use case can return. The transport maps each variant to exactly one status
+//! code (docs/api.md has the table).
+
+use oms_domain::{DomainError, Version};
+
+use crate::ports::StoreError;
+
+/// One invalid field of a request, named by its path in the request (`items[0].sku`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Why a use case did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppError {
+    /// The request is malformed; nothing was executed or stored.
+    #[error("invalid request: {} field(s) violated", .0.len())]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The client's `expected_version` is stale.
+    #[error("version conflict: the order is at version {}", current.0)]
+    VersionConflict { current: Version },
+    /// The operation is not allowed in the current state (illegal transition, amount limit).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The idempotency key was first used with a different request.
+    #[error("idempotency key was already used for a different request to {method}; use a new key")]
+    IdempotencyMismatch { method: String },
+    /// A request with this idempotency key is still running.
+    #[error("a request with this idempotency key is in progress; retry later")]
+    IdempotencyInProgress,
+    /// A dependency (database) is down or overloaded; safe to retry.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupt data: nothing the caller can fix.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    /// Final outcomes are stored under the idempotency key and replayed; transient ones free
+    /// the key so a retry executes again.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound(_) | Self::VersionConflict { .. } | Self::FailedPrecondition(_)
+        )
+    }
+}
+
+impl From<DomainError> for AppError {
+    fn from(e: DomainError) -> Self {
+        Self::FailedPrecondition(e.to_string())
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound("order".to_owned()),
+            StoreError::VersionConflict { current } => Self::VersionConflict { current },
+            StoreError::LeaseLost => Self::IdempotencyInProgress,
+            StoreError::Unavailable(m) => Self::Unavailable(m),
+            StoreError::Corrupt(m) => Self::Internal(m),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The application layer: use cases over the domain, the ports (traits) that infrastructure
+//! implements, and the idempotency protocol.
+//!
+//! Every mutating use case is one atomic write ([`ports::OrderWrite`]): the order row, its
+//! outbox messages and the idempotency record's completion commit together or not at all.
+
+pub mod changes;
+pub mod clock;
+pub mod error;
+pub mod idempotency;
+pub mod outbox;
+pub mod ports;
+pub mod saga;
+pub mod service;
+pub mod snapshot;
+pub mod use_cases;
+
+pub use error::{AppError, FieldViolation};
+pub use service::{OrderService, ServiceConfig};

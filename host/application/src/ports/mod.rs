@@ -1,0 +1,37 @@
+//! Ports: what the application needs from infrastructure. One trait per store, implemented
+//! per database in `oms-persistence`.
+
+mod gateways;
+mod idempotency;
+mod orders;
+mod sagas;
+
+pub use gateways::{
+    GatewayError, GatewayFailure, GatewayResult, InventoryGateway, PaymentGateway, PluginCall,
+    ProviderPayment, ProviderPaymentState,
+};
+pub use idempotency::{BeginOutcome, IdempotencyStore};
+pub use orders::{OrderQuery, OrderStore, OrderWrite};
+pub use sagas::{SagaCommit, SagaStore, StepDirection, StepRecord, StepState};
+
+use oms_domain::Version;
+
+/// Storage failures, classified by what the caller should do about them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// The row is not at the expected version; `current` is what it is at.
+    #[error("version conflict (current {})", current.0)]
+    VersionConflict { current: Version },
+    /// The idempotency lease this write relied on was taken over by another request; the
+    /// write was rolled back.
+    #[error("idempotency lease lost")]
+    LeaseLost,
+    /// Connection refused, pool exhausted, serialization failure: retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data does not parse into domain values: a bug or manual tampering.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}

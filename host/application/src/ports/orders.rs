@@ -1,0 +1,46 @@
+//! The order store port.
+
+use async_trait::async_trait;
+use oms_domain::{CustomerId, Order, OrderId, OrderStatus, Version};
+
+use super::StoreError;
+use crate::idempotency::IdempotencyCompletion;
+use crate::outbox::OutboxMessage;
+
+/// One atomic change: everything in it commits together or not at all.
+#[derive(Debug)]
+pub struct OrderWrite<'a> {
+    /// The order as it is after the change (its `version` is the new version).
+    pub order: &'a Order,
+    /// `None` inserts a new order; `Some(v)` updates `WHERE version = v`.
+    pub expected_version: Option<Version>,
+    /// Events recorded in the outbox in the same transaction.
+    pub outbox: &'a [OutboxMessage],
+    /// Completes the idempotency record in the same transaction, so a replay can never miss
+    /// an executed effect.
+    pub idempotency: Option<&'a IdempotencyCompletion>,
+}
+
+/// Filters and keyset cursor of a listing; results are newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderQuery {
+    pub status: Option<OrderStatus>,
+    pub customer_id: Option<CustomerId>,
+    /// Only orders older than this one (the last id of the previous page).
+    pub before: Option<OrderId>,
+    pub limit: u32,
+}
+
+/// Orders, their lines and the outbox.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
+
+    /// Newest first (by id, which is a UUIDv7), at most `query.limit` orders.
+    async fn list(&self, query: &OrderQuery) -> Result<Vec<Order>, StoreError>;
+
+    /// Applies `write` atomically. Fails with `VersionConflict { current }` when the stored
+    /// version differs from `expected_version`, `NotFound` when the order does not exist, and
+    /// `LeaseLost` when the idempotency completion no longer holds the key's lease.
+    async fn save(&self, write: OrderWrite<'_>) -> Result<(), StoreError>;
+}

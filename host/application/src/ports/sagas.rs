@@ -1,0 +1,108 @@
+//! The saga store port.
+
+use async_trait::async_trait;
+use oms_domain::{OrderId, Timestamp};
+
+use super::StoreError;
+use super::gateways::PluginCall;
+use super::orders::OrderWrite;
+use crate::saga::{SagaId, SagaInstance, SagaStatus};
+
+/// Which way a step ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDirection {
+    Forward,
+    Compensate,
+}
+
+impl StepDirection {
+    /// Stable storage name (`saga_steps.action`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forward => "forward",
+            Self::Compensate => "compensate",
+        }
+    }
+}
+
+/// How one attempt of a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepState {
+    Succeeded,
+    /// Failed for now; the saga retries it.
+    Retrying,
+    Failed,
+    /// The provider's answer is unknown; reconcile before going on.
+    Unresolved,
+}
+
+impl StepState {
+    /// Stable storage name (`saga_steps.status`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "SUCCEEDED",
+            Self::Retrying => "RUNNING",
+            Self::Failed => "FAILED",
+            Self::Unresolved => "UNRESOLVED",
+        }
+    }
+}
+
+/// The audit row of a step: what was called, with which plugin build and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    pub step: &'static str,
+    pub direction: StepDirection,
+    pub call: Option<PluginCall>,
+    pub idempotency_key: String,
+    pub state: StepState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub at: Timestamp,
+}
+
+/// One step's outcome, committed atomically: the saga's progress, the step's audit row, and
+/// the order change with its outbox rows.
+#[derive(Debug)]
+pub struct SagaCommit<'a> {
+    /// The saga after the step (its `version` is `expected_version + 1`).
+    pub saga: &'a SagaInstance,
+    pub expected_version: i64,
+    /// The worker that must still hold the saga's lease; the lease is extended to
+    /// `lease_until` (or dropped when the saga is no longer active).
+    pub owner: &'a str,
+    pub lease_until: Timestamp,
+    pub step: Option<&'a StepRecord>,
+    pub order: Option<OrderWrite<'a>>,
+}
+
+/// Saga instances and their steps.
+#[async_trait]
+pub trait SagaStore: Send + Sync {
+    /// Leases up to `limit` active sagas that are due at `now` and not leased by a live
+    /// worker, to `owner` until `lease_until`. Safe with several processes: a saga is
+    /// leased to one worker at a time (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SagaInstance>, StoreError>;
+
+    /// Applies `commit` atomically. `VersionConflict` when the saga moved on or `owner` lost
+    /// the lease; the order write fails as in [`super::OrderStore::save`].
+    async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError>;
+
+    async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError>;
+
+    /// The sagas of an order, oldest first.
+    async fn for_order(&self, order_id: OrderId) -> Result<Vec<SagaInstance>, StoreError>;
+
+    /// Sagas in `status` (e.g. parked ones for the operator queue), oldest first.
+    async fn with_status(
+        &self,
+        status: SagaStatus,
+        limit: u32,
+    ) -> Result<Vec<SagaInstance>, StoreError>;
+}

@@ -1,0 +1,237 @@
+//! What each [`Operation`] does: one gateway call or one local transition, and the effect it
+//! has on the order and the saga's data.
+
+use oms_domain::{DomainError, Order, OrderEvent, PaymentStatus, ReservationStatus, Timestamp};
+
+use super::definition::Operation;
+use super::instance::{SagaData, SagaInstance};
+use crate::ports::{
+    GatewayError, GatewayFailure, InventoryGateway, PaymentGateway, PluginCall,
+    ProviderPaymentState,
+};
+
+/// A successful operation: what to record on the order and in the saga's data.
+#[derive(Debug, Default)]
+pub(crate) struct Effect {
+    pub call: Option<PluginCall>,
+    pub change: Change,
+    pub reservation_id: Option<String>,
+    pub payment_id: Option<String>,
+}
+
+/// The order transition an effect makes (applied to a freshly read order at commit time, so
+/// a concurrent edit such as an address change never loses the step's effect).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    #[default]
+    None,
+    Reserved,
+    Released,
+    Committed,
+    Authorized,
+    Voided,
+    Captured(oms_domain::Money),
+    Refunded(oms_domain::Money),
+    Confirmed,
+    CancellationFinished,
+    Fulfilled,
+}
+
+impl Change {
+    /// Applies the change; returns the event it announces, if any.
+    pub fn apply(
+        &self,
+        order: &mut Order,
+        now: Timestamp,
+    ) -> Result<Option<OrderEvent>, DomainError> {
+        Ok(match self {
+            Change::None => None,
+            Change::Reserved => order.record_reservation(now).map(|()| None)?,
+            Change::Released => order.record_release(now).map(|()| None)?,
+            Change::Committed => order.record_commit(now).map(|()| None)?,
+            Change::Authorized => order.record_authorization(now).map(|()| None)?,
+            Change::Voided => order.record_void(now).map(|()| None)?,
+            Change::Captured(amount) => order.record_capture(*amount, now).map(|()| None)?,
+            Change::Refunded(amount) => Some(order.refund(*amount, now)?),
+            Change::Confirmed => Some(order.confirm(now)?),
+            Change::CancellationFinished => Some(order.complete_cancellation(now)?),
+            Change::Fulfilled => Some(order.fulfil(now)?),
+        })
+    }
+}
+
+/// Runs operations against the gateways.
+pub(crate) struct Executor<'a> {
+    pub payments: &'a dyn PaymentGateway,
+    pub inventory: &'a dyn InventoryGateway,
+}
+
+fn with_call(change: Change, call: PluginCall) -> Effect {
+    Effect {
+        call: Some(call),
+        change,
+        ..Effect::default()
+    }
+}
+
+fn local(change: Change) -> Effect {
+    Effect {
+        change,
+        ..Effect::default()
+    }
+}
+
+fn missing(what: &str) -> GatewayFailure {
+    GatewayFailure {
+        error: GatewayError::Permanent {
+            reason: format!("saga has no {what} to act on"),
+        },
+        call: None,
+    }
+}
+
+impl Executor<'_> {
+    pub async fn run(
+        &self,
+        op: Operation,
+        saga: &SagaInstance,
+        order: &Order,
+        key: &str,
+    ) -> Result<Effect, GatewayFailure> {
+        let data: &SagaData = &saga.data;
+        let provider = order.payment().provider.as_str();
+        match op {
+            Operation::ReserveInventory => {
+                let (reservation_id, call) = self
+                    .inventory
+                    .reserve(order.id(), order.items(), key)
+                    .await?;
+                Ok(Effect {
+                    reservation_id: Some(reservation_id),
+                    ..with_call(Change::Reserved, call)
+                })
+            }
+            Operation::ReleaseInventory | Operation::UndoReservation => {
+                if order.reservation_status() != ReservationStatus::Reserved {
+                    return Ok(local(Change::None));
+                }
+                let id = data
+                    .reservation_id
+                    .as_deref()
+                    .ok_or_else(|| missing("reservation"))?;
+                let ((), call) = self.inventory.release(id, key).await?;
+                Ok(with_call(Change::Released, call))
+            }
+            Operation::CommitInventory => {
+                let id = data
+                    .reservation_id
+                    .as_deref()
+                    .ok_or_else(|| missing("reservation"))?;
+                let ((), call) = self.inventory.commit(id, key).await?;
+                Ok(with_call(Change::Committed, call))
+            }
+            Operation::AuthorizePayment => self.authorize(order, key).await,
+            Operation::VoidPayment => {
+                if order.payment_status() != PaymentStatus::Authorized {
+                    return Ok(local(Change::None));
+                }
+                let id = data
+                    .payment_id
+                    .as_deref()
+                    .ok_or_else(|| missing("payment"))?;
+                let (_, call) = self.payments.void(provider, id, key).await?;
+                Ok(with_call(Change::Voided, call))
+            }
+            Operation::UndoPayment => match order.payment_status() {
+                PaymentStatus::Authorized => {
+                    let id = data
+                        .payment_id
+                        .as_deref()
+                        .ok_or_else(|| missing("payment"))?;
+                    let (_, call) = self.payments.void(provider, id, key).await?;
+                    Ok(with_call(Change::Voided, call))
+                }
+                PaymentStatus::Captured
+                | PaymentStatus::PartiallyCaptured
+                | PaymentStatus::PartiallyRefunded => {
+                    let id = data
+                        .payment_id
+                        .as_deref()
+                        .ok_or_else(|| missing("payment"))?;
+                    let refundable = order
+                        .captured()
+                        .checked_sub(&order.refunded())
+                        .map_err(|e| missing(&e.to_string()))?;
+                    let (_, call) = self.payments.refund(provider, id, None, key).await?;
+                    Ok(with_call(Change::Refunded(refundable), call))
+                }
+                _ => Ok(local(Change::None)),
+            },
+            Operation::CapturePayment => {
+                let id = data
+                    .payment_id
+                    .as_deref()
+                    .ok_or_else(|| missing("payment"))?;
+                let remaining = order
+                    .total()
+                    .checked_sub(&order.captured())
+                    .map_err(|e| missing(&e.to_string()))?;
+                let (_, call) = self.payments.capture(provider, id, None, key).await?;
+                Ok(with_call(Change::Captured(remaining), call))
+            }
+            Operation::RefundPayment => {
+                let id = data
+                    .payment_id
+                    .as_deref()
+                    .ok_or_else(|| missing("payment"))?;
+                let refundable = order
+                    .captured()
+                    .checked_sub(&order.refunded())
+                    .map_err(|e| missing(&e.to_string()))?;
+                let (_, call) = self.payments.refund(provider, id, None, key).await?;
+                Ok(with_call(Change::Refunded(refundable), call))
+            }
+            Operation::ConfirmOrder => Ok(local(Change::Confirmed)),
+            Operation::FinishCancellation => Ok(local(Change::CancellationFinished)),
+            Operation::MarkFulfilled => Ok(local(Change::Fulfilled)),
+        }
+    }
+
+    /// Authorises, or, when an earlier attempt's outcome is unknown (UNRESOLVED), first asks
+    /// the provider what that attempt did: the same key either found a payment (done) or
+    /// nothing (safe to send again).
+    async fn authorize(&self, order: &Order, key: &str) -> Result<Effect, GatewayFailure> {
+        let provider = order.payment().provider.as_str();
+        if order.payment_status() == PaymentStatus::Unresolved {
+            let (found, call) = self.payments.find_by_authorize_key(provider, key).await?;
+            if let Some(payment) = found {
+                return match payment.state {
+                    ProviderPaymentState::Declined => Err(GatewayFailure {
+                        error: GatewayError::Permanent {
+                            reason: "payment declined".to_owned(),
+                        },
+                        call: Some(call),
+                    }),
+                    _ => Ok(Effect {
+                        payment_id: Some(payment.payment_id),
+                        ..with_call(Change::Authorized, call)
+                    }),
+                };
+            }
+        }
+        let (payment, call) = self
+            .payments
+            .authorize(
+                provider,
+                order.id(),
+                order.total(),
+                &order.payment().token,
+                key,
+            )
+            .await?;
+        Ok(Effect {
+            payment_id: Some(payment.payment_id),
+            ..with_call(Change::Authorized, call)
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! The OMS's sagas, as step tables.
+
+use std::time::Duration;
+
+use super::backoff::RetryPolicy;
+use super::definition::{OnFailure, Operation, SagaDefinition, StepDef};
+use super::instance::SagaKind;
+
+const STEP_DEADLINE: Duration = Duration::from_secs(30);
+const COMPENSATION_DEADLINE: Duration = Duration::from_secs(10 * 60);
+
+/// Placement: reserve -> authorize (the last reversible step) -> confirm (the pivot).
+/// Nothing is announced as confirmed before the pivot commits.
+pub const PLACE_ORDER: SagaDefinition = SagaDefinition {
+    kind: SagaKind::PlaceOrder,
+    steps: &[
+        StepDef {
+            name: "reserve-inventory",
+            forward: Operation::ReserveInventory,
+            compensation: Some(Operation::ReleaseInventory),
+            retry: RetryPolicy::DEFAULT,
+            deadline: STEP_DEADLINE,
+            on_failure: OnFailure::CompensateThenReject,
+        },
+        StepDef {
+            name: "authorize-payment",
+            forward: Operation::AuthorizePayment,
+            compensation: Some(Operation::VoidPayment),
+            retry: RetryPolicy::DEFAULT,
+            deadline: STEP_DEADLINE,
+            on_failure: OnFailure::CompensateThenFailPayment,
+        },
+        StepDef {
+            name: "confirm-order",
+            forward: Operation::ConfirmOrder,
+            compensation: None,
+            retry: RetryPolicy::DEFAULT,
+            // A local transaction: it only fails while the database is down, and after the
+            // pivot only forward recovery exists, so it retries for as long as it takes.
+            deadline: Duration::MAX,
+            on_failure: OnFailure::Park,
+        },
+    ],
+    compensation_deadline: COMPENSATION_DEADLINE,
+};
+
+/// Cancellation of an order in CANCELLING: undo the money first (a hold or a capture), then
+/// the stock, then record the cancellation. Every step is itself a compensation, so failures
+/// retry and finally park for an operator.
+pub const CANCEL_ORDER: SagaDefinition = SagaDefinition {
+    kind: SagaKind::CancelOrder,
+    steps: &[
+        StepDef {
+            name: "undo-payment",
+            forward: Operation::UndoPayment,
+            compensation: None,
+            retry: RetryPolicy::DEFAULT,
+            deadline: COMPENSATION_DEADLINE,
+            on_failure: OnFailure::Park,
+        },
+        StepDef {
+            name: "undo-reservation",
+            forward: Operation::UndoReservation,
+            compensation: None,
+            retry: RetryPolicy::DEFAULT,
+            deadline: COMPENSATION_DEADLINE,
+            on_failure: OnFailure::Park,
+        },
+        StepDef {
+            name: "finish-cancellation",
+            forward: Operation::FinishCancellation,
+            compensation: None,
+            retry: RetryPolicy::DEFAULT,
+            deadline: Duration::MAX,
+            on_failure: OnFailure::Park,
+        },
+    ],
+    compensation_deadline: COMPENSATION_DEADLINE,
+};
+
+/// Fulfilment of a CONFIRMED order: allocate the stock, capture the money, record it.
+pub const FULFIL_ORDER: SagaDefinition = SagaDefinition {
+    kind: SagaKind::FulfilOrder,
+    steps: &[
+        StepDef {
+            name: "commit-inventory",
+            forward: Operation::CommitInventory,
+            compensation: None,
+            retry: RetryPolicy::DEFAULT,
+            deadline: STEP_DEADLINE,
+            on_failure: OnFailure::Park,
+        },
+        StepDef {
+            name: "capture-payment",
+            forward: Operation::CapturePayment,
+            compensation: None,
+            retry: RetryPolicy::DEFAULT,
+            deadline: STEP_DEADLINE,
+            on_failure: OnFailure::Park,
+        },
+        StepDef {
+            name: "mark-fulfilled",
+            forward: Operation::MarkFulfilled,
+            compensation: None,
+            retry: RetryPolicy::DEFAULT,
+            deadline: Duration::MAX,
+            on_failure: OnFailure::Park,
+        },
+    ],
+    compensation_deadline: COMPENSATION_DEADLINE,
+};
+
+/// Every table, for lookups by kind.
+pub const ALL: [&SagaDefinition; 3] = [&PLACE_ORDER, &CANCEL_ORDER, &FULFIL_ORDER];
+
+/// The table of a kind.
+pub fn definition(kind: SagaKind) -> &'static SagaDefinition {
+    match kind {
+        SagaKind::PlaceOrder => &PLACE_ORDER,
+        SagaKind::CancelOrder => &CANCEL_ORDER,
+        SagaKind::FulfilOrder => &FULFIL_ORDER,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn tables_are_well_formed() {
+        for def in ALL {
+            assert_eq!(definition(def.kind).kind, def.kind);
+            let names: HashSet<_> = def.steps.iter().map(|s| s.name).collect();
+            assert_eq!(
+                names.len(),
+                def.steps.len(),
+                "{:?}: step names are unique",
+                def.kind
+            );
+        }
+    }
+
+    /// The pivot is last and cannot be compensated; every reversible step before it can.
+    #[test]
+    fn placement_pivots_last() {
+        let steps = PLACE_ORDER.steps;
+        let (pivot, reversible) = steps.split_last().expect("placement has steps");
+        assert_eq!(pivot.forward, Operation::ConfirmOrder);
+        assert!(pivot.compensation.is_none());
+        assert_eq!(pivot.on_failure, OnFailure::Park);
+        assert!(reversible.iter().all(|s| s.compensation.is_some()));
+    }
+}

@@ -1,0 +1,193 @@
+//! A saga instance: its identity, progress and the data its steps hand on.
+
+use std::fmt;
+
+use oms_domain::{OrderId, Timestamp};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A saga's id (UUIDv7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SagaId(pub Uuid);
+
+impl SagaId {
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for SagaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Which table a saga runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SagaKind {
+    PlaceOrder,
+    CancelOrder,
+    FulfilOrder,
+}
+
+impl SagaKind {
+    pub const ALL: [SagaKind; 3] = [Self::PlaceOrder, Self::CancelOrder, Self::FulfilOrder];
+
+    /// Stable storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlaceOrder => "place_order",
+            Self::CancelOrder => "cancel_order",
+            Self::FulfilOrder => "fulfil_order",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// Where a saga is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SagaStatus {
+    /// Running its steps forward.
+    Running,
+    /// Undoing completed steps in reverse after a failure.
+    Compensating,
+    Succeeded,
+    Compensated,
+    /// Retries exhausted: waits for an operator; never dropped silently.
+    CompensationFailed,
+}
+
+impl SagaStatus {
+    pub const ALL: [SagaStatus; 5] = [
+        Self::Running,
+        Self::Compensating,
+        Self::Succeeded,
+        Self::Compensated,
+        Self::CompensationFailed,
+    ];
+
+    /// Stable storage name (the `saga_instances.status` CHECK lists them).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Compensating => "COMPENSATING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Compensated => "COMPENSATED",
+            Self::CompensationFailed => "COMPENSATION_FAILED",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether workers still have something to do.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Compensating)
+    }
+}
+
+/// What steps learn and later steps (or compensations) need. Stored as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaData {
+    /// The inventory adapter's reservation id, once reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<String>,
+    /// The provider's payment id, once authorized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    /// Why the saga turned to compensation, for the order's failure reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The step whose failure started the compensation; its `on_failure` decides how the
+    /// order ends once everything is undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<usize>,
+}
+
+/// One saga as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaInstance {
+    pub id: SagaId,
+    pub kind: SagaKind,
+    pub order_id: OrderId,
+    pub status: SagaStatus,
+    /// Running: the index of the next step to run. Compensating: how many completed steps
+    /// remain to undo (the next to undo is `step - 1`).
+    pub step: usize,
+    /// Attempts of the current step so far.
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    /// When the current step's retries run out (`None` until its first attempt).
+    pub step_deadline: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub data: SagaData,
+    /// Optimistic lock of the saga row, bumped by every commit.
+    pub version: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl SagaInstance {
+    /// A saga about to run its first step now.
+    pub fn start(kind: SagaKind, order_id: OrderId, now: Timestamp) -> Self {
+        Self {
+            id: SagaId::generate(),
+            kind,
+            order_id,
+            status: SagaStatus::Running,
+            step: 0,
+            attempts: 0,
+            next_attempt_at: now,
+            step_deadline: None,
+            last_error: None,
+            data: SagaData::default(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The key sent with this saga's `operation` in `step`: the same on every retry and
+    /// after a crash, so the provider sees one logical call.
+    pub fn idempotency_key(&self, step: &str, operation: &str) -> String {
+        format!("saga:{}:{step}:{operation}", self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for k in SagaKind::ALL {
+            assert_eq!(SagaKind::parse(k.as_str()), Some(k));
+        }
+        for s in SagaStatus::ALL {
+            assert_eq!(SagaStatus::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn keys_are_deterministic_per_saga_step_and_operation() {
+        let saga = SagaInstance::start(
+            SagaKind::PlaceOrder,
+            OrderId::generate(),
+            Timestamp::from_unix_millis(0),
+        );
+        let key = saga.idempotency_key("authorize-payment", "authorize");
+        assert_eq!(key, saga.idempotency_key("authorize-payment", "authorize"));
+        assert_ne!(key, saga.idempotency_key("authorize-payment", "void"));
+        let other = SagaInstance::start(
+            SagaKind::PlaceOrder,
+            saga.order_id,
+            Timestamp::from_unix_millis(0),
+        );
+        assert_ne!(key, other.idempotency_key("authorize-payment", "authorize"));
+        assert!(key.len() <= 255, "fits the WIT idempotency-key bound");
+    }
+}

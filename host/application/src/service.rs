@@ -1,0 +1,170 @@
+//! The order service: the use cases share its dependencies and its idempotency runner.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oms_domain::{Order, OrderEvent, Version};
+
+use crate::changes::OrderChanges;
+use crate::clock::Clock;
+use crate::error::AppError;
+use crate::idempotency::{
+    ClaimGuard, IdempotencyClaim, IdempotencyCompletion, IdempotencyRequest, StoredOutcome,
+};
+use crate::outbox::OutboxMessage;
+use crate::ports::{BeginOutcome, IdempotencyStore, OrderStore, OrderWrite};
+
+/// Tunables of the service, with the defaults documented in the README.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// How long a completed idempotency key is remembered (default 24 h).
+    pub idempotency_ttl: Duration,
+    /// How long a running request holds its key before another may take it over, in case the
+    /// holder crashed (default 60 s; must exceed the longest request).
+    pub idempotency_lease: Duration,
+    /// How often a watcher re-reads an order without a local change notification, to see
+    /// changes made by other host processes (default 1 s).
+    pub watch_poll_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            idempotency_lease: Duration::from_secs(60),
+            watch_poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The application's entry point for every order use case (one file each in `use_cases/`).
+#[derive(Clone)]
+pub struct OrderService {
+    pub(crate) orders: Arc<dyn OrderStore>,
+    pub(crate) idempotency: Arc<dyn IdempotencyStore>,
+    pub(crate) changes: OrderChanges,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: ServiceConfig,
+}
+
+impl OrderService {
+    pub fn new(
+        orders: Arc<dyn OrderStore>,
+        idempotency: Arc<dyn IdempotencyStore>,
+        changes: OrderChanges,
+        clock: Arc<dyn Clock>,
+        config: ServiceConfig,
+    ) -> Self {
+        Self {
+            orders,
+            idempotency,
+            changes,
+            clock,
+            config,
+        }
+    }
+
+    pub fn changes(&self) -> &OrderChanges {
+        &self.changes
+    }
+
+    /// Runs a mutating use case under the request's idempotency key, if any.
+    ///
+    /// `op` receives the claim and must pass a completion built with [`Self::completion`]
+    /// into its [`OrderWrite`], so that success and its record commit together.
+    pub(crate) async fn idempotent<F, Fut>(
+        &self,
+        request: Option<IdempotencyRequest>,
+        op: F,
+    ) -> Result<Order, AppError>
+    where
+        F: FnOnce(Option<IdempotencyClaim>) -> Fut,
+        Fut: Future<Output = Result<Order, AppError>>,
+    {
+        let Some(request) = request else {
+            return op(None).await;
+        };
+        let begun = self
+            .idempotency
+            .begin(
+                &request.scope,
+                &request.fingerprint,
+                self.clock.now(),
+                self.config.idempotency_lease,
+                self.config.idempotency_ttl,
+            )
+            .await?;
+        let claim = match begun {
+            BeginOutcome::Proceed(claim) => claim,
+            BeginOutcome::Replay(outcome) => return outcome.replay(),
+            BeginOutcome::Mismatch => {
+                return Err(AppError::IdempotencyMismatch {
+                    method: request.scope.method,
+                });
+            }
+            BeginOutcome::InProgress => return Err(AppError::IdempotencyInProgress),
+        };
+        let guard = ClaimGuard::new(claim.clone(), Arc::clone(&self.idempotency));
+        let result = op(Some(claim.clone())).await;
+        match &result {
+            Ok(_) => guard.disarm(),
+            Err(error) => {
+                if let Some(outcome) = StoredOutcome::failure(error) {
+                    self.idempotency
+                        .complete(&claim, &outcome, self.clock.now())
+                        .await?;
+                    guard.disarm();
+                }
+                // Otherwise the guard releases the key on drop: a transient failure must let
+                // the retry execute.
+            }
+        }
+        result
+    }
+
+    /// The completion that records `order` as the response of `claim`.
+    pub(crate) fn completion(
+        claim: Option<IdempotencyClaim>,
+        order: &Order,
+    ) -> Option<IdempotencyCompletion> {
+        claim.map(|claim| IdempotencyCompletion {
+            claim,
+            outcome: StoredOutcome::success(order),
+        })
+    }
+
+    /// Saves a changed order with its events and idempotency completion, then tells
+    /// watchers. `expected` is the version the change was based on (`None` for an insert).
+    pub(crate) async fn commit(
+        &self,
+        order: &Order,
+        expected: Option<Version>,
+        events: &[OrderEvent],
+        claim: Option<IdempotencyClaim>,
+    ) -> Result<(), AppError> {
+        let outbox: Vec<OutboxMessage> = events
+            .iter()
+            .map(|e| OutboxMessage::for_event(order, e))
+            .collect();
+        let completion = Self::completion(claim, order);
+        self.orders
+            .save(OrderWrite {
+                order,
+                expected_version: expected,
+                outbox: &outbox,
+                idempotency: completion.as_ref(),
+            })
+            .await?;
+        self.changes.publish(order.id(), order.version());
+        Ok(())
+    }
+
+    /// Deletes expired idempotency records; the sweeper in `serve` calls this periodically.
+    pub async fn sweep_idempotency_keys(&self, limit: u32) -> Result<u64, AppError> {
+        Ok(self
+            .idempotency
+            .sweep_expired(self.clock.now(), limit)
+            .await?)
+    }
+}

@@ -1,0 +1,28 @@
+//! UpdateShippingAddress: the optimistically locked edit.
+
+use oms_domain::{Order, OrderId, ShippingAddress, Version};
+
+use crate::error::AppError;
+use crate::idempotency::IdempotencyRequest;
+use crate::service::OrderService;
+
+impl OrderService {
+    /// Fails with `VersionConflict` carrying the current version when `expected` is stale,
+    /// whether it was stale on read or lost a race at commit.
+    pub async fn update_shipping_address(
+        &self,
+        id: OrderId,
+        address: ShippingAddress,
+        expected: Version,
+        idempotency: Option<IdempotencyRequest>,
+    ) -> Result<Order, AppError> {
+        self.idempotent(idempotency, |claim| async move {
+            let now = self.clock.now();
+            self.mutate(id, Some(expected), claim, |order| {
+                order.update_shipping_address(address.clone(), now)
+            })
+            .await
+        })
+        .await
+    }
+}

@@ -1,0 +1,184 @@
+//! PostgreSQL (production) and SQLite (the embedded default) implementations of the
+//! application's ports: [`OrderStore`] and [`IdempotencyStore`].
+//!
+//! [`connect`] picks the database by URL scheme, opens the pools, runs the embedded migrations
+//! (`migrations/postgres` or `migrations/sqlite`) and hands back a [`Database`] holding the
+//! stores. Other infrastructure (outbox relay, saga engine, plugin key-value store) reaches the
+//! same pools through [`Database::pools`].
+//!
+//! Both implementations share the row mapping (`mapping`) and the idempotency decision rules
+//! (`idempotency_rules`); each has one function that classifies its driver's errors into
+//! [`StoreError`] (`postgres::classify`, `sqlite::classify`).
+
+mod errors;
+mod idempotency_rules;
+mod mapping;
+mod postgres;
+mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oms_application::ports::{IdempotencyStore, OrderStore};
+use sqlx::{PgPool, SqlitePool};
+
+pub use errors::PersistenceError;
+
+#[cfg(doc)]
+use oms_application::ports::StoreError;
+
+/// Pool sizes and timeouts. The defaults suit one host process on a small machine.
+#[derive(Debug, Clone)]
+pub struct DatabaseOptions {
+    /// PostgreSQL: the pool size. SQLite: the number of reader connections (writes always go
+    /// through one writer connection, see [`SqlitePools`]).
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before failing as unavailable.
+    pub acquire_timeout: Duration,
+    /// SQLite only: how long a statement waits for another connection's (or process's) write
+    /// lock before failing with SQLITE_BUSY.
+    pub sqlite_busy_timeout: Duration,
+}
+
+impl Default for DatabaseOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            sqlite_busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The SQLite pools. SQLite admits one writer at a time; funnelling every write transaction
+/// through a single connection makes writers queue fairly in the pool instead of spinning in
+/// SQLite's busy handler, while WAL mode lets the readers run alongside.
+#[derive(Debug, Clone)]
+pub struct SqlitePools {
+    /// For reads (many connections).
+    pub reader: SqlitePool,
+    /// For every write transaction (one connection); begin them with `BEGIN IMMEDIATE` so a
+    /// transaction never has to upgrade a read lock, which can fail with SQLITE_BUSY at once.
+    pub writer: SqlitePool,
+}
+
+/// The open pools, for infrastructure beyond the two stores.
+#[derive(Debug, Clone)]
+pub enum Pools {
+    Postgres(PgPool),
+    Sqlite(SqlitePools),
+}
+
+/// A migrated database and the stores over it. Cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    pools: Pools,
+    orders: Arc<dyn OrderStore>,
+    idempotency: Arc<dyn IdempotencyStore>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("pools", &self.pools)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    pub fn orders(&self) -> Arc<dyn OrderStore> {
+        Arc::clone(&self.orders)
+    }
+
+    pub fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
+        Arc::clone(&self.idempotency)
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// The PostgreSQL pool, when this is a PostgreSQL database.
+    pub fn postgres(&self) -> Option<&PgPool> {
+        match &self.pools {
+            Pools::Postgres(pool) => Some(pool),
+            Pools::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite pools, when this is a SQLite database.
+    pub fn sqlite(&self) -> Option<&SqlitePools> {
+        match &self.pools {
+            Pools::Sqlite(pools) => Some(pools),
+            Pools::Postgres(_) => None,
+        }
+    }
+
+    /// Waits for checked-out connections to return, then closes every connection (on SQLite
+    /// this checkpoints the WAL).
+    pub async fn close(&self) {
+        match &self.pools {
+            Pools::Postgres(pool) => pool.close().await,
+            Pools::Sqlite(pools) => {
+                pools.reader.close().await;
+                pools.writer.close().await;
+            }
+        }
+    }
+}
+
+/// Opens the database named by `url` and brings its schema up to date.
+///
+/// `postgres://` or `postgresql://` selects PostgreSQL; `sqlite:` selects SQLite (e.g.
+/// `sqlite://data/oms.db` or `sqlite:data/oms.db`, relative to the working directory; the file
+/// and its parent directory are created when missing; `sqlite::memory:` is a private in-memory
+/// database). Fails on an unknown scheme, an unreachable server or a failed migration.
+pub async fn connect(url: &str, options: &DatabaseOptions) -> Result<Database, PersistenceError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = postgres::open(url, options).await?;
+        tracing::info!(database = %redact(url), "PostgreSQL connected and migrated");
+        Ok(Database {
+            orders: Arc::new(postgres::PgOrderStore::new(pool.clone())),
+            idempotency: Arc::new(postgres::PgIdempotencyStore::new(pool.clone())),
+            pools: Pools::Postgres(pool),
+        })
+    } else if url.starts_with("sqlite:") {
+        let pools = sqlite::open(url, options).await?;
+        tracing::info!(database = %redact(url), "SQLite opened and migrated");
+        Ok(Database {
+            orders: Arc::new(sqlite::SqliteOrderStore::new(pools.clone())),
+            idempotency: Arc::new(sqlite::SqliteIdempotencyStore::new(pools.writer.clone())),
+            pools: Pools::Sqlite(pools),
+        })
+    } else {
+        Err(PersistenceError::UnsupportedUrl(redact(url)))
+    }
+}
+
+/// The URL without its password, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite:data/oms.db"), "sqlite:data/oms.db");
+    }
+}

@@ -1,0 +1,212 @@
+//! Rows to domain values and back, shared by both databases.
+//!
+//! The two schemas have the same column names and, for everything but ids and JSON, the same
+//! types; PostgreSQL queries select their UUID columns as `::text`, so one generic decoder
+//! serves both drivers. Stored values pass through the domain's own parsers: a value that
+//! does not parse (a status this build does not know, a negative amount) is reported as
+//! [`StoreError::Corrupt`] instead of being trusted.
+
+use std::collections::HashMap;
+
+use oms_application::ports::StoreError;
+use oms_domain::{
+    Currency, CustomerId, LineItem, Money, Order, OrderId, OrderParts, OrderStatus, PaymentMethod,
+    PaymentStatus, Quantity, ReservationStatus, ShippingAddress, Sku, Timestamp, Version,
+};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+/// An `orders` row as stored.
+#[derive(Debug)]
+pub(crate) struct OrderRow {
+    pub id: String,
+    pub customer_id: String,
+    pub status: String,
+    pub payment_status: String,
+    pub reservation_status: String,
+    pub currency: String,
+    pub total_minor: i64,
+    pub captured_minor: i64,
+    pub refunded_minor: i64,
+    pub payment_provider: String,
+    pub payment_token: String,
+    pub ship_recipient: String,
+    pub ship_line1: String,
+    pub ship_line2: String,
+    pub ship_city: String,
+    pub ship_postal_code: String,
+    pub ship_country: String,
+    pub failure_reason: Option<String>,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An `order_items` row as stored.
+#[derive(Debug)]
+pub(crate) struct ItemRow {
+    pub order_id: String,
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_minor: i64,
+    pub currency: String,
+}
+
+/// The `orders` columns in [`OrderRow`] order, without the id (whose expression differs per
+/// database). A macro, so that queries can `concat!` it into a `&'static str`.
+macro_rules! order_columns {
+    () => {
+        "customer_id, status, payment_status, reservation_status, currency, total_minor, \
+         captured_minor, refunded_minor, payment_provider, payment_token, ship_recipient, \
+         ship_line1, ship_line2, ship_city, ship_postal_code, ship_country, failure_reason, \
+         version, created_at, updated_at"
+    };
+}
+pub(crate) use order_columns;
+
+/// Decodes an `orders` row selected as `<id as text> AS id, order_columns!()`.
+pub(crate) fn decode_order<R>(row: &R) -> Result<OrderRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(OrderRow {
+        id: row.try_get("id")?,
+        customer_id: row.try_get("customer_id")?,
+        status: row.try_get("status")?,
+        payment_status: row.try_get("payment_status")?,
+        reservation_status: row.try_get("reservation_status")?,
+        currency: row.try_get("currency")?,
+        total_minor: row.try_get("total_minor")?,
+        captured_minor: row.try_get("captured_minor")?,
+        refunded_minor: row.try_get("refunded_minor")?,
+        payment_provider: row.try_get("payment_provider")?,
+        payment_token: row.try_get("payment_token")?,
+        ship_recipient: row.try_get("ship_recipient")?,
+        ship_line1: row.try_get("ship_line1")?,
+        ship_line2: row.try_get("ship_line2")?,
+        ship_city: row.try_get("ship_city")?,
+        ship_postal_code: row.try_get("ship_postal_code")?,
+        ship_country: row.try_get("ship_country")?,
+        failure_reason: row.try_get("failure_reason")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Decodes an `order_items` row selected as `<order_id as text> AS order_id, sku, quantity,
+/// unit_price_minor, currency`.
+pub(crate) fn decode_item<R>(row: &R) -> Result<ItemRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(ItemRow {
+        order_id: row.try_get("order_id")?,
+        sku: row.try_get("sku")?,
+        quantity: row.try_get("quantity")?,
+        unit_price_minor: row.try_get("unit_price_minor")?,
+        currency: row.try_get("currency")?,
+    })
+}
+
+fn corrupt(id: &str, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("order {id}: {what}"))
+}
+
+fn money(id: &str, field: &str, amount: i64, currency: Currency) -> Result<Money, StoreError> {
+    Money::new(amount, currency).map_err(|e| corrupt(id, format_args!("{field}: {e}")))
+}
+
+fn item(id: &str, row: ItemRow) -> Result<LineItem, StoreError> {
+    let currency = Currency::parse(&row.currency).map_err(|e| corrupt(id, e))?;
+    Ok(LineItem {
+        sku: Sku::parse(&row.sku).map_err(|e| corrupt(id, format_args!("sku {e}")))?,
+        quantity: Quantity::new(i64::from(row.quantity))
+            .map_err(|e| corrupt(id, format_args!("quantity {e}")))?,
+        unit_price: money(id, "unit price", row.unit_price_minor, currency)?,
+    })
+}
+
+/// Rebuilds an order from its row and its lines (in line order).
+pub(crate) fn order_from_rows(row: OrderRow, items: Vec<ItemRow>) -> Result<Order, StoreError> {
+    let id = row.id.as_str();
+    let currency = Currency::parse(&row.currency).map_err(|e| corrupt(id, e))?;
+    let items = items
+        .into_iter()
+        .map(|i| item(id, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let parts = OrderParts {
+        id: OrderId::parse(id).map_err(|e| corrupt(id, format_args!("id {e}")))?,
+        customer_id: CustomerId::parse(&row.customer_id)
+            .map_err(|e| corrupt(id, format_args!("customer id {e}")))?,
+        items,
+        total: money(id, "total", row.total_minor, currency)?,
+        status: OrderStatus::parse(&row.status)
+            .ok_or_else(|| corrupt(id, format_args!("unknown status {}", row.status)))?,
+        payment_status: PaymentStatus::parse(&row.payment_status).ok_or_else(|| {
+            corrupt(
+                id,
+                format_args!("unknown payment status {}", row.payment_status),
+            )
+        })?,
+        reservation_status: ReservationStatus::parse(&row.reservation_status).ok_or_else(|| {
+            corrupt(
+                id,
+                format_args!("unknown reservation status {}", row.reservation_status),
+            )
+        })?,
+        // Validated when the order was placed; stored verbatim.
+        payment: PaymentMethod {
+            provider: row.payment_provider,
+            token: row.payment_token,
+        },
+        shipping_address: ShippingAddress {
+            recipient: row.ship_recipient,
+            line1: row.ship_line1,
+            line2: row.ship_line2,
+            city: row.ship_city,
+            postal_code: row.ship_postal_code,
+            country: row.ship_country,
+        },
+        captured: money(id, "captured", row.captured_minor, currency)?,
+        refunded: money(id, "refunded", row.refunded_minor, currency)?,
+        failure_reason: row.failure_reason,
+        version: Version(row.version),
+        created_at: Timestamp::from_unix_millis(row.created_at),
+        updated_at: Timestamp::from_unix_millis(row.updated_at),
+    };
+    Ok(Order::rehydrate(parts))
+}
+
+/// Joins a page of order rows with the lines of all of them (one query for the page, one
+/// for the lines), keeping the page's order.
+pub(crate) fn orders_from_rows(
+    rows: Vec<OrderRow>,
+    items: Vec<ItemRow>,
+) -> Result<Vec<Order>, StoreError> {
+    let mut by_order: HashMap<String, Vec<ItemRow>> = HashMap::with_capacity(rows.len());
+    for item in items {
+        by_order
+            .entry(item.order_id.clone())
+            .or_default()
+            .push(item);
+    }
+    rows.into_iter()
+        .map(|row| {
+            let items = by_order.remove(&row.id).unwrap_or_default();
+            order_from_rows(row, items)
+        })
+        .collect()
+}
+
+/// Millisecond arithmetic on timestamps, saturating: a huge configured TTL means "forever".
+pub(crate) fn plus(now: Timestamp, duration: std::time::Duration) -> i64 {
+    let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    now.unix_millis().saturating_add(millis)
+}

@@ -1,0 +1,116 @@
+//! Shared fixtures: sample orders and a macro that runs one test body on both databases.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use oms_application::idempotency::{Fingerprint, IdempotencyScope};
+use oms_application::outbox::OutboxMessage;
+use oms_domain::address::RawAddress;
+use oms_domain::{
+    Currency, CustomerId, IdempotencyKey, LineItem, Money, NewOrder, Order, OrderEvent, OrderId,
+    PaymentMethod, Quantity, ShippingAddress, Sku, Timestamp,
+};
+use oms_persistence::Database;
+use oms_persistence::testing::TestDatabase;
+
+/// Runs `$body(db: Database)` once on a fresh PostgreSQL database and once on a fresh SQLite
+/// file, as two tests named `$name::postgres` and `$name::sqlite`.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let test_db = oms_persistence::testing::TestDatabase::postgres()
+                    .await
+                    .unwrap();
+                $crate::common::run(test_db, super::$body).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let test_db = oms_persistence::testing::TestDatabase::sqlite().unwrap();
+                $crate::common::run(test_db, super::$body).await;
+            }
+        }
+    };
+}
+
+pub async fn run<F, Fut>(test_db: TestDatabase, body: F)
+where
+    F: FnOnce(Database) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let db = test_db.connect().await.unwrap();
+    body(db.clone()).await;
+    db.close().await;
+    test_db.cleanup().await.unwrap();
+}
+
+pub fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_unix_millis(ms)
+}
+
+pub fn address(city: &str) -> ShippingAddress {
+    ShippingAddress::parse(RawAddress {
+        recipient: "Ada Lovelace",
+        line1: "1 Main St",
+        city,
+        postal_code: "10115",
+        country: "DE",
+        ..RawAddress::default()
+    })
+    .unwrap()
+}
+
+pub fn line(sku: &str, quantity: i64, price: i64) -> LineItem {
+    LineItem {
+        sku: Sku::parse(sku).unwrap(),
+        quantity: Quantity::new(quantity).unwrap(),
+        unit_price: Money::new(price, Currency::parse("EUR").unwrap()).unwrap(),
+    }
+}
+
+/// A new PENDING order with two lines, and its `OrderCreated` event.
+pub fn new_order(customer: &str, now: Timestamp) -> (Order, OrderEvent) {
+    let new = NewOrder::new(
+        CustomerId::parse(customer).unwrap(),
+        vec![line("SKU-B", 2, 1250), line("SKU-A", 1, 999)],
+        PaymentMethod::parse("fake-pay", "tok_visa").unwrap(),
+        address("Berlin"),
+    )
+    .unwrap();
+    Order::place(new, OrderId::generate(), now)
+}
+
+pub fn outbox(order: &Order, event: &OrderEvent) -> Vec<OutboxMessage> {
+    vec![OutboxMessage::for_event(order, event)]
+}
+
+pub fn scope(key: &str) -> IdempotencyScope {
+    IdempotencyScope {
+        method: "/oms.v1.OrderService/CreateOrder".to_owned(),
+        caller: String::new(),
+        key: IdempotencyKey::parse(key).unwrap(),
+    }
+}
+
+pub fn fingerprint(body: &[u8]) -> Fingerprint {
+    Fingerprint::of("/oms.v1.OrderService/CreateOrder", body)
+}
+
+/// How many outbox rows the database holds for `order` (read with the raw pools).
+pub async fn outbox_rows(db: &Database, order: OrderId) -> i64 {
+    if let Some(pool) = db.postgres() {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1")
+            .bind(order.as_uuid())
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    } else {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = ?1")
+            .bind(order.to_string())
+            .fetch_one(&db.sqlite().unwrap().reader)
+            .await
+            .unwrap()
+    }
+}

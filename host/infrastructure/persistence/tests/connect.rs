@@ -1,0 +1,106 @@
+//! `connect`: URL schemes, file creation, repeatable migrations, corrupt rows.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use oms_application::ports::{OrderWrite, StoreError};
+use oms_persistence::{DatabaseOptions, PersistenceError, connect};
+
+#[tokio::test]
+async fn unknown_scheme_is_refused() {
+    let err = connect("mysql://u:secret@h/db", &DatabaseOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PersistenceError::UnsupportedUrl(_)));
+    assert!(!err.to_string().contains("secret"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_file_and_directories_are_created_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/deeper/oms.db");
+    let url = format!("sqlite://{}", path.display());
+    let db = connect(&url, &DatabaseOptions::default()).await.unwrap();
+    let (order, event) = common::new_order("cust-1", common::ts(1_000));
+    let messages = common::outbox(&order, &event);
+    db.orders()
+        .save(OrderWrite {
+            order: &order,
+            expected_version: None,
+            outbox: &messages,
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    db.close().await;
+    assert!(path.exists());
+
+    // Reopening runs the (already applied) migrations again and finds the data.
+    let db = connect(&url, &DatabaseOptions::default()).await.unwrap();
+    assert_eq!(db.orders().get(order.id()).await.unwrap(), Some(order));
+    db.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_works() {
+    let db = connect("sqlite::memory:", &DatabaseOptions::default())
+        .await
+        .unwrap();
+    let (order, event) = common::new_order("cust-1", common::ts(1_000));
+    let messages = common::outbox(&order, &event);
+    db.orders()
+        .save(OrderWrite {
+            order: &order,
+            expected_version: None,
+            outbox: &messages,
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(db.orders().get(order.id()).await.unwrap(), Some(order));
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_a_connect_error() {
+    let options = DatabaseOptions {
+        acquire_timeout: std::time::Duration::from_secs(2),
+        ..DatabaseOptions::default()
+    };
+    // Port 1 is never a PostgreSQL server.
+    let err = connect("postgres://postgres@127.0.0.1:1/postgres", &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PersistenceError::Connect { .. }), "{err}");
+}
+
+async fn unreadable_rows_are_corrupt(db: oms_persistence::Database) {
+    let (order, event) = common::new_order("cust-1", common::ts(1_000));
+    let messages = common::outbox(&order, &event);
+    db.orders()
+        .save(OrderWrite {
+            order: &order,
+            expected_version: None,
+            outbox: &messages,
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    // Three letters pass the schema's CHECK but are no ISO-4217 code.
+    if let Some(pool) = db.postgres() {
+        sqlx::query("UPDATE orders SET currency = 'ZZZ' WHERE id = $1")
+            .bind(order.id().as_uuid())
+            .execute(pool)
+            .await
+            .unwrap();
+    } else {
+        sqlx::query("UPDATE orders SET currency = 'ZZZ' WHERE id = ?1")
+            .bind(order.id().to_string())
+            .execute(&db.sqlite().unwrap().writer)
+            .await
+            .unwrap();
+    }
+    let err = db.orders().get(order.id()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+}
+on_both!(corrupt_rows, unreadable_rows_are_corrupt);

@@ -1,0 +1,9 @@
+//! The OMS host: configuration, wiring of the layers, and the `serve` runtime. The binary in
+//! `main.rs` is a thin CLI over this library, so tests can start the same server in-process.
+
+pub mod config;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{RunningServer, start};
