@@ -1,0 +1,77 @@
+//! `fakepay`: a deterministic payment provider whose behaviour is chosen by the payment token,
+//! so that saga tests can script every outcome a real PSP produces.
+//!
+//! | token | authorize |
+//! |---|---|
+//! | `tok_ok` | authorized |
+//! | `tok_decline` | `declined` (recorded: `get-payment` reports status `declined`) |
+//! | `tok_flaky` | `transient` on the first two attempts per idempotency key, then authorized |
+//! | `tok_slow` | spins for `[config] slow-ms` (default 60 000) before authorizing, so the host's deadline stops it first |
+//! | anything else | `invalid` |
+//!
+//! All state lives in the host's KV (the manifest must grant `kv`): payments under
+//! `payment/<id>`, the outcome of every mutating call under `idem/<idempotency-key>`, and
+//! under `calls/<operation>/<idempotency-key>` how many times that call reached the provider
+//! (replays included), so tests can prove the host sends each saga step exactly once. Each
+//! mutation writes both in one `compare-and-swap`, so a retry or a concurrent duplicate replays
+//! the recorded outcome instead of moving money twice.
+
+mod ledger;
+mod record;
+mod store;
+
+#[allow(unsafe_code)] // wit-bindgen's generated ABI glue is the only unsafe code here.
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "payment-provider",
+    });
+
+    use super::FakePay;
+    export!(FakePay with_types_in self);
+}
+
+use bindings::exports::oms::plugins::payment::{
+    AuthorizeRequest, Guest, Money, Payment, PaymentError, PaymentId, PaymentLookup,
+};
+
+struct FakePay;
+
+impl Guest for FakePay {
+    fn authorize(request: AuthorizeRequest) -> Result<Payment, PaymentError> {
+        count_call("authorize", &request.idempotency_key)?;
+        ledger::authorize(request)
+    }
+
+    fn capture(
+        id: PaymentId,
+        amount: Option<Money>,
+        idempotency_key: String,
+    ) -> Result<Payment, PaymentError> {
+        count_call("capture", &idempotency_key)?;
+        ledger::capture(&id, amount, &idempotency_key)
+    }
+
+    fn void(id: PaymentId, idempotency_key: String) -> Result<Payment, PaymentError> {
+        count_call("void", &idempotency_key)?;
+        ledger::void(&id, &idempotency_key)
+    }
+
+    fn refund(
+        id: PaymentId,
+        amount: Option<Money>,
+        idempotency_key: String,
+    ) -> Result<Payment, PaymentError> {
+        count_call("refund", &idempotency_key)?;
+        ledger::refund(&id, amount, &idempotency_key)
+    }
+
+    fn get_payment(lookup: PaymentLookup) -> Result<Option<Payment>, PaymentError> {
+        ledger::get_payment(lookup)
+    }
+}
+
+/// Counts a call under `calls/<operation>/<key>` before acting on it.
+fn count_call(operation: &str, idempotency_key: &str) -> Result<(), PaymentError> {
+    store::bump(&format!("calls/{operation}/{idempotency_key}")).map(|_| ())
+}
