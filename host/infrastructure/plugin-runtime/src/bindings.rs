@@ -1,0 +1,68 @@
+//! Host bindings generated from `wit/` (package `oms:plugins@0.1.0`). The capability
+//! interfaces are generated once (world `capabilities`) and shared by the three plugin worlds
+//! through `with`, so each capability has exactly one host implementation. The `http-*`
+//! variants of the worlds need no bindings of their own: they differ only by importing
+//! `wasi:http`, which the linker always provides (and the HTTP policy guards).
+
+/// Capability imports: log, config, clock, kv.
+pub mod caps {
+    wasmtime::component::bindgen!({
+        world: "oms:plugins/capabilities",
+        path: "../../../wit",
+        additional_derives: [PartialEq],
+        imports: { default: async | trappable },
+    });
+}
+
+/// World `payment-provider`; also owns the shared `types` interface.
+pub mod payment {
+    wasmtime::component::bindgen!({
+        world: "oms:plugins/payment-provider",
+        path: "../../../wit",
+        additional_derives: [PartialEq],
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "oms:plugins/log": super::caps::oms::plugins::log,
+            "oms:plugins/config": super::caps::oms::plugins::config,
+            "oms:plugins/clock": super::caps::oms::plugins::clock,
+            "oms:plugins/kv": super::caps::oms::plugins::kv,
+        },
+    });
+}
+
+/// World `inventory-adapter`.
+pub mod inventory {
+    wasmtime::component::bindgen!({
+        world: "oms:plugins/inventory-adapter",
+        path: "../../../wit",
+        additional_derives: [PartialEq],
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "oms:plugins/log": super::caps::oms::plugins::log,
+            "oms:plugins/config": super::caps::oms::plugins::config,
+            "oms:plugins/clock": super::caps::oms::plugins::clock,
+            "oms:plugins/kv": super::caps::oms::plugins::kv,
+            "oms:plugins/types": super::payment::oms::plugins::types,
+        },
+    });
+}
+
+/// World `notification-formatter`.
+pub mod notification {
+    wasmtime::component::bindgen!({
+        world: "oms:plugins/notification-formatter",
+        path: "../../../wit",
+        additional_derives: [PartialEq],
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "oms:plugins/log": super::caps::oms::plugins::log,
+            "oms:plugins/config": super::caps::oms::plugins::config,
+            "oms:plugins/clock": super::caps::oms::plugins::clock,
+            "oms:plugins/kv": super::caps::oms::plugins::kv,
+            "oms:plugins/types": super::payment::oms::plugins::types,
+        },
+    });
+}

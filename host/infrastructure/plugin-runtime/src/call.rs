@@ -1,0 +1,215 @@
+//! The one place that builds a plugin store and runs a call: breaker check, fresh store with
+//! the plugin's memory cap, per-store epoch deadline and fuel meter, instantiate from the
+//! `InstancePre`, call, classify the failure, record metrics, drop the store.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use crate::error::{CallError, CallErrorKind};
+use crate::plugin::LoadedPlugin;
+use crate::registry::Slot;
+use crate::runtime::Inner;
+use crate::state::HostState;
+
+/// Fuel given to a store when metering is on. Effectively unlimited: fuel measures work, the
+/// deadline bounds it.
+const FUEL_BUDGET: u64 = u64::MAX / 4;
+/// Extra wall-clock time beyond the deadline before the host gives up on a call that is
+/// blocked in a host function (KV, HTTP) rather than running guest code, which the epoch
+/// deadline interrupts by itself.
+const HOST_GRACE: Duration = Duration::from_millis(50);
+
+/// Who answered a call: recorded with every result so a saga step can store the exact
+/// version it used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    pub plugin: Arc<str>,
+    pub version: Arc<str>,
+    /// sha256 of the component.
+    pub digest: Arc<str>,
+    /// Wall-clock time of the call, instantiation included.
+    pub elapsed: Duration,
+    /// Fuel burnt by the call (0 when metering is off).
+    pub fuel: u64,
+}
+
+/// A guest call borrowing the store and the plugin for its duration.
+pub(crate) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+
+/// Marks an error that happened while instantiating (pool exhausted, start function trap).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct InstantiateFailed(pub String);
+
+/// How a typed client judges the plugin's own answer.
+pub(crate) struct Verdict {
+    /// Metrics label of the plugin's typed error, if it returned one.
+    pub error: Option<&'static str>,
+    /// Whether the breaker should count this as a failure (`transient` errors).
+    pub failure: bool,
+}
+
+impl Verdict {
+    pub(crate) const OK: Verdict = Verdict {
+        error: None,
+        failure: false,
+    };
+}
+
+/// Runs `f` against a fresh store of the current version of `name`.
+pub(crate) async fn run<R, F>(
+    rt: &Inner,
+    name: &str,
+    expected: crate::manifest::PluginKind,
+    judge: fn(&R) -> Verdict,
+    f: F,
+) -> Result<(R, CallInfo), CallError>
+where
+    R: Send,
+    F: for<'a> FnOnce(&'a mut Store<HostState>, &'a LoadedPlugin) -> CallFuture<'a, R>,
+{
+    let fail = |info: Option<Box<CallInfo>>, kind| CallError {
+        plugin: name.to_string(),
+        info,
+        kind,
+    };
+    let Some(slot) = rt.registry.slot(name) else {
+        return Err(fail(None, CallErrorKind::NotInstalled));
+    };
+    let plugin = slot.current();
+    if plugin.kind() != expected {
+        return Err(fail(
+            None,
+            CallErrorKind::WrongKind {
+                expected: expected.world(),
+                actual: plugin.kind().world(),
+            },
+        ));
+    }
+    if !slot.breaker.try_acquire() {
+        slot.metrics.record(Duration::ZERO, 0, Some("circuit_open"));
+        return Err(fail(None, CallErrorKind::CircuitOpen));
+    }
+
+    let started = Instant::now();
+    let mut store = new_store(rt, &plugin, started);
+    let deadline = plugin.limits.deadline;
+    let outcome = tokio::time::timeout(deadline + HOST_GRACE, f(&mut store, &plugin)).await;
+    let fuel = if rt.engine.options().fuel_metering {
+        FUEL_BUDGET.saturating_sub(store.get_fuel().unwrap_or(FUEL_BUDGET))
+    } else {
+        0
+    };
+    let memory_refused = store.data().limiter.refused;
+    // The store is dropped here whatever happened: after a trap its instance may be in any
+    // state, and nothing of it must be reused.
+    drop(store);
+    let info = CallInfo {
+        plugin: plugin.ctx.name.clone(),
+        version: plugin.ctx.version.clone(),
+        digest: plugin.digest.clone(),
+        elapsed: started.elapsed(),
+        fuel,
+    };
+    let result = match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(classify(&e, memory_refused, &plugin)),
+        Err(_elapsed) => Err(CallErrorKind::DeadlineExceeded {
+            deadline_ms: millis(deadline),
+        }),
+    };
+    finish(&slot, &plugin, result, info, judge)
+}
+
+fn finish<R>(
+    slot: &Slot,
+    plugin: &LoadedPlugin,
+    result: Result<R, CallErrorKind>,
+    info: CallInfo,
+    judge: fn(&R) -> Verdict,
+) -> Result<(R, CallInfo), CallError> {
+    match result {
+        Ok(value) => {
+            let verdict = judge(&value);
+            slot.metrics.record(info.elapsed, info.fuel, verdict.error);
+            slot.breaker.record(!verdict.failure);
+            Ok((value, info))
+        }
+        Err(kind) => {
+            slot.metrics
+                .record(info.elapsed, info.fuel, Some(kind.label()));
+            slot.breaker.record(false);
+            tracing::warn!(
+                plugin = plugin.name(),
+                version = plugin.version(),
+                error = %kind,
+                "plugin call failed"
+            );
+            Err(CallError {
+                plugin: plugin.name().to_string(),
+                info: Some(Box::new(info)),
+                kind,
+            })
+        }
+    }
+}
+
+fn new_store(rt: &Inner, plugin: &LoadedPlugin, started: Instant) -> Store<HostState> {
+    let mut store = Store::new(
+        rt.engine.engine(),
+        HostState::new(plugin.ctx.clone(), &plugin.limits),
+    );
+    store.limiter(|s| &mut s.limiter);
+    if rt.engine.options().fuel_metering {
+        // Cannot fail: metering is on in the engine config whenever this branch runs.
+        let _ = store.set_fuel(FUEL_BUDGET);
+    }
+    // Per-store deadline: the engine's ticker bumps the epoch every tick; at each tick this
+    // store's callback either yields (so a busy guest does not starve its tokio worker) or,
+    // once this call's own deadline has passed, interrupts it. Other stores are untouched.
+    let deadline_at = started + plugin.limits.deadline;
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline_at {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store.set_epoch_deadline(1);
+    store
+}
+
+fn classify(e: &wasmtime::Error, memory_refused: bool, plugin: &LoadedPlugin) -> CallErrorKind {
+    if memory_refused {
+        return CallErrorKind::MemoryLimitExceeded {
+            limit_bytes: plugin.limits.memory_bytes,
+        };
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => CallErrorKind::DeadlineExceeded {
+                deadline_ms: millis(plugin.limits.deadline),
+            },
+            other => CallErrorKind::Trapped {
+                message: format!("{other}: {e:#}"),
+            },
+        };
+    }
+    if let Some(InstantiateFailed(message)) = e.downcast_ref::<InstantiateFailed>() {
+        return CallErrorKind::Instantiate {
+            message: message.clone(),
+        };
+    }
+    // A host function refused to continue (e.g. a resource or a value out of contract).
+    CallErrorKind::ContractViolation {
+        message: format!("{e:#}"),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,96 @@
+//! Client of the `inventory-adapter` world (`oms:plugins/inventory`).
+
+use std::sync::Arc;
+
+use super::{Called, instantiate, kind_mismatch, split, verdict};
+use crate::call::{self, Verdict};
+use crate::error::PluginError;
+use crate::manifest::PluginKind;
+use crate::plugin::Exports;
+use crate::runtime::Inner;
+
+pub use crate::bindings::inventory::exports::oms::plugins::inventory::InventoryError;
+pub use crate::bindings::payment::oms::plugins::types::Line;
+
+/// Result of an inventory call.
+pub type InventoryResult<T> = Result<Called<T>, PluginError<InventoryError>>;
+
+/// Calls the inventory plugin of one name.
+#[derive(Clone)]
+pub struct InventoryPlugin {
+    pub(crate) rt: Arc<Inner>,
+    pub(crate) name: Arc<str>,
+}
+
+impl InventoryError {
+    /// `out-of-stock` and `invalid` are permanent; `transient` may succeed on retry.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, InventoryError::Transient(_))
+    }
+}
+
+fn judge<T>(r: &Result<T, InventoryError>) -> Verdict {
+    match r {
+        Ok(_) => Verdict::OK,
+        Err(InventoryError::OutOfStock(_)) => verdict("out_of_stock", false),
+        Err(InventoryError::Invalid(_)) => verdict("invalid", false),
+        Err(InventoryError::Transient(_)) => verdict("transient", true),
+    }
+}
+
+macro_rules! inventory_call {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {{
+        let (r, info) = call::run(
+            &$self.rt,
+            &$self.name,
+            PluginKind::InventoryAdapter,
+            judge,
+            move |store, plugin| {
+                Box::pin(async move {
+                    let Exports::Inventory(pre) = &plugin.exports else {
+                        return Err(kind_mismatch());
+                    };
+                    let instance = instantiate(pre.instantiate_async(&mut *store)).await?;
+                    instance.oms_plugins_inventory().$method(&mut *store, $($arg),*).await
+                })
+            },
+        )
+        .await?;
+        split(r, info)
+    }};
+}
+
+impl InventoryPlugin {
+    /// Plugin name this handle calls.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reserves every line or none; returns the reservation id.
+    pub async fn reserve(
+        &self,
+        order_id: String,
+        lines: Vec<Line>,
+        idempotency_key: String,
+    ) -> InventoryResult<String> {
+        inventory_call!(self, call_reserve(&order_id, &lines, &idempotency_key))
+    }
+
+    /// Returns a reservation's units to stock.
+    pub async fn release(
+        &self,
+        reservation_id: String,
+        idempotency_key: String,
+    ) -> InventoryResult<()> {
+        inventory_call!(self, call_release(&reservation_id, &idempotency_key))
+    }
+
+    /// Turns a reservation into an allocation.
+    pub async fn commit(
+        &self,
+        reservation_id: String,
+        idempotency_key: String,
+    ) -> InventoryResult<()> {
+        inventory_call!(self, call_commit(&reservation_id, &idempotency_key))
+    }
+}

@@ -1,0 +1,60 @@
+//! Typed handles, one per world, with async methods mirroring the WIT. A handle names a plugin,
+//! not a version: every call runs on whatever version is current when it starts, and reports
+//! that version in its [`CallInfo`].
+
+pub mod inventory;
+pub mod notification;
+pub mod payment;
+
+pub use inventory::InventoryPlugin;
+pub use notification::NotificationFormatter;
+pub use payment::PaymentPlugin;
+
+use crate::call::{CallInfo, InstantiateFailed, Verdict};
+use crate::error::PluginError;
+
+/// A successful answer and who gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Called<T> {
+    pub value: T,
+    pub info: CallInfo,
+}
+
+/// Splits the plugin's own `result` into [`Called`] or [`PluginError::Rejected`].
+pub(crate) fn split<T, E>(r: Result<T, E>, info: CallInfo) -> Result<Called<T>, PluginError<E>>
+where
+    E: std::fmt::Debug + std::fmt::Display,
+{
+    match r {
+        Ok(value) => Ok(Called { value, info }),
+        Err(error) => Err(PluginError::Rejected { error, info }),
+    }
+}
+
+/// Tags instantiation failures that are not traps, so they are reported as `Instantiate`
+/// (e.g. the instance pool is exhausted: retryable) rather than as a contract violation.
+pub(crate) async fn instantiate<T>(
+    fut: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    fut.await.map_err(|e| {
+        if e.is::<wasmtime::Trap>() {
+            e
+        } else {
+            wasmtime::Error::new(InstantiateFailed(format!("{e:#}")))
+        }
+    })
+}
+
+/// The loaded version does not hold the exports of its declared kind (cannot happen: the kind
+/// is checked before the call; kept as an error rather than a panic).
+pub(crate) fn kind_mismatch() -> wasmtime::Error {
+    wasmtime::Error::msg("loaded plugin does not hold the exports of its kind")
+}
+
+/// Verdict helper: `label` names the plugin's typed error, `transient` trips the breaker.
+pub(crate) fn verdict(label: &'static str, transient: bool) -> Verdict {
+    Verdict {
+        error: Some(label),
+        failure: transient,
+    }
+}

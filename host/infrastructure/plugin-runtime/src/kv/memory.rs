@@ -1,0 +1,71 @@
+//! In-memory [`KvStore`] for unit tests and single-process demos: a mutex makes batches atomic.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{BatchOutcome, BoundedAdd, Evaluation, KvStore, Swap, evaluate};
+use crate::error::KvError;
+
+/// Not durable: state is lost with the process.
+#[derive(Debug, Default)]
+pub struct MemoryKvStore {
+    data: Mutex<HashMap<String, HashMap<String, Vec<u8>>>>,
+}
+
+impl MemoryKvStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, HashMap<String, Vec<u8>>>) -> R) -> R {
+        // A panic while holding the lock cannot leave a half-applied batch (writes happen after
+        // evaluation, in memory), so a poisoned lock is still consistent.
+        let mut guard = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+}
+
+#[async_trait::async_trait]
+impl KvStore for MemoryKvStore {
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.with(|d| d.get(namespace).and_then(|ns| ns.get(key).cloned())))
+    }
+
+    async fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.with(|d| {
+            d.entry(namespace.to_string())
+                .or_default()
+                .insert(key.to_string(), value.to_vec())
+        });
+        Ok(())
+    }
+
+    async fn delete(&self, namespace: &str, key: &str) -> Result<(), KvError> {
+        self.with(|d| d.get_mut(namespace).map(|ns| ns.remove(key)));
+        Ok(())
+    }
+
+    async fn batch(
+        &self,
+        namespace: &str,
+        swaps: &[Swap],
+        adds: &[BoundedAdd],
+    ) -> Result<BatchOutcome, KvError> {
+        self.with(|d| {
+            let ns = d.entry(namespace.to_string()).or_default();
+            match evaluate(ns, swaps, adds)? {
+                Evaluation::Refuse(outcome) => Ok(outcome),
+                Evaluation::Apply { writes, outcome } => {
+                    for w in writes {
+                        match w.value {
+                            Some(v) => ns.insert(w.key, v),
+                            None => ns.remove(&w.key),
+                        };
+                    }
+                    Ok(outcome)
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! Loads, sandboxes, hot-swaps and calls the OMS's Wasm component plugins (infrastructure
+//! layer). See `docs/plugins.md` for the plugin author's view.
+//!
+//! - [`engine`]: wasmtime configuration (component model, pooling allocator, epoch
+//!   interruption, optional fuel metering) and the precompiled-artifact cache.
+//! - [`manifest`], [`limits`]: what a plugin declares, and the defaults and ceilings applied.
+//! - [`capabilities`]: the host functions (log, config/secrets, clock, kv, HTTP), one module
+//!   each; [`kv`] the storage behind the kv capability (PostgreSQL, SQLite, memory).
+//! - [`plugin`]: loading and checking one version; [`registry`] hot swap and rollback;
+//!   [`watcher`] the watched directory; [`breaker`], [`metrics`] per-plugin health.
+//! - [`clients`]: typed handles for each world; [`PluginRuntime`] ties it together.
+
+pub mod bindings;
+pub mod breaker;
+mod call;
+pub mod capabilities;
+pub mod clients;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod limits;
+pub mod manifest;
+pub mod metrics;
+pub mod plugin;
+pub mod registry;
+mod runtime;
+pub mod state;
+pub mod watcher;
+
+pub use call::CallInfo;
+pub use clients::{Called, InventoryPlugin, NotificationFormatter, PaymentPlugin};
+pub use engine::{CacheOutcome, EngineOptions};
+pub use error::{CallError, CallErrorKind, KvError, LoadError, PluginError};
+pub use manifest::{CONTRACT_VERSION, Manifest, PluginKind};
+pub use registry::{PluginStatus, VersionInfo};
+pub use runtime::{DirReport, PluginRuntime, RuntimeOptions, SetupError};
+pub use watcher::{DirWatcher, WatchHandle};

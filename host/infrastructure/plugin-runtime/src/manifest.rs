@@ -1,0 +1,279 @@
+//! The plugin manifest (`NAME.toml` next to `NAME.wasm`): what a plugin claims to be and what
+//! it asks for. Parsing checks shape and contract version only; the digest and the world are
+//! checked against the binary by the loader.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::Digest;
+
+use crate::error::LoadError;
+use crate::limits::LimitsSpec;
+
+/// The WIT package version this host implements. A plugin must declare a contract whose
+/// major.minor matches (0.x versions break on minor, per semver).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// Which world a plugin implements; decides which typed client can call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    #[serde(alias = "payment", alias = "payment-provider")]
+    PaymentProvider,
+    #[serde(alias = "inventory", alias = "inventory-adapter")]
+    InventoryAdapter,
+    #[serde(alias = "notification", alias = "notification-formatter")]
+    NotificationFormatter,
+}
+
+impl PluginKind {
+    /// The WIT world name in `oms:plugins`.
+    pub fn world(self) -> &'static str {
+        match self {
+            Self::PaymentProvider => "payment-provider",
+            Self::InventoryAdapter => "inventory-adapter",
+            Self::NotificationFormatter => "notification-formatter",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.world())
+    }
+}
+
+/// Capabilities a plugin asks for. Logging, config and secrets are always available; the clock,
+/// the key-value store and outbound HTTP only when granted here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilitiesSpec {
+    #[serde(default)]
+    pub clock: bool,
+    #[serde(default)]
+    pub kv: bool,
+    #[serde(default)]
+    pub http: Option<HttpSpec>,
+    /// Most verbose log level forwarded to the host log (`error`..`trace`); default `info`.
+    #[serde(default)]
+    pub log_level: Option<String>,
+}
+
+/// Outbound HTTP grant: exact `host:port` pairs, nothing else.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Lets the allowlisted names resolve to loopback/private/link-local addresses. For tests
+    /// and local development only; the metadata address stays refused unless this is set too.
+    #[serde(default)]
+    pub allow_private: bool,
+}
+
+/// A secret the host resolves for the plugin; the value never appears in logs or errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretRef {
+    /// `api-key = { env = "FAKEPAY_API_KEY" }`
+    Env { env: String },
+    /// `api-key = "env:FAKEPAY_API_KEY"`
+    Short(String),
+}
+
+impl SecretRef {
+    /// Name of the environment variable holding the value.
+    pub fn env_var(&self) -> Option<&str> {
+        match self {
+            Self::Env { env } => Some(env),
+            Self::Short(s) => s.strip_prefix("env:"),
+        }
+    }
+}
+
+/// The parsed manifest, plus where it was found.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub kind: PluginKind,
+    #[serde(alias = "contract-version", alias = "contract_version")]
+    pub contract: String,
+    pub version: String,
+    pub sha256: String,
+    /// File name of the component, relative to the manifest; default `NAME.wasm`.
+    #[serde(default)]
+    pub wasm: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    #[serde(default)]
+    pub capabilities: CapabilitiesSpec,
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRef>,
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// sha256 of the manifest text: two loads with the same component and the same manifest
+    /// are the same plugin version; any change (a grant, a limit, config) is a new one.
+    #[serde(skip)]
+    pub manifest_sha256: String,
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn from_file(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates manifest text; `path` locates the component and names errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, LoadError> {
+        let invalid = |reason: String| LoadError::ManifestInvalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut m: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        m.path = path.to_path_buf();
+        m.manifest_sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        if !valid_name(&m.name) {
+            return Err(invalid(format!(
+                "name {:?} must be 1-64 chars of a-z, 0-9, '-' or '_'",
+                m.name
+            )));
+        }
+        m.sha256 = m.sha256.trim().to_ascii_lowercase();
+        if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid(format!(
+                "sha256 {:?} is not 64 hex digits (fill it in with `sha256sum {}.wasm`)",
+                m.sha256, m.name
+            )));
+        }
+        if m.version.trim().is_empty() {
+            return Err(invalid("version is empty".into()));
+        }
+        if !contract_supported(&m.contract) {
+            return Err(LoadError::UnsupportedContract {
+                plugin: m.name.clone(),
+                found: m.contract.clone(),
+                supported: format!("oms:plugins@{CONTRACT_VERSION}"),
+            });
+        }
+        for (key, secret) in &m.secrets {
+            if secret.env_var().is_none() {
+                return Err(invalid(format!(
+                    "secret {key:?} must be {{ env = \"VAR\" }} or \"env:VAR\""
+                )));
+            }
+        }
+        if let Some(level) = &m.capabilities.log_level {
+            crate::capabilities::log::parse_level(level)
+                .ok_or_else(|| invalid(format!("log_level {level:?} is not error..trace")))?;
+        }
+        m.limits.validate().map_err(invalid)?;
+        Ok(m)
+    }
+
+    /// Where the component binary is.
+    pub fn wasm_path(&self) -> PathBuf {
+        let file = self
+            .wasm
+            .clone()
+            .unwrap_or_else(|| format!("{}.wasm", self.name));
+        match self.path.parent() {
+            Some(dir) => dir.join(file),
+            None => PathBuf::from(file),
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// `0.1.0`, `0.1.3` or `oms:plugins@0.1.0` are accepted; `0.2.0` or `1.0.0` are not.
+fn contract_supported(declared: &str) -> bool {
+    let v = declared.trim();
+    let v = v.strip_prefix("oms:plugins@").unwrap_or(v);
+    let mut parts = v.split('.');
+    let (Some(major), Some(minor), Some(patch), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let mut ours = CONTRACT_VERSION.split('.');
+    major.parse::<u32>().is_ok()
+        && patch.parse::<u32>().is_ok()
+        && Some(major) == ours.next()
+        && Some(minor) == ours.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "fakepay"
+kind = "payment-provider"
+contract = "0.1.0"
+version = "1.2.0"
+sha256 = "AB00000000000000000000000000000000000000000000000000000000000000"
+[limits]
+memory_mib = 32
+deadline_ms = 250
+[capabilities]
+kv = true
+http = { allow = ["api.example.com:443"] }
+[config]
+currency = "EUR"
+[secrets]
+api-key = { env = "FAKEPAY_KEY" }
+other = "env:OTHER"
+"#;
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let m = Manifest::parse(GOOD, Path::new("/p/fakepay.toml")).unwrap();
+        assert_eq!(m.kind, PluginKind::PaymentProvider);
+        assert_eq!(m.sha256, format!("ab{}", "0".repeat(62)));
+        assert_eq!(m.wasm_path(), PathBuf::from("/p/fakepay.wasm"));
+        assert_eq!(m.secrets["other"].env_var(), Some("OTHER"));
+        assert!(m.capabilities.kv);
+    }
+
+    #[test]
+    fn refuses_an_unknown_contract_with_its_number() {
+        let text = GOOD.replace("contract = \"0.1.0\"", "contract = \"0.2.0\"");
+        let err = Manifest::parse(&text, Path::new("x.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("unsupported contract version 0.2.0"), "{msg}");
+        assert!(msg.contains("0.1.0"), "{msg}");
+    }
+
+    #[test]
+    fn refuses_bad_digest_and_unknown_fields() {
+        let text = GOOD.replace("AB00", "zz");
+        assert!(Manifest::parse(&text, Path::new("x.toml")).is_err());
+        let text = format!("{GOOD}\n[extra]\na = 1\n");
+        assert!(Manifest::parse(&text, Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn contract_matching_is_major_minor() {
+        assert!(contract_supported("0.1.7"));
+        assert!(contract_supported("oms:plugins@0.1.0"));
+        assert!(!contract_supported("0.2.0"));
+        assert!(!contract_supported("0.1"));
+        assert!(!contract_supported("1.1.0"));
+    }
+}

@@ -1,0 +1,158 @@
+//! One loaded plugin version: verified, compiled, type-checked against its world, with its
+//! capability grants resolved. Nothing here runs guest code.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Linker;
+
+use crate::bindings::{inventory, notification, payment};
+use crate::capabilities::PluginContext;
+use crate::engine::{CacheOutcome, PluginEngine};
+use crate::error::LoadError;
+use crate::kv::KvStore;
+use crate::limits::Limits;
+use crate::manifest::{Manifest, PluginKind};
+use crate::state::HostState;
+
+/// The pre-instantiated component, typed by world: instantiating from it is the cheap part
+/// of a call (imports are already resolved and checked).
+pub(crate) enum Exports {
+    Payment(payment::PaymentProviderPre<HostState>),
+    Inventory(inventory::InventoryAdapterPre<HostState>),
+    Notification(notification::NotificationFormatterPre<HostState>),
+}
+
+/// A plugin version ready to be called.
+pub struct LoadedPlugin {
+    pub manifest: Manifest,
+    /// sha256 of the component, lower-case hex.
+    pub digest: Arc<str>,
+    pub limits: Limits,
+    pub loaded_at: SystemTime,
+    /// Whether the compiled code came from the artifact cache.
+    pub cache: CacheOutcome,
+    pub(crate) ctx: Arc<PluginContext>,
+    pub(crate) exports: Exports,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.manifest.name)
+            .field("version", &self.manifest.version)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Reads `manifest_path` and the component it names, then [`Self::from_parts`].
+    pub fn load(
+        engine: &PluginEngine,
+        linker: &Linker<HostState>,
+        manifest_path: &Path,
+        kv: Option<Arc<dyn KvStore>>,
+    ) -> Result<Self, LoadError> {
+        let manifest = Manifest::from_file(manifest_path)?;
+        let wasm_path = manifest.wasm_path();
+        let limits = manifest.limits.resolve();
+        let io = |source| LoadError::Io {
+            plugin: manifest.name.clone(),
+            path: wasm_path.clone(),
+            source,
+        };
+        // Check the size before reading, so an oversized file is never pulled into memory.
+        let size = std::fs::metadata(&wasm_path).map_err(io)?.len();
+        check_size(&manifest, size, &limits)?;
+        let wasm = std::fs::read(&wasm_path).map_err(io)?;
+        Self::from_parts(engine, linker, manifest, &wasm, kv)
+    }
+
+    /// Verifies `wasm` against `manifest` (size, digest), compiles it (or loads the cached
+    /// artifact), type-checks it against the manifest's world and resolves its grants.
+    pub fn from_parts(
+        engine: &PluginEngine,
+        linker: &Linker<HostState>,
+        manifest: Manifest,
+        wasm: &[u8],
+        kv: Option<Arc<dyn KvStore>>,
+    ) -> Result<Self, LoadError> {
+        let limits = manifest.limits.resolve();
+        check_size(&manifest, wasm.len() as u64, &limits)?;
+        let actual = hex::encode(Sha256::digest(wasm));
+        if actual != manifest.sha256 {
+            return Err(LoadError::DigestMismatch {
+                plugin: manifest.name.clone(),
+                path: manifest.wasm_path(),
+                declared: manifest.sha256.clone(),
+                actual,
+            });
+        }
+        let (component, cache) = engine
+            .compile(wasm, &actual)
+            .map_err(|e| LoadError::Compile {
+                plugin: manifest.name.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            plugin: manifest.name.clone(),
+            world: manifest.kind.world(),
+            reason: format!("{e:#}"),
+        };
+        // Resolves every import against the host's linker: an import the host does not offer
+        // (another world's, or a newer WASI) is refused here, not at the first call.
+        let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+        // Checks that the exports are exactly the world's, with the right types.
+        let exports = match manifest.kind {
+            PluginKind::PaymentProvider => {
+                Exports::Payment(payment::PaymentProviderPre::new(pre).map_err(wrong_world)?)
+            }
+            PluginKind::InventoryAdapter => {
+                Exports::Inventory(inventory::InventoryAdapterPre::new(pre).map_err(wrong_world)?)
+            }
+            PluginKind::NotificationFormatter => Exports::Notification(
+                notification::NotificationFormatterPre::new(pre).map_err(wrong_world)?,
+            ),
+        };
+        let ctx = Arc::new(PluginContext::from_manifest(&manifest, kv)?);
+        Ok(Self {
+            digest: actual.into(),
+            limits,
+            loaded_at: SystemTime::now(),
+            cache,
+            ctx,
+            exports,
+            manifest,
+        })
+    }
+
+    /// Plugin name.
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// Plugin version as declared by its manifest.
+    pub fn version(&self) -> &str {
+        &self.manifest.version
+    }
+
+    /// Which world it implements.
+    pub fn kind(&self) -> PluginKind {
+        self.manifest.kind
+    }
+}
+
+fn check_size(manifest: &Manifest, size: u64, limits: &Limits) -> Result<(), LoadError> {
+    if size > limits.max_wasm_bytes {
+        return Err(LoadError::TooLarge {
+            plugin: manifest.name.clone(),
+            path: manifest.wasm_path(),
+            size,
+            limit: limits.max_wasm_bytes,
+        });
+    }
+    Ok(())
+}

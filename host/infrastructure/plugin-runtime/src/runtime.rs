@@ -1,0 +1,236 @@
+//! [`PluginRuntime`]: the facade the application layer holds. It owns the engine, the linker,
+//! the key-value store and the registry, and hands out typed clients.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::Linker;
+
+use crate::breaker::BreakerConfig;
+use crate::clients::{InventoryPlugin, NotificationFormatter, PaymentPlugin};
+use crate::engine::{EngineOptions, PluginEngine};
+use crate::error::LoadError;
+use crate::kv::KvStore;
+use crate::manifest::Manifest;
+use crate::metrics::MetricsSnapshot;
+use crate::plugin::LoadedPlugin;
+use crate::registry::{PluginStatus, Registry, VersionInfo};
+use crate::state::{HostState, build_linker};
+
+/// Everything configurable about the runtime; `Default` is production-ready except for
+/// `engine.cache_dir`, which should point at a directory that survives restarts.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    pub engine: EngineOptions,
+    pub breaker: BreakerConfig,
+}
+
+/// The engine or linker could not be built (a host misconfiguration, not a plugin problem).
+#[derive(Debug, thiserror::Error)]
+#[error("plugin runtime setup failed: {0}")]
+pub struct SetupError(String);
+
+pub(crate) struct Inner {
+    pub(crate) engine: PluginEngine,
+    pub(crate) linker: Linker<HostState>,
+    pub(crate) kv: Option<Arc<dyn KvStore>>,
+    pub(crate) registry: Registry,
+}
+
+/// What loading a directory did.
+#[derive(Debug, Default)]
+pub struct DirReport {
+    pub installed: Vec<VersionInfo>,
+    pub refused: Vec<(PathBuf, LoadError)>,
+}
+
+/// The plugin runtime; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct PluginRuntime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl PluginRuntime {
+    /// Builds the engine and linker. `kv` backs the `kv` capability; without one, a plugin
+    /// whose manifest grants `kv` is refused at load.
+    pub fn new(options: RuntimeOptions, kv: Option<Arc<dyn KvStore>>) -> Result<Self, SetupError> {
+        let engine = PluginEngine::new(options.engine).map_err(|e| SetupError(format!("{e:#}")))?;
+        let linker = build_linker(engine.engine()).map_err(|e| SetupError(format!("{e:#}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                kv,
+                registry: Registry::new(options.breaker),
+            }),
+        })
+    }
+
+    /// Loads and checks the plugin described by `manifest_path` without installing it
+    /// (compilation runs on a blocking thread).
+    pub async fn check(&self, manifest_path: impl AsRef<Path>) -> Result<LoadedPlugin, LoadError> {
+        let inner = self.inner.clone();
+        let path = manifest_path.as_ref().to_path_buf();
+        blocking(move || LoadedPlugin::load(&inner.engine, &inner.linker, &path, inner.kv.clone()))
+            .await
+    }
+
+    /// Loads, checks, then atomically makes current the plugin of `manifest_path`. On any
+    /// error the version that was serving keeps serving. Installing the same component with
+    /// the same manifest as the current one changes nothing.
+    pub async fn install(&self, manifest_path: impl AsRef<Path>) -> Result<VersionInfo, LoadError> {
+        let name_hint = Manifest::from_file(manifest_path.as_ref())
+            .map(|m| m.name)
+            .ok();
+        let result = self.check(manifest_path).await;
+        self.finish_install(result, name_hint.as_deref())
+    }
+
+    /// Like [`Self::install`], from a manifest's text and the component's bytes (for an admin
+    /// API that receives an upload). `manifest_path` only names the manifest in errors.
+    pub async fn install_bytes(
+        &self,
+        manifest_toml: &str,
+        wasm: Vec<u8>,
+    ) -> Result<VersionInfo, LoadError> {
+        let manifest = Manifest::parse(manifest_toml, Path::new("<uploaded manifest>"))?;
+        let name = manifest.name.clone();
+        let inner = self.inner.clone();
+        let result = blocking(move || {
+            LoadedPlugin::from_parts(
+                &inner.engine,
+                &inner.linker,
+                manifest,
+                &wasm,
+                inner.kv.clone(),
+            )
+        })
+        .await;
+        self.finish_install(result, Some(&name))
+    }
+
+    fn finish_install(
+        &self,
+        result: Result<LoadedPlugin, LoadError>,
+        name_hint: Option<&str>,
+    ) -> Result<VersionInfo, LoadError> {
+        let registry = &self.inner.registry;
+        let refuse = |e: LoadError| {
+            if let Some(name) = name_hint {
+                registry.record_failure(name, &e);
+            }
+            tracing::warn!(error = %e, "plugin install refused");
+            Err(e)
+        };
+        let plugin = match result {
+            Ok(p) => p,
+            Err(e) => return refuse(e),
+        };
+        if let Some(slot) = registry.slot(plugin.name()) {
+            let current = slot.current();
+            if current.kind() != plugin.kind() {
+                return refuse(LoadError::ManifestInvalid {
+                    path: plugin.manifest.path.clone(),
+                    reason: format!(
+                        "plugin {} is installed as a {}; a new version cannot become a {}",
+                        plugin.name(),
+                        current.kind(),
+                        plugin.kind()
+                    ),
+                });
+            }
+            if current.digest == plugin.digest
+                && current.manifest.manifest_sha256 == plugin.manifest.manifest_sha256
+                && let Some(status) = self.status_of(plugin.name())
+            {
+                return Ok(status.current);
+            }
+        }
+        let info = registry.install(plugin);
+        tracing::info!(plugin = %info.name, version = %info.version, digest = %info.digest, "plugin installed");
+        Ok(info)
+    }
+
+    /// Installs every `*.toml` manifest in `dir` (sorted by file name). One refused plugin
+    /// does not stop the others.
+    pub async fn load_dir(&self, dir: impl AsRef<Path>) -> std::io::Result<DirReport> {
+        let mut report = DirReport::default();
+        for path in manifests_in(dir.as_ref())? {
+            match self.install(&path).await {
+                Ok(info) => report.installed.push(info),
+                Err(e) => report.refused.push((path, e)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Makes the previous version current again (and the current one the rollback target).
+    pub fn rollback(&self, name: &str) -> Result<VersionInfo, LoadError> {
+        let info = self.inner.registry.rollback(name)?;
+        tracing::info!(plugin = %info.name, version = %info.version, "plugin rolled back");
+        Ok(info)
+    }
+
+    /// Every installed plugin: current and previous version, breaker state, last refusal.
+    pub fn list(&self) -> Vec<PluginStatus> {
+        self.inner.registry.list()
+    }
+
+    /// Status of one plugin.
+    pub fn status_of(&self, name: &str) -> Option<PluginStatus> {
+        self.list().into_iter().find(|s| s.current.name == name)
+    }
+
+    /// Call metrics per plugin name.
+    pub fn metrics(&self) -> Vec<(String, MetricsSnapshot)> {
+        self.inner.registry.metrics()
+    }
+
+    /// A client for the payment plugin `name` (checked at each call, so it may be installed
+    /// later).
+    pub fn payment(&self, name: &str) -> PaymentPlugin {
+        PaymentPlugin {
+            rt: self.inner.clone(),
+            name: name.into(),
+        }
+    }
+
+    /// A client for the inventory plugin `name`.
+    pub fn inventory(&self, name: &str) -> InventoryPlugin {
+        InventoryPlugin {
+            rt: self.inner.clone(),
+            name: name.into(),
+        }
+    }
+
+    /// A client for the notification formatter `name`.
+    pub fn notification(&self, name: &str) -> NotificationFormatter {
+        NotificationFormatter {
+            rt: self.inner.clone(),
+            name: name.into(),
+        }
+    }
+}
+
+/// `*.toml` files of `dir`, sorted.
+pub(crate) fn manifests_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// Runs CPU-heavy loading off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LoadError> + Send + 'static,
+) -> Result<T, LoadError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(LoadError::Compile {
+            plugin: "<unknown>".into(),
+            reason: format!("loader task failed: {e}"),
+        }),
+    }
+}

@@ -1,0 +1,95 @@
+//! Hot swap from a watched directory: poll it, and install every manifest whose manifest or
+//! component changed since the last scan. Polling (not inotify) keeps it dependency-free and
+//! works on every filesystem, including the network and container mounts plugins are often
+//! delivered on; a scan is a `stat` per file.
+//!
+//! Half-copied files are harmless: a component that does not match its manifest's digest is
+//! refused (the current version keeps serving) and retried when either file changes again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::LoadError;
+use crate::manifest::Manifest;
+use crate::registry::VersionInfo;
+use crate::runtime::{PluginRuntime, manifests_in};
+
+/// What changed on disk, as far as `stat` can tell.
+type Fingerprint = (Option<(SystemTime, u64)>, Option<(SystemTime, u64)>);
+
+/// What one scan did.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    pub installed: Vec<VersionInfo>,
+    pub refused: Vec<(PathBuf, LoadError)>,
+}
+
+/// Watches one directory; drive it with [`DirWatcher::scan`] or [`DirWatcher::spawn`].
+pub struct DirWatcher {
+    runtime: PluginRuntime,
+    dir: PathBuf,
+    seen: HashMap<PathBuf, Fingerprint>,
+}
+
+/// Stops the polling task when dropped.
+pub struct WatchHandle(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn stat(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl DirWatcher {
+    /// Watches `dir` for `runtime`. The first scan installs everything present.
+    pub fn new(runtime: PluginRuntime, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            runtime,
+            dir: dir.into(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Installs what changed since the previous scan.
+    pub async fn scan(&mut self) -> ScanReport {
+        let mut report = ScanReport::default();
+        let manifests = match manifests_in(&self.dir) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot scan plugin directory");
+                return report;
+            }
+        };
+        for path in manifests {
+            let wasm = Manifest::from_file(&path).ok().map(|m| m.wasm_path());
+            let fp = (stat(&path), wasm.as_deref().and_then(stat));
+            if self.seen.get(&path) == Some(&fp) {
+                continue;
+            }
+            self.seen.insert(path.clone(), fp);
+            match self.runtime.install(&path).await {
+                Ok(info) => report.installed.push(info),
+                Err(e) => report.refused.push((path, e)),
+            }
+        }
+        report
+    }
+
+    /// Scans every `every` on a tokio task until the handle is dropped.
+    pub fn spawn(mut self, every: Duration) -> WatchHandle {
+        WatchHandle(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                self.scan().await;
+            }
+        }))
+    }
+}

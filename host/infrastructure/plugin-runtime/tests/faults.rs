@@ -1,0 +1,270 @@
+//! Every fault kind is contained: the host keeps serving and the next call to a good plugin
+//! succeeds. Load-time refusals name their cause.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use oms_plugin_runtime::clients::payment::PaymentError;
+use oms_plugin_runtime::{CallErrorKind, LoadError, PluginError, PluginRuntime};
+
+async fn good_call_still_works(rt: &PluginRuntime, key: &str) {
+    let ok = rt
+        .payment("fakepay")
+        .authorize(authorize_request("tok_ok", key))
+        .await
+        .unwrap();
+    assert_eq!(&*ok.info.plugin, "fakepay");
+}
+
+fn runtime_kind<T: std::fmt::Debug, E: std::fmt::Debug + std::fmt::Display>(
+    r: Result<T, PluginError<E>>,
+) -> CallErrorKind {
+    match r {
+        Err(PluginError::Runtime(e)) => e.kind,
+        other => panic!("expected a runtime failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_is_contained() {
+    let rt = runtime();
+    rt.install(manifest("fakepay")).await.unwrap();
+    rt.install(manifest("testing/trap")).await.unwrap();
+    let kind = runtime_kind(
+        rt.payment("trap")
+            .authorize(authorize_request("tok_ok", "t1"))
+            .await,
+    );
+    assert!(matches!(kind, CallErrorKind::Trapped { .. }), "{kind:?}");
+    // A trapped store is dropped: the next call gets a fresh instance and traps the same way.
+    let kind = runtime_kind(
+        rt.payment("trap")
+            .authorize(authorize_request("tok_ok", "t2"))
+            .await,
+    );
+    assert!(matches!(kind, CallErrorKind::Trapped { .. }), "{kind:?}");
+    good_call_still_works(&rt, "after-trap").await;
+    let metrics = rt
+        .metrics()
+        .into_iter()
+        .find(|(n, _)| n == "trap")
+        .unwrap()
+        .1;
+    assert_eq!(metrics.errors.get("trap"), Some(&2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_is_stopped_at_its_deadline_without_blocking_others() {
+    let rt = runtime();
+    rt.install(manifest("fakepay")).await.unwrap();
+    rt.install(manifest("testing/infinite-loop")).await.unwrap();
+    let looping = rt.payment("infinite-loop");
+    let spinning = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = looping.authorize(authorize_request("tok_ok", "loop")).await;
+        (r, started.elapsed())
+    });
+    // While the loop spins (its deadline is 200 ms), another plugin is served: the deadline is
+    // per store, and the spinning guest yields at every epoch tick.
+    good_call_still_works(&rt, "during-loop").await;
+    let (r, elapsed) = spinning.await.unwrap();
+    assert_eq!(
+        runtime_kind(r),
+        CallErrorKind::DeadlineExceeded { deadline_ms: 200 }
+    );
+    assert!(
+        elapsed >= std::time::Duration::from_millis(200),
+        "{elapsed:?}"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}");
+    good_call_still_works(&rt, "after-loop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_hits_the_cap() {
+    let rt = runtime();
+    rt.install(manifest("fakepay")).await.unwrap();
+    rt.install(manifest("testing/memory-bomb")).await.unwrap();
+    let bomb = rt.payment("memory-bomb");
+    let kind = runtime_kind(bomb.authorize(authorize_request("vec", "m1")).await);
+    assert_eq!(
+        kind,
+        CallErrorKind::MemoryLimitExceeded {
+            limit_bytes: 64 << 20
+        }
+    );
+    // A guest that asks politely (try_reserve) gets an allocation error it can handle.
+    match bomb.authorize(authorize_request("try-reserve", "m2")).await {
+        Err(PluginError::Rejected {
+            error: PaymentError::Transient(msg),
+            ..
+        }) => {
+            assert!(msg.contains("allocation refused"), "{msg}")
+        }
+        other => panic!("expected the guest's own error, got {other:?}"),
+    }
+    good_call_still_works(&rt, "after-bomb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ungranted_kv_is_denied() {
+    let rt = runtime();
+    rt.install(manifest("fakepay")).await.unwrap();
+    rt.install(manifest("testing/ungranted-kv")).await.unwrap();
+    match rt
+        .payment("ungranted-kv")
+        .authorize(authorize_request("tok_ok", "u1"))
+        .await
+    {
+        Err(PluginError::Rejected {
+            error: PaymentError::Invalid(msg),
+            ..
+        }) => {
+            assert_eq!(msg, "kv denied")
+        }
+        other => panic!("expected kv denied, got {other:?}"),
+    }
+    good_call_still_works(&rt, "after-ungranted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_world_is_refused_at_load_with_the_cause() {
+    let rt = runtime();
+    rt.install(manifest("fakepay")).await.unwrap();
+    let err = rt
+        .install(manifest("testing/wrong-world"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::WrongWorld { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(
+            "plugin wrong-world: the component does not implement the payment-provider world"
+        ),
+        "{msg}"
+    );
+    assert!(rt.status_of("wrong-world").is_none());
+    good_call_still_works(&rt, "after-wrong-world").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_formatter_declared_as_payment_is_a_wrong_world() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let m = staged(dir.path(), "email-text", |t| {
+        set_line(&t, "kind", "\"payment\"")
+    });
+    let err = rt.install(&m).await.unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "plugin email-text: the component does not implement the payment-provider world"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_mismatch_is_refused_and_the_current_version_keeps_serving() {
+    let rt = runtime();
+    rt.install(manifest("fakepay")).await.unwrap();
+    let before = rt.status_of("fakepay").unwrap().current;
+
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "0".repeat(64);
+    let m = staged(dir.path(), "fakepay", |t| {
+        set_line(
+            &set_line(&t, "sha256", &format!("\"{wrong}\"")),
+            "version",
+            "\"9.9.9\"",
+        )
+    });
+    let err = rt.install(&m).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "plugin fakepay: digest mismatch: the manifest declares sha256 {wrong} but "
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with(&format!("has sha256 {}", before.digest)),
+        "{msg}"
+    );
+
+    let status = rt.status_of("fakepay").unwrap();
+    assert_eq!(status.current, before);
+    assert!(status.last_error.unwrap().contains("digest mismatch"));
+    good_call_still_works(&rt, "after-mismatch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_contract_and_oversized_binary_are_refused() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let m = staged(dir.path(), "fakepay", |t| {
+        set_line(&t, "contract", "\"oms:plugins@0.2.0\"")
+    });
+    let err = rt.install(&m).await.unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "unsupported contract version oms:plugins@0.2.0: this host implements oms:plugins@0.1.0"
+        ),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = staged(dir.path(), "fakepay", |t| {
+        t.replace("[limits]", "[limits]\nmax_wasm_mib = 1")
+    });
+    let wasm = dir.path().join("fakepay.wasm");
+    // Pad the component past 1 MiB: the size check must fire before the digest check.
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    bytes.resize((1 << 20) + 1, 0);
+    std::fs::write(&wasm, bytes).unwrap();
+    let err = rt.install(&m).await.unwrap_err();
+    assert!(matches!(err, LoadError::TooLarge { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("is 1048577 bytes, over the 1048576-byte limit"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_plugin_and_wrong_kind_calls_fail_typed() {
+    let rt = runtime();
+    rt.install(manifest("email-text")).await.unwrap();
+    let kind = runtime_kind(
+        rt.payment("nope")
+            .authorize(authorize_request("tok_ok", "x"))
+            .await,
+    );
+    assert_eq!(kind, CallErrorKind::NotInstalled);
+    let kind = runtime_kind(
+        rt.payment("email-text")
+            .authorize(authorize_request("tok_ok", "x"))
+            .await,
+    );
+    assert!(matches!(kind, CallErrorKind::WrongKind { .. }), "{kind:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_after_repeated_traps() {
+    let rt = runtime();
+    rt.install(manifest("testing/trap")).await.unwrap();
+    let trap = rt.payment("trap");
+    for i in 0..5 {
+        let kind = runtime_kind(
+            trap.authorize(authorize_request("tok_ok", &format!("b{i}")))
+                .await,
+        );
+        assert!(matches!(kind, CallErrorKind::Trapped { .. }), "{kind:?}");
+    }
+    let kind = runtime_kind(trap.authorize(authorize_request("tok_ok", "b-open")).await);
+    assert_eq!(kind, CallErrorKind::CircuitOpen);
+    assert_eq!(
+        rt.status_of("trap").unwrap().breaker,
+        oms_plugin_runtime::breaker::BreakerState::Open
+    );
+}

@@ -1,0 +1,227 @@
+//! Hot swap with calls in flight, rollback, the watched directory, and the artifact cache.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use common::*;
+use oms_plugin_runtime::kv::{BatchOutcome, BoundedAdd, KvStore, MemoryKvStore, Swap};
+use oms_plugin_runtime::{CacheOutcome, DirWatcher, KvError};
+use tokio::sync::{Notify, watch};
+
+/// A KV store that holds every operation while the gate is closed, so that calls can be kept
+/// in flight (inside a host call, on the version they started with) for as long as a test
+/// needs, without sleeping.
+struct GatedKv {
+    inner: MemoryKvStore,
+    closed: AtomicBool,
+    open: watch::Sender<bool>,
+    waiting: AtomicUsize,
+    arrived: Notify,
+}
+
+impl GatedKv {
+    fn new() -> Self {
+        Self {
+            inner: MemoryKvStore::new(),
+            closed: AtomicBool::new(true),
+            open: watch::channel(false).0,
+            waiting: AtomicUsize::new(0),
+            arrived: Notify::new(),
+        }
+    }
+
+    async fn pass(&self) {
+        if !self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut rx = self.open.subscribe();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.arrived.notify_one();
+        rx.wait_for(|open| *open).await.unwrap();
+    }
+
+    async fn until_waiting(&self, n: usize) {
+        while self.waiting.load(Ordering::SeqCst) < n {
+            self.arrived.notified().await;
+        }
+    }
+
+    fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+        self.open.send_replace(true);
+    }
+}
+
+#[async_trait::async_trait]
+impl KvStore for GatedKv {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.pass().await;
+        self.inner.get(ns, key).await
+    }
+    async fn set(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.pass().await;
+        self.inner.set(ns, key, value).await
+    }
+    async fn delete(&self, ns: &str, key: &str) -> Result<(), KvError> {
+        self.pass().await;
+        self.inner.delete(ns, key).await
+    }
+    async fn batch(&self, ns: &str, s: &[Swap], a: &[BoundedAdd]) -> Result<BatchOutcome, KvError> {
+        self.pass().await;
+        self.inner.batch(ns, s, a).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swap_with_100_calls_in_flight_then_rollback() {
+    let kv = Arc::new(GatedKv::new());
+    let rt = runtime_with(kv.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = staged(dir.path(), "fakepay", |t| {
+        set_line(
+            &set_line(&t, "version", "\"1.0.0\""),
+            "deadline_ms",
+            "60000",
+        )
+    });
+    rt.install(&v1).await.unwrap();
+    let pay = rt.payment("fakepay");
+
+    let old_calls: Vec<_> = (0..100)
+        .map(|i| {
+            let pay = pay.clone();
+            tokio::spawn(async move {
+                pay.authorize(authorize_request("tok_ok", &format!("old-{i}")))
+                    .await
+            })
+        })
+        .collect();
+    // Every old call is now inside the plugin, blocked in its first KV call.
+    kv.until_waiting(100).await;
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let v2 = staged(dir2.path(), "fakepay", |t| {
+        set_line(
+            &set_line(&t, "version", "\"2.0.0\""),
+            "deadline_ms",
+            "60000",
+        )
+    });
+    let installed = rt.install(&v2).await.unwrap();
+    assert_eq!(installed.version, "2.0.0");
+    let status = rt.status_of("fakepay").unwrap();
+    assert_eq!(status.current.version, "2.0.0");
+    assert_eq!(status.previous.unwrap().version, "1.0.0");
+
+    let new_calls: Vec<_> = (0..100)
+        .map(|i| {
+            let pay = pay.clone();
+            tokio::spawn(async move {
+                pay.authorize(authorize_request("tok_ok", &format!("new-{i}")))
+                    .await
+            })
+        })
+        .collect();
+    kv.until_waiting(200).await;
+    kv.open();
+
+    for call in old_calls {
+        let done = call
+            .await
+            .unwrap()
+            .expect("an in-flight call failed across the swap");
+        assert_eq!(&*done.info.version, "1.0.0");
+    }
+    for call in new_calls {
+        let done = call.await.unwrap().expect("a call after the swap failed");
+        assert_eq!(&*done.info.version, "2.0.0");
+    }
+
+    let back = rt.rollback("fakepay").unwrap();
+    assert_eq!(back.version, "1.0.0");
+    let after = pay
+        .authorize(authorize_request("tok_ok", "after-rollback"))
+        .await
+        .unwrap();
+    assert_eq!(&*after.info.version, "1.0.0");
+    // Rolling back again rolls forward.
+    assert_eq!(rt.rollback("fakepay").unwrap().version, "2.0.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_directory_installs_changes_and_survives_a_bad_drop() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    staged(dir.path(), "fakepay", |t| {
+        set_line(&t, "version", "\"1.0.0\"")
+    });
+    let mut watcher = DirWatcher::new(rt.clone(), dir.path());
+    let first = watcher.scan().await;
+    assert_eq!(first.installed.len(), 1, "{:?}", first.refused);
+    assert!(watcher.scan().await.installed.is_empty(), "nothing changed");
+
+    // A broken drop (wrong digest) is refused; 1.0.0 keeps serving.
+    staged(dir.path(), "fakepay", |t| {
+        set_line(
+            &set_line(&t, "version", "\"1.1.0\""),
+            "sha256",
+            &format!("\"{}\"", "1".repeat(64)),
+        )
+    });
+    let bad = watcher.scan().await;
+    assert_eq!(bad.refused.len(), 1);
+    assert_eq!(rt.status_of("fakepay").unwrap().current.version, "1.0.0");
+    rt.payment("fakepay")
+        .authorize(authorize_request("tok_ok", "w1"))
+        .await
+        .unwrap();
+
+    // The fixed drop goes live.
+    staged(dir.path(), "fakepay", |t| {
+        set_line(&t, "version", "\"1.1.0\"")
+    });
+    let good = watcher.scan().await;
+    assert_eq!(good.installed.len(), 1, "{:?}", good.refused);
+    let r = rt
+        .payment("fakepay")
+        .authorize(authorize_request("tok_ok", "w2"))
+        .await
+        .unwrap();
+    assert_eq!(&*r.info.version, "1.1.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_the_cached_artifact() {
+    let cache = tempfile::tempdir().unwrap();
+    let first = runtime_cached(cache.path());
+    let loaded = first.check(manifest("fakepay")).await.unwrap();
+    assert_eq!(loaded.cache, CacheOutcome::Miss);
+    drop(first);
+    let second = runtime_cached(cache.path());
+    let loaded = second.check(manifest("fakepay")).await.unwrap();
+    assert_eq!(loaded.cache, CacheOutcome::Hit);
+    second.install(manifest("fakepay")).await.unwrap();
+    second
+        .payment("fakepay")
+        .authorize(authorize_request("tok_ok", "cached"))
+        .await
+        .unwrap();
+    // A corrupted artifact is detected by its checksum and recompiled, never executed.
+    for entry in std::fs::read_dir(cache.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    let third = runtime_cached(cache.path());
+    assert_eq!(
+        third.check(manifest("fakepay")).await.unwrap().cache,
+        CacheOutcome::Miss
+    );
+}
