@@ -41,6 +41,9 @@ pub enum AppError {
     /// A request with this idempotency key is still running.
     #[error("a request with this idempotency key is in progress; retry later")]
     IdempotencyInProgress,
+    /// Another saga is already running for the order (at most one runs at a time).
+    #[error("another operation is still running for this order")]
+    SagaActive,
     /// A dependency (database) is down or overloaded; safe to retry.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -72,6 +75,7 @@ impl From<StoreError> for AppError {
             StoreError::NotFound => Self::NotFound("order".to_owned()),
             StoreError::VersionConflict { current } => Self::VersionConflict { current },
             StoreError::LeaseLost => Self::IdempotencyInProgress,
+            StoreError::SagaActive => Self::SagaActive,
             StoreError::Unavailable(m) => Self::Unavailable(m),
             StoreError::Corrupt(m) => Self::Internal(m),
         }

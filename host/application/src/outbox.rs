@@ -37,10 +37,12 @@ impl OutboxMessage {
     pub fn for_event(order: &Order, event: &OrderEvent) -> Self {
         let event_id = Uuid::now_v7();
         let amount = match &event.kind {
-            OrderEventKind::Refunded { amount } => Some(MoneyDoc {
-                amount_minor: amount.amount_minor(),
-                currency: amount.currency().to_string(),
-            }),
+            OrderEventKind::Refunded { amount } | OrderEventKind::RefundRequested { amount } => {
+                Some(MoneyDoc {
+                    amount_minor: amount.amount_minor(),
+                    currency: amount.currency().to_string(),
+                })
+            }
             _ => None,
         };
         let payload = Payload {

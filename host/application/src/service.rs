@@ -14,6 +14,7 @@ use crate::idempotency::{
 };
 use crate::outbox::OutboxMessage;
 use crate::ports::{BeginOutcome, IdempotencyStore, OrderStore, OrderWrite};
+use crate::saga::SagaInstance;
 
 /// Tunables of the service, with the defaults documented in the README.
 #[derive(Debug, Clone)]
@@ -46,6 +47,9 @@ pub struct OrderService {
     pub(crate) changes: OrderChanges,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: ServiceConfig,
+    /// Wakes the saga workers when a write started a saga, so placement begins at once
+    /// instead of at the next poll.
+    pub(crate) saga_wakeup: Arc<tokio::sync::Notify>,
 }
 
 impl OrderService {
@@ -62,11 +66,17 @@ impl OrderService {
             changes,
             clock,
             config,
+            saga_wakeup: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
     pub fn changes(&self) -> &OrderChanges {
         &self.changes
+    }
+
+    /// Notified whenever a committed write started a saga; the saga workers wait on it.
+    pub fn saga_wakeup(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.saga_wakeup)
     }
 
     /// Runs a mutating use case under the request's idempotency key, if any.
@@ -134,14 +144,16 @@ impl OrderService {
         })
     }
 
-    /// Saves a changed order with its events and idempotency completion, then tells
-    /// watchers. `expected` is the version the change was based on (`None` for an insert).
+    /// Saves a changed order with its events, idempotency completion and the saga it starts,
+    /// then tells watchers (and the saga workers). `expected` is the version the change was
+    /// based on (`None` for an insert).
     pub(crate) async fn commit(
         &self,
         order: &Order,
         expected: Option<Version>,
         events: &[OrderEvent],
         claim: Option<IdempotencyClaim>,
+        start_saga: Option<&SagaInstance>,
     ) -> Result<(), AppError> {
         let outbox: Vec<OutboxMessage> = events
             .iter()
@@ -154,9 +166,13 @@ impl OrderService {
                 expected_version: expected,
                 outbox: &outbox,
                 idempotency: completion.as_ref(),
+                start_saga,
             })
             .await?;
         self.changes.publish(order.id(), order.version());
+        if start_saga.is_some() {
+            self.saga_wakeup.notify_one();
+        }
         Ok(())
     }
 

@@ -12,7 +12,7 @@ pub use gateways::{
 };
 pub use idempotency::{BeginOutcome, IdempotencyStore};
 pub use orders::{OrderQuery, OrderStore, OrderWrite};
-pub use sagas::{SagaCommit, SagaStore, StepDirection, StepRecord, StepState};
+pub use sagas::{Fence, SagaCommit, SagaStore, StepDirection, StepRecord, StepState};
 
 use oms_domain::Version;
 
@@ -31,6 +31,10 @@ pub enum StoreError {
     /// Connection refused, pool exhausted, serialization failure: retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The write would start a saga while another is active for the same order (at most one
+    /// runs per order); nothing was written.
+    #[error("another saga is active for this order")]
+    SagaActive,
     /// Stored data does not parse into domain values: a bug or manual tampering.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

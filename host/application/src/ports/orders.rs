@@ -6,6 +6,7 @@ use oms_domain::{CustomerId, Order, OrderId, OrderStatus, Version};
 use super::StoreError;
 use crate::idempotency::IdempotencyCompletion;
 use crate::outbox::OutboxMessage;
+use crate::saga::SagaInstance;
 
 /// One atomic change: everything in it commits together or not at all.
 #[derive(Debug)]
@@ -19,6 +20,10 @@ pub struct OrderWrite<'a> {
     /// Completes the idempotency record in the same transaction, so a replay can never miss
     /// an executed effect.
     pub idempotency: Option<&'a IdempotencyCompletion>,
+    /// A saga to start in the same transaction (the placement saga of a new order, the
+    /// cancellation saga of an order moving to CANCELLING): the order change and the work
+    /// that follows it are durable together or not at all.
+    pub start_saga: Option<&'a SagaInstance>,
 }
 
 /// Filters and keyset cursor of a listing; results are newest first.

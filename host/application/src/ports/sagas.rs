@@ -61,6 +61,15 @@ pub struct StepRecord {
     pub at: Timestamp,
 }
 
+/// Who may commit a saga change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence<'a> {
+    /// The worker holding the saga's lease under this owner name.
+    Lease(&'a str),
+    /// An operator acting on a parked (COMPENSATION_FAILED) saga, which no worker holds.
+    Parked,
+}
+
 /// One step's outcome, committed atomically: the saga's progress, the step's audit row, and
 /// the order change with its outbox rows.
 #[derive(Debug)]
@@ -68,9 +77,10 @@ pub struct SagaCommit<'a> {
     /// The saga after the step (its `version` is `expected_version + 1`).
     pub saga: &'a SagaInstance,
     pub expected_version: i64,
-    /// The worker that must still hold the saga's lease; the lease is extended to
-    /// `lease_until` (or dropped when the saga is no longer active).
-    pub owner: &'a str,
+    /// Who commits: the worker that must still hold the lease, whose lease then lasts until
+    /// `lease_until` (dropped when the saga is no longer active); or an operator resuming a
+    /// parked saga, which leaves it unleased for any worker to claim.
+    pub fence: Fence<'a>,
     pub lease_until: Timestamp,
     pub step: Option<&'a StepRecord>,
     pub order: Option<OrderWrite<'a>>,
@@ -90,8 +100,9 @@ pub trait SagaStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<SagaInstance>, StoreError>;
 
-    /// Applies `commit` atomically. `VersionConflict` when the saga moved on or `owner` lost
-    /// the lease; the order write fails as in [`super::OrderStore::save`].
+    /// Applies `commit` atomically. `VersionConflict` when the saga moved on or the fence no
+    /// longer holds (the worker lost its lease, the saga is no longer parked); the order
+    /// write fails as in [`super::OrderStore::save`].
     async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError>;
 
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError>;

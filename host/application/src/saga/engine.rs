@@ -9,13 +9,13 @@ use tracing::{debug, warn};
 use super::definition::{OnFailure, SagaDefinition};
 use super::executor::{Change, Effect, Executor};
 use super::flows;
-use super::instance::{SagaInstance, SagaStatus};
+use super::instance::{SagaInstance, SagaKind, SagaStatus};
 use crate::changes::OrderChanges;
 use crate::clock::Clock;
 use crate::error::AppError;
 use crate::outbox::OutboxMessage;
 use crate::ports::{
-    GatewayError, GatewayFailure, InventoryGateway, OrderStore, OrderWrite, PaymentGateway,
+    Fence, GatewayError, GatewayFailure, InventoryGateway, OrderStore, OrderWrite, PaymentGateway,
     SagaCommit, SagaStore, StepDirection, StepRecord, StepState, StoreError,
 };
 
@@ -28,21 +28,36 @@ enum Next {
     Stop,
 }
 
-/// What the engine needs: stores, gateways, a clock, its worker identity.
-pub struct SagaEngine {
-    pub(crate) orders: Arc<dyn OrderStore>,
-    pub(crate) sagas: Arc<dyn SagaStore>,
-    pub(crate) payments: Arc<dyn PaymentGateway>,
-    pub(crate) inventory: Arc<dyn InventoryGateway>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) changes: OrderChanges,
+/// The stores and gateways a saga engine works with.
+#[derive(Clone)]
+pub struct SagaPorts {
+    pub orders: Arc<dyn OrderStore>,
+    pub sagas: Arc<dyn SagaStore>,
+    pub payments: Arc<dyn PaymentGateway>,
+    pub inventory: Arc<dyn InventoryGateway>,
+}
+
+/// How one engine (one worker) behaves.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
     /// Lease owner name: unique per worker (host process + task).
-    pub(crate) worker: String,
+    pub worker: String,
     /// How long a claim lasts without a commit; a crashed worker's sagas are picked up by
     /// others after this.
-    pub(crate) lease: Duration,
-    /// Uniform samples for backoff jitter.
-    pub(crate) jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
+    pub lease: Duration,
+    /// Caps every step's and compensation's retry deadline (the tables' values otherwise):
+    /// for tests, and for operators who prefer failing fast over waiting out an outage.
+    pub deadline_cap: Option<Duration>,
+}
+
+/// Runs saga tables. One per worker task; cheap to share behind an `Arc`.
+pub struct SagaEngine {
+    ports: SagaPorts,
+    clock: Arc<dyn Clock>,
+    changes: OrderChanges,
+    config: EngineConfig,
+    /// Uniform samples in `[0, 1)` for backoff jitter (injected so tests can pin them).
+    jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
 }
 
 fn plus(t: Timestamp, d: Duration) -> Timestamp {
@@ -51,29 +66,26 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
 }
 
 impl SagaEngine {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        orders: Arc<dyn OrderStore>,
-        sagas: Arc<dyn SagaStore>,
-        payments: Arc<dyn PaymentGateway>,
-        inventory: Arc<dyn InventoryGateway>,
+        ports: SagaPorts,
         clock: Arc<dyn Clock>,
         changes: OrderChanges,
-        worker: String,
-        lease: Duration,
+        config: EngineConfig,
         jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
     ) -> Self {
         Self {
-            orders,
-            sagas,
-            payments,
-            inventory,
+            ports,
             clock,
             changes,
-            worker,
-            lease,
+            config,
             jitter,
         }
+    }
+
+    fn capped(&self, deadline: Duration) -> Duration {
+        self.config
+            .deadline_cap
+            .map_or(deadline, |cap| deadline.min(cap))
     }
 
     /// Claims up to `limit` due sagas and drives each as far as it can go now. Returns how
@@ -81,8 +93,14 @@ impl SagaEngine {
     pub async fn run_due(&self, limit: u32) -> Result<usize, AppError> {
         let now = self.clock.now();
         let claimed = self
+            .ports
             .sagas
-            .claim_due(&self.worker, now, plus(now, self.lease), limit)
+            .claim_due(
+                &self.config.worker,
+                now,
+                plus(now, self.config.lease),
+                limit,
+            )
             .await?;
         let count = claimed.len();
         futures::future::join_all(claimed.into_iter().map(|saga| self.drive(saga))).await;
@@ -105,7 +123,7 @@ impl SagaEngine {
     }
 
     async fn load_order(&self, saga: &SagaInstance) -> Result<Order, AppError> {
-        self.orders.get(saga.order_id).await?.ok_or_else(|| {
+        self.ports.orders.get(saga.order_id).await?.ok_or_else(|| {
             AppError::Internal(format!("saga {} lost order {}", saga.id, saga.order_id))
         })
     }
@@ -125,7 +143,7 @@ impl SagaEngine {
             match result {
                 Err(AppError::VersionConflict { .. }) => {
                     // Our copy of the saga is unchanged (commit failed); reload the order.
-                    if let Some(stored) = self.sagas.get(saga.id).await? {
+                    if let Some(stored) = self.ports.sagas.get(saga.id).await? {
                         *saga = stored;
                     }
                     continue;
@@ -150,25 +168,21 @@ impl SagaEngine {
         };
         // A cancellation that arrived while placing stops the placement: everything done so
         // far is undone by this saga's compensations, then the cancel completes.
-        if order.status() == OrderStatus::Cancelling && saga.kind == super::SagaKind::PlaceOrder {
+        if order.status() == OrderStatus::Cancelling && saga.kind == SagaKind::PlaceOrder {
             return self
-                .start_compensation(
-                    definition,
-                    saga,
-                    order,
-                    "cancelled while placing".into(),
-                    None,
-                    now,
-                )
+                .start_compensation(definition, saga, order, Failure::Cancelled, None, now)
                 .await;
+        }
+        if saga.kind != SagaKind::PlaceOrder && saga.step == 0 && saga.attempts == 0 {
+            self.inherit_references(saga).await?;
         }
         let key = saga.idempotency_key(step.name, step.forward.as_str());
         let deadline = saga
             .step_deadline
-            .unwrap_or_else(|| plus(now, step.deadline));
+            .unwrap_or_else(|| plus(now, self.capped(step.deadline)));
         let executor = Executor {
-            payments: self.payments.as_ref(),
-            inventory: self.inventory.as_ref(),
+            payments: self.ports.payments.as_ref(),
+            inventory: self.ports.inventory.as_ref(),
         };
         let attempt = saga.attempts + 1;
         match executor.run(step.forward, saga, &order, &key).await {
@@ -250,10 +264,34 @@ impl SagaEngine {
                     last_error: Some(reason.clone()),
                     at: now,
                 };
-                self.start_compensation(definition, saga, order, reason, Some(&record), now)
-                    .await
+                self.start_compensation(
+                    definition,
+                    saga,
+                    order,
+                    Failure::Step(reason),
+                    Some(&record),
+                    now,
+                )
+                .await
             }
         }
+    }
+
+    /// A cancellation, fulfilment or refund acts on what the placement created: it takes the
+    /// reservation and payment references from the order's earlier sagas (latest first).
+    async fn inherit_references(&self, saga: &mut SagaInstance) -> Result<(), AppError> {
+        let earlier = self.ports.sagas.for_order(saga.order_id).await?;
+        for other in earlier.iter().rev().filter(|s| s.id != saga.id) {
+            if saga.data.reservation_id.is_none() {
+                saga.data
+                    .reservation_id
+                    .clone_from(&other.data.reservation_id);
+            }
+            if saga.data.payment_id.is_none() {
+                saga.data.payment_id.clone_from(&other.data.payment_id);
+            }
+        }
+        Ok(())
     }
 
     async fn start_compensation(
@@ -261,15 +299,21 @@ impl SagaEngine {
         definition: &SagaDefinition,
         saga: &mut SagaInstance,
         order: Order,
-        reason: String,
+        failure: Failure,
         record: Option<&StepRecord>,
         now: Timestamp,
     ) -> Result<Next, AppError> {
         let failed = saga.step;
-        let park = definition
-            .step(failed)
-            .is_some_and(|s| s.on_failure == OnFailure::Park)
-            && order.status() != OrderStatus::Cancelling;
+        let (reason, park) = match failure {
+            // A cancellation is not a failure of the step: undo everything, then cancel.
+            Failure::Cancelled => ("cancelled while placing".to_owned(), false),
+            Failure::Step(reason) => {
+                let park = definition
+                    .step(failed)
+                    .is_none_or(|s| s.on_failure == OnFailure::Park);
+                (reason, park)
+            }
+        };
         if park {
             return self
                 .finish(
@@ -324,11 +368,11 @@ impl SagaEngine {
         let key = saga.idempotency_key(step.name, op.as_str());
         let deadline = saga
             .step_deadline
-            .unwrap_or_else(|| plus(now, definition.compensation_deadline));
+            .unwrap_or_else(|| plus(now, self.capped(definition.compensation_deadline)));
         let attempt = saga.attempts + 1;
         let executor = Executor {
-            payments: self.payments.as_ref(),
-            inventory: self.inventory.as_ref(),
+            payments: self.ports.payments.as_ref(),
+            inventory: self.ports.inventory.as_ref(),
         };
         match executor.run(op, saga, &order, &key).await {
             Ok(effect) => {
@@ -415,10 +459,23 @@ impl SagaEngine {
                     _ => None,
                 }
             }
-            SagaStatus::CompensationFailed => Some(Mark::Parked(reason_text)),
+            // Before the pivot (or while cancelling) the order waits in COMPENSATION_FAILED;
+            // after it (a failed capture or refund) the order keeps its status and only the
+            // saga is parked for the operator.
+            SagaStatus::CompensationFailed
+                if matches!(
+                    order.status(),
+                    OrderStatus::Pending | OrderStatus::Cancelling
+                ) =>
+            {
+                Some(Mark::Parked(reason_text))
+            }
             _ => None,
         };
         let mut next = saga.clone();
+        if status == SagaStatus::CompensationFailed {
+            next.data.parked_while = Some(saga.status.as_str().to_owned());
+        }
         next.status = status;
         next.last_error = reason.or(next.last_error);
         next.next_attempt_at = now;
@@ -457,13 +514,21 @@ impl SagaEngine {
             .collect();
         next.version = saga.version + 1;
         next.updated_at = now;
-        let lease_until = plus(now, self.lease);
+        // Keep the lease only while this worker goes straight on to the next step; a saga
+        // that waits for a retry is released so whichever worker is free when it is due
+        // (in any process) picks it up.
+        let lease_until = if next.status.is_active() && next.next_attempt_at <= now {
+            plus(now, self.config.lease)
+        } else {
+            now
+        };
         let result = self
+            .ports
             .sagas
             .commit(SagaCommit {
                 saga: &next,
                 expected_version: saga.version,
-                owner: &self.worker,
+                fence: Fence::Lease(&self.config.worker),
                 lease_until,
                 step: record,
                 order: changed.then_some(OrderWrite {
@@ -471,6 +536,7 @@ impl SagaEngine {
                     expected_version: Some(base),
                     outbox: &outbox,
                     idempotency: None,
+                    start_saga: None,
                 }),
             })
             .await;
@@ -488,6 +554,14 @@ impl SagaEngine {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Why a saga turns back.
+enum Failure {
+    /// The order was cancelled while the saga ran.
+    Cancelled,
+    /// A step failed for good; the reason.
+    Step(String),
 }
 
 /// Terminal or bookkeeping transitions the engine itself decides (not a step's effect).

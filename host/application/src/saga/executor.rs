@@ -1,7 +1,9 @@
 //! What each [`Operation`] does: one gateway call or one local transition, and the effect it
 //! has on the order and the saga's data.
 
-use oms_domain::{DomainError, Order, OrderEvent, PaymentStatus, ReservationStatus, Timestamp};
+use oms_domain::{
+    DomainError, Money, Order, OrderEvent, PaymentStatus, ReservationStatus, Timestamp,
+};
 
 use super::definition::Operation;
 use super::instance::{SagaData, SagaInstance};
@@ -184,12 +186,17 @@ impl Executor<'_> {
                     .payment_id
                     .as_deref()
                     .ok_or_else(|| missing("payment"))?;
-                let refundable = order
-                    .captured()
-                    .checked_sub(&order.refunded())
-                    .map_err(|e| missing(&e.to_string()))?;
-                let (_, call) = self.payments.refund(provider, id, None, key).await?;
-                Ok(with_call(Change::Refunded(refundable), call))
+                let currency = order.total().currency();
+                let amount = match data.refund_amount_minor {
+                    Some(minor) => Money::new(minor, currency),
+                    None => order.captured().checked_sub(&order.refunded()),
+                }
+                .map_err(|e| missing(&e.to_string()))?;
+                let (_, call) = self
+                    .payments
+                    .refund(provider, id, Some(amount), key)
+                    .await?;
+                Ok(with_call(Change::Refunded(amount), call))
             }
             Operation::ConfirmOrder => Ok(local(Change::Confirmed)),
             Operation::FinishCancellation => Ok(local(Change::CancellationFinished)),

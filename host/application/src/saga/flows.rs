@@ -110,8 +110,23 @@ pub const FULFIL_ORDER: SagaDefinition = SagaDefinition {
     compensation_deadline: COMPENSATION_DEADLINE,
 };
 
+/// A refund of a captured payment, full or partial: the provider refunds, then the order
+/// records it. Forward-only: a refund is not undone.
+pub const REFUND_ORDER: SagaDefinition = SagaDefinition {
+    kind: SagaKind::RefundOrder,
+    steps: &[StepDef {
+        name: "refund-payment",
+        forward: Operation::RefundPayment,
+        compensation: None,
+        retry: RetryPolicy::DEFAULT,
+        deadline: COMPENSATION_DEADLINE,
+        on_failure: OnFailure::Park,
+    }],
+    compensation_deadline: COMPENSATION_DEADLINE,
+};
+
 /// Every table, for lookups by kind.
-pub const ALL: [&SagaDefinition; 3] = [&PLACE_ORDER, &CANCEL_ORDER, &FULFIL_ORDER];
+pub const ALL: [&SagaDefinition; 4] = [&PLACE_ORDER, &CANCEL_ORDER, &FULFIL_ORDER, &REFUND_ORDER];
 
 /// The table of a kind.
 pub fn definition(kind: SagaKind) -> &'static SagaDefinition {
@@ -119,6 +134,7 @@ pub fn definition(kind: SagaKind) -> &'static SagaDefinition {
         SagaKind::PlaceOrder => &PLACE_ORDER,
         SagaKind::CancelOrder => &CANCEL_ORDER,
         SagaKind::FulfilOrder => &FULFIL_ORDER,
+        SagaKind::RefundOrder => &REFUND_ORDER,
     }
 }
 

@@ -28,10 +28,16 @@ pub enum SagaKind {
     PlaceOrder,
     CancelOrder,
     FulfilOrder,
+    RefundOrder,
 }
 
 impl SagaKind {
-    pub const ALL: [SagaKind; 3] = [Self::PlaceOrder, Self::CancelOrder, Self::FulfilOrder];
+    pub const ALL: [SagaKind; 4] = [
+        Self::PlaceOrder,
+        Self::CancelOrder,
+        Self::FulfilOrder,
+        Self::RefundOrder,
+    ];
 
     /// Stable storage name.
     pub fn as_str(self) -> &'static str {
@@ -39,6 +45,7 @@ impl SagaKind {
             Self::PlaceOrder => "place_order",
             Self::CancelOrder => "cancel_order",
             Self::FulfilOrder => "fulfil_order",
+            Self::RefundOrder => "refund_order",
         }
     }
 
@@ -106,6 +113,13 @@ pub struct SagaData {
     /// order ends once everything is undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<usize>,
+    /// For a parked saga: whether it was running forward or compensating when it parked, so
+    /// an operator's retry resumes in that direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_while: Option<String>,
+    /// A refund saga's amount, in the order's currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_amount_minor: Option<i64>,
 }
 
 /// One saga as stored.

@@ -14,6 +14,9 @@ pub mod engine;
 mod executor;
 pub mod flows;
 mod instance;
+pub mod operations;
+pub mod worker;
 
-pub use engine::SagaEngine;
+pub use engine::{EngineConfig, SagaEngine, SagaPorts};
 pub use instance::{SagaData, SagaId, SagaInstance, SagaKind, SagaStatus};
+pub use operations::SagaOperations;

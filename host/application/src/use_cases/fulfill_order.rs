@@ -4,11 +4,13 @@ use oms_domain::{Order, OrderId, Version};
 
 use crate::error::AppError;
 use crate::idempotency::IdempotencyRequest;
+use crate::saga::SagaKind;
 use crate::service::OrderService;
+use crate::use_cases::SagaStart;
 
 impl OrderService {
-    /// Marks a CONFIRMED order fulfilled. Committing the reservation and capturing the
-    /// payment are steps of the fulfilment saga; this records the outcome the domain allows.
+    /// Starts fulfilment of a CONFIRMED order (`OrderFulfilmentRequested`); the fulfilment
+    /// saga commits the reservation, captures the payment and marks the order FULFILLED.
     pub async fn fulfill_order(
         &self,
         id: OrderId,
@@ -17,8 +19,14 @@ impl OrderService {
     ) -> Result<Order, AppError> {
         self.idempotent(idempotency, |claim| async move {
             let now = self.clock.now();
-            self.mutate(id, expected, claim, |order| order.fulfil(now))
-                .await
+            self.mutate(
+                id,
+                expected,
+                claim,
+                |order| Ok((order.request_fulfilment(now)?, None)),
+                |_| SagaStart::Required(SagaKind::FulfilOrder),
+            )
+            .await
         })
         .await
     }

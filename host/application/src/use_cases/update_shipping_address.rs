@@ -5,6 +5,7 @@ use oms_domain::{Order, OrderId, ShippingAddress, Version};
 use crate::error::AppError;
 use crate::idempotency::IdempotencyRequest;
 use crate::service::OrderService;
+use crate::use_cases::SagaStart;
 
 impl OrderService {
     /// Fails with `VersionConflict` carrying the current version when `expected` is stale,
@@ -18,9 +19,13 @@ impl OrderService {
     ) -> Result<Order, AppError> {
         self.idempotent(idempotency, |claim| async move {
             let now = self.clock.now();
-            self.mutate(id, Some(expected), claim, |order| {
-                order.update_shipping_address(address.clone(), now)
-            })
+            self.mutate(
+                id,
+                Some(expected),
+                claim,
+                |order| Ok((order.update_shipping_address(address.clone(), now)?, None)),
+                |_| SagaStart::None,
+            )
             .await
         })
         .await

@@ -456,6 +456,16 @@ impl Order {
         Ok(self.touch(now, OrderEventKind::CompensationFailed))
     }
 
+    /// An operator retries a parked order's compensations: it goes back to CANCELLING, the
+    /// only way out of COMPENSATION_FAILED (an order never returns to PENDING).
+    pub fn retry_compensation(&mut self, now: Timestamp) -> Result<OrderEvent, DomainError> {
+        self.move_order(
+            OrderTransition::RetryCompensation,
+            "retry its compensations",
+        )?;
+        Ok(self.touch(now, OrderEventKind::CancellationRequested))
+    }
+
     /// The pivot of the place-order saga: from here on only forward recovery exists.
     pub fn confirm(&mut self, now: Timestamp) -> Result<OrderEvent, DomainError> {
         if self.parts.reservation_status != ReservationStatus::Reserved
@@ -491,6 +501,43 @@ impl Order {
         }
         self.parts.failure_reason = Some(reason.to_owned());
         Ok(self.touch(now, OrderEventKind::PaymentFailed))
+    }
+
+    /// Starts fulfilment: only a confirmed order whose stock and money are still held can be
+    /// fulfilled. The fulfilment saga then commits the stock, captures and calls [`Self::fulfil`].
+    pub fn request_fulfilment(&mut self, now: Timestamp) -> Result<OrderEvent, DomainError> {
+        let ready = matches!(
+            self.parts.status,
+            OrderStatus::Confirmed | OrderStatus::PartiallyFulfilled
+        ) && self.parts.reservation_status == ReservationStatus::Reserved
+            && matches!(
+                self.parts.payment_status,
+                PaymentStatus::Authorized | PaymentStatus::PartiallyCaptured
+            );
+        if !ready {
+            return Err(DomainError::IllegalOrderTransition {
+                from: self.parts.status,
+                action: "be fulfilled (it must be CONFIRMED with stock reserved and payment held)",
+            });
+        }
+        Ok(self.touch(now, OrderEventKind::FulfilmentRequested))
+    }
+
+    /// What a refund of `amount` would be refused for, if anything; the refund saga records
+    /// the refund with [`Self::refund`] once the provider has made it.
+    pub fn check_refund(&self, amount: Money) -> Result<(), DomainError> {
+        let mut probe = self.clone();
+        probe.refund(amount, self.parts.updated_at).map(|_| ())
+    }
+
+    /// Starts a refund of `amount` (checked like [`Self::refund`]).
+    pub fn request_refund(
+        &mut self,
+        amount: Money,
+        now: Timestamp,
+    ) -> Result<OrderEvent, DomainError> {
+        self.check_refund(amount)?;
+        Ok(self.touch(now, OrderEventKind::RefundRequested { amount }))
     }
 
     /// Everything was shipped: the reservation is committed and the payment captured by the

@@ -13,7 +13,11 @@ pub enum OrderEventKind {
     Confirmed,
     Rejected,
     PaymentFailed,
+    FulfilmentRequested,
     Fulfilled,
+    RefundRequested {
+        amount: Money,
+    },
     Refunded {
         amount: Money,
     },
@@ -39,7 +43,9 @@ impl OrderEventKind {
             Self::Confirmed => "OrderConfirmed",
             Self::Rejected => "OrderRejected",
             Self::PaymentFailed => "PaymentFailed",
+            Self::FulfilmentRequested => "OrderFulfilmentRequested",
             Self::Fulfilled => "OrderFulfilled",
+            Self::RefundRequested { .. } => "OrderRefundRequested",
             Self::Refunded { .. } => "OrderRefunded",
             Self::CompensationFailed => "OrderCompensationFailed",
         }

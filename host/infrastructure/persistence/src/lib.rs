@@ -1,5 +1,5 @@
 //! PostgreSQL (production) and SQLite (the embedded default) implementations of the
-//! application's ports: [`OrderStore`] and [`IdempotencyStore`].
+//! application's ports: [`OrderStore`], [`IdempotencyStore`] and [`SagaStore`].
 //!
 //! [`connect`] picks the database by URL scheme, opens the pools, runs the embedded migrations
 //! (`migrations/postgres` or `migrations/sqlite`) and hands back a [`Database`] holding the
@@ -21,7 +21,7 @@ pub mod testing;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oms_application::ports::{IdempotencyStore, OrderStore};
+use oms_application::ports::{IdempotencyStore, OrderStore, SagaStore};
 use sqlx::{PgPool, SqlitePool};
 
 pub use errors::PersistenceError;
@@ -77,6 +77,7 @@ pub struct Database {
     pools: Pools,
     orders: Arc<dyn OrderStore>,
     idempotency: Arc<dyn IdempotencyStore>,
+    sagas: Arc<dyn SagaStore>,
 }
 
 impl std::fmt::Debug for Database {
@@ -94,6 +95,11 @@ impl Database {
 
     pub fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
         Arc::clone(&self.idempotency)
+    }
+
+    /// Saga instances and their steps; safe to share between host processes on PostgreSQL.
+    pub fn sagas(&self) -> Arc<dyn SagaStore> {
+        Arc::clone(&self.sagas)
     }
 
     pub fn pools(&self) -> &Pools {
@@ -142,6 +148,7 @@ pub async fn connect(url: &str, options: &DatabaseOptions) -> Result<Database, P
         Ok(Database {
             orders: Arc::new(postgres::PgOrderStore::new(pool.clone())),
             idempotency: Arc::new(postgres::PgIdempotencyStore::new(pool.clone())),
+            sagas: Arc::new(postgres::PgSagaStore::new(pool.clone())),
             pools: Pools::Postgres(pool),
         })
     } else if url.starts_with("sqlite:") {
@@ -150,6 +157,7 @@ pub async fn connect(url: &str, options: &DatabaseOptions) -> Result<Database, P
         Ok(Database {
             orders: Arc::new(sqlite::SqliteOrderStore::new(pools.clone())),
             idempotency: Arc::new(sqlite::SqliteIdempotencyStore::new(pools.writer.clone())),
+            sagas: Arc::new(sqlite::SqliteSagaStore::new(pools.clone())),
             pools: Pools::Sqlite(pools),
         })
     } else {

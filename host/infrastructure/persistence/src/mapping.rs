@@ -9,11 +9,13 @@
 use std::collections::HashMap;
 
 use oms_application::ports::StoreError;
+use oms_application::saga::{SagaData, SagaId, SagaInstance, SagaKind, SagaStatus};
 use oms_domain::{
     Currency, CustomerId, LineItem, Money, Order, OrderId, OrderParts, OrderStatus, PaymentMethod,
     PaymentStatus, Quantity, ReservationStatus, ShippingAddress, Sku, Timestamp, Version,
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
+use uuid::Uuid;
 
 /// An `orders` row as stored.
 #[derive(Debug)]
@@ -203,6 +205,111 @@ pub(crate) fn orders_from_rows(
             order_from_rows(row, items)
         })
         .collect()
+}
+
+/// A `saga_instances` row as stored.
+#[derive(Debug)]
+pub(crate) struct SagaRow {
+    pub id: String,
+    pub kind: String,
+    pub order_id: String,
+    pub status: String,
+    pub step_index: i32,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub deadline_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub state: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The `saga_instances` columns of [`SagaRow`] whose type is the same on both databases; each
+/// database adds `id`, `order_id` and `state` (UUIDs and JSONB as text on PostgreSQL).
+macro_rules! saga_columns {
+    () => {
+        "kind, status, step_index, attempts, next_attempt_at, deadline_at, last_error, version, \
+         created_at, updated_at"
+    };
+}
+pub(crate) use saga_columns;
+
+/// Decodes a `saga_instances` row selected as `<id> AS id, <order_id> AS order_id, <state>
+/// AS state, saga_columns!()`, all three as text.
+pub(crate) fn decode_saga<R>(row: &R) -> Result<SagaRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(SagaRow {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        order_id: row.try_get("order_id")?,
+        status: row.try_get("status")?,
+        step_index: row.try_get("step_index")?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+        last_error: row.try_get("last_error")?,
+        state: row.try_get("state")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Rebuilds a saga from its row.
+pub(crate) fn saga_from_row(row: SagaRow) -> Result<SagaInstance, StoreError> {
+    let id = row.id.as_str();
+    let bad = |what: std::fmt::Arguments<'_>| StoreError::Corrupt(format!("saga {id}: {what}"));
+    Ok(SagaInstance {
+        id: SagaId(Uuid::try_parse(id).map_err(|e| bad(format_args!("id {e}")))?),
+        kind: SagaKind::parse(&row.kind)
+            .ok_or_else(|| bad(format_args!("unknown kind {}", row.kind)))?,
+        order_id: OrderId::parse(&row.order_id).map_err(|e| bad(format_args!("order id {e}")))?,
+        status: SagaStatus::parse(&row.status)
+            .ok_or_else(|| bad(format_args!("unknown status {}", row.status)))?,
+        step: usize::try_from(row.step_index)
+            .map_err(|_| bad(format_args!("step index {}", row.step_index)))?,
+        attempts: u32::try_from(row.attempts)
+            .map_err(|_| bad(format_args!("attempts {}", row.attempts)))?,
+        next_attempt_at: Timestamp::from_unix_millis(row.next_attempt_at),
+        step_deadline: row.deadline_at.map(Timestamp::from_unix_millis),
+        last_error: row.last_error,
+        data: serde_json::from_str::<SagaData>(&row.state)
+            .map_err(|e| bad(format_args!("state {e}")))?,
+        version: row.version,
+        created_at: Timestamp::from_unix_millis(row.created_at),
+        updated_at: Timestamp::from_unix_millis(row.updated_at),
+    })
+}
+
+/// The integer columns of a saga as the schema stores them (INTEGER: 32 bits on PostgreSQL).
+pub(crate) struct SagaInts {
+    pub step_index: i32,
+    pub attempts: i32,
+}
+
+impl SagaInts {
+    pub(crate) fn of(saga: &SagaInstance) -> Result<Self, StoreError> {
+        // Out of range only through a bug upstream; refuse rather than store a wrapped value.
+        let range =
+            |what: &str| StoreError::Corrupt(format!("saga {}: {what} out of range", saga.id));
+        Ok(Self {
+            step_index: i32::try_from(saga.step).map_err(|_| range("step index"))?,
+            attempts: i32::try_from(saga.attempts).map_err(|_| range("attempts"))?,
+        })
+    }
+}
+
+/// The saga's data as the JSON text stored in `state`.
+pub(crate) fn saga_state(saga: &SagaInstance) -> Result<String, StoreError> {
+    serde_json::to_string(&saga.data)
+        .map_err(|e| StoreError::Corrupt(format!("saga {}: encoding state: {e}", saga.id)))
 }
 
 /// Millisecond arithmetic on timestamps, saturating: a huge configured TTL means "forever".

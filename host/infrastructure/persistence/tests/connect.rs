@@ -30,6 +30,7 @@ async fn sqlite_file_and_directories_are_created_and_reopened() {
             expected_version: None,
             outbox: &messages,
             idempotency: None,
+            start_saga: None,
         })
         .await
         .unwrap();
@@ -55,6 +56,7 @@ async fn sqlite_in_memory_works() {
             expected_version: None,
             outbox: &messages,
             idempotency: None,
+            start_saga: None,
         })
         .await
         .unwrap();
@@ -83,6 +85,7 @@ async fn unreadable_rows_are_corrupt(db: oms_persistence::Database) {
             expected_version: None,
             outbox: &messages,
             idempotency: None,
+            start_saga: None,
         })
         .await
         .unwrap();

@@ -72,6 +72,7 @@ async fn replay_after_success_and_mismatch(db: Database) {
             expected_version: None,
             outbox: &messages,
             idempotency: Some(&completion),
+            start_saga: None,
         })
         .await
         .unwrap();

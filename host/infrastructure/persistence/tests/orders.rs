@@ -20,6 +20,7 @@ async fn insert(db: &Database, customer: &str, now: i64) -> oms_domain::Order {
             expected_version: None,
             outbox: &messages,
             idempotency: None,
+            start_saga: None,
         })
         .await
         .unwrap();
@@ -52,6 +53,7 @@ async fn stale_version_conflicts(db: Database) {
             expected_version: Some(order.version()),
             outbox: &messages,
             idempotency: None,
+            start_saga: None,
         })
         .await
         .unwrap();
@@ -69,6 +71,7 @@ async fn stale_version_conflicts(db: Database) {
             expected_version: Some(order.version()),
             outbox: &messages,
             idempotency: None,
+            start_saga: None,
         })
         .await
         .unwrap_err();
@@ -102,6 +105,7 @@ async fn update_of_missing_order(db: Database) {
             expected_version: Some(Version(1)),
             outbox: &messages,
             idempotency: None,
+            start_saga: None,
         })
         .await
         .unwrap_err();
@@ -126,6 +130,7 @@ async fn concurrent_updates_one_winner(db: Database) {
                     expected_version: Some(Version(1)),
                     outbox: &messages,
                     idempotency: None,
+                    start_saga: None,
                 })
                 .await
         }
@@ -161,6 +166,7 @@ async fn listing_pages_newest_first(db: Database) {
             expected_version: Some(Version(1)),
             outbox: &messages,
             idempotency: None,
+            start_saga: None,
         })
         .await
         .unwrap();
@@ -255,6 +261,7 @@ async fn lost_lease_rolls_back_everything(db: Database) {
             expected_version: None,
             outbox: &messages,
             idempotency: Some(&completion),
+            start_saga: None,
         })
         .await
         .unwrap_err();

@@ -54,7 +54,7 @@ pub fn to_status(error: &AppError) -> Status {
             )]);
             Status::with_error_details(Code::Aborted, message, details)
         }
-        AppError::FailedPrecondition(_) => Status::with_error_details(
+        AppError::FailedPrecondition(_) | AppError::SagaActive => Status::with_error_details(
             Code::FailedPrecondition,
             message,
             error_info("ILLEGAL_STATE", HashMap::new()),

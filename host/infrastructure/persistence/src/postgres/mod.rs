@@ -2,6 +2,7 @@
 
 mod idempotency;
 mod orders;
+mod sagas;
 
 use oms_application::ports::StoreError;
 use sqlx::PgPool;
@@ -9,6 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub(crate) use idempotency::PgIdempotencyStore;
 pub(crate) use orders::PgOrderStore;
+pub(crate) use sagas::PgSagaStore;
 
 use crate::errors::{transient, unexpected};
 use crate::{DatabaseOptions, PersistenceError, redact};

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::classify;
 use super::idempotency::complete_claim;
+use super::sagas::insert_saga;
 use crate::mapping::{
     ItemRow, OrderRow, decode_item, decode_order, order_columns, order_from_rows, orders_from_rows,
 };
@@ -109,20 +110,35 @@ impl OrderStore for PgOrderStore {
 
     async fn save(&self, write: OrderWrite<'_>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        // The key first: a request whose lease was taken over fails before it writes
-        // anything, and holding the key's row lock makes a concurrent takeover wait for
-        // this commit (then see the key completed).
-        if let Some(completion) = write.idempotency {
-            complete_claim(&mut tx, &completion.claim, &completion.outcome).await?;
-        }
-        match write.expected_version {
-            None => insert_order(&mut tx, write.order).await?,
-            Some(expected) => update_order(&mut tx, write.order, expected).await?,
-        }
-        insert_outbox(&mut tx, write.outbox, write.order).await?;
+        write_order(&mut tx, &write).await?;
         // Dropping `tx` on any early return above rolls everything back.
         tx.commit().await.map_err(classify)
     }
+}
+
+/// Everything an [`OrderWrite`] changes, inside the caller's transaction: `save` runs it
+/// alone; a saga commit runs it before updating the saga (the lock order is explained in
+/// `sagas.rs`). On error the caller must roll back (drop the transaction).
+pub(super) async fn write_order(
+    conn: &mut PgConnection,
+    write: &OrderWrite<'_>,
+) -> Result<(), StoreError> {
+    // The key first: a request whose lease was taken over fails before it writes anything,
+    // and holding the key's row lock makes a concurrent takeover wait for this commit (then
+    // see the key completed).
+    if let Some(completion) = write.idempotency {
+        complete_claim(conn, &completion.claim, &completion.outcome).await?;
+    }
+    match write.expected_version {
+        None => insert_order(conn, write.order).await?,
+        Some(expected) => update_order(conn, write.order, expected).await?,
+    }
+    insert_outbox(conn, write.outbox, write.order).await?;
+    // After the order: the saga row references it.
+    if let Some(saga) = write.start_saga {
+        insert_saga(conn, saga).await?;
+    }
+    Ok(())
 }
 
 async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), StoreError> {

@@ -2,6 +2,7 @@
 
 mod idempotency;
 mod orders;
+mod sagas;
 
 use std::str::FromStr;
 
@@ -11,6 +12,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 pub(crate) use idempotency::SqliteIdempotencyStore;
 pub(crate) use orders::SqliteOrderStore;
+pub(crate) use sagas::SqliteSagaStore;
 
 use crate::errors::{transient, unexpected};
 use crate::{DatabaseOptions, PersistenceError, SqlitePools, redact};

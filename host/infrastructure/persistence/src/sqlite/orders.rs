@@ -9,6 +9,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::idempotency::complete_claim;
+use super::sagas::insert_saga;
 use super::{begin_write, classify};
 use crate::SqlitePools;
 use crate::mapping::{
@@ -111,17 +112,32 @@ impl OrderStore for SqliteOrderStore {
 
     async fn save(&self, write: OrderWrite<'_>) -> Result<(), StoreError> {
         let mut tx = begin_write(&self.pools.writer).await?;
-        if let Some(completion) = write.idempotency {
-            complete_claim(&mut tx, &completion.claim, &completion.outcome).await?;
-        }
-        match write.expected_version {
-            None => insert_order(&mut tx, write.order).await?,
-            Some(expected) => update_order(&mut tx, write.order, expected).await?,
-        }
-        insert_outbox(&mut tx, write.outbox, write.order).await?;
+        write_order(&mut tx, &write).await?;
         // Dropping `tx` on any early return above rolls everything back.
         tx.commit().await.map_err(classify)
     }
+}
+
+/// Everything an [`OrderWrite`] changes, inside the caller's transaction: `save` runs it
+/// alone; a saga commit runs it before updating the saga (the lock order is explained in
+/// `sagas.rs`). On error the caller must roll back (drop the transaction).
+pub(super) async fn write_order(
+    conn: &mut SqliteConnection,
+    write: &OrderWrite<'_>,
+) -> Result<(), StoreError> {
+    if let Some(completion) = write.idempotency {
+        complete_claim(conn, &completion.claim, &completion.outcome).await?;
+    }
+    match write.expected_version {
+        None => insert_order(conn, write.order).await?,
+        Some(expected) => update_order(conn, write.order, expected).await?,
+    }
+    insert_outbox(conn, write.outbox, write.order).await?;
+    // After the order: the saga row references it.
+    if let Some(saga) = write.start_saga {
+        insert_saga(conn, saga).await?;
+    }
+    Ok(())
 }
 
 async fn insert_order(conn: &mut SqliteConnection, order: &Order) -> Result<(), StoreError> {

@@ -4,6 +4,8 @@
 
 use oms_application::idempotency::{Fingerprint, IdempotencyScope};
 use oms_application::outbox::OutboxMessage;
+use oms_application::ports::{OrderWrite, StoreError};
+use oms_application::saga::{SagaId, SagaInstance, SagaKind};
 use oms_domain::address::RawAddress;
 use oms_domain::{
     Currency, CustomerId, IdempotencyKey, LineItem, Money, NewOrder, Order, OrderEvent, OrderId,
@@ -112,5 +114,102 @@ pub async fn outbox_rows(db: &Database, order: OrderId) -> i64 {
             .fetch_one(&db.sqlite().unwrap().reader)
             .await
             .unwrap()
+    }
+}
+
+/// A new placement saga for `order`, due at `now`.
+pub fn saga_for(order: &Order, now: i64) -> SagaInstance {
+    SagaInstance::start(SagaKind::PlaceOrder, order.id(), ts(now))
+}
+
+/// Inserts `order` (with its `OrderCreated` outbox row) and starts `saga` in the same write.
+pub async fn place_with_saga(
+    db: &Database,
+    order: &Order,
+    event: &OrderEvent,
+    saga: &SagaInstance,
+) -> Result<(), StoreError> {
+    let messages = outbox(order, event);
+    db.orders()
+        .save(OrderWrite {
+            order,
+            expected_version: None,
+            outbox: &messages,
+            idempotency: None,
+            start_saga: Some(saga),
+        })
+        .await
+}
+
+/// A `saga_steps` row as stored: (step, action, plugin name, plugin version, plugin digest,
+/// idempotency key, status, attempts, last error, started at, finished at).
+pub type StepRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    i32,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// The step rows of `saga`, by step and action (read with the raw pools).
+pub async fn step_rows(db: &Database, saga: SagaId) -> Vec<StepRow> {
+    macro_rules! select {
+        ($where:literal) => {
+            concat!(
+                "SELECT step, action, plugin_name, plugin_version, plugin_digest, ",
+                "idempotency_key, status, attempts, last_error, started_at, finished_at ",
+                "FROM saga_steps WHERE saga_id = ",
+                $where,
+                " ORDER BY step, action"
+            )
+        };
+    }
+    if let Some(pool) = db.postgres() {
+        sqlx::query_as(select!("$1"))
+            .bind(saga.0)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    } else {
+        sqlx::query_as(select!("?1"))
+            .bind(saga.to_string())
+            .fetch_all(&db.sqlite().unwrap().reader)
+            .await
+            .unwrap()
+    }
+}
+
+/// The lease (owner, until) stored on `saga`.
+pub async fn lease(db: &Database, saga: SagaId) -> (Option<String>, Option<i64>) {
+    if let Some(pool) = db.postgres() {
+        sqlx::query_as("SELECT lease_owner, lease_until FROM saga_instances WHERE id = $1")
+            .bind(saga.0)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    } else {
+        sqlx::query_as("SELECT lease_owner, lease_until FROM saga_instances WHERE id = ?1")
+            .bind(saga.to_string())
+            .fetch_one(&db.sqlite().unwrap().reader)
+            .await
+            .unwrap()
+    }
+}
+
+/// Runs a statement without parameters on either database (test setup and tampering).
+pub async fn execute(db: &Database, sql: &'static str) {
+    if let Some(pool) = db.postgres() {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    } else {
+        sqlx::query(sql)
+            .execute(&db.sqlite().unwrap().writer)
+            .await
+            .unwrap();
     }
 }

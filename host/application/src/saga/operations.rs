@@ -1,0 +1,163 @@
+//! Operator operations on sagas: list the parked ones, retry, force compensation. The admin
+//! API will expose these; they are complete and tested at this layer.
+
+use std::sync::Arc;
+
+use oms_domain::{OrderStatus, Timestamp};
+use tokio::sync::Notify;
+
+use super::flows;
+use super::instance::{SagaId, SagaInstance, SagaStatus};
+use crate::changes::OrderChanges;
+use crate::clock::Clock;
+use crate::error::AppError;
+use crate::outbox::OutboxMessage;
+use crate::ports::{Fence, OrderStore, OrderWrite, SagaCommit, SagaStore};
+
+/// What an operator can do about sagas.
+#[derive(Clone)]
+pub struct SagaOperations {
+    pub(crate) orders: Arc<dyn OrderStore>,
+    pub(crate) sagas: Arc<dyn SagaStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) changes: OrderChanges,
+    pub(crate) wakeup: Arc<Notify>,
+}
+
+impl SagaOperations {
+    pub fn new(
+        orders: Arc<dyn OrderStore>,
+        sagas: Arc<dyn SagaStore>,
+        clock: Arc<dyn Clock>,
+        changes: OrderChanges,
+        wakeup: Arc<Notify>,
+    ) -> Self {
+        Self {
+            orders,
+            sagas,
+            clock,
+            changes,
+            wakeup,
+        }
+    }
+
+    /// The operator queue: sagas parked in COMPENSATION_FAILED, oldest first.
+    pub async fn parked(&self, limit: u32) -> Result<Vec<SagaInstance>, AppError> {
+        Ok(self
+            .sagas
+            .with_status(SagaStatus::CompensationFailed, limit)
+            .await?)
+    }
+
+    pub async fn get(&self, id: SagaId) -> Result<SagaInstance, AppError> {
+        self.sagas
+            .get(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("saga {id}")))
+    }
+
+    /// Resumes a parked saga where it stopped, in the direction it was going, with fresh
+    /// retries (fix the cause first: roll back a broken plugin, restore the provider). An
+    /// order parked with it goes back to CANCELLING, so a resumed placement undoes itself.
+    pub async fn retry(&self, id: SagaId) -> Result<SagaInstance, AppError> {
+        self.resume(id, None).await
+    }
+
+    /// Makes a parked placement saga undo what it did instead of going on. Refused for sagas
+    /// without compensations (cancel, fulfil, refund): retry those instead.
+    pub async fn force_compensate(&self, id: SagaId) -> Result<SagaInstance, AppError> {
+        self.resume(id, Some(SagaStatus::Compensating)).await
+    }
+
+    async fn resume(
+        &self,
+        id: SagaId,
+        direction: Option<SagaStatus>,
+    ) -> Result<SagaInstance, AppError> {
+        let saga = self.get(id).await?;
+        if saga.status != SagaStatus::CompensationFailed {
+            return Err(AppError::FailedPrecondition(format!(
+                "saga {id} is {}, not parked in COMPENSATION_FAILED",
+                saga.status.as_str()
+            )));
+        }
+        let parked_while = saga
+            .data
+            .parked_while
+            .as_deref()
+            .and_then(SagaStatus::parse)
+            .unwrap_or(SagaStatus::Running);
+        let status = direction.unwrap_or(parked_while);
+        let definition = flows::definition(saga.kind);
+        if status == SagaStatus::Compensating
+            && !definition.steps.iter().any(|s| s.compensation.is_some())
+        {
+            return Err(AppError::FailedPrecondition(format!(
+                "a {} saga has no compensations; retry it instead",
+                saga.kind.as_str()
+            )));
+        }
+        let now = self.clock.now();
+        let mut next = saga.clone();
+        next.status = status;
+        next.attempts = 0;
+        next.step_deadline = None;
+        next.next_attempt_at = now;
+        next.data.parked_while = None;
+        if status == SagaStatus::Compensating && parked_while == SagaStatus::Running {
+            // Forward progress so far is `step` completed steps: undo them all.
+            next.data.failed_step.get_or_insert(saga.step);
+            next.data
+                .failure
+                .get_or_insert_with(|| "compensation forced by an operator".to_owned());
+        }
+        next.version = saga.version + 1;
+        next.updated_at = now;
+        self.commit_resumed(&saga, &next, now).await?;
+        self.wakeup.notify_one();
+        Ok(next)
+    }
+
+    async fn commit_resumed(
+        &self,
+        saga: &SagaInstance,
+        next: &SagaInstance,
+        now: Timestamp,
+    ) -> Result<(), AppError> {
+        let mut order = self
+            .orders
+            .get(saga.order_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("order {}", saga.order_id)))?;
+        let base = order.version();
+        let event = if order.status() == OrderStatus::CompensationFailed {
+            Some(order.retry_compensation(now)?)
+        } else {
+            None
+        };
+        let outbox: Vec<OutboxMessage> = event
+            .iter()
+            .map(|e| OutboxMessage::for_event(&order, e))
+            .collect();
+        self.sagas
+            .commit(SagaCommit {
+                saga: next,
+                expected_version: saga.version,
+                fence: Fence::Parked,
+                lease_until: now,
+                step: None,
+                order: event.is_some().then_some(OrderWrite {
+                    order: &order,
+                    expected_version: Some(base),
+                    outbox: &outbox,
+                    idempotency: None,
+                    start_saga: None,
+                }),
+            })
+            .await?;
+        if event.is_some() {
+            self.changes.publish(order.id(), order.version());
+        }
+        Ok(())
+    }
+}
