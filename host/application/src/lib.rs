@@ -10,6 +10,7 @@ pub mod error;
 pub mod idempotency;
 pub mod outbox;
 pub mod ports;
+pub mod retry;
 pub mod saga;
 pub mod service;
 pub mod snapshot;

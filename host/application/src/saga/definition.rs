@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use super::backoff::RetryPolicy;
 use super::instance::SagaKind;
+use crate::retry::RetryPolicy;
 
 /// What a step does. Each maps to one gateway call or one local order transition in the
 /// engine's executor; tables only name them.

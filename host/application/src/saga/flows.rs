@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use super::backoff::RetryPolicy;
 use super::definition::{OnFailure, Operation, SagaDefinition, StepDef};
 use super::instance::SagaKind;
+use crate::retry::RetryPolicy;
 
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 const COMPENSATION_DEADLINE: Duration = Duration::from_secs(10 * 60);

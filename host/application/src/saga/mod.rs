@@ -8,7 +8,6 @@
 //! rows it causes, and with the saga's own progress, so a crash between steps loses nothing
 //! and a crash inside a step repeats the same provider call (same idempotency key).
 
-pub mod backoff;
 pub mod definition;
 pub mod engine;
 mod executor;

@@ -1,4 +1,5 @@
-//! The one retry/backoff helper: exponential with full jitter.
+//! The one retry/backoff helper of the host (sagas, outbox relay, notification channels):
+//! exponential growth to a cap, with jitter.
 
 use std::time::Duration;
 
@@ -24,6 +25,11 @@ impl RetryPolicy {
             .checked_shl(attempt.saturating_sub(1))
             .unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// [`Self::delay`] with a fresh random sample.
+    pub fn jittered(&self, attempt: u32) -> Duration {
+        self.delay(attempt, rand::random::<f64>())
     }
 
     /// A delay drawn uniformly from `[ceiling/2, ceiling]`: jitter spreads retries of many

@@ -1,0 +1,126 @@
+//! The event contract on the wire: `oms.events.v1.OrderEvent` as protobuf bytes, keyed by
+//! order id, with CloudEvents-style headers (see `proto/oms/events/v1/events.proto`).
+
+use oms_application::snapshot::{MoneyDoc, OrderSnapshot};
+use prost::Message as _;
+use serde::Deserialize;
+
+use crate::error::EventError;
+
+/// Code generated from `proto/oms/events/v1/events.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/oms.events.v1.rs"));
+}
+
+/// Header names (Kafka binding of CloudEvents, binary mode) and this system's extensions.
+pub mod headers {
+    /// The event id (UUIDv7); consumers deduplicate on it.
+    pub const ID: &str = "ce_id";
+    pub const TYPE: &str = "ce_type";
+    /// Always [`super::SPEC_VERSION`].
+    pub const SPEC_VERSION: &str = "ce_specversion";
+    pub const SOURCE: &str = "ce_source";
+    /// The order id (also the key).
+    pub const SUBJECT: &str = "ce_subject";
+    /// The event type's schema version (decimal).
+    pub const SCHEMA_VERSION: &str = "ce_dataschemaversion";
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// Dead-letter messages: why the message was dead-lettered.
+    pub const ERROR: &str = "oms_error";
+    /// Dead-letter messages from the relay: failed publish attempts.
+    pub const ATTEMPTS: &str = "oms_attempts";
+    /// Dead-letter messages from the relay: the outbox row id (the redrive handle).
+    pub const OUTBOX_ID: &str = "oms_outbox_id";
+    /// Dead-letter messages from a consumer: topic/partition/offset of the original message.
+    pub const ORIGIN: &str = "oms_origin";
+}
+
+/// CloudEvents spec version announced in `ce_specversion`.
+pub const SPEC_VERSION: &str = "1.0";
+/// `ce_source` of every event.
+pub const SOURCE: &str = "oms";
+/// `content-type` of event messages.
+pub const CONTENT_TYPE: &str = "application/protobuf";
+
+/// The outbox payload document as `oms-application` writes it.
+#[derive(Deserialize)]
+struct PayloadDoc {
+    event_id: String,
+    event_type: String,
+    schema_version: u32,
+    order_id: String,
+    occurred_at_ms: i64,
+    #[serde(default)]
+    amount: Option<MoneyDoc>,
+    order: OrderSnapshot,
+}
+
+/// Encodes an outbox row's JSON payload as the protobuf `OrderEvent`.
+pub fn encode_payload(payload: &serde_json::Value) -> Result<Vec<u8>, EventError> {
+    let doc = PayloadDoc::deserialize(payload).map_err(|e| EventError::Payload(e.to_string()))?;
+    Ok(to_proto(doc).encode_to_vec())
+}
+
+/// Decodes a message value.
+pub fn decode(bytes: &[u8]) -> Result<pb::OrderEvent, EventError> {
+    let event = pb::OrderEvent::decode(bytes).map_err(|e| EventError::Decode(e.to_string()))?;
+    if event.event_id.is_empty() || event.order_id.is_empty() || event.order.is_none() {
+        return Err(EventError::Decode(
+            "event id, order id and order snapshot are required".into(),
+        ));
+    }
+    Ok(event)
+}
+
+fn money(m: MoneyDoc) -> pb::Money {
+    pb::Money {
+        amount_minor: m.amount_minor,
+        currency: m.currency,
+    }
+}
+
+fn to_proto(doc: PayloadDoc) -> pb::OrderEvent {
+    let o = doc.order;
+    let a = o.shipping_address;
+    pb::OrderEvent {
+        event_id: doc.event_id,
+        event_type: doc.event_type,
+        schema_version: doc.schema_version,
+        order_id: doc.order_id,
+        occurred_at_ms: doc.occurred_at_ms,
+        amount: doc.amount.map(money),
+        order: Some(pb::OrderSnapshot {
+            order_id: o.order_id,
+            customer_id: o.customer_id,
+            status: o.status,
+            payment_status: o.payment_status,
+            reservation_status: o.reservation_status,
+            items: o
+                .items
+                .into_iter()
+                .map(|l| pb::LineItem {
+                    sku: l.sku,
+                    quantity: l.quantity,
+                    unit_price: Some(money(l.unit_price)),
+                })
+                .collect(),
+            total: Some(money(o.total)),
+            captured: Some(money(o.captured)),
+            refunded: Some(money(o.refunded)),
+            payment_provider: o.payment_provider,
+            shipping_address: Some(pb::Address {
+                recipient: a.recipient,
+                line1: a.line1,
+                line2: a.line2,
+                city: a.city,
+                postal_code: a.postal_code,
+                country: a.country,
+            }),
+            failure_reason: o.failure_reason,
+            version: o.version,
+            created_at_ms: o.created_at_ms,
+            updated_at_ms: o.updated_at_ms,
+        }),
+    }
+}

@@ -1,0 +1,306 @@
+//! The notification service: consumes order events, turns each into notifications with the
+//! configured formatters, and delivers them through channels.
+//!
+//! Per message: decode (a message that is not an event is poison) -> skip if this consumer
+//! already processed the event id -> format with every formatter -> deliver each notification
+//! through the channel that accepts it -> record the event id in `processed_events` -> commit
+//! the offset. A poison message (undecodable, a formatter that traps or rejects the event, a
+//! delivery that keeps failing) goes to the notification dead-letter topic and the offset is
+//! committed, so one bad event never blocks its partition.
+
+mod channels;
+mod dedup;
+#[cfg(feature = "plugins")]
+pub mod plugin;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oms_persistence::Pools;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::broker::{Consumer, Delivery, Message, Publisher};
+use crate::db::Db;
+use crate::error::MessagingError;
+use crate::event::{self, headers, pb};
+use oms_application::retry::RetryPolicy;
+
+pub use channels::{Channel, DeliveryError, FileSink, WebhookChannel, WebhookOptions};
+
+/// Where a notification goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    Email,
+    Sms,
+    Webhook,
+}
+
+/// One message to deliver, as a formatter produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The event it announces; sent along (webhook `Idempotency-Key`) so receivers can
+    /// drop duplicates.
+    pub event_id: String,
+    pub event_type: String,
+    /// Which formatter produced it.
+    pub formatter: String,
+    pub channel: ChannelKind,
+    /// An e-mail address, a phone number or a URL, by channel.
+    pub recipient: String,
+    pub subject: Option<String>,
+    pub body: String,
+    pub content_type: String,
+}
+
+/// Why a formatter produced nothing usable.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FormatFailure {
+    /// The formatter refuses this event (permanent): the event is dead-lettered.
+    #[error("formatter rejected the event: {0}")]
+    Rejected(String),
+    /// The formatter crashed (trap, memory limit, deadline): treated as poison, the event is
+    /// dead-lettered rather than retried forever.
+    #[error("formatter failed: {0}")]
+    Crashed(String),
+    /// The formatter is temporarily unavailable (circuit open): the event is retried.
+    #[error("formatter unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Turns an event into notifications. Must be pure (no side effects): it may run twice.
+#[async_trait]
+pub trait Formatter: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    async fn format(&self, event: &pb::OrderEvent) -> Result<Vec<Notification>, FormatFailure>;
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct NotificationConfig {
+    /// The consumer group and the `processed_events.consumer` name.
+    pub consumer: String,
+    /// Where poison events go.
+    pub dead_letter_topic: String,
+    /// Retries of a transient failure (formatter unavailable, database error) before the
+    /// event is dead-lettered.
+    pub max_attempts: u32,
+    pub backoff: RetryPolicy,
+}
+
+impl Default for NotificationConfig {
+    fn default() -> Self {
+        Self {
+            consumer: "oms-notifications".into(),
+            dead_letter_topic: crate::broker::Topics::default().notification_dead_letters,
+            max_attempts: 5,
+            backoff: RetryPolicy {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
+/// Counters of the notification service.
+#[derive(Debug, Default)]
+pub struct NotificationMetrics {
+    pub processed: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Formatted and delivered this many notifications.
+    Processed(usize),
+    /// Already processed by this consumer: nothing sent.
+    Duplicate,
+    /// Sent to the dead-letter topic, with the reason.
+    DeadLettered(String),
+}
+
+/// The notification service. Cheap to clone.
+#[derive(Clone)]
+pub struct NotificationService {
+    db: Db,
+    config: NotificationConfig,
+    formatters: Vec<Arc<dyn Formatter>>,
+    channels: Vec<Arc<dyn Channel>>,
+    dlq: Arc<dyn Publisher>,
+    metrics: Arc<NotificationMetrics>,
+}
+
+impl NotificationService {
+    pub fn new(
+        pools: &Pools,
+        config: NotificationConfig,
+        formatters: Vec<Arc<dyn Formatter>>,
+        channels: Vec<Arc<dyn Channel>>,
+        dlq: Arc<dyn Publisher>,
+    ) -> Self {
+        Self {
+            db: Db::from(pools),
+            config,
+            formatters,
+            channels,
+            dlq,
+            metrics: Arc::new(NotificationMetrics::default()),
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<NotificationMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Consumes until `shutdown` turns true. The offset of a message is committed only after
+    /// it was processed, found duplicate, or dead-lettered.
+    pub async fn run(self, mut consumer: Box<dyn Consumer>, mut shutdown: watch::Receiver<bool>) {
+        info!(consumer = %self.config.consumer, "notification consumer started");
+        let mut failures = 0u32;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let delivery = tokio::select! {
+                d = consumer.recv() => d,
+                r = shutdown.changed() => { if r.is_err() { break; } continue; }
+            };
+            let delivery = match delivery {
+                Ok(d) => d,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    warn!(error = %e, "receiving events failed");
+                    tokio::time::sleep(self.config.backoff.jittered(failures)).await;
+                    continue;
+                }
+            };
+            failures = 0;
+            match self.handle_with_retries(&delivery).await {
+                Ok(outcome) => {
+                    debug!(?outcome, offset = delivery.offset, "event handled");
+                    if let Err(e) = consumer.commit(&delivery).await {
+                        // The event is recorded as processed: a redelivery is a duplicate.
+                        warn!(error = %e, "offset commit failed");
+                    }
+                }
+                // Shutting down in the middle of retries: leave the offset uncommitted.
+                Err(_) => break,
+            }
+        }
+        info!("notification consumer stopped");
+    }
+
+    /// [`Self::handle`], retrying transient failures with backoff; after `max_attempts` the
+    /// event is dead-lettered. Errs only when even the dead-letter publish keeps failing.
+    async fn handle_with_retries(&self, delivery: &Delivery) -> Result<Handled, MessagingError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let error = match self.handle(delivery).await {
+                Ok(h) => return Ok(h),
+                Err(e) => e,
+            };
+            warn!(error = %error, attempt, offset = delivery.offset, "event processing failed");
+            if attempt >= self.config.max_attempts {
+                let reason = format!("gave up after {attempt} attempts: {error}");
+                match self.dead_letter(delivery, &reason).await {
+                    Ok(()) => return Ok(Handled::DeadLettered(reason)),
+                    Err(e) if attempt >= self.config.max_attempts.saturating_mul(4) => {
+                        return Err(e);
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(self.config.backoff.jittered(attempt)).await;
+        }
+    }
+
+    /// Processes one delivery once. `Err` means a transient failure worth retrying.
+    pub async fn handle(&self, delivery: &Delivery) -> Result<Handled, MessagingError> {
+        let event = match event::decode(&delivery.message.payload) {
+            Ok(e) => e,
+            Err(e) => return self.poison(delivery, e.to_string()).await,
+        };
+        let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
+            let reason = format!("event id {:?} is not a UUID", event.event_id);
+            return self.poison(delivery, reason).await;
+        };
+        if self
+            .db
+            .is_processed(&self.config.consumer, event_id)
+            .await?
+        {
+            self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(Handled::Duplicate);
+        }
+        let mut notes = Vec::new();
+        for f in &self.formatters {
+            match f.format(&event).await {
+                Ok(mut n) => notes.append(&mut n),
+                Err(FormatFailure::Unavailable(e)) => {
+                    return Err(MessagingError::Invalid(format!(
+                        "formatter {}: {e}",
+                        f.name()
+                    )));
+                }
+                Err(e) => {
+                    return self
+                        .poison(delivery, format!("formatter {}: {e}", f.name()))
+                        .await;
+                }
+            }
+        }
+        for n in &notes {
+            let Some(channel) = self.channels.iter().find(|c| c.accepts(n)) else {
+                debug!(channel = ?n.channel, formatter = %n.formatter, "no channel configured; dropped");
+                continue;
+            };
+            if let Err(e) = channel.deliver(n).await {
+                // Channels retry on their own; what reaches here is permanent or exhausted.
+                return self
+                    .poison(delivery, format!("delivery via {}: {e}", channel.name()))
+                    .await;
+            }
+            self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        self.db
+            .record_processed(&self.config.consumer, event_id)
+            .await?;
+        self.metrics.processed.fetch_add(1, Ordering::Relaxed);
+        Ok(Handled::Processed(notes.len()))
+    }
+
+    async fn poison(&self, delivery: &Delivery, reason: String) -> Result<Handled, MessagingError> {
+        self.dead_letter(delivery, &reason).await?;
+        Ok(Handled::DeadLettered(reason))
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), MessagingError> {
+        let mut hs = delivery.message.headers.clone();
+        hs.push((headers::ERROR.into(), reason.as_bytes().to_vec()));
+        let origin = format!(
+            "{}/{}/{}",
+            delivery.message.topic, delivery.partition, delivery.offset
+        );
+        hs.push((headers::ORIGIN.into(), origin.into_bytes()));
+        let msg = Message {
+            topic: self.config.dead_letter_topic.clone(),
+            key: delivery.message.key.clone(),
+            payload: delivery.message.payload.clone(),
+            headers: hs,
+        };
+        if let Some(Err(e)) = self.dlq.publish(vec![msg]).await.into_iter().next() {
+            return Err(e.into());
+        }
+        self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        warn!(reason, key = %delivery.message.key, event_id = ?delivery.message.header(headers::ID),
+              "event sent to the notification dead-letter topic");
+        Ok(())
+    }
+}

@@ -1,0 +1,379 @@
+//! The outbox relay: a worker that publishes the outbox's rows to the broker.
+//!
+//! One round ([`Relay::run_once`]): lease a batch of due rows (each the oldest unpublished
+//! row of its order, see `store`), publish them keyed by order id, mark the acknowledged ones
+//! published, and for each failure either schedule a retry with exponential backoff or, after
+//! `max_attempts` (or at once when the payload breaks the event contract), publish it to the
+//! dead-letter topic and move it to `dead_letters`. [`Relay::run`] repeats rounds while there
+//! is work and otherwise sleeps until woken (in-process signal, PostgreSQL NOTIFY) or until
+//! the poll interval passes; it also refreshes the lag gauges and prunes old published rows.
+
+mod message;
+pub mod metrics;
+mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use oms_persistence::Pools;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use crate::broker::{Publisher, Topics};
+use crate::db::{Db, now_ms};
+use crate::error::MessagingError;
+use oms_application::retry::RetryPolicy;
+
+pub use metrics::{RelayMetrics, RelaySnapshot};
+pub use store::{Backlog, DeadLetter, OutboxRow};
+
+/// PostgreSQL channel the outbox trigger notifies (migration 0003).
+pub const NOTIFY_CHANNEL: &str = "oms_outbox";
+
+/// Tuning of the relay. Defaults suit one host.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows per round.
+    pub batch_size: u32,
+    /// Failed publish attempts after which a row is dead-lettered.
+    pub max_attempts: u32,
+    pub backoff: RetryPolicy,
+    /// How long claimed rows stay reserved for this relay. Must exceed the broker's delivery
+    /// timeout, or a slow publish could be repeated by another relay.
+    pub lease: Duration,
+    /// Sleep between rounds when idle and nobody wakes the relay.
+    pub poll_interval: Duration,
+    /// Published rows older than this are deleted.
+    pub retention: Duration,
+    /// How often the backlog gauges are refreshed and old rows pruned.
+    pub housekeeping_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            max_attempts: 10,
+            backoff: RetryPolicy {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(60),
+            },
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(500),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            housekeeping_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundOutcome {
+    pub claimed: usize,
+    pub published: usize,
+    pub retried: usize,
+    pub dead_lettered: usize,
+}
+
+/// The relay. Cheap to clone; clones share metrics and the wake signal.
+#[derive(Clone)]
+pub struct Relay {
+    db: Db,
+    publisher: Arc<dyn Publisher>,
+    topics: Topics,
+    config: RelayConfig,
+    wake: Arc<Notify>,
+    metrics: Arc<RelayMetrics>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("topics", &self.topics)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    pub fn new(
+        pools: &Pools,
+        publisher: Arc<dyn Publisher>,
+        topics: Topics,
+        config: RelayConfig,
+    ) -> Self {
+        Self {
+            db: Db::from(pools),
+            publisher,
+            topics,
+            config,
+            wake: Arc::new(Notify::new()),
+            metrics: Arc::new(RelayMetrics::default()),
+        }
+    }
+
+    /// Signals that rows were committed: a sleeping relay starts a round at once. Call it
+    /// after each commit that wrote outbox rows (serve forwards the order change feed here).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn metrics(&self) -> Arc<RelayMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// One claim-publish-mark round.
+    pub async fn run_once(&self) -> Result<RoundOutcome, MessagingError> {
+        let now = now_ms();
+        let lease_until = now.saturating_add(duration_ms(self.config.lease));
+        let rows = self
+            .db
+            .claim(now, lease_until, i64::from(self.config.batch_size.max(1)))
+            .await?;
+        let mut outcome = RoundOutcome {
+            claimed: rows.len(),
+            ..RoundOutcome::default()
+        };
+        if rows.is_empty() {
+            return Ok(outcome);
+        }
+        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+
+        let mut to_send = Vec::with_capacity(rows.len());
+        let mut sent_rows = Vec::with_capacity(rows.len());
+        let mut failures: Vec<(&OutboxRow, String, bool)> = Vec::new();
+        for row in &rows {
+            match message::event_message(row, &self.topics.events) {
+                Ok(m) => {
+                    to_send.push(m);
+                    sent_rows.push(row);
+                }
+                // Retrying cannot fix a payload: dead-letter it now.
+                Err(e) => failures.push((row, e.to_string(), true)),
+            }
+        }
+
+        let started = Instant::now();
+        let results = self.publisher.publish(to_send).await;
+        self.metrics.publish_latency.record(started.elapsed());
+        let acked_at = now_ms();
+        let mut published = Vec::with_capacity(sent_rows.len());
+        for (row, result) in sent_rows.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    published.push(row.id);
+                    let lag = u64::try_from(acked_at.saturating_sub(row.created_at)).unwrap_or(0);
+                    self.metrics
+                        .commit_to_ack
+                        .record(Duration::from_millis(lag));
+                }
+                Err(e) => failures.push((row, e.to_string(), false)),
+            }
+        }
+        self.db.mark_published(&published, acked_at).await?;
+        outcome.published = published.len();
+        self.metrics
+            .published
+            .fetch_add(published.len() as u64, Ordering::Relaxed);
+
+        for (row, error, permanent) in failures {
+            let attempts = row.attempts.saturating_add(1);
+            self.metrics.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            let exhausted = u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts;
+            if (permanent || exhausted) && self.dead_letter(row, &error, attempts).await? {
+                outcome.dead_lettered += 1;
+                continue;
+            }
+            let delay = self
+                .config
+                .backoff
+                .jittered(u32::try_from(attempts).unwrap_or(1));
+            warn!(outbox_id = row.id, event_id = %row.event_id, order_id = %row.aggregate_id,
+                  attempts, error = %error, retry_in_ms = delay.as_millis() as u64,
+                  "outbox publish failed; will retry");
+            self.db
+                .mark_failed(row.id, &error, acked_at.saturating_add(duration_ms(delay)))
+                .await?;
+            outcome.retried += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// Publishes `row` to the dead-letter topic, then moves it to `dead_letters`. Returns
+    /// false when the DLQ publish itself failed: the row then stays in the outbox and is
+    /// retried (and dead-lettered) later, so nothing is dropped.
+    async fn dead_letter(
+        &self,
+        row: &OutboxRow,
+        error: &str,
+        attempts: i32,
+    ) -> Result<bool, MessagingError> {
+        let msg = message::dead_letter_message(row, &self.topics.dead_letters, error, attempts);
+        let published = self.publisher.publish(vec![msg]).await;
+        if let Some(Err(e)) = published.first() {
+            warn!(outbox_id = row.id, error = %e, "dead-letter topic unavailable; row kept");
+            return Ok(false);
+        }
+        self.db
+            .dead_letter(row.id, attempts, error, now_ms())
+            .await?;
+        self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        warn!(outbox_id = row.id, event_id = %row.event_id, order_id = %row.aggregate_id,
+              event_type = %row.event_type, attempts, error = %error,
+              "outbox row dead-lettered");
+        Ok(true)
+    }
+
+    /// Puts dead letter `outbox_id` back into the outbox (attempts reset, due now) and wakes
+    /// the relay. Returns false when it was already redriven and has not failed since.
+    pub async fn redrive(&self, outbox_id: i64) -> Result<bool, MessagingError> {
+        let done = self.db.redrive(outbox_id, now_ms()).await?;
+        if done {
+            info!(outbox_id, "dead letter redriven");
+            self.wake();
+        }
+        Ok(done)
+    }
+
+    /// Dead letters, newest first; `pending_only` leaves out redriven ones.
+    pub async fn dead_letters(
+        &self,
+        pending_only: bool,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, MessagingError> {
+        self.db.dead_letters(pending_only, i64::from(limit)).await
+    }
+
+    /// Deletes rows published more than the retention ago; returns how many.
+    pub async fn prune(&self) -> Result<u64, MessagingError> {
+        let cutoff = now_ms().saturating_sub(duration_ms(self.config.retention));
+        let mut total = 0;
+        loop {
+            // Bounded deletes: a long history never becomes one huge transaction.
+            let n = self.db.prune(cutoff, 5_000).await?;
+            total += n;
+            if n < 5_000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Reads the backlog, updates the gauges, and returns it.
+    pub async fn backlog(&self) -> Result<Backlog, MessagingError> {
+        let b = self.db.backlog().await?;
+        let age = b
+            .oldest_created_at
+            .map_or(0, |t| now_ms().saturating_sub(t).max(0));
+        self.metrics
+            .unpublished
+            .store(b.unpublished, Ordering::Relaxed);
+        self.metrics
+            .oldest_unpublished_age_ms
+            .store(age, Ordering::Relaxed);
+        self.metrics
+            .dead_letters
+            .store(b.dead_letters, Ordering::Relaxed);
+        Ok(b)
+    }
+
+    /// Runs rounds until `shutdown` turns true (or its sender is dropped). Database errors
+    /// are logged and retried after the poll interval: the relay never gives up.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if let Db::Postgres(pool) = &self.db {
+            tokio::spawn(listen(
+                pool.clone(),
+                Arc::clone(&self.wake),
+                shutdown.clone(),
+            ));
+        }
+        let mut last_housekeeping: Option<Instant> = None;
+        info!(topic = %self.topics.events, batch = self.config.batch_size, "outbox relay started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if last_housekeeping.is_none_or(|t| t.elapsed() >= self.config.housekeeping_interval) {
+                last_housekeeping = Some(Instant::now());
+                self.housekeeping().await;
+            }
+            let busy = match self.run_once().await {
+                Ok(o) => {
+                    if o.claimed > 0 {
+                        debug!(?o, "relay round");
+                    }
+                    o.claimed >= self.config.batch_size as usize
+                }
+                Err(e) => {
+                    warn!(error = %e, "relay round failed");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                // A dropped sender also means stop.
+                r = shutdown.changed() => if r.is_err() { break; },
+            }
+        }
+        info!("outbox relay stopped");
+    }
+
+    async fn housekeeping(&self) {
+        match self.backlog().await {
+            Ok(b) => {
+                let s = self.metrics.snapshot();
+                // Info only when there is something to see: an idle relay stays quiet.
+                if b.unpublished > 0 || b.dead_letters > 0 {
+                    info!(unpublished = b.unpublished, oldest_age_ms = s.oldest_unpublished_age_ms,
+                          dead_letters = b.dead_letters, published_total = s.published,
+                          publish_p99_ms = ?s.publish_p99_ms, "outbox lag");
+                } else {
+                    debug!(published_total = s.published, "outbox lag: none");
+                }
+            }
+            Err(e) => warn!(error = %e, "reading outbox lag failed"),
+        }
+        match self.prune().await {
+            Ok(n) if n > 0 => info!(deleted = n, "pruned published outbox rows"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "pruning the outbox failed"),
+        }
+    }
+}
+
+/// Forwards PostgreSQL NOTIFYs on [`NOTIFY_CHANNEL`] to the relay's wake signal, reconnecting
+/// after errors. Polling covers any gap.
+async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "LISTEN connection failed; relying on polling");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+            warn!(error = %e, "LISTEN failed; relying on polling");
+        }
+        loop {
+            tokio::select! {
+                n = listener.recv() => match n {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => { warn!(error = %e, "LISTEN connection lost"); break; }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,311 @@
+//! The notification consumer with real databases and the in-process broker: dedup across
+//! redeliveries, poison events to the dead-letter topic, webhook retries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use oms_messaging::broker::{Broker, InProcessBroker, Topics};
+use oms_messaging::event::{headers, pb};
+use oms_messaging::notifications::{
+    Channel, ChannelKind, FileSink, FormatFailure, Formatter, Handled, Notification,
+    NotificationConfig, NotificationService, WebhookChannel, WebhookOptions,
+};
+use oms_messaging::relay::{Relay, RelayConfig};
+use oms_persistence::testing::TestBackend;
+
+/// One e-mail per event; "crashes" (like a trapping plugin) on events of one order.
+struct TestFormatter {
+    crash_on_order: Option<String>,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Formatter for TestFormatter {
+    fn name(&self) -> &str {
+        "test-email"
+    }
+
+    async fn format(&self, event: &pb::OrderEvent) -> Result<Vec<Notification>, FormatFailure> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.crash_on_order.as_deref() == Some(event.order_id.as_str()) {
+            return Err(FormatFailure::Crashed("trapped: unreachable".into()));
+        }
+        Ok(vec![Notification {
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            formatter: "test-email".into(),
+            channel: ChannelKind::Email,
+            recipient: format!("{}@example.test", event.order.as_ref().unwrap().customer_id),
+            subject: Some(event.event_type.clone()),
+            body: format!(
+                "order {} is now version {}",
+                event.order_id,
+                event.order.as_ref().unwrap().version
+            ),
+            content_type: "text/plain".into(),
+        }])
+    }
+}
+
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn redeliveries_notify_once_and_poison_goes_to_the_dlq(backend: TestBackend) {
+    let (test_db, db) = database(backend).await;
+    let svc = service(&db);
+    let broker = InProcessBroker::default();
+    let topics = Topics::default();
+    let relay = Relay::new(
+        db.pools(),
+        broker.publisher_arc(),
+        topics.clone(),
+        RelayConfig::default(),
+    );
+    let ids = write_orders(&svc, 5, 1, 2).await; // 10 events
+    let poison_order = ids[0].to_string();
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    // The relay publishes everything a second time (as after a crash mid-batch): the same
+    // events, duplicated on the topic.
+    let again = broker.messages(&topics.events);
+    assert_eq!(again.len(), 10);
+    use oms_messaging::broker::Publisher;
+    broker.publish(again).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("notifications.jsonl");
+    let formatter = Arc::new(TestFormatter {
+        crash_on_order: Some(poison_order.clone()),
+        calls: AtomicUsize::new(0),
+    });
+    let config = NotificationConfig {
+        dead_letter_topic: topics.notification_dead_letters.clone(),
+        ..NotificationConfig::default()
+    };
+    let service = NotificationService::new(
+        db.pools(),
+        config.clone(),
+        vec![formatter.clone()],
+        vec![Arc::new(FileSink::new(Some(out.clone()))) as Arc<dyn Channel>],
+        broker.publisher_arc(),
+    );
+
+    // Process half of the 20 deliveries by hand and "crash" without committing.
+    let mut consumer = broker
+        .consumer(&config.consumer, &[topics.events.as_str()])
+        .unwrap();
+    for _ in 0..7 {
+        let d = consumer.recv().await.unwrap();
+        service.handle(&d).await.unwrap();
+    }
+    drop(consumer);
+
+    // A fresh consumer of the group gets everything again and runs until the end.
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer = broker
+        .consumer(&config.consumer, &[topics.events.as_str()])
+        .unwrap();
+    let worker = tokio::spawn(service.clone().run(consumer, stop_rx));
+    let metrics = service.metrics();
+    eventually(
+        Duration::from_secs(20),
+        "all deliveries handled",
+        || async {
+            let m = &metrics;
+            m.processed.load(Ordering::Relaxed)
+                + m.duplicates.load(Ordering::Relaxed)
+                + m.dead_lettered.load(Ordering::Relaxed)
+                >= 20 + 7 // every delivery of the run, plus the 7 handled before the crash
+        },
+    )
+    .await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // 8 good events, one notification each despite 2-3 deliveries of each.
+    let written = lines(&out);
+    let mut event_ids: Vec<_> = written
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    event_ids.sort();
+    event_ids.dedup();
+    assert_eq!(written.len(), 8, "{written:#?}");
+    assert_eq!(event_ids.len(), 8);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM processed_events").await,
+        8
+    );
+    // The poison order's 2 events, each delivered twice, went to the DLQ (never blocking).
+    let dlq = broker.messages(&topics.notification_dead_letters);
+    assert!(dlq.len() >= 2, "{}", dlq.len());
+    assert!(dlq.iter().all(|m| m.key == poison_order));
+    assert!(dlq[0].header(headers::ERROR).unwrap().contains("trapped"));
+    assert!(
+        dlq[0]
+            .header(headers::ORIGIN)
+            .unwrap()
+            .starts_with(&topics.events)
+    );
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn redeliveries_notify_once_and_poison_goes_to_the_dlq_postgres() {
+    redeliveries_notify_once_and_poison_goes_to_the_dlq(TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn redeliveries_notify_once_and_poison_goes_to_the_dlq_sqlite() {
+    redeliveries_notify_once_and_poison_goes_to_the_dlq(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn undecodable_messages_are_poison() {
+    let (test_db, db) = database(TestBackend::Sqlite).await;
+    let broker = InProcessBroker::default();
+    let topics = Topics::default();
+    let service = NotificationService::new(
+        db.pools(),
+        NotificationConfig::default(),
+        vec![],
+        vec![],
+        broker.publisher_arc(),
+    );
+    let d = oms_messaging::broker::Delivery {
+        message: oms_messaging::broker::Message {
+            topic: topics.events.clone(),
+            key: "k".into(),
+            payload: b"not protobuf \xff\xff".to_vec(),
+            headers: vec![],
+        },
+        partition: 0,
+        offset: 41,
+    };
+    let handled = service.handle(&d).await.unwrap();
+    assert!(matches!(handled, Handled::DeadLettered(_)), "{handled:?}");
+    assert_eq!(broker.messages(&topics.notification_dead_letters).len(), 1);
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
+
+/// A tiny HTTP server answering 503 to the first `failures` requests, then 204.
+async fn flaky_http(
+    failures: usize,
+) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (c, s) = (count.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let mut got = Vec::new();
+            // Read until the body (Content-Length) is complete.
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            s.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&got).to_string());
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let status = if n < failures {
+                "503 Service Unavailable"
+            } else {
+                "204 No Content"
+            };
+            let _ = sock
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+        }
+    });
+    (url, count, seen)
+}
+
+fn webhook_note(url: &str) -> Notification {
+    Notification {
+        event_id: "0190f1c2-0000-7000-8000-000000000001".into(),
+        event_type: "OrderConfirmed".into(),
+        formatter: "webhook-json".into(),
+        channel: ChannelKind::Webhook,
+        recipient: url.to_owned(),
+        subject: None,
+        body: r#"{"type":"order.confirmed"}"#.into(),
+        content_type: "application/json".into(),
+    }
+}
+
+#[tokio::test]
+async fn webhooks_retry_server_errors_then_succeed() {
+    let (url, count, seen) = flaky_http(2).await;
+    let channel = WebhookChannel::new(WebhookOptions {
+        backoff: oms_application::retry::RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        },
+        ..WebhookOptions::default()
+    });
+    channel.deliver(&webhook_note(&url)).await.unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    let last = seen.lock().unwrap().last().unwrap().to_ascii_lowercase();
+    assert!(last.starts_with("post /hook"), "{last}");
+    assert!(
+        last.contains("idempotency-key: 0190f1c2-0000-7000-8000-000000000001"),
+        "{last}"
+    );
+    assert!(last.ends_with(r#"{"type":"order.confirmed"}"#), "{last}");
+}
+
+#[tokio::test]
+async fn webhooks_give_up_after_their_attempts() {
+    let (url, count, _) = flaky_http(usize::MAX).await;
+    let channel = WebhookChannel::new(WebhookOptions {
+        attempts: 3,
+        backoff: oms_application::retry::RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        },
+        ..WebhookOptions::default()
+    });
+    let err = channel.deliver(&webhook_note(&url)).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}

@@ -1,0 +1,306 @@
+//! The relay against real databases (PostgreSQL and SQLite) and the in-process broker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use oms_application::AppError;
+use oms_application::retry::RetryPolicy;
+use oms_messaging::broker::{InProcessBroker, Publisher, Topics};
+use oms_messaging::event::headers;
+use oms_messaging::relay::{Relay, RelayConfig};
+use oms_persistence::testing::TestBackend;
+
+fn fast_config() -> RelayConfig {
+    RelayConfig {
+        batch_size: 100,
+        max_attempts: 3,
+        backoff: RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        },
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(50),
+        ..RelayConfig::default()
+    }
+}
+
+/// Runs rounds until a round claims nothing that is due (retries are a few ms apart here).
+async fn drain(relay: &Relay, db: &oms_persistence::Database) {
+    eventually(Duration::from_secs(20), "outbox drained", || async {
+        relay.run_once().await.unwrap();
+        unpublished(db).await == 0
+    })
+    .await;
+}
+
+async fn every_change_is_relayed_once_in_order(backend: TestBackend) {
+    let (test_db, db) = database(backend).await;
+    let svc = service(&db);
+    let broker = InProcessBroker::default();
+    let topics = Topics::default();
+    let relay = Relay::new(
+        db.pools(),
+        broker.publisher_arc(),
+        topics.clone(),
+        fast_config(),
+    );
+
+    let order = svc.create_order(new_order("cust-1"), None).await.unwrap();
+    let v1 = order.version();
+    let order = svc
+        .update_shipping_address(order.id(), address("Paris"), v1, None)
+        .await
+        .unwrap();
+    // A stale version: the transaction fails and must leave no event behind.
+    let stale = svc
+        .update_shipping_address(order.id(), address("Rome"), v1, None)
+        .await;
+    assert!(
+        matches!(stale, Err(AppError::VersionConflict { .. })),
+        "{stale:?}"
+    );
+    svc.cancel_order(order.id(), String::new(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM outbox").await, 3);
+
+    drain(&relay, &db).await;
+    let msgs = broker.messages(&topics.events);
+    let seen: Vec<_> = msgs.iter().map(type_and_version).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("OrderCreated".to_owned(), 1),
+            ("OrderShippingAddressUpdated".to_owned(), 2),
+            ("OrderCancelled".to_owned(), 3),
+        ]
+    );
+    let first = &msgs[0];
+    assert_eq!(first.key, order.id().to_string());
+    assert_eq!(first.header(headers::TYPE), Some("OrderCreated"));
+    assert_eq!(first.header(headers::SPEC_VERSION), Some("1.0"));
+    assert_eq!(first.header(headers::SCHEMA_VERSION), Some("1"));
+    let event = oms_messaging::event::decode(&first.payload).unwrap();
+    assert_eq!(first.header(headers::ID), Some(event.event_id.as_str()));
+    // Published rows are not published again.
+    assert_eq!(relay.run_once().await.unwrap().claimed, 0);
+    assert_eq!(broker.messages(&topics.events).len(), 3);
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_change_is_relayed_once_in_order_postgres() {
+    every_change_is_relayed_once_in_order(TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn every_change_is_relayed_once_in_order_sqlite() {
+    every_change_is_relayed_once_in_order(TestBackend::Sqlite).await;
+}
+
+async fn poison_row_blocks_its_order_then_dead_letters_and_redrives(backend: TestBackend) {
+    let (test_db, db) = database(backend).await;
+    let svc = service(&db);
+    let broker = InProcessBroker::default();
+    let flaky = FlakyPublisher::new(broker.publisher_arc());
+    let topics = Topics::default();
+    let publisher: Arc<dyn Publisher> = flaky.clone();
+    let relay = Relay::new(db.pools(), publisher, topics.clone(), fast_config());
+
+    let order = svc.create_order(new_order("cust-p"), None).await.unwrap();
+    let other = svc.create_order(new_order("cust-q"), None).await.unwrap();
+    let poison_id = scalar_text(&db, "SELECT event_id FROM outbox ORDER BY id LIMIT 1").await;
+    flaky.fail(&poison_id, u32::MAX);
+    svc.update_shipping_address(order.id(), address("Oslo"), order.version(), None)
+        .await
+        .unwrap();
+
+    // Round 1: the other order goes through; the poison row fails and its order's second
+    // event is not even claimed (it waits behind the failed one).
+    let r = relay.run_once().await.unwrap();
+    assert_eq!((r.claimed, r.published, r.retried), (2, 1, 1));
+    assert!(
+        broker
+            .messages(&topics.events)
+            .iter()
+            .all(|m| m.key == other.id().to_string())
+    );
+
+    drain(&relay, &db).await;
+    // Dead-lettered after max_attempts, and then the blocked event went out.
+    let dead = relay.dead_letters(true, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id.to_string(), poison_id);
+    assert_eq!(dead[0].attempts, 3);
+    assert!(
+        dead[0].last_error.contains("injected failure"),
+        "{}",
+        dead[0].last_error
+    );
+    let dlq = broker.messages(&topics.dead_letters);
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].header(headers::ID), Some(poison_id.as_str()));
+    assert!(
+        dlq[0]
+            .header(headers::ERROR)
+            .unwrap()
+            .contains("injected failure")
+    );
+    let keyed: Vec<_> = broker
+        .messages(&topics.events)
+        .into_iter()
+        .filter(|m| m.key == order.id().to_string())
+        .map(|m| type_and_version(&m))
+        .collect();
+    assert_eq!(keyed, vec![("OrderShippingAddressUpdated".to_owned(), 2)]);
+    assert_eq!(relay.backlog().await.unwrap().dead_letters, 1);
+
+    // Redrive once the cause is fixed: delivered exactly once more, and not redriven twice.
+    flaky.heal();
+    assert!(relay.redrive(dead[0].id).await.unwrap());
+    assert!(!relay.redrive(dead[0].id).await.unwrap());
+    drain(&relay, &db).await;
+    let copies = broker
+        .messages(&topics.events)
+        .iter()
+        .filter(|m| m.header(headers::ID) == Some(poison_id.as_str()))
+        .count();
+    assert_eq!(copies, 1);
+    assert!(relay.dead_letters(true, 10).await.unwrap().is_empty());
+    assert_eq!(relay.backlog().await.unwrap().dead_letters, 0);
+    assert!(
+        relay.redrive(123_456).await.is_err(),
+        "unknown ids are an error"
+    );
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn poison_row_blocks_its_order_then_dead_letters_and_redrives_postgres() {
+    poison_row_blocks_its_order_then_dead_letters_and_redrives(TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn poison_row_blocks_its_order_then_dead_letters_and_redrives_sqlite() {
+    poison_row_blocks_its_order_then_dead_letters_and_redrives(TestBackend::Sqlite).await;
+}
+
+async fn scalar_text(db: &oms_persistence::Database, sql: &str) -> String {
+    match db.postgres() {
+        Some(pool) => {
+            let id: uuid::Uuid = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            id.to_string()
+        }
+        None => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&db.sqlite().unwrap().reader)
+            .await
+            .unwrap(),
+    }
+}
+
+async fn the_worker_wakes_on_commit_and_prunes(backend: TestBackend) {
+    let (test_db, db) = database(backend).await;
+    let svc = service(&db);
+    let broker = InProcessBroker::default();
+    let topics = Topics::default();
+    let config = RelayConfig {
+        // Polling alone would take an hour: only the wake signal can explain a fast publish.
+        poll_interval: Duration::from_secs(3600),
+        retention: Duration::ZERO,
+        housekeeping_interval: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let relay = Relay::new(db.pools(), broker.publisher_arc(), topics.clone(), config);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(relay.clone().run(stop_rx));
+    // Two rounds, each started by a commit's wake-up: polling alone would take an hour.
+    for n in 1..=2 {
+        let order = svc.create_order(new_order("cust-w"), None).await.unwrap();
+        relay.wake();
+        eventually(
+            Duration::from_secs(10),
+            "event relayed after wake",
+            || async { broker.messages(&topics.events).len() == n },
+        )
+        .await;
+        assert!(
+            broker
+                .messages(&topics.events)
+                .iter()
+                .any(|m| m.key == order.id().to_string())
+        );
+    }
+    eventually(Duration::from_secs(10), "rows marked published", || async {
+        unpublished(&db).await == 0
+    })
+    .await;
+    // Retention zero: the published rows are pruned.
+    assert_eq!(relay.prune().await.unwrap(), 2);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM outbox").await, 0);
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_worker_wakes_on_commit_and_prunes_postgres() {
+    the_worker_wakes_on_commit_and_prunes(TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_worker_wakes_on_commit_and_prunes_sqlite() {
+    the_worker_wakes_on_commit_and_prunes(TestBackend::Sqlite).await;
+}
+
+/// PostgreSQL only: NOTIFY from the outbox trigger wakes a relay nobody signals in-process
+/// (another host wrote the event).
+#[tokio::test]
+async fn postgres_notify_wakes_the_relay() {
+    let (test_db, db) = database(TestBackend::Postgres).await;
+    let svc = service(&db);
+    let broker = InProcessBroker::default();
+    let topics = Topics::default();
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let relay = Relay::new(db.pools(), broker.publisher_arc(), topics.clone(), config);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(relay.clone().run(stop_rx));
+    eventually(Duration::from_secs(10), "listener connected", || async {
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    svc.create_order(new_order("cust-n"), None).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "event relayed after NOTIFY",
+        || async { broker.messages(&topics.events).len() == 1 },
+    )
+    .await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
