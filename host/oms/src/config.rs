@@ -2,7 +2,7 @@
 //! variables (`__` separates nesting: `OMS_GRPC__LISTEN`, `OMS_DATABASE__URL`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -18,6 +18,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub idempotency: IdempotencyConfig,
     pub watch: WatchConfig,
+    pub plugins: PluginsConfig,
+    pub saga: SagaConfig,
+    pub broker: BrokerConfig,
     pub log: LogConfig,
 }
 
@@ -59,6 +62,101 @@ pub struct WatchConfig {
     pub poll_interval_ms: u64,
 }
 
+/// Where plugins come from and which ones the sagas use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directory of `NAME.wasm` + `NAME.toml` pairs, loaded at start and watched for hot
+    /// swaps. A missing directory is not fatal: sagas retry until plugins appear.
+    pub dir: PathBuf,
+    /// Where precompiled plugins are cached, so a restart does not recompile.
+    pub cache_dir: PathBuf,
+    /// How often the directory is rescanned for new versions; 0 turns watching off.
+    pub watch_interval_ms: u64,
+    /// The inventory adapter plugin the sagas reserve stock with.
+    pub inventory: String,
+}
+
+/// The saga workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SagaConfig {
+    /// Worker tasks in this process (each claims its own batches); 0 runs no sagas here
+    /// (an API-only replica). SQLite always uses at most one.
+    pub workers: u32,
+    /// Sagas a worker claims per round.
+    pub batch: u32,
+    /// Longest sleep of an idle worker: bounds how late a retry is picked up.
+    pub poll_interval_ms: u64,
+    /// How long a claimed saga stays leased without progress; after a crash another worker
+    /// (or process) resumes it once this has passed.
+    pub lease_secs: u64,
+    /// Caps every step's retry deadline (0: the step tables' own, e.g. 30 s per placement
+    /// step, 10 min per compensation). Lower it to fail fast during provider outages.
+    pub step_deadline_cap_ms: u64,
+}
+
+/// The event broker, the outbox relay and the notification consumer (see docs/outbox.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `in-process` (embedded: no broker to run) or `kafka`.
+    pub kind: BrokerKind,
+    /// Kafka `bootstrap.servers` (`host:port,host:port`).
+    pub bootstrap_servers: String,
+    /// How long the producer tries one message before the relay counts a failed attempt.
+    pub delivery_timeout_ms: u64,
+    pub topics: BrokerTopicsConfig,
+    pub relay: RelayConfig,
+    pub notifications: NotificationsConfig,
+    /// librdkafka properties passed through unchanged (TLS, SASL, tuning), e.g.
+    /// `"security.protocol" = "SASL_SSL"`.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// Which broker the relay publishes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrokerKind {
+    InProcess,
+    Kafka,
+}
+
+/// Topic names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTopicsConfig {
+    pub events: String,
+    pub dead_letters: String,
+    pub notification_dead_letters: String,
+}
+
+/// The outbox relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub batch_size: u32,
+    /// Failed publish attempts before a row is dead-lettered.
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Idle re-check interval (commits wake the relay at once).
+    pub poll_interval_ms: u64,
+    /// Published rows are deleted after this long.
+    pub retention_hours: u64,
+}
+
+/// The notification consumer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    pub enabled: bool,
+    /// Formatter plugins run on every event.
+    pub formatters: Vec<String>,
+    /// JSON-lines file receiving e-mail/SMS notifications; empty logs them instead.
+    pub file: String,
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +193,43 @@ impl Default for Config {
             watch: WatchConfig {
                 poll_interval_ms: 1000,
             },
+            plugins: PluginsConfig {
+                dir: PathBuf::from("target/plugins"),
+                cache_dir: PathBuf::from("./data/plugin-cache"),
+                watch_interval_ms: 1000,
+                inventory: "local-stock".to_owned(),
+            },
+            saga: SagaConfig {
+                workers: 2,
+                batch: 64,
+                poll_interval_ms: 100,
+                lease_secs: 30,
+                step_deadline_cap_ms: 0,
+            },
+            broker: BrokerConfig {
+                kind: BrokerKind::InProcess,
+                bootstrap_servers: "127.0.0.1:9092".to_owned(),
+                delivery_timeout_ms: 30_000,
+                topics: BrokerTopicsConfig {
+                    events: "oms.order-events.v1".to_owned(),
+                    dead_letters: "oms.order-events.dlq.v1".to_owned(),
+                    notification_dead_letters: "oms.notifications.dlq.v1".to_owned(),
+                },
+                relay: RelayConfig {
+                    batch_size: 500,
+                    max_attempts: 10,
+                    backoff_base_ms: 200,
+                    backoff_max_ms: 60_000,
+                    poll_interval_ms: 500,
+                    retention_hours: 168,
+                },
+                notifications: NotificationsConfig {
+                    enabled: true,
+                    formatters: vec!["email-text".to_owned()],
+                    file: String::new(),
+                },
+                properties: std::collections::BTreeMap::new(),
+            },
             log: LogConfig {
                 filter: "info".to_owned(),
                 format: LogFormat::Text,
@@ -122,7 +257,14 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("OMS_").split("__"));
+        // Every key lives in a section, so only `OMS_SECTION__KEY` variables are
+        // configuration; other OMS_* variables (OMS_CONFIG, OMS_TEST_PG_URL, build settings)
+        // are not, and must not trip the unknown-key check.
+        figment = figment.merge(
+            Env::prefixed("OMS_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         figment
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))
@@ -148,11 +290,36 @@ mod tests {
             )?;
             jail.set_env("OMS_DATABASE__URL", "postgres://postgres@127.0.0.1/oms");
             jail.set_env("OMS_IDEMPOTENCY__TTL_SECS", "60");
+            jail.set_env("OMS_TEST_PG_URL", "not configuration");
             let c = Config::load(Some(Path::new("oms.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.grpc.listen.to_string(), "0.0.0.0:6000");
             assert_eq!(c.database.url, "postgres://postgres@127.0.0.1/oms");
             assert_eq!(c.idempotency.ttl_secs, 60);
             assert_eq!(c.watch.poll_interval_ms, 1000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn broker_section_from_file_and_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "oms.toml",
+                "[broker]\nkind = \"kafka\"\n[broker.properties]\n\"security.protocol\" = \"SASL_SSL\"\n",
+            )?;
+            jail.set_env("OMS_BROKER__BOOTSTRAP_SERVERS", "k1:9092,k2:9092");
+            jail.set_env("OMS_BROKER__RELAY__BATCH_SIZE", "1000");
+            let c = Config::load(Some(Path::new("oms.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.broker.kind, BrokerKind::Kafka);
+            assert_eq!(c.broker.bootstrap_servers, "k1:9092,k2:9092");
+            assert_eq!(c.broker.relay.batch_size, 1000);
+            assert_eq!(
+                c.broker
+                    .properties
+                    .get("security.protocol")
+                    .map(String::as_str),
+                Some("SASL_SSL")
+            );
             Ok(())
         });
     }

@@ -1,7 +1,9 @@
 //! The OMS host: configuration, wiring of the layers, and the `serve` runtime. The binary in
 //! `main.rs` is a thin CLI over this library, so tests can start the same server in-process.
 
+pub mod adapters;
 pub mod config;
+pub mod plugins;
 pub mod server;
 pub mod telemetry;
 

@@ -8,16 +8,22 @@ use std::time::Duration;
 use anyhow::Context;
 use oms_application::changes::OrderChanges;
 use oms_application::clock::SystemClock;
+use oms_application::saga::worker::{self, WorkerConfig};
+use oms_application::saga::{EngineConfig, SagaEngine, SagaOperations, SagaPorts};
 use oms_application::{OrderService, ServiceConfig};
 use oms_grpc::OrderApi;
 use oms_persistence::{Database, DatabaseOptions};
+use oms_plugin_runtime::PluginRuntime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::adapters::{PluginInventory, PluginPayments};
 use crate::config::Config;
+use crate::plugins::Plugins;
 
 /// Expired idempotency keys deleted per sweep batch: bounded so a sweep never holds long
 /// locks.
@@ -30,6 +36,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     db: Database,
+    plugins: Plugins,
+    operations: SagaOperations,
 }
 
 impl RunningServer {
@@ -50,8 +58,19 @@ impl RunningServer {
             }
         }
         // Only after every task stopped: in-flight calls may still have been writing.
+        drop(self.plugins.watcher);
         self.db.close().await;
         result
+    }
+
+    /// The plugin runtime (install, rollback, metrics: what the admin API will expose).
+    pub fn plugins(&self) -> &PluginRuntime {
+        &self.plugins.runtime
+    }
+
+    /// Operator operations on sagas (what the admin API will expose).
+    pub fn operations(&self) -> &SagaOperations {
+        &self.operations
     }
 
     /// A handle that triggers shutdown from elsewhere (signal handlers).
@@ -86,11 +105,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         },
     );
 
+    let plugins = crate::plugins::start(&config.plugins, &db).await?;
+    let mut tasks = Vec::new();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    spawn_saga_workers(&config, &db, &service, &plugins, &shutdown_rx, &mut tasks);
+    spawn_messaging(&config, &db, &service, &plugins, &shutdown_rx, &mut tasks)?;
+
     let listener = TcpListener::bind(config.grpc.listen)
         .await
         .with_context(|| format!("binding gRPC listener on {}", config.grpc.listen))?;
     let addr = listener.local_addr()?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -115,7 +139,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(reflection_v1alpha)
         .add_service(OrderApi::new(service.clone()).into_server())
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Small gRPC frames must not wait for Nagle's algorithm: with delayed ACKs on the
+            // client that costs ~40 ms per round trip.
+            TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|stream| {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!(error = %e, "could not disable Nagle on a gRPC connection");
+                    }
+                })
+            }),
             stopped(shutdown_rx.clone()),
         );
     let grpc_task = tokio::spawn(async move {
@@ -129,13 +161,148 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown_rx,
     ));
 
+    tasks.push(grpc_task);
+    tasks.push(sweeper);
     info!(%addr, database = %redact(&config.database.url), "oms serving gRPC");
     Ok(RunningServer {
         addr,
         shutdown,
-        tasks: vec![grpc_task, sweeper],
+        tasks,
+        operations: SagaOperations::new(
+            db.orders(),
+            db.sagas(),
+            Arc::new(SystemClock),
+            service.changes().clone(),
+            service.saga_wakeup(),
+        ),
         db,
+        plugins,
     })
+}
+
+/// Starts `saga.workers` tasks that drive sagas through the plugins. Each has its own lease
+/// identity, so they (and other host processes) never run the same saga at once.
+fn spawn_saga_workers(
+    config: &Config,
+    db: &Database,
+    service: &OrderService,
+    plugins: &Plugins,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
+) {
+    let process = uuid::Uuid::now_v7().simple().to_string();
+    // SQLite admits one writer at a time: one worker keeps its claims from queueing behind
+    // each other. PostgreSQL workers share the work through SKIP LOCKED claims.
+    let workers = match db.pools() {
+        oms_persistence::Pools::Sqlite(_) => config.saga.workers.min(1),
+        oms_persistence::Pools::Postgres(_) => config.saga.workers,
+    };
+    let ports = SagaPorts {
+        orders: db.orders(),
+        sagas: db.sagas(),
+        payments: Arc::new(PluginPayments::new(plugins.runtime.clone())),
+        inventory: Arc::new(PluginInventory::new(
+            plugins.runtime.clone(),
+            config.plugins.inventory.clone(),
+        )),
+    };
+    for n in 0..workers {
+        let engine = Arc::new(SagaEngine::new(
+            ports.clone(),
+            Arc::new(SystemClock),
+            service.changes().clone(),
+            EngineConfig {
+                worker: format!("oms-{}-{process}-{n}", std::process::id()),
+                lease: Duration::from_secs(config.saga.lease_secs.max(1)),
+                deadline_cap: (config.saga.step_deadline_cap_ms > 0)
+                    .then(|| Duration::from_millis(config.saga.step_deadline_cap_ms)),
+            },
+            Arc::new(rand::random::<f64>),
+        ));
+        let worker_config = WorkerConfig {
+            batch: config.saga.batch.max(1),
+            poll_interval: Duration::from_millis(config.saga.poll_interval_ms.max(1)),
+        };
+        let wakeup = service.saga_wakeup();
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            worker::run(engine, worker_config, wakeup, shutdown).await;
+            Ok(())
+        }));
+    }
+}
+
+/// Starts the outbox relay and the notification consumer (docs/outbox.md) on the configured
+/// broker; the relay wakes on every committed order change.
+fn spawn_messaging(
+    config: &Config,
+    db: &Database,
+    service: &OrderService,
+    plugins: &Plugins,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<()> {
+    use oms_application::retry::RetryPolicy;
+    use oms_messaging::{broker, host, notifications, relay};
+    let b = &config.broker;
+    let ms = Duration::from_millis;
+    let settings = host::MessagingSettings {
+        broker: match b.kind {
+            crate::config::BrokerKind::InProcess => host::BrokerChoice::InProcess,
+            crate::config::BrokerKind::Kafka => host::BrokerChoice::Kafka(broker::KafkaOptions {
+                bootstrap_servers: b.bootstrap_servers.clone(),
+                delivery_timeout: ms(b.delivery_timeout_ms.max(1)),
+                properties: b.properties.clone(),
+            }),
+        },
+        topics: broker::Topics {
+            events: b.topics.events.clone(),
+            dead_letters: b.topics.dead_letters.clone(),
+            notification_dead_letters: b.topics.notification_dead_letters.clone(),
+        },
+        relay: relay::RelayConfig {
+            batch_size: b.relay.batch_size.max(1),
+            max_attempts: b.relay.max_attempts.max(1),
+            backoff: RetryPolicy {
+                initial: ms(b.relay.backoff_base_ms),
+                max: ms(b.relay.backoff_max_ms),
+            },
+            // The lease must outlast a publish: twice the delivery timeout.
+            lease: ms(b.delivery_timeout_ms.max(1).saturating_mul(2)),
+            poll_interval: ms(b.relay.poll_interval_ms.max(1)),
+            retention: Duration::from_secs(b.relay.retention_hours.saturating_mul(3600)),
+            ..relay::RelayConfig::default()
+        },
+        notifications: b.notifications.enabled.then(|| host::NotificationSettings {
+            consumer: "oms-notifications".to_owned(),
+            file: (!b.notifications.file.is_empty()).then(|| b.notifications.file.clone().into()),
+            webhook: notifications::WebhookOptions::default(),
+        }),
+    };
+    let formatters: Vec<Arc<dyn notifications::Formatter>> = b
+        .notifications
+        .formatters
+        .iter()
+        .map(|name| {
+            Arc::new(notifications::plugin::PluginFormatter::new(
+                plugins.runtime.notification(name),
+            )) as Arc<dyn notifications::Formatter>
+        })
+        .collect();
+    let messaging = host::start(
+        settings,
+        db.pools(),
+        service.changes(),
+        formatters,
+        shutdown.clone(),
+    )
+    .context("starting the outbox relay")?;
+    for task in messaging.tasks {
+        tasks.push(tokio::spawn(async move {
+            task.await.context("messaging task panicked")
+        }));
+    }
+    Ok(())
 }
 
 /// Deletes expired idempotency keys until shutdown. A failed sweep is logged and retried at

@@ -20,10 +20,36 @@ pub struct TestApp {
     pub channel: Channel,
     pub db: TestDatabase,
     server: Option<oms::RunningServer>,
+    _cache: tempfile::TempDir,
+}
+
+/// The bundled plugins as `scripts/build-plugins` lays them out.
+pub fn built_plugins() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins");
+    assert!(
+        dir.join("fakepay.wasm").is_file(),
+        "{} has no built plugins: run scripts/build-plugins first",
+        dir.display()
+    );
+    dir
 }
 
 impl TestApp {
+    /// The full host: API plus saga workers.
     pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// The API without saga workers: orders stay as the API left them, so tests of the API's
+    /// own behaviour (versions, idempotency, watching) are not raced by placement.
+    pub async fn api_only(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, |config| config.saga.workers = 0).await
+    }
+
+    /// Spawns with the bundled plugins, fast saga polling, and a 1.5 s cap on step
+    /// deadlines (so a provider that never answers fails a saga in seconds, not minutes),
+    /// then lets `adjust` change the configuration.
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let db = match backend {
             Backend::Postgres => TestDatabase::postgres()
                 .await
@@ -35,6 +61,13 @@ impl TestApp {
         config.database.url = db.url().to_owned();
         config.watch.poll_interval_ms = 200;
         config.log.format = LogFormat::Text;
+        let cache = tempfile::tempdir().expect("plugin cache dir");
+        config.plugins.dir = built_plugins();
+        config.plugins.cache_dir = cache.path().to_owned();
+        config.plugins.watch_interval_ms = 0;
+        config.saga.poll_interval_ms = 20;
+        config.saga.step_deadline_cap_ms = 1500;
+        adjust(&mut config);
         let server = oms::start(config).await.expect("server starts");
         let channel = Channel::from_shared(format!("http://{}", server.addr))
             .unwrap()
@@ -46,7 +79,13 @@ impl TestApp {
             channel,
             db,
             server: Some(server),
+            _cache: cache,
         }
+    }
+
+    /// The running server, for what the API does not expose (plugins, operator operations).
+    pub fn server(&self) -> &oms::RunningServer {
+        self.server.as_ref().expect("server running")
     }
 
     /// Stops the server and drops the database. Call at the end of each test.
@@ -157,4 +196,61 @@ pub async fn outbox_event_types(db: &TestDatabase, order_id: &str) -> Vec<String
         pool.close().await;
         rows.into_iter().map(|r| r.0).collect()
     }
+}
+
+/// Follows the order with WatchOrder until `done` holds, failing after `within`.
+pub async fn wait_until(
+    app: &TestApp,
+    order_id: &str,
+    within: Duration,
+    done: impl Fn(&pb::Order) -> bool,
+) -> pb::Order {
+    use futures::StreamExt;
+    let mut client = app.client.clone();
+    let mut stream = client
+        .watch_order(with_timeout(
+            pb::WatchOrderRequest {
+                order_id: order_id.to_owned(),
+            },
+            within,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(order) if done(&order) => return order,
+            Ok(order) => last = Some(order),
+            Err(status) => {
+                panic!("order {order_id} did not get there: {status:?}; last seen {last:?}")
+            }
+        }
+    }
+    panic!("order {order_id} reached a terminal state without matching: {last:?}");
+}
+
+/// Waits for a terminal status (or COMPENSATION_FAILED, which parks).
+pub async fn settle(app: &TestApp, order_id: &str) -> pb::Order {
+    use pb::OrderStatus as S;
+    wait_until(app, order_id, Duration::from_secs(20), |o| {
+        matches!(
+            o.status(),
+            S::Confirmed
+                | S::Rejected
+                | S::PaymentFailed
+                | S::Cancelled
+                | S::CompensationFailed
+                | S::Fulfilled
+        )
+    })
+    .await
+}
+
+pub fn order_with(customer: &str, sku: &str, token: &str) -> pb::CreateOrderRequest {
+    let mut request = valid_order(customer);
+    request.items.truncate(1);
+    request.items[0].sku = sku.to_owned();
+    request.payment.as_mut().unwrap().token = token.to_owned();
+    request
 }

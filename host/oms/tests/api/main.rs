@@ -3,16 +3,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+mod sagas;
 mod scenarios;
 
 /// Instantiates every scenario once per backend, so a failure names both.
 macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
+    ($group:ident => $module:ident: $($name:ident),* $(,)?) => {
+        mod $group {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    crate::scenarios::$name(crate::helpers::Backend::Postgres).await;
+                    crate::$module::$name(crate::helpers::Backend::Postgres).await;
                 }
             )*
         }
@@ -20,14 +22,16 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    crate::scenarios::$name(crate::helpers::Backend::Sqlite).await;
+                    crate::$module::$name(crate::helpers::Backend::Sqlite).await;
                 }
             )*
+        }
         }
     };
 }
 
 on_both_backends!(
+    api => scenarios:
     create_then_get_returns_the_same_order,
     list_paginates_newest_first_with_filters,
     every_validation_error_names_its_field,
@@ -43,4 +47,19 @@ on_both_backends!(
     illegal_transitions_fail_precondition,
     every_change_writes_its_outbox_event,
     health_and_reflection_are_served,
+);
+
+on_both_backends!(
+    saga => sagas:
+    placement_confirms_with_stock_and_a_hold,
+    out_of_stock_rejects_without_touching_payment,
+    declined_payment_releases_the_stock,
+    transient_failures_are_retried_to_success,
+    a_provider_past_its_deadline_fails_the_payment,
+    a_trapping_payment_plugin_fails_the_payment,
+    cancel_after_confirmation_voids_and_releases,
+    cancel_while_placing_leaves_nothing_held,
+    fulfilment_captures_and_refunds_are_bounded,
+    operator_retries_a_parked_cancellation_after_a_rollback,
+    a_missing_inventory_adapter_rejects_after_its_deadline,
 );

@@ -13,7 +13,7 @@ use crate::helpers::{
 };
 
 pub async fn create_then_get_returns_the_same_order(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let created = c
         .create_order(valid_order("c-1"))
@@ -38,7 +38,7 @@ pub async fn create_then_get_returns_the_same_order(backend: Backend) {
 }
 
 pub async fn list_paginates_newest_first_with_filters(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let mut ids = Vec::new();
     for i in 0..7 {
@@ -136,7 +136,7 @@ pub async fn list_paginates_newest_first_with_filters(backend: Backend) {
 }
 
 pub async fn every_validation_error_names_its_field(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
 
     type Mutation = fn(&mut pb::CreateOrderRequest);
@@ -254,7 +254,7 @@ pub async fn every_validation_error_names_its_field(backend: Backend) {
 }
 
 pub async fn failed_validation_does_not_consume_the_key(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let mut bad = valid_order("c-1");
     bad.items.clear();
@@ -271,7 +271,7 @@ pub async fn failed_validation_does_not_consume_the_key(backend: Backend) {
 }
 
 pub async fn idempotent_replay_returns_the_identical_response(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let first = c
         .create_order(keyed(valid_order("c-replay"), "replay-1"))
@@ -327,7 +327,7 @@ pub async fn idempotent_replay_returns_the_identical_response(backend: Backend) 
 }
 
 pub async fn key_reused_with_another_request_is_refused(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     c.create_order(keyed(valid_order("c-a"), "shared"))
         .await
@@ -355,7 +355,7 @@ pub async fn key_reused_with_another_request_is_refused(backend: Backend) {
 }
 
 pub async fn concurrent_identical_creates_make_one_order(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let calls = (0..50).map(|_| {
         let mut c = app.client.clone();
         tokio::spawn(async move {
@@ -389,7 +389,7 @@ pub async fn concurrent_identical_creates_make_one_order(backend: Backend) {
 }
 
 pub async fn concurrent_address_updates_admit_exactly_one(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
         .create_order(valid_order("c-lock"))
@@ -440,7 +440,7 @@ pub async fn concurrent_address_updates_admit_exactly_one(backend: Backend) {
 }
 
 pub async fn stale_version_is_aborted_with_the_current_version(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
         .create_order(valid_order("c-v"))
@@ -472,7 +472,7 @@ pub async fn stale_version_is_aborted_with_the_current_version(backend: Backend)
 }
 
 pub async fn watch_ends_with_deadline_exceeded(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
         .create_order(valid_order("c-w"))
@@ -491,14 +491,14 @@ pub async fn watch_ends_with_deadline_exceeded(backend: Backend) {
         .into_inner();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first, order);
-    // Nothing moves a PENDING order without the saga, so the deadline ends the stream.
+    // Without saga workers nothing moves the PENDING order, so the deadline ends the stream.
     let end = stream.next().await.unwrap().unwrap_err();
     assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
     app.stop().await;
 }
 
 pub async fn watch_follows_a_cancellation_to_its_end(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
         .create_order(valid_order("c-w"))
@@ -542,7 +542,7 @@ pub async fn watch_follows_a_cancellation_to_its_end(backend: Backend) {
 }
 
 pub async fn unknown_order_is_not_found(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let missing = "0190c3f2-7b1e-7cc0-8f35-1c1d2e3f4a5b".to_owned();
     let err = c
@@ -569,7 +569,7 @@ pub async fn unknown_order_is_not_found(backend: Backend) {
 }
 
 pub async fn illegal_transitions_fail_precondition(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
         .create_order(valid_order("c-x"))
@@ -619,7 +619,7 @@ pub async fn illegal_transitions_fail_precondition(backend: Backend) {
 }
 
 pub async fn every_change_writes_its_outbox_event(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
         .create_order(valid_order("c-o"))
@@ -660,7 +660,7 @@ pub async fn every_change_writes_its_outbox_event(backend: Backend) {
 }
 
 pub async fn health_and_reflection_are_served(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::api_only(backend).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
     let serving = health
         .check(tonic_health::pb::HealthCheckRequest {

@@ -1,0 +1,163 @@
+//! `PaymentGateway` over payment-provider plugins.
+
+use async_trait::async_trait;
+use oms_application::ports::{
+    GatewayResult, PaymentGateway, ProviderPayment, ProviderPaymentState,
+};
+use oms_domain::{Currency, Money, OrderId};
+use oms_plugin_runtime::PluginRuntime;
+use oms_plugin_runtime::clients::payment::{
+    self as wit, AuthorizeRequest, PaymentError, PaymentLookup,
+};
+
+use super::{failure, plugin_call};
+use oms_application::ports::{GatewayError, GatewayFailure};
+
+/// Calls the payment plugin named by each order's `payment.provider`.
+#[derive(Clone)]
+pub struct PluginPayments {
+    runtime: PluginRuntime,
+}
+
+impl PluginPayments {
+    pub fn new(runtime: PluginRuntime) -> Self {
+        Self { runtime }
+    }
+}
+
+fn permanent(e: &PaymentError) -> bool {
+    !e.is_transient()
+}
+
+fn to_wit(m: Money) -> wit::Money {
+    wit::Money {
+        amount_minor: m.amount_minor(),
+        currency: m.currency().to_string(),
+    }
+}
+
+/// A plugin answering with money the domain cannot represent breaks the contract.
+fn from_wit(m: &wit::Money) -> Result<Money, GatewayFailure> {
+    Currency::parse(&m.currency)
+        .map_err(|e| e.to_string())
+        .and_then(|c| Money::new(m.amount_minor, c).map_err(|e| e.to_string()))
+        .map_err(|reason| GatewayFailure {
+            error: GatewayError::Permanent {
+                reason: format!("provider returned invalid money: {reason}"),
+            },
+            call: None,
+        })
+}
+
+fn provider_payment(p: &wit::Payment) -> Result<ProviderPayment, GatewayFailure> {
+    Ok(ProviderPayment {
+        payment_id: p.id.clone(),
+        state: match p.status {
+            wit::PaymentStatus::Authorized => ProviderPaymentState::Authorized,
+            wit::PaymentStatus::Declined => ProviderPaymentState::Declined,
+            wit::PaymentStatus::PartiallyCaptured => ProviderPaymentState::PartiallyCaptured,
+            wit::PaymentStatus::Captured => ProviderPaymentState::Captured,
+            wit::PaymentStatus::Voided => ProviderPaymentState::Voided,
+            wit::PaymentStatus::PartiallyRefunded => ProviderPaymentState::PartiallyRefunded,
+            wit::PaymentStatus::Refunded => ProviderPaymentState::Refunded,
+        },
+        authorized: from_wit(&p.authorized)?,
+        captured: from_wit(&p.captured)?,
+        refunded: from_wit(&p.refunded)?,
+    })
+}
+
+#[async_trait]
+impl PaymentGateway for PluginPayments {
+    async fn authorize(
+        &self,
+        provider: &str,
+        order_id: OrderId,
+        amount: Money,
+        token: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        let called = self
+            .runtime
+            .payment(provider)
+            .authorize(AuthorizeRequest {
+                order_id: order_id.to_string(),
+                amount: to_wit(amount),
+                payment_token: token.to_owned(),
+                idempotency_key: idempotency_key.to_owned(),
+            })
+            .await
+            .map_err(|e| failure(e, permanent))?;
+        Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+    }
+
+    async fn capture(
+        &self,
+        provider: &str,
+        payment_id: &str,
+        amount: Option<Money>,
+        idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        let called = self
+            .runtime
+            .payment(provider)
+            .capture(
+                payment_id.to_owned(),
+                amount.map(to_wit),
+                idempotency_key.to_owned(),
+            )
+            .await
+            .map_err(|e| failure(e, permanent))?;
+        Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+    }
+
+    async fn void(
+        &self,
+        provider: &str,
+        payment_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        let called = self
+            .runtime
+            .payment(provider)
+            .void(payment_id.to_owned(), idempotency_key.to_owned())
+            .await
+            .map_err(|e| failure(e, permanent))?;
+        Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+    }
+
+    async fn refund(
+        &self,
+        provider: &str,
+        payment_id: &str,
+        amount: Option<Money>,
+        idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        let called = self
+            .runtime
+            .payment(provider)
+            .refund(
+                payment_id.to_owned(),
+                amount.map(to_wit),
+                idempotency_key.to_owned(),
+            )
+            .await
+            .map_err(|e| failure(e, permanent))?;
+        Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+    }
+
+    async fn find_by_authorize_key(
+        &self,
+        provider: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<Option<ProviderPayment>> {
+        let called = self
+            .runtime
+            .payment(provider)
+            .get_payment(PaymentLookup::AuthorizeKey(idempotency_key.to_owned()))
+            .await
+            .map_err(|e| failure(e, permanent))?;
+        let payment = called.value.as_ref().map(provider_payment).transpose()?;
+        Ok((payment, plugin_call(&called.info)))
+    }
+}

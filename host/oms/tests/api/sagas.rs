@@ -1,0 +1,371 @@
+//! The sagas end to end: orders placed through gRPC, driven by the background workers
+//! through the real fakepay and local-stock plugins, ending in the right states with the
+//! right events.
+
+use std::time::Duration;
+
+use oms_grpc::pb;
+use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
+use tonic::Code;
+
+use crate::helpers::{
+    Backend, TestApp, built_plugins, money, order_with, outbox_event_types, settle, wait_until,
+};
+
+pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-ok", "DEMO-1", "tok_ok"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        created.status(),
+        S::Pending,
+        "CreateOrder returns once accepted"
+    );
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::Confirmed, "{done:?}");
+    assert_eq!(done.payment_status(), P::Authorized);
+    assert_eq!(done.reservation_status(), R::Reserved);
+    assert_eq!(
+        outbox_event_types(&app.db, &created.order_id).await,
+        ["OrderCreated", "OrderConfirmed"]
+    );
+    app.stop().await;
+}
+
+pub async fn out_of_stock_rejects_without_touching_payment(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-oos", "OUT-OF-STOCK", "tok_ok"))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::Rejected, "{done:?}");
+    assert!(
+        done.failure_reason.contains("OUT-OF-STOCK"),
+        "{}",
+        done.failure_reason
+    );
+    assert_eq!(
+        done.payment_status(),
+        P::Pending,
+        "no payment was attempted"
+    );
+    assert_eq!(done.reservation_status(), R::None);
+    assert_eq!(
+        outbox_event_types(&app.db, &created.order_id).await,
+        ["OrderCreated", "OrderRejected"]
+    );
+    app.stop().await;
+}
+
+pub async fn declined_payment_releases_the_stock(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-decl", "DEMO-1", "tok_decline"))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
+    assert_eq!(done.payment_status(), P::AuthFailed);
+    assert_eq!(
+        done.reservation_status(),
+        R::Released,
+        "compensation released the stock"
+    );
+    assert_eq!(
+        outbox_event_types(&app.db, &created.order_id).await,
+        ["OrderCreated", "PaymentFailed"]
+    );
+    app.stop().await;
+}
+
+pub async fn transient_failures_are_retried_to_success(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-flaky", "DEMO-2", "tok_flaky"))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::Confirmed, "{done:?}");
+    assert_eq!(done.payment_status(), P::Authorized);
+    app.stop().await;
+}
+
+pub async fn a_provider_past_its_deadline_fails_the_payment(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-slow", "DEMO-1", "tok_slow"))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
+    assert_eq!(done.reservation_status(), R::Released);
+    assert_ne!(
+        done.payment_status(),
+        P::Authorized,
+        "no hold is left behind"
+    );
+    app.stop().await;
+}
+
+pub async fn a_trapping_payment_plugin_fails_the_payment(backend: Backend) {
+    // The bundled plugins plus the test-only `trap` payment provider.
+    let dir = tempfile::tempdir().unwrap();
+    let built = built_plugins();
+    for entry in std::fs::read_dir(&built).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for file in ["trap.wasm", "trap.toml"] {
+        std::fs::copy(built.join("testing").join(file), dir.path().join(file)).unwrap();
+    }
+    let plugins = dir.path().to_owned();
+    let app = TestApp::spawn_with(backend, move |config| config.plugins.dir = plugins).await;
+    let mut c = app.client.clone();
+    let mut request = order_with("c-trap", "DEMO-1", "tok_ok");
+    request.payment.as_mut().unwrap().provider = "trap".into();
+    let created = c.create_order(request).await.unwrap().into_inner();
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
+    assert_eq!(done.reservation_status(), R::Released);
+    // The host kept serving: the next order with a healthy provider confirms.
+    let next = c
+        .create_order(order_with("c-after-trap", "DEMO-1", "tok_ok"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(settle(&app, &next.order_id).await.status(), S::Confirmed);
+    app.stop().await;
+}
+
+pub async fn cancel_after_confirmation_voids_and_releases(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-cancel", "DEMO-1", "tok_ok"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
+    let cancelling = c
+        .cancel_order(pb::CancelOrderRequest {
+            order_id: created.order_id.clone(),
+            reason: "customer changed their mind".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelling.status(), S::Cancelling);
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::Cancelled, "{done:?}");
+    assert_eq!(done.payment_status(), P::Voided);
+    assert_eq!(done.reservation_status(), R::Released);
+    assert_eq!(
+        outbox_event_types(&app.db, &created.order_id).await,
+        [
+            "OrderCreated",
+            "OrderConfirmed",
+            "OrderCancellationRequested",
+            "OrderCancelled"
+        ]
+    );
+    app.stop().await;
+}
+
+pub async fn cancel_while_placing_leaves_nothing_held(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut c = app.client.clone();
+    // tok_flaky keeps the placement busy with retries, so the cancel lands mid-saga (or,
+    // on a fast machine, right after it): either way nothing may stay held.
+    let created = c
+        .create_order(order_with("c-race", "DEMO-1", "tok_flaky"))
+        .await
+        .unwrap()
+        .into_inner();
+    c.cancel_order(pb::CancelOrderRequest {
+        order_id: created.order_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let done = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
+        o.status() == S::Cancelled
+    })
+    .await;
+    assert_ne!(done.reservation_status(), R::Reserved, "{done:?}");
+    assert!(
+        matches!(
+            done.payment_status(),
+            P::Pending | P::AuthFailed | P::Voided
+        ),
+        "{done:?}"
+    );
+    app.stop().await;
+}
+
+pub async fn fulfilment_captures_and_refunds_are_bounded(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-ship", "DEMO-1", "tok_ok"))
+        .await
+        .unwrap()
+        .into_inner();
+    settle(&app, &created.order_id).await;
+    let total = created.total.clone().unwrap();
+    c.fulfill_order(pb::FulfillOrderRequest {
+        order_id: created.order_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let shipped = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
+        o.status() == S::Fulfilled
+    })
+    .await;
+    assert_eq!(shipped.payment_status(), P::Captured);
+    assert_eq!(shipped.reservation_status(), R::Committed);
+    assert_eq!(shipped.captured, Some(total.clone()));
+
+    // A partial refund, then the rest, then nothing more.
+    let part = total.amount_minor / 4;
+    c.refund_order(pb::RefundOrderRequest {
+        order_id: created.order_id.clone(),
+        amount: money(part, &total.currency),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let refunded = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
+        o.payment_status() == P::PartiallyRefunded
+    })
+    .await;
+    assert_eq!(refunded.refunded, money(part, &total.currency));
+    let err = c
+        .refund_order(pb::RefundOrderRequest {
+            order_id: created.order_id.clone(),
+            amount: money(total.amount_minor, &total.currency),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    c.refund_order(pb::RefundOrderRequest {
+        order_id: created.order_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let all = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
+        o.payment_status() == P::Refunded
+    })
+    .await;
+    assert_eq!(all.refunded, Some(total));
+    app.stop().await;
+}
+
+pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-ops", "DEMO-1", "tok_ok"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
+
+    // Hot-swap a broken build in as `fakepay`: every call traps.
+    let dir = tempfile::tempdir().unwrap();
+    let testing = built_plugins().join("testing");
+    std::fs::copy(testing.join("trap.wasm"), dir.path().join("trap.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(testing.join("trap.toml"))
+        .unwrap()
+        .replace("name = \"trap\"", "name = \"fakepay\"")
+        .replace("version = \"0.1.0\"", "version = \"0.2.0-broken\"");
+    std::fs::write(dir.path().join("fakepay.toml"), manifest).unwrap();
+    let plugins = app.server().plugins();
+    let broken = plugins
+        .install(dir.path().join("fakepay.toml"))
+        .await
+        .unwrap();
+    assert_eq!(broken.version, "0.2.0-broken");
+
+    // The cancellation cannot void the hold: it parks, and the order with it.
+    c.cancel_order(pb::CancelOrderRequest {
+        order_id: created.order_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let parked = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
+        o.status() == S::CompensationFailed
+    })
+    .await;
+    assert_eq!(
+        parked.payment_status(),
+        P::Authorized,
+        "the hold is still there"
+    );
+    let ops = app.server().operations();
+    let queue = ops.parked(10).await.unwrap();
+    assert_eq!(queue.len(), 1, "{queue:?}");
+    let saga = &queue[0];
+    assert_eq!(saga.order_id.to_string(), created.order_id);
+    // A cancellation has nothing to compensate: it can only be retried.
+    assert!(ops.force_compensate(saga.id).await.is_err());
+
+    // Fix the cause, then retry: the same saga finishes the cancellation.
+    let restored = plugins.rollback("fakepay").unwrap();
+    assert_eq!(restored.version, "0.1.0");
+    ops.retry(saga.id).await.unwrap();
+    assert!(
+        ops.retry(saga.id).await.is_err(),
+        "only a parked saga can be retried"
+    );
+    let done = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
+        o.status() == S::Cancelled
+    })
+    .await;
+    assert_eq!(done.payment_status(), P::Voided);
+    assert_eq!(done.reservation_status(), R::Released);
+    assert!(ops.parked(10).await.unwrap().is_empty());
+    app.stop().await;
+}
+
+pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        config.plugins.inventory = "no-such-adapter".into();
+    })
+    .await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-noinv", "DEMO-1", "tok_ok"))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::Rejected, "{done:?}");
+    assert!(
+        done.failure_reason
+            .contains("no plugin of that name is installed"),
+        "{}",
+        done.failure_reason
+    );
+    assert_eq!(done.payment_status(), P::Pending);
+    app.stop().await;
+}

@@ -1,0 +1,222 @@
+//! The host under test as a child process: started from the built `oms` binary, ready when
+//! it logs that it serves, killed with SIGKILL.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use oms_grpc::pb;
+use oms_grpc::pb::order_service_client::OrderServiceClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// Plugin directory (the built bundle) and a compile cache shared by every start of a test,
+/// so restarts load precompiled artifacts like a production restart does.
+pub struct PluginDirs {
+    pub plugins: PathBuf,
+    pub cache: tempfile::TempDir,
+}
+
+impl PluginDirs {
+    pub fn new() -> Self {
+        let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins");
+        assert!(
+            plugins.join("fakepay.wasm").is_file(),
+            "run scripts/build-plugins first"
+        );
+        Self {
+            plugins,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+pub fn order(customer: &str, sku: &str, token: &str) -> pb::CreateOrderRequest {
+    pb::CreateOrderRequest {
+        customer_id: customer.into(),
+        items: vec![pb::LineItem {
+            sku: sku.into(),
+            quantity: 1,
+            unit_price: Some(pb::Money {
+                amount_minor: 999,
+                currency: "EUR".into(),
+            }),
+        }],
+        payment: Some(pb::PaymentMethod {
+            provider: "fakepay".into(),
+            token: token.into(),
+        }),
+        shipping_address: Some(pb::ShippingAddress {
+            recipient: "Ada".into(),
+            line1: "1 Main St".into(),
+            city: "Berlin".into(),
+            country: "DE".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+pub struct Host {
+    child: Child,
+    client: OrderServiceClient<Channel>,
+}
+
+impl Host {
+    /// Starts `oms serve` on a free port and waits for its "serving" log line.
+    pub async fn start(database_url: &str, dirs: &PluginDirs) -> Host {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_oms"))
+            .arg("serve")
+            .env("OMS_GRPC__LISTEN", "127.0.0.1:0")
+            .env("OMS_DATABASE__URL", database_url)
+            .env("OMS_DATABASE__MAX_CONNECTIONS", "8")
+            .env("OMS_PLUGINS__DIR", &dirs.plugins)
+            .env("OMS_PLUGINS__CACHE_DIR", dirs.cache.path())
+            .env("OMS_PLUGINS__WATCH_INTERVAL_MS", "0")
+            // A killed worker's sagas, and the idempotency keys its requests held, are taken
+            // over once their leases lapse.
+            .env("OMS_SAGA__LEASE_SECS", "1")
+            .env("OMS_IDEMPOTENCY__LEASE_SECS", "1")
+            .env("OMS_SAGA__POLL_INTERVAL_MS", "20")
+            .env("OMS_LOG__FORMAT", "json")
+            .env("OMS_LOG__FILTER", "info")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("oms binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read host log") {
+                if line.contains("oms serving gRPC") {
+                    let value: serde_json::Value = serde_json::from_str(&line).expect("json log");
+                    return value["fields"]["addr"]
+                        .as_str()
+                        .expect("addr field")
+                        .to_owned();
+                }
+            }
+            panic!("host exited before serving");
+        })
+        .await
+        .expect("host serves within 60 s");
+        // Keep draining the log so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to host");
+        Host {
+            child,
+            client: OrderServiceClient::new(channel),
+        }
+    }
+
+    /// Submits orders (each under its idempotency key) until all are accepted or `budget`
+    /// runs out; a request cut off by a kill stays pending for the next host. Returns how
+    /// many were accepted.
+    pub async fn submit_until(
+        &self,
+        pending: &mut Vec<(String, pb::CreateOrderRequest)>,
+        created: &mut HashMap<String, String>,
+        budget: Duration,
+    ) -> usize {
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut accepted = 0;
+        while let Some((key, request)) = pending.last().cloned() {
+            let mut client = self.client.clone();
+            let mut call = tonic::Request::new(request);
+            call.metadata_mut()
+                .insert("idempotency-key", key.parse().unwrap());
+            call.set_timeout(Duration::from_secs(5));
+            let outcome = tokio::time::timeout_at(deadline, client.create_order(call)).await;
+            match outcome {
+                Err(_) => break,
+                Ok(Ok(order)) => {
+                    created.insert(key, order.into_inner().order_id);
+                    pending.pop();
+                    accepted += 1;
+                }
+                // The key is held by a request the previous host was killed in: back off
+                // until its lease lapses, then the retry takes it over.
+                Ok(Err(status)) if status.code() == tonic::Code::Aborted => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(_)) => break,
+            }
+        }
+        accepted
+    }
+
+    /// Asks for fulfilment of each order (key `fulfil-<id>`) until all are accepted or
+    /// `budget` runs out, as [`Host::submit_until`] does for creation.
+    pub async fn fulfil_until(&self, pending: &mut Vec<String>, budget: Duration) {
+        let deadline = tokio::time::Instant::now() + budget;
+        while let Some(order_id) = pending.last().cloned() {
+            let mut client = self.client.clone();
+            let mut call = tonic::Request::new(pb::FulfillOrderRequest {
+                order_id: order_id.clone(),
+                ..Default::default()
+            });
+            call.metadata_mut().insert(
+                "idempotency-key",
+                format!("fulfil-{order_id}").parse().unwrap(),
+            );
+            call.set_timeout(Duration::from_secs(5));
+            match tokio::time::timeout_at(deadline, client.fulfill_order(call)).await {
+                Err(_) => break,
+                Ok(Ok(_)) => {
+                    pending.pop();
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::Aborted => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(status)) => {
+                    assert_ne!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition,
+                        "fulfilment refused: {status:?}"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Polls the database until no saga is running (bounded by `within`).
+    pub async fn wait_for_quiet_sagas(&self, database_url: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let active = crate::invariants::active_sagas(database_url).await;
+            if active == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{active} sagas still active after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown hook runs, in-flight transactions die with the process.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("kill host");
+        self.child.wait().await.expect("reap host");
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
+}
