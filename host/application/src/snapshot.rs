@@ -33,6 +33,9 @@ pub struct AddressDoc {
     pub city: String,
     pub postal_code: String,
     pub country: String,
+    /// Contact e-mail; empty when none (absent in documents written before it existed).
+    #[serde(default)]
+    pub email: String,
 }
 
 /// The whole order as a document. The payment token is deliberately absent: documents end up
@@ -97,6 +100,7 @@ impl From<&Order> for OrderSnapshot {
                 city: a.city.clone(),
                 postal_code: a.postal_code.clone(),
                 country: a.country.clone(),
+                email: a.email.clone(),
             },
             failure_reason: order.failure_reason().map(str::to_owned),
             version: order.version().0,
@@ -144,6 +148,7 @@ impl OrderSnapshot {
                 city: a.city.clone(),
                 postal_code: a.postal_code.clone(),
                 country: a.country.clone(),
+                email: a.email.clone(),
             },
             captured: parse_money(&self.captured)?,
             refunded: parse_money(&self.refunded)?,

@@ -13,6 +13,8 @@ pub struct ShippingAddress {
     pub city: String,
     pub postal_code: String,
     pub country: String,
+    /// Contact e-mail for order and delivery notifications; empty when none was given.
+    pub email: String,
 }
 
 /// The raw fields of an address before validation.
@@ -24,6 +26,7 @@ pub struct RawAddress<'a> {
     pub city: &'a str,
     pub postal_code: &'a str,
     pub country: &'a str,
+    pub email: &'a str,
 }
 
 const MAX_FIELD: usize = 200;
@@ -68,6 +71,13 @@ impl ShippingAddress {
                 InvalidValue::new("must be an ISO 3166-1 alpha-2 code such as DE"),
             ));
         }
+        let email = raw.email;
+        if !email.is_empty() && !looks_like_email(email) {
+            errors.push((
+                "email",
+                InvalidValue::new("must be an e-mail address such as ada@example.com"),
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -78,8 +88,24 @@ impl ShippingAddress {
             city,
             postal_code,
             country: country.to_owned(),
+            email: email.to_owned(),
         })
     }
+}
+
+/// A deliberately loose check (one `@`, a dot in the domain, no spaces, at most 254
+/// characters): the mail system is the authority, this only catches typos in the field.
+fn looks_like_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    s.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -95,6 +121,32 @@ mod tests {
         .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|(f, _)| *f).collect();
         assert_eq!(fields, ["recipient", "line1", "city", "country"]);
+    }
+
+    #[test]
+    fn email_is_optional_but_checked() {
+        let with = |email| {
+            ShippingAddress::parse(RawAddress {
+                recipient: "Ada",
+                line1: "1 Main St",
+                city: "Berlin",
+                country: "DE",
+                email,
+                ..RawAddress::default()
+            })
+        };
+        assert_eq!(with("").unwrap().email, "");
+        assert_eq!(with("ada@example.com").unwrap().email, "ada@example.com");
+        for bad in [
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "a@b@c.de",
+        ] {
+            assert_eq!(with(bad).unwrap_err()[0].0, "email", "{bad}");
+        }
     }
 
     #[test]

@@ -116,6 +116,7 @@ fn to_proto(doc: PayloadDoc) -> pb::OrderEvent {
                 city: a.city,
                 postal_code: a.postal_code,
                 country: a.country,
+                email: a.email,
             }),
             failure_reason: o.failure_reason,
             version: o.version,

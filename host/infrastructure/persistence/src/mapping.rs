@@ -37,6 +37,7 @@ pub(crate) struct OrderRow {
     pub ship_city: String,
     pub ship_postal_code: String,
     pub ship_country: String,
+    pub ship_email: String,
     pub failure_reason: Option<String>,
     pub version: i64,
     pub created_at: i64,
@@ -60,7 +61,7 @@ macro_rules! order_columns {
         "customer_id, status, payment_status, reservation_status, currency, total_minor, \
          captured_minor, refunded_minor, payment_provider, payment_token, ship_recipient, \
          ship_line1, ship_line2, ship_city, ship_postal_code, ship_country, failure_reason, \
-         version, created_at, updated_at"
+         version, created_at, updated_at, ship_email"
     };
 }
 pub(crate) use order_columns;
@@ -91,6 +92,7 @@ where
         ship_city: row.try_get("ship_city")?,
         ship_postal_code: row.try_get("ship_postal_code")?,
         ship_country: row.try_get("ship_country")?,
+        ship_email: row.try_get("ship_email")?,
         failure_reason: row.try_get("failure_reason")?,
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
@@ -175,6 +177,7 @@ pub(crate) fn order_from_rows(row: OrderRow, items: Vec<ItemRow>) -> Result<Orde
             city: row.ship_city,
             postal_code: row.ship_postal_code,
             country: row.ship_country,
+            email: row.ship_email,
         },
         captured: money(id, "captured", row.captured_minor, currency)?,
         refunded: money(id, "refunded", row.refunded_minor, currency)?,

@@ -112,6 +112,7 @@ pub fn address(city: &str) -> pb::ShippingAddress {
         city: city.into(),
         postal_code: "10115".into(),
         country: "DE".into(),
+        email: "ada@example.com".into(),
     }
 }
 

@@ -62,4 +62,5 @@ on_both_backends!(
     fulfilment_captures_and_refunds_are_bounded,
     operator_retries_a_parked_cancellation_after_a_rollback,
     a_missing_inventory_adapter_rejects_after_its_deadline,
+    a_confirmed_order_notifies_its_customer,
 );

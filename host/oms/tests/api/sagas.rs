@@ -369,3 +369,39 @@ pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: Bac
     assert_eq!(done.payment_status(), P::Pending);
     app.stop().await;
 }
+
+pub async fn a_confirmed_order_notifies_its_customer(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("notifications.jsonl");
+    let file = sink.clone();
+    let app = TestApp::spawn_with(backend, move |config| {
+        config.broker.notifications.file = file.display().to_string();
+    })
+    .await;
+    let mut c = app.client.clone();
+    let created = c
+        .create_order(order_with("c-mail", "DEMO-1", "tok_ok"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
+    // The relay publishes OrderConfirmed, the consumer runs email-text, the sink appends a
+    // line: poll the file (bounded) until the e-mail for this order is there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let text = std::fs::read_to_string(&sink).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(&created.order_id)) {
+            break line.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no notification in {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let note: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(note["recipient"], "ada@example.com", "{note}");
+    assert_eq!(note["channel"], "email", "{note}");
+    assert_eq!(note["formatter"], "email-text", "{note}");
+    app.stop().await;
+}

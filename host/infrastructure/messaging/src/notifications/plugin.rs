@@ -112,8 +112,15 @@ fn to_wit(e: &pb::OrderEvent) -> Event {
             id: o.order_id.clone(),
             customer: Customer {
                 id: o.customer_id.clone(),
-                name: None,
-                email: None,
+                // The order's only name and e-mail are the ones given with the address.
+                name: o
+                    .shipping_address
+                    .as_ref()
+                    .and_then(|a| non_empty(&a.recipient)),
+                email: o
+                    .shipping_address
+                    .as_ref()
+                    .and_then(|a| non_empty(&a.email)),
                 phone: None,
             },
             status: o.status.to_lowercase().replace('_', "-"),

@@ -147,9 +147,9 @@ async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), Stor
         "INSERT INTO orders (id, customer_id, status, payment_status, reservation_status, \
          currency, total_minor, captured_minor, refunded_minor, payment_provider, payment_token, \
          ship_recipient, ship_line1, ship_line2, ship_city, ship_postal_code, ship_country, \
-         failure_reason, version, created_at, updated_at) \
+         failure_reason, version, created_at, updated_at, ship_email) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21)",
+         $18, $19, $20, $21, $22)",
     )
     .bind(p.id.as_uuid())
     .bind(p.customer_id.as_str())
@@ -172,6 +172,7 @@ async fn insert_order(conn: &mut PgConnection, order: &Order) -> Result<(), Stor
     .bind(p.version.0)
     .bind(p.created_at.unix_millis())
     .bind(p.updated_at.unix_millis())
+    .bind(&p.shipping_address.email)
     .execute(&mut *conn)
     .await
     .map_err(classify)?;
@@ -217,7 +218,7 @@ async fn update_order(
         "UPDATE orders SET status = $3, payment_status = $4, reservation_status = $5, \
          captured_minor = $6, refunded_minor = $7, ship_recipient = $8, ship_line1 = $9, \
          ship_line2 = $10, ship_city = $11, ship_postal_code = $12, ship_country = $13, \
-         failure_reason = $14, version = $15, updated_at = $16 \
+         failure_reason = $14, version = $15, updated_at = $16, ship_email = $17 \
          WHERE id = $1 AND version = $2",
     )
     .bind(p.id.as_uuid())
@@ -236,6 +237,7 @@ async fn update_order(
     .bind(p.failure_reason.as_deref())
     .bind(p.version.0)
     .bind(p.updated_at.unix_millis())
+    .bind(&p.shipping_address.email)
     .execute(&mut *conn)
     .await
     .map_err(classify)?;

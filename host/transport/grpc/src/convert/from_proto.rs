@@ -74,6 +74,7 @@ pub fn parse_address(
         city: &a.city,
         postal_code: &a.postal_code,
         country: &a.country,
+        email: &a.email,
     }) {
         Ok(addr) => Some(addr),
         Err(errors) => {

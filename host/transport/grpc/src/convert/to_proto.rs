@@ -30,6 +30,7 @@ fn address(a: &ShippingAddress) -> pb::ShippingAddress {
         city: a.city.clone(),
         postal_code: a.postal_code.clone(),
         country: a.country.clone(),
+        email: a.email.clone(),
     }
 }
 
