@@ -9,7 +9,7 @@ use oms_persistence::{Database, Pools};
 use oms_plugin_runtime::engine::EngineOptions;
 use oms_plugin_runtime::kv::{KvStore, PgKvStore, SqliteKvStore};
 use oms_plugin_runtime::{DirWatcher, PluginRuntime, RuntimeOptions, WatchHandle};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::config::PluginsConfig;
 
@@ -40,10 +40,8 @@ pub async fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plug
     if !config.dir.is_dir() {
         warn!(dir = %config.dir.display(), "plugins directory missing; build it with scripts/build-plugins");
     }
+    // The runtime logs every installed version itself; refusals are reported here.
     let report = watcher.scan().await;
-    for v in &report.installed {
-        info!(plugin = %v.name, version = %v.version, digest = %v.digest, "plugin installed");
-    }
     for (path, error) in &report.refused {
         warn!(manifest = %path.display(), %error, "plugin refused");
     }
