@@ -7,7 +7,7 @@ use oms_application::ports::{
 use oms_domain::{Currency, Money, OrderId};
 use oms_plugin_runtime::PluginRuntime;
 use oms_plugin_runtime::clients::payment::{
-    self as wit, AuthorizeRequest, PaymentError, PaymentLookup,
+    self as wit, AuthorizeRequest, PaymentError, PaymentLookup, PaymentResult,
 };
 
 use super::{failure, plugin_call};
@@ -67,6 +67,12 @@ fn provider_payment(p: &wit::Payment) -> Result<ProviderPayment, GatewayFailure>
     })
 }
 
+/// A payment call's answer in the port's terms.
+fn answered(result: PaymentResult<wit::Payment>) -> GatewayResult<ProviderPayment> {
+    let called = result.map_err(|e| failure(e, permanent))?;
+    Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+}
+
 #[async_trait]
 impl PaymentGateway for PluginPayments {
     async fn authorize(
@@ -77,18 +83,17 @@ impl PaymentGateway for PluginPayments {
         token: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let called = self
-            .runtime
-            .payment(provider)
-            .authorize(AuthorizeRequest {
-                order_id: order_id.to_string(),
-                amount: to_wit(amount),
-                payment_token: token.to_owned(),
-                idempotency_key: idempotency_key.to_owned(),
-            })
-            .await
-            .map_err(|e| failure(e, permanent))?;
-        Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+        answered(
+            self.runtime
+                .payment(provider)
+                .authorize(AuthorizeRequest {
+                    order_id: order_id.to_string(),
+                    amount: to_wit(amount),
+                    payment_token: token.to_owned(),
+                    idempotency_key: idempotency_key.to_owned(),
+                })
+                .await,
+        )
     }
 
     async fn capture(
@@ -98,17 +103,16 @@ impl PaymentGateway for PluginPayments {
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let called = self
-            .runtime
-            .payment(provider)
-            .capture(
-                payment_id.to_owned(),
-                amount.map(to_wit),
-                idempotency_key.to_owned(),
-            )
-            .await
-            .map_err(|e| failure(e, permanent))?;
-        Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+        answered(
+            self.runtime
+                .payment(provider)
+                .capture(
+                    payment_id.to_owned(),
+                    amount.map(to_wit),
+                    idempotency_key.to_owned(),
+                )
+                .await,
+        )
     }
 
     async fn void(
@@ -117,13 +121,12 @@ impl PaymentGateway for PluginPayments {
         payment_id: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let called = self
-            .runtime
-            .payment(provider)
-            .void(payment_id.to_owned(), idempotency_key.to_owned())
-            .await
-            .map_err(|e| failure(e, permanent))?;
-        Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+        answered(
+            self.runtime
+                .payment(provider)
+                .void(payment_id.to_owned(), idempotency_key.to_owned())
+                .await,
+        )
     }
 
     async fn refund(
@@ -133,17 +136,16 @@ impl PaymentGateway for PluginPayments {
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let called = self
-            .runtime
-            .payment(provider)
-            .refund(
-                payment_id.to_owned(),
-                amount.map(to_wit),
-                idempotency_key.to_owned(),
-            )
-            .await
-            .map_err(|e| failure(e, permanent))?;
-        Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+        answered(
+            self.runtime
+                .payment(provider)
+                .refund(
+                    payment_id.to_owned(),
+                    amount.map(to_wit),
+                    idempotency_key.to_owned(),
+                )
+                .await,
+        )
     }
 
     async fn find_by_authorize_key(
