@@ -248,6 +248,12 @@ pub async fn settle(app: &TestApp, order_id: &str) -> pb::Order {
     .await
 }
 
+/// Creates an order through the API (it answers once the order is durably PENDING).
+pub async fn create(app: &TestApp, request: pb::CreateOrderRequest) -> pb::Order {
+    let mut client = app.client.clone();
+    client.create_order(request).await.unwrap().into_inner()
+}
+
 pub fn order_with(customer: &str, sku: &str, token: &str) -> pb::CreateOrderRequest {
     let mut request = valid_order(customer);
     request.items.truncate(1);

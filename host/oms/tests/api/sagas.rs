@@ -9,17 +9,13 @@ use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, TestApp, built_plugins, money, order_with, outbox_event_types, settle, wait_until,
+    Backend, TestApp, built_plugins, create, money, order_with, outbox_event_types, settle,
+    wait_until,
 };
 
 pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-ok", "DEMO-1", "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-ok", "DEMO-1", "tok_ok")).await;
     assert_eq!(
         created.status(),
         S::Pending,
@@ -38,12 +34,7 @@ pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
 
 pub async fn out_of_stock_rejects_without_touching_payment(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-oos", "OUT-OF-STOCK", "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-oos", "OUT-OF-STOCK", "tok_ok")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::Rejected, "{done:?}");
     assert!(
@@ -66,12 +57,7 @@ pub async fn out_of_stock_rejects_without_touching_payment(backend: Backend) {
 
 pub async fn declined_payment_releases_the_stock(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-decl", "DEMO-1", "tok_decline"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-decl", "DEMO-1", "tok_decline")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
     assert_eq!(done.payment_status(), P::AuthFailed);
@@ -89,12 +75,7 @@ pub async fn declined_payment_releases_the_stock(backend: Backend) {
 
 pub async fn transient_failures_are_retried_to_success(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-flaky", "DEMO-2", "tok_flaky"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-flaky", "DEMO-2", "tok_flaky")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::Confirmed, "{done:?}");
     assert_eq!(done.payment_status(), P::Authorized);
@@ -103,12 +84,7 @@ pub async fn transient_failures_are_retried_to_success(backend: Backend) {
 
 pub async fn a_provider_past_its_deadline_fails_the_payment(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-slow", "DEMO-1", "tok_slow"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-slow", "DEMO-1", "tok_slow")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
     assert_eq!(done.reservation_status(), R::Released);
@@ -135,32 +111,23 @@ pub async fn a_trapping_payment_plugin_fails_the_payment(backend: Backend) {
     }
     let plugins = dir.path().to_owned();
     let app = TestApp::spawn_with(backend, move |config| config.plugins.dir = plugins).await;
-    let mut c = app.client.clone();
     let mut request = order_with("c-trap", "DEMO-1", "tok_ok");
     request.payment.as_mut().unwrap().provider = "trap".into();
-    let created = c.create_order(request).await.unwrap().into_inner();
+    let created = create(&app, request).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
     assert_eq!(done.reservation_status(), R::Released);
     // The host kept serving: the next order with a healthy provider confirms.
-    let next = c
-        .create_order(order_with("c-after-trap", "DEMO-1", "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let next = create(&app, order_with("c-after-trap", "DEMO-1", "tok_ok")).await;
     assert_eq!(settle(&app, &next.order_id).await.status(), S::Confirmed);
     app.stop().await;
 }
 
 pub async fn cancel_after_confirmation_voids_and_releases(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-cancel", "DEMO-1", "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-cancel", "DEMO-1", "tok_ok")).await;
     assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
+    let mut c = app.client.clone();
     let cancelling = c
         .cancel_order(pb::CancelOrderRequest {
             order_id: created.order_id.clone(),
@@ -192,11 +159,7 @@ pub async fn cancel_while_placing_leaves_nothing_held(backend: Backend) {
     let mut c = app.client.clone();
     // tok_flaky keeps the placement busy with retries, so the cancel lands mid-saga (or,
     // on a fast machine, right after it): either way nothing may stay held.
-    let created = c
-        .create_order(order_with("c-race", "DEMO-1", "tok_flaky"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-race", "DEMO-1", "tok_flaky")).await;
     c.cancel_order(pb::CancelOrderRequest {
         order_id: created.order_id.clone(),
         ..Default::default()
@@ -221,11 +184,7 @@ pub async fn cancel_while_placing_leaves_nothing_held(backend: Backend) {
 pub async fn fulfilment_captures_and_refunds_are_bounded(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-ship", "DEMO-1", "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-ship", "DEMO-1", "tok_ok")).await;
     settle(&app, &created.order_id).await;
     let total = created.total.clone().unwrap();
     c.fulfill_order(pb::FulfillOrderRequest {
@@ -282,11 +241,7 @@ pub async fn fulfilment_captures_and_refunds_are_bounded(backend: Backend) {
 pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-ops", "DEMO-1", "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-ops", "DEMO-1", "tok_ok")).await;
     assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
 
     // Hot-swap a broken build in as `fakepay`: every call traps.
@@ -352,12 +307,7 @@ pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: Bac
         config.plugins.inventory = "no-such-adapter".into();
     })
     .await;
-    let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-noinv", "DEMO-1", "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-noinv", "DEMO-1", "tok_ok")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::Rejected, "{done:?}");
     assert!(
@@ -378,12 +328,7 @@ pub async fn a_confirmed_order_notifies_its_customer(backend: Backend) {
         config.broker.notifications.file = file.display().to_string();
     })
     .await;
-    let mut c = app.client.clone();
-    let created = c
-        .create_order(order_with("c-mail", "DEMO-1", "tok_ok"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create(&app, order_with("c-mail", "DEMO-1", "tok_ok")).await;
     assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
     // The relay publishes OrderConfirmed, the consumer runs email-text, the sink appends a
     // line: poll the file (bounded) until the e-mail for this order is there.
