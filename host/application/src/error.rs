@@ -65,7 +65,12 @@ impl AppError {
 
 impl From<DomainError> for AppError {
     fn from(e: DomainError) -> Self {
-        Self::FailedPrecondition(e.to_string())
+        match e {
+            DomainError::InvalidArgument { field, reason } => {
+                Self::InvalidArgument(vec![FieldViolation::new(field, reason)])
+            }
+            other => Self::FailedPrecondition(other.to_string()),
+        }
     }
 }
 

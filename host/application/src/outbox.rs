@@ -29,6 +29,9 @@ struct Payload<'a> {
     occurred_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     amount: Option<MoneyDoc>,
+    /// `OrderRefundRequested` with a reason: the caller's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
     order: OrderSnapshot,
 }
 
@@ -37,11 +40,16 @@ impl OutboxMessage {
     pub fn for_event(order: &Order, event: &OrderEvent) -> Self {
         let event_id = Uuid::now_v7();
         let amount = match &event.kind {
-            OrderEventKind::Refunded { amount } | OrderEventKind::RefundRequested { amount } => {
-                Some(MoneyDoc {
-                    amount_minor: amount.amount_minor(),
-                    currency: amount.currency().to_string(),
-                })
+            OrderEventKind::Refunded { amount }
+            | OrderEventKind::RefundRequested { amount, .. } => Some(MoneyDoc {
+                amount_minor: amount.amount_minor(),
+                currency: amount.currency().to_string(),
+            }),
+            _ => None,
+        };
+        let reason = match &event.kind {
+            OrderEventKind::RefundRequested { reason, .. } if !reason.is_empty() => {
+                Some(reason.as_str())
             }
             _ => None,
         };
@@ -52,6 +60,7 @@ impl OutboxMessage {
             order_id: order.id().to_string(),
             occurred_at_ms: event.occurred_at.unix_millis(),
             amount,
+            reason,
             order: OrderSnapshot::from(order),
         };
         Self {

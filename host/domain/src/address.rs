@@ -32,17 +32,7 @@ pub struct RawAddress<'a> {
 const MAX_FIELD: usize = 200;
 
 fn text(value: &str, required: bool) -> Result<String, InvalidValue> {
-    if required && value.trim().is_empty() {
-        return Err(InvalidValue::new("is required"));
-    }
-    if value.chars().count() > MAX_FIELD {
-        return Err(InvalidValue::new(format!(
-            "must be at most {MAX_FIELD} characters"
-        )));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(InvalidValue::new("must not contain control characters"));
-    }
+    crate::text::check(value, MAX_FIELD, required)?;
     Ok(value.to_owned())
 }
 

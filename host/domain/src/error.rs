@@ -36,4 +36,8 @@ pub enum DomainError {
     /// A refund or capture asked for more than the payment allows.
     #[error("{0}")]
     AmountExceeded(String),
+    /// An argument that no state of this order could accept (a refund of zero, or in another
+    /// currency): the request, not the order's state, is wrong. `field` is its request path.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
 }

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod line_item;
 pub mod money;
 pub mod order;
+pub mod text;
 pub mod time;
 
 pub use address::ShippingAddress;
@@ -24,4 +25,5 @@ pub use order::{
     NewOrder, Order, OrderEvent, OrderEventKind, OrderParts, OrderStatus, PaymentMethod,
     PaymentStatus, ReservationStatus, Version,
 };
+pub use text::Reason;
 pub use time::Timestamp;

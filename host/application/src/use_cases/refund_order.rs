@@ -1,6 +1,6 @@
 //! RefundOrder.
 
-use oms_domain::{Money, Order, OrderId, Version};
+use oms_domain::{Money, Order, OrderId, Reason, Version};
 
 use crate::error::AppError;
 use crate::idempotency::IdempotencyRequest;
@@ -11,11 +11,14 @@ use crate::use_cases::SagaStart;
 impl OrderService {
     /// Starts a refund of `amount`, or of the whole refundable balance when `None`, through
     /// the refund saga. Never more than captured: the domain refuses it with
-    /// FAILED_PRECONDITION before anything is sent to the provider.
+    /// FAILED_PRECONDITION before anything is sent to the provider; a zero amount or one in
+    /// another currency is INVALID_ARGUMENT. The reason travels in the
+    /// `OrderRefundRequested` event.
     pub async fn refund_order(
         &self,
         id: OrderId,
         amount: Option<Money>,
+        reason: Reason,
         expected: Option<Version>,
         idempotency: Option<IdempotencyRequest>,
     ) -> Result<Order, AppError> {
@@ -26,11 +29,7 @@ impl OrderService {
                 expected,
                 claim,
                 |order| {
-                    let amount = match amount {
-                        Some(a) => a,
-                        None => order.captured().checked_sub(&order.refunded())?,
-                    };
-                    let event = order.request_refund(amount, now)?;
+                    let (amount, event) = order.request_refund(amount, reason.clone(), now)?;
                     let data = SagaData {
                         refund_amount_minor: Some(amount.amount_minor()),
                         ..SagaData::default()

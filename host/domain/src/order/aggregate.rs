@@ -12,6 +12,7 @@ use crate::error::{DomainError, InvalidValue};
 use crate::ids::{CustomerId, OrderId};
 use crate::line_item::LineItem;
 use crate::money::Money;
+use crate::text::Reason;
 use crate::time::Timestamp;
 
 /// At most this many lines per order: a bound on the work one request can cause.
@@ -116,6 +117,10 @@ impl NewOrder {
         let total = match items.first() {
             Some(first) => {
                 let currency = first.unit_price.currency();
+                // A line in another currency is reported on that line and left out of the
+                // sum, so the sum of the remaining lines is still checked for overflow (and
+                // a mismatch is never misreported as one).
+                let mut mixed = false;
                 let mut total = Some(Money::zero(currency));
                 for (i, item) in items.iter().enumerate() {
                     if item.unit_price.currency() != currency {
@@ -125,7 +130,7 @@ impl NewOrder {
                                 "all lines must use one currency ({currency})"
                             )),
                         ));
-                        total = None;
+                        mixed = true;
                         continue;
                     }
                     total =
@@ -138,7 +143,7 @@ impl NewOrder {
                         break;
                     }
                 }
-                total
+                total.filter(|_| !mixed)
             }
             None => None,
         };
@@ -530,14 +535,37 @@ impl Order {
         probe.refund(amount, self.parts.updated_at).map(|_| ())
     }
 
-    /// Starts a refund of `amount` (checked like [`Self::refund`]).
+    /// Starts a refund of `amount`, or of the whole refundable balance when `None`, for
+    /// `reason`, checked like [`Self::refund`]. Returns the amount with the event.
     pub fn request_refund(
         &mut self,
-        amount: Money,
+        amount: Option<Money>,
+        reason: Reason,
         now: Timestamp,
-    ) -> Result<OrderEvent, DomainError> {
+    ) -> Result<(Money, OrderEvent), DomainError> {
+        let amount = match amount {
+            None => self.parts.captured.checked_sub(&self.parts.refunded)?,
+            Some(amount) => {
+                let currency = self.parts.total.currency();
+                if amount.currency() != currency {
+                    return Err(DomainError::InvalidArgument {
+                        field: "amount",
+                        reason: format!("must be in the order's currency {currency}"),
+                    });
+                }
+                if amount.is_zero() {
+                    return Err(DomainError::InvalidArgument {
+                        field: "amount",
+                        reason: "must be greater than zero (omit it to refund the whole balance)"
+                            .into(),
+                    });
+                }
+                amount
+            }
+        };
         self.check_refund(amount)?;
-        Ok(self.touch(now, OrderEventKind::RefundRequested { amount }))
+        let event = self.touch(now, OrderEventKind::RefundRequested { amount, reason });
+        Ok((amount, event))
     }
 
     /// Everything was shipped: the reservation is committed and the payment captured by the
@@ -627,6 +655,25 @@ mod tests {
         let fields: Vec<_> = errors.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["items[1].sku", "items[1].unit_price.currency"]);
         assert_eq!(new_order(vec![]).unwrap_err()[0].0, "items");
+    }
+
+    #[test]
+    fn mixed_currencies_are_reported_on_their_lines_only() {
+        let errors = new_order(vec![
+            line("A", 1, 100, "EUR"),
+            line("B", 1, 100, "USD"),
+            line("C", 1, 100, "EUR"),
+            line("D", 1, 100, "GBP"),
+        ])
+        .unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "items[1].unit_price.currency",
+                "items[3].unit_price.currency"
+            ]
+        );
     }
 
     #[test]

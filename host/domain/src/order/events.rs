@@ -1,6 +1,7 @@
 //! Domain events: facts about an order that other systems learn through the outbox.
 
 use crate::money::Money;
+use crate::text::Reason;
 use crate::time::Timestamp;
 
 /// What happened.
@@ -17,6 +18,8 @@ pub enum OrderEventKind {
     Fulfilled,
     RefundRequested {
         amount: Money,
+        /// The caller's reason (may be empty); carried by the outbox event.
+        reason: Reason,
     },
     Refunded {
         amount: Money,

@@ -53,6 +53,8 @@ struct PayloadDoc {
     occurred_at_ms: i64,
     #[serde(default)]
     amount: Option<MoneyDoc>,
+    #[serde(default)]
+    reason: Option<String>,
     order: OrderSnapshot,
 }
 
@@ -90,6 +92,7 @@ fn to_proto(doc: PayloadDoc) -> pb::OrderEvent {
         order_id: doc.order_id,
         occurred_at_ms: doc.occurred_at_ms,
         amount: doc.amount.map(money),
+        reason: doc.reason,
         order: Some(pb::OrderSnapshot {
             order_id: o.order_id,
             customer_id: o.customer_id,
