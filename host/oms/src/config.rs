@@ -24,12 +24,39 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// The public API listener.
+/// The public API listener and its limits against hostile or broken clients (docs/api.md,
+/// "Limits").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
     /// Address to listen on; port 0 picks a free port (tests).
     pub listen: SocketAddr,
+    /// Open connections at most; further ones are accepted and closed at once. Keep it well
+    /// below the process's file-descriptor limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: bytes of request headers (metadata) per call.
+    pub max_header_list_bytes: u32,
+    /// Largest request message, encoded; larger is RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
+    /// Largest response message, encoded.
+    pub max_response_bytes: usize,
+    /// Request bytes being received by all calls together; past it a new message is
+    /// RESOURCE_EXHAUSTED until others complete.
+    pub max_buffered_request_bytes: usize,
+    /// Calls running at once; more wait. Each holds at most one database connection, so it
+    /// is capped at `database.max_connections` minus a reserve for the background workers.
+    pub max_in_flight_requests: usize,
+    /// HTTP/2 PING interval; a peer that does not answer within the timeout is disconnected.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
+    /// A connection whose peer sends nothing (not even a preface, a frame or a PING answer)
+    /// for this long is closed. Must exceed `keepalive_interval_ms`.
+    pub idle_timeout_ms: u64,
+    /// Longest time a call may take to arrive and be answered (streams: until the stream
+    /// starts); bounds requests whose body never ends.
+    pub request_timeout_ms: u64,
 }
 
 /// The transactional store.
@@ -180,6 +207,17 @@ impl Default for Config {
         Self {
             grpc: GrpcConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+                max_connections: 1024,
+                max_concurrent_streams: 100,
+                max_header_list_bytes: 16 * 1024,
+                max_request_bytes: 256 * 1024,
+                max_response_bytes: 16 * 1024 * 1024,
+                max_buffered_request_bytes: 64 * 1024 * 1024,
+                max_in_flight_requests: 12,
+                keepalive_interval_ms: 20_000,
+                keepalive_timeout_ms: 10_000,
+                idle_timeout_ms: 60_000,
+                request_timeout_ms: 60_000,
             },
             database: DatabaseConfig {
                 url: "sqlite://./data/oms.db".to_owned(),
@@ -291,10 +329,12 @@ mod tests {
             jail.set_env("OMS_DATABASE__URL", "postgres://postgres@127.0.0.1/oms");
             jail.set_env("OMS_IDEMPOTENCY__TTL_SECS", "60");
             jail.set_env("OMS_TEST_PG_URL", "not configuration");
+            jail.set_env("OMS_GRPC__MAX_CONNECTIONS", "64");
             let c = Config::load(Some(Path::new("oms.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.grpc.listen.to_string(), "0.0.0.0:6000");
             assert_eq!(c.database.url, "postgres://postgres@127.0.0.1/oms");
             assert_eq!(c.idempotency.ttl_secs, 60);
+            assert_eq!(c.grpc.max_connections, 64);
             assert_eq!(c.watch.poll_interval_ms, 1000);
             Ok(())
         });

@@ -11,14 +11,13 @@ use oms_application::clock::SystemClock;
 use oms_application::saga::worker::{self, WorkerConfig};
 use oms_application::saga::{EngineConfig, SagaEngine, SagaOperations, SagaPorts};
 use oms_application::{OrderService, ServiceConfig};
-use oms_grpc::OrderApi;
+use oms_grpc::listener::{self, ConnectionLimits};
+use oms_grpc::{ApiLimits, OrderApi};
 use oms_persistence::{Database, DatabaseOptions};
 use oms_plugin_runtime::PluginRuntime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::adapters::{PluginInventory, PluginPayments};
@@ -86,6 +85,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// Starts the host as configured and returns once it listens.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    check_grpc_limits(&config)?;
     let options = DatabaseOptions {
         max_connections: config.database.max_connections,
         ..DatabaseOptions::default()
@@ -133,21 +133,30 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .build_v1alpha()
         .context("building gRPC reflection v1alpha")?;
 
+    let g = &config.grpc;
+    let ms = Duration::from_millis;
+    let api_limits = ApiLimits {
+        max_in_flight: api_in_flight(&config),
+        max_request_bytes: g.max_request_bytes,
+        max_response_bytes: g.max_response_bytes,
+        max_buffered_request_bytes: g.max_buffered_request_bytes,
+    };
+    let connections = ConnectionLimits {
+        max_connections: g.max_connections,
+        idle_timeout: ms(g.idle_timeout_ms),
+    };
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(g.max_concurrent_streams)
+        .http2_max_header_list_size(g.max_header_list_bytes)
+        .http2_keepalive_interval(Some(ms(g.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(ms(g.keepalive_timeout_ms)))
+        .timeout(ms(g.request_timeout_ms))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(OrderApi::new(service.clone()).into_server())
+        .add_service(OrderApi::new(service.clone(), api_limits).into_server())
         .serve_with_incoming_shutdown(
-            // Small gRPC frames must not wait for Nagle's algorithm: with delayed ACKs on the
-            // client that costs ~40 ms per round trip.
-            TcpListenerStream::new(listener).map(|conn| {
-                conn.inspect(|stream| {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        warn!(error = %e, "could not disable Nagle on a gRPC connection");
-                    }
-                })
-            }),
+            listener::incoming(listener, connections),
             stopped(shutdown_rx.clone()),
         );
     let grpc_task = tokio::spawn(async move {
@@ -178,6 +187,51 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         db,
         plugins,
     })
+}
+
+/// Database connections kept from the API for the background work that must not starve
+/// behind it: the outbox relay, the notification consumer and the sweeper, besides one per
+/// saga worker.
+const BACKGROUND_CONNECTIONS: u32 = 3;
+
+/// How many API calls may run at once: as configured, but never so many that they could
+/// hold every database connection while saga workers, relay or consumer wait for one.
+fn api_in_flight(config: &Config) -> usize {
+    let reserve = BACKGROUND_CONNECTIONS.saturating_add(config.saga.workers);
+    let room = config
+        .database
+        .max_connections
+        .saturating_sub(reserve)
+        .max(1);
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    config.grpc.max_in_flight_requests.clamp(1, room)
+}
+
+/// Refuses limits that cannot work, before anything listens.
+fn check_grpc_limits(config: &Config) -> anyhow::Result<()> {
+    let g = &config.grpc;
+    anyhow::ensure!(
+        g.max_connections > 0,
+        "grpc.max_connections must be at least 1"
+    );
+    anyhow::ensure!(
+        g.max_concurrent_streams > 0,
+        "grpc.max_concurrent_streams must be at least 1"
+    );
+    anyhow::ensure!(
+        g.max_request_bytes > 0 && g.max_request_bytes <= g.max_buffered_request_bytes,
+        "grpc.max_request_bytes must be at least 1 and at most grpc.max_buffered_request_bytes"
+    );
+    anyhow::ensure!(
+        g.idle_timeout_ms > g.keepalive_interval_ms,
+        "grpc.idle_timeout_ms must exceed grpc.keepalive_interval_ms: live clients show they \
+         are there by answering the keep-alive pings"
+    );
+    anyhow::ensure!(
+        g.keepalive_timeout_ms > 0 && g.request_timeout_ms > 0,
+        "grpc.keepalive_timeout_ms and grpc.request_timeout_ms must be at least 1"
+    );
+    Ok(())
 }
 
 /// Starts `saga.workers` tasks that drive sagas through the plugins. Each has its own lease

@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        // Malformed request bodies are INVALID_ARGUMENT, not tonic-prost's INTERNAL.
+        .codec_path("crate::codec::OmsCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -1,37 +1,98 @@
 //! `oms.v1.OrderService`: thin handlers that validate, call one use case and translate.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use oms_application::ports::OrderQuery;
 use oms_application::{AppError, FieldViolation, OrderService};
 use oms_domain::{CustomerId, Order};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{
     Violations, order_to_proto, parse_address, parse_expected_version, parse_money,
-    parse_new_order, parse_order_id, parse_status_filter,
+    parse_new_order, parse_order_id, parse_reason, parse_status_filter,
 };
+use crate::framing::UnaryFraming;
 use crate::pb::order_service_server::OrderService as OrderServiceApi;
 use crate::{deadline, idempotency, page_token, pb, status};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 500;
 
+/// Bounds of the API's own work.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Calls of this service running at once; more wait for a place. Each running call holds
+    /// at most one database connection, so keeping this below the pool size leaves
+    /// connections for the saga workers, the outbox relay and the notification consumer.
+    pub max_in_flight: usize,
+    /// Largest request message, encoded.
+    pub max_request_bytes: usize,
+    /// Largest response message, encoded (a `ListOrders` page of big orders is the largest).
+    pub max_response_bytes: usize,
+    /// Request bytes being received by all calls together (see [`UnaryFraming`]).
+    pub max_buffered_request_bytes: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 12,
+            max_request_bytes: 256 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+            max_buffered_request_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// The gRPC face of the application's [`OrderService`].
 #[derive(Clone)]
 pub struct OrderApi {
     service: OrderService,
+    in_flight: Arc<Semaphore>,
+    limits: ApiLimits,
 }
 
+/// The server as added to tonic: the generated service behind the framing check.
+pub type OrderServer = UnaryFraming<pb::order_service_server::OrderServiceServer<OrderApi>>;
+
 impl OrderApi {
-    pub fn new(service: OrderService) -> Self {
-        Self { service }
+    pub fn new(service: OrderService, limits: ApiLimits) -> Self {
+        Self {
+            service,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            limits,
+        }
     }
 
-    /// A tonic service ready to add to a server.
-    pub fn into_server(self) -> pb::order_service_server::OrderServiceServer<Self> {
-        pb::order_service_server::OrderServiceServer::new(self)
+    /// A tonic service ready to add to a server, with the message size limits applied.
+    pub fn into_server(self) -> OrderServer {
+        let limits = self.limits;
+        let server = pb::order_service_server::OrderServiceServer::new(self)
+            .max_decoding_message_size(limits.max_request_bytes)
+            .max_encoding_message_size(limits.max_response_bytes);
+        UnaryFraming::new(
+            server,
+            limits.max_request_bytes,
+            limits.max_buffered_request_bytes,
+        )
+    }
+
+    /// Runs `work` once one of the `max_in_flight` places is free.
+    async fn admitted<T>(
+        &self,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        // The semaphore is never closed; should it be, refusing is the safe answer.
+        let _place = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        work.await
     }
 }
 
@@ -86,9 +147,10 @@ impl OrderServiceApi for OrderApi {
             return Err(invalid(all));
         }
         let new = new.map_err(invalid)?;
-        deadline::within(budget, async {
-            reply(self.service.create_order(new, key).await)
-        })
+        deadline::within(
+            budget,
+            self.admitted(async { reply(self.service.create_order(new, key).await) }),
+        )
         .await
     }
 
@@ -100,7 +162,11 @@ impl OrderServiceApi for OrderApi {
         let mut v = Violations::default();
         let id = parse_order_id(&request.get_ref().order_id, "order_id", &mut v);
         let id = v.into_result(id).map_err(invalid)?;
-        deadline::within(budget, async { reply(self.service.get_order(id).await) }).await
+        deadline::within(
+            budget,
+            self.admitted(async { reply(self.service.get_order(id).await) }),
+        )
+        .await
     }
 
     async fn list_orders(
@@ -145,20 +211,23 @@ impl OrderServiceApi for OrderApi {
             _ => None,
         };
         let query = v.into_result(query).map_err(invalid)?;
-        deadline::within(budget, async {
-            let page = self
-                .service
-                .list_orders(query)
-                .await
-                .map_err(|e| status::to_status(&e))?;
-            Ok(Response::new(pb::ListOrdersResponse {
-                orders: page.orders.iter().map(order_to_proto).collect(),
-                next_page_token: page
-                    .next
-                    .map(|last| page_token::encode(last, &filters))
-                    .unwrap_or_default(),
-            }))
-        })
+        deadline::within(
+            budget,
+            self.admitted(async {
+                let page = self
+                    .service
+                    .list_orders(query)
+                    .await
+                    .map_err(|e| status::to_status(&e))?;
+                Ok(Response::new(pb::ListOrdersResponse {
+                    orders: page.orders.iter().map(order_to_proto).collect(),
+                    next_page_token: page
+                        .next
+                        .map(|last| page_token::encode(last, &filters))
+                        .unwrap_or_default(),
+                }))
+            }),
+        )
         .await
     }
 
@@ -173,10 +242,13 @@ impl OrderServiceApi for OrderApi {
         let id = parse_order_id(&request.get_ref().order_id, "order_id", &mut v);
         let id = v.into_result(id).map_err(invalid)?;
         // Fail fast on an unknown order instead of opening a stream that errors at once.
-        self.service
-            .get_order(id)
-            .await
-            .map_err(|e| status::to_status(&e))?;
+        self.admitted(async {
+            self.service
+                .get_order(id)
+                .await
+                .map_err(|e| status::to_status(&e))
+        })
+        .await?;
         let updates = self.service.watch_order(id).map(|r| {
             r.map(|o| order_to_proto(&o))
                 .map_err(|e| status::to_status(&e))
@@ -219,14 +291,20 @@ impl OrderServiceApi for OrderApi {
         let r = request.get_ref();
         let id = parse_order_id(&r.order_id, "order_id", &mut v);
         let expected = parse_expected_version(r.expected_version, "expected_version", &mut v);
-        if r.reason.chars().count() > 500 {
-            v.add("reason", "must be at most 500 characters");
-        }
-        let reason = r.reason.clone();
-        let (id, expected) = v.into_result(id.zip(expected)).map_err(invalid)?;
-        deadline::within(budget, async {
-            reply(self.service.cancel_order(id, reason, expected, key).await)
-        })
+        let reason = parse_reason(&r.reason, "reason", &mut v);
+        let (id, (expected, reason)) = v
+            .into_result(id.zip(expected.zip(reason)))
+            .map_err(invalid)?;
+        deadline::within(
+            budget,
+            self.admitted(async {
+                reply(
+                    self.service
+                        .cancel_order(id, reason.into_string(), expected, key)
+                        .await,
+                )
+            }),
+        )
         .await
     }
 
@@ -241,9 +319,10 @@ impl OrderServiceApi for OrderApi {
         let id = parse_order_id(&r.order_id, "order_id", &mut v);
         let expected = parse_expected_version(r.expected_version, "expected_version", &mut v);
         let (id, expected) = v.into_result(id.zip(expected)).map_err(invalid)?;
-        deadline::within(budget, async {
-            reply(self.service.fulfill_order(id, expected, key).await)
-        })
+        deadline::within(
+            budget,
+            self.admitted(async { reply(self.service.fulfill_order(id, expected, key).await) }),
+        )
         .await
     }
 
@@ -261,12 +340,20 @@ impl OrderServiceApi for OrderApi {
             None => Some(None),
             Some(m) => parse_money(Some(m), "amount", &mut v).map(Some),
         };
-        let (id, (expected, amount)) = v
-            .into_result(id.zip(expected.zip(amount)))
+        let reason = parse_reason(&r.reason, "reason", &mut v);
+        let (id, (expected, (amount, reason))) = v
+            .into_result(id.zip(expected.zip(amount.zip(reason))))
             .map_err(invalid)?;
-        deadline::within(budget, async {
-            reply(self.service.refund_order(id, amount, expected, key).await)
-        })
+        deadline::within(
+            budget,
+            self.admitted(async {
+                reply(
+                    self.service
+                        .refund_order(id, amount, reason, expected, key)
+                        .await,
+                )
+            }),
+        )
         .await
     }
 
@@ -292,13 +379,16 @@ impl OrderServiceApi for OrderApi {
         let (id, (address, expected)) = v
             .into_result(id.zip(address.zip(expected)))
             .map_err(invalid)?;
-        deadline::within(budget, async {
-            reply(
-                self.service
-                    .update_shipping_address(id, address, expected, key)
-                    .await,
-            )
-        })
+        deadline::within(
+            budget,
+            self.admitted(async {
+                reply(
+                    self.service
+                        .update_shipping_address(id, address, expected, key)
+                        .await,
+                )
+            }),
+        )
         .await
     }
 }

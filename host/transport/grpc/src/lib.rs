@@ -4,14 +4,17 @@
 //! call one application use case, domain -> proto. Errors become statuses in exactly one
 //! place, [`status::to_status`].
 
+pub mod codec;
 pub mod convert;
 pub mod deadline;
+pub mod framing;
 pub mod handlers;
 pub mod idempotency;
+pub mod listener;
 pub mod page_token;
 pub mod status;
 
-pub use handlers::OrderApi;
+pub use handlers::{ApiLimits, OrderApi, OrderServer};
 
 /// Code generated from `proto/oms/v1/orders.proto`.
 pub mod pb {

@@ -3,9 +3,10 @@
 
 use oms_application::FieldViolation;
 use oms_domain::address::RawAddress;
+use oms_domain::order::MAX_LINES;
 use oms_domain::{
     Currency, CustomerId, LineItem, Money, NewOrder, OrderId, OrderStatus, PaymentMethod, Quantity,
-    ShippingAddress, Sku, Version,
+    Reason, ShippingAddress, Sku, Version,
 };
 
 use crate::pb;
@@ -100,6 +101,17 @@ fn parse_line(i: usize, l: &pb::LineItem, v: &mut Violations) -> Option<LineItem
 /// The whole CreateOrder request, every violation reported.
 pub fn parse_new_order(r: &pb::CreateOrderRequest) -> Result<NewOrder, Vec<FieldViolation>> {
     let mut v = Violations::default();
+    // Sizes first: an over-long list is refused before any line is looked at, so the work
+    // (and the error) stays the same however many lines were sent.
+    if r.items.len() > MAX_LINES {
+        return Err(vec![FieldViolation::new(
+            "items",
+            format!(
+                "at most {MAX_LINES} lines are allowed ({} sent)",
+                r.items.len()
+            ),
+        )]);
+    }
     let customer = v.check("customer_id", CustomerId::parse(&r.customer_id));
     if r.items.is_empty() {
         v.add("items", "at least one line is required");
@@ -146,6 +158,11 @@ pub fn parse_new_order(r: &pb::CreateOrderRequest) -> Result<NewOrder, Vec<Field
             v.into_result(None)
         }
     }
+}
+
+/// A free-text reason (`CancelOrderRequest.reason`, `RefundOrderRequest.reason`).
+pub fn parse_reason(raw: &str, field: &str, v: &mut Violations) -> Option<Reason> {
+    v.check(field, Reason::parse(raw))
 }
 
 /// `optional int64 expected_version`: absent means "any version"; present must be >= 1.
