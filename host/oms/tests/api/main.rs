@@ -2,6 +2,7 @@
 //! and a fresh PostgreSQL database or SQLite file per test. Every scenario runs on both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod edge;
 mod helpers;
 mod sagas;
 mod scenarios;
@@ -63,4 +64,17 @@ on_both_backends!(
     operator_retries_a_parked_cancellation_after_a_rollback,
     a_missing_inventory_adapter_rejects_after_its_deadline,
     a_confirmed_order_notifies_its_customer,
+);
+
+on_both_backends!(
+    hostile => edge:
+    oversized_requests_get_bounded_errors,
+    mixed_currencies_name_the_line_not_an_overflow,
+    free_text_is_bounded_and_printable,
+    refund_arguments_are_invalid_not_preconditions,
+    refund_reason_reaches_the_outbox_event,
+    malformed_bodies_are_the_callers_fault,
+    connections_beyond_the_limit_are_closed,
+    silent_connections_are_closed_after_the_idle_timeout,
+    one_connection_has_a_bounded_number_of_streams,
 );
