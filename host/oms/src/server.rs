@@ -404,7 +404,34 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{api_in_flight, check_grpc_limits, redact};
+    use crate::config::Config;
+
+    #[test]
+    fn api_calls_leave_database_connections_to_the_background() {
+        let mut c = Config::default();
+        c.database.max_connections = 64;
+        assert_eq!(api_in_flight(&c), c.grpc.max_in_flight_requests);
+        // 16 connections: 3 for relay, consumer and sweeper, 2 for the saga workers.
+        c.database.max_connections = 16;
+        assert_eq!(api_in_flight(&c), 11);
+        c.database.max_connections = 2;
+        assert_eq!(api_in_flight(&c), 1);
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused() {
+        assert!(check_grpc_limits(&Config::default()).is_ok());
+        let mut c = Config::default();
+        c.grpc.idle_timeout_ms = c.grpc.keepalive_interval_ms;
+        assert!(check_grpc_limits(&c).is_err());
+        let mut c = Config::default();
+        c.grpc.max_connections = 0;
+        assert!(check_grpc_limits(&c).is_err());
+        let mut c = Config::default();
+        c.grpc.max_buffered_request_bytes = c.grpc.max_request_bytes - 1;
+        assert!(check_grpc_limits(&c).is_err());
+    }
 
     #[test]
     fn passwords_never_reach_logs() {
