@@ -37,7 +37,7 @@ impl Formatter for PluginFormatter {
             Err(PluginError::Runtime(e)) => {
                 return Err(match e.kind {
                     // The runtime's breaker or a missing plugin: worth waiting for.
-                    CallErrorKind::CircuitOpen | CallErrorKind::NotInstalled => {
+                    CallErrorKind::CircuitOpen { .. } | CallErrorKind::NotInstalled => {
                         FormatFailure::Unavailable(e.to_string())
                     }
                     // A trap or a blown limit repeats on the same event: poison.
