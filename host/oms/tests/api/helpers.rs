@@ -34,6 +34,26 @@ pub fn built_plugins() -> std::path::PathBuf {
     dir
 }
 
+/// A plugins directory holding the bundled plugins plus the named test-only ones from
+/// `testing/` (`trap`, `infinite-loop`, `memory-bomb`...).
+pub fn plugins_with_testing(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let built = built_plugins();
+    for entry in std::fs::read_dir(&built).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for name in names {
+        for ext in ["wasm", "toml"] {
+            let file = format!("{name}.{ext}");
+            std::fs::copy(built.join("testing").join(&file), dir.path().join(&file)).unwrap();
+        }
+    }
+    dir
+}
+
 impl TestApp {
     /// The full host: API plus saga workers.
     pub async fn spawn(backend: Backend) -> TestApp {
