@@ -65,4 +65,5 @@ on_both_backends!(
     a_confirmed_order_notifies_its_customer,
     misbehaving_payment_plugins_fail_with_their_own_code,
     an_open_circuit_names_the_failure_that_opened_it,
+    confirmation_emails_stay_out_of_the_logs,
 );

@@ -9,8 +9,8 @@ use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, TestApp, built_plugins, create, money, order_with, outbox_event_types,
-    plugins_with_testing, settle, wait_until,
+    Backend, LogCapture, TestApp, built_plugins, create, money, order_with, outbox_event_id,
+    outbox_event_types, plugins_with_testing, settle, wait_until,
 };
 
 pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
@@ -430,5 +430,41 @@ pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: Backend) 
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
     assert_eq!(done.failure_reason, open);
     assert_public(&done.failure_reason);
+    app.stop().await;
+}
+
+pub async fn confirmation_emails_stay_out_of_the_logs(backend: Backend) {
+    let logs = LogCapture::get();
+    // No notifications file: the default sink logs them. Values unique to this test, since
+    // other tests log into the same capture.
+    let app = TestApp::spawn(backend).await;
+    let tag = format!("{backend:?}").to_lowercase();
+    let email = format!("privacy-{tag}@example.com");
+    let name = format!("Grace Privacy{tag}");
+    let mut request = order_with(&format!("c-privacy-{tag}"), "DEMO-1", "tok_ok");
+    let address = request.shipping_address.as_mut().unwrap();
+    address.email = email.clone();
+    address.recipient = name.clone();
+    address.line1 = format!("{tag} Secret Lane 7");
+    let created = create(&app, request).await;
+    assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
+    let event_id = outbox_event_id(&app.db, &created.order_id, "OrderConfirmed").await;
+    // The sink logs the confirmation under its event id: poll (bounded) until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !logs
+        .text()
+        .lines()
+        .any(|l| l.contains(&event_id) && l.contains("email"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the confirmation e-mail {event_id} was never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = logs.text();
+    for personal in [email.as_str(), name.as_str(), &format!("{tag} Secret Lane")] {
+        assert!(!text.contains(personal), "{personal:?} is in the log");
+    }
     app.stop().await;
 }
