@@ -182,6 +182,9 @@ pub struct NotificationsConfig {
     pub formatters: Vec<String>,
     /// JSON-lines file receiving e-mail/SMS notifications; empty logs them instead.
     pub file: String,
+    /// When notifications go to the log (no `file`): also log their recipient, subject and
+    /// body. Off by default, since those carry personal data (names, addresses).
+    pub log_bodies: bool,
 }
 
 /// Logging.
@@ -265,6 +268,7 @@ impl Default for Config {
                     enabled: true,
                     formatters: vec!["email-text".to_owned()],
                     file: String::new(),
+                    log_bodies: false,
                 },
                 properties: std::collections::BTreeMap::new(),
             },

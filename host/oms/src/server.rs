@@ -330,6 +330,7 @@ fn spawn_messaging(
         notifications: b.notifications.enabled.then(|| host::NotificationSettings {
             consumer: "oms-notifications".to_owned(),
             file: (!b.notifications.file.is_empty()).then(|| b.notifications.file.clone().into()),
+            log_bodies: b.notifications.log_bodies,
             webhook: notifications::WebhookOptions::default(),
         }),
     };

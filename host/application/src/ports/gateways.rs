@@ -18,15 +18,185 @@ pub struct PluginCall {
 pub enum GatewayError {
     /// The adapter refused for good (declined, invalid, out of stock): compensate now.
     #[error("{reason}")]
-    Permanent { reason: String },
+    Permanent { reason: FailureReason },
     /// Worth retrying with the same idempotency key: a typed transient error, an open
     /// circuit, a trapped or overloaded plugin.
     #[error("transient: {reason}")]
-    Transient { reason: String },
+    Transient { reason: FailureReason },
     /// The call may or may not have taken effect (its deadline passed mid-call): reconcile
     /// with the provider before deciding.
     #[error("outcome unknown: {reason}")]
-    Unknown { reason: String },
+    Unknown { reason: FailureReason },
+}
+
+impl GatewayError {
+    /// Why, whatever the class.
+    pub fn reason(&self) -> &FailureReason {
+        match self {
+            Self::Permanent { reason } | Self::Transient { reason } | Self::Unknown { reason } => {
+                reason
+            }
+        }
+    }
+
+    /// The text `Order.failure_reason` shows: `CODE: sentence`, bounded, without the
+    /// operator's detail (which `to_string()` keeps for logs and the step history).
+    pub fn public_reason(&self) -> String {
+        self.reason().public()
+    }
+
+    /// [`Self::public_reason`] for a failure that happened while doing something the
+    /// sentence should name (e.g. a compensation): `CODE: <doing>: sentence`.
+    pub fn public_reason_while(&self, doing: &str) -> String {
+        let reason = self.reason();
+        bounded(format!("{}: {doing}: {}", reason.code, reason.message))
+    }
+}
+
+/// Stable codes of why an adapter call failed: the first word of `Order.failure_reason`
+/// (docs/api.md lists them). Clients may switch on them; the sentence after them may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureCode {
+    /// The payment provider declined the payment.
+    PaymentDeclined,
+    /// The payment provider refused the request as invalid.
+    PaymentInvalid,
+    /// The inventory adapter has too few units of some SKUs.
+    OutOfStock,
+    /// The inventory adapter refused the request as invalid (e.g. an unknown SKU).
+    InventoryInvalid,
+    /// The provider behind a plugin kept answering "try again later" until the step's
+    /// deadline.
+    ProviderUnavailable,
+    /// The plugin crashed (a Wasm trap).
+    PluginTrapped,
+    /// The plugin did not answer within its deadline.
+    PluginDeadlineExceeded,
+    /// The plugin went over its memory limit.
+    PluginMemoryExceeded,
+    /// The plugin could not be called: its circuit is open, or no instance could be started.
+    PluginUnavailable,
+    /// No plugin of the needed name is installed.
+    PluginNotInstalled,
+    /// The plugin broke its contract (an answer the host cannot use, the wrong kind).
+    PluginContractViolation,
+    /// The saga's own records are inconsistent: a bug, never the caller's doing.
+    Internal,
+}
+
+impl FailureCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PaymentDeclined => "PAYMENT_DECLINED",
+            Self::PaymentInvalid => "PAYMENT_INVALID",
+            Self::OutOfStock => "OUT_OF_STOCK",
+            Self::InventoryInvalid => "INVENTORY_INVALID",
+            Self::ProviderUnavailable => "PROVIDER_UNAVAILABLE",
+            Self::PluginTrapped => "PLUGIN_TRAPPED",
+            Self::PluginDeadlineExceeded => "PLUGIN_DEADLINE_EXCEEDED",
+            Self::PluginMemoryExceeded => "PLUGIN_MEMORY_EXCEEDED",
+            Self::PluginUnavailable => "PLUGIN_UNAVAILABLE",
+            Self::PluginNotInstalled => "PLUGIN_NOT_INSTALLED",
+            Self::PluginContractViolation => "PLUGIN_CONTRACT_VIOLATION",
+            Self::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Longest `failure_reason` the API shows, in characters. A plugin's own message (a decline
+/// reason) is cut to fit; the full text stays in the step history.
+pub const MAX_PUBLIC_REASON_CHARS: usize = 256;
+
+/// Why a call failed, in two registers: a code and one sentence that are safe to show to API
+/// callers, and the operator's detail (the runtime's own error, a trap's backtrace) that only
+/// logs and the saga's step history see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureReason {
+    code: FailureCode,
+    // Boxed strings: a failure travels by value through every saga step, keep it small.
+    message: Box<str>,
+    detail: Option<Box<str>>,
+}
+
+impl FailureReason {
+    /// `message` is one human sentence; it is flattened to one line (a plugin may send
+    /// anything) and bounded when shown.
+    pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: one_line(&message.into()).into(),
+            detail: None,
+        }
+    }
+
+    /// Adds what an operator needs to find the cause; never shown in the public reason.
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into().into());
+        self
+    }
+
+    pub fn code(&self) -> FailureCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// `CODE: sentence`, at most [`MAX_PUBLIC_REASON_CHARS`] characters.
+    pub fn public(&self) -> String {
+        bounded(format!("{}: {}", self.code, self.message))
+    }
+}
+
+/// The public form, then the detail: what logs and the step history record.
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        if let Some(detail) = &self.detail {
+            write!(f, " [{detail}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// Control characters (a newline in a plugin's message) become spaces, runs of spaces one.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if !(c == ' ' && (out.is_empty() || out.ends_with(' '))) {
+            out.push(c);
+        }
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// Cuts `text` to [`MAX_PUBLIC_REASON_CHARS`] characters, marking the cut.
+fn bounded(mut text: String) -> String {
+    if text.chars().count() > MAX_PUBLIC_REASON_CHARS
+        && let Some((at, _)) = text.char_indices().nth(MAX_PUBLIC_REASON_CHARS - 1)
+    {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
 }
 
 /// A failed call and, when the plugin was reached, which build it was.
@@ -127,4 +297,41 @@ pub trait InventoryGateway: Send + Sync {
 
     /// Allocates the stock at fulfilment. Idempotent per key.
     async fn commit(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_reason_is_a_code_and_one_bounded_line() {
+        let error = GatewayError::Unknown {
+            reason: FailureReason::new(
+                FailureCode::PluginTrapped,
+                "the payment plugin \"trap\" crashed",
+            )
+            .with_detail("wasm trap: unreachable\nwasm backtrace:\n    0: 0x1a2b - <unknown>!main"),
+        };
+        assert_eq!(
+            error.public_reason(),
+            "PLUGIN_TRAPPED: the payment plugin \"trap\" crashed"
+        );
+        assert!(error.to_string().contains("wasm backtrace"), "{error}");
+        assert_eq!(
+            error.public_reason_while("compensation of authorize-payment failed"),
+            "PLUGIN_TRAPPED: compensation of authorize-payment failed: the payment plugin \"trap\" crashed"
+        );
+
+        let chatty = FailureReason::new(
+            FailureCode::PaymentDeclined,
+            format!("line one\r\n\tline  two {}", "x".repeat(1000)),
+        );
+        let public = chatty.public();
+        assert!(
+            public.starts_with("PAYMENT_DECLINED: line one line two xxx"),
+            "{public}"
+        );
+        assert_eq!(public.chars().count(), MAX_PUBLIC_REASON_CHARS);
+        assert!(public.ends_with('…'));
+    }
 }

@@ -7,8 +7,8 @@ mod orders;
 mod sagas;
 
 pub use gateways::{
-    GatewayError, GatewayFailure, GatewayResult, InventoryGateway, PaymentGateway, PluginCall,
-    ProviderPayment, ProviderPaymentState,
+    FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
+    MAX_PUBLIC_REASON_CHARS, PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
 };
 pub use idempotency::{BeginOutcome, IdempotencyStore};
 pub use orders::{OrderQuery, OrderStore, OrderWrite};

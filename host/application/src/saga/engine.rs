@@ -268,7 +268,7 @@ impl SagaEngine {
                     definition,
                     saga,
                     order,
-                    Failure::Step(reason),
+                    Failure::Step(error.public_reason()),
                     Some(&record),
                     now,
                 )
@@ -408,7 +408,8 @@ impl SagaEngine {
                     at: now,
                 };
                 if now >= deadline || matches!(error, GatewayError::Permanent { .. }) {
-                    let why = format!("compensation of {} failed: {reason}", step.name);
+                    let why =
+                        error.public_reason_while(&format!("compensation of {} failed", step.name));
                     return self
                         .finish(
                             saga,

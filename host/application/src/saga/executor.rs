@@ -8,8 +8,8 @@ use oms_domain::{
 use super::definition::Operation;
 use super::instance::{SagaData, SagaInstance};
 use crate::ports::{
-    GatewayError, GatewayFailure, InventoryGateway, PaymentGateway, PluginCall,
-    ProviderPaymentState,
+    FailureCode, FailureReason, GatewayError, GatewayFailure, InventoryGateway, PaymentGateway,
+    PluginCall, ProviderPaymentState,
 };
 
 /// A successful operation: what to record on the order and in the saga's data.
@@ -86,7 +86,10 @@ fn local(change: Change) -> Effect {
 fn missing(what: &str) -> GatewayFailure {
     GatewayFailure {
         error: GatewayError::Permanent {
-            reason: format!("saga has no {what} to act on"),
+            reason: FailureReason::new(
+                FailureCode::Internal,
+                format!("the saga has no {what} to act on"),
+            ),
         },
         call: None,
     }
@@ -215,7 +218,10 @@ impl Executor<'_> {
                 return match payment.state {
                     ProviderPaymentState::Declined => Err(GatewayFailure {
                         error: GatewayError::Permanent {
-                            reason: "payment declined".to_owned(),
+                            reason: FailureReason::new(
+                                FailureCode::PaymentDeclined,
+                                "the provider declined the payment",
+                            ),
                         },
                         call: Some(call),
                     }),

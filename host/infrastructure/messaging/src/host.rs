@@ -42,6 +42,8 @@ pub struct NotificationSettings {
     pub consumer: String,
     /// JSON-lines file for e-mail/SMS notifications; `None` logs them.
     pub file: Option<PathBuf>,
+    /// Whether logged notifications include recipient, subject and body (personal data).
+    pub log_bodies: bool,
     pub webhook: WebhookOptions,
 }
 
@@ -82,7 +84,7 @@ pub fn start(
     if let Some(n) = settings.notifications {
         let consumer = broker.consumer(&n.consumer, &[settings.topics.events.as_str()])?;
         let channels: Vec<Arc<dyn Channel>> = vec![
-            Arc::new(FileSink::new(n.file)),
+            Arc::new(FileSink::new(n.file).log_bodies(n.log_bodies)),
             Arc::new(WebhookChannel::new(n.webhook)),
         ];
         let config = NotificationConfig {

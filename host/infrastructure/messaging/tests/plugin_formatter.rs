@@ -2,12 +2,27 @@
 //! `scripts/build-plugins` into `target/plugins/`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use oms_messaging::broker::{Broker, InProcessBroker, Topics};
 use oms_messaging::event::pb;
 use oms_messaging::notifications::plugin::PluginFormatter;
-use oms_messaging::notifications::{ChannelKind, FormatFailure, Formatter};
-use oms_plugin_runtime::{PluginRuntime, RuntimeOptions};
+use oms_messaging::notifications::{
+    ChannelKind, FormatFailure, Formatter, NotificationConfig, NotificationService,
+};
+use oms_messaging::relay::{Relay, RelayConfig};
+use oms_persistence::testing::TestBackend;
+use oms_plugin_runtime::breaker::BreakerConfig;
+use oms_plugin_runtime::clients::payment::{AuthorizeRequest, Money};
+use oms_plugin_runtime::{
+    CallErrorKind, EngineOptions, PluginError, PluginRuntime, RuntimeOptions,
+};
 
 fn plugins_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../target/plugins")
@@ -99,4 +114,177 @@ async fn a_trapping_formatter_is_poison_and_the_host_goes_on() {
     assert!(err.to_string().contains("trap"), "{err}");
     let healthy = PluginFormatter::new(runtime.notification("webhook-json"));
     assert_eq!(healthy.format(&event()).await.unwrap().len(), 1);
+}
+
+/// `plugin`'s error count under `label` in the runtime's metrics.
+fn errors(runtime: &PluginRuntime, plugin: &str, label: &str) -> u64 {
+    runtime
+        .metrics()
+        .into_iter()
+        .find(|(name, _)| name == plugin)
+        .and_then(|(_, m)| m.errors.get(label).copied())
+        .unwrap_or(0)
+}
+
+/// A formatter that cannot be started right now (the host's instance pool is exhausted) is a
+/// transient failure: the consumer retries the event with backoff and then formats it, instead
+/// of dead-lettering an event that was never at fault.
+async fn an_instantiation_failure_is_retried_not_dead_lettered(backend: TestBackend) {
+    let (test_db, db) = database(backend).await;
+    // One instance slot for the whole runtime, held for 2 s by a plugin that spins until its
+    // deadline: meanwhile no other instance can be started, as on a host at its pool limit.
+    // The breaker is not under test: a high threshold keeps it out of the way.
+    let runtime = PluginRuntime::new(
+        RuntimeOptions {
+            engine: EngineOptions {
+                pool_instances: 1,
+                ..EngineOptions::default()
+            },
+            breaker: BreakerConfig {
+                failure_threshold: 1000,
+                ..BreakerConfig::default()
+            },
+        },
+        None,
+    )
+    .unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let spinner = plugins_dir().join("testing/infinite-loop.toml");
+    let wasm = plugins_dir().join("testing/infinite-loop.wasm");
+    std::fs::copy(&wasm, staging.path().join("infinite-loop.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(&spinner)
+        .unwrap()
+        .replace("deadline_ms = 200", "deadline_ms = 2000");
+    std::fs::write(staging.path().join("infinite-loop.toml"), manifest).unwrap();
+    runtime
+        .install(staging.path().join("infinite-loop.toml"))
+        .await
+        .unwrap();
+    runtime
+        .install(plugins_dir().join("webhook-json.toml"))
+        .await
+        .unwrap();
+
+    // One real event on the in-process broker.
+    let broker = InProcessBroker::default();
+    let topics = Topics::default();
+    let relay = Relay::new(
+        db.pools(),
+        broker.publisher_arc(),
+        topics.clone(),
+        RelayConfig::default(),
+    );
+    order_with_events(&service(&db), "cust-busy", 0).await;
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    let formatter = Arc::new(PluginFormatter::new(runtime.notification("webhook-json")));
+    let config = NotificationConfig {
+        dead_letter_topic: topics.notification_dead_letters.clone(),
+        max_attempts: 50,
+        backoff: oms_application::retry::RetryPolicy {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        },
+        ..NotificationConfig::default()
+    };
+    let notifications = NotificationService::new(
+        db.pools(),
+        config.clone(),
+        vec![formatter.clone() as Arc<dyn Formatter>],
+        vec![],
+        broker.publisher_arc(),
+    );
+
+    let spinning = runtime.payment("infinite-loop");
+    let hold = tokio::spawn(async move {
+        let request = AuthorizeRequest {
+            order_id: "hold".into(),
+            amount: Money {
+                amount_minor: 1,
+                currency: "EUR".into(),
+            },
+            payment_token: "tok_ok".into(),
+            idempotency_key: "hold".into(),
+        };
+        // Until it gets the slot (the test's own polling below may hold it for a moment).
+        loop {
+            match spinning.authorize(request.clone()).await {
+                Err(PluginError::Runtime(e))
+                    if matches!(e.kind, CallErrorKind::Instantiate { .. }) =>
+                {
+                    tokio::task::yield_now().await;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+    });
+    // Poll (bounded) until the slot is taken: the formatter then cannot be started.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match formatter.format(&event()).await {
+            Ok(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the spinning plugin never took the slot"
+            ),
+            Err(FormatFailure::Unavailable(e)) => {
+                assert!(e.contains("could not instantiate"), "{e}");
+                break;
+            }
+            Err(other) => panic!("a busy pool is not the event's fault: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // While the pool is busy, one pass over the event is a transient failure (the consumer
+    // retries it), not a dead letter.
+    let mut consumer = broker
+        .consumer(&config.consumer, &[topics.events.as_str()])
+        .unwrap();
+    let delivery = consumer.recv().await.unwrap();
+    let failed_before = errors(&runtime, "webhook-json", "instantiate");
+    let outcome = notifications.handle(&delivery).await;
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert!(errors(&runtime, "webhook-json", "instantiate") > failed_before);
+    drop(consumer);
+
+    // The consumer retries with backoff until the slot is free again, then formats it.
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer = broker
+        .consumer(&config.consumer, &[topics.events.as_str()])
+        .unwrap();
+    let worker = tokio::spawn(notifications.clone().run(consumer, stop_rx));
+    let metrics = notifications.metrics();
+    eventually(
+        Duration::from_secs(20),
+        "the event is processed",
+        || async { metrics.processed.load(Ordering::Relaxed) == 1 },
+    )
+    .await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .unwrap()
+        .unwrap();
+    let held = hold.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&held, PluginError::Runtime(e) if matches!(e.kind, CallErrorKind::DeadlineExceeded { .. })),
+        "{held:?}"
+    );
+    assert_eq!(metrics.dead_lettered.load(Ordering::Relaxed), 0);
+    assert!(
+        broker
+            .messages(&topics.notification_dead_letters)
+            .is_empty()
+    );
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instantiation_failure_is_retried_not_dead_lettered_postgres() {
+    an_instantiation_failure_is_retried_not_dead_lettered(TestBackend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instantiation_failure_is_retried_not_dead_lettered_sqlite() {
+    an_instantiation_failure_is_retried_not_dead_lettered(TestBackend::Sqlite).await;
 }

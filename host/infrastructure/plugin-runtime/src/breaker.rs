@@ -2,9 +2,15 @@
 //! failures or the plugin's own `transient` errors; a `declined` payment is a success here) the
 //! circuit opens and calls fail fast with `CircuitOpen` for `open_for`; then one probe call is
 //! let through (half-open): its success closes the circuit, its failure re-opens it.
+//!
+//! An open breaker remembers the failure that opened it and hands it out with every refusal:
+//! "circuit open" alone hides whether the plugin traps, hangs or runs out of memory, and the
+//! refusal is often the last error a caller sees.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::error::BreakerCause;
 
 /// Breaker thresholds.
 #[derive(Debug, Clone, Copy)]
@@ -37,9 +43,12 @@ enum Inner {
     },
     Open {
         until: Instant,
+        cause: BreakerCause,
     },
-    /// A probe is in flight; everyone else still fails fast.
-    HalfOpen,
+    /// A probe is in flight; everyone else still fails fast, for the same cause.
+    HalfOpen {
+        cause: BreakerCause,
+    },
 }
 
 /// One plugin's breaker.
@@ -62,39 +71,48 @@ impl CircuitBreaker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a call may go ahead now; `false` means fail fast.
-    pub fn try_acquire(&self) -> bool {
+    /// Whether a call may go ahead now; `Err` means fail fast, with the failure that opened
+    /// the circuit.
+    pub fn try_acquire(&self) -> Result<(), BreakerCause> {
         self.try_acquire_at(Instant::now())
     }
 
-    fn try_acquire_at(&self, now: Instant) -> bool {
+    fn try_acquire_at(&self, now: Instant) -> Result<(), BreakerCause> {
         let mut inner = self.lock();
-        match *inner {
-            Inner::Closed { .. } => true,
-            Inner::Open { until } if now >= until => {
-                *inner = Inner::HalfOpen;
-                true
+        match &*inner {
+            Inner::Closed { .. } => Ok(()),
+            Inner::Open { until, cause } if now >= *until => {
+                *inner = Inner::HalfOpen {
+                    cause: cause.clone(),
+                };
+                Ok(())
             }
-            Inner::Open { .. } | Inner::HalfOpen => false,
+            Inner::Open { cause, .. } | Inner::HalfOpen { cause } => Err(cause.clone()),
         }
     }
 
-    /// Records how an admitted call ended.
-    pub fn record(&self, success: bool) {
-        self.record_at(success, Instant::now());
+    /// Records that an admitted call succeeded.
+    pub fn record_success(&self) {
+        *self.lock() = Inner::Closed { failures: 0 };
     }
 
-    fn record_at(&self, success: bool, now: Instant) {
+    /// Records that an admitted call failed, and how.
+    pub fn record_failure(&self, cause: BreakerCause) {
+        self.record_failure_at(cause, Instant::now());
+    }
+
+    fn record_failure_at(&self, cause: BreakerCause, now: Instant) {
         let mut inner = self.lock();
-        *inner = match (&*inner, success) {
-            (_, true) => Inner::Closed { failures: 0 },
-            (Inner::Closed { failures }, false) if failures + 1 < self.config.failure_threshold => {
+        *inner = match &*inner {
+            Inner::Closed { failures } if failures + 1 < self.config.failure_threshold => {
                 Inner::Closed {
                     failures: failures + 1,
                 }
             }
-            (_, false) => Inner::Open {
+            // The threshold was reached, or the half-open probe failed.
+            _ => Inner::Open {
                 until: now + self.config.open_for,
+                cause,
             },
         };
     }
@@ -109,7 +127,7 @@ impl CircuitBreaker {
         match *self.lock() {
             Inner::Closed { .. } => BreakerState::Closed,
             Inner::Open { .. } => BreakerState::Open,
-            Inner::HalfOpen => BreakerState::HalfOpen,
+            Inner::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
 }
@@ -117,6 +135,17 @@ impl CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::CallErrorKind;
+
+    fn trap() -> BreakerCause {
+        BreakerCause::Call(CallErrorKind::Trapped {
+            message: "unreachable".into(),
+        })
+    }
+
+    fn deadline() -> BreakerCause {
+        BreakerCause::Call(CallErrorKind::DeadlineExceeded { deadline_ms: 200 })
+    }
 
     #[test]
     fn opens_after_threshold_then_probes_once() {
@@ -125,20 +154,33 @@ mod tests {
             open_for: Duration::from_secs(1),
         });
         let t0 = Instant::now();
-        b.record_at(false, t0);
+        b.record_failure_at(deadline(), t0);
         assert_eq!(b.state(), BreakerState::Closed);
-        b.record_at(false, t0);
+        b.record_failure_at(trap(), t0);
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(!b.try_acquire_at(t0));
+        assert_eq!(
+            b.try_acquire_at(t0),
+            Err(trap()),
+            "the refusal names the failure that opened the circuit"
+        );
         let later = t0 + Duration::from_secs(2);
-        assert!(b.try_acquire_at(later));
+        assert_eq!(b.try_acquire_at(later), Ok(()));
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(!b.try_acquire_at(later), "only one probe at a time");
-        b.record_at(false, later);
+        assert_eq!(
+            b.try_acquire_at(later),
+            Err(trap()),
+            "only one probe at a time"
+        );
+        b.record_failure_at(deadline(), later);
         assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(
+            b.try_acquire_at(later),
+            Err(deadline()),
+            "a failed probe re-opens with its own cause"
+        );
         let much_later = later + Duration::from_secs(2);
-        assert!(b.try_acquire_at(much_later));
-        b.record_at(true, much_later);
+        assert_eq!(b.try_acquire_at(much_later), Ok(()));
+        b.record_success();
         assert_eq!(b.state(), BreakerState::Closed);
     }
 }

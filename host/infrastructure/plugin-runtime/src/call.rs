@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use crate::error::{CallError, CallErrorKind};
+use crate::error::{BreakerCause, CallError, CallErrorKind};
 use crate::plugin::LoadedPlugin;
 use crate::registry::Slot;
 use crate::runtime::Inner;
@@ -49,14 +49,15 @@ pub(crate) struct InstantiateFailed(pub String);
 pub(crate) struct Verdict {
     /// Metrics label of the plugin's typed error, if it returned one.
     pub error: Option<&'static str>,
-    /// Whether the breaker should count this as a failure (`transient` errors).
-    pub failure: bool,
+    /// The plugin's message when the breaker should count the answer as a failure
+    /// (`transient` errors); kept as the cause should this failure open the circuit.
+    pub failure: Option<String>,
 }
 
 impl Verdict {
     pub(crate) const OK: Verdict = Verdict {
         error: None,
-        failure: false,
+        failure: None,
     };
 }
 
@@ -90,9 +91,14 @@ where
             },
         ));
     }
-    if !slot.breaker.try_acquire() {
+    if let Err(cause) = slot.breaker.try_acquire() {
         slot.metrics.record(Duration::ZERO, 0, Some("circuit_open"));
-        return Err(fail(None, CallErrorKind::CircuitOpen));
+        return Err(fail(
+            None,
+            CallErrorKind::CircuitOpen {
+                cause: Box::new(cause),
+            },
+        ));
     }
 
     let started = Instant::now();
@@ -136,13 +142,19 @@ fn finish<R>(
         Ok(value) => {
             let verdict = judge(&value);
             slot.metrics.record(info.elapsed, info.fuel, verdict.error);
-            slot.breaker.record(!verdict.failure);
+            match verdict.failure {
+                None => slot.breaker.record_success(),
+                Some(message) => slot
+                    .breaker
+                    .record_failure(BreakerCause::Transient(message)),
+            }
             Ok((value, info))
         }
         Err(kind) => {
             slot.metrics
                 .record(info.elapsed, info.fuel, Some(kind.label()));
-            slot.breaker.record(false);
+            slot.breaker
+                .record_failure(BreakerCause::Call(kind.clone()));
             tracing::warn!(
                 plugin = plugin.name(),
                 version = plugin.version(),

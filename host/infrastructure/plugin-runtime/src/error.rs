@@ -86,8 +86,10 @@ pub enum CallErrorKind {
     Trapped { message: String },
     #[error("contract violation: {message}")]
     ContractViolation { message: String },
-    #[error("circuit open after repeated failures; retry later")]
-    CircuitOpen,
+    /// The breaker refused the call without running it. `cause` is the failure that opened
+    /// it, so that whoever reports the refusal can say what is actually wrong.
+    #[error("circuit open after repeated failures (the last: {}); retry later", cause.label())]
+    CircuitOpen { cause: Box<BreakerCause> },
     #[error("no plugin of that name is installed")]
     NotInstalled,
     #[error("plugin is a {actual}, not a {expected}")]
@@ -107,7 +109,7 @@ impl CallErrorKind {
             Self::DeadlineExceeded { .. } => "deadline",
             Self::Trapped { .. } => "trap",
             Self::ContractViolation { .. } => "contract_violation",
-            Self::CircuitOpen => "circuit_open",
+            Self::CircuitOpen { .. } => "circuit_open",
             Self::NotInstalled => "not_installed",
             Self::WrongKind { .. } => "wrong_kind",
             Self::Instantiate { .. } => "instantiate",
@@ -121,10 +123,30 @@ impl CallErrorKind {
         matches!(
             self,
             Self::DeadlineExceeded { .. }
-                | Self::CircuitOpen
+                | Self::CircuitOpen { .. }
                 | Self::Instantiate { .. }
                 | Self::Trapped { .. }
         )
+    }
+}
+
+/// The last failure a breaker counted before it opened: a call the sandbox stopped, or the
+/// plugin's own typed `transient` answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BreakerCause {
+    #[error("{0}")]
+    Call(CallErrorKind),
+    #[error("the plugin answered transient: {0}")]
+    Transient(String),
+}
+
+impl BreakerCause {
+    /// Stable label, as [`CallErrorKind::label`]; `transient` for the plugin's own error.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Call(kind) => kind.label(),
+            Self::Transient(_) => "transient",
+        }
     }
 }
 

@@ -30,7 +30,7 @@ pub mod watcher;
 pub use call::CallInfo;
 pub use clients::{Called, InventoryPlugin, NotificationFormatter, PaymentPlugin};
 pub use engine::{CacheOutcome, EngineOptions};
-pub use error::{CallError, CallErrorKind, KvError, LoadError, PluginError};
+pub use error::{BreakerCause, CallError, CallErrorKind, KvError, LoadError, PluginError};
 pub use manifest::{CONTRACT_VERSION, Manifest, PluginKind};
 pub use registry::{PluginStatus, VersionInfo};
 pub use runtime::{DirReport, PluginRuntime, RuntimeOptions, SetupError};

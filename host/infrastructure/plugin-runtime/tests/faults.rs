@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use oms_plugin_runtime::clients::payment::PaymentError;
-use oms_plugin_runtime::{CallErrorKind, LoadError, PluginError, PluginRuntime};
+use oms_plugin_runtime::{BreakerCause, CallErrorKind, LoadError, PluginError, PluginRuntime};
 
 async fn good_call_still_works(rt: &PluginRuntime, key: &str) {
     let ok = rt
@@ -262,7 +262,15 @@ async fn breaker_opens_after_repeated_traps() {
         assert!(matches!(kind, CallErrorKind::Trapped { .. }), "{kind:?}");
     }
     let kind = runtime_kind(trap.authorize(authorize_request("tok_ok", "b-open")).await);
-    assert_eq!(kind, CallErrorKind::CircuitOpen);
+    // The refusal names the failure that opened the circuit, not only "circuit open".
+    match &kind {
+        CallErrorKind::CircuitOpen { cause } => assert!(
+            matches!(**cause, BreakerCause::Call(CallErrorKind::Trapped { .. })),
+            "{cause:?}"
+        ),
+        other => panic!("expected an open circuit, got {other:?}"),
+    }
+    assert!(kind.to_string().contains("the last: trap"), "{kind}");
     assert_eq!(
         rt.status_of("trap").unwrap().breaker,
         oms_plugin_runtime::breaker::BreakerState::Open

@@ -1,10 +1,12 @@
 //! `InventoryGateway` over one inventory-adapter plugin.
 
 use async_trait::async_trait;
-use oms_application::ports::{GatewayResult, InventoryGateway};
+use oms_application::ports::{
+    FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
+};
 use oms_domain::{LineItem, OrderId};
-use oms_plugin_runtime::PluginRuntime;
 use oms_plugin_runtime::clients::inventory::{InventoryError, Line};
+use oms_plugin_runtime::{PluginError, PluginRuntime};
 
 use super::{failure, plugin_call};
 
@@ -24,8 +26,49 @@ impl PluginInventory {
     }
 }
 
-fn permanent(e: &InventoryError) -> bool {
-    !e.is_transient()
+/// SKUs named in an out-of-stock reason; an order may have 100 lines, the sentence stays short.
+const SKUS_SHOWN: usize = 5;
+
+/// The adapter's own answer.
+fn refusal(e: &InventoryError, plugin: &str) -> GatewayError {
+    match e {
+        InventoryError::OutOfStock(skus) => GatewayError::Permanent {
+            reason: FailureReason::new(FailureCode::OutOfStock, out_of_stock(skus)),
+        },
+        InventoryError::Invalid(message) => GatewayError::Permanent {
+            reason: FailureReason::new(
+                FailureCode::InventoryInvalid,
+                format!("the inventory plugin \"{plugin}\" refused the request: {message}"),
+            ),
+        },
+        InventoryError::Transient(message) => GatewayError::Transient {
+            reason: FailureReason::new(
+                FailureCode::ProviderUnavailable,
+                format!("the inventory plugin \"{plugin}\" asked to retry later: {message}"),
+            ),
+        },
+    }
+}
+
+/// `SKU A-1 is out of stock`, `SKUs A-1, B-2 are out of stock`, `SKUs A-1, ... and 7 more
+/// are out of stock`.
+fn out_of_stock(skus: &[String]) -> String {
+    let shown = skus
+        .iter()
+        .take(SKUS_SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match skus.len() {
+        0 => "some items are out of stock".to_owned(),
+        1 => format!("SKU {shown} is out of stock"),
+        n if n <= SKUS_SHOWN => format!("SKUs {shown} are out of stock"),
+        n => format!("SKUs {shown} and {} more are out of stock", n - SKUS_SHOWN),
+    }
+}
+
+fn inventory_failure(e: PluginError<InventoryError>) -> GatewayFailure {
+    failure(e, "inventory", refusal)
 }
 
 #[async_trait]
@@ -48,7 +91,7 @@ impl InventoryGateway for PluginInventory {
             .inventory(&self.plugin)
             .reserve(order_id.to_string(), lines, idempotency_key.to_owned())
             .await
-            .map_err(|e| failure(e, permanent))?;
+            .map_err(inventory_failure)?;
         Ok((called.value, plugin_call(&called.info)))
     }
 
@@ -58,7 +101,7 @@ impl InventoryGateway for PluginInventory {
             .inventory(&self.plugin)
             .release(reservation_id.to_owned(), idempotency_key.to_owned())
             .await
-            .map_err(|e| failure(e, permanent))?;
+            .map_err(inventory_failure)?;
         Ok(((), plugin_call(&called.info)))
     }
 
@@ -68,7 +111,23 @@ impl InventoryGateway for PluginInventory {
             .inventory(&self.plugin)
             .commit(reservation_id.to_owned(), idempotency_key.to_owned())
             .await
-            .map_err(|e| failure(e, permanent))?;
+            .map_err(inventory_failure)?;
         Ok(((), plugin_call(&called.info)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::out_of_stock;
+
+    #[test]
+    fn out_of_stock_names_a_bounded_list_of_skus() {
+        let skus = |n: usize| (1..=n).map(|i| format!("SKU-{i}")).collect::<Vec<_>>();
+        assert_eq!(out_of_stock(&skus(1)), "SKU SKU-1 is out of stock");
+        assert_eq!(out_of_stock(&skus(2)), "SKUs SKU-1, SKU-2 are out of stock");
+        assert_eq!(
+            out_of_stock(&skus(100)),
+            "SKUs SKU-1, SKU-2, SKU-3, SKU-4, SKU-5 and 95 more are out of stock"
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use oms_application::ports::{
-    GatewayResult, PaymentGateway, ProviderPayment, ProviderPaymentState,
+    GatewayResult, PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
 };
 use oms_domain::{Currency, Money, OrderId};
 use oms_plugin_runtime::PluginRuntime;
@@ -11,7 +11,7 @@ use oms_plugin_runtime::clients::payment::{
 };
 
 use super::{failure, plugin_call};
-use oms_application::ports::{GatewayError, GatewayFailure};
+use oms_application::ports::{FailureCode, FailureReason, GatewayError, GatewayFailure};
 
 /// Calls the payment plugin named by each order's `payment.provider`.
 #[derive(Clone)]
@@ -25,8 +25,37 @@ impl PluginPayments {
     }
 }
 
-fn permanent(e: &PaymentError) -> bool {
-    !e.is_transient()
+/// The provider's own answer: its message is meant for people, so it is shown as sent
+/// (flattened and bounded by [`FailureReason`]).
+fn refusal(e: &PaymentError, plugin: &str) -> GatewayError {
+    match e {
+        PaymentError::Declined(message) => GatewayError::Permanent {
+            reason: FailureReason::new(
+                FailureCode::PaymentDeclined,
+                if message.trim().is_empty() {
+                    "the provider declined the payment"
+                } else {
+                    message.as_str()
+                },
+            ),
+        },
+        PaymentError::Invalid(message) => GatewayError::Permanent {
+            reason: FailureReason::new(
+                FailureCode::PaymentInvalid,
+                format!("the payment plugin \"{plugin}\" refused the request: {message}"),
+            ),
+        },
+        PaymentError::Transient(message) => GatewayError::Transient {
+            reason: FailureReason::new(
+                FailureCode::ProviderUnavailable,
+                format!("the payment plugin \"{plugin}\" asked to retry later: {message}"),
+            ),
+        },
+    }
+}
+
+fn payment_failure(e: oms_plugin_runtime::PluginError<PaymentError>) -> GatewayFailure {
+    failure(e, "payment", refusal)
 }
 
 fn to_wit(m: Money) -> wit::Money {
@@ -37,19 +66,29 @@ fn to_wit(m: Money) -> wit::Money {
 }
 
 /// A plugin answering with money the domain cannot represent breaks the contract.
-fn from_wit(m: &wit::Money) -> Result<Money, GatewayFailure> {
+fn from_wit(m: &wit::Money, call: &PluginCall) -> Result<Money, GatewayFailure> {
     Currency::parse(&m.currency)
         .map_err(|e| e.to_string())
         .and_then(|c| Money::new(m.amount_minor, c).map_err(|e| e.to_string()))
-        .map_err(|reason| GatewayFailure {
+        .map_err(|detail| GatewayFailure {
             error: GatewayError::Permanent {
-                reason: format!("provider returned invalid money: {reason}"),
+                reason: FailureReason::new(
+                    FailureCode::PluginContractViolation,
+                    format!(
+                        "the payment plugin \"{}\" answered with an invalid amount",
+                        call.plugin
+                    ),
+                )
+                .with_detail(detail),
             },
-            call: None,
+            call: Some(call.clone()),
         })
 }
 
-fn provider_payment(p: &wit::Payment) -> Result<ProviderPayment, GatewayFailure> {
+fn provider_payment(
+    p: &wit::Payment,
+    call: &PluginCall,
+) -> Result<ProviderPayment, GatewayFailure> {
     Ok(ProviderPayment {
         payment_id: p.id.clone(),
         state: match p.status {
@@ -61,16 +100,17 @@ fn provider_payment(p: &wit::Payment) -> Result<ProviderPayment, GatewayFailure>
             wit::PaymentStatus::PartiallyRefunded => ProviderPaymentState::PartiallyRefunded,
             wit::PaymentStatus::Refunded => ProviderPaymentState::Refunded,
         },
-        authorized: from_wit(&p.authorized)?,
-        captured: from_wit(&p.captured)?,
-        refunded: from_wit(&p.refunded)?,
+        authorized: from_wit(&p.authorized, call)?,
+        captured: from_wit(&p.captured, call)?,
+        refunded: from_wit(&p.refunded, call)?,
     })
 }
 
 /// A payment call's answer in the port's terms.
 fn answered(result: PaymentResult<wit::Payment>) -> GatewayResult<ProviderPayment> {
-    let called = result.map_err(|e| failure(e, permanent))?;
-    Ok((provider_payment(&called.value)?, plugin_call(&called.info)))
+    let called = result.map_err(payment_failure)?;
+    let call = plugin_call(&called.info);
+    Ok((provider_payment(&called.value, &call)?, call))
 }
 
 #[async_trait]
@@ -158,8 +198,13 @@ impl PaymentGateway for PluginPayments {
             .payment(provider)
             .get_payment(PaymentLookup::AuthorizeKey(idempotency_key.to_owned()))
             .await
-            .map_err(|e| failure(e, permanent))?;
-        let payment = called.value.as_ref().map(provider_payment).transpose()?;
-        Ok((payment, plugin_call(&called.info)))
+            .map_err(payment_failure)?;
+        let call = plugin_call(&called.info);
+        let payment = called
+            .value
+            .as_ref()
+            .map(|p| provider_payment(p, &call))
+            .transpose()?;
+        Ok((payment, call))
     }
 }

@@ -34,6 +34,26 @@ pub fn built_plugins() -> std::path::PathBuf {
     dir
 }
 
+/// A plugins directory holding the bundled plugins plus the named test-only ones from
+/// `testing/` (`trap`, `infinite-loop`, `memory-bomb`...).
+pub fn plugins_with_testing(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let built = built_plugins();
+    for entry in std::fs::read_dir(&built).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for name in names {
+        for ext in ["wasm", "toml"] {
+            let file = format!("{name}.{ext}");
+            std::fs::copy(built.join("testing").join(&file), dir.path().join(&file)).unwrap();
+        }
+    }
+    dir
+}
+
 impl TestApp {
     /// The full host: API plus saga workers.
     pub async fn spawn(backend: Backend) -> TestApp {
@@ -260,4 +280,74 @@ pub fn order_with(customer: &str, sku: &str, token: &str) -> pb::CreateOrderRequ
     request.items[0].sku = sku.to_owned();
     request.payment.as_mut().unwrap().token = token.to_owned();
     request
+}
+
+/// The id of the order's event of `event_type`, read straight from the outbox.
+pub async fn outbox_event_id(db: &TestDatabase, order_id: &str, event_type: &str) -> String {
+    let sql = "SELECT CAST(event_id AS TEXT) FROM outbox \
+               WHERE CAST(aggregate_id AS TEXT) = $1 AND event_type = $2";
+    if db.url().starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+        let id: String = sqlx::query_scalar(sql)
+            .bind(order_id)
+            .bind(event_type)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        id
+    } else {
+        let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
+        let id: String = sqlx::query_scalar(sql)
+            .bind(order_id)
+            .bind(event_type)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        id
+    }
+}
+
+/// Everything this test process logs, through the host's own subscriber set-up
+/// (`oms::telemetry`, default `[log]` configuration), kept in memory. Installed once for the
+/// whole test binary: tests running at the same time log into it too, so assertions look
+/// for values unique to their test.
+#[derive(Clone, Default)]
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    pub fn get() -> LogCapture {
+        static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+        CAPTURE
+            .get_or_init(|| {
+                let capture = LogCapture::default();
+                oms::telemetry::init_with_writer(&Config::default().log, capture.clone());
+                capture
+            })
+            .clone()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for LogCapture {
+    type Writer = LogCapture;
+
+    fn make_writer(&'w self) -> Self::Writer {
+        self.clone()
+    }
 }

@@ -64,6 +64,9 @@ on_both_backends!(
     operator_retries_a_parked_cancellation_after_a_rollback,
     a_missing_inventory_adapter_rejects_after_its_deadline,
     a_confirmed_order_notifies_its_customer,
+    misbehaving_payment_plugins_fail_with_their_own_code,
+    an_open_circuit_names_the_failure_that_opened_it,
+    confirmation_emails_stay_out_of_the_logs,
 );
 
 on_both_backends!(

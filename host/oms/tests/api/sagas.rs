@@ -9,8 +9,8 @@ use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, TestApp, built_plugins, create, money, order_with, outbox_event_types, settle,
-    wait_until,
+    Backend, LogCapture, TestApp, built_plugins, create, money, order_with, outbox_event_id,
+    outbox_event_types, plugins_with_testing, settle, wait_until,
 };
 
 pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
@@ -37,10 +37,9 @@ pub async fn out_of_stock_rejects_without_touching_payment(backend: Backend) {
     let created = create(&app, order_with("c-oos", "OUT-OF-STOCK", "tok_ok")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::Rejected, "{done:?}");
-    assert!(
-        done.failure_reason.contains("OUT-OF-STOCK"),
-        "{}",
-        done.failure_reason
+    assert_eq!(
+        done.failure_reason,
+        "OUT_OF_STOCK: SKU OUT-OF-STOCK is out of stock"
     );
     assert_eq!(
         done.payment_status(),
@@ -60,6 +59,11 @@ pub async fn declined_payment_releases_the_stock(backend: Backend) {
     let created = create(&app, order_with("c-decl", "DEMO-1", "tok_decline")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
+    // The provider's own words after a stable code, not `PaymentError::Declined("...")`.
+    assert_eq!(
+        done.failure_reason,
+        "PAYMENT_DECLINED: card declined (tok_decline)"
+    );
     assert_eq!(done.payment_status(), P::AuthFailed);
     assert_eq!(
         done.reservation_status(),
@@ -87,6 +91,10 @@ pub async fn a_provider_past_its_deadline_fails_the_payment(backend: Backend) {
     let created = create(&app, order_with("c-slow", "DEMO-1", "tok_slow")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
+    assert_eq!(
+        done.failure_reason,
+        "PLUGIN_DEADLINE_EXCEEDED: the payment plugin \"fakepay\" did not answer within its 2000 ms deadline"
+    );
     assert_eq!(done.reservation_status(), R::Released);
     assert_ne!(
         done.payment_status(),
@@ -98,17 +106,7 @@ pub async fn a_provider_past_its_deadline_fails_the_payment(backend: Backend) {
 
 pub async fn a_trapping_payment_plugin_fails_the_payment(backend: Backend) {
     // The bundled plugins plus the test-only `trap` payment provider.
-    let dir = tempfile::tempdir().unwrap();
-    let built = built_plugins();
-    for entry in std::fs::read_dir(&built).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    for file in ["trap.wasm", "trap.toml"] {
-        std::fs::copy(built.join("testing").join(file), dir.path().join(file)).unwrap();
-    }
+    let dir = plugins_with_testing(&["trap"]);
     let plugins = dir.path().to_owned();
     let app = TestApp::spawn_with(backend, move |config| config.plugins.dir = plugins).await;
     let mut request = order_with("c-trap", "DEMO-1", "tok_ok");
@@ -310,11 +308,9 @@ pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: Bac
     let created = create(&app, order_with("c-noinv", "DEMO-1", "tok_ok")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::Rejected, "{done:?}");
-    assert!(
-        done.failure_reason
-            .contains("no plugin of that name is installed"),
-        "{}",
-        done.failure_reason
+    assert_eq!(
+        done.failure_reason,
+        "PLUGIN_NOT_INSTALLED: no inventory plugin named \"no-such-adapter\" is installed"
     );
     assert_eq!(done.payment_status(), P::Pending);
     app.stop().await;
@@ -348,5 +344,127 @@ pub async fn a_confirmed_order_notifies_its_customer(backend: Backend) {
     assert_eq!(note["recipient"], "ada@example.com", "{note}");
     assert_eq!(note["channel"], "email", "{note}");
     assert_eq!(note["formatter"], "email-text", "{note}");
+    app.stop().await;
+}
+
+/// What `failure_reason` must never be: Rust formatting, a Wasm backtrace, a wall of text.
+fn assert_public(reason: &str) {
+    assert!(
+        reason.chars().count() <= oms_application::ports::MAX_PUBLIC_REASON_CHARS,
+        "{} characters: {reason}",
+        reason.chars().count()
+    );
+    for leak in ["backtrace", "wasm", "0x", "::", "(\"", "{ ", "\n"] {
+        assert!(!reason.contains(leak), "{leak:?} in {reason:?}");
+    }
+}
+
+pub async fn misbehaving_payment_plugins_fail_with_their_own_code(backend: Backend) {
+    let dir = plugins_with_testing(&["trap", "infinite-loop", "memory-bomb"]);
+    let plugins = dir.path().to_owned();
+    // A 300 ms step deadline leaves room for at most four attempts per order, fewer than the
+    // five failures that open a plugin's circuit: each order fails on its plugin's own fault.
+    let app = TestApp::spawn_with(backend, move |config| {
+        config.plugins.dir = plugins;
+        config.saga.step_deadline_cap_ms = 300;
+    })
+    .await;
+    let cases = [
+        (
+            "trap",
+            "PLUGIN_TRAPPED: the payment plugin \"trap\" crashed",
+        ),
+        (
+            "infinite-loop",
+            "PLUGIN_DEADLINE_EXCEEDED: the payment plugin \"infinite-loop\" did not answer within its 200 ms deadline",
+        ),
+        (
+            "memory-bomb",
+            "PLUGIN_MEMORY_EXCEEDED: the payment plugin \"memory-bomb\" exceeded its 64 MiB memory limit",
+        ),
+    ];
+    for (provider, expected) in cases {
+        let mut request = order_with(&format!("c-{provider}"), "DEMO-1", "tok_ok");
+        request.payment.as_mut().unwrap().provider = provider.into();
+        let created = create(&app, request).await;
+        let done = settle(&app, &created.order_id).await;
+        assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
+        assert_eq!(done.failure_reason, expected);
+        assert_public(&done.failure_reason);
+        assert_eq!(done.reservation_status(), R::Released);
+    }
+    app.stop().await;
+}
+
+pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: Backend) {
+    let dir = plugins_with_testing(&["trap"]);
+    let plugins = dir.path().to_owned();
+    let app = TestApp::spawn_with(backend, move |config| config.plugins.dir = plugins).await;
+    let trapping = |customer: &str| {
+        let mut request = order_with(customer, "DEMO-1", "tok_ok");
+        request.payment.as_mut().unwrap().provider = "trap".into();
+        request
+    };
+    let crashed = "PLUGIN_TRAPPED: the payment plugin \"trap\" crashed";
+    let open = "PLUGIN_UNAVAILABLE: circuit open after the payment plugin \"trap\" crashed";
+    // Orders on the trapping plugin until their failures open its circuit (five in a row;
+    // an order retries four or five times within its 1.5 s step deadline).
+    let breaker = || app.server().plugins().status_of("trap").unwrap().breaker;
+    let mut placed = 0;
+    while breaker() != oms_plugin_runtime::breaker::BreakerState::Open {
+        assert!(placed < 5, "the circuit never opened");
+        let created = create(&app, trapping(&format!("c-trip-{placed}"))).await;
+        let done = settle(&app, &created.order_id).await;
+        assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
+        assert!(
+            [crashed, open].contains(&done.failure_reason.as_str()),
+            "{}",
+            done.failure_reason
+        );
+        placed += 1;
+    }
+    // With the circuit open, no call reaches the plugin: every attempt of the next order is
+    // refused, and the reason still says what is wrong with the plugin.
+    let created = create(&app, trapping("c-open")).await;
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
+    assert_eq!(done.failure_reason, open);
+    assert_public(&done.failure_reason);
+    app.stop().await;
+}
+
+pub async fn confirmation_emails_stay_out_of_the_logs(backend: Backend) {
+    let logs = LogCapture::get();
+    // No notifications file: the default sink logs them. Values unique to this test, since
+    // other tests log into the same capture.
+    let app = TestApp::spawn(backend).await;
+    let tag = format!("{backend:?}").to_lowercase();
+    let email = format!("privacy-{tag}@example.com");
+    let name = format!("Grace Privacy{tag}");
+    let mut request = order_with(&format!("c-privacy-{tag}"), "DEMO-1", "tok_ok");
+    let address = request.shipping_address.as_mut().unwrap();
+    address.email = email.clone();
+    address.recipient = name.clone();
+    address.line1 = format!("{tag} Secret Lane 7");
+    let created = create(&app, request).await;
+    assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
+    let event_id = outbox_event_id(&app.db, &created.order_id, "OrderConfirmed").await;
+    // The sink logs the confirmation under its event id: poll (bounded) until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !logs
+        .text()
+        .lines()
+        .any(|l| l.contains(&event_id) && l.contains("email"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the confirmation e-mail {event_id} was never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = logs.text();
+    for personal in [email.as_str(), name.as_str(), &format!("{tag} Secret Lane")] {
+        assert!(!text.contains(personal), "{personal:?} is in the log");
+    }
     app.stop().await;
 }

@@ -36,19 +36,43 @@ pub trait Channel: Send + Sync + 'static {
 
 /// The default channel: every notification as one JSON line, appended to a file, or to the
 /// log when no file is set. Stands in for e-mail and SMS until real gateways are configured.
+///
+/// A notification carries personal data (the recipient's address, a body with their name
+/// and shipping address), and logs travel further and live longer than a delivery does: the
+/// log records only which event went where (event id, event type, channel, formatter) unless
+/// [`FileSink::log_bodies`] asks for the whole notification.
 pub struct FileSink {
     path: Option<PathBuf>,
+    log_bodies: bool,
     /// Serialises appends so lines never interleave.
     lock: Mutex<()>,
 }
 
 impl FileSink {
-    /// `None` logs each notification at info level instead of writing a file.
+    /// `None` logs each notification at info level (without its personal data) instead of
+    /// writing a file.
     pub fn new(path: Option<PathBuf>) -> Self {
         Self {
             path,
+            log_bodies: false,
             lock: Mutex::new(()),
         }
+    }
+
+    /// Whether the log (when there is no file) also gets the recipient, subject and body.
+    /// Off by default; for demos and local debugging only.
+    #[must_use]
+    pub fn log_bodies(mut self, yes: bool) -> Self {
+        self.log_bodies = yes;
+        self
+    }
+}
+
+fn channel_name(kind: ChannelKind) -> &'static str {
+    match kind {
+        ChannelKind::Email => "email",
+        ChannelKind::Sms => "sms",
+        ChannelKind::Webhook => "webhook",
     }
 }
 
@@ -63,18 +87,25 @@ impl Channel for FileSink {
     }
 
     async fn deliver(&self, n: &Notification) -> Result<(), DeliveryError> {
+        let channel = channel_name(n.channel);
         let line = serde_json::json!({
             "event_id": n.event_id,
             "event_type": n.event_type,
             "formatter": n.formatter,
-            "channel": format!("{:?}", n.channel).to_lowercase(),
+            "channel": channel,
             "recipient": n.recipient,
             "subject": n.subject,
             "content_type": n.content_type,
             "body": n.body,
         });
         let Some(path) = &self.path else {
-            info!(notification = %line, "notification");
+            if self.log_bodies {
+                info!(event_id = %n.event_id, event_type = %n.event_type, channel,
+                      formatter = %n.formatter, notification = %line, "notification");
+            } else {
+                info!(event_id = %n.event_id, event_type = %n.event_type, channel,
+                      formatter = %n.formatter, "notification");
+            }
             return Ok(());
         };
         let _guard = self.lock.lock().await;
@@ -93,6 +124,14 @@ impl Channel for FileSink {
             .await
             .map_err(|e| DeliveryError::Sink(format!("{}: {e}", path.display())))
     }
+}
+
+/// The host part of a URL, for logs; `?` when it does not parse.
+fn url_host(url: &str) -> String {
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// Webhook settings.
@@ -198,7 +237,9 @@ impl Channel for WebhookChannel {
                 Ok(()) => return Ok(()),
                 Err((false, e)) => return Err(DeliveryError::Refused(e)),
                 Err((true, e)) => {
-                    warn!(url = %n.recipient, attempt, error = %e, "webhook failed");
+                    // The host only: a webhook URL may carry a token in its path or query.
+                    warn!(event_id = %n.event_id, host = %url_host(&n.recipient), attempt,
+                          error = %e, "webhook failed");
                     last = e;
                 }
             }

@@ -62,11 +62,13 @@ pub enum FormatFailure {
     /// The formatter refuses this event (permanent): the event is dead-lettered.
     #[error("formatter rejected the event: {0}")]
     Rejected(String),
-    /// The formatter crashed (trap, memory limit, deadline): treated as poison, the event is
-    /// dead-lettered rather than retried forever.
+    /// The formatter crashed on this event (a trap, output outside the contract): poison, the
+    /// event is dead-lettered rather than retried forever.
     #[error("formatter failed: {0}")]
     Crashed(String),
-    /// The formatter is temporarily unavailable (circuit open): the event is retried.
+    /// The formatter could not run now (no instance could be started, a resource limit or
+    /// deadline, circuit open, not installed): the event is retried with backoff, and
+    /// dead-lettered only once the consumer's attempts run out.
     #[error("formatter unavailable: {0}")]
     Unavailable(String),
 }

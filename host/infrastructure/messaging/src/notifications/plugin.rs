@@ -36,12 +36,20 @@ impl Formatter for PluginFormatter {
             }) => return Err(FormatFailure::Rejected(e)),
             Err(PluginError::Runtime(e)) => {
                 return Err(match e.kind {
-                    // The runtime's breaker or a missing plugin: worth waiting for.
-                    CallErrorKind::CircuitOpen | CallErrorKind::NotInstalled => {
-                        FormatFailure::Unavailable(e.to_string())
-                    }
-                    // A trap or a blown limit repeats on the same event: poison.
-                    _ => FormatFailure::Crashed(e.to_string()),
+                    // What this event made the formatter do: a trap, or output or host calls
+                    // outside the contract. It repeats on the same event: poison.
+                    CallErrorKind::Trapped { .. }
+                    | CallErrorKind::ContractViolation { .. }
+                    | CallErrorKind::WrongKind { .. } => FormatFailure::Crashed(e.to_string()),
+                    // The host's resources or state, not the event: no instance could be
+                    // started (pool exhausted), the host was too busy to finish in time, the
+                    // breaker is open, the plugin is not installed (yet). Retried with backoff;
+                    // the consumer still dead-letters after its attempts run out.
+                    CallErrorKind::Instantiate { .. }
+                    | CallErrorKind::DeadlineExceeded { .. }
+                    | CallErrorKind::MemoryLimitExceeded { .. }
+                    | CallErrorKind::CircuitOpen { .. }
+                    | CallErrorKind::NotInstalled => FormatFailure::Unavailable(e.to_string()),
                 });
             }
         };

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Called, instantiate, kind_mismatch, split, verdict};
+use super::{Called, instantiate, kind_mismatch, refused, split, transient};
 use crate::call::{self, Verdict};
 use crate::error::PluginError;
 use crate::manifest::PluginKind;
@@ -32,9 +32,9 @@ impl InventoryError {
 fn judge<T>(r: &Result<T, InventoryError>) -> Verdict {
     match r {
         Ok(_) => Verdict::OK,
-        Err(InventoryError::OutOfStock(_)) => verdict("out_of_stock", false),
-        Err(InventoryError::Invalid(_)) => verdict("invalid", false),
-        Err(InventoryError::Transient(_)) => verdict("transient", true),
+        Err(InventoryError::OutOfStock(_)) => refused("out_of_stock"),
+        Err(InventoryError::Invalid(_)) => refused("invalid"),
+        Err(InventoryError::Transient(message)) => transient(message),
     }
 }
 

@@ -51,10 +51,19 @@ pub(crate) fn kind_mismatch() -> wasmtime::Error {
     wasmtime::Error::msg("loaded plugin does not hold the exports of its kind")
 }
 
-/// Verdict helper: `label` names the plugin's typed error, `transient` trips the breaker.
-pub(crate) fn verdict(label: &'static str, transient: bool) -> Verdict {
+/// Verdict on a typed error the breaker does not count (`declined`, `out-of-stock`...): the
+/// plugin is healthy, it said no.
+pub(crate) fn refused(label: &'static str) -> Verdict {
     Verdict {
         error: Some(label),
-        failure: transient,
+        failure: None,
+    }
+}
+
+/// Verdict on a typed `transient` error: counts towards the breaker, with its message.
+pub(crate) fn transient(message: &str) -> Verdict {
+    Verdict {
+        error: Some("transient"),
+        failure: Some(message.to_owned()),
     }
 }

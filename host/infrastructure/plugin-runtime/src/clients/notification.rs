@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Called, instantiate, kind_mismatch, split, verdict};
+use super::{Called, instantiate, kind_mismatch, refused, split};
 use crate::call::{self, Verdict};
 use crate::error::PluginError;
 use crate::manifest::PluginKind;
@@ -26,7 +26,7 @@ pub struct NotificationFormatter {
 fn judge(r: &Result<Vec<Message>, FormatError>) -> Verdict {
     match r {
         Ok(_) => Verdict::OK,
-        Err(FormatError::Invalid(_)) => verdict("invalid", false),
+        Err(FormatError::Invalid(_)) => refused("invalid"),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Called, instantiate, kind_mismatch, split, verdict};
+use super::{Called, instantiate, kind_mismatch, refused, split, transient};
 use crate::call::{self, Verdict};
 use crate::error::PluginError;
 use crate::manifest::PluginKind;
@@ -34,9 +34,9 @@ impl PaymentError {
 fn judge<T>(r: &Result<T, PaymentError>) -> Verdict {
     match r {
         Ok(_) => Verdict::OK,
-        Err(PaymentError::Declined(_)) => verdict("declined", false),
-        Err(PaymentError::Invalid(_)) => verdict("invalid", false),
-        Err(PaymentError::Transient(_)) => verdict("transient", true),
+        Err(PaymentError::Declined(_)) => refused("declined"),
+        Err(PaymentError::Invalid(_)) => refused("invalid"),
+        Err(PaymentError::Transient(message)) => transient(message),
     }
 }
 
