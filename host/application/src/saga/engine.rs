@@ -103,15 +103,16 @@ impl SagaEngine {
             )
             .await?;
         let count = claimed.len();
-        futures::future::join_all(claimed.into_iter().map(|saga| self.drive(saga))).await;
+        futures::future::join_all(claimed.into_iter().map(|saga| self.drive(saga, now))).await;
         Ok(count)
     }
 
     /// Runs steps until the saga must wait or ends. An error leaves the saga as last
     /// committed; its lease expires and a worker (maybe another process) resumes it.
-    async fn drive(&self, mut saga: SagaInstance) {
+    async fn drive(&self, mut saga: SagaInstance, claimed_at: Timestamp) {
+        saga.resume(claimed_at, self.config.lease);
         loop {
-            match self.step(&mut saga).await {
+            match self.step(&mut saga, claimed_at).await {
                 Ok(Next::Continue) => continue,
                 Ok(Next::Stop) => return,
                 Err(e) => {
@@ -131,7 +132,7 @@ impl SagaEngine {
     /// One step, forward or backward, committed with its effects. Retries the commit when a
     /// concurrent edit of the order moved its version: the gateway call is idempotent, so
     /// re-running the step is the same call.
-    async fn step(&self, saga: &mut SagaInstance) -> Result<Next, AppError> {
+    async fn step(&self, saga: &mut SagaInstance, claimed_at: Timestamp) -> Result<Next, AppError> {
         let definition = flows::definition(saga.kind);
         for _ in 0..5 {
             let order = self.load_order(saga).await?;
@@ -143,7 +144,8 @@ impl SagaEngine {
             match result {
                 Err(AppError::VersionConflict { .. }) => {
                     // Our copy of the saga is unchanged (commit failed); reload the order.
-                    if let Some(stored) = self.ports.sagas.get(saga.id).await? {
+                    if let Some(mut stored) = self.ports.sagas.get(saga.id).await? {
+                        stored.resume(claimed_at, self.config.lease);
                         *saga = stored;
                     }
                     continue;
@@ -202,6 +204,7 @@ impl SagaEngine {
                 next.step += 1;
                 next.attempts = 0;
                 next.step_deadline = None;
+                next.data.step_tried = false;
                 next.last_error = None;
                 next.next_attempt_at = now;
                 if next.step == definition.steps.len() {
@@ -218,7 +221,10 @@ impl SagaEngine {
             Err(GatewayFailure { error, call }) => {
                 let retryable = !matches!(error, GatewayError::Permanent { .. });
                 let reason = error.to_string();
-                if retryable && now < deadline {
+                // A refusal that never called (open circuit) fails nothing by itself: past
+                // the deadline only a step that really tried gives up.
+                let tried = saga.data.step_tried || !matches!(error, GatewayError::NotTried { .. });
+                if retryable && (now < deadline || !tried) {
                     let unresolved = matches!(error, GatewayError::Unknown { .. });
                     let record = StepRecord {
                         step: step.name,
@@ -237,6 +243,7 @@ impl SagaEngine {
                     let mut next = saga.clone();
                     next.attempts = attempt;
                     next.step_deadline = Some(deadline);
+                    next.data.step_tried = tried;
                     next.last_error = Some(reason);
                     next.next_attempt_at = plus(now, step.retry.delay(attempt, (self.jitter)()));
                     // A timed-out authorisation is recorded as UNRESOLVED: the next attempt
@@ -329,6 +336,7 @@ impl SagaEngine {
         next.status = SagaStatus::Compensating;
         next.attempts = 0;
         next.step_deadline = None;
+        next.data.step_tried = false;
         next.next_attempt_at = now;
         next.last_error = Some(reason.clone());
         next.data.failure = Some(reason);
@@ -390,6 +398,7 @@ impl SagaEngine {
                 next.step = index;
                 next.attempts = 0;
                 next.step_deadline = None;
+                next.data.step_tried = false;
                 next.next_attempt_at = now;
                 self.commit(saga, next, Some(&record), order, &effect.change, None, now)
                     .await?;
@@ -407,7 +416,8 @@ impl SagaEngine {
                     last_error: Some(reason.clone()),
                     at: now,
                 };
-                if now >= deadline || matches!(error, GatewayError::Permanent { .. }) {
+                let tried = saga.data.step_tried || !matches!(error, GatewayError::NotTried { .. });
+                if (now >= deadline && tried) || matches!(error, GatewayError::Permanent { .. }) {
                     let why = format!("compensation of {} failed: {reason}", step.name);
                     return self
                         .finish(
@@ -422,6 +432,7 @@ impl SagaEngine {
                 let mut next = saga.clone();
                 next.attempts = attempt;
                 next.step_deadline = Some(deadline);
+                next.data.step_tried = tried;
                 next.last_error = Some(reason);
                 next.next_attempt_at = plus(now, step.retry.delay(attempt, (self.jitter)()));
                 self.commit(saga, next, Some(&record), order, &Change::None, None, now)

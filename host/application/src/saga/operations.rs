@@ -102,6 +102,7 @@ impl SagaOperations {
         next.status = status;
         next.attempts = 0;
         next.step_deadline = None;
+        next.data.step_tried = false;
         next.next_attempt_at = now;
         next.data.parked_while = None;
         if status == SagaStatus::Compensating && parked_while == SagaStatus::Running {

@@ -50,8 +50,12 @@ where
                     reason: e.to_string(),
                 }
             }
-            // Circuit open, pool exhausted, memory limit, not (yet) installed: the operator
-            // or time can fix these within the step's deadline.
+            // The breaker refused without calling: other calls failed, not this one.
+            CallErrorKind::CircuitOpen => GatewayError::NotTried {
+                reason: e.to_string(),
+            },
+            // Pool exhausted, memory limit, not (yet) installed: the operator or time can
+            // fix these within the step's deadline.
             _ => GatewayError::Transient {
                 reason: e.to_string(),
             },
