@@ -490,8 +490,20 @@ impl SagaEngine {
         next.status = status;
         next.last_error = reason.or(next.last_error);
         next.next_attempt_at = now;
+        let order_id = order.id();
         self.commit(saga, next, record, order, &Change::None, mark, now)
             .await?;
+        if status == SagaStatus::CompensationFailed {
+            // Never silent: this line, and the `SagaParked` event committed with it.
+            warn!(
+                saga = %saga.id,
+                order = %order_id,
+                kind = saga.kind.as_str(),
+                step = saga.current_step().unwrap_or("-"),
+                reason = saga.last_error.as_deref().unwrap_or("-"),
+                "saga parked for an operator"
+            );
+        }
         Ok(Next::Stop)
     }
 
@@ -519,10 +531,17 @@ impl SagaEngine {
             events.push(event);
         }
         let changed = order.version() != base;
-        let outbox: Vec<OutboxMessage> = events
+        let mut outbox: Vec<OutboxMessage> = events
             .iter()
             .map(|e| OutboxMessage::for_event(&order, e))
             .collect();
+        // Parking is announced whether or not the order changed with it (a fulfilment or a
+        // refund parks after its pivot and leaves the order as it is).
+        if next.status == SagaStatus::CompensationFailed && saga.status.is_active() {
+            let reason = next.last_error.as_deref().unwrap_or("saga failed");
+            let step = next.current_step().unwrap_or("-");
+            outbox.push(OutboxMessage::saga_parked(&order, &next, step, reason, now));
+        }
         next.version = saga.version + 1;
         next.updated_at = now;
         // Keep the lease only while this worker goes straight on to the next step; a saga
@@ -542,7 +561,9 @@ impl SagaEngine {
                 fence: Fence::Lease(&self.config.worker),
                 lease_until,
                 step: record,
-                order: changed.then_some(OrderWrite {
+                // Unchanged with outbox rows: written at its own version, which still fences
+                // the commit against a concurrent change of the order.
+                order: (changed || !outbox.is_empty()).then_some(OrderWrite {
                     order: &order,
                     expected_version: Some(base),
                     outbox: &outbox,

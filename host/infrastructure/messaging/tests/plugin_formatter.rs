@@ -40,6 +40,7 @@ fn event() -> pb::OrderEvent {
             ..pb::OrderSnapshot::default()
         }),
         amount: None,
+        saga: None,
     }
 }
 
