@@ -36,4 +36,8 @@ pub enum DomainError {
     /// A refund or capture asked for more than the payment allows.
     #[error("{0}")]
     AmountExceeded(String),
+    /// Fulfilment has begun (stock committed or money captured): what the order holds can no
+    /// longer be undone by a cancellation, and the address it ships to is fixed.
+    #[error("fulfilment of this order has begun: it cannot {action}")]
+    FulfilmentStarted { action: &'static str },
 }

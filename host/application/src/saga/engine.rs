@@ -169,8 +169,13 @@ impl SagaEngine {
                 .await;
         };
         // A cancellation that arrived while placing stops the placement: everything done so
-        // far is undone by this saga's compensations, then the cancel completes.
-        if order.status() == OrderStatus::Cancelling && saga.kind == SagaKind::PlaceOrder {
+        // far is undone by this saga's compensations, then the cancel completes. CANCELLED:
+        // the cancel found nothing held yet, but a step in flight may have taken something.
+        if matches!(
+            order.status(),
+            OrderStatus::Cancelling | OrderStatus::Cancelled
+        ) && saga.kind == SagaKind::PlaceOrder
+        {
             return self
                 .start_compensation(definition, saga, order, Failure::Cancelled, None, now)
                 .await;
@@ -457,6 +462,8 @@ impl SagaEngine {
             SagaStatus::Compensated if order.status() == OrderStatus::Cancelling => {
                 Some(Mark::CancellationFinished)
             }
+            // Cancelled at once while nothing was held: that cancel already said so.
+            SagaStatus::Compensated if order.status() == OrderStatus::Cancelled => None,
             SagaStatus::Compensated => {
                 let failed = saga
                     .data

@@ -63,4 +63,9 @@ on_both_backends!(
     operator_retries_a_parked_cancellation_after_a_rollback,
     a_missing_inventory_adapter_rejects_after_its_deadline,
     a_confirmed_order_notifies_its_customer,
+    operations_during_fulfilment_are_refused_without_a_trace,
+    operations_during_a_cancellation_wait_for_it,
+    a_parked_fulfilment_refuses_cancel_and_the_operator_finishes_it,
+    a_cancel_before_anything_is_held_stops_the_placement,
+    an_address_change_beside_the_placement_is_kept,
 );

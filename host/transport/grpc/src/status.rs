@@ -54,10 +54,32 @@ pub fn to_status(error: &AppError) -> Status {
             )]);
             Status::with_error_details(Code::Aborted, message, details)
         }
-        AppError::FailedPrecondition(_) | AppError::SagaActive => Status::with_error_details(
+        AppError::FailedPrecondition(_) => Status::with_error_details(
             Code::FailedPrecondition,
             message,
             error_info("ILLEGAL_STATE", HashMap::new()),
+        ),
+        // Not an illegal transition: the same request may succeed once the other operation
+        // ends, so clients must be able to tell the two apart.
+        AppError::OperationInProgress { running } => {
+            let metadata = running
+                .map(|r| {
+                    HashMap::from([
+                        ("operation".to_owned(), r.kind.as_str().to_owned()),
+                        ("operation_status".to_owned(), r.status.as_str().to_owned()),
+                    ])
+                })
+                .unwrap_or_default();
+            Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                error_info("OPERATION_IN_PROGRESS", metadata),
+            )
+        }
+        AppError::FulfilmentStarted(_) => Status::with_error_details(
+            Code::FailedPrecondition,
+            message,
+            error_info("FULFILMENT_STARTED", HashMap::new()),
         ),
         AppError::IdempotencyMismatch { .. } => Status::with_error_details(
             Code::FailedPrecondition,
