@@ -4,6 +4,7 @@
 use oms_domain::{DomainError, Version};
 
 use crate::ports::StoreError;
+use crate::saga::{SagaKind, SagaStatus};
 
 /// One invalid field of a request, named by its path in the request (`items[0].sku`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,14 @@ impl FieldViolation {
             description: description.into(),
         }
     }
+}
+
+/// The unfinished saga that blocked a change: which operation, and whether it runs or waits
+/// for an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningOperation {
+    pub kind: SagaKind,
+    pub status: SagaStatus,
 }
 
 /// Why a use case did not succeed.
@@ -41,9 +50,18 @@ pub enum AppError {
     /// A request with this idempotency key is still running.
     #[error("a request with this idempotency key is in progress; retry later")]
     IdempotencyInProgress,
-    /// Another saga is already running for the order (at most one runs at a time).
-    #[error("another operation is still running for this order")]
-    SagaActive,
+    /// Another operation (saga) on the order has not finished: at most one runs per order,
+    /// and one parked for an operator blocks the next until it is resolved. Not final: the
+    /// same request succeeds (or fails for its own reasons) once that operation has ended.
+    #[error(
+        "another operation on this order has not finished{}; retry when it has",
+        running.map(|r| format!(" ({} is {})", r.kind.as_str(), r.status.as_str())).unwrap_or_default()
+    )]
+    OperationInProgress { running: Option<RunningOperation> },
+    /// Fulfilment has begun (a fulfilment saga running or parked, stock committed, money
+    /// captured): a cancellation could no longer undo it. Final: the way back is a refund.
+    #[error("{0}")]
+    FulfilmentStarted(String),
     /// A dependency (database) is down or overloaded; safe to retry.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -58,7 +76,10 @@ impl AppError {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Self::NotFound(_) | Self::VersionConflict { .. } | Self::FailedPrecondition(_)
+            Self::NotFound(_)
+                | Self::VersionConflict { .. }
+                | Self::FailedPrecondition(_)
+                | Self::FulfilmentStarted(_)
         )
     }
 }
@@ -69,6 +90,7 @@ impl From<DomainError> for AppError {
             DomainError::InvalidArgument { field, reason } => {
                 Self::InvalidArgument(vec![FieldViolation::new(field, reason)])
             }
+            DomainError::FulfilmentStarted { .. } => Self::FulfilmentStarted(e.to_string()),
             other => Self::FailedPrecondition(other.to_string()),
         }
     }
@@ -80,7 +102,7 @@ impl From<StoreError> for AppError {
             StoreError::NotFound => Self::NotFound("order".to_owned()),
             StoreError::VersionConflict { current } => Self::VersionConflict { current },
             StoreError::LeaseLost => Self::IdempotencyInProgress,
-            StoreError::SagaActive => Self::SagaActive,
+            StoreError::SagaActive => Self::OperationInProgress { running: None },
             StoreError::Unavailable(m) => Self::Unavailable(m),
             StoreError::Corrupt(m) => Self::Internal(m),
         }

@@ -16,5 +16,5 @@ pub mod service;
 pub mod snapshot;
 pub mod use_cases;
 
-pub use error::{AppError, FieldViolation};
+pub use error::{AppError, FieldViolation, RunningOperation};
 pub use service::{OrderService, ServiceConfig};

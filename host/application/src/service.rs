@@ -13,7 +13,7 @@ use crate::idempotency::{
     ClaimGuard, IdempotencyClaim, IdempotencyCompletion, IdempotencyRequest, StoredOutcome,
 };
 use crate::outbox::OutboxMessage;
-use crate::ports::{BeginOutcome, IdempotencyStore, OrderStore, OrderWrite};
+use crate::ports::{BeginOutcome, IdempotencyStore, OrderStore, OrderWrite, SagaStore};
 use crate::saga::SagaInstance;
 
 /// Tunables of the service, with the defaults documented in the README.
@@ -43,6 +43,8 @@ impl Default for ServiceConfig {
 #[derive(Clone)]
 pub struct OrderService {
     pub(crate) orders: Arc<dyn OrderStore>,
+    /// Read by the use cases to decide whether a change may run beside the order's sagas.
+    pub(crate) sagas: Arc<dyn SagaStore>,
     pub(crate) idempotency: Arc<dyn IdempotencyStore>,
     pub(crate) changes: OrderChanges,
     pub(crate) clock: Arc<dyn Clock>,
@@ -55,6 +57,7 @@ pub struct OrderService {
 impl OrderService {
     pub fn new(
         orders: Arc<dyn OrderStore>,
+        sagas: Arc<dyn SagaStore>,
         idempotency: Arc<dyn IdempotencyStore>,
         changes: OrderChanges,
         clock: Arc<dyn Clock>,
@@ -62,6 +65,7 @@ impl OrderService {
     ) -> Self {
         Self {
             orders,
+            sagas,
             idempotency,
             changes,
             clock,

@@ -4,6 +4,7 @@
 pub mod adapters;
 pub mod config;
 pub mod plugins;
+pub mod saga_cli;
 pub mod server;
 pub mod telemetry;
 

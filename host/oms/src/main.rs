@@ -27,6 +27,11 @@ enum Command {
     Serve,
     /// Print the effective configuration (defaults + file + environment) as TOML.
     Config,
+    /// Operator commands on sagas, over the configured database.
+    Saga {
+        #[command(subcommand)]
+        command: oms::saga_cli::SagaCommand,
+    },
 }
 
 #[tokio::main]
@@ -37,6 +42,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Config => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
+        }
+        Command::Saga { command } => {
+            oms::saga_cli::run(&config, command, &mut std::io::stdout().lock()).await
         }
         Command::Serve => {
             oms::telemetry::init(&config.log);

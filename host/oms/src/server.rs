@@ -95,6 +95,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("opening database {}", redact(&config.database.url)))?;
     let service = OrderService::new(
         db.orders(),
+        db.sagas(),
         db.idempotency(),
         OrderChanges::default(),
         Arc::new(SystemClock),

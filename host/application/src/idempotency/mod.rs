@@ -77,6 +77,7 @@ pub enum StoredError {
     NotFound { what: String },
     VersionConflict { current: i64 },
     FailedPrecondition { message: String },
+    FulfilmentStarted { message: String },
 }
 
 /// The outcome kept under a completed key.
@@ -109,6 +110,9 @@ impl StoredOutcome {
             AppError::FailedPrecondition(message) => StoredError::FailedPrecondition {
                 message: message.clone(),
             },
+            AppError::FulfilmentStarted(message) => StoredError::FulfilmentStarted {
+                message: message.clone(),
+            },
             _ => return None,
         };
         Some(Self::Error { error })
@@ -127,6 +131,9 @@ impl StoredOutcome {
                 },
                 StoredError::FailedPrecondition { message } => {
                     AppError::FailedPrecondition(message.clone())
+                }
+                StoredError::FulfilmentStarted { message } => {
+                    AppError::FulfilmentStarted(message.clone())
                 }
             }),
         }
@@ -165,6 +172,16 @@ mod tests {
     #[test]
     fn only_final_errors_are_stored() {
         assert!(StoredOutcome::failure(&AppError::Unavailable("db".into())).is_none());
+        // Retrying after the other operation ended must execute, so this is not kept.
+        assert!(StoredOutcome::failure(&AppError::OperationInProgress { running: None }).is_none());
+        let started = AppError::FulfilmentStarted("fulfilment has begun".into());
+        let kept = StoredOutcome::failure(&started).unwrap();
+        let round = StoredOutcome::from_json(&kept.to_json()).unwrap();
+        assert_eq!(
+            round.replay().unwrap_err(),
+            started,
+            "replayed with its reason"
+        );
         let stored = StoredOutcome::failure(&AppError::VersionConflict {
             current: Version(7),
         })

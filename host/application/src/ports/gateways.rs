@@ -19,10 +19,14 @@ pub enum GatewayError {
     /// The adapter refused for good (declined, invalid, out of stock): compensate now.
     #[error("{reason}")]
     Permanent { reason: FailureReason },
-    /// Worth retrying with the same idempotency key: a typed transient error, an open
-    /// circuit, a trapped or overloaded plugin.
+    /// Worth retrying with the same idempotency key: a typed transient error, a trapped or
+    /// overloaded plugin.
     #[error("transient: {reason}")]
     Transient { reason: FailureReason },
+    /// The call was refused before it reached the plugin (an open circuit): retry later. It
+    /// is no attempt, so it never counts against the step on its own (docs/saga.md).
+    #[error("not tried: {reason}")]
+    NotTried { reason: FailureReason },
     /// The call may or may not have taken effect (its deadline passed mid-call): reconcile
     /// with the provider before deciding.
     #[error("outcome unknown: {reason}")]
@@ -33,9 +37,10 @@ impl GatewayError {
     /// Why, whatever the class.
     pub fn reason(&self) -> &FailureReason {
         match self {
-            Self::Permanent { reason } | Self::Transient { reason } | Self::Unknown { reason } => {
-                reason
-            }
+            Self::Permanent { reason }
+            | Self::Transient { reason }
+            | Self::NotTried { reason }
+            | Self::Unknown { reason } => reason,
         }
     }
 

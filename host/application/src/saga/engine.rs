@@ -103,15 +103,16 @@ impl SagaEngine {
             )
             .await?;
         let count = claimed.len();
-        futures::future::join_all(claimed.into_iter().map(|saga| self.drive(saga))).await;
+        futures::future::join_all(claimed.into_iter().map(|saga| self.drive(saga, now))).await;
         Ok(count)
     }
 
     /// Runs steps until the saga must wait or ends. An error leaves the saga as last
     /// committed; its lease expires and a worker (maybe another process) resumes it.
-    async fn drive(&self, mut saga: SagaInstance) {
+    async fn drive(&self, mut saga: SagaInstance, claimed_at: Timestamp) {
+        saga.resume(claimed_at, self.config.lease);
         loop {
-            match self.step(&mut saga).await {
+            match self.step(&mut saga, claimed_at).await {
                 Ok(Next::Continue) => continue,
                 Ok(Next::Stop) => return,
                 Err(e) => {
@@ -131,7 +132,7 @@ impl SagaEngine {
     /// One step, forward or backward, committed with its effects. Retries the commit when a
     /// concurrent edit of the order moved its version: the gateway call is idempotent, so
     /// re-running the step is the same call.
-    async fn step(&self, saga: &mut SagaInstance) -> Result<Next, AppError> {
+    async fn step(&self, saga: &mut SagaInstance, claimed_at: Timestamp) -> Result<Next, AppError> {
         let definition = flows::definition(saga.kind);
         for _ in 0..5 {
             let order = self.load_order(saga).await?;
@@ -143,7 +144,8 @@ impl SagaEngine {
             match result {
                 Err(AppError::VersionConflict { .. }) => {
                     // Our copy of the saga is unchanged (commit failed); reload the order.
-                    if let Some(stored) = self.ports.sagas.get(saga.id).await? {
+                    if let Some(mut stored) = self.ports.sagas.get(saga.id).await? {
+                        stored.resume(claimed_at, self.config.lease);
                         *saga = stored;
                     }
                     continue;
@@ -167,8 +169,13 @@ impl SagaEngine {
                 .await;
         };
         // A cancellation that arrived while placing stops the placement: everything done so
-        // far is undone by this saga's compensations, then the cancel completes.
-        if order.status() == OrderStatus::Cancelling && saga.kind == SagaKind::PlaceOrder {
+        // far is undone by this saga's compensations, then the cancel completes. CANCELLED:
+        // the cancel found nothing held yet, but a step in flight may have taken something.
+        if matches!(
+            order.status(),
+            OrderStatus::Cancelling | OrderStatus::Cancelled
+        ) && saga.kind == SagaKind::PlaceOrder
+        {
             return self
                 .start_compensation(definition, saga, order, Failure::Cancelled, None, now)
                 .await;
@@ -202,6 +209,7 @@ impl SagaEngine {
                 next.step += 1;
                 next.attempts = 0;
                 next.step_deadline = None;
+                next.data.step_tried = false;
                 next.last_error = None;
                 next.next_attempt_at = now;
                 if next.step == definition.steps.len() {
@@ -218,7 +226,10 @@ impl SagaEngine {
             Err(GatewayFailure { error, call }) => {
                 let retryable = !matches!(error, GatewayError::Permanent { .. });
                 let reason = error.to_string();
-                if retryable && now < deadline {
+                // A refusal that never called (open circuit) fails nothing by itself: past
+                // the deadline only a step that really tried gives up.
+                let tried = saga.data.step_tried || !matches!(error, GatewayError::NotTried { .. });
+                if retryable && (now < deadline || !tried) {
                     let unresolved = matches!(error, GatewayError::Unknown { .. });
                     let record = StepRecord {
                         step: step.name,
@@ -237,6 +248,7 @@ impl SagaEngine {
                     let mut next = saga.clone();
                     next.attempts = attempt;
                     next.step_deadline = Some(deadline);
+                    next.data.step_tried = tried;
                     next.last_error = Some(reason);
                     next.next_attempt_at = plus(now, step.retry.delay(attempt, (self.jitter)()));
                     // A timed-out authorisation is recorded as UNRESOLVED: the next attempt
@@ -329,6 +341,7 @@ impl SagaEngine {
         next.status = SagaStatus::Compensating;
         next.attempts = 0;
         next.step_deadline = None;
+        next.data.step_tried = false;
         next.next_attempt_at = now;
         next.last_error = Some(reason.clone());
         next.data.failure = Some(reason);
@@ -390,6 +403,7 @@ impl SagaEngine {
                 next.step = index;
                 next.attempts = 0;
                 next.step_deadline = None;
+                next.data.step_tried = false;
                 next.next_attempt_at = now;
                 self.commit(saga, next, Some(&record), order, &effect.change, None, now)
                     .await?;
@@ -407,7 +421,8 @@ impl SagaEngine {
                     last_error: Some(reason.clone()),
                     at: now,
                 };
-                if now >= deadline || matches!(error, GatewayError::Permanent { .. }) {
+                let tried = saga.data.step_tried || !matches!(error, GatewayError::NotTried { .. });
+                if (now >= deadline && tried) || matches!(error, GatewayError::Permanent { .. }) {
                     let why =
                         error.public_reason_while(&format!("compensation of {} failed", step.name));
                     return self
@@ -423,6 +438,7 @@ impl SagaEngine {
                 let mut next = saga.clone();
                 next.attempts = attempt;
                 next.step_deadline = Some(deadline);
+                next.data.step_tried = tried;
                 next.last_error = Some(reason);
                 next.next_attempt_at = plus(now, step.retry.delay(attempt, (self.jitter)()));
                 self.commit(saga, next, Some(&record), order, &Change::None, None, now)
@@ -447,6 +463,8 @@ impl SagaEngine {
             SagaStatus::Compensated if order.status() == OrderStatus::Cancelling => {
                 Some(Mark::CancellationFinished)
             }
+            // Cancelled at once while nothing was held: that cancel already said so.
+            SagaStatus::Compensated if order.status() == OrderStatus::Cancelled => None,
             SagaStatus::Compensated => {
                 let failed = saga
                     .data
@@ -480,8 +498,20 @@ impl SagaEngine {
         next.status = status;
         next.last_error = reason.or(next.last_error);
         next.next_attempt_at = now;
+        let order_id = order.id();
         self.commit(saga, next, record, order, &Change::None, mark, now)
             .await?;
+        if status == SagaStatus::CompensationFailed {
+            // Never silent: this line, and the `SagaParked` event committed with it.
+            warn!(
+                saga = %saga.id,
+                order = %order_id,
+                kind = saga.kind.as_str(),
+                step = saga.current_step().unwrap_or("-"),
+                reason = saga.last_error.as_deref().unwrap_or("-"),
+                "saga parked for an operator"
+            );
+        }
         Ok(Next::Stop)
     }
 
@@ -509,10 +539,17 @@ impl SagaEngine {
             events.push(event);
         }
         let changed = order.version() != base;
-        let outbox: Vec<OutboxMessage> = events
+        let mut outbox: Vec<OutboxMessage> = events
             .iter()
             .map(|e| OutboxMessage::for_event(&order, e))
             .collect();
+        // Parking is announced whether or not the order changed with it (a fulfilment or a
+        // refund parks after its pivot and leaves the order as it is).
+        if next.status == SagaStatus::CompensationFailed && saga.status.is_active() {
+            let reason = next.last_error.as_deref().unwrap_or("saga failed");
+            let step = next.current_step().unwrap_or("-");
+            outbox.push(OutboxMessage::saga_parked(&order, &next, step, reason, now));
+        }
         next.version = saga.version + 1;
         next.updated_at = now;
         // Keep the lease only while this worker goes straight on to the next step; a saga
@@ -532,7 +569,9 @@ impl SagaEngine {
                 fence: Fence::Lease(&self.config.worker),
                 lease_until,
                 step: record,
-                order: changed.then_some(OrderWrite {
+                // Unchanged with outbox rows: written at its own version, which still fences
+                // the commit against a concurrent change of the order.
+                order: (changed || !outbox.is_empty()).then_some(OrderWrite {
                     order: &order,
                     expected_version: Some(base),
                     outbox: &outbox,

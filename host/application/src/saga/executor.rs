@@ -83,6 +83,16 @@ fn local(change: Change) -> Effect {
     }
 }
 
+/// An undo that cannot be done from this state: permanent, so the saga parks for an operator.
+fn refused(reason: &str) -> GatewayFailure {
+    GatewayFailure {
+        error: GatewayError::Permanent {
+            reason: reason.to_owned(),
+        },
+        call: None,
+    }
+}
+
 fn missing(what: &str) -> GatewayFailure {
     GatewayFailure {
         error: GatewayError::Permanent {
@@ -117,8 +127,18 @@ impl Executor<'_> {
                 })
             }
             Operation::ReleaseInventory | Operation::UndoReservation => {
-                if order.reservation_status() != ReservationStatus::Reserved {
-                    return Ok(local(Change::None));
+                match order.reservation_status() {
+                    ReservationStatus::Reserved => {}
+                    // The inventory contract has no undo for a commit: saying "released"
+                    // would leave goods to ship unpaid. Fail, so the saga parks.
+                    ReservationStatus::Committed => {
+                        return Err(refused(
+                            "the reservation is committed (fulfilment began) and cannot be released",
+                        ));
+                    }
+                    ReservationStatus::None | ReservationStatus::Released => {
+                        return Ok(local(Change::None));
+                    }
                 }
                 let id = data
                     .reservation_id
@@ -147,6 +167,15 @@ impl Executor<'_> {
                 let (_, call) = self.payments.void(provider, id, key).await?;
                 Ok(with_call(Change::Voided, call))
             }
+            // Committed stock cannot be released (see below): voiding or refunding the money
+            // first would leave goods to ship unpaid, so touch nothing and park.
+            Operation::UndoPayment
+                if order.reservation_status() == ReservationStatus::Committed =>
+            {
+                Err(refused(
+                    "the reservation is committed (fulfilment began): the order cannot be undone",
+                ))
+            }
             Operation::UndoPayment => match order.payment_status() {
                 PaymentStatus::Authorized => {
                     let id = data
@@ -170,7 +199,14 @@ impl Executor<'_> {
                     let (_, call) = self.payments.refund(provider, id, None, key).await?;
                     Ok(with_call(Change::Refunded(refundable), call))
                 }
-                _ => Ok(local(Change::None)),
+                // A hold may or may not exist: nothing here can tell, so do not claim it undone.
+                PaymentStatus::Unresolved => Err(refused(
+                    "the payment's outcome is unresolved; reconcile it with the provider first",
+                )),
+                PaymentStatus::Pending
+                | PaymentStatus::AuthFailed
+                | PaymentStatus::Voided
+                | PaymentStatus::Refunded => Ok(local(Change::None)),
             },
             Operation::CapturePayment => {
                 let id = data

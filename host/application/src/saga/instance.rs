@@ -120,6 +120,11 @@ pub struct SagaData {
     /// A refund saga's amount, in the order's currency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_amount_minor: Option<i64>,
+    /// Whether a call of the current step has really reached the plugin (and failed) since
+    /// the step began or the saga was resumed from a dead worker. Until then a refusal that
+    /// never called (an open circuit) cannot fail the step at its deadline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub step_tried: bool,
 }
 
 /// One saga as stored.
@@ -165,6 +170,52 @@ impl SagaInstance {
         }
     }
 
+    /// Adjusts a saga a worker has just claimed at `now`. The time it sat due but unclaimed
+    /// (a crashed worker's lease running out, every worker busy) was not spent on its step,
+    /// so the step's deadline moves by that much: a deadline counts working time only. A
+    /// saga that sat unclaimed for a whole `lease` was abandoned by a dead worker: its step
+    /// must make one real call again before the deadline can fail it.
+    ///
+    /// Derived only from stored fields, so it is the same whenever it is applied to the same
+    /// stored saga, and a crash before the next commit loses nothing.
+    pub fn resume(&mut self, now: Timestamp, lease: std::time::Duration) {
+        let idle = now
+            .unix_millis()
+            .saturating_sub(self.next_attempt_at.unix_millis());
+        if idle <= 0 {
+            return;
+        }
+        if let Some(deadline) = self.step_deadline {
+            self.step_deadline = Some(Timestamp::from_unix_millis(
+                deadline.unix_millis().saturating_add(idle),
+            ));
+        }
+        if u128::from(idle.unsigned_abs()) >= lease.as_millis() {
+            self.data.step_tried = false;
+        }
+    }
+
+    /// The name of the step the saga is at: the next to run forward, the next to undo while
+    /// compensating, the one that failed while parked; `None` once it ended.
+    pub fn current_step(&self) -> Option<&'static str> {
+        let backward = match self.status {
+            SagaStatus::Running => false,
+            SagaStatus::Compensating => true,
+            SagaStatus::CompensationFailed => {
+                self.data.parked_while.as_deref() == Some(SagaStatus::Compensating.as_str())
+            }
+            SagaStatus::Succeeded | SagaStatus::Compensated => return None,
+        };
+        let index = if backward {
+            self.step.checked_sub(1)?
+        } else {
+            self.step
+        };
+        super::flows::definition(self.kind)
+            .step(index)
+            .map(|s| s.name)
+    }
+
     /// The key sent with this saga's `operation` in `step`: the same on every retry and
     /// after a crash, so the provider sees one logical call.
     pub fn idempotency_key(&self, step: &str, operation: &str) -> String {
@@ -184,6 +235,58 @@ mod tests {
         for s in SagaStatus::ALL {
             assert_eq!(SagaStatus::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn resuming_discounts_the_time_a_saga_sat_unclaimed() {
+        let lease = std::time::Duration::from_secs(30);
+        let mut saga = SagaInstance::start(
+            SagaKind::PlaceOrder,
+            OrderId::generate(),
+            Timestamp::from_unix_millis(1_000),
+        );
+        saga.step_deadline = Some(Timestamp::from_unix_millis(2_000));
+        saga.data.step_tried = true;
+        // Claimed on time by a live worker: nothing moves.
+        saga.resume(Timestamp::from_unix_millis(1_000), lease);
+        assert_eq!(saga.step_deadline, Some(Timestamp::from_unix_millis(2_000)));
+        // Picked up 50 ms late: the deadline moves by 50 ms, the attempt history stays.
+        let mut late = saga.clone();
+        late.resume(Timestamp::from_unix_millis(1_050), lease);
+        assert_eq!(late.step_deadline, Some(Timestamp::from_unix_millis(2_050)));
+        assert!(late.data.step_tried);
+        // Resumed 40 s later, after a dead worker's lease ran out.
+        let mut resumed = saga.clone();
+        resumed.resume(Timestamp::from_unix_millis(41_000), lease);
+        assert_eq!(
+            resumed.step_deadline,
+            Some(Timestamp::from_unix_millis(42_000)),
+            "the whole budget that was left is left again"
+        );
+        assert!(!resumed.data.step_tried, "one real call first");
+        // Applying it again to the same stored saga gives the same result.
+        let mut again = saga.clone();
+        again.resume(Timestamp::from_unix_millis(41_000), lease);
+        assert_eq!(again, resumed);
+    }
+
+    #[test]
+    fn current_step_follows_the_direction() {
+        let mut saga = SagaInstance::start(
+            SagaKind::FulfilOrder,
+            OrderId::generate(),
+            Timestamp::from_unix_millis(0),
+        );
+        assert_eq!(saga.current_step(), Some("commit-inventory"));
+        saga.step = 1;
+        saga.status = SagaStatus::CompensationFailed;
+        saga.data.parked_while = Some("RUNNING".to_owned());
+        assert_eq!(saga.current_step(), Some("capture-payment"));
+        saga.kind = SagaKind::PlaceOrder;
+        saga.data.parked_while = Some("COMPENSATING".to_owned());
+        assert_eq!(saga.current_step(), Some("reserve-inventory"));
+        saga.status = SagaStatus::Succeeded;
+        assert_eq!(saga.current_step(), None);
     }
 
     #[test]

@@ -49,6 +49,21 @@ impl SagaOperations {
             .await?)
     }
 
+    /// Every saga not finished yet: running, compensating or parked, oldest first.
+    pub async fn unfinished(&self, limit: u32) -> Result<Vec<SagaInstance>, AppError> {
+        let mut all = Vec::new();
+        for status in [
+            SagaStatus::Running,
+            SagaStatus::Compensating,
+            SagaStatus::CompensationFailed,
+        ] {
+            all.extend(self.sagas.with_status(status, limit).await?);
+        }
+        all.sort_by_key(|s| (s.created_at, s.id));
+        all.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(all)
+    }
+
     pub async fn get(&self, id: SagaId) -> Result<SagaInstance, AppError> {
         self.sagas
             .get(id)
@@ -102,6 +117,7 @@ impl SagaOperations {
         next.status = status;
         next.attempts = 0;
         next.step_deadline = None;
+        next.data.step_tried = false;
         next.next_attempt_at = now;
         next.data.parked_while = None;
         if status == SagaStatus::Compensating && parked_while == SagaStatus::Running {

@@ -6,12 +6,14 @@ use crate::error::AppError;
 use crate::idempotency::IdempotencyRequest;
 use crate::saga::SagaKind;
 use crate::service::OrderService;
-use crate::use_cases::SagaStart;
+use crate::use_cases::{OrderSagas, SagaStart};
 
 impl OrderService {
     /// Cancels at once when nothing is held outside the OMS, otherwise moves the order to
-    /// CANCELLING and starts the cancellation saga (void or refund, release). If the
-    /// placement saga is still running it undoes its own steps instead.
+    /// CANCELLING and starts the cancellation saga (void, release). A placement saga that
+    /// still runs undoes its own steps instead. Refused while any other operation on the
+    /// order is unfinished, and for good once fulfilment has begun (docs/saga.md,
+    /// "Concurrent operations").
     pub async fn cancel_order(
         &self,
         id: OrderId,
@@ -31,16 +33,34 @@ impl OrderService {
                 expected,
                 claim,
                 |order| Ok((order.cancel(&reason, now)?, None)),
-                |order| {
-                    if order.status() == OrderStatus::Cancelling {
-                        SagaStart::UnlessActive(SagaKind::CancelOrder)
-                    } else {
-                        SagaStart::None
-                    }
-                },
+                admit_cancel,
             )
             .await
         })
         .await
+    }
+}
+
+fn admit_cancel(order: &Order, sagas: &OrderSagas) -> Result<SagaStart, AppError> {
+    match sagas.unfinished() {
+        // The placement notices CANCELLING (or CANCELLED) at its next step and undoes
+        // what it did; the order version fences this against its end.
+        Some(saga)
+            if saga.kind == SagaKind::PlaceOrder && order.status() == OrderStatus::Pending =>
+        {
+            Ok(SagaStart::None)
+        }
+        // The inventory contract cannot undo a commit: the way back is the operator's retry
+        // of the fulfilment, then a refund.
+        Some(_) if sagas.fulfilment_started() => Err(AppError::FulfilmentStarted(format!(
+            "fulfilment of order {} has begun: it can no longer be cancelled; refund it once fulfilled",
+            order.id()
+        ))),
+        Some(saga) => Err(OrderSagas::in_progress(saga)),
+        // What the order's state says (nothing held: cancelled at once) is the domain's call.
+        None if order.status() == OrderStatus::Pending && !order.has_external_effects() => {
+            Ok(SagaStart::None)
+        }
+        None => Ok(SagaStart::Required(SagaKind::CancelOrder)),
     }
 }

@@ -6,7 +6,6 @@ use crate::error::AppError;
 use crate::idempotency::IdempotencyRequest;
 use crate::saga::SagaKind;
 use crate::service::OrderService;
-use crate::use_cases::SagaStart;
 
 impl OrderService {
     /// Starts fulfilment of a CONFIRMED order (`OrderFulfilmentRequested`); the fulfilment
@@ -24,7 +23,7 @@ impl OrderService {
                 expected,
                 claim,
                 |order| Ok((order.request_fulfilment(now)?, None)),
-                |_| SagaStart::Required(SagaKind::FulfilOrder),
+                |_, sagas| sagas.exclusive(SagaKind::FulfilOrder),
             )
             .await
         })

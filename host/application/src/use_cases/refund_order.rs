@@ -6,7 +6,6 @@ use crate::error::AppError;
 use crate::idempotency::IdempotencyRequest;
 use crate::saga::{SagaData, SagaKind};
 use crate::service::OrderService;
-use crate::use_cases::SagaStart;
 
 impl OrderService {
     /// Starts a refund of `amount`, or of the whole refundable balance when `None`, through
@@ -36,7 +35,7 @@ impl OrderService {
                     };
                     Ok((event, Some(data)))
                 },
-                |_| SagaStart::Required(SagaKind::RefundOrder),
+                |_, sagas| sagas.exclusive(SagaKind::RefundOrder),
             )
             .await
         })

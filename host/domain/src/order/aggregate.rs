@@ -350,6 +350,7 @@ impl Order {
                 action: "change its shipping address",
             });
         }
+        self.refuse_once_fulfilment_started("change its shipping address")?;
         self.parts.shipping_address = address;
         Ok(self.touch(now, OrderEventKind::ShippingAddressUpdated))
     }
@@ -363,8 +364,24 @@ impl Order {
             )
     }
 
+    /// Whether fulfilment has left marks that no cancellation can undo: the inventory
+    /// contract cannot release a committed reservation, and money captured is only returned
+    /// by a refund.
+    pub fn fulfilment_started(&self) -> bool {
+        self.parts.reservation_status == ReservationStatus::Committed
+            || !self.parts.captured.is_zero()
+    }
+
+    fn refuse_once_fulfilment_started(&self, action: &'static str) -> Result<(), DomainError> {
+        if self.fulfilment_started() {
+            return Err(DomainError::FulfilmentStarted { action });
+        }
+        Ok(())
+    }
+
     /// Cancels at once when nothing is held outside the OMS; otherwise moves to CANCELLING
-    /// and leaves the undoing (void, release, refund) to the saga.
+    /// and leaves the undoing (void, release) to the saga. Refused once fulfilment has begun:
+    /// the way back from there is a refund.
     pub fn cancel(&mut self, reason: &str, now: Timestamp) -> Result<OrderEvent, DomainError> {
         let direct = self.parts.status == OrderStatus::Pending && !self.has_external_effects();
         if direct {
@@ -372,6 +389,14 @@ impl Order {
             self.parts.failure_reason = Some(reason.to_owned());
             Ok(self.touch(now, OrderEventKind::Cancelled))
         } else {
+            if self
+                .parts
+                .status
+                .apply(OrderTransition::RequestCancel)
+                .is_some()
+            {
+                self.refuse_once_fulfilment_started("be cancelled")?;
+            }
             self.move_order(OrderTransition::RequestCancel, "be cancelled")?;
             self.parts.failure_reason = Some(reason.to_owned());
             Ok(self.touch(now, OrderEventKind::CancellationRequested))
@@ -726,6 +751,33 @@ mod tests {
             order.cancel("x", now).unwrap().kind,
             OrderEventKind::CancellationRequested
         );
+    }
+
+    #[test]
+    fn cancel_and_address_change_are_refused_once_fulfilment_started() {
+        let (mut order, _) = Order::place(
+            new_order(vec![line("A", 1, 1, "EUR")]).unwrap(),
+            OrderId::generate(),
+            Timestamp::from_unix_millis(1),
+        );
+        let now = Timestamp::from_unix_millis(2);
+        order.record_reservation(now).unwrap();
+        order.record_authorization(now).unwrap();
+        order.confirm(now).unwrap();
+        order.record_commit(now).unwrap();
+        let before = order.version();
+        assert_eq!(
+            order.cancel("too late", now).unwrap_err(),
+            DomainError::FulfilmentStarted {
+                action: "be cancelled"
+            }
+        );
+        assert!(matches!(
+            order.update_shipping_address(address(), now),
+            Err(DomainError::FulfilmentStarted { .. })
+        ));
+        assert_eq!(order.status(), OrderStatus::Confirmed);
+        assert_eq!(order.version(), before, "a refused change leaves no trace");
     }
 
     #[test]

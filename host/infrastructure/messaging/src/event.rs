@@ -1,6 +1,7 @@
 //! The event contract on the wire: `oms.events.v1.OrderEvent` as protobuf bytes, keyed by
 //! order id, with CloudEvents-style headers (see `proto/oms/events/v1/events.proto`).
 
+use oms_application::outbox::SagaDoc;
 use oms_application::snapshot::{MoneyDoc, OrderSnapshot};
 use prost::Message as _;
 use serde::Deserialize;
@@ -55,6 +56,7 @@ struct PayloadDoc {
     amount: Option<MoneyDoc>,
     #[serde(default)]
     reason: Option<String>,
+    saga: Option<SagaDoc>,
     order: OrderSnapshot,
 }
 
@@ -93,6 +95,12 @@ fn to_proto(doc: PayloadDoc) -> pb::OrderEvent {
         occurred_at_ms: doc.occurred_at_ms,
         amount: doc.amount.map(money),
         reason: doc.reason,
+        saga: doc.saga.map(|s| pb::SagaRef {
+            saga_id: s.saga_id,
+            kind: s.kind,
+            step: s.step,
+            reason: s.reason,
+        }),
         order: Some(pb::OrderSnapshot {
             order_id: o.order_id,
             customer_id: o.customer_id,
@@ -126,5 +134,61 @@ fn to_proto(doc: PayloadDoc) -> pb::OrderEvent {
             created_at_ms: o.created_at_ms,
             updated_at_ms: o.updated_at_ms,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A `SagaParked` row as `OutboxMessage::saga_parked` writes it.
+    fn saga_parked_payload() -> serde_json::Value {
+        let eur = |amount_minor: i64| serde_json::json!({"amount_minor": amount_minor, "currency": "EUR"});
+        serde_json::json!({
+            "event_id": "0190d1c0-0000-7000-8000-000000000001",
+            "event_type": "SagaParked",
+            "schema_version": 1,
+            "order_id": "0190d1c0-0000-7000-8000-000000000002",
+            "occurred_at_ms": 1_700_000_000_000_i64,
+            "saga": {
+                "saga_id": "0190d1c0-0000-7000-8000-000000000003",
+                "kind": "fulfil_order",
+                "step": "capture-payment",
+                "reason": "transient: provider busy"
+            },
+            "order": {
+                "order_id": "0190d1c0-0000-7000-8000-000000000002",
+                "customer_id": "c-1",
+                "status": "CONFIRMED",
+                "payment_status": "AUTHORIZED",
+                "reservation_status": "COMMITTED",
+                "items": [{"sku": "DEMO-1", "quantity": 1, "unit_price": eur(1250)}],
+                "total": eur(1250),
+                "captured": eur(0),
+                "refunded": eur(0),
+                "payment_provider": "fakepay",
+                "shipping_address": {
+                    "recipient": "Ada", "line1": "1 Main St", "line2": "", "city": "Berlin",
+                    "postal_code": "10115", "country": "DE", "email": ""
+                },
+                "failure_reason": null,
+                "version": 4,
+                "created_at_ms": 1_700_000_000_000_i64,
+                "updated_at_ms": 1_700_000_000_000_i64
+            }
+        })
+    }
+
+    #[test]
+    fn a_parked_saga_reaches_the_wire_with_its_reference() {
+        let event = decode(&encode_payload(&saga_parked_payload()).unwrap()).unwrap();
+        assert_eq!(event.event_type, "SagaParked");
+        let saga = event.saga.unwrap();
+        assert_eq!(saga.kind, "fulfil_order");
+        assert_eq!(saga.step, "capture-payment");
+        assert_eq!(saga.saga_id, "0190d1c0-0000-7000-8000-000000000003");
+        assert_eq!(event.order.unwrap().version, 4);
     }
 }

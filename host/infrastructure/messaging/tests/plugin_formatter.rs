@@ -56,6 +56,7 @@ fn event() -> pb::OrderEvent {
         }),
         amount: None,
         reason: None,
+        saga: None,
     }
 }
 

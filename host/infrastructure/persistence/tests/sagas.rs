@@ -335,6 +335,7 @@ async fn saga_data_round_trips(db: Database) {
         failed_step: Some(1),
         parked_while: Some("COMPENSATING".into()),
         refund_amount_minor: Some(1_250),
+        step_tried: true,
     };
     place_with_saga(&db, &order, &event, &saga).await.unwrap();
     assert_eq!(db.sagas().get(saga.id).await.unwrap(), Some(saga.clone()));

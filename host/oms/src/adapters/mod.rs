@@ -56,8 +56,10 @@ fn runtime_failure(e: &CallError, kind: &str) -> GatewayError {
         CallErrorKind::ContractViolation { .. } | CallErrorKind::WrongKind { .. } => {
             GatewayError::Permanent { reason }
         }
-        // Circuit open, pool exhausted, memory limit, not (yet) installed: the operator
-        // or time can fix these within the step's deadline.
+        // The breaker refused without calling: other calls failed, not this one.
+        CallErrorKind::CircuitOpen { .. } => GatewayError::NotTried { reason },
+        // Pool exhausted, memory limit, not (yet) installed: the operator or time can fix
+        // these within the step's deadline.
         _ => GatewayError::Transient { reason },
     }
 }

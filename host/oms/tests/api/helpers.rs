@@ -1,5 +1,7 @@
 //! `TestApp`: the real server on a random port with a fresh database, and a client.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oms::Config;
@@ -194,29 +196,145 @@ pub fn current_version(status: &tonic::Status) -> Option<i64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The event types the outbox holds for an order, oldest first, read straight from the
+/// Rows of `sql` (one `$1` parameter: the order id as text), read straight from the
 /// database (not through the API under test).
-pub async fn outbox_event_types(db: &TestDatabase, order_id: &str) -> Vec<String> {
-    let sql = "SELECT event_type FROM outbox WHERE CAST(aggregate_id AS TEXT) = $1 ORDER BY id";
+async fn fetch_for_order<T>(db: &TestDatabase, sql: &'static str, order_id: &str) -> Vec<T>
+where
+    T: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
     if db.url().starts_with("postgres") {
         let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
-        let rows: Vec<(String,)> = sqlx::query_as(sql)
+        let rows = sqlx::query_as(sql)
             .bind(order_id)
             .fetch_all(&pool)
             .await
             .unwrap();
         pool.close().await;
-        rows.into_iter().map(|r| r.0).collect()
+        rows
     } else {
         let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
-        let rows: Vec<(String,)> = sqlx::query_as(sql)
+        let rows = sqlx::query_as(sql)
             .bind(order_id)
             .fetch_all(&pool)
             .await
             .unwrap();
         pool.close().await;
-        rows.into_iter().map(|r| r.0).collect()
+        rows
     }
+}
+
+/// The event types the outbox holds for an order, oldest first.
+pub async fn outbox_event_types(db: &TestDatabase, order_id: &str) -> Vec<String> {
+    let sql = "SELECT event_type FROM outbox WHERE CAST(aggregate_id AS TEXT) = $1 ORDER BY id";
+    let rows: Vec<(String,)> = fetch_for_order(db, sql, order_id).await;
+    rows.into_iter().map(|r| r.0).collect()
+}
+
+/// The payloads of an order's outbox events of one type, oldest first.
+pub async fn outbox_payloads(
+    db: &TestDatabase,
+    order_id: &str,
+    event_type: &str,
+) -> Vec<serde_json::Value> {
+    let sql = "SELECT event_type, CAST(payload AS TEXT) FROM outbox \
+               WHERE CAST(aggregate_id AS TEXT) = $1 ORDER BY id";
+    let rows: Vec<(String, String)> = fetch_for_order(db, sql, order_id).await;
+    rows.into_iter()
+        .filter(|(t, _)| t == event_type)
+        .map(|(_, payload)| serde_json::from_str(&payload).unwrap())
+        .collect()
+}
+
+/// An order's sagas as (id, kind, status), oldest first.
+pub async fn sagas_of(db: &TestDatabase, order_id: &str) -> Vec<(String, String, String)> {
+    let sql = "SELECT CAST(id AS TEXT), kind, status FROM saga_instances \
+               WHERE CAST(order_id AS TEXT) = $1 ORDER BY created_at, id";
+    fetch_for_order(db, sql, order_id).await
+}
+
+/// Polls the order's sagas until one of `kind` is in `status`; returns its id.
+pub async fn wait_for_saga(
+    app: &TestApp,
+    order_id: &str,
+    kind: &str,
+    status: &str,
+    within: Duration,
+) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let sagas = sagas_of(&app.db, order_id).await;
+        if let Some((id, _, _)) = sagas.iter().find(|(_, k, s)| k == kind && s == status) {
+            return id.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} saga {status} for order {order_id} within {within:?}: {sagas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `google.rpc.ErrorInfo` of a status: its reason and metadata.
+pub fn error_info(status: &tonic::Status) -> (String, HashMap<String, String>) {
+    use tonic_types::StatusExt;
+    let info = status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    (info.reason, info.metadata)
+}
+
+/// Copies the bundled plugin `name` into `dir` as `new_name` (same component, renamed in its
+/// manifest) and returns the manifest's path.
+pub fn renamed_plugin(dir: &Path, name: &str, new_name: &str, version: &str) -> PathBuf {
+    let built = built_plugins();
+    let (wasm, toml) = match name {
+        "trap" => (
+            built.join("testing/trap.wasm"),
+            built.join("testing/trap.toml"),
+        ),
+        _ => (
+            built.join(format!("{name}.wasm")),
+            built.join(format!("{name}.toml")),
+        ),
+    };
+    std::fs::copy(&wasm, dir.join(format!("{name}.wasm"))).unwrap();
+    let manifest = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace(
+            &format!("name = \"{name}\""),
+            &format!("name = \"{new_name}\""),
+        )
+        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""));
+    let path = dir.join(format!("{new_name}.toml"));
+    std::fs::write(&path, manifest).unwrap();
+    path
+}
+
+/// Hot-swaps a broken build in as `fakepay`: every call traps until `fakepay` is rolled back.
+/// Keep the returned directory alive while it serves.
+pub async fn break_fakepay(app: &TestApp) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = renamed_plugin(dir.path(), "trap", "fakepay", "0.2.0-broken");
+    let broken = app.server().plugins().install(manifest).await.unwrap();
+    assert_eq!(broken.version, "0.2.0-broken");
+    dir
+}
+
+/// Runs the built `oms` binary with `args` against the test's database.
+pub async fn oms_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_oms"))
+        .args(args)
+        .env_remove("OMS_CONFIG")
+        .env("OMS_DATABASE__URL", app.db.url())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("oms binary runs")
 }
 
 /// Follows the order with WatchOrder until `done` holds, failing after `within`.

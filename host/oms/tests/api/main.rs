@@ -67,6 +67,11 @@ on_both_backends!(
     misbehaving_payment_plugins_fail_with_their_own_code,
     an_open_circuit_names_the_failure_that_opened_it,
     confirmation_emails_stay_out_of_the_logs,
+    operations_during_fulfilment_are_refused_without_a_trace,
+    operations_during_a_cancellation_wait_for_it,
+    a_parked_fulfilment_refuses_cancel_and_the_operator_finishes_it,
+    a_cancel_before_anything_is_held_stops_the_placement,
+    an_address_change_beside_the_placement_is_kept,
 );
 
 on_both_backends!(

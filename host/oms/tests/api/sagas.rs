@@ -2,6 +2,7 @@
 //! through the real fakepay and local-stock plugins, ending in the right states with the
 //! right events.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use oms_grpc::pb;
@@ -9,8 +10,9 @@ use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, LogCapture, TestApp, built_plugins, create, money, order_with, outbox_event_id,
-    outbox_event_types, plugins_with_testing, settle, wait_until,
+    Backend, LogCapture, TestApp, address, break_fakepay, built_plugins, create, error_info,
+    money, oms_cli, order_with, outbox_event_id, outbox_event_types, outbox_payloads,
+    plugins_with_testing, renamed_plugin, settle, wait_for_saga, wait_until,
 };
 
 pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
@@ -243,20 +245,8 @@ pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Ba
     assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
 
     // Hot-swap a broken build in as `fakepay`: every call traps.
-    let dir = tempfile::tempdir().unwrap();
-    let testing = built_plugins().join("testing");
-    std::fs::copy(testing.join("trap.wasm"), dir.path().join("trap.wasm")).unwrap();
-    let manifest = std::fs::read_to_string(testing.join("trap.toml"))
-        .unwrap()
-        .replace("name = \"trap\"", "name = \"fakepay\"")
-        .replace("version = \"0.1.0\"", "version = \"0.2.0-broken\"");
-    std::fs::write(dir.path().join("fakepay.toml"), manifest).unwrap();
+    let _broken = break_fakepay(&app).await;
     let plugins = app.server().plugins();
-    let broken = plugins
-        .install(dir.path().join("fakepay.toml"))
-        .await
-        .unwrap();
-    assert_eq!(broken.version, "0.2.0-broken");
 
     // The cancellation cannot void the hold: it parks, and the order with it.
     c.cancel_order(pb::CancelOrderRequest {
@@ -466,5 +456,302 @@ pub async fn confirmation_emails_stay_out_of_the_logs(backend: Backend) {
     for personal in [email.as_str(), name.as_str(), &format!("{tag} Secret Lane")] {
         assert!(!text.contains(personal), "{personal:?} is in the log");
     }
+
+/// A confirmed order (tok_ok), settled.
+async fn confirmed(app: &TestApp, customer: &str) -> pb::Order {
+    let created = create(app, order_with(customer, "DEMO-1", "tok_ok")).await;
+    let done = settle(app, &created.order_id).await;
+    assert_eq!(done.status(), S::Confirmed, "{done:?}");
+    done
+}
+
+async fn get(app: &TestApp, order_id: &str) -> pb::Order {
+    let mut c = app.client.clone();
+    c.get_order(pb::GetOrderRequest {
+        order_id: order_id.to_owned(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn cancel(app: &TestApp, order_id: &str) -> Result<pb::Order, tonic::Status> {
+    let mut c = app.client.clone();
+    c.cancel_order(pb::CancelOrderRequest {
+        order_id: order_id.to_owned(),
+        ..Default::default()
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+async fn fulfil(app: &TestApp, order_id: &str) -> Result<pb::Order, tonic::Status> {
+    let mut c = app.client.clone();
+    c.fulfill_order(pb::FulfillOrderRequest {
+        order_id: order_id.to_owned(),
+        ..Default::default()
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+async fn refund(app: &TestApp, order_id: &str) -> Result<pb::Order, tonic::Status> {
+    let mut c = app.client.clone();
+    c.refund_order(pb::RefundOrderRequest {
+        order_id: order_id.to_owned(),
+        ..Default::default()
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// The refusal's ErrorInfo reason, after checking it is FAILED_PRECONDITION.
+fn refused(result: Result<pb::Order, tonic::Status>) -> (String, HashMap<String, String>) {
+    let status = result.expect_err("refused");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    error_info(&status)
+}
+
+/// Fulfil-then-cancel (and refund, address change) while the fulfilment saga runs: the cancel
+/// used to be accepted, leaving the order CANCELLING with the money captured and the stock
+/// committed, and the fulfilment failing forever. Now each is refused and nothing is written.
+pub async fn operations_during_fulfilment_are_refused_without_a_trace(backend: Backend) {
+    // Captures retry for 10 s against a broken provider: the fulfilment saga is still
+    // running while the requests below arrive.
+    let app = TestApp::spawn_with(backend, |c| c.saga.step_deadline_cap_ms = 10_000).await;
+    let order = confirmed(&app, "c-ship-race").await;
+    let _broken = break_fakepay(&app).await;
+    assert_eq!(
+        fulfil(&app, &order.order_id).await.unwrap().status(),
+        S::Confirmed
+    );
+    // The stock is committed; the saga now retries the capture (changing nothing).
+    let requested = wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {
+        o.reservation_status() == R::Committed
+    })
+    .await;
+
+    let (reason, _) = refused(cancel(&app, &order.order_id).await);
+    assert_eq!(reason, "FULFILMENT_STARTED");
+    let (reason, metadata) = refused(refund(&app, &order.order_id).await);
+    assert_eq!(reason, "OPERATION_IN_PROGRESS");
+    assert_eq!(metadata["operation"], "fulfil_order", "{metadata:?}");
+    assert_eq!(metadata["operation_status"], "RUNNING", "{metadata:?}");
+    let mut c = app.client.clone();
+    let address_change = c
+        .update_shipping_address(pb::UpdateShippingAddressRequest {
+            order_id: order.order_id.clone(),
+            shipping_address: Some(address("Nice")),
+            expected_version: requested.version,
+        })
+        .await
+        .map(tonic::Response::into_inner);
+    assert_eq!(refused(address_change).0, "FULFILMENT_STARTED");
+    let (reason, metadata) = refused(fulfil(&app, &order.order_id).await);
+    assert_eq!(reason, "OPERATION_IN_PROGRESS");
+    assert_eq!(metadata["operation"], "fulfil_order");
+
+    let now = get(&app, &order.order_id).await;
+    assert_eq!(now.version, requested.version, "refusals write nothing");
+    assert_eq!(now.status(), S::Confirmed);
+    assert_eq!(
+        outbox_event_types(&app.db, &order.order_id).await,
+        ["OrderCreated", "OrderConfirmed", "OrderFulfilmentRequested"]
+    );
+    let sagas = crate::helpers::sagas_of(&app.db, &order.order_id).await;
+    assert_eq!(
+        sagas.len(),
+        2,
+        "no saga started beside the fulfilment: {sagas:?}"
+    );
+    app.stop().await;
+}
+
+/// Cancel-then-fulfil: while the cancellation saga runs, fulfil, refund and a second cancel
+/// are refused as in progress; once it ends the order is CANCELLED with nothing held, and a
+/// fulfilment is an illegal transition.
+pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.saga.step_deadline_cap_ms = 10_000).await;
+    let order = confirmed(&app, "c-cancel-race").await;
+    let broken = break_fakepay(&app).await;
+    assert_eq!(
+        cancel(&app, &order.order_id).await.unwrap().status(),
+        S::Cancelling
+    );
+    for (what, result) in [
+        ("fulfil", fulfil(&app, &order.order_id).await),
+        ("refund", refund(&app, &order.order_id).await),
+        ("cancel", cancel(&app, &order.order_id).await),
+    ] {
+        let (reason, metadata) = refused(result);
+        assert_eq!(reason, "OPERATION_IN_PROGRESS", "{what}");
+        assert_eq!(
+            metadata["operation"], "cancel_order",
+            "{what}: {metadata:?}"
+        );
+    }
+    // The provider comes back: the cancellation's next retry voids the hold.
+    app.server().plugins().rollback("fakepay").unwrap();
+    drop(broken);
+    let done = wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {
+        o.status() == S::Cancelled
+    })
+    .await;
+    assert_eq!(done.payment_status(), P::Voided);
+    assert_eq!(done.reservation_status(), R::Released);
+    let (reason, _) = refused(fulfil(&app, &order.order_id).await);
+    assert_eq!(
+        reason, "ILLEGAL_STATE",
+        "after the end, the order's state decides"
+    );
+    app.stop().await;
+}
+
+/// Capture fails after the stock was committed: the fulfilment parks (announced), a cancel is
+/// refused for good (it used to void the hold and leave the stock committed: goods shipped
+/// unpaid), and the operator's `oms saga retry` finishes the fulfilment.
+pub async fn a_parked_fulfilment_refuses_cancel_and_the_operator_finishes_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let order = confirmed(&app, "c-ship-fail").await;
+    let broken = break_fakepay(&app).await;
+    fulfil(&app, &order.order_id).await.unwrap();
+    let saga_id = wait_for_saga(
+        &app,
+        &order.order_id,
+        "fulfil_order",
+        "COMPENSATION_FAILED",
+        Duration::from_secs(20),
+    )
+    .await;
+    let parked = get(&app, &order.order_id).await;
+    assert_eq!(
+        parked.status(),
+        S::Confirmed,
+        "after the pivot the order stays"
+    );
+    assert_eq!(parked.reservation_status(), R::Committed);
+    assert_eq!(parked.payment_status(), P::Authorized);
+    // Parking is announced even though the order did not change.
+    let events = outbox_payloads(&app.db, &order.order_id, "SagaParked").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["saga"]["saga_id"], saga_id.as_str());
+    assert_eq!(events[0]["saga"]["kind"], "fulfil_order");
+    assert_eq!(events[0]["saga"]["step"], "capture-payment");
+
+    let (reason, _) = refused(cancel(&app, &order.order_id).await);
+    assert_eq!(reason, "FULFILMENT_STARTED");
+    let (reason, metadata) = refused(refund(&app, &order.order_id).await);
+    assert_eq!(reason, "OPERATION_IN_PROGRESS");
+    assert_eq!(metadata["operation_status"], "COMPENSATION_FAILED");
+    assert_eq!(get(&app, &order.order_id).await.version, parked.version);
+
+    // The operator lists the queue, fixes the cause, retries with the CLI.
+    let listed = oms_cli(&app, &["saga", "list", "--parked"]).await;
+    assert!(listed.status.success(), "{listed:?}");
+    let stdout = String::from_utf8(listed.stdout).unwrap();
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(&saga_id))
+        .unwrap_or_else(|| panic!("saga {saga_id} not listed: {stdout}"));
+    let columns: Vec<&str> = row.split('\t').collect();
+    assert_eq!(
+        columns[1..5],
+        [
+            order.order_id.as_str(),
+            "fulfil_order",
+            "COMPENSATION_FAILED",
+            "capture-payment"
+        ]
+    );
+    app.server().plugins().rollback("fakepay").unwrap();
+    drop(broken);
+    let retried = oms_cli(&app, &["saga", "retry", &saga_id]).await;
+    assert!(retried.status.success(), "{retried:?}");
+    let done = wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {
+        o.status() == S::Fulfilled
+    })
+    .await;
+    assert_eq!(done.payment_status(), P::Captured);
+    assert_eq!(done.reservation_status(), R::Committed);
+    let again = oms_cli(&app, &["saga", "retry", &saga_id]).await;
+    assert!(!again.status.success(), "only a parked saga can be retried");
+    let listed = oms_cli(&app, &["saga", "list", "--parked"]).await;
+    assert_eq!(
+        String::from_utf8(listed.stdout).unwrap().lines().count(),
+        1,
+        "only the header is left"
+    );
+    // The way back after fulfilment is a refund.
+    refund(&app, &order.order_id).await.unwrap();
+    wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {
+        o.payment_status() == P::Refunded
+    })
+    .await;
+    app.stop().await;
+}
+
+/// A cancel that finds nothing held yet cancels at once; the placement saga, still retrying
+/// its first step, must then stop and end instead of going on for a cancelled order.
+pub async fn a_cancel_before_anything_is_held_stops_the_placement(backend: Backend) {
+    // The inventory adapter is missing: the placement retries `reserve` with nothing held.
+    let app = TestApp::spawn_with(backend, |c| {
+        c.plugins.inventory = "late-stock".into();
+        c.saga.step_deadline_cap_ms = 60_000;
+    })
+    .await;
+    let created = create(&app, order_with("c-early", "DEMO-1", "tok_ok")).await;
+    let cancelled = cancel(&app, &created.order_id).await.unwrap();
+    assert_eq!(cancelled.status(), S::Cancelled, "nothing held: at once");
+    // The adapter arrives: a placement that went on would now reserve stock for a cancelled
+    // order and then fail at its pivot forever.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = renamed_plugin(dir.path(), "local-stock", "late-stock", "0.1.0");
+    app.server().plugins().install(manifest).await.unwrap();
+    wait_for_saga(
+        &app,
+        &created.order_id,
+        "place_order",
+        "COMPENSATED",
+        Duration::from_secs(20),
+    )
+    .await;
+    let done = get(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::Cancelled);
+    assert_ne!(done.reservation_status(), R::Reserved, "{done:?}");
+    assert_eq!(done.payment_status(), P::Pending);
+    assert_eq!(
+        outbox_event_types(&app.db, &created.order_id).await,
+        ["OrderCreated", "OrderCancelled"]
+    );
+    app.stop().await;
+}
+
+/// An address change beside a running placement is kept: each step re-reads the order.
+pub async fn an_address_change_beside_the_placement_is_kept(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let created = create(&app, order_with("c-move", "DEMO-1", "tok_flaky")).await;
+    let mut c = app.client.clone();
+    // The placement bumps the version as it goes: re-read and retry on a conflict.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let current = get(&app, &created.order_id).await;
+        match c
+            .update_shipping_address(pb::UpdateShippingAddressRequest {
+                order_id: created.order_id.clone(),
+                shipping_address: Some(address("Lyon")),
+                expected_version: current.version,
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::Aborted => {
+                assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::Confirmed, "{done:?}");
+    assert_eq!(done.shipping_address.unwrap().city, "Lyon");
     app.stop().await;
 }

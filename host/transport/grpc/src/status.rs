@@ -136,10 +136,32 @@ pub fn to_status(error: &AppError) -> Status {
             )]);
             status(Code::Aborted, &message, Some(details))
         }
-        AppError::FailedPrecondition(_) | AppError::SagaActive => status(
+        AppError::FailedPrecondition(_) => status(
             Code::FailedPrecondition,
             &message,
             Some(error_info("ILLEGAL_STATE", HashMap::new())),
+        ),
+        // Not an illegal transition: the same request may succeed once the other operation
+        // ends, so clients must be able to tell the two apart.
+        AppError::OperationInProgress { running } => {
+            let metadata = running
+                .map(|r| {
+                    HashMap::from([
+                        ("operation".to_owned(), r.kind.as_str().to_owned()),
+                        ("operation_status".to_owned(), r.status.as_str().to_owned()),
+                    ])
+                })
+                .unwrap_or_default();
+            status(
+                Code::FailedPrecondition,
+                &message,
+                Some(error_info("OPERATION_IN_PROGRESS", metadata)),
+            )
+        }
+        AppError::FulfilmentStarted(_) => status(
+            Code::FailedPrecondition,
+            &message,
+            Some(error_info("FULFILMENT_STARTED", HashMap::new())),
         ),
         AppError::IdempotencyMismatch { .. } => status(
             Code::FailedPrecondition,

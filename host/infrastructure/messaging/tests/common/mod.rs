@@ -34,6 +34,7 @@ pub async fn database(backend: TestBackend) -> (TestDatabase, Database) {
 pub fn service(db: &Database) -> OrderService {
     OrderService::new(
         db.orders(),
+        db.sagas(),
         db.idempotency(),
         OrderChanges::default(),
         Arc::new(SystemClock),

@@ -1,0 +1,340 @@
+//! The saga engine over the real stores, with scripted gateways and a manual clock: what a
+//! step's deadline counts. Time a saga sat unclaimed behind a dead worker's lease is not
+//! spent on its step, and a call an open circuit refused is no attempt.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{new_order, place_with_saga, saga_for, ts};
+use oms_application::changes::OrderChanges;
+use oms_application::clock::Clock;
+use oms_application::ports::{
+    GatewayError, GatewayFailure, GatewayResult, InventoryGateway, PaymentGateway, PluginCall,
+    ProviderPayment, ProviderPaymentState,
+};
+use oms_application::saga::{EngineConfig, SagaEngine, SagaInstance, SagaPorts, SagaStatus};
+use oms_domain::{LineItem, Money, OrderId, OrderStatus, Timestamp};
+use oms_persistence::Database;
+
+/// The engine's lease (the default of `saga.lease_secs`).
+const LEASE: Duration = Duration::from_secs(30);
+/// When the tests begin, in Unix milliseconds.
+const T0: i64 = 1_000_000;
+
+struct ManualClock(Mutex<Timestamp>);
+
+impl ManualClock {
+    fn set(&self, at: Timestamp) {
+        *self.0.lock().unwrap() = at;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap()
+    }
+}
+
+fn plugin_call() -> PluginCall {
+    PluginCall {
+        plugin: "fake-pay".into(),
+        version: "1.0.0".into(),
+        digest: "sha256:1".into(),
+    }
+}
+
+fn transient() -> GatewayError {
+    GatewayError::Transient {
+        reason: "provider busy".into(),
+    }
+}
+
+fn circuit_open() -> GatewayError {
+    GatewayError::NotTried {
+        reason: "circuit open after repeated failures; retry later".into(),
+    }
+}
+
+/// A payment provider whose `authorize` answers come from a script (then: authorized).
+#[derive(Default)]
+struct ScriptedPayments {
+    authorize: Mutex<VecDeque<GatewayError>>,
+}
+
+impl ScriptedPayments {
+    fn then(&self, errors: impl IntoIterator<Item = GatewayError>) {
+        self.authorize.lock().unwrap().extend(errors);
+    }
+}
+
+fn unscripted<T>() -> GatewayResult<T> {
+    Err(GatewayFailure {
+        error: GatewayError::Permanent {
+            reason: "not part of this test".into(),
+        },
+        call: None,
+    })
+}
+
+#[async_trait]
+impl PaymentGateway for ScriptedPayments {
+    async fn authorize(
+        &self,
+        _provider: &str,
+        _order_id: OrderId,
+        amount: Money,
+        _token: &str,
+        _idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        let next = self.authorize.lock().unwrap().pop_front();
+        match next {
+            None => Ok((
+                ProviderPayment {
+                    payment_id: "pay-1".into(),
+                    state: ProviderPaymentState::Authorized,
+                    authorized: amount,
+                    captured: Money::zero(amount.currency()),
+                    refunded: Money::zero(amount.currency()),
+                },
+                plugin_call(),
+            )),
+            Some(error) => {
+                // A refused call never reached the plugin: no build to record.
+                let call = (!matches!(error, GatewayError::NotTried { .. })).then(plugin_call);
+                Err(GatewayFailure { error, call })
+            }
+        }
+    }
+
+    async fn capture(
+        &self,
+        _provider: &str,
+        _payment_id: &str,
+        _amount: Option<Money>,
+        _idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        unscripted()
+    }
+
+    async fn void(
+        &self,
+        _provider: &str,
+        _payment_id: &str,
+        _idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        unscripted()
+    }
+
+    async fn refund(
+        &self,
+        _provider: &str,
+        _payment_id: &str,
+        _amount: Option<Money>,
+        _idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        unscripted()
+    }
+
+    async fn find_by_authorize_key(
+        &self,
+        _provider: &str,
+        _idempotency_key: &str,
+    ) -> GatewayResult<Option<ProviderPayment>> {
+        Ok((None, plugin_call()))
+    }
+}
+
+/// Inventory that always has stock.
+struct Stock;
+
+#[async_trait]
+impl InventoryGateway for Stock {
+    async fn reserve(
+        &self,
+        _order_id: OrderId,
+        _lines: &[LineItem],
+        _idempotency_key: &str,
+    ) -> GatewayResult<String> {
+        Ok(("res-1".into(), plugin_call()))
+    }
+
+    async fn release(&self, _reservation_id: &str, _idempotency_key: &str) -> GatewayResult<()> {
+        Ok(((), plugin_call()))
+    }
+
+    async fn commit(&self, _reservation_id: &str, _idempotency_key: &str) -> GatewayResult<()> {
+        Ok(((), plugin_call()))
+    }
+}
+
+/// One worker's engine on `db`, a placed order and its saga, all at [`T0`].
+struct Rig {
+    db: Database,
+    clock: Arc<ManualClock>,
+    payments: Arc<ScriptedPayments>,
+    engine: SagaEngine,
+    order: OrderId,
+    saga: SagaInstance,
+}
+
+impl Rig {
+    async fn new(db: Database) -> Self {
+        let clock = Arc::new(ManualClock(Mutex::new(ts(T0))));
+        let payments = Arc::new(ScriptedPayments::default());
+        let engine = SagaEngine::new(
+            SagaPorts {
+                orders: db.orders(),
+                sagas: db.sagas(),
+                payments: payments.clone(),
+                inventory: Arc::new(Stock),
+            },
+            clock.clone(),
+            OrderChanges::default(),
+            EngineConfig {
+                worker: "worker-1".into(),
+                lease: LEASE,
+                // The tables' own deadlines: 30 s per placement step.
+                deadline_cap: None,
+            },
+            // Retry delays at the bottom of their jitter range, for exact times.
+            Arc::new(|| 0.0),
+        );
+        let (order, event) = new_order("cust-1", ts(T0));
+        let saga = saga_for(&order, T0);
+        place_with_saga(&db, &order, &event, &saga).await.unwrap();
+        Self {
+            db,
+            clock,
+            payments,
+            engine,
+            order: order.id(),
+            saga,
+        }
+    }
+
+    /// Runs the due sagas at `at`.
+    async fn run_at(&self, at: Timestamp) {
+        self.clock.set(at);
+        self.engine.run_due(10).await.unwrap();
+    }
+
+    async fn saga(&self) -> SagaInstance {
+        self.db.sagas().get(self.saga.id).await.unwrap().unwrap()
+    }
+
+    async fn order_status(&self) -> OrderStatus {
+        self.db
+            .orders()
+            .get(self.order)
+            .await
+            .unwrap()
+            .unwrap()
+            .status()
+    }
+
+    /// Runs the saga each time it is due (never late) until `until` or until it stops
+    /// retrying `authorize-payment`.
+    async fn retry_on_time_until(&self, until: i64) {
+        loop {
+            let saga = self.saga().await;
+            if saga.status != SagaStatus::Running || saga.step != 1 {
+                return;
+            }
+            if saga.next_attempt_at.unix_millis() > until {
+                return;
+            }
+            self.run_at(saga.next_attempt_at).await;
+        }
+    }
+}
+
+/// A worker took the saga, failed `authorize` once, claimed the retry and died holding the
+/// lease; the saga was picked up again only when the lease lapsed, after its step's deadline.
+/// The 30 s spent waiting are not the step's: it retries and confirms.
+async fn a_saga_resumed_after_its_lease_lapsed_keeps_its_deadline(db: Database) {
+    let rig = Rig::new(db).await;
+    rig.payments.then([transient(), transient()]);
+    rig.run_at(ts(T0)).await;
+    let waiting = rig.saga().await;
+    assert_eq!(waiting.step, 1, "reserved, waiting to retry authorize");
+    assert_eq!(waiting.step_deadline, Some(ts(T0 + 30_000)));
+
+    // The dying worker's claim: its lease runs out 30 s later.
+    let due = waiting.next_attempt_at;
+    let claimed = rig
+        .db
+        .sagas()
+        .claim_due("dead-worker", due, ts(due.unix_millis() + 30_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let resumed_at = due.unix_millis() + 30_000 + 1_000;
+    assert!(resumed_at > T0 + 30_000, "past the deadline as first set");
+    rig.run_at(ts(resumed_at)).await;
+    let after = rig.saga().await;
+    assert_eq!(after.status, SagaStatus::Running, "{after:?}");
+    assert_eq!(
+        after.step_deadline,
+        Some(ts(T0 + 30_000 + (resumed_at - due.unix_millis()))),
+        "the deadline moved by the time the saga sat unclaimed"
+    );
+    rig.retry_on_time_until(i64::MAX).await;
+    assert_eq!(rig.order_status().await, OrderStatus::Confirmed);
+    assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
+}
+on_both!(
+    resumed_after_a_lapsed_lease,
+    a_saga_resumed_after_its_lease_lapsed_keeps_its_deadline
+);
+
+/// An open circuit (tripped by other orders) refuses every call past the step's deadline: a
+/// refusal is no attempt, so the saga waits for a real one, which confirms it.
+async fn a_circuit_open_refusal_never_fails_a_step(db: Database) {
+    let rig = Rig::new(db).await;
+    rig.payments
+        .then(std::iter::repeat_with(circuit_open).take(40));
+    rig.run_at(ts(T0)).await;
+    rig.retry_on_time_until(T0 + 40_000).await;
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::Running, "{saga:?}");
+    assert!(
+        saga.step_deadline.unwrap() < rig.clock.now(),
+        "past its deadline"
+    );
+    assert_eq!(rig.order_status().await, OrderStatus::Pending);
+    // The circuit closes: the next, real attempt authorizes.
+    rig.payments.authorize.lock().unwrap().clear();
+    rig.retry_on_time_until(i64::MAX).await;
+    assert_eq!(rig.order_status().await, OrderStatus::Confirmed);
+}
+on_both!(
+    circuit_open_refusals,
+    a_circuit_open_refusal_never_fails_a_step
+);
+
+/// The bound: a step that really tried and failed still fails at its deadline, whether the
+/// last answer was a real failure or a refusal.
+async fn a_step_that_really_tried_fails_at_its_deadline(db: Database) {
+    let rig = Rig::new(db).await;
+    rig.payments
+        .then(std::iter::once(transient()).chain(std::iter::repeat_with(circuit_open).take(40)));
+    rig.run_at(ts(T0)).await;
+    rig.retry_on_time_until(T0 + 60_000).await;
+    assert_eq!(rig.order_status().await, OrderStatus::PaymentFailed);
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert!(
+        rig.clock.now() >= ts(T0 + 30_000),
+        "not before the deadline"
+    );
+}
+on_both!(
+    real_failures_still_end,
+    a_step_that_really_tried_fails_at_its_deadline
+);
