@@ -85,6 +85,9 @@ pub enum FailureCode {
     PluginNotInstalled,
     /// The plugin broke its contract (an answer the host cannot use, the wrong kind).
     PluginContractViolation,
+    /// A compensation found something it must not undo blindly (committed stock, a payment
+    /// whose outcome is unresolved): the saga parks for an operator.
+    CannotUndo,
     /// The saga's own records are inconsistent: a bug, never the caller's doing.
     Internal,
 }
@@ -103,6 +106,7 @@ impl FailureCode {
             Self::PluginUnavailable => "PLUGIN_UNAVAILABLE",
             Self::PluginNotInstalled => "PLUGIN_NOT_INSTALLED",
             Self::PluginContractViolation => "PLUGIN_CONTRACT_VIOLATION",
+            Self::CannotUndo => "CANNOT_UNDO",
             Self::Internal => "INTERNAL",
         }
     }

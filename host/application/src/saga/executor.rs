@@ -87,7 +87,7 @@ fn local(change: Change) -> Effect {
 fn refused(reason: &str) -> GatewayFailure {
     GatewayFailure {
         error: GatewayError::Permanent {
-            reason: reason.to_owned(),
+            reason: FailureReason::new(FailureCode::CannotUndo, reason),
         },
         call: None,
     }

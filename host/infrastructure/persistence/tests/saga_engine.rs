@@ -15,8 +15,8 @@ use common::{new_order, place_with_saga, saga_for, ts};
 use oms_application::changes::OrderChanges;
 use oms_application::clock::Clock;
 use oms_application::ports::{
-    GatewayError, GatewayFailure, GatewayResult, InventoryGateway, PaymentGateway, PluginCall,
-    ProviderPayment, ProviderPaymentState,
+    FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
+    PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
 };
 use oms_application::saga::{EngineConfig, SagaEngine, SagaInstance, SagaPorts, SagaStatus};
 use oms_domain::{LineItem, Money, OrderId, OrderStatus, Timestamp};
@@ -51,13 +51,16 @@ fn plugin_call() -> PluginCall {
 
 fn transient() -> GatewayError {
     GatewayError::Transient {
-        reason: "provider busy".into(),
+        reason: FailureReason::new(FailureCode::ProviderUnavailable, "provider busy"),
     }
 }
 
 fn circuit_open() -> GatewayError {
     GatewayError::NotTried {
-        reason: "circuit open after repeated failures; retry later".into(),
+        reason: FailureReason::new(
+            FailureCode::PluginUnavailable,
+            "circuit open after repeated failures; retry later",
+        ),
     }
 }
 
@@ -76,7 +79,7 @@ impl ScriptedPayments {
 fn unscripted<T>() -> GatewayResult<T> {
     Err(GatewayFailure {
         error: GatewayError::Permanent {
-            reason: "not part of this test".into(),
+            reason: FailureReason::new(FailureCode::Internal, "not part of this test"),
         },
         call: None,
     })

@@ -10,9 +10,9 @@ use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, LogCapture, TestApp, address, break_fakepay, built_plugins, create, error_info,
-    money, oms_cli, order_with, outbox_event_id, outbox_event_types, outbox_payloads,
-    plugins_with_testing, renamed_plugin, settle, wait_for_saga, wait_until,
+    Backend, LogCapture, TestApp, address, break_fakepay, create, error_info, money, oms_cli,
+    order_with, outbox_event_id, outbox_event_types, outbox_payloads, plugins_with_testing,
+    renamed_plugin, settle, wait_for_saga, wait_until,
 };
 
 pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
@@ -456,6 +456,8 @@ pub async fn confirmation_emails_stay_out_of_the_logs(backend: Backend) {
     for personal in [email.as_str(), name.as_str(), &format!("{tag} Secret Lane")] {
         assert!(!text.contains(personal), "{personal:?} is in the log");
     }
+    app.stop().await;
+}
 
 /// A confirmed order (tok_ok), settled.
 async fn confirmed(app: &TestApp, customer: &str) -> pb::Order {
