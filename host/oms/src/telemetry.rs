@@ -5,9 +5,9 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber, writing to stderr, once; later calls (tests) are no-ops.
+/// Installs the global subscriber, writing to stdout, once; later calls (tests) are no-ops.
 pub fn init(config: &LogConfig) {
-    init_with_writer(config, std::io::stderr);
+    init_with_writer(config, std::io::stdout);
 }
 
 /// [`init`] with another destination for the lines (a file, a pipe, a buffer).

@@ -105,8 +105,15 @@ impl OrderService {
             // Saga rules before the order's own: while another operation runs the order's
             // state is about to change, so its answer would not be the final one.
             let sagas = OrderSagas(self.sagas.for_order(id).await?);
-            let start = admit(&order, &sagas)?;
-            let (event, data) = change(&mut order)?;
+            let admitted = admit(&order, &sagas);
+            let changed = change(&mut order);
+            // A request that no state of the order could accept (a zero refund) is the
+            // caller's to fix, whatever runs: say so first rather than "retry later".
+            if let Err(e @ DomainError::InvalidArgument { .. }) = changed {
+                return Err(e.into());
+            }
+            let start = admitted?;
+            let (event, data) = changed?;
             let now = self.clock.now();
             let saga = match start {
                 SagaStart::None => None,
