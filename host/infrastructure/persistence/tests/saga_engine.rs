@@ -18,8 +18,12 @@ use oms_application::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
     PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
 };
-use oms_application::saga::{EngineConfig, SagaEngine, SagaInstance, SagaPorts, SagaStatus};
-use oms_domain::{LineItem, Money, OrderId, OrderStatus, Timestamp};
+use oms_application::saga::{
+    EngineConfig, SagaEngine, SagaInstance, SagaKind, SagaPorts, SagaStatus,
+};
+use oms_domain::{
+    LineItem, Money, OrderId, OrderStatus, PaymentStatus, ReservationStatus, Timestamp,
+};
 use oms_persistence::Database;
 
 /// The engine's lease (the default of `saga.lease_secs`).
@@ -128,10 +132,20 @@ impl PaymentGateway for ScriptedPayments {
     async fn void(
         &self,
         _provider: &str,
-        _payment_id: &str,
+        payment_id: &str,
         _idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        unscripted()
+        let eur = Money::zero(oms_domain::Currency::parse("EUR").unwrap());
+        Ok((
+            ProviderPayment {
+                payment_id: payment_id.into(),
+                state: ProviderPaymentState::Voided,
+                authorized: eur,
+                captured: eur,
+                refunded: eur,
+            },
+            plugin_call(),
+        ))
     }
 
     async fn refund(
@@ -188,6 +202,13 @@ struct Rig {
 
 impl Rig {
     async fn new(db: Database) -> Self {
+        let (order, event) = new_order("cust-1", ts(T0));
+        let saga = saga_for(&order, T0);
+        place_with_saga(&db, &order, &event, &saga).await.unwrap();
+        Self::with(db, order.id(), saga)
+    }
+
+    fn with(db: Database, order: OrderId, saga: SagaInstance) -> Self {
         let clock = Arc::new(ManualClock(Mutex::new(ts(T0))));
         let payments = Arc::new(ScriptedPayments::default());
         let engine = SagaEngine::new(
@@ -208,15 +229,12 @@ impl Rig {
             // Retry delays at the bottom of their jitter range, for exact times.
             Arc::new(|| 0.0),
         );
-        let (order, event) = new_order("cust-1", ts(T0));
-        let saga = saga_for(&order, T0);
-        place_with_saga(&db, &order, &event, &saga).await.unwrap();
         Self {
             db,
             clock,
             payments,
             engine,
-            order: order.id(),
+            order,
             saga,
         }
     }
@@ -340,4 +358,44 @@ async fn a_step_that_really_tried_fails_at_its_deadline(db: Database) {
 on_both!(
     real_failures_still_end,
     a_step_that_really_tried_fails_at_its_deadline
+);
+
+/// A cancellation that finds the stock already committed (a state the API no longer lets a
+/// cancel reach, but one stored before that rule or left by a race) must not void the hold
+/// and then "release" nothing: it parks with the money untouched, and says so.
+async fn a_cancellation_never_skips_a_committed_reservation(db: Database) {
+    let (order, event) = new_order("cust-1", ts(T0));
+    let now = ts(T0);
+    let mut confirmed = order.clone();
+    confirmed.record_reservation(now).unwrap();
+    confirmed.record_authorization(now).unwrap();
+    confirmed.confirm(now).unwrap();
+    confirmed.record_commit(now).unwrap();
+    let mut parts = confirmed.parts().clone();
+    parts.status = OrderStatus::Cancelling;
+    let cancelling = oms_domain::Order::rehydrate(parts);
+    let mut saga = SagaInstance::start(SagaKind::CancelOrder, order.id(), now);
+    saga.data.reservation_id = Some("res-1".into());
+    saga.data.payment_id = Some("pay-1".into());
+    place_with_saga(&db, &cancelling, &event, &saga)
+        .await
+        .unwrap();
+    let rig = Rig::with(db, order.id(), saga);
+    rig.run_at(now).await;
+
+    let parked = rig.saga().await;
+    assert_eq!(parked.status, SagaStatus::CompensationFailed, "{parked:?}");
+    assert_eq!(parked.current_step(), Some("undo-payment"));
+    let stored = rig.db.orders().get(rig.order).await.unwrap().unwrap();
+    assert_eq!(stored.status(), OrderStatus::CompensationFailed);
+    assert_eq!(
+        stored.payment_status(),
+        PaymentStatus::Authorized,
+        "not voided"
+    );
+    assert_eq!(stored.reservation_status(), ReservationStatus::Committed);
+}
+on_both!(
+    committed_stock_parks_a_cancellation,
+    a_cancellation_never_skips_a_committed_reservation
 );
