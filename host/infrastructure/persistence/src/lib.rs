@@ -6,15 +6,19 @@
 //! stores. Other infrastructure (outbox relay, saga engine, plugin key-value store) reaches the
 //! same pools through [`Database::pools`].
 //!
-//! Both implementations share the row mapping (`mapping`) and the idempotency decision rules
-//! (`idempotency_rules`); each has one function that classifies its driver's errors into
-//! [`StoreError`] (`postgres::classify`, `sqlite::classify`).
+//! Each store is written once (`orders.rs`, `idempotency.rs`, `sagas.rs`), generic over the
+//! small `sql::Dialect` trait that holds what the two databases do differently
+//! (`sql/postgres.rs`, `sql/sqlite.rs`), including the one function per driver that classifies
+//! its errors into [`StoreError`]. The row mapping (`mapping`) and the idempotency decision
+//! rules (`idempotency_rules`) are shared.
 
 mod errors;
+mod idempotency;
 mod idempotency_rules;
 mod mapping;
-mod postgres;
-mod sqlite;
+mod orders;
+mod sagas;
+mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -22,9 +26,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oms_application::ports::{IdempotencyStore, OrderStore, SagaStore};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{PgPool, Sqlite};
 
 pub use errors::PersistenceError;
+
+use crate::idempotency::SqlIdempotencyStore;
+use crate::orders::SqlOrderStore;
+use crate::sagas::SqlSagaStore;
+use crate::sql::postgres::{self, PostgresDialect};
+use crate::sql::sqlite::{self, SqliteDialect};
+use crate::sql::{Dialect, Sql};
 
 #[cfg(doc)]
 use oms_application::ports::StoreError;
@@ -53,16 +64,10 @@ impl Default for DatabaseOptions {
 }
 
 /// The SQLite pools. SQLite admits one writer at a time; funnelling every write transaction
-/// through a single connection makes writers queue fairly in the pool instead of spinning in
-/// SQLite's busy handler, while WAL mode lets the readers run alongside.
-#[derive(Debug, Clone)]
-pub struct SqlitePools {
-    /// For reads (many connections).
-    pub reader: SqlitePool,
-    /// For every write transaction (one connection); begin them with `BEGIN IMMEDIATE` so a
-    /// transaction never has to upgrade a read lock, which can fail with SQLITE_BUSY at once.
-    pub writer: SqlitePool,
-}
+/// through a single connection (`writer`, one connection, transactions begun with
+/// `BEGIN IMMEDIATE`) makes writers queue fairly in the pool instead of spinning in SQLite's
+/// busy handler, while WAL mode lets the `reader` connections run alongside.
+pub type SqlitePools = sql::Pools<Sqlite>;
 
 /// The open pools, for infrastructure beyond the two stores.
 #[derive(Debug, Clone)]
@@ -89,6 +94,17 @@ impl std::fmt::Debug for Database {
 }
 
 impl Database {
+    /// Every store, written once, over `D`'s pools.
+    fn with_stores<D: Dialect>(pools: sql::Pools<D::DB>, raw: Pools) -> Self {
+        let sql = Sql::<D>::new(pools);
+        Self {
+            pools: raw,
+            orders: Arc::new(SqlOrderStore::new(sql.clone())),
+            idempotency: Arc::new(SqlIdempotencyStore::new(sql.clone())),
+            sagas: Arc::new(SqlSagaStore::new(sql)),
+        }
+    }
+
     pub fn orders(&self) -> Arc<dyn OrderStore> {
         Arc::clone(&self.orders)
     }
@@ -143,23 +159,15 @@ impl Database {
 /// database). Fails on an unknown scheme, an unreachable server or a failed migration.
 pub async fn connect(url: &str, options: &DatabaseOptions) -> Result<Database, PersistenceError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let pool = postgres::open(url, options).await?;
+        let pools = postgres::open(url, options).await?;
         tracing::info!(database = %redact(url), "PostgreSQL connected and migrated");
-        Ok(Database {
-            orders: Arc::new(postgres::PgOrderStore::new(pool.clone())),
-            idempotency: Arc::new(postgres::PgIdempotencyStore::new(pool.clone())),
-            sagas: Arc::new(postgres::PgSagaStore::new(pool.clone())),
-            pools: Pools::Postgres(pool),
-        })
+        let raw = Pools::Postgres(pools.writer.clone());
+        Ok(Database::with_stores::<PostgresDialect>(pools, raw))
     } else if url.starts_with("sqlite:") {
         let pools = sqlite::open(url, options).await?;
         tracing::info!(database = %redact(url), "SQLite opened and migrated");
-        Ok(Database {
-            orders: Arc::new(sqlite::SqliteOrderStore::new(pools.clone())),
-            idempotency: Arc::new(sqlite::SqliteIdempotencyStore::new(pools.writer.clone())),
-            sagas: Arc::new(sqlite::SqliteSagaStore::new(pools.clone())),
-            pools: Pools::Sqlite(pools),
-        })
+        let raw = Pools::Sqlite(pools.clone());
+        Ok(Database::with_stores::<SqliteDialect>(pools, raw))
     } else {
         Err(PersistenceError::UnsupportedUrl(redact(url)))
     }
