@@ -1,7 +1,8 @@
-//! Outbox messages: the events a write records for later publication.
+//! Outbox messages: the events a write records for later publication, and the one document
+//! type (`OutboxPayload`) that the writer stores and the relay reads back.
 
 use oms_domain::{Order, OrderEvent, OrderEventKind, OrderId, Timestamp};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::snapshot::{MoneyDoc, OrderSnapshot};
@@ -15,21 +16,25 @@ pub struct OutboxMessage {
     pub aggregate_id: OrderId,
     pub event_type: &'static str,
     pub schema_version: u32,
-    /// The event document (JSON): envelope fields plus the order snapshot after the change.
-    pub payload: serde_json::Value,
+    /// The event document: envelope fields plus the order snapshot after the change.
+    pub payload: OutboxPayload,
     pub occurred_at: Timestamp,
 }
 
-#[derive(Serialize)]
-struct Payload<'a> {
-    event_id: String,
-    event_type: &'a str,
-    schema_version: u32,
-    order_id: String,
-    occurred_at_ms: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    amount: Option<MoneyDoc>,
-    order: OrderSnapshot,
+/// The event document stored in `outbox.payload` (JSON). The relay turns it into the
+/// published `oms.events.v1.OrderEvent`; a stored document that does not read back as this
+/// type breaks the contract and is dead-lettered rather than published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxPayload {
+    pub event_id: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub order_id: String,
+    pub occurred_at_ms: i64,
+    /// The amount of a refund event; absent for every other event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<MoneyDoc>,
+    pub order: OrderSnapshot,
 }
 
 impl OutboxMessage {
@@ -45,22 +50,20 @@ impl OutboxMessage {
             }
             _ => None,
         };
-        let payload = Payload {
-            event_id: event_id.to_string(),
-            event_type: event.kind.event_type(),
-            schema_version: event.kind.schema_version(),
-            order_id: order.id().to_string(),
-            occurred_at_ms: event.occurred_at.unix_millis(),
-            amount,
-            order: OrderSnapshot::from(order),
-        };
         Self {
             event_id,
             aggregate_id: order.id(),
             event_type: event.kind.event_type(),
             schema_version: event.kind.schema_version(),
-            // Serialising plain strings and integers cannot fail.
-            payload: serde_json::to_value(&payload).unwrap_or(serde_json::Value::Null),
+            payload: OutboxPayload {
+                event_id: event_id.to_string(),
+                event_type: event.kind.event_type().to_owned(),
+                schema_version: event.kind.schema_version(),
+                order_id: order.id().to_string(),
+                occurred_at_ms: event.occurred_at.unix_millis(),
+                amount,
+                order: OrderSnapshot::from(order),
+            },
             occurred_at: event.occurred_at,
         }
     }

@@ -292,6 +292,7 @@ fn spawn_messaging(
     let messaging = host::start(
         settings,
         db.pools(),
+        db.outbox(),
         service.changes(),
         formatters,
         shutdown.clone(),

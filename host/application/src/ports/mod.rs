@@ -1,9 +1,10 @@
-//! Ports: what the application needs from infrastructure. One trait per store, implemented
-//! per database in `oms-persistence`.
+//! Ports: what the application needs from infrastructure. One trait per table (or group of
+//! tables written together), implemented once for both databases in `oms-persistence`.
 
 mod gateways;
 mod idempotency;
 mod orders;
+mod outbox;
 mod sagas;
 
 pub use gateways::{
@@ -12,6 +13,7 @@ pub use gateways::{
 };
 pub use idempotency::{BeginOutcome, IdempotencyStore};
 pub use orders::{OrderQuery, OrderStore, OrderWrite};
+pub use outbox::{Backlog, DeadLetter, OutboxRow, OutboxStore};
 pub use sagas::{Fence, SagaCommit, SagaStore, StepDirection, StepRecord, StepState};
 
 use oms_domain::Version;

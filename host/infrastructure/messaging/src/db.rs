@@ -1,5 +1,5 @@
-//! The database handle shared by the relay and the consumers, and the clock they stamp rows
-//! with (Unix milliseconds, like every timestamp in the schema).
+//! The database handle of the consumers, and the clock they stamp rows with (Unix
+//! milliseconds, like every timestamp in the schema).
 
 use oms_persistence::{Pools, SqlitePools};
 use sqlx::PgPool;

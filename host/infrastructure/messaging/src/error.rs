@@ -1,5 +1,7 @@
 //! Errors of this crate, one enum per concern.
 
+use oms_application::ports::StoreError;
+
 /// A broker operation failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BrokerError {
@@ -32,6 +34,8 @@ pub enum EventError {
 pub enum MessagingError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use oms_application::changes::OrderChanges;
+use oms_application::ports::OutboxStore;
 use oms_persistence::Pools;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -56,6 +57,7 @@ pub struct Messaging {
 pub fn start(
     settings: MessagingSettings,
     pools: &Pools,
+    outbox: Arc<dyn OutboxStore>,
     changes: &OrderChanges,
     formatters: Vec<Arc<dyn Formatter>>,
     shutdown: watch::Receiver<bool>,
@@ -66,7 +68,7 @@ pub fn start(
     };
     let publisher = broker.publisher()?;
     let relay = Relay::new(
-        pools,
+        outbox,
         publisher.clone(),
         settings.topics.clone(),
         settings.relay,

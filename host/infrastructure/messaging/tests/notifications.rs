@@ -67,7 +67,7 @@ async fn redeliveries_notify_once_and_poison_goes_to_the_dlq(backend: TestBacken
     let broker = InProcessBroker::default();
     let topics = Topics::default();
     let relay = Relay::new(
-        db.pools(),
+        db.outbox(),
         broker.publisher_arc(),
         topics.clone(),
         RelayConfig::default(),

@@ -6,7 +6,7 @@
 //! stores. Other infrastructure (outbox relay, saga engine, plugin key-value store) reaches the
 //! same pools through [`Database::pools`].
 //!
-//! Each store is written once (`orders.rs`, `idempotency.rs`, `sagas.rs`), generic over the
+//! Each store is written once (`orders.rs`, `idempotency.rs`, `sagas.rs`, `outbox.rs`), generic over the
 //! small `sql::Dialect` trait that holds what the two databases do differently
 //! (`sql/postgres.rs`, `sql/sqlite.rs`), including the one function per driver that classifies
 //! its errors into [`StoreError`]. The row mapping (`mapping`) and the idempotency decision
@@ -17,6 +17,7 @@ mod idempotency;
 mod idempotency_rules;
 mod mapping;
 mod orders;
+mod outbox;
 mod sagas;
 mod sql;
 #[cfg(feature = "testing")]
@@ -25,13 +26,15 @@ pub mod testing;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oms_application::ports::{IdempotencyStore, OrderStore, SagaStore};
+use oms_application::ports::{IdempotencyStore, OrderStore, OutboxStore, SagaStore};
 use sqlx::{PgPool, Sqlite};
 
 pub use errors::PersistenceError;
+pub use outbox::NOTIFY_CHANNEL;
 
 use crate::idempotency::SqlIdempotencyStore;
 use crate::orders::SqlOrderStore;
+use crate::outbox::SqlOutboxStore;
 use crate::sagas::SqlSagaStore;
 use crate::sql::postgres::{self, PostgresDialect};
 use crate::sql::sqlite::{self, SqliteDialect};
@@ -83,6 +86,7 @@ pub struct Database {
     orders: Arc<dyn OrderStore>,
     idempotency: Arc<dyn IdempotencyStore>,
     sagas: Arc<dyn SagaStore>,
+    outbox: Arc<dyn OutboxStore>,
 }
 
 impl std::fmt::Debug for Database {
@@ -101,7 +105,8 @@ impl Database {
             pools: raw,
             orders: Arc::new(SqlOrderStore::new(sql.clone())),
             idempotency: Arc::new(SqlIdempotencyStore::new(sql.clone())),
-            sagas: Arc::new(SqlSagaStore::new(sql)),
+            sagas: Arc::new(SqlSagaStore::new(sql.clone())),
+            outbox: Arc::new(SqlOutboxStore::new(sql)),
         }
     }
 
@@ -116,6 +121,11 @@ impl Database {
     /// Saga instances and their steps; safe to share between host processes on PostgreSQL.
     pub fn sagas(&self) -> Arc<dyn SagaStore> {
         Arc::clone(&self.sagas)
+    }
+
+    /// The outbox as the relay uses it (the order store writes its rows).
+    pub fn outbox(&self) -> Arc<dyn OutboxStore> {
+        Arc::clone(&self.outbox)
     }
 
     pub fn pools(&self) -> &Pools {

@@ -25,6 +25,7 @@ pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use oms_application::ports::StoreError;
 use serde::Serialize;
@@ -35,6 +36,7 @@ use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, SqlSafeStr,
     Transaction, Type,
 };
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 /// `T` can be bound as a query parameter: a nameable form of `T: Encode<'t, DB> + Type<DB>`.
@@ -264,6 +266,14 @@ pub(crate) trait Dialect: Send + Sync + 'static {
         conn: &mut ConnOf<Self>,
         rows: Rows<'_>,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// Wakes `wake` on every notification on `channel` (sent by a trigger when another
+    /// process commits) until `shutdown`; returns at once where there are none.
+    fn watch_notifications(
+        pools: &Pools<Self::DB>,
+        channel: &'static str,
+        wake: Arc<Notify>,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send;
 
     /// A query in this dialect's driver.
     fn query(sql: impl SqlSafeStr) -> Q<'static, Self> {
@@ -357,5 +367,19 @@ impl<D: Dialect> Sql<D> {
                 Ok(rows)
             }
         }
+    }
+}
+
+/// Reads a JSON column leniently: a stored text that is not JSON (SQLite stores JSON as
+/// text, so tampering can put anything there) comes back as a JSON string instead of failing
+/// the whole read.
+pub(crate) fn lenient_json<R>(row: &R, column: &str) -> Result<serde_json::Value, sqlx::Error>
+where
+    R: Row,
+    R::Database: SqlDb,
+{
+    match row.col::<Json<serde_json::Value>>(column) {
+        Ok(Json(value)) => Ok(value),
+        Err(_) => row.col::<String>(column).map(serde_json::Value::String),
     }
 }

@@ -2,10 +2,14 @@
 //! inserts and lists, advisory locks for keys, and LISTEN/NOTIFY for commit wake-ups.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
 use oms_application::ports::StoreError;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres};
+use tokio::sync::{Notify, watch};
+use tracing::warn;
 use uuid::Uuid;
 
 use super::{Column, Concurrency, Dialect, Pools, Q, Rows, SqlDb, UniqueIndex};
@@ -170,6 +174,40 @@ impl Dialect for PostgresDialect {
         }
         query.execute(conn).await?;
         Ok(())
+    }
+
+    /// LISTEN on `channel`, reconnecting after errors. Polling covers any gap, so a lost
+    /// notification only costs latency.
+    async fn watch_notifications(
+        pools: &Pools<Postgres>,
+        channel: &'static str,
+        wake: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let mut listener = match PgListener::connect_with(&pools.reader).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, "LISTEN connection failed; relying on polling");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            if let Err(e) = listener.listen(channel).await {
+                warn!(error = %e, "LISTEN failed; relying on polling");
+            }
+            loop {
+                tokio::select! {
+                    n = listener.recv() => match n {
+                        Ok(_) => wake.notify_one(),
+                        Err(e) => { warn!(error = %e, "LISTEN connection lost"); break; }
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use oms_application::ports::StoreError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Executor, Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
@@ -209,6 +210,16 @@ impl Dialect for SqliteDialect {
             query.execute(&mut *conn).await?;
         }
         Ok(())
+    }
+
+    /// Nothing to listen to: SQLite has no notifications. One process writes at a time and
+    /// wakes its relay in-process; other processes' rows are found by polling.
+    async fn watch_notifications(
+        _: &Pools<Sqlite>,
+        _: &'static str,
+        _: Arc<Notify>,
+        _: watch::Receiver<bool>,
+    ) {
     }
 }
 
