@@ -289,10 +289,13 @@ fn spawn_messaging(
             )) as Arc<dyn notifications::Formatter>
         })
         .collect();
+    let stores = host::MessagingStores {
+        outbox: db.outbox(),
+        processed_events: db.processed_events(),
+    };
     let messaging = host::start(
         settings,
-        db.pools(),
-        db.outbox(),
+        stores,
         service.changes(),
         formatters,
         shutdown.clone(),

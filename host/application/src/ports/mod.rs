@@ -5,6 +5,7 @@ mod gateways;
 mod idempotency;
 mod orders;
 mod outbox;
+mod processed_events;
 mod sagas;
 
 pub use gateways::{
@@ -14,6 +15,7 @@ pub use gateways::{
 pub use idempotency::{BeginOutcome, IdempotencyStore};
 pub use orders::{OrderQuery, OrderStore, OrderWrite};
 pub use outbox::{Backlog, DeadLetter, OutboxRow, OutboxStore};
+pub use processed_events::ProcessedEventStore;
 pub use sagas::{Fence, SagaCommit, SagaStore, StepDirection, StepRecord, StepState};
 
 use oms_domain::Version;

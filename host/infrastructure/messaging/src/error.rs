@@ -33,8 +33,6 @@ pub enum EventError {
 #[derive(Debug, thiserror::Error)]
 pub enum MessagingError {
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),

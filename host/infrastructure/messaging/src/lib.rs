@@ -15,7 +15,6 @@
 //! Guarantees and failure behaviour are described in `docs/outbox.md`.
 
 pub mod broker;
-mod db;
 pub mod error;
 pub mod event;
 pub mod host;

@@ -382,7 +382,7 @@ async fn notification_consumer_on_kafka_dedups_and_dead_letters() {
         ..NotificationConfig::default()
     };
     let service = NotificationService::new(
-        db.pools(),
+        db.processed_events(),
         config.clone(),
         vec![Arc::new(Crashy(ids[0].to_string()))],
         vec![Arc::new(FileSink::new(Some(out.clone()))) as Arc<dyn Channel>],

@@ -6,7 +6,8 @@
 //! stores. Other infrastructure (outbox relay, saga engine, plugin key-value store) reaches the
 //! same pools through [`Database::pools`].
 //!
-//! Each store is written once (`orders.rs`, `idempotency.rs`, `sagas.rs`, `outbox.rs`), generic over the
+//! Each store is written once (`orders.rs`, `idempotency.rs`, `sagas.rs`, `outbox.rs`,
+//! `processed_events.rs`), generic over the
 //! small `sql::Dialect` trait that holds what the two databases do differently
 //! (`sql/postgres.rs`, `sql/sqlite.rs`), including the one function per driver that classifies
 //! its errors into [`StoreError`]. The row mapping (`mapping`) and the idempotency decision
@@ -18,6 +19,7 @@ mod idempotency_rules;
 mod mapping;
 mod orders;
 mod outbox;
+mod processed_events;
 mod sagas;
 mod sql;
 #[cfg(feature = "testing")]
@@ -26,7 +28,9 @@ pub mod testing;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oms_application::ports::{IdempotencyStore, OrderStore, OutboxStore, SagaStore};
+use oms_application::ports::{
+    IdempotencyStore, OrderStore, OutboxStore, ProcessedEventStore, SagaStore,
+};
 use sqlx::{PgPool, Sqlite};
 
 pub use errors::PersistenceError;
@@ -35,6 +39,7 @@ pub use outbox::NOTIFY_CHANNEL;
 use crate::idempotency::SqlIdempotencyStore;
 use crate::orders::SqlOrderStore;
 use crate::outbox::SqlOutboxStore;
+use crate::processed_events::SqlProcessedEventStore;
 use crate::sagas::SqlSagaStore;
 use crate::sql::postgres::{self, PostgresDialect};
 use crate::sql::sqlite::{self, SqliteDialect};
@@ -87,6 +92,7 @@ pub struct Database {
     idempotency: Arc<dyn IdempotencyStore>,
     sagas: Arc<dyn SagaStore>,
     outbox: Arc<dyn OutboxStore>,
+    processed_events: Arc<dyn ProcessedEventStore>,
 }
 
 impl std::fmt::Debug for Database {
@@ -106,7 +112,8 @@ impl Database {
             orders: Arc::new(SqlOrderStore::new(sql.clone())),
             idempotency: Arc::new(SqlIdempotencyStore::new(sql.clone())),
             sagas: Arc::new(SqlSagaStore::new(sql.clone())),
-            outbox: Arc::new(SqlOutboxStore::new(sql)),
+            outbox: Arc::new(SqlOutboxStore::new(sql.clone())),
+            processed_events: Arc::new(SqlProcessedEventStore::new(sql)),
         }
     }
 
@@ -126,6 +133,11 @@ impl Database {
     /// The outbox as the relay uses it (the order store writes its rows).
     pub fn outbox(&self) -> Arc<dyn OutboxStore> {
         Arc::clone(&self.outbox)
+    }
+
+    /// Consumers' record of handled events.
+    pub fn processed_events(&self) -> Arc<dyn ProcessedEventStore> {
+        Arc::clone(&self.processed_events)
     }
 
     pub fn pools(&self) -> &Pools {
