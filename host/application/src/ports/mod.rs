@@ -5,6 +5,7 @@ mod gateways;
 mod idempotency;
 mod orders;
 mod outbox;
+mod plugin_kv;
 mod processed_events;
 mod sagas;
 
@@ -15,6 +16,7 @@ pub use gateways::{
 pub use idempotency::{BeginOutcome, IdempotencyStore};
 pub use orders::{OrderQuery, OrderStore, OrderWrite};
 pub use outbox::{Backlog, DeadLetter, OutboxRow, OutboxStore};
+pub use plugin_kv::PluginKvStore;
 pub use processed_events::ProcessedEventStore;
 pub use sagas::{Fence, SagaCommit, SagaStore, StepDirection, StepRecord, StepState};
 

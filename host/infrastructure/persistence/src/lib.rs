@@ -7,7 +7,7 @@
 //! same pools through [`Database::pools`].
 //!
 //! Each store is written once (`orders.rs`, `idempotency.rs`, `sagas.rs`, `outbox.rs`,
-//! `processed_events.rs`), generic over the
+//! `processed_events.rs`, `plugin_kv.rs`), generic over the
 //! small `sql::Dialect` trait that holds what the two databases do differently
 //! (`sql/postgres.rs`, `sql/sqlite.rs`), including the one function per driver that classifies
 //! its errors into [`StoreError`]. The row mapping (`mapping`) and the idempotency decision
@@ -19,6 +19,7 @@ mod idempotency_rules;
 mod mapping;
 mod orders;
 mod outbox;
+mod plugin_kv;
 mod processed_events;
 mod sagas;
 mod sql;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oms_application::ports::{
-    IdempotencyStore, OrderStore, OutboxStore, ProcessedEventStore, SagaStore,
+    IdempotencyStore, OrderStore, OutboxStore, PluginKvStore, ProcessedEventStore, SagaStore,
 };
 use sqlx::{PgPool, Sqlite};
 
@@ -39,6 +40,7 @@ pub use outbox::NOTIFY_CHANNEL;
 use crate::idempotency::SqlIdempotencyStore;
 use crate::orders::SqlOrderStore;
 use crate::outbox::SqlOutboxStore;
+use crate::plugin_kv::SqlPluginKvStore;
 use crate::processed_events::SqlProcessedEventStore;
 use crate::sagas::SqlSagaStore;
 use crate::sql::postgres::{self, PostgresDialect};
@@ -93,6 +95,7 @@ pub struct Database {
     sagas: Arc<dyn SagaStore>,
     outbox: Arc<dyn OutboxStore>,
     processed_events: Arc<dyn ProcessedEventStore>,
+    plugin_kv: Arc<dyn PluginKvStore>,
 }
 
 impl std::fmt::Debug for Database {
@@ -113,7 +116,8 @@ impl Database {
             idempotency: Arc::new(SqlIdempotencyStore::new(sql.clone())),
             sagas: Arc::new(SqlSagaStore::new(sql.clone())),
             outbox: Arc::new(SqlOutboxStore::new(sql.clone())),
-            processed_events: Arc::new(SqlProcessedEventStore::new(sql)),
+            processed_events: Arc::new(SqlProcessedEventStore::new(sql.clone())),
+            plugin_kv: Arc::new(SqlPluginKvStore::new(sql)),
         }
     }
 
@@ -138,6 +142,11 @@ impl Database {
     /// Consumers' record of handled events.
     pub fn processed_events(&self) -> Arc<dyn ProcessedEventStore> {
         Arc::clone(&self.processed_events)
+    }
+
+    /// The plugins' durable key-value state.
+    pub fn plugin_kv(&self) -> Arc<dyn PluginKvStore> {
+        Arc::clone(&self.plugin_kv)
     }
 
     pub fn pools(&self) -> &Pools {

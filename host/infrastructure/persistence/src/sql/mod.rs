@@ -196,6 +196,7 @@ pub(crate) enum Column {
     /// Ids, stored as the dialect stores ids.
     Id(Vec<Uuid>),
     Json(Vec<Json<Box<RawValue>>>),
+    Bytes(Vec<Vec<u8>>),
 }
 
 impl Column {
@@ -206,6 +207,7 @@ impl Column {
             Self::Text(v) => v.len(),
             Self::Id(v) => v.len(),
             Self::Json(v) => v.len(),
+            Self::Bytes(v) => v.len(),
         }
     }
 }
@@ -239,6 +241,8 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     type Id: Send;
 
     const CONCURRENCY: Concurrency;
+    /// The current time as `plugin_kv.updated_at` stores it.
+    const NOW: &'static str;
 
     fn id(uuid: Uuid) -> Self::Id;
     fn uuid(id: Self::Id) -> Uuid;
@@ -254,6 +258,9 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// Classifies a driver error: what may succeed on retry is `Unavailable`, anything else
     /// is a bug (`Corrupt`).
     fn classify(e: sqlx::Error) -> StoreError;
+    /// The transaction lost a race with another one (deadlock, serialization failure) and
+    /// may simply be run again.
+    fn lost_race(e: &sqlx::Error) -> bool;
     /// The error is a violation of `index`.
     fn violates(e: &sqlx::Error, index: &UniqueIndex) -> bool;
 
@@ -265,6 +272,13 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn insert_rows(
         conn: &mut ConnOf<Self>,
         rows: Rows<'_>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// Locks `names` within `namespace` until the transaction on `conn` ends, whether rows of
+    /// those names exist or not (a counter's first increment, a record that must be absent).
+    fn lock_names(
+        conn: &mut ConnOf<Self>,
+        namespace: &str,
+        names: &[String],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     /// Wakes `wake` on every notification on `channel` (sent by a trigger when another
     /// process commits) until `shutdown`; returns at once where there are none.

@@ -85,6 +85,7 @@ fn array_type(column: &Column) -> &'static str {
         Column::Text(_) => "text[]",
         Column::Id(_) => "uuid[]",
         Column::Json(_) => "jsonb[]",
+        Column::Bytes(_) => "bytea[]",
     }
 }
 
@@ -95,6 +96,7 @@ fn bind_array<'q>(query: Q<'q, PostgresDialect>, values: Column) -> Q<'q, Postgr
         Column::Text(v) => query.bind(v),
         Column::Id(v) => query.bind(v),
         Column::Json(v) => query.bind(v),
+        Column::Bytes(v) => query.bind(v),
     }
 }
 
@@ -103,6 +105,7 @@ impl Dialect for PostgresDialect {
     type Id = Uuid;
 
     const CONCURRENCY: Concurrency = Concurrency::RowLocks;
+    const NOW: &'static str = "now()";
 
     fn id(uuid: Uuid) -> Uuid {
         uuid
@@ -132,6 +135,10 @@ impl Dialect for PostgresDialect {
             Some(code) if retryable_sqlstate(&code) => StoreError::Unavailable(e.to_string()),
             _ => unexpected(&e),
         }
+    }
+
+    fn lost_race(e: &sqlx::Error) -> bool {
+        matches!(sqlstate(e).as_deref(), Some("40001" | "40P01"))
     }
 
     fn violates(e: &sqlx::Error, index: &UniqueIndex) -> bool {
@@ -173,6 +180,26 @@ impl Dialect for PostgresDialect {
             query = bind_array(query, values);
         }
         query.execute(conn).await?;
+        Ok(())
+    }
+
+    /// Transaction-scoped advisory locks, one per name, taken in a fixed (sorted) order so
+    /// that two transactions over overlapping names cannot deadlock. Unlike `SELECT ... FOR
+    /// UPDATE` they also lock names that have no row yet.
+    async fn lock_names(
+        conn: &mut PgConnection,
+        namespace: &str,
+        names: &[String],
+    ) -> Result<(), sqlx::Error> {
+        Self::query(
+            "SELECT pg_advisory_xact_lock(h) FROM ( \
+               SELECT DISTINCT hashtextextended($1 || chr(1) || k, 7) AS h \
+               FROM UNNEST($2::text[]) AS k ORDER BY h) AS ids",
+        )
+        .bind(namespace)
+        .bind(names)
+        .execute(conn)
+        .await?;
         Ok(())
     }
 
@@ -256,11 +283,13 @@ mod tests {
             .execute(&mut b)
             .await
             .unwrap_err();
+        assert!(PostgresDialect::lost_race(&err));
         assert!(matches!(classify(err), StoreError::Unavailable(_)));
         let bad = sqlx::query("SELECT nope FROM t")
             .execute(&mut a)
             .await
             .unwrap_err();
+        assert!(!PostgresDialect::lost_race(&bad));
         assert!(matches!(classify(bad), StoreError::Corrupt(_)));
         drop((a, b));
         test_db.cleanup().await.unwrap();

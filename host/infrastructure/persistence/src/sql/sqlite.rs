@@ -113,6 +113,7 @@ fn bind_one<'q>(query: Q<'q, SqliteDialect>, values: &Column, row: usize) -> Q<'
         Column::Text(v) => query.bind(v[row].as_str()),
         Column::Id(v) => query.bind(v[row].hyphenated()),
         Column::Json(v) => query.bind(&v[row]),
+        Column::Bytes(v) => query.bind(v[row].as_slice()),
     }
 }
 
@@ -121,6 +122,7 @@ impl Dialect for SqliteDialect {
     type Id = Hyphenated;
 
     const CONCURRENCY: Concurrency = Concurrency::SingleWriter;
+    const NOW: &'static str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
     fn id(uuid: Uuid) -> Hyphenated {
         uuid.hyphenated()
@@ -160,6 +162,12 @@ impl Dialect for SqliteDialect {
         }
     }
 
+    /// Never: write transactions hold the database's write lock from their first statement,
+    /// so they cannot deadlock or lose a serialization race.
+    fn lost_race(_: &sqlx::Error) -> bool {
+        false
+    }
+
     /// SQLite names the violated unique index by its columns, not its name.
     fn violates(e: &sqlx::Error, index: &UniqueIndex) -> bool {
         e.as_database_error().is_some_and(|db| {
@@ -182,6 +190,7 @@ impl Dialect for SqliteDialect {
             Column::Text(v) => query.bind(Json(v)),
             Column::Id(v) => query.bind(Json(v)),
             Column::Json(v) => query.bind(Json(v)),
+            Column::Bytes(v) => query.bind(Json(v)),
         }
     }
 
@@ -209,6 +218,16 @@ impl Dialect for SqliteDialect {
             }
             query.execute(&mut *conn).await?;
         }
+        Ok(())
+    }
+
+    /// Nothing to do: write transactions begin with `BEGIN IMMEDIATE`, which already holds
+    /// the whole database's write lock.
+    async fn lock_names(
+        _: &mut SqliteConnection,
+        _: &str,
+        _: &[String],
+    ) -> Result<(), sqlx::Error> {
         Ok(())
     }
 
