@@ -174,6 +174,15 @@ impl Concurrency {
             Self::SingleWriter => "",
         }
     }
+
+    /// How many saga workers of one process can make progress at once; `None` for no limit.
+    /// On a single writer, a second worker's claims would only queue behind the first's.
+    pub(crate) fn max_saga_workers(self) -> Option<u32> {
+        match self {
+            Self::RowLocks => None,
+            Self::SingleWriter => Some(1),
+        }
+    }
 }
 
 /// A unique index a write may hit, as each database reports a violation of it.
@@ -312,6 +321,13 @@ impl<DB: Database> Clone for Pools<DB> {
             reader: self.reader.clone(),
             writer: self.writer.clone(),
         }
+    }
+}
+
+impl<DB: Database> Pools<DB> {
+    pub(crate) async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
     }
 }
 
