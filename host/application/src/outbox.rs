@@ -1,4 +1,5 @@
-//! Outbox messages: the events a write records for later publication.
+//! Outbox messages: the events a write records for later publication, and the one document
+//! type (`OutboxPayload`) that the writer stores and the relay reads back.
 
 use oms_domain::{Order, OrderEvent, OrderEventKind, OrderId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -16,8 +17,8 @@ pub struct OutboxMessage {
     pub aggregate_id: OrderId,
     pub event_type: &'static str,
     pub schema_version: u32,
-    /// The event document (JSON): envelope fields plus the order snapshot after the change.
-    pub payload: serde_json::Value,
+    /// The event document: envelope fields plus the order snapshot after the change.
+    pub payload: OutboxPayload,
     pub occurred_at: Timestamp,
 }
 
@@ -26,21 +27,26 @@ pub struct OutboxMessage {
 /// hear of it.
 pub const SAGA_PARKED: &str = "SagaParked";
 
-#[derive(Serialize)]
-struct Payload<'a> {
-    event_id: String,
-    event_type: &'a str,
-    schema_version: u32,
-    order_id: String,
-    occurred_at_ms: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    amount: Option<MoneyDoc>,
+/// The event document stored in `outbox.payload` (JSON). The relay turns it into the
+/// published `oms.events.v1.OrderEvent`; a stored document that does not read back as this
+/// type breaks the contract and is dead-lettered rather than published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxPayload {
+    pub event_id: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub order_id: String,
+    pub occurred_at_ms: i64,
+    /// The amount of a refund event; absent for every other event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<MoneyDoc>,
     /// `OrderRefundRequested` with a reason: the caller's reason.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    saga: Option<SagaDoc>,
-    order: OrderSnapshot,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `SagaParked`: the saga that stopped for an operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<SagaDoc>,
+    pub order: OrderSnapshot,
 }
 
 /// The saga an event is about, in a document (`SagaParked`).
@@ -53,6 +59,14 @@ pub struct SagaDoc {
     pub step: String,
     /// Why it stopped.
     pub reason: String,
+}
+
+/// What an event adds to the envelope and the order snapshot.
+#[derive(Default)]
+struct Extras {
+    amount: Option<MoneyDoc>,
+    reason: Option<String>,
+    saga: Option<SagaDoc>,
 }
 
 impl OutboxMessage {
@@ -68,7 +82,7 @@ impl OutboxMessage {
         };
         let reason = match &event.kind {
             OrderEventKind::RefundRequested { reason, .. } if !reason.is_empty() => {
-                Some(reason.as_str())
+                Some(reason.as_str().to_owned())
             }
             _ => None,
         };
@@ -77,9 +91,11 @@ impl OutboxMessage {
             event.kind.event_type(),
             event.kind.schema_version(),
             event.occurred_at,
-            amount,
-            reason,
-            None,
+            Extras {
+                amount,
+                reason,
+                saga: None,
+            },
         )
     }
 
@@ -97,7 +113,16 @@ impl OutboxMessage {
             step: step.to_owned(),
             reason: reason.to_owned(),
         };
-        Self::build(order, SAGA_PARKED, 1, now, None, None, Some(doc))
+        Self::build(
+            order,
+            SAGA_PARKED,
+            1,
+            now,
+            Extras {
+                saga: Some(doc),
+                ..Extras::default()
+            },
+        )
     }
 
     fn build(
@@ -105,29 +130,25 @@ impl OutboxMessage {
         event_type: &'static str,
         schema_version: u32,
         occurred_at: Timestamp,
-        amount: Option<MoneyDoc>,
-        reason: Option<&str>,
-        saga: Option<SagaDoc>,
+        extras: Extras,
     ) -> Self {
         let event_id = Uuid::now_v7();
-        let payload = Payload {
-            event_id: event_id.to_string(),
-            event_type,
-            schema_version,
-            order_id: order.id().to_string(),
-            occurred_at_ms: occurred_at.unix_millis(),
-            amount,
-            reason,
-            saga,
-            order: OrderSnapshot::from(order),
-        };
         Self {
             event_id,
             aggregate_id: order.id(),
             event_type,
             schema_version,
-            // Serialising plain strings and integers cannot fail.
-            payload: serde_json::to_value(&payload).unwrap_or(serde_json::Value::Null),
+            payload: OutboxPayload {
+                event_id: event_id.to_string(),
+                event_type: event_type.to_owned(),
+                schema_version,
+                order_id: order.id().to_string(),
+                occurred_at_ms: occurred_at.unix_millis(),
+                amount: extras.amount,
+                reason: extras.reason,
+                saga: extras.saga,
+                order: OrderSnapshot::from(order),
+            },
             occurred_at,
         }
     }

@@ -1,13 +1,11 @@
 //! Starts the plugin runtime for `serve`: the engine with its on-disk artifact cache, the
 //! `kv` capability backed by the host database, and the watched plugins directory.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use oms_persistence::{Database, Pools};
+use oms_persistence::Database;
 use oms_plugin_runtime::engine::EngineOptions;
-use oms_plugin_runtime::kv::{KvStore, PgKvStore, SqliteKvStore};
 use oms_plugin_runtime::{DirWatcher, PluginRuntime, RuntimeOptions, WatchHandle};
 use tracing::warn;
 
@@ -22,10 +20,6 @@ pub struct Plugins {
 /// Builds the runtime and installs every plugin in the directory. Refused plugins are logged
 /// with their reason and do not stop the host: one bad plugin never takes it down.
 pub async fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plugins> {
-    let kv: Arc<dyn KvStore> = match db.pools() {
-        Pools::Postgres(pool) => Arc::new(PgKvStore::new(pool.clone())),
-        Pools::Sqlite(pools) => Arc::new(SqliteKvStore::new(pools.writer.clone())),
-    };
     std::fs::create_dir_all(&config.cache_dir)
         .with_context(|| format!("creating plugin cache dir {}", config.cache_dir.display()))?;
     let options = RuntimeOptions {
@@ -35,7 +29,8 @@ pub async fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plug
         },
         ..RuntimeOptions::default()
     };
-    let runtime = PluginRuntime::new(options, Some(kv)).context("starting the plugin runtime")?;
+    let runtime =
+        PluginRuntime::new(options, Some(db.plugin_kv())).context("starting the plugin runtime")?;
     let mut watcher = DirWatcher::new(runtime.clone(), &config.dir);
     if !config.dir.is_dir() {
         warn!(dir = %config.dir.display(), "plugins directory missing; build it with scripts/build-plugins");

@@ -246,12 +246,11 @@ fn spawn_saga_workers(
     tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
 ) {
     let process = uuid::Uuid::now_v7().simple().to_string();
-    // SQLite admits one writer at a time: one worker keeps its claims from queueing behind
-    // each other. PostgreSQL workers share the work through SKIP LOCKED claims.
-    let workers = match db.pools() {
-        oms_persistence::Pools::Sqlite(_) => config.saga.workers.min(1),
-        oms_persistence::Pools::Postgres(_) => config.saga.workers,
-    };
+    // The database says how many workers can make progress at once (one on SQLite's single
+    // writer); more would only queue their claims behind each other.
+    let workers = db
+        .max_saga_workers()
+        .map_or(config.saga.workers, |max| config.saga.workers.min(max));
     let ports = SagaPorts {
         orders: db.orders(),
         sagas: db.sagas(),
@@ -345,9 +344,13 @@ fn spawn_messaging(
             )) as Arc<dyn notifications::Formatter>
         })
         .collect();
+    let stores = host::MessagingStores {
+        outbox: db.outbox(),
+        processed_events: db.processed_events(),
+    };
     let messaging = host::start(
         settings,
-        db.pools(),
+        stores,
         service.changes(),
         formatters,
         shutdown.clone(),

@@ -1,9 +1,12 @@
-//! Ports: what the application needs from infrastructure. One trait per store, implemented
-//! per database in `oms-persistence`.
+//! Ports: what the application needs from infrastructure. One trait per table (or group of
+//! tables written together), implemented once for both databases in `oms-persistence`.
 
 mod gateways;
 mod idempotency;
 mod orders;
+mod outbox;
+mod plugin_kv;
+mod processed_events;
 mod sagas;
 
 pub use gateways::{
@@ -12,6 +15,9 @@ pub use gateways::{
 };
 pub use idempotency::{BeginOutcome, IdempotencyStore};
 pub use orders::{OrderQuery, OrderStore, OrderWrite};
+pub use outbox::{Backlog, DeadLetter, OutboxRow, OutboxStore};
+pub use plugin_kv::PluginKvStore;
+pub use processed_events::ProcessedEventStore;
 pub use sagas::{Fence, SagaCommit, SagaStore, StepDirection, StepRecord, StepState};
 
 use oms_domain::Version;

@@ -65,7 +65,7 @@ fn sample_payload() -> serde_json::Value {
         OrderId::generate(),
         Timestamp::from_unix_millis(now_ms()),
     );
-    OutboxMessage::for_event(&order, &event).payload
+    serde_json::to_value(OutboxMessage::for_event(&order, &event).payload).unwrap()
 }
 
 /// Inserts `n` rows for `orders` orders (round robin) in one transaction per `chunk`.
@@ -249,7 +249,7 @@ async fn main() {
         batch_size: batch,
         ..RelayConfig::default()
     };
-    let relay = Relay::new(db.pools(), publisher.clone(), topics.clone(), config);
+    let relay = Relay::new(db.outbox(), publisher.clone(), topics.clone(), config);
     let t = Instant::now();
     let mut rounds = 0;
     while unpublished(&pool).await > 0 {

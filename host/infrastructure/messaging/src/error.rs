@@ -1,5 +1,7 @@
 //! Errors of this crate, one enum per concern.
 
+use oms_application::ports::StoreError;
+
 /// A broker operation failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BrokerError {
@@ -31,7 +33,7 @@ pub enum EventError {
 #[derive(Debug, thiserror::Error)]
 pub enum MessagingError {
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]

@@ -1,8 +1,8 @@
 //! The event contract on the wire: `oms.events.v1.OrderEvent` as protobuf bytes, keyed by
 //! order id, with CloudEvents-style headers (see `proto/oms/events/v1/events.proto`).
 
-use oms_application::outbox::SagaDoc;
-use oms_application::snapshot::{MoneyDoc, OrderSnapshot};
+use oms_application::outbox::OutboxPayload;
+use oms_application::snapshot::MoneyDoc;
 use prost::Message as _;
 use serde::Deserialize;
 
@@ -44,25 +44,11 @@ pub const SOURCE: &str = "oms";
 /// `content-type` of event messages.
 pub const CONTENT_TYPE: &str = "application/protobuf";
 
-/// The outbox payload document as `oms-application` writes it.
-#[derive(Deserialize)]
-struct PayloadDoc {
-    event_id: String,
-    event_type: String,
-    schema_version: u32,
-    order_id: String,
-    occurred_at_ms: i64,
-    #[serde(default)]
-    amount: Option<MoneyDoc>,
-    #[serde(default)]
-    reason: Option<String>,
-    saga: Option<SagaDoc>,
-    order: OrderSnapshot,
-}
-
-/// Encodes an outbox row's JSON payload as the protobuf `OrderEvent`.
+/// Encodes an outbox row's JSON payload (an [`OutboxPayload`], unless it was tampered with)
+/// as the protobuf `OrderEvent`.
 pub fn encode_payload(payload: &serde_json::Value) -> Result<Vec<u8>, EventError> {
-    let doc = PayloadDoc::deserialize(payload).map_err(|e| EventError::Payload(e.to_string()))?;
+    let doc =
+        OutboxPayload::deserialize(payload).map_err(|e| EventError::Payload(e.to_string()))?;
     Ok(to_proto(doc).encode_to_vec())
 }
 
@@ -84,7 +70,7 @@ fn money(m: MoneyDoc) -> pb::Money {
     }
 }
 
-fn to_proto(doc: PayloadDoc) -> pb::OrderEvent {
+fn to_proto(doc: OutboxPayload) -> pb::OrderEvent {
     let o = doc.order;
     let a = o.shipping_address;
     pb::OrderEvent {

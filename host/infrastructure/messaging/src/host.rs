@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use oms_application::changes::OrderChanges;
-use oms_persistence::Pools;
+use oms_application::ports::{OutboxStore, ProcessedEventStore};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -54,10 +54,17 @@ pub struct Messaging {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
+/// The stores messaging works on.
+#[derive(Clone)]
+pub struct MessagingStores {
+    pub outbox: Arc<dyn OutboxStore>,
+    pub processed_events: Arc<dyn ProcessedEventStore>,
+}
+
 /// Starts the relay and (when configured) the notification consumer with `formatters`.
 pub fn start(
     settings: MessagingSettings,
-    pools: &Pools,
+    stores: MessagingStores,
     changes: &OrderChanges,
     formatters: Vec<Arc<dyn Formatter>>,
     shutdown: watch::Receiver<bool>,
@@ -68,7 +75,7 @@ pub fn start(
     };
     let publisher = broker.publisher()?;
     let relay = Relay::new(
-        pools,
+        stores.outbox,
         publisher.clone(),
         settings.topics.clone(),
         settings.relay,
@@ -92,7 +99,13 @@ pub fn start(
             dead_letter_topic: settings.topics.notification_dead_letters.clone(),
             ..NotificationConfig::default()
         };
-        let service = NotificationService::new(pools, config, formatters, channels, publisher);
+        let service = NotificationService::new(
+            stores.processed_events,
+            config,
+            formatters,
+            channels,
+            publisher,
+        );
         tasks.push(tokio::spawn(service.run(consumer, shutdown)));
     }
     info!(broker = ?kind(&settings.broker), "messaging started");

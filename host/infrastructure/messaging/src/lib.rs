@@ -6,7 +6,8 @@
 //! - [`broker`]: [`broker::Publisher`] / [`broker::Consumer`], implemented by the embedded
 //!   [`broker::InProcessBroker`] (the default `serve`) and by Kafka ([`broker::KafkaBroker`]).
 //! - [`relay`]: the worker that claims unpublished outbox rows, publishes them keyed by order
-//!   id, retries with backoff, dead-letters, redrives and prunes.
+//!   id, retries with backoff, dead-letters, redrives and prunes (through the application's
+//!   `OutboxStore` port; this crate runs no SQL).
 //! - [`notifications`]: a consumer that deduplicates by event id, formats and delivers through
 //!   channels, and sends poison events to its dead-letter topic.
 //! - [`host`]: what `oms serve` starts from its configuration.
@@ -14,7 +15,6 @@
 //! Guarantees and failure behaviour are described in `docs/outbox.md`.
 
 pub mod broker;
-mod db;
 pub mod error;
 pub mod event;
 pub mod host;

@@ -58,7 +58,7 @@ async fn ten_thousand_events_arrive_complete_and_in_order(backend: TestBackend) 
     assert_eq!(unpublished(&db).await, 10_000);
 
     let relay = Relay::new(
-        db.pools(),
+        db.outbox(),
         kafka(&brokers).publisher().unwrap(),
         topics.clone(),
         config(),
@@ -117,7 +117,7 @@ async fn broker_outage_keeps_writes_and_drains_after_restart(backend: TestBacken
     let (test_db, db) = database(backend).await;
     let svc = service(&db);
     let relay = Relay::new(
-        db.pools(),
+        db.outbox(),
         kafka(&addr).publisher().unwrap(),
         topics.clone(),
         config(),
@@ -237,7 +237,7 @@ async fn poison_row_dead_letters_to_kafka_and_redrive_delivers_once(backend: Tes
     let svc = service(&db);
     let flaky = FlakyPublisher::new(kafka(&brokers).publisher().unwrap());
     let publisher: Arc<dyn Publisher> = flaky.clone();
-    let relay = Relay::new(db.pools(), publisher, topics.clone(), config());
+    let relay = Relay::new(db.outbox(), publisher, topics.clone(), config());
     let order = order_with_events(&svc, "cust-poison", 2).await;
     let first = relay_first_event_id(&db).await;
     flaky.fail(&first, u32::MAX);
@@ -329,7 +329,12 @@ async fn notification_consumer_on_kafka_dedups_and_dead_letters() {
     let (test_db, db) = database(TestBackend::Postgres).await;
     let svc = service(&db);
     let k = kafka(&brokers);
-    let relay = Relay::new(db.pools(), k.publisher().unwrap(), topics.clone(), config());
+    let relay = Relay::new(
+        db.outbox(),
+        k.publisher().unwrap(),
+        topics.clone(),
+        config(),
+    );
     let ids = write_orders(&svc, 6, 1, 3).await; // 12 events
     while relay.run_once().await.unwrap().claimed > 0 {}
     // Duplicate every event on the topic, as a relay crash after publishing would.
@@ -377,7 +382,7 @@ async fn notification_consumer_on_kafka_dedups_and_dead_letters() {
         ..NotificationConfig::default()
     };
     let service = NotificationService::new(
-        db.pools(),
+        db.processed_events(),
         config.clone(),
         vec![Arc::new(Crashy(ids[0].to_string()))],
         vec![Arc::new(FileSink::new(Some(out.clone()))) as Arc<dyn Channel>],

@@ -67,7 +67,7 @@ async fn redeliveries_notify_once_and_poison_goes_to_the_dlq(backend: TestBacken
     let broker = InProcessBroker::default();
     let topics = Topics::default();
     let relay = Relay::new(
-        db.pools(),
+        db.outbox(),
         broker.publisher_arc(),
         topics.clone(),
         RelayConfig::default(),
@@ -93,7 +93,7 @@ async fn redeliveries_notify_once_and_poison_goes_to_the_dlq(backend: TestBacken
         ..NotificationConfig::default()
     };
     let service = NotificationService::new(
-        db.pools(),
+        db.processed_events(),
         config.clone(),
         vec![formatter.clone()],
         vec![Arc::new(FileSink::new(Some(out.clone()))) as Arc<dyn Channel>],
@@ -180,7 +180,7 @@ async fn undecodable_messages_are_poison() {
     let broker = InProcessBroker::default();
     let topics = Topics::default();
     let service = NotificationService::new(
-        db.pools(),
+        db.processed_events(),
         NotificationConfig::default(),
         vec![],
         vec![],

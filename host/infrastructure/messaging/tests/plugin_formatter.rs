@@ -170,7 +170,7 @@ async fn an_instantiation_failure_is_retried_not_dead_lettered(backend: TestBack
     let broker = InProcessBroker::default();
     let topics = Topics::default();
     let relay = Relay::new(
-        db.pools(),
+        db.outbox(),
         broker.publisher_arc(),
         topics.clone(),
         RelayConfig::default(),
@@ -188,7 +188,7 @@ async fn an_instantiation_failure_is_retried_not_dead_lettered(backend: TestBack
         ..NotificationConfig::default()
     };
     let notifications = NotificationService::new(
-        db.pools(),
+        db.processed_events(),
         config.clone(),
         vec![formatter.clone() as Arc<dyn Formatter>],
         vec![],

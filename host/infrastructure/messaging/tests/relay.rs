@@ -43,7 +43,7 @@ async fn every_change_is_relayed_once_in_order(backend: TestBackend) {
     let broker = InProcessBroker::default();
     let topics = Topics::default();
     let relay = Relay::new(
-        db.pools(),
+        db.outbox(),
         broker.publisher_arc(),
         topics.clone(),
         fast_config(),
@@ -110,7 +110,7 @@ async fn poison_row_blocks_its_order_then_dead_letters_and_redrives(backend: Tes
     let flaky = FlakyPublisher::new(broker.publisher_arc());
     let topics = Topics::default();
     let publisher: Arc<dyn Publisher> = flaky.clone();
-    let relay = Relay::new(db.pools(), publisher, topics.clone(), fast_config());
+    let relay = Relay::new(db.outbox(), publisher, topics.clone(), fast_config());
 
     let order = svc.create_order(new_order("cust-p"), None).await.unwrap();
     let other = svc.create_order(new_order("cust-q"), None).await.unwrap();
@@ -219,7 +219,7 @@ async fn the_worker_wakes_on_commit_and_prunes(backend: TestBackend) {
         housekeeping_interval: Duration::from_secs(3600),
         ..fast_config()
     };
-    let relay = Relay::new(db.pools(), broker.publisher_arc(), topics.clone(), config);
+    let relay = Relay::new(db.outbox(), broker.publisher_arc(), topics.clone(), config);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(relay.clone().run(stop_rx));
     // Two rounds, each started by a commit's wake-up: polling alone would take an hour.
@@ -277,7 +277,7 @@ async fn postgres_notify_wakes_the_relay() {
         poll_interval: Duration::from_secs(3600),
         ..fast_config()
     };
-    let relay = Relay::new(db.pools(), broker.publisher_arc(), topics.clone(), config);
+    let relay = Relay::new(db.outbox(), broker.publisher_arc(), topics.clone(), config);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(relay.clone().run(stop_rx));
     eventually(Duration::from_secs(10), "listener connected", || async {

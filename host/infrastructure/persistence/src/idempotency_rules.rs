@@ -1,8 +1,10 @@
-//! What `begin` does with a key that already has a record: the same rules on both databases,
-//! so only the atomic primitives (insert-if-absent, compare-and-set) are per driver.
+//! What `begin` does with a key that already has a record: the decision, kept apart from the
+//! statements (insert-if-absent, compare-and-set) in `idempotency.rs` so it is unit-tested
+//! without a database.
 
 use oms_application::idempotency::{Fingerprint, StoredOutcome};
 use oms_application::ports::{BeginOutcome, StoreError};
+use serde::Deserialize;
 use uuid::Uuid;
 
 pub(crate) const IN_PROGRESS: &str = "in_progress";
@@ -15,7 +17,7 @@ pub(crate) struct KeyRecord {
     pub state: String,
     pub lease_token: Option<Uuid>,
     pub locked_until: Option<i64>,
-    pub outcome: Option<String>,
+    pub outcome: Option<serde_json::Value>,
     pub expires_at: i64,
 }
 
@@ -46,10 +48,10 @@ pub(crate) fn judge(
     }
     match record.state.as_str() {
         COMPLETED => {
-            let json = record.outcome.as_deref().ok_or_else(|| {
+            let json = record.outcome.as_ref().ok_or_else(|| {
                 StoreError::Corrupt("completed idempotency record without outcome".into())
             })?;
-            let outcome = StoredOutcome::from_json(json).map_err(|e| {
+            let outcome = StoredOutcome::deserialize(json).map_err(|e| {
                 StoreError::Corrupt(format!("stored idempotency outcome unreadable: {e}"))
             })?;
             Ok(Verdict::Answer(BeginOutcome::Replay(outcome)))

@@ -1,33 +1,54 @@
-//! PostgreSQL (production) and SQLite (the embedded default) implementations of the
-//! application's ports: [`OrderStore`], [`IdempotencyStore`] and [`SagaStore`].
+//! The application's ports on PostgreSQL (production) and SQLite (the embedded default):
+//! [`OrderStore`], [`IdempotencyStore`], [`SagaStore`], [`OutboxStore`],
+//! [`ProcessedEventStore`] and [`PluginKvStore`], one owner per table.
 //!
 //! [`connect`] picks the database by URL scheme, opens the pools, runs the embedded migrations
-//! (`migrations/postgres` or `migrations/sqlite`) and hands back a [`Database`] holding the
-//! stores. Other infrastructure (outbox relay, saga engine, plugin key-value store) reaches the
-//! same pools through [`Database::pools`].
+//! (`migrations/postgres` or `migrations/sqlite`) and hands back a [`Database`] holding every
+//! store. Nothing outside this crate touches the pools or SQL.
 //!
-//! Both implementations share the row mapping (`mapping`) and the idempotency decision rules
-//! (`idempotency_rules`); each has one function that classifies its driver's errors into
-//! [`StoreError`] (`postgres::classify`, `sqlite::classify`).
+//! Each store is written once (`orders.rs`, `idempotency.rs`, `sagas.rs`, `outbox.rs`,
+//! `processed_events.rs`, `plugin_kv.rs`), generic over the small `sql::Dialect` trait that
+//! holds what the two databases do differently (`sql/postgres.rs`, `sql/sqlite.rs`), including
+//! the one function per driver that classifies its errors into [`StoreError`]. The row mapping
+//! (`mapping`) and the idempotency decision rules (`idempotency_rules`) are shared.
 
 mod errors;
+mod idempotency;
 mod idempotency_rules;
 mod mapping;
-mod postgres;
-mod sqlite;
+mod orders;
+mod outbox;
+mod plugin_kv;
+mod processed_events;
+mod sagas;
+mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use oms_application::ports::{IdempotencyStore, OrderStore, SagaStore};
-use sqlx::{PgPool, SqlitePool};
+use oms_application::ports::{
+    IdempotencyStore, OrderStore, OutboxStore, PluginKvStore, ProcessedEventStore, SagaStore,
+};
+use sqlx::{PgPool, Postgres, Sqlite};
 
 pub use errors::PersistenceError;
+pub use outbox::NOTIFY_CHANNEL;
+pub use sql::Pools;
 
 #[cfg(doc)]
 use oms_application::ports::StoreError;
+
+use crate::idempotency::SqlIdempotencyStore;
+use crate::orders::SqlOrderStore;
+use crate::outbox::SqlOutboxStore;
+use crate::plugin_kv::SqlPluginKvStore;
+use crate::processed_events::SqlProcessedEventStore;
+use crate::sagas::SqlSagaStore;
+use crate::sql::postgres::{self, PostgresDialect};
+use crate::sql::sqlite::{self, SqliteDialect};
+use crate::sql::{Concurrency, Dialect, Sql};
 
 /// Pool sizes and timeouts. The defaults suit one host process on a small machine.
 #[derive(Debug, Clone)]
@@ -53,42 +74,55 @@ impl Default for DatabaseOptions {
 }
 
 /// The SQLite pools. SQLite admits one writer at a time; funnelling every write transaction
-/// through a single connection makes writers queue fairly in the pool instead of spinning in
-/// SQLite's busy handler, while WAL mode lets the readers run alongside.
-#[derive(Debug, Clone)]
-pub struct SqlitePools {
-    /// For reads (many connections).
-    pub reader: SqlitePool,
-    /// For every write transaction (one connection); begin them with `BEGIN IMMEDIATE` so a
-    /// transaction never has to upgrade a read lock, which can fail with SQLITE_BUSY at once.
-    pub writer: SqlitePool,
-}
+/// through a single connection (`writer`, one connection, transactions begun with
+/// `BEGIN IMMEDIATE`) makes writers queue fairly in the pool instead of spinning in SQLite's
+/// busy handler, while WAL mode lets the `reader` connections run alongside.
+pub type SqlitePools = Pools<Sqlite>;
 
-/// The open pools, for infrastructure beyond the two stores.
+/// The raw pools, for [`Database::postgres`] and [`Database::sqlite`].
 #[derive(Debug, Clone)]
-pub enum Pools {
-    Postgres(PgPool),
+enum Backend {
+    Postgres(Pools<Postgres>),
     Sqlite(SqlitePools),
 }
 
-/// A migrated database and the stores over it. Cheap to clone.
+/// A migrated database and every store over it. Cheap to clone.
 #[derive(Clone)]
 pub struct Database {
-    pools: Pools,
+    backend: Backend,
+    concurrency: Concurrency,
     orders: Arc<dyn OrderStore>,
     idempotency: Arc<dyn IdempotencyStore>,
     sagas: Arc<dyn SagaStore>,
+    outbox: Arc<dyn OutboxStore>,
+    processed_events: Arc<dyn ProcessedEventStore>,
+    plugin_kv: Arc<dyn PluginKvStore>,
 }
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
-            .field("pools", &self.pools)
+            .field("backend", &self.backend)
             .finish_non_exhaustive()
     }
 }
 
 impl Database {
+    /// Every store, written once, over `D`'s pools.
+    fn with_stores<D: Dialect>(pools: Pools<D::DB>, backend: Backend) -> Self {
+        let sql = Sql::<D>::new(pools);
+        Self {
+            backend,
+            concurrency: D::CONCURRENCY,
+            orders: Arc::new(SqlOrderStore::new(sql.clone())),
+            idempotency: Arc::new(SqlIdempotencyStore::new(sql.clone())),
+            sagas: Arc::new(SqlSagaStore::new(sql.clone())),
+            outbox: Arc::new(SqlOutboxStore::new(sql.clone())),
+            processed_events: Arc::new(SqlProcessedEventStore::new(sql.clone())),
+            plugin_kv: Arc::new(SqlPluginKvStore::new(sql)),
+        }
+    }
+
     pub fn orders(&self) -> Arc<dyn OrderStore> {
         Arc::clone(&self.orders)
     }
@@ -102,35 +136,52 @@ impl Database {
         Arc::clone(&self.sagas)
     }
 
-    pub fn pools(&self) -> &Pools {
-        &self.pools
+    /// The outbox as the relay uses it (the order store writes its rows).
+    pub fn outbox(&self) -> Arc<dyn OutboxStore> {
+        Arc::clone(&self.outbox)
     }
 
-    /// The PostgreSQL pool, when this is a PostgreSQL database.
+    /// Consumers' record of handled events.
+    pub fn processed_events(&self) -> Arc<dyn ProcessedEventStore> {
+        Arc::clone(&self.processed_events)
+    }
+
+    /// The plugins' durable key-value state.
+    pub fn plugin_kv(&self) -> Arc<dyn PluginKvStore> {
+        Arc::clone(&self.plugin_kv)
+    }
+
+    /// How many saga workers one process should run at most; `None` for no limit. SQLite
+    /// admits one writer at a time, so a second worker's claims would only queue behind the
+    /// first's; PostgreSQL workers share the work through `SKIP LOCKED` claims.
+    pub fn max_saga_workers(&self) -> Option<u32> {
+        self.concurrency.max_saga_workers()
+    }
+
+    /// The PostgreSQL pool, when this is a PostgreSQL database: for tests and tools that
+    /// inspect the database directly (the application goes through the stores).
     pub fn postgres(&self) -> Option<&PgPool> {
-        match &self.pools {
-            Pools::Postgres(pool) => Some(pool),
-            Pools::Sqlite(_) => None,
+        match &self.backend {
+            Backend::Postgres(pools) => Some(&pools.writer),
+            Backend::Sqlite(_) => None,
         }
     }
 
-    /// The SQLite pools, when this is a SQLite database.
+    /// The SQLite pools, when this is a SQLite database: for tests and tools, like
+    /// [`Self::postgres`].
     pub fn sqlite(&self) -> Option<&SqlitePools> {
-        match &self.pools {
-            Pools::Sqlite(pools) => Some(pools),
-            Pools::Postgres(_) => None,
+        match &self.backend {
+            Backend::Sqlite(pools) => Some(pools),
+            Backend::Postgres(_) => None,
         }
     }
 
     /// Waits for checked-out connections to return, then closes every connection (on SQLite
     /// this checkpoints the WAL).
     pub async fn close(&self) {
-        match &self.pools {
-            Pools::Postgres(pool) => pool.close().await,
-            Pools::Sqlite(pools) => {
-                pools.reader.close().await;
-                pools.writer.close().await;
-            }
+        match &self.backend {
+            Backend::Postgres(pools) => pools.close().await,
+            Backend::Sqlite(pools) => pools.close().await,
         }
     }
 }
@@ -143,23 +194,15 @@ impl Database {
 /// database). Fails on an unknown scheme, an unreachable server or a failed migration.
 pub async fn connect(url: &str, options: &DatabaseOptions) -> Result<Database, PersistenceError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let pool = postgres::open(url, options).await?;
+        let pools = postgres::open(url, options).await?;
         tracing::info!(database = %redact(url), "PostgreSQL connected and migrated");
-        Ok(Database {
-            orders: Arc::new(postgres::PgOrderStore::new(pool.clone())),
-            idempotency: Arc::new(postgres::PgIdempotencyStore::new(pool.clone())),
-            sagas: Arc::new(postgres::PgSagaStore::new(pool.clone())),
-            pools: Pools::Postgres(pool),
-        })
+        let backend = Backend::Postgres(pools.clone());
+        Ok(Database::with_stores::<PostgresDialect>(pools, backend))
     } else if url.starts_with("sqlite:") {
         let pools = sqlite::open(url, options).await?;
         tracing::info!(database = %redact(url), "SQLite opened and migrated");
-        Ok(Database {
-            orders: Arc::new(sqlite::SqliteOrderStore::new(pools.clone())),
-            idempotency: Arc::new(sqlite::SqliteIdempotencyStore::new(pools.writer.clone())),
-            sagas: Arc::new(sqlite::SqliteSagaStore::new(pools.clone())),
-            pools: Pools::Sqlite(pools),
-        })
+        let backend = Backend::Sqlite(pools.clone());
+        Ok(Database::with_stores::<SqliteDialect>(pools, backend))
     } else {
         Err(PersistenceError::UnsupportedUrl(redact(url)))
     }

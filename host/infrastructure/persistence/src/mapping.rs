@@ -1,10 +1,10 @@
 //! Rows to domain values and back, shared by both databases.
 //!
 //! The two schemas have the same column names and, for everything but ids and JSON, the same
-//! types; PostgreSQL queries select their UUID columns as `::text`, so one generic decoder
-//! serves both drivers. Stored values pass through the domain's own parsers: a value that
-//! does not parse (a status this build does not know, a negative amount) is reported as
-//! [`StoreError::Corrupt`] instead of being trusted.
+//! types; ids are read as the dialect stores them and JSON through `sqlx::types::Json`, so
+//! one decoder serves both drivers. Stored values pass through the domain's own parsers: a
+//! value that does not parse (a status this build does not know, a negative amount) is
+//! reported as [`StoreError::Corrupt`] instead of being trusted.
 
 use std::collections::HashMap;
 
@@ -14,13 +14,16 @@ use oms_domain::{
     Currency, CustomerId, LineItem, Money, Order, OrderId, OrderParts, OrderStatus, PaymentMethod,
     PaymentStatus, Quantity, ReservationStatus, ShippingAddress, Sku, Timestamp, Version,
 };
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use serde::Deserialize;
+use sqlx::types::Json;
 use uuid::Uuid;
+
+use crate::sql::{Dialect, RowExt, RowOf};
 
 /// An `orders` row as stored.
 #[derive(Debug)]
 pub(crate) struct OrderRow {
-    pub id: String,
+    pub id: Uuid,
     pub customer_id: String,
     pub status: String,
     pub payment_status: String,
@@ -47,18 +50,18 @@ pub(crate) struct OrderRow {
 /// An `order_items` row as stored.
 #[derive(Debug)]
 pub(crate) struct ItemRow {
-    pub order_id: String,
+    pub order_id: Uuid,
     pub sku: String,
     pub quantity: i32,
     pub unit_price_minor: i64,
     pub currency: String,
 }
 
-/// The `orders` columns in [`OrderRow`] order, without the id (whose expression differs per
-/// database). A macro, so that queries can `concat!` it into a `&'static str`.
+/// The `orders` columns in [`OrderRow`] order. A macro, so that queries can `concat!` it into
+/// a `&'static str`.
 macro_rules! order_columns {
     () => {
-        "customer_id, status, payment_status, reservation_status, currency, total_minor, \
+        "id, customer_id, status, payment_status, reservation_status, currency, total_minor, \
          captured_minor, refunded_minor, payment_provider, payment_token, ship_recipient, \
          ship_line1, ship_line2, ship_city, ship_postal_code, ship_country, failure_reason, \
          version, created_at, updated_at, ship_email"
@@ -66,68 +69,62 @@ macro_rules! order_columns {
 }
 pub(crate) use order_columns;
 
-/// Decodes an `orders` row selected as `<id as text> AS id, order_columns!()`.
-pub(crate) fn decode_order<R>(row: &R) -> Result<OrderRow, sqlx::Error>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-{
+/// The `order_items` columns [`decode_item`] reads.
+macro_rules! item_columns {
+    () => {
+        "order_id, sku, quantity, unit_price_minor, currency"
+    };
+}
+pub(crate) use item_columns;
+
+/// Decodes an `orders` row selected as `order_columns!()`.
+pub(crate) fn decode_order<D: Dialect>(row: &RowOf<D>) -> Result<OrderRow, sqlx::Error> {
     Ok(OrderRow {
-        id: row.try_get("id")?,
-        customer_id: row.try_get("customer_id")?,
-        status: row.try_get("status")?,
-        payment_status: row.try_get("payment_status")?,
-        reservation_status: row.try_get("reservation_status")?,
-        currency: row.try_get("currency")?,
-        total_minor: row.try_get("total_minor")?,
-        captured_minor: row.try_get("captured_minor")?,
-        refunded_minor: row.try_get("refunded_minor")?,
-        payment_provider: row.try_get("payment_provider")?,
-        payment_token: row.try_get("payment_token")?,
-        ship_recipient: row.try_get("ship_recipient")?,
-        ship_line1: row.try_get("ship_line1")?,
-        ship_line2: row.try_get("ship_line2")?,
-        ship_city: row.try_get("ship_city")?,
-        ship_postal_code: row.try_get("ship_postal_code")?,
-        ship_country: row.try_get("ship_country")?,
-        ship_email: row.try_get("ship_email")?,
-        failure_reason: row.try_get("failure_reason")?,
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        id: D::uuid(row.col("id")?),
+        customer_id: row.col("customer_id")?,
+        status: row.col("status")?,
+        payment_status: row.col("payment_status")?,
+        reservation_status: row.col("reservation_status")?,
+        currency: row.col("currency")?,
+        total_minor: row.col("total_minor")?,
+        captured_minor: row.col("captured_minor")?,
+        refunded_minor: row.col("refunded_minor")?,
+        payment_provider: row.col("payment_provider")?,
+        payment_token: row.col("payment_token")?,
+        ship_recipient: row.col("ship_recipient")?,
+        ship_line1: row.col("ship_line1")?,
+        ship_line2: row.col("ship_line2")?,
+        ship_city: row.col("ship_city")?,
+        ship_postal_code: row.col("ship_postal_code")?,
+        ship_country: row.col("ship_country")?,
+        ship_email: row.col("ship_email")?,
+        failure_reason: row.col("failure_reason")?,
+        version: row.col("version")?,
+        created_at: row.col("created_at")?,
+        updated_at: row.col("updated_at")?,
     })
 }
 
-/// Decodes an `order_items` row selected as `<order_id as text> AS order_id, sku, quantity,
-/// unit_price_minor, currency`.
-pub(crate) fn decode_item<R>(row: &R) -> Result<ItemRow, sqlx::Error>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
-{
+/// Decodes an `order_items` row selected as `item_columns!()`.
+pub(crate) fn decode_item<D: Dialect>(row: &RowOf<D>) -> Result<ItemRow, sqlx::Error> {
     Ok(ItemRow {
-        order_id: row.try_get("order_id")?,
-        sku: row.try_get("sku")?,
-        quantity: row.try_get("quantity")?,
-        unit_price_minor: row.try_get("unit_price_minor")?,
-        currency: row.try_get("currency")?,
+        order_id: D::uuid(row.col("order_id")?),
+        sku: row.col("sku")?,
+        quantity: row.col("quantity")?,
+        unit_price_minor: row.col("unit_price_minor")?,
+        currency: row.col("currency")?,
     })
 }
 
-fn corrupt(id: &str, what: impl std::fmt::Display) -> StoreError {
+fn corrupt(id: Uuid, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("order {id}: {what}"))
 }
 
-fn money(id: &str, field: &str, amount: i64, currency: Currency) -> Result<Money, StoreError> {
+fn money(id: Uuid, field: &str, amount: i64, currency: Currency) -> Result<Money, StoreError> {
     Money::new(amount, currency).map_err(|e| corrupt(id, format_args!("{field}: {e}")))
 }
 
-fn item(id: &str, row: ItemRow) -> Result<LineItem, StoreError> {
+fn item(id: Uuid, row: ItemRow) -> Result<LineItem, StoreError> {
     let currency = Currency::parse(&row.currency).map_err(|e| corrupt(id, e))?;
     Ok(LineItem {
         sku: Sku::parse(&row.sku).map_err(|e| corrupt(id, format_args!("sku {e}")))?,
@@ -139,14 +136,14 @@ fn item(id: &str, row: ItemRow) -> Result<LineItem, StoreError> {
 
 /// Rebuilds an order from its row and its lines (in line order).
 pub(crate) fn order_from_rows(row: OrderRow, items: Vec<ItemRow>) -> Result<Order, StoreError> {
-    let id = row.id.as_str();
+    let id = row.id;
     let currency = Currency::parse(&row.currency).map_err(|e| corrupt(id, e))?;
     let items = items
         .into_iter()
         .map(|i| item(id, i))
         .collect::<Result<Vec<_>, _>>()?;
     let parts = OrderParts {
-        id: OrderId::parse(id).map_err(|e| corrupt(id, format_args!("id {e}")))?,
+        id: OrderId::from_uuid(id),
         customer_id: CustomerId::parse(&row.customer_id)
             .map_err(|e| corrupt(id, format_args!("customer id {e}")))?,
         items,
@@ -195,12 +192,9 @@ pub(crate) fn orders_from_rows(
     rows: Vec<OrderRow>,
     items: Vec<ItemRow>,
 ) -> Result<Vec<Order>, StoreError> {
-    let mut by_order: HashMap<String, Vec<ItemRow>> = HashMap::with_capacity(rows.len());
+    let mut by_order: HashMap<Uuid, Vec<ItemRow>> = HashMap::with_capacity(rows.len());
     for item in items {
-        by_order
-            .entry(item.order_id.clone())
-            .or_default()
-            .push(item);
+        by_order.entry(item.order_id).or_default().push(item);
     }
     rows.into_iter()
         .map(|row| {
@@ -213,67 +207,59 @@ pub(crate) fn orders_from_rows(
 /// A `saga_instances` row as stored.
 #[derive(Debug)]
 pub(crate) struct SagaRow {
-    pub id: String,
+    pub id: Uuid,
     pub kind: String,
-    pub order_id: String,
+    pub order_id: Uuid,
     pub status: String,
     pub step_index: i32,
     pub attempts: i32,
     pub next_attempt_at: i64,
     pub deadline_at: Option<i64>,
     pub last_error: Option<String>,
-    pub state: String,
+    pub state: serde_json::Value,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-/// The `saga_instances` columns of [`SagaRow`] whose type is the same on both databases; each
-/// database adds `id`, `order_id` and `state` (UUIDs and JSONB as text on PostgreSQL).
+/// The `saga_instances` columns of [`SagaRow`], for `SELECT` and `RETURNING` alike.
 macro_rules! saga_columns {
     () => {
-        "kind, status, step_index, attempts, next_attempt_at, deadline_at, last_error, version, \
-         created_at, updated_at"
+        "id, kind, order_id, status, step_index, attempts, next_attempt_at, deadline_at, \
+         last_error, state, version, created_at, updated_at"
     };
 }
 pub(crate) use saga_columns;
 
-/// Decodes a `saga_instances` row selected as `<id> AS id, <order_id> AS order_id, <state>
-/// AS state, saga_columns!()`, all three as text.
-pub(crate) fn decode_saga<R>(row: &R) -> Result<SagaRow, sqlx::Error>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
-{
+/// Decodes a `saga_instances` row selected as `saga_columns!()`.
+pub(crate) fn decode_saga<D: Dialect>(row: &RowOf<D>) -> Result<SagaRow, sqlx::Error> {
+    let Json(state) = row.col("state")?;
     Ok(SagaRow {
-        id: row.try_get("id")?,
-        kind: row.try_get("kind")?,
-        order_id: row.try_get("order_id")?,
-        status: row.try_get("status")?,
-        step_index: row.try_get("step_index")?,
-        attempts: row.try_get("attempts")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        deadline_at: row.try_get("deadline_at")?,
-        last_error: row.try_get("last_error")?,
-        state: row.try_get("state")?,
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        id: D::uuid(row.col("id")?),
+        kind: row.col("kind")?,
+        order_id: D::uuid(row.col("order_id")?),
+        status: row.col("status")?,
+        step_index: row.col("step_index")?,
+        attempts: row.col("attempts")?,
+        next_attempt_at: row.col("next_attempt_at")?,
+        deadline_at: row.col("deadline_at")?,
+        last_error: row.col("last_error")?,
+        state,
+        version: row.col("version")?,
+        created_at: row.col("created_at")?,
+        updated_at: row.col("updated_at")?,
     })
 }
 
 /// Rebuilds a saga from its row.
 pub(crate) fn saga_from_row(row: SagaRow) -> Result<SagaInstance, StoreError> {
-    let id = row.id.as_str();
+    let id = row.id;
     let bad = |what: std::fmt::Arguments<'_>| StoreError::Corrupt(format!("saga {id}: {what}"));
     Ok(SagaInstance {
-        id: SagaId(Uuid::try_parse(id).map_err(|e| bad(format_args!("id {e}")))?),
+        id: SagaId(id),
         kind: SagaKind::parse(&row.kind)
             .ok_or_else(|| bad(format_args!("unknown kind {}", row.kind)))?,
-        order_id: OrderId::parse(&row.order_id).map_err(|e| bad(format_args!("order id {e}")))?,
+        order_id: OrderId::from_uuid(row.order_id),
         status: SagaStatus::parse(&row.status)
             .ok_or_else(|| bad(format_args!("unknown status {}", row.status)))?,
         step: usize::try_from(row.step_index)
@@ -283,15 +269,15 @@ pub(crate) fn saga_from_row(row: SagaRow) -> Result<SagaInstance, StoreError> {
         next_attempt_at: Timestamp::from_unix_millis(row.next_attempt_at),
         step_deadline: row.deadline_at.map(Timestamp::from_unix_millis),
         last_error: row.last_error,
-        data: serde_json::from_str::<SagaData>(&row.state)
-            .map_err(|e| bad(format_args!("state {e}")))?,
+        data: SagaData::deserialize(&row.state).map_err(|e| bad(format_args!("state {e}")))?,
         version: row.version,
         created_at: Timestamp::from_unix_millis(row.created_at),
         updated_at: Timestamp::from_unix_millis(row.updated_at),
     })
 }
 
-/// The integer columns of a saga as the schema stores them (INTEGER: 32 bits on PostgreSQL).
+/// The integer columns of a saga as the schema stores them (INTEGER: 32 bits on PostgreSQL;
+/// bound as `i32` on both databases, so both refuse the same values).
 pub(crate) struct SagaInts {
     pub step_index: i32,
     pub attempts: i32,
@@ -307,12 +293,6 @@ impl SagaInts {
             attempts: i32::try_from(saga.attempts).map_err(|_| range("attempts"))?,
         })
     }
-}
-
-/// The saga's data as the JSON text stored in `state`.
-pub(crate) fn saga_state(saga: &SagaInstance) -> Result<String, StoreError> {
-    serde_json::to_string(&saga.data)
-        .map_err(|e| StoreError::Corrupt(format!("saga {}: encoding state: {e}", saga.id)))
 }
 
 /// Millisecond arithmetic on timestamps, saturating: a huge configured TTL means "forever".

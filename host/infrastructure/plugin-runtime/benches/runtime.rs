@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use oms_plugin_runtime::clients::payment::{AuthorizeRequest, Money};
 use oms_plugin_runtime::engine::PluginEngine;
-use oms_plugin_runtime::kv::{BatchOutcome, BoundedAdd, KvStore, MemoryKvStore, Swap};
+use oms_plugin_runtime::kv::{BatchOutcome, BoundedAdd, MemoryKvStore, PluginKvStore, Swap};
 use oms_plugin_runtime::{EngineOptions, PluginRuntime, RuntimeOptions};
 
 const CALLS: usize = 20_000;

@@ -178,14 +178,3 @@ impl<E: std::fmt::Debug + std::fmt::Display> PluginError<E> {
         }
     }
 }
-
-/// Why a key-value operation failed in the store itself (not a failed condition).
-#[derive(Debug, thiserror::Error)]
-pub enum KvError {
-    #[error("key-value store unavailable: {0}")]
-    Unavailable(String),
-    #[error("key-value value for {key} is not an integer")]
-    NotAnInteger { key: String },
-    #[error("key-value request too large: {0}")]
-    TooLarge(String),
-}

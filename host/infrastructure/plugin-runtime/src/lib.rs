@@ -5,7 +5,7 @@
 //!   interruption, optional fuel metering) and the precompiled-artifact cache.
 //! - [`manifest`], [`limits`]: what a plugin declares, and the defaults and ceilings applied.
 //! - [`capabilities`]: the host functions (log, config/secrets, clock, kv, HTTP), one module
-//!   each; [`kv`] the storage behind the kv capability (PostgreSQL, SQLite, memory).
+//!   each; [`kv`] the storage port behind the kv capability (and an in-memory store).
 //! - [`plugin`]: loading and checking one version; [`registry`] hot swap and rollback;
 //!   [`watcher`] the watched directory; [`breaker`], [`metrics`] per-plugin health.
 //! - [`clients`]: typed handles for each world; [`PluginRuntime`] ties it together.
@@ -30,7 +30,8 @@ pub mod watcher;
 pub use call::CallInfo;
 pub use clients::{Called, InventoryPlugin, NotificationFormatter, PaymentPlugin};
 pub use engine::{CacheOutcome, EngineOptions};
-pub use error::{BreakerCause, CallError, CallErrorKind, KvError, LoadError, PluginError};
+pub use error::{BreakerCause, CallError, CallErrorKind, LoadError, PluginError};
+pub use kv::KvError;
 pub use manifest::{CONTRACT_VERSION, Manifest, PluginKind};
 pub use registry::{PluginStatus, VersionInfo};
 pub use runtime::{DirReport, PluginRuntime, RuntimeOptions, SetupError};

@@ -12,7 +12,7 @@ use crate::bindings::{inventory, notification, payment};
 use crate::capabilities::PluginContext;
 use crate::engine::{CacheOutcome, PluginEngine};
 use crate::error::LoadError;
-use crate::kv::KvStore;
+use crate::kv::PluginKvStore;
 use crate::limits::Limits;
 use crate::manifest::{Manifest, PluginKind};
 use crate::state::HostState;
@@ -54,7 +54,7 @@ impl LoadedPlugin {
         engine: &PluginEngine,
         linker: &Linker<HostState>,
         manifest_path: &Path,
-        kv: Option<Arc<dyn KvStore>>,
+        kv: Option<Arc<dyn PluginKvStore>>,
     ) -> Result<Self, LoadError> {
         let manifest = Manifest::from_file(manifest_path)?;
         let wasm_path = manifest.wasm_path();
@@ -78,7 +78,7 @@ impl LoadedPlugin {
         linker: &Linker<HostState>,
         manifest: Manifest,
         wasm: &[u8],
-        kv: Option<Arc<dyn KvStore>>,
+        kv: Option<Arc<dyn PluginKvStore>>,
     ) -> Result<Self, LoadError> {
         let limits = manifest.limits.resolve();
         check_size(&manifest, wasm.len() as u64, &limits)?;

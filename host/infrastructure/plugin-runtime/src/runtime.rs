@@ -10,7 +10,7 @@ use crate::breaker::BreakerConfig;
 use crate::clients::{InventoryPlugin, NotificationFormatter, PaymentPlugin};
 use crate::engine::{EngineOptions, PluginEngine};
 use crate::error::LoadError;
-use crate::kv::KvStore;
+use crate::kv::PluginKvStore;
 use crate::manifest::Manifest;
 use crate::metrics::MetricsSnapshot;
 use crate::plugin::LoadedPlugin;
@@ -33,7 +33,7 @@ pub struct SetupError(String);
 pub(crate) struct Inner {
     pub(crate) engine: PluginEngine,
     pub(crate) linker: Linker<HostState>,
-    pub(crate) kv: Option<Arc<dyn KvStore>>,
+    pub(crate) kv: Option<Arc<dyn PluginKvStore>>,
     pub(crate) registry: Registry,
 }
 
@@ -53,7 +53,10 @@ pub struct PluginRuntime {
 impl PluginRuntime {
     /// Builds the engine and linker. `kv` backs the `kv` capability; without one, a plugin
     /// whose manifest grants `kv` is refused at load.
-    pub fn new(options: RuntimeOptions, kv: Option<Arc<dyn KvStore>>) -> Result<Self, SetupError> {
+    pub fn new(
+        options: RuntimeOptions,
+        kv: Option<Arc<dyn PluginKvStore>>,
+    ) -> Result<Self, SetupError> {
         let engine = PluginEngine::new(options.engine).map_err(|e| SetupError(format!("{e:#}")))?;
         let linker = build_linker(engine.engine()).map_err(|e| SetupError(format!("{e:#}")))?;
         Ok(Self {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::*;
-use oms_plugin_runtime::kv::{BatchOutcome, BoundedAdd, KvStore, MemoryKvStore, Swap};
+use oms_plugin_runtime::kv::{BatchOutcome, BoundedAdd, MemoryKvStore, PluginKvStore, Swap};
 use oms_plugin_runtime::{CacheOutcome, DirWatcher, KvError};
 use tokio::sync::{Notify, watch};
 
@@ -56,7 +56,7 @@ impl GatedKv {
 }
 
 #[async_trait::async_trait]
-impl KvStore for GatedKv {
+impl PluginKvStore for GatedKv {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.pass().await;
         self.inner.get(ns, key).await

@@ -7,15 +7,13 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use oms_persistence::testing::TestDatabase;
+use oms_persistence::{Database, DatabaseOptions};
 use oms_plugin_runtime::clients::inventory::{InventoryError, Line};
-use oms_plugin_runtime::kv::{KvStore, PgKvStore, SqliteKvStore};
+use oms_plugin_runtime::kv::PluginKvStore;
 use oms_plugin_runtime::{PluginError, PluginRuntime};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-async fn oversell_check(kv: Arc<dyn KvStore>) {
+async fn oversell_check(kv: Arc<dyn PluginKvStore>) {
     let rt: PluginRuntime = runtime_with(kv);
     let dir = tempfile::tempdir().unwrap();
     // A generous deadline: 200 calls queue on one key's lock, on a 2-core machine.
@@ -60,35 +58,30 @@ async fn oversell_check(kv: Arc<dyn KvStore>) {
     assert_eq!((ok, out), (100, 100));
 }
 
+/// The host's own store over a fresh database; generous pool waits, since 200 calls queue
+/// on one key's lock on a 2-core machine.
+async fn database(test_db: &TestDatabase) -> Database {
+    let options = DatabaseOptions {
+        max_connections: 16,
+        acquire_timeout: std::time::Duration::from_secs(30),
+        sqlite_busy_timeout: std::time::Duration::from_secs(30),
+    };
+    oms_persistence::connect(test_db.url(), &options)
+        .await
+        .expect("PostgreSQL must run on 127.0.0.1:5432 (trust auth, user postgres)")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_oversell_on_postgres() {
     plugins_dir();
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(ADMIN_URL)
+    let test_db = TestDatabase::postgres()
         .await
         .expect("PostgreSQL must run on 127.0.0.1:5432 (trust auth, user postgres)");
-    let db = format!("oms_test_{}", uuid::Uuid::now_v7().simple());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let pool = PgPoolOptions::new()
-        .max_connections(16)
-        .connect(&format!("postgres://postgres@127.0.0.1:5432/{db}"))
-        .await
-        .unwrap();
-    let store = PgKvStore::new(pool.clone());
-    store.ensure_schema().await.unwrap();
+    let db = database(&test_db).await;
     // Run the check as a task so that the database is dropped even when it fails.
-    let outcome = tokio::spawn(oversell_check(Arc::new(store))).await;
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {db} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    let outcome = tokio::spawn(oversell_check(db.plugin_kv())).await;
+    db.close().await;
+    test_db.cleanup().await.unwrap();
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -97,18 +90,8 @@ async fn no_oversell_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_oversell_on_sqlite() {
     plugins_dir();
-    let dir = tempfile::tempdir().unwrap();
-    let options = SqliteConnectOptions::new()
-        .filename(dir.path().join("kv.db"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(std::time::Duration::from_secs(30));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let store = SqliteKvStore::new(pool);
-    store.ensure_schema().await.unwrap();
-    oversell_check(Arc::new(store)).await;
+    let test_db = TestDatabase::sqlite().unwrap();
+    let db = database(&test_db).await;
+    oversell_check(db.plugin_kv()).await;
+    db.close().await;
 }

@@ -9,7 +9,6 @@
 //! committed, so one bad event never blocks its partition.
 
 mod channels;
-mod dedup;
 #[cfg(feature = "plugins")]
 pub mod plugin;
 
@@ -18,13 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use oms_persistence::Pools;
+use oms_application::ports::ProcessedEventStore;
+use oms_domain::Timestamp;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::broker::{Consumer, Delivery, Message, Publisher};
-use crate::db::Db;
 use crate::error::MessagingError;
 use crate::event::{self, headers, pb};
 use oms_application::retry::RetryPolicy;
@@ -130,7 +129,7 @@ pub enum Handled {
 /// The notification service. Cheap to clone.
 #[derive(Clone)]
 pub struct NotificationService {
-    db: Db,
+    processed: Arc<dyn ProcessedEventStore>,
     config: NotificationConfig,
     formatters: Vec<Arc<dyn Formatter>>,
     channels: Vec<Arc<dyn Channel>>,
@@ -140,14 +139,14 @@ pub struct NotificationService {
 
 impl NotificationService {
     pub fn new(
-        pools: &Pools,
+        processed: Arc<dyn ProcessedEventStore>,
         config: NotificationConfig,
         formatters: Vec<Arc<dyn Formatter>>,
         channels: Vec<Arc<dyn Channel>>,
         dlq: Arc<dyn Publisher>,
     ) -> Self {
         Self {
-            db: Db::from(pools),
+            processed,
             config,
             formatters,
             channels,
@@ -234,7 +233,7 @@ impl NotificationService {
             return self.poison(delivery, reason).await;
         };
         if self
-            .db
+            .processed
             .is_processed(&self.config.consumer, event_id)
             .await?
         {
@@ -271,8 +270,8 @@ impl NotificationService {
             }
             self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
         }
-        self.db
-            .record_processed(&self.config.consumer, event_id)
+        self.processed
+            .record(&self.config.consumer, event_id, Timestamp::now())
             .await?;
         self.metrics.processed.fetch_add(1, Ordering::Relaxed);
         Ok(Handled::Processed(notes.len()))

@@ -4,7 +4,7 @@
 use crate::broker::Message;
 use crate::error::EventError;
 use crate::event::{self, headers};
-use crate::relay::store::OutboxRow;
+use crate::relay::OutboxRow;
 
 fn envelope_headers(row: &OutboxRow, content_type: &str) -> Vec<(String, Vec<u8>)> {
     let mut hs: Vec<(String, Vec<u8>)> = vec![
@@ -14,7 +14,7 @@ fn envelope_headers(row: &OutboxRow, content_type: &str) -> Vec<(String, Vec<u8>
         (headers::SOURCE.into(), event::SOURCE.into()),
         (
             headers::SUBJECT.into(),
-            row.aggregate_id.clone().into_bytes(),
+            row.aggregate_id.to_string().into_bytes(),
         ),
         (
             headers::SCHEMA_VERSION.into(),
@@ -42,7 +42,7 @@ fn envelope_headers(row: &OutboxRow, content_type: &str) -> Vec<(String, Vec<u8>
 pub(crate) fn event_message(row: &OutboxRow, topic: &str) -> Result<Message, EventError> {
     Ok(Message {
         topic: topic.to_owned(),
-        key: row.aggregate_id.clone(),
+        key: row.aggregate_id.to_string(),
         payload: event::encode_payload(&row.payload)?,
         headers: envelope_headers(row, event::CONTENT_TYPE),
     })
@@ -54,7 +54,7 @@ pub(crate) fn dead_letter_message(
     row: &OutboxRow,
     topic: &str,
     error: &str,
-    attempts: i32,
+    attempts: u32,
 ) -> Message {
     let (payload, content_type) = match event::encode_payload(&row.payload) {
         Ok(bytes) => (bytes, event::CONTENT_TYPE),
@@ -66,7 +66,7 @@ pub(crate) fn dead_letter_message(
     hs.push((headers::OUTBOX_ID.into(), row.id.to_string().into_bytes()));
     Message {
         topic: topic.to_owned(),
-        key: row.aggregate_id.clone(),
+        key: row.aggregate_id.to_string(),
         payload,
         headers: hs,
     }

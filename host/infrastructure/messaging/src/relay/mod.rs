@@ -1,35 +1,32 @@
 //! The outbox relay: a worker that publishes the outbox's rows to the broker.
 //!
 //! One round ([`Relay::run_once`]): lease a batch of due rows (each the oldest unpublished
-//! row of its order, see `store`), publish them keyed by order id, mark the acknowledged ones
+//! row of its order, see the `OutboxStore` port), publish them keyed by order id, mark the acknowledged ones
 //! published, and for each failure either schedule a retry with exponential backoff or, after
 //! `max_attempts` (or at once when the payload breaks the event contract), publish it to the
 //! dead-letter topic and move it to `dead_letters`. [`Relay::run`] repeats rounds while there
-//! is work and otherwise sleeps until woken (in-process signal, PostgreSQL NOTIFY) or until
+//! is work and otherwise sleeps until woken (in-process signal, or the store's commit
+//! notifications: PostgreSQL NOTIFY) or until
 //! the poll interval passes; it also refreshes the lag gauges and prunes old published rows.
 
 mod message;
 pub mod metrics;
-mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use oms_persistence::Pools;
+use oms_application::ports::{OutboxStore, StoreError};
+use oms_application::retry::RetryPolicy;
+use oms_domain::Timestamp;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::broker::{Publisher, Topics};
-use crate::db::{Db, now_ms};
 use crate::error::MessagingError;
-use oms_application::retry::RetryPolicy;
 
 pub use metrics::{RelayMetrics, RelaySnapshot};
-pub use store::{Backlog, DeadLetter, OutboxRow};
-
-/// PostgreSQL channel the outbox trigger notifies (migration 0003).
-pub const NOTIFY_CHANNEL: &str = "oms_outbox";
+pub use oms_application::ports::{Backlog, DeadLetter, OutboxRow};
 
 /// Tuning of the relay. Defaults suit one host.
 #[derive(Debug, Clone)]
@@ -67,6 +64,9 @@ impl Default for RelayConfig {
     }
 }
 
+/// Rows deleted per prune statement: a long history never becomes one huge transaction.
+const PRUNE_BATCH: u32 = 5_000;
+
 /// What one round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RoundOutcome {
@@ -79,7 +79,7 @@ pub struct RoundOutcome {
 /// The relay. Cheap to clone; clones share metrics and the wake signal.
 #[derive(Clone)]
 pub struct Relay {
-    db: Db,
+    outbox: Arc<dyn OutboxStore>,
     publisher: Arc<dyn Publisher>,
     topics: Topics,
     config: RelayConfig,
@@ -98,13 +98,13 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     pub fn new(
-        pools: &Pools,
+        outbox: Arc<dyn OutboxStore>,
         publisher: Arc<dyn Publisher>,
         topics: Topics,
         config: RelayConfig,
     ) -> Self {
         Self {
-            db: Db::from(pools),
+            outbox,
             publisher,
             topics,
             config,
@@ -125,11 +125,11 @@ impl Relay {
 
     /// One claim-publish-mark round.
     pub async fn run_once(&self) -> Result<RoundOutcome, MessagingError> {
-        let now = now_ms();
-        let lease_until = now.saturating_add(duration_ms(self.config.lease));
+        let now = Timestamp::now();
+        let lease_until = later(now, self.config.lease);
         let rows = self
-            .db
-            .claim(now, lease_until, i64::from(self.config.batch_size.max(1)))
+            .outbox
+            .claim(now, lease_until, self.config.batch_size.max(1))
             .await?;
         let mut outcome = RoundOutcome {
             claimed: rows.len(),
@@ -157,13 +157,18 @@ impl Relay {
         let started = Instant::now();
         let results = self.publisher.publish(to_send).await;
         self.metrics.publish_latency.record(started.elapsed());
-        let acked_at = now_ms();
+        let acked_at = Timestamp::now();
         let mut published = Vec::with_capacity(sent_rows.len());
         for (row, result) in sent_rows.into_iter().zip(results) {
             match result {
                 Ok(()) => {
                     published.push(row.id);
-                    let lag = u64::try_from(acked_at.saturating_sub(row.created_at)).unwrap_or(0);
+                    let lag = u64::try_from(
+                        acked_at
+                            .unix_millis()
+                            .saturating_sub(row.created_at.unix_millis()),
+                    )
+                    .unwrap_or(0);
                     self.metrics
                         .commit_to_ack
                         .record(Duration::from_millis(lag));
@@ -171,7 +176,7 @@ impl Relay {
                 Err(e) => failures.push((row, e.to_string(), false)),
             }
         }
-        self.db.mark_published(&published, acked_at).await?;
+        self.outbox.mark_published(&published, acked_at).await?;
         outcome.published = published.len();
         self.metrics
             .published
@@ -180,20 +185,17 @@ impl Relay {
         for (row, error, permanent) in failures {
             let attempts = row.attempts.saturating_add(1);
             self.metrics.failed_attempts.fetch_add(1, Ordering::Relaxed);
-            let exhausted = u32::try_from(attempts).unwrap_or(u32::MAX) >= self.config.max_attempts;
+            let exhausted = attempts >= self.config.max_attempts;
             if (permanent || exhausted) && self.dead_letter(row, &error, attempts).await? {
                 outcome.dead_lettered += 1;
                 continue;
             }
-            let delay = self
-                .config
-                .backoff
-                .jittered(u32::try_from(attempts).unwrap_or(1));
+            let delay = self.config.backoff.jittered(attempts);
             warn!(outbox_id = row.id, event_id = %row.event_id, order_id = %row.aggregate_id,
                   attempts, error = %error, retry_in_ms = delay.as_millis() as u64,
                   "outbox publish failed; will retry");
-            self.db
-                .mark_failed(row.id, &error, acked_at.saturating_add(duration_ms(delay)))
+            self.outbox
+                .mark_failed(row.id, &error, later(acked_at, delay))
                 .await?;
             outcome.retried += 1;
         }
@@ -207,7 +209,7 @@ impl Relay {
         &self,
         row: &OutboxRow,
         error: &str,
-        attempts: i32,
+        attempts: u32,
     ) -> Result<bool, MessagingError> {
         let msg = message::dead_letter_message(row, &self.topics.dead_letters, error, attempts);
         let published = self.publisher.publish(vec![msg]).await;
@@ -215,8 +217,8 @@ impl Relay {
             warn!(outbox_id = row.id, error = %e, "dead-letter topic unavailable; row kept");
             return Ok(false);
         }
-        self.db
-            .dead_letter(row.id, attempts, error, now_ms())
+        self.outbox
+            .dead_letter(row.id, attempts, error, Timestamp::now())
             .await?;
         self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
         warn!(outbox_id = row.id, event_id = %row.event_id, order_id = %row.aggregate_id,
@@ -228,7 +230,10 @@ impl Relay {
     /// Puts dead letter `outbox_id` back into the outbox (attempts reset, due now) and wakes
     /// the relay. Returns false when it was already redriven and has not failed since.
     pub async fn redrive(&self, outbox_id: i64) -> Result<bool, MessagingError> {
-        let done = self.db.redrive(outbox_id, now_ms()).await?;
+        let done = match self.outbox.redrive(outbox_id, Timestamp::now()).await {
+            Err(StoreError::NotFound) => return Err(MessagingError::UnknownDeadLetter(outbox_id)),
+            other => other?,
+        };
         if done {
             info!(outbox_id, "dead letter redriven");
             self.wake();
@@ -242,18 +247,21 @@ impl Relay {
         pending_only: bool,
         limit: u32,
     ) -> Result<Vec<DeadLetter>, MessagingError> {
-        self.db.dead_letters(pending_only, i64::from(limit)).await
+        Ok(self.outbox.dead_letters(pending_only, limit).await?)
     }
 
     /// Deletes rows published more than the retention ago; returns how many.
     pub async fn prune(&self) -> Result<u64, MessagingError> {
-        let cutoff = now_ms().saturating_sub(duration_ms(self.config.retention));
+        let cutoff = Timestamp::from_unix_millis(
+            Timestamp::now()
+                .unix_millis()
+                .saturating_sub(duration_ms(self.config.retention)),
+        );
         let mut total = 0;
         loop {
-            // Bounded deletes: a long history never becomes one huge transaction.
-            let n = self.db.prune(cutoff, 5_000).await?;
+            let n = self.outbox.prune(cutoff, PRUNE_BATCH).await?;
             total += n;
-            if n < 5_000 {
+            if n < u64::from(PRUNE_BATCH) {
                 return Ok(total);
             }
         }
@@ -261,10 +269,11 @@ impl Relay {
 
     /// Reads the backlog, updates the gauges, and returns it.
     pub async fn backlog(&self) -> Result<Backlog, MessagingError> {
-        let b = self.db.backlog().await?;
+        let b = self.outbox.backlog().await?;
+        let now = Timestamp::now().unix_millis();
         let age = b
             .oldest_created_at
-            .map_or(0, |t| now_ms().saturating_sub(t).max(0));
+            .map_or(0, |t| now.saturating_sub(t.unix_millis()).max(0));
         self.metrics
             .unpublished
             .store(b.unpublished, Ordering::Relaxed);
@@ -280,13 +289,11 @@ impl Relay {
     /// Runs rounds until `shutdown` turns true (or its sender is dropped). Database errors
     /// are logged and retried after the poll interval: the relay never gives up.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        if let Db::Postgres(pool) = &self.db {
-            tokio::spawn(listen(
-                pool.clone(),
-                Arc::clone(&self.wake),
-                shutdown.clone(),
-            ));
-        }
+        // Rows committed by other processes (PostgreSQL NOTIFY); ends at once where the
+        // database has no such signal.
+        let outbox = Arc::clone(&self.outbox);
+        let (wake, stop) = (Arc::clone(&self.wake), shutdown.clone());
+        tokio::spawn(async move { outbox.watch_commits(wake, stop).await });
         let mut last_housekeeping: Option<Instant> = None;
         info!(topic = %self.topics.events, batch = self.config.batch_size, "outbox relay started");
         loop {
@@ -345,35 +352,11 @@ impl Relay {
     }
 }
 
-/// Forwards PostgreSQL NOTIFYs on [`NOTIFY_CHANNEL`] to the relay's wake signal, reconnecting
-/// after errors. Polling covers any gap.
-async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "LISTEN connection failed; relying on polling");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                    _ = shutdown.changed() => return,
-                }
-            }
-        };
-        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
-            warn!(error = %e, "LISTEN failed; relying on polling");
-        }
-        loop {
-            tokio::select! {
-                n = listener.recv() => match n {
-                    Ok(_) => wake.notify_one(),
-                    Err(e) => { warn!(error = %e, "LISTEN connection lost"); break; }
-                },
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
-
 fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `t` plus `d`, saturating.
+fn later(t: Timestamp, d: Duration) -> Timestamp {
+    Timestamp::from_unix_millis(t.unix_millis().saturating_add(duration_ms(d)))
 }

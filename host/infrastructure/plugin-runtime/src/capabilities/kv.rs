@@ -1,13 +1,13 @@
 //! `oms:plugins/kv`: the plugin's durable key-value namespace (its name), granted by
 //! `[capabilities] kv = true`. This module checks the grant and the arguments; atomicity is
-//! the [`KvStore`]'s job.
+//! the [`PluginKvStore`]'s job.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::bindings::caps::oms::plugins::kv as wit;
-use crate::error::{KvError, LoadError};
-use crate::kv::{self, KvStore};
+use crate::error::LoadError;
+use crate::kv::{self, KvError, PluginKvStore};
 use crate::manifest::Manifest;
 use crate::state::HostState;
 
@@ -21,7 +21,7 @@ pub const MAX_BATCH_KEYS: usize = 256;
 /// The store and namespace a plugin may use, or nothing.
 #[derive(Clone)]
 pub struct KvGrant {
-    store: Option<Arc<dyn KvStore>>,
+    store: Option<Arc<dyn PluginKvStore>>,
     namespace: String,
 }
 
@@ -37,7 +37,10 @@ impl std::fmt::Debug for KvGrant {
 impl KvGrant {
     /// Granted when the manifest asks and the runtime has a store; asking without a store is a
     /// load error (the plugin would fail on every call otherwise).
-    pub fn from_manifest(m: &Manifest, store: Option<Arc<dyn KvStore>>) -> Result<Self, LoadError> {
+    pub fn from_manifest(
+        m: &Manifest,
+        store: Option<Arc<dyn PluginKvStore>>,
+    ) -> Result<Self, LoadError> {
         if !m.capabilities.kv {
             return Ok(Self {
                 store: None,
@@ -55,7 +58,7 @@ impl KvGrant {
         })
     }
 
-    fn store(&self) -> Result<&Arc<dyn KvStore>, wit::KvError> {
+    fn store(&self) -> Result<&Arc<dyn PluginKvStore>, wit::KvError> {
         self.store.as_ref().ok_or(wit::KvError::Denied)
     }
 }
@@ -80,9 +83,11 @@ fn check_value(value: &[u8]) -> Result<(), wit::KvError> {
     Ok(())
 }
 
+/// A failing database is never the plugin's fault: it may retry later. A counter that is not
+/// a number is (its own data).
 fn to_wit(e: KvError) -> wit::KvError {
     match e {
-        KvError::Unavailable(m) => wit::KvError::Unavailable(m),
+        KvError::Store(e) => wit::KvError::Unavailable(e.to_string()),
         other => wit::KvError::Invalid(other.to_string()),
     }
 }

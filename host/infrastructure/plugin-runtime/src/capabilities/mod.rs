@@ -18,7 +18,7 @@ pub mod log;
 use std::sync::Arc;
 
 use crate::error::LoadError;
-use crate::kv::KvStore;
+use crate::kv::PluginKvStore;
 use crate::manifest::Manifest;
 
 /// Everything a plugin version may use, resolved from its manifest at load; shared by all of
@@ -37,7 +37,7 @@ impl PluginContext {
     /// Resolves every grant of `manifest`; refuses one that is malformed.
     pub fn from_manifest(
         manifest: &Manifest,
-        store: Option<Arc<dyn KvStore>>,
+        store: Option<Arc<dyn PluginKvStore>>,
     ) -> Result<Self, LoadError> {
         Ok(Self {
             name: manifest.name.as_str().into(),

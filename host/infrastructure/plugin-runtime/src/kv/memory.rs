@@ -1,10 +1,10 @@
-//! In-memory [`KvStore`] for unit tests and single-process demos: a mutex makes batches atomic.
+//! In-memory [`PluginKvStore`] for unit tests and single-process demos: a mutex makes batches
+//! atomic.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{BatchOutcome, BoundedAdd, Evaluation, KvStore, Swap, evaluate};
-use crate::error::KvError;
+use super::{BatchOutcome, BoundedAdd, Evaluation, KvError, PluginKvStore, Swap, evaluate};
 
 /// Not durable: state is lost with the process.
 #[derive(Debug, Default)]
@@ -27,7 +27,7 @@ impl MemoryKvStore {
 }
 
 #[async_trait::async_trait]
-impl KvStore for MemoryKvStore {
+impl PluginKvStore for MemoryKvStore {
     async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         Ok(self.with(|d| d.get(namespace).and_then(|ns| ns.get(key).cloned())))
     }

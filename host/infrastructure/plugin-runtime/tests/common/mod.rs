@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use oms_plugin_runtime::clients::payment::{AuthorizeRequest, Money};
-use oms_plugin_runtime::kv::{KvStore, MemoryKvStore};
+use oms_plugin_runtime::kv::{MemoryKvStore, PluginKvStore};
 use oms_plugin_runtime::{EngineOptions, PluginRuntime, RuntimeOptions};
 
 /// `target/plugins`, built by `scripts/build-plugins`. Panics with the command to run when a
@@ -33,7 +33,7 @@ pub fn manifest(name: &str) -> PathBuf {
     path
 }
 
-pub fn runtime_with(kv: Arc<dyn KvStore>) -> PluginRuntime {
+pub fn runtime_with(kv: Arc<dyn PluginKvStore>) -> PluginRuntime {
     PluginRuntime::new(RuntimeOptions::default(), Some(kv)).unwrap()
 }
 

@@ -1,8 +1,33 @@
-//! The one definition of what an atomic batch means, shared by every backend.
+//! The plugins' durable key-value state: what an atomic batch means, written once for every
+//! store (the database ones in `oms-persistence`, the in-memory one of the plugin runtime), and
+//! the errors of a store. The port is [`crate::ports::PluginKvStore`].
 
 use std::collections::HashMap;
 
-use crate::error::KvError;
+use crate::ports::StoreError;
+
+/// Why a key-value operation failed in the store itself (not a failed condition).
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The database failed (classified like every other store's errors).
+    #[error("key-value store: {0}")]
+    Store(#[from] StoreError),
+    #[error("key-value value for {key} is not an integer")]
+    NotAnInteger { key: String },
+}
+
+/// Every key a batch touches, sorted: stores lock keys in this order so that two batches
+/// over overlapping keys cannot deadlock.
+pub fn batch_keys(swaps: &[Swap], adds: &[BoundedAdd]) -> Vec<String> {
+    let mut keys: Vec<String> = swaps
+        .iter()
+        .map(|s| s.key.clone())
+        .chain(adds.iter().map(|a| a.key.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
 
 /// Conditional write of one key: it must hold `expected` (`None` = absent), then holds `new`
 /// (`None` = deleted).

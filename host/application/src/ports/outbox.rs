@@ -1,0 +1,121 @@
+//! The outbox port, relay side. Rows are written by [`super::OrderStore::save`] (in the
+//! order's transaction); this port is everything that happens to them afterwards: the relay
+//! leases, publishes, retries, dead-letters and prunes them, and an operator redrives dead
+//! letters.
+//!
+//! Claiming is a lease: the claimed rows' `next_attempt_at` moves past the lease, so no other
+//! relay takes them while this one publishes, and a relay that dies mid-batch only delays its
+//! rows until the lease ends. No transaction stays open while the broker is called.
+//!
+//! Per-order ordering: a row is claimable only when no earlier unpublished row of the same
+//! order exists. A failed row therefore blocks its order's later rows until it is published
+//! or dead-lettered, and two relays can never publish one order's events out of order.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use oms_domain::{OrderId, Timestamp};
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// One claimed outbox row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub aggregate_id: OrderId,
+    pub event_type: String,
+    pub schema_version: u32,
+    /// The stored document, as written ([`crate::outbox::OutboxPayload`]) unless the row was
+    /// tampered with: the relay checks it against the contract and dead-letters a row whose
+    /// payload breaks it. A stored text that is not even JSON arrives as a JSON string.
+    pub payload: serde_json::Value,
+    /// Extra message headers (a JSON object of strings).
+    pub headers: serde_json::Value,
+    pub occurred_at: Timestamp,
+    pub created_at: Timestamp,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// A row of `dead_letters`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The row's id in the outbox, which redrive restores.
+    pub id: i64,
+    pub event_id: Uuid,
+    pub aggregate_id: OrderId,
+    pub event_type: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub failed_at: Timestamp,
+    pub redriven_at: Option<Timestamp>,
+}
+
+/// Outbox lag and dead-letter size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub unpublished: i64,
+    /// `created_at` of the oldest unpublished row.
+    pub oldest_created_at: Option<Timestamp>,
+    /// Dead letters not yet redriven.
+    pub dead_letters: i64,
+}
+
+/// The outbox and its dead letters, as the relay and operators use them.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Leases up to `limit` due rows (each the oldest unpublished row of its order) until
+    /// `lease_until`; returns them in id order. Safe with several relays: a row is leased to
+    /// one relay at a time.
+    async fn claim(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError>;
+
+    async fn mark_published(&self, ids: &[i64], now: Timestamp) -> Result<(), StoreError>;
+
+    /// Records a failed attempt; the row becomes due again at `retry_at`.
+    async fn mark_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Moves a row to `dead_letters` (atomically), which unblocks its order's later rows. A
+    /// row dead-lettered again after a redrive updates its record.
+    async fn dead_letter(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Puts a dead letter back into the outbox under its original id with a fresh attempt
+    /// count, due `now`. `Ok(false)` when it was already redriven (and has not failed since);
+    /// `NotFound` when there is no dead letter with this id.
+    async fn redrive(&self, id: i64, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// Dead letters, newest failure first; `pending_only` leaves out redriven ones.
+    async fn dead_letters(
+        &self,
+        pending_only: bool,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Deletes up to `limit` rows published before `cutoff`; returns how many.
+    async fn prune(&self, cutoff: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    async fn backlog(&self) -> Result<Backlog, StoreError>;
+
+    /// Wakes `wake` whenever any process commits outbox rows, until `shutdown` turns true.
+    /// Returns at once where the database has no such signal (the relay then relies on
+    /// in-process wake-ups and polling).
+    async fn watch_commits(&self, wake: Arc<Notify>, shutdown: watch::Receiver<bool>);
+}

@@ -1,0 +1,361 @@
+//! [`OrderStore`]: orders, their lines, and the outbox rows written with them.
+
+use std::fmt::Write as _;
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+use oms_application::outbox::OutboxMessage;
+use oms_application::ports::{OrderQuery, OrderStore, OrderWrite, StoreError};
+use oms_domain::{Order, OrderId, Version};
+use sqlx::AssertSqlSafe;
+
+use crate::idempotency::complete_claim;
+use crate::mapping::{
+    ItemRow, OrderRow, decode_item, decode_order, item_columns, order_columns, order_from_rows,
+    orders_from_rows,
+};
+use crate::sagas::insert_saga;
+use crate::sql::{Args, Column, ConnOf, Dialect, RowExt, RowOf, Rows, Sql, json};
+
+pub(crate) struct SqlOrderStore<D: Dialect> {
+    sql: Sql<D>,
+    dialect: PhantomData<D>,
+}
+
+impl<D: Dialect> SqlOrderStore<D> {
+    pub(crate) fn new(sql: Sql<D>) -> Self {
+        Self {
+            sql,
+            dialect: PhantomData,
+        }
+    }
+}
+
+fn decode_items<D: Dialect>(rows: &[RowOf<D>]) -> Result<Vec<ItemRow>, StoreError> {
+    rows.iter()
+        .map(|r| decode_item::<D>(r).map_err(D::classify))
+        .collect()
+}
+
+#[async_trait]
+impl<D: Dialect> OrderStore for SqlOrderStore<D> {
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        let row = D::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE id = $1"
+        ))
+        .arg(D::id(id.as_uuid()))
+        .fetch_optional(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let order = decode_order::<D>(&row).map_err(D::classify)?;
+        // Lines are written with the order and never change, so reading them in a second
+        // statement cannot see a different order than the first.
+        let items = D::query(concat!(
+            "SELECT ",
+            item_columns!(),
+            " FROM order_items WHERE order_id = $1 ORDER BY line_no"
+        ))
+        .arg(D::id(id.as_uuid()))
+        .fetch_all(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        order_from_rows(order, decode_items::<D>(&items)?).map(Some)
+    }
+
+    async fn list(&self, query: &OrderQuery) -> Result<Vec<Order>, StoreError> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Built per filter combination rather than `($1 IS NULL OR status = $1)`, so that
+        // the planner always sees a predicate it can match to the (status, id) and
+        // (customer_id, id) indexes.
+        let mut sql = String::from(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE TRUE"
+        ));
+        let mut params = 0;
+        let mut param = || {
+            params += 1;
+            params
+        };
+        if query.status.is_some() {
+            let _ = write!(sql, " AND status = ${}", param());
+        }
+        if query.customer_id.is_some() {
+            let _ = write!(sql, " AND customer_id = ${}", param());
+        }
+        if query.before.is_some() {
+            let _ = write!(sql, " AND id < ${}", param());
+        }
+        let _ = write!(sql, " ORDER BY id DESC LIMIT ${}", param());
+        let mut select = D::query(AssertSqlSafe(sql));
+        if let Some(status) = query.status {
+            select = select.arg(status.as_str());
+        }
+        if let Some(customer) = &query.customer_id {
+            select = select.arg(customer.as_str());
+        }
+        if let Some(before) = query.before {
+            select = select.arg(D::id(before.as_uuid()));
+        }
+        let rows = select
+            .arg(i64::from(query.limit))
+            .fetch_all(self.sql.reader())
+            .await
+            .map_err(D::classify)?;
+        let orders = rows
+            .iter()
+            .map(|r| decode_order::<D>(r).map_err(D::classify))
+            .collect::<Result<Vec<OrderRow>, _>>()?;
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One query for the lines of the whole page, not one per order.
+        let ids = orders.iter().map(|o| o.id).collect();
+        let items = D::bind_list(
+            D::query(AssertSqlSafe(format!(
+                concat!(
+                    "SELECT ",
+                    item_columns!(),
+                    " FROM order_items WHERE order_id {} ORDER BY order_id, line_no"
+                ),
+                D::in_list("$1")
+            ))),
+            Column::Id(ids),
+        )
+        .fetch_all(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        orders_from_rows(orders, decode_items::<D>(&items)?)
+    }
+
+    async fn save(&self, write: OrderWrite<'_>) -> Result<(), StoreError> {
+        let mut tx = self.sql.begin_write().await?;
+        write_order::<D>(&mut tx, &write).await?;
+        // Dropping `tx` on any early return above rolls everything back.
+        tx.commit().await.map_err(D::classify)
+    }
+}
+
+/// Everything an [`OrderWrite`] changes, inside the caller's transaction: `save` runs it
+/// alone; a saga commit runs it before updating the saga (the lock order is explained in
+/// `sagas.rs`). On error the caller must roll back (drop the transaction).
+pub(crate) async fn write_order<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    write: &OrderWrite<'_>,
+) -> Result<(), StoreError> {
+    // The key first: a request whose lease was taken over fails before it writes anything,
+    // and holding the key's row lock makes a concurrent takeover wait for this commit (then
+    // see the key completed).
+    if let Some(completion) = write.idempotency {
+        complete_claim::<D>(conn, &completion.claim, &completion.outcome).await?;
+    }
+    match write.expected_version {
+        None => insert_order::<D>(conn, write.order).await?,
+        Some(expected) => update_order::<D>(conn, write.order, expected).await?,
+    }
+    insert_outbox::<D>(conn, write.outbox, write.order).await?;
+    // After the order: the saga row references it.
+    if let Some(saga) = write.start_saga {
+        insert_saga::<D>(conn, saga).await?;
+    }
+    Ok(())
+}
+
+async fn insert_order<D: Dialect>(conn: &mut ConnOf<D>, order: &Order) -> Result<(), StoreError> {
+    let p = order.parts();
+    let a = &p.shipping_address;
+    D::query(
+        "INSERT INTO orders (id, customer_id, status, payment_status, reservation_status, \
+         currency, total_minor, captured_minor, refunded_minor, payment_provider, payment_token, \
+         ship_recipient, ship_line1, ship_line2, ship_city, ship_postal_code, ship_country, \
+         failure_reason, version, created_at, updated_at, ship_email) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, $19, $20, $21, $22)",
+    )
+    .arg(D::id(p.id.as_uuid()))
+    .arg(p.customer_id.as_str())
+    .arg(p.status.as_str())
+    .arg(p.payment_status.as_str())
+    .arg(p.reservation_status.as_str())
+    .arg(p.total.currency().as_str())
+    .arg(p.total.amount_minor())
+    .arg(p.captured.amount_minor())
+    .arg(p.refunded.amount_minor())
+    .arg(p.payment.provider.as_str())
+    .arg(p.payment.token.as_str())
+    .arg(a.recipient.as_str())
+    .arg(a.line1.as_str())
+    .arg(a.line2.as_str())
+    .arg(a.city.as_str())
+    .arg(a.postal_code.as_str())
+    .arg(a.country.as_str())
+    .arg(p.failure_reason.as_deref())
+    .arg(p.version.0)
+    .arg(p.created_at.unix_millis())
+    .arg(p.updated_at.unix_millis())
+    .arg(a.email.as_str())
+    .execute(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+
+    let lines = p.items.len();
+    let mut line_nos = Vec::with_capacity(lines);
+    let mut skus = Vec::with_capacity(lines);
+    let mut quantities = Vec::with_capacity(lines);
+    let mut prices = Vec::with_capacity(lines);
+    let mut currencies = Vec::with_capacity(lines);
+    for (line_no, item) in (0i32..).zip(&p.items) {
+        line_nos.push(line_no);
+        skus.push(item.sku.as_str().to_owned());
+        quantities.push(i32::try_from(item.quantity.get()).unwrap_or(i32::MAX));
+        prices.push(item.unit_price.amount_minor());
+        currencies.push(item.unit_price.currency().as_str().to_owned());
+    }
+    D::insert_rows(
+        conn,
+        Rows {
+            table: "order_items",
+            columns: &[
+                "order_id",
+                "line_no",
+                "sku",
+                "quantity",
+                "unit_price_minor",
+                "currency",
+            ],
+            values: vec![
+                Column::Id(vec![p.id.as_uuid(); lines]),
+                Column::Int(line_nos),
+                Column::Text(skus),
+                Column::Int(quantities),
+                Column::BigInt(prices),
+                Column::Text(currencies),
+            ],
+            on_conflict: "",
+        },
+    )
+    .await
+    .map_err(D::classify)
+}
+
+/// The optimistic-locked update. Lines never change after the insert, so only the order row
+/// is written.
+async fn update_order<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    order: &Order,
+    expected: Version,
+) -> Result<(), StoreError> {
+    let p = order.parts();
+    let a = &p.shipping_address;
+    let updated = D::query(
+        "UPDATE orders SET status = $3, payment_status = $4, reservation_status = $5, \
+         captured_minor = $6, refunded_minor = $7, ship_recipient = $8, ship_line1 = $9, \
+         ship_line2 = $10, ship_city = $11, ship_postal_code = $12, ship_country = $13, \
+         failure_reason = $14, version = $15, updated_at = $16, ship_email = $17 \
+         WHERE id = $1 AND version = $2",
+    )
+    .arg(D::id(p.id.as_uuid()))
+    .arg(expected.0)
+    .arg(p.status.as_str())
+    .arg(p.payment_status.as_str())
+    .arg(p.reservation_status.as_str())
+    .arg(p.captured.amount_minor())
+    .arg(p.refunded.amount_minor())
+    .arg(a.recipient.as_str())
+    .arg(a.line1.as_str())
+    .arg(a.line2.as_str())
+    .arg(a.city.as_str())
+    .arg(a.postal_code.as_str())
+    .arg(a.country.as_str())
+    .arg(p.failure_reason.as_deref())
+    .arg(p.version.0)
+    .arg(p.updated_at.unix_millis())
+    .arg(a.email.as_str())
+    .execute(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+    if D::rows_affected(&updated) == 1 {
+        return Ok(());
+    }
+    // The version that beat us: under READ COMMITTED (PostgreSQL) a concurrent writer's
+    // commit is visible to this statement; on SQLite the write lock is held since BEGIN.
+    let current = D::query("SELECT version FROM orders WHERE id = $1")
+        .arg(D::id(p.id.as_uuid()))
+        .fetch_optional(D::on(conn))
+        .await
+        .map_err(D::classify)?
+        .map(|row| row.col::<i64>("version"))
+        .transpose()
+        .map_err(D::classify)?;
+    Err(match current {
+        None => StoreError::NotFound,
+        Some(v) => StoreError::VersionConflict {
+            current: Version(v),
+        },
+    })
+}
+
+/// The events, in order (the relay publishes in id order, which follows insertion order).
+async fn insert_outbox<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    messages: &[OutboxMessage],
+    order: &Order,
+) -> Result<(), StoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let n = messages.len();
+    let mut event_ids = Vec::with_capacity(n);
+    let mut aggregates = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    for m in messages {
+        event_ids.push(m.event_id);
+        aggregates.push(m.aggregate_id.as_uuid());
+        types.push(m.event_type.to_owned());
+        versions.push(i32::try_from(m.schema_version).map_err(|_| {
+            StoreError::Corrupt(format!("schema version {} out of range", m.schema_version))
+        })?);
+        payloads.push(json(&m.payload, "outbox payload")?);
+        occurred.push(m.occurred_at.unix_millis());
+    }
+    D::insert_rows(
+        conn,
+        Rows {
+            table: "outbox",
+            columns: &[
+                "event_id",
+                "aggregate_id",
+                "event_type",
+                "schema_version",
+                "payload",
+                "occurred_at",
+                "created_at",
+                "next_attempt_at",
+            ],
+            values: vec![
+                Column::Id(event_ids),
+                Column::Id(aggregates),
+                Column::Text(types),
+                Column::Int(versions),
+                Column::Json(payloads),
+                Column::BigInt(occurred.clone()),
+                Column::BigInt(vec![order.updated_at().unix_millis(); n]),
+                // Due at once.
+                Column::BigInt(occurred),
+            ],
+            on_conflict: "",
+        },
+    )
+    .await
+    .map_err(D::classify)
+}

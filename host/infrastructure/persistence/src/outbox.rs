@@ -1,0 +1,272 @@
+//! [`OutboxStore`]: the outbox as the relay sees it (rows are written by `orders.rs`) and the
+//! dead letters. The port documents the lease and the per-order ordering.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use oms_application::ports::{Backlog, DeadLetter, OutboxRow, OutboxStore, StoreError};
+use oms_domain::{OrderId, Timestamp};
+use sqlx::AssertSqlSafe;
+use tokio::sync::{Notify, watch};
+
+use crate::sql::{Args, Column, Dialect, RowExt, RowOf, Sql, lenient_json};
+
+/// The channel the outbox trigger notifies on PostgreSQL (migration 0003).
+pub const NOTIFY_CHANNEL: &str = "oms_outbox";
+
+const COLUMNS: &str = "id, event_id, aggregate_id, event_type, schema_version, payload, headers, \
+                       occurred_at, created_at, attempts";
+
+/// Due, unpublished, and the oldest unpublished row of its order.
+const CLAIMABLE: &str = "c.published_at IS NULL AND c.next_attempt_at <= $1 \
+     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.aggregate_id = c.aggregate_id \
+                     AND p.published_at IS NULL AND p.id < c.id)";
+
+pub(crate) struct SqlOutboxStore<D: Dialect> {
+    sql: Sql<D>,
+    dialect: PhantomData<D>,
+}
+
+impl<D: Dialect> SqlOutboxStore<D> {
+    pub(crate) fn new(sql: Sql<D>) -> Self {
+        Self {
+            sql,
+            dialect: PhantomData,
+        }
+    }
+}
+
+fn count(value: i32, what: &str) -> Result<u32, sqlx::Error> {
+    u32::try_from(value).map_err(|_| sqlx::Error::Decode(format!("negative {what}").into()))
+}
+
+fn decode_row<D: Dialect>(row: &RowOf<D>) -> Result<OutboxRow, sqlx::Error> {
+    Ok(OutboxRow {
+        id: row.col("id")?,
+        event_id: D::uuid(row.col("event_id")?),
+        aggregate_id: OrderId::from_uuid(D::uuid(row.col("aggregate_id")?)),
+        event_type: row.col("event_type")?,
+        schema_version: count(row.col("schema_version")?, "schema version")?,
+        // Leniently: a payload that is not even JSON must reach the relay, which dead-letters
+        // it, instead of failing every claim.
+        payload: lenient_json(row, "payload")?,
+        headers: lenient_json(row, "headers")?,
+        occurred_at: Timestamp::from_unix_millis(row.col("occurred_at")?),
+        created_at: Timestamp::from_unix_millis(row.col("created_at")?),
+        attempts: count(row.col("attempts")?, "attempts")?,
+    })
+}
+
+fn decode_dead_letter<D: Dialect>(row: &RowOf<D>) -> Result<DeadLetter, sqlx::Error> {
+    Ok(DeadLetter {
+        id: row.col("id")?,
+        event_id: D::uuid(row.col("event_id")?),
+        aggregate_id: OrderId::from_uuid(D::uuid(row.col("aggregate_id")?)),
+        event_type: row.col("event_type")?,
+        attempts: count(row.col("attempts")?, "attempts")?,
+        last_error: row.col("last_error")?,
+        failed_at: Timestamp::from_unix_millis(row.col("failed_at")?),
+        redriven_at: row
+            .col::<Option<i64>>("redriven_at")?
+            .map(Timestamp::from_unix_millis),
+    })
+}
+
+#[async_trait]
+impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
+    async fn claim(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = format!(
+            "UPDATE outbox SET next_attempt_at = $2 WHERE id IN (SELECT c.id FROM outbox c \
+             WHERE {CLAIMABLE} ORDER BY c.id LIMIT $3{lock}) RETURNING {COLUMNS}",
+            lock = D::CONCURRENCY.claim_lock()
+        );
+        let rows = self
+            .sql
+            .write_returning(
+                D::query(AssertSqlSafe(sql))
+                    .arg(now.unix_millis())
+                    .arg(lease_until.unix_millis())
+                    .arg(i64::from(limit)),
+            )
+            .await?;
+        let mut rows = rows
+            .iter()
+            .map(|r| decode_row::<D>(r).map_err(D::classify))
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING has no defined order.
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    async fn mark_published(&self, ids: &[i64], now: Timestamp) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE outbox SET published_at = $1, last_error = NULL WHERE id {}",
+            D::in_list("$2")
+        );
+        let query = D::query(AssertSqlSafe(sql)).arg(now.unix_millis());
+        self.sql
+            .write(D::bind_list(query, Column::BigInt(ids.to_vec())))
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.sql
+            .write(
+                D::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $1, \
+                     next_attempt_at = $2 WHERE id = $3 AND published_at IS NULL",
+                )
+                .arg(error)
+                .arg(retry_at.unix_millis())
+                .arg(id),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.sql.begin_write().await?;
+        D::query(
+            "INSERT INTO dead_letters (id, event_id, aggregate_id, event_type, \
+             schema_version, payload, headers, occurred_at, attempts, last_error, failed_at) \
+             SELECT id, event_id, aggregate_id, event_type, schema_version, payload, headers, \
+             occurred_at, $1, $2, $3 FROM outbox WHERE id = $4 \
+             ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts, \
+             last_error = excluded.last_error, failed_at = excluded.failed_at, \
+             redriven_at = NULL",
+        )
+        .arg(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .arg(error)
+        .arg(now.unix_millis())
+        .arg(id)
+        .execute(D::on(&mut tx))
+        .await
+        .map_err(D::classify)?;
+        D::query("DELETE FROM outbox WHERE id = $1")
+            .arg(id)
+            .execute(D::on(&mut tx))
+            .await
+            .map_err(D::classify)?;
+        tx.commit().await.map_err(D::classify)
+    }
+
+    async fn redrive(&self, id: i64, now: Timestamp) -> Result<bool, StoreError> {
+        let mut tx = self.sql.begin_write().await?;
+        let found = D::query("SELECT 1 FROM dead_letters WHERE id = $1")
+            .arg(id)
+            .fetch_optional(D::on(&mut tx))
+            .await
+            .map_err(D::classify)?
+            .is_some();
+        if !found {
+            return Err(StoreError::NotFound);
+        }
+        let inserted = D::query(
+            "INSERT INTO outbox (id, event_id, aggregate_id, event_type, schema_version, \
+             payload, headers, occurred_at, created_at, attempts, next_attempt_at) \
+             SELECT id, event_id, aggregate_id, event_type, schema_version, payload, headers, \
+             occurred_at, $1, 0, $1 FROM dead_letters WHERE id = $2 AND redriven_at IS NULL",
+        )
+        .arg(now.unix_millis())
+        .arg(id)
+        .execute(D::on(&mut tx))
+        .await
+        .map_err(D::classify)?;
+        let redriven = D::rows_affected(&inserted) == 1;
+        if redriven {
+            D::query("UPDATE dead_letters SET redriven_at = $1 WHERE id = $2")
+                .arg(now.unix_millis())
+                .arg(id)
+                .execute(D::on(&mut tx))
+                .await
+                .map_err(D::classify)?;
+        }
+        tx.commit().await.map_err(D::classify)?;
+        Ok(redriven)
+    }
+
+    async fn dead_letters(
+        &self,
+        pending_only: bool,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let sql = format!(
+            "SELECT id, event_id, aggregate_id, event_type, attempts, last_error, failed_at, \
+             redriven_at FROM dead_letters {} ORDER BY failed_at DESC, id DESC LIMIT $1",
+            if pending_only {
+                "WHERE redriven_at IS NULL"
+            } else {
+                ""
+            }
+        );
+        let rows = D::query(AssertSqlSafe(sql))
+            .arg(i64::from(limit))
+            .fetch_all(self.sql.reader())
+            .await
+            .map_err(D::classify)?;
+        rows.iter()
+            .map(|r| decode_dead_letter::<D>(r).map_err(D::classify))
+            .collect()
+    }
+
+    async fn prune(&self, cutoff: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let deleted = self
+            .sql
+            .write(
+                D::query(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+                     WHERE published_at IS NOT NULL AND published_at < $1 ORDER BY id LIMIT $2)",
+                )
+                .arg(cutoff.unix_millis())
+                .arg(i64::from(limit)),
+            )
+            .await?;
+        Ok(D::rows_affected(&deleted))
+    }
+
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        let row = D::query(
+            "SELECT (SELECT COUNT(*) FROM outbox WHERE published_at IS NULL) AS n, \
+             (SELECT MIN(created_at) FROM outbox WHERE published_at IS NULL) AS oldest, \
+             (SELECT COUNT(*) FROM dead_letters WHERE redriven_at IS NULL) AS dead",
+        )
+        .fetch_one(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        let decode = || -> Result<Backlog, sqlx::Error> {
+            Ok(Backlog {
+                unpublished: row.col("n")?,
+                oldest_created_at: row
+                    .col::<Option<i64>>("oldest")?
+                    .map(Timestamp::from_unix_millis),
+                dead_letters: row.col("dead")?,
+            })
+        };
+        decode().map_err(D::classify)
+    }
+
+    async fn watch_commits(&self, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
+        D::watch_notifications(&self.sql.pools, NOTIFY_CHANNEL, wake, shutdown).await;
+    }
+}

@@ -1,0 +1,191 @@
+//! [`PluginKvStore`] over `plugin_kv` (migration `0002_plugin_kv.sql`).
+//!
+//! Atomicity: a batch is one write transaction that first locks its keys (in sorted order,
+//! so that overlapping batches cannot deadlock), then reads them, evaluates the batch with
+//! [`evaluate`] (the semantics are written once, in the application layer), and writes the
+//! result. On PostgreSQL the locks are advisory locks per key, which also lock keys that do
+//! not exist yet (a counter's first increment, a record that must be absent); on SQLite the
+//! write transaction already holds the database's write lock. `set` and `delete` take the same
+//! lock, so that they cannot slip between a batch's read and its write.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+use oms_application::plugin_kv::{
+    BatchOutcome, BoundedAdd, Evaluation, KvError, Swap, batch_keys, evaluate,
+};
+use oms_application::ports::PluginKvStore;
+use sqlx::AssertSqlSafe;
+
+use crate::sql::{Args, Column, Dialect, RowExt, Rows, Sql};
+
+/// How often a batch is retried when it lost a race (PostgreSQL: a deadlock or serialization
+/// failure, possible only if advisory lock ids of different keys collide).
+const RETRIES: usize = 5;
+
+pub(crate) struct SqlPluginKvStore<D: Dialect> {
+    sql: Sql<D>,
+    dialect: PhantomData<D>,
+}
+
+impl<D: Dialect> SqlPluginKvStore<D> {
+    pub(crate) fn new(sql: Sql<D>) -> Self {
+        Self {
+            sql,
+            dialect: PhantomData,
+        }
+    }
+
+    fn upsert() -> String {
+        format!(
+            "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_at = {}",
+            D::NOW
+        )
+    }
+
+    /// Applies `writes` (`None` deletes) under the keys' locks, in one transaction. The outer
+    /// error is the driver's, for the retry decision; the inner one is the batch's.
+    async fn try_batch(
+        &self,
+        namespace: &str,
+        swaps: &[Swap],
+        adds: &[BoundedAdd],
+    ) -> Result<Result<BatchOutcome, KvError>, sqlx::Error> {
+        let keys = batch_keys(swaps, adds);
+        let mut tx = self
+            .sql
+            .pools
+            .writer
+            .begin_with(D::CONCURRENCY.begin_write())
+            .await?;
+        D::lock_names(&mut tx, namespace, &keys).await?;
+        let rows = D::bind_list(
+            D::query(AssertSqlSafe(format!(
+                "SELECT key, value FROM plugin_kv WHERE namespace = $1 AND key {}",
+                D::in_list("$2")
+            )))
+            .arg(namespace),
+            Column::Text(keys),
+        )
+        .fetch_all(D::on(&mut tx))
+        .await?;
+        let mut current = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            current.insert(row.col::<String>("key")?, row.col::<Vec<u8>>("value")?);
+        }
+        // Dropping `tx` on an early return rolls back.
+        let (writes, outcome) = match evaluate(&current, swaps, adds) {
+            Err(e) => return Ok(Err(e)),
+            Ok(Evaluation::Refuse(outcome)) => return Ok(Ok(outcome)),
+            Ok(Evaluation::Apply { writes, outcome }) => (writes, outcome),
+        };
+        let (mut put_keys, mut put_values, mut del_keys) = (vec![], vec![], vec![]);
+        for w in writes {
+            match w.value {
+                Some(v) => {
+                    put_keys.push(w.key);
+                    put_values.push(v);
+                }
+                None => del_keys.push(w.key),
+            }
+        }
+        let upsert = Self::upsert();
+        D::insert_rows(
+            &mut tx,
+            Rows {
+                table: "plugin_kv",
+                columns: &["namespace", "key", "value"],
+                values: vec![
+                    Column::Text(vec![namespace.to_owned(); put_keys.len()]),
+                    Column::Text(put_keys),
+                    Column::Bytes(put_values),
+                ],
+                on_conflict: &upsert,
+            },
+        )
+        .await?;
+        if !del_keys.is_empty() {
+            D::bind_list(
+                D::query(AssertSqlSafe(format!(
+                    "DELETE FROM plugin_kv WHERE namespace = $1 AND key {}",
+                    D::in_list("$2")
+                )))
+                .arg(namespace),
+                Column::Text(del_keys),
+            )
+            .execute(D::on(&mut tx))
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(outcome))
+    }
+
+    /// An unconditional write under the key's lock (`None` deletes).
+    async fn write_one(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), KvError> {
+        let mut tx = self.sql.begin_write().await?;
+        D::lock_names(&mut tx, namespace, &[key.to_owned()])
+            .await
+            .map_err(D::classify)?;
+        let write = match value {
+            Some(v) => D::query(AssertSqlSafe(format!(
+                "INSERT INTO plugin_kv (namespace, key, value) VALUES ($1, $2, $3) {}",
+                Self::upsert()
+            )))
+            .arg(namespace)
+            .arg(key)
+            .arg(v),
+            None => D::query("DELETE FROM plugin_kv WHERE namespace = $1 AND key = $2")
+                .arg(namespace)
+                .arg(key),
+        };
+        write.execute(D::on(&mut tx)).await.map_err(D::classify)?;
+        tx.commit().await.map_err(D::classify)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> PluginKvStore for SqlPluginKvStore<D> {
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let row = D::query("SELECT value FROM plugin_kv WHERE namespace = $1 AND key = $2")
+            .arg(namespace)
+            .arg(key)
+            .fetch_optional(self.sql.reader())
+            .await
+            .map_err(D::classify)?;
+        Ok(row
+            .map(|r| r.col::<Vec<u8>>("value"))
+            .transpose()
+            .map_err(D::classify)?)
+    }
+
+    async fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.write_one(namespace, key, Some(value)).await
+    }
+
+    async fn delete(&self, namespace: &str, key: &str) -> Result<(), KvError> {
+        self.write_one(namespace, key, None).await
+    }
+
+    async fn batch(
+        &self,
+        namespace: &str,
+        swaps: &[Swap],
+        adds: &[BoundedAdd],
+    ) -> Result<BatchOutcome, KvError> {
+        let mut attempt = 0;
+        loop {
+            match self.try_batch(namespace, swaps, adds).await {
+                Ok(result) => return result,
+                Err(e) if D::lost_race(&e) && attempt < RETRIES => attempt += 1,
+                Err(e) => return Err(D::classify(e).into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! [`SagaStore`]: saga instances and their steps. Several workers (and, on PostgreSQL,
+//! several host processes) share one database: claims never hand one saga to two workers
+//! ([`crate::sql::Concurrency`] says how), and every commit is fenced by the saga's version
+//! and the committing worker's lease.
+
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+use oms_application::ports::{Fence, SagaCommit, SagaStore, StepRecord, StepState, StoreError};
+use oms_application::saga::{SagaId, SagaInstance, SagaStatus};
+use oms_domain::{OrderId, Timestamp, Version};
+use sqlx::AssertSqlSafe;
+
+use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
+use crate::orders::write_order;
+use crate::sql::{Args, ConnOf, Dialect, RowExt, RowOf, Sql, UniqueIndex, json};
+
+/// The unique partial index that admits one active saga per order (migration 0004).
+const ONE_ACTIVE: UniqueIndex = UniqueIndex {
+    name: "saga_instances_one_active_idx",
+    columns: "saga_instances.order_id",
+};
+
+pub(crate) struct SqlSagaStore<D: Dialect> {
+    sql: Sql<D>,
+    dialect: PhantomData<D>,
+}
+
+impl<D: Dialect> SqlSagaStore<D> {
+    pub(crate) fn new(sql: Sql<D>) -> Self {
+        Self {
+            sql,
+            dialect: PhantomData,
+        }
+    }
+}
+
+fn decode_sagas<D: Dialect>(rows: &[RowOf<D>]) -> Result<Vec<SagaInstance>, StoreError> {
+    rows.iter()
+        .map(|r| saga_from_row(decode_saga::<D>(r).map_err(D::classify)?))
+        .collect()
+}
+
+/// Classifies an error of a statement that may make a saga active: hitting the one-active
+/// index means the order already has a running saga, which the caller must hear as such.
+fn saga_write_error<D: Dialect>(e: sqlx::Error) -> StoreError {
+    if D::violates(&e, &ONE_ACTIVE) {
+        StoreError::SagaActive
+    } else {
+        D::classify(e)
+    }
+}
+
+/// Inserts a new saga inside the caller's transaction (an order write that starts it).
+pub(crate) async fn insert_saga<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    saga: &SagaInstance,
+) -> Result<(), StoreError> {
+    let ints = SagaInts::of(saga)?;
+    D::query(
+        "INSERT INTO saga_instances (id, kind, order_id, status, step_index, attempts, \
+         next_attempt_at, deadline_at, last_error, state, version, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .arg(D::id(saga.id.0))
+    .arg(saga.kind.as_str())
+    .arg(D::id(saga.order_id.as_uuid()))
+    .arg(saga.status.as_str())
+    .arg(ints.step_index)
+    .arg(ints.attempts)
+    .arg(saga.next_attempt_at.unix_millis())
+    .arg(saga.step_deadline.map(|t| t.unix_millis()))
+    .arg(saga.last_error.as_deref())
+    .arg(json(&saga.data, "saga state")?)
+    .arg(saga.version)
+    .arg(saga.created_at.unix_millis())
+    .arg(saga.updated_at.unix_millis())
+    .execute(D::on(conn))
+    .await
+    .map_err(saga_write_error::<D>)?;
+    Ok(())
+}
+
+/// Records one attempt of a step. `started_at` is the first attempt's time; the plugin build
+/// is the last one that served a call (an attempt that never reached the plugin keeps it).
+async fn upsert_step<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    saga: SagaId,
+    record: &StepRecord,
+) -> Result<(), StoreError> {
+    let call = record.call.as_ref();
+    let finished = matches!(record.state, StepState::Succeeded | StepState::Failed);
+    D::query(
+        "INSERT INTO saga_steps (saga_id, step, action, plugin_name, plugin_version, \
+         plugin_digest, idempotency_key, status, attempts, last_error, started_at, finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (saga_id, step, action) DO UPDATE SET \
+         plugin_name = COALESCE(excluded.plugin_name, saga_steps.plugin_name), \
+         plugin_version = COALESCE(excluded.plugin_version, saga_steps.plugin_version), \
+         plugin_digest = COALESCE(excluded.plugin_digest, saga_steps.plugin_digest), \
+         idempotency_key = excluded.idempotency_key, status = excluded.status, \
+         attempts = excluded.attempts, last_error = excluded.last_error, \
+         finished_at = excluded.finished_at",
+    )
+    .arg(D::id(saga.0))
+    .arg(record.step)
+    .arg(record.direction.as_str())
+    .arg(call.map(|c| c.plugin.as_str()))
+    .arg(call.map(|c| c.version.as_str()))
+    .arg(call.map(|c| c.digest.as_str()))
+    .arg(record.idempotency_key.as_str())
+    .arg(record.state.as_str())
+    // The column is 32 bits: an attempt count beyond that is recorded as the maximum.
+    .arg(i32::try_from(record.attempts).unwrap_or(i32::MAX))
+    .arg(record.last_error.as_deref())
+    .arg(record.at.unix_millis())
+    .arg(finished.then(|| record.at.unix_millis()))
+    .execute(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+    Ok(())
+}
+
+#[async_trait]
+impl<D: Dialect> SagaStore for SqlSagaStore<D> {
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SagaInstance>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One statement: the subquery picks due rows that no live worker leases (with row
+        // locks, it skips rows another claimer has locked, and a row claimed and committed
+        // meanwhile is re-checked against `lease_until` and dropped). Claiming leaves
+        // `version` alone: it changes who may commit, not the saga.
+        let sql = format!(
+            concat!(
+                "UPDATE saga_instances SET lease_owner = $1, lease_until = $3 WHERE id IN (",
+                "SELECT id FROM saga_instances WHERE status IN ('RUNNING', 'COMPENSATING') ",
+                "AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2) ",
+                "ORDER BY next_attempt_at LIMIT $4{lock}) RETURNING ",
+                saga_columns!()
+            ),
+            lock = D::CONCURRENCY.claim_lock()
+        );
+        let rows = self
+            .sql
+            .write_returning(
+                D::query(AssertSqlSafe(sql))
+                    .arg(owner)
+                    .arg(now.unix_millis())
+                    .arg(lease_until.unix_millis())
+                    .arg(i64::from(limit)),
+            )
+            .await?;
+        let mut sagas = decode_sagas::<D>(&rows)?;
+        // RETURNING has no defined order; hand them out most overdue first.
+        sagas.sort_by_key(|s| (s.next_attempt_at, s.id));
+        Ok(sagas)
+    }
+
+    async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError> {
+        let saga = commit.saga;
+        let ints = SagaInts::of(saga)?;
+        // An ended saga lets go of its lease, so nothing reads it as still being worked on.
+        let active = saga.status.is_active();
+        // A worker commits under its lease; an operator (no owner) only a parked saga, which
+        // it leaves unleased so that any worker claims it.
+        let owner = match commit.fence {
+            Fence::Lease(owner) => Some(owner),
+            Fence::Parked => None,
+        };
+        let mut tx = self.sql.begin_write().await?;
+        // The order first, the saga second: the same lock order as an order write that starts
+        // a saga (order row, then the one-active index), so the two cannot deadlock.
+        if let Some(order) = &commit.order {
+            write_order::<D>(&mut tx, order).await?;
+        }
+        let updated = D::query(
+            "UPDATE saga_instances SET status = $4, step_index = $5, attempts = $6, \
+             next_attempt_at = $7, deadline_at = $8, last_error = $9, state = $10, \
+             version = $11, updated_at = $12, lease_owner = $13, lease_until = $14 \
+             WHERE id = $1 AND version = $2 \
+             AND (lease_owner = $3 OR ($3 IS NULL AND status = 'COMPENSATION_FAILED'))",
+        )
+        .arg(D::id(saga.id.0))
+        .arg(commit.expected_version)
+        .arg(owner)
+        .arg(saga.status.as_str())
+        .arg(ints.step_index)
+        .arg(ints.attempts)
+        .arg(saga.next_attempt_at.unix_millis())
+        .arg(saga.step_deadline.map(|t| t.unix_millis()))
+        .arg(saga.last_error.as_deref())
+        .arg(json(&saga.data, "saga state")?)
+        .arg(saga.version)
+        .arg(saga.updated_at.unix_millis())
+        .arg(owner.filter(|_| active))
+        .arg(
+            owner
+                .filter(|_| active)
+                .map(|_| commit.lease_until.unix_millis()),
+        )
+        .execute(D::on(&mut tx))
+        .await
+        .map_err(saga_write_error::<D>)?;
+        if D::rows_affected(&updated) != 1 {
+            // Moved on, or leased to another worker since our claim: the caller reloads.
+            let current = D::query("SELECT version FROM saga_instances WHERE id = $1")
+                .arg(D::id(saga.id.0))
+                .fetch_optional(D::on(&mut tx))
+                .await
+                .map_err(D::classify)?
+                .map(|row| row.col::<i64>("version"))
+                .transpose()
+                .map_err(D::classify)?;
+            return Err(StoreError::VersionConflict {
+                current: Version(current.unwrap_or(0)),
+            });
+        }
+        if let Some(record) = commit.step {
+            upsert_step::<D>(&mut tx, saga.id, record).await?;
+        }
+        // Dropping `tx` on any early return above rolls everything back.
+        tx.commit().await.map_err(D::classify)
+    }
+
+    async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError> {
+        let row = D::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM saga_instances WHERE id = $1"
+        ))
+        .arg(D::id(id.0))
+        .fetch_optional(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        row.map(|r| saga_from_row(decode_saga::<D>(&r).map_err(D::classify)?))
+            .transpose()
+    }
+
+    async fn for_order(&self, order_id: OrderId) -> Result<Vec<SagaInstance>, StoreError> {
+        let rows = D::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM saga_instances WHERE order_id = $1 ORDER BY created_at, id"
+        ))
+        .arg(D::id(order_id.as_uuid()))
+        .fetch_all(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        decode_sagas::<D>(&rows)
+    }
+
+    async fn with_status(
+        &self,
+        status: SagaStatus,
+        limit: u32,
+    ) -> Result<Vec<SagaInstance>, StoreError> {
+        let rows = D::query(concat!(
+            "SELECT ",
+            saga_columns!(),
+            " FROM saga_instances WHERE status = $1 ORDER BY created_at, id LIMIT $2"
+        ))
+        .arg(status.as_str())
+        .arg(i64::from(limit))
+        .fetch_all(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        decode_sagas::<D>(&rows)
+    }
+}

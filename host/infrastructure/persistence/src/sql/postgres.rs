@@ -1,0 +1,305 @@
+//! PostgreSQL: the production database. Native UUIDs and JSONB, row locks, arrays for bulk
+//! inserts and lists, advisory locks for keys, and LISTEN/NOTIFY for commit wake-ups.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oms_application::ports::StoreError;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres};
+use tokio::sync::{Notify, watch};
+use tracing::warn;
+use uuid::Uuid;
+
+use super::{Column, Concurrency, Dialect, Pools, Q, Rows, SqlDb, UniqueIndex};
+use crate::errors::{transient, unexpected};
+use crate::{DatabaseOptions, PersistenceError, redact};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../../migrations/postgres");
+
+/// The PostgreSQL [`Dialect`].
+#[derive(Debug)]
+pub(crate) struct PostgresDialect;
+
+impl SqlDb for Postgres {}
+
+/// Opens the pool (one pool serves reads and writes) and runs the migrations.
+pub(crate) async fn open(
+    url: &str,
+    options: &DatabaseOptions,
+) -> Result<Pools<Postgres>, PersistenceError> {
+    let connect_options: PgConnectOptions =
+        url.parse().map_err(|source| PersistenceError::InvalidUrl {
+            url: redact(url),
+            source,
+        })?;
+    let pool = PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect_options)
+        .await
+        .map_err(|source| PersistenceError::Connect {
+            url: redact(url),
+            source,
+        })?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|source| PersistenceError::Migrate {
+            url: redact(url),
+            source,
+        })?;
+    Ok(Pools {
+        reader: pool.clone(),
+        writer: pool,
+    })
+}
+
+/// SQLSTATEs after which the same request may succeed if retried.
+fn retryable_sqlstate(code: &str) -> bool {
+    matches!(
+        code,
+        // serialization_failure, deadlock_detected: the transaction lost a race.
+        "40001" | "40P01"
+        // admin_shutdown, crash_shutdown, cannot_connect_now: the server is going away.
+        | "57P01" | "57P02" | "57P03"
+        // too_many_connections, out_of_memory, insufficient_resources.
+        | "53300" | "53200" | "53000"
+        // read_only_sql_transaction: connected to a standby during a failover.
+        | "25006"
+    ) || code.starts_with("08") // connection_exception class
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .map(|code| code.into_owned())
+}
+
+/// The array type a column's values are bound as.
+fn array_type(column: &Column) -> &'static str {
+    match column {
+        Column::Int(_) => "int4[]",
+        Column::BigInt(_) => "int8[]",
+        Column::Text(_) => "text[]",
+        Column::Id(_) => "uuid[]",
+        Column::Json(_) => "jsonb[]",
+        Column::Bytes(_) => "bytea[]",
+    }
+}
+
+fn bind_array<'q>(query: Q<'q, PostgresDialect>, values: Column) -> Q<'q, PostgresDialect> {
+    match values {
+        Column::Int(v) => query.bind(v),
+        Column::BigInt(v) => query.bind(v),
+        Column::Text(v) => query.bind(v),
+        Column::Id(v) => query.bind(v),
+        Column::Json(v) => query.bind(v),
+        Column::Bytes(v) => query.bind(v),
+    }
+}
+
+impl Dialect for PostgresDialect {
+    type DB = Postgres;
+    type Id = Uuid;
+
+    const CONCURRENCY: Concurrency = Concurrency::RowLocks;
+    const NOW: &'static str = "now()";
+
+    fn id(uuid: Uuid) -> Uuid {
+        uuid
+    }
+
+    fn uuid(id: Uuid) -> Uuid {
+        id
+    }
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn on(conn: &mut PgConnection) -> impl Executor<'_, Database = Postgres> {
+        conn
+    }
+
+    fn on_pool(pool: &PgPool) -> impl Executor<'_, Database = Postgres> {
+        pool
+    }
+
+    fn classify(e: sqlx::Error) -> StoreError {
+        if let Some(store_error) = transient(&e) {
+            return store_error;
+        }
+        match sqlstate(&e) {
+            Some(code) if retryable_sqlstate(&code) => StoreError::Unavailable(e.to_string()),
+            _ => unexpected(&e),
+        }
+    }
+
+    fn lost_race(e: &sqlx::Error) -> bool {
+        matches!(sqlstate(e).as_deref(), Some("40001" | "40P01"))
+    }
+
+    fn violates(e: &sqlx::Error, index: &UniqueIndex) -> bool {
+        e.as_database_error().is_some_and(|db| {
+            db.kind() == sqlx::error::ErrorKind::UniqueViolation
+                && db.constraint() == Some(index.name)
+        })
+    }
+
+    fn in_list(param: &str) -> String {
+        format!("= ANY({param})")
+    }
+
+    fn bind_list<'q>(query: Q<'q, Self>, values: Column) -> Q<'q, Self> {
+        bind_array(query, values)
+    }
+
+    /// One statement for all rows: a round trip per row would dominate an order's write
+    /// (an order has up to 100 lines). The arrays are unnested in parallel; `WITH ORDINALITY`
+    /// keeps the rows in order, so generated ids follow it.
+    async fn insert_rows(conn: &mut PgConnection, rows: Rows<'_>) -> Result<(), sqlx::Error> {
+        if rows.len() == 0 {
+            return Ok(());
+        }
+        let columns = rows.columns.join(", ");
+        let mut arrays = String::new();
+        for (n, values) in rows.values.iter().enumerate() {
+            let sep = if n == 0 { "" } else { ", " };
+            let _ = write!(arrays, "{sep}${}::{}", n + 1, array_type(values));
+        }
+        let sql = format!(
+            "INSERT INTO {table} ({columns}) SELECT {columns} FROM UNNEST({arrays}) \
+             WITH ORDINALITY AS r({columns}, ord) ORDER BY ord {on_conflict}",
+            table = rows.table,
+            on_conflict = rows.on_conflict,
+        );
+        let mut query = Self::query(AssertSqlSafe(sql));
+        for values in rows.values {
+            query = bind_array(query, values);
+        }
+        query.execute(conn).await?;
+        Ok(())
+    }
+
+    /// Transaction-scoped advisory locks, one per name, taken in a fixed (sorted) order so
+    /// that two transactions over overlapping names cannot deadlock. Unlike `SELECT ... FOR
+    /// UPDATE` they also lock names that have no row yet.
+    async fn lock_names(
+        conn: &mut PgConnection,
+        namespace: &str,
+        names: &[String],
+    ) -> Result<(), sqlx::Error> {
+        Self::query(
+            "SELECT pg_advisory_xact_lock(h) FROM ( \
+               SELECT DISTINCT hashtextextended($1 || chr(1) || k, 7) AS h \
+               FROM UNNEST($2::text[]) AS k ORDER BY h) AS ids",
+        )
+        .bind(namespace)
+        .bind(names)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// LISTEN on `channel`, reconnecting after errors. Polling covers any gap, so a lost
+    /// notification only costs latency.
+    async fn watch_notifications(
+        pools: &Pools<Postgres>,
+        channel: &'static str,
+        wake: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let mut listener = match PgListener::connect_with(&pools.reader).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, "LISTEN connection failed; relying on polling");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            if let Err(e) = listener.listen(channel).await {
+                warn!(error = %e, "LISTEN failed; relying on polling");
+            }
+            loop {
+                tokio::select! {
+                    n = listener.recv() => match n {
+                        Ok(_) => wake.notify_one(),
+                        Err(e) => { warn!(error = %e, "LISTEN connection lost"); break; }
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, PgConnection};
+
+    use super::*;
+    use crate::testing::TestDatabase;
+
+    fn classify(e: sqlx::Error) -> StoreError {
+        PostgresDialect::classify(e)
+    }
+
+    /// Two SERIALIZABLE transactions that read and write the same row: the second writer
+    /// fails with 40001, which must come out as retryable.
+    #[tokio::test]
+    async fn serialization_failure_is_unavailable() {
+        let test_db = TestDatabase::postgres().await.unwrap();
+        let mut a = PgConnection::connect(test_db.url()).await.unwrap();
+        let mut b = PgConnection::connect(test_db.url()).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        for conn in [&mut a, &mut b] {
+            sqlx::query("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::query("SELECT x FROM t")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        sqlx::query("UPDATE t SET x = 2")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        sqlx::query("COMMIT").execute(&mut a).await.unwrap();
+        let err = sqlx::query("UPDATE t SET x = 3")
+            .execute(&mut b)
+            .await
+            .unwrap_err();
+        assert!(PostgresDialect::lost_race(&err));
+        assert!(matches!(classify(err), StoreError::Unavailable(_)));
+        let bad = sqlx::query("SELECT nope FROM t")
+            .execute(&mut a)
+            .await
+            .unwrap_err();
+        assert!(!PostgresDialect::lost_race(&bad));
+        assert!(matches!(classify(bad), StoreError::Corrupt(_)));
+        drop((a, b));
+        test_db.cleanup().await.unwrap();
+    }
+
+    #[test]
+    fn pool_exhaustion_is_unavailable() {
+        assert!(matches!(
+            classify(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+    }
+}
