@@ -1,7 +1,7 @@
 //! The errors a use case can return. The transport maps each variant to exactly one status
 //! code (docs/api.md has the table).
 
-use oms_domain::{DomainError, Version};
+use oms_domain::{DomainError, MoneyError, Version};
 
 use crate::ports::StoreError;
 use crate::saga::{SagaKind, SagaStatus};
@@ -41,9 +41,17 @@ pub enum AppError {
     /// The client's `expected_version` is stale.
     #[error("version conflict: the order is at version {}", current.0)]
     VersionConflict { current: Version },
-    /// The operation is not allowed in the current state (illegal transition, amount limit).
+    /// The order's (or saga's) state does not allow the operation: an illegal transition.
     #[error("{0}")]
-    FailedPrecondition(String),
+    IllegalTransition(String),
+    /// A capture or refund asks for more than the payment allows (or for an amount that
+    /// cannot be represented).
+    #[error("{0}")]
+    AmountExceeded(String),
+    /// An amount in another currency than the order's. The request is wrong, not the order's
+    /// state, so it names the field like [`Self::InvalidArgument`].
+    #[error("{}: {}", .0.field, .0.description)]
+    CurrencyMismatch(FieldViolation),
     /// The idempotency key was first used with a different request.
     #[error("idempotency key was already used for a different request to {method}; use a new key")]
     IdempotencyMismatch { method: String },
@@ -78,7 +86,8 @@ impl AppError {
             self,
             Self::NotFound(_)
                 | Self::VersionConflict { .. }
-                | Self::FailedPrecondition(_)
+                | Self::IllegalTransition(_)
+                | Self::AmountExceeded(_)
                 | Self::FulfilmentStarted(_)
         )
     }
@@ -91,7 +100,28 @@ impl From<DomainError> for AppError {
                 Self::InvalidArgument(vec![FieldViolation::new(field, reason)])
             }
             DomainError::FulfilmentStarted { .. } => Self::FulfilmentStarted(e.to_string()),
-            other => Self::FailedPrecondition(other.to_string()),
+            DomainError::CurrencyMismatch {
+                field,
+                expected,
+                actual,
+            } => Self::CurrencyMismatch(FieldViolation::new(
+                field,
+                format!("must be in the order's currency {expected}, not {actual}"),
+            )),
+            DomainError::Money(MoneyError::CurrencyMismatch { left, right }) => {
+                Self::CurrencyMismatch(FieldViolation::new(
+                    "amount",
+                    format!("currency mismatch: {left} vs {right}"),
+                ))
+            }
+            DomainError::AmountExceeded(_)
+            | DomainError::Money(MoneyError::Overflow | MoneyError::Negative) => {
+                Self::AmountExceeded(e.to_string())
+            }
+            DomainError::IllegalOrderTransition { .. }
+            | DomainError::IllegalPaymentTransition { .. } => {
+                Self::IllegalTransition(e.to_string())
+            }
         }
     }
 }

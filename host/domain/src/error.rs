@@ -1,6 +1,6 @@
 //! Errors the domain can report. They carry no transport concerns: the gRPC edge maps them.
 
-use crate::money::MoneyError;
+use crate::money::{Currency, MoneyError};
 use crate::order::{OrderStatus, PaymentStatus};
 
 /// Why a raw value was refused by a value-object constructor. The caller attaches the field
@@ -36,8 +36,16 @@ pub enum DomainError {
     /// A refund or capture asked for more than the payment allows.
     #[error("{0}")]
     AmountExceeded(String),
-    /// An argument that no state of this order could accept (a refund of zero, or in another
-    /// currency): the request, not the order's state, is wrong. `field` is its request path.
+    /// An amount in another currency than the order's: no amount limit is involved, the
+    /// amount given is simply not comparable. `field` is its request path.
+    #[error("{field}: must be in the order's currency {expected}, not {actual}")]
+    CurrencyMismatch {
+        field: &'static str,
+        expected: Currency,
+        actual: Currency,
+    },
+    /// An argument that no state of this order could accept (a refund of zero): the request,
+    /// not the order's state, is wrong. `field` is its request path.
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
     /// Fulfilment has begun (stock committed or money captured): what the order holds can no

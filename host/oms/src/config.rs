@@ -287,6 +287,40 @@ pub enum ConfigError {
     MissingFile(String),
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    /// A duration or count that only makes sense above zero (a zero lease or poll interval
+    /// would spin, a zero batch never progresses). Named by its key, as in the file.
+    #[error("invalid configuration: {key} must be greater than zero")]
+    NotPositive { key: &'static str },
+}
+
+/// What printed or logged secrets are replaced with.
+pub const REDACTED: &str = "***";
+
+/// Whether a `broker.properties` key holds a credential (`sasl.password`,
+/// `ssl.key.password`, `sasl.oauthbearer.client.secret`, ...). Deliberately broad: hiding a
+/// harmless value costs nothing, printing a password cannot be undone.
+fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// `url` with the password of its user-info replaced by [`REDACTED`]
+/// (`postgres://oms:***@db/oms`); URLs without one are returned as they are.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    format!("{}{user}:{REDACTED}{}", &url[..scheme + 3], &url[at..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Config {
@@ -307,9 +341,62 @@ impl Config {
                 .filter(|key| key.as_str().contains("__"))
                 .split("__"),
         );
-        figment
+        let config: Self = figment
             .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses zero where only a positive value works, naming the key. The wiring relies on
+    /// it instead of clamping each value where it is used. Negative values never get here:
+    /// the fields are unsigned, so figment refuses them naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.grpc;
+        let b = &self.broker;
+        // `plugins.watch_interval_ms` and `saga.step_deadline_cap_ms` are absent on purpose:
+        // for them 0 means "off" and "the step tables' own", as documented.
+        let positive: [(&'static str, u64); 18] = [
+            ("grpc.keepalive_interval_ms", g.keepalive_interval_ms),
+            ("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms),
+            ("grpc.idle_timeout_ms", g.idle_timeout_ms),
+            ("grpc.request_timeout_ms", g.request_timeout_ms),
+            ("idempotency.ttl_secs", self.idempotency.ttl_secs),
+            ("idempotency.lease_secs", self.idempotency.lease_secs),
+            (
+                "idempotency.sweep_interval_secs",
+                self.idempotency.sweep_interval_secs,
+            ),
+            ("watch.poll_interval_ms", self.watch.poll_interval_ms),
+            ("saga.batch", u64::from(self.saga.batch)),
+            ("saga.poll_interval_ms", self.saga.poll_interval_ms),
+            ("saga.lease_secs", self.saga.lease_secs),
+            ("broker.delivery_timeout_ms", b.delivery_timeout_ms),
+            ("broker.relay.batch_size", u64::from(b.relay.batch_size)),
+            ("broker.relay.max_attempts", u64::from(b.relay.max_attempts)),
+            ("broker.relay.backoff_base_ms", b.relay.backoff_base_ms),
+            ("broker.relay.backoff_max_ms", b.relay.backoff_max_ms),
+            ("broker.relay.poll_interval_ms", b.relay.poll_interval_ms),
+            ("broker.relay.retention_hours", b.relay.retention_hours),
+        ];
+        match positive.iter().find(|(_, value)| *value == 0) {
+            Some(&(key, _)) => Err(ConfigError::NotPositive { key }),
+            None => Ok(()),
+        }
+    }
+
+    /// A copy safe to print or log: the database password and every credential-like
+    /// `broker.properties` value (see [`is_secret_property`]) replaced by [`REDACTED`]. The
+    /// one place secrets are hidden: whatever prints configuration goes through here.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        copy.database.url = redact_url(&self.database.url);
+        for (key, value) in &mut copy.broker.properties {
+            if is_secret_property(key) {
+                *value = REDACTED.to_owned();
+            }
+        }
+        copy
     }
 
     pub fn idempotency_ttl(&self) -> Duration {
@@ -366,6 +453,54 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn zero_durations_are_refused_by_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("oms.toml", "[saga]\nlease_secs = 0\n")?;
+            let e = Config::load(Some(Path::new("oms.toml"))).expect_err("zero lease");
+            assert_eq!(
+                e.to_string(),
+                "invalid configuration: saga.lease_secs must be greater than zero"
+            );
+            jail.create_file("neg.toml", "[broker.relay]\npoll_interval_ms = -5\n")?;
+            let e = Config::load(Some(Path::new("neg.toml"))).expect_err("negative");
+            assert!(e.to_string().contains("poll_interval_ms"), "{e}");
+            Ok(())
+        });
+        let mut c = Config::default();
+        c.plugins.watch_interval_ms = 0;
+        c.saga.step_deadline_cap_ms = 0;
+        assert!(c.validate().is_ok(), "0 means off / the tables' own there");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = Config::default();
+        c.database.url = "postgres://oms:s3cret@db:5432/oms".to_owned();
+        for (k, v) in [
+            ("sasl.password", "p1"),
+            ("ssl.key.password", "p2"),
+            ("sasl.oauthbearer.client.secret", "p3"),
+            ("security.protocol", "SASL_SSL"),
+        ] {
+            c.broker.properties.insert(k.to_owned(), v.to_owned());
+        }
+        let shown = toml::to_string_pretty(&c.redacted()).unwrap_or_default();
+        for secret in ["s3cret", "p1", "p2", "p3"] {
+            assert!(!shown.contains(secret), "{secret} printed:\n{shown}");
+        }
+        assert!(shown.contains("postgres://oms:***@db:5432/oms"), "{shown}");
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+        assert_eq!(
+            redact_url("postgres://postgres@db/oms"),
+            "postgres://postgres@db/oms"
+        );
+        assert_eq!(
+            redact_url("sqlite://./data/oms.db"),
+            "sqlite://./data/oms.db"
+        );
     }
 
     #[test]

@@ -25,7 +25,8 @@ struct Cli {
 enum Command {
     /// Run the host: gRPC API, database, background workers.
     Serve,
-    /// Print the effective configuration (defaults + file + environment) as TOML.
+    /// Print the effective configuration (defaults + file + environment) as TOML, secrets
+    /// redacted.
     Config,
     /// Operator commands on sagas, over the configured database.
     Saga {
@@ -40,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Config => {
-            print!("{}", toml::to_string_pretty(&config)?);
+            // Secrets (database password, broker credentials) are shown as `***`.
+            print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
         Command::Saga { command } => {

@@ -50,7 +50,7 @@ pub async fn run(
         .with_context(|| {
             format!(
                 "opening database {}",
-                oms_persistence::redact(&config.database.url)
+                crate::config::redact_url(&config.database.url)
             )
         })?;
     let operations = SagaOperations::new(

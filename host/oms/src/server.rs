@@ -85,6 +85,8 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// Starts the host as configured and returns once it listens.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    // `Config::load` validated already; a config built in code (tests, embedders) has not.
+    config.validate()?;
     check_grpc_limits(&config)?;
     let options = DatabaseOptions {
         max_connections: config.database.max_connections,
@@ -92,7 +94,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     };
     let db = oms_persistence::connect(&config.database.url, &options)
         .await
-        .with_context(|| format!("opening database {}", redact(&config.database.url)))?;
+        .with_context(|| {
+            format!(
+                "opening database {}",
+                crate::config::redact_url(&config.database.url)
+            )
+        })?;
     let service = OrderService::new(
         db.orders(),
         db.sagas(),
@@ -167,13 +174,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 
     let sweeper = tokio::spawn(sweep_idempotency_keys(
         service.clone(),
-        Duration::from_secs(config.idempotency.sweep_interval_secs.max(1)),
+        Duration::from_secs(config.idempotency.sweep_interval_secs),
         shutdown_rx,
     ));
 
     tasks.push(grpc_task);
     tasks.push(sweeper);
-    info!(%addr, database = %redact(&config.database.url), "oms serving gRPC");
+    info!(%addr, database = %crate::config::redact_url(&config.database.url), "oms serving gRPC");
     Ok(RunningServer {
         addr,
         shutdown,
@@ -228,10 +235,6 @@ fn check_grpc_limits(config: &Config) -> anyhow::Result<()> {
         "grpc.idle_timeout_ms must exceed grpc.keepalive_interval_ms: live clients show they \
          are there by answering the keep-alive pings"
     );
-    anyhow::ensure!(
-        g.keepalive_timeout_ms > 0 && g.request_timeout_ms > 0,
-        "grpc.keepalive_timeout_ms and grpc.request_timeout_ms must be at least 1"
-    );
     Ok(())
 }
 
@@ -267,15 +270,15 @@ fn spawn_saga_workers(
             service.changes().clone(),
             EngineConfig {
                 worker: format!("oms-{}-{process}-{n}", std::process::id()),
-                lease: Duration::from_secs(config.saga.lease_secs.max(1)),
+                lease: Duration::from_secs(config.saga.lease_secs),
                 deadline_cap: (config.saga.step_deadline_cap_ms > 0)
                     .then(|| Duration::from_millis(config.saga.step_deadline_cap_ms)),
             },
             Arc::new(rand::random::<f64>),
         ));
         let worker_config = WorkerConfig {
-            batch: config.saga.batch.max(1),
-            poll_interval: Duration::from_millis(config.saga.poll_interval_ms.max(1)),
+            batch: config.saga.batch,
+            poll_interval: Duration::from_millis(config.saga.poll_interval_ms),
         };
         let wakeup = service.saga_wakeup();
         let shutdown = shutdown.clone();
@@ -305,7 +308,7 @@ fn spawn_messaging(
             crate::config::BrokerKind::InProcess => host::BrokerChoice::InProcess,
             crate::config::BrokerKind::Kafka => host::BrokerChoice::Kafka(broker::KafkaOptions {
                 bootstrap_servers: b.bootstrap_servers.clone(),
-                delivery_timeout: ms(b.delivery_timeout_ms.max(1)),
+                delivery_timeout: ms(b.delivery_timeout_ms),
                 properties: b.properties.clone(),
             }),
         },
@@ -315,15 +318,15 @@ fn spawn_messaging(
             notification_dead_letters: b.topics.notification_dead_letters.clone(),
         },
         relay: relay::RelayConfig {
-            batch_size: b.relay.batch_size.max(1),
-            max_attempts: b.relay.max_attempts.max(1),
+            batch_size: b.relay.batch_size,
+            max_attempts: b.relay.max_attempts,
             backoff: RetryPolicy {
                 initial: ms(b.relay.backoff_base_ms),
                 max: ms(b.relay.backoff_max_ms),
             },
             // The lease must outlast a publish: twice the delivery timeout.
-            lease: ms(b.delivery_timeout_ms.max(1).saturating_mul(2)),
-            poll_interval: ms(b.relay.poll_interval_ms.max(1)),
+            lease: ms(b.delivery_timeout_ms.saturating_mul(2)),
+            poll_interval: ms(b.relay.poll_interval_ms),
             retention: Duration::from_secs(b.relay.retention_hours.saturating_mul(3600)),
             ..relay::RelayConfig::default()
         },
@@ -393,23 +396,9 @@ async fn sweep_idempotency_keys(
     }
 }
 
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{api_in_flight, check_grpc_limits, redact};
+    use super::{api_in_flight, check_grpc_limits};
     use crate::config::Config;
 
     #[test]
@@ -436,18 +425,5 @@ mod tests {
         let mut c = Config::default();
         c.grpc.max_buffered_request_bytes = c.grpc.max_request_bytes - 1;
         assert!(check_grpc_limits(&c).is_err());
-    }
-
-    #[test]
-    fn passwords_never_reach_logs() {
-        assert_eq!(
-            redact("postgres://oms:s3cret@db:5432/oms"),
-            "postgres://oms:***@db:5432/oms"
-        );
-        assert_eq!(
-            redact("postgres://postgres@db/oms"),
-            "postgres://postgres@db/oms"
-        );
-        assert_eq!(redact("sqlite://./data/oms.db"), "sqlite://./data/oms.db");
     }
 }

@@ -74,10 +74,23 @@ pub struct IdempotencyClaim {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StoredError {
-    NotFound { what: String },
-    VersionConflict { current: i64 },
-    FailedPrecondition { message: String },
-    FulfilmentStarted { message: String },
+    NotFound {
+        what: String,
+    },
+    VersionConflict {
+        current: i64,
+    },
+    /// Kept under its first name so keys stored before the reasons were split still replay.
+    #[serde(rename = "failed_precondition")]
+    IllegalTransition {
+        message: String,
+    },
+    AmountExceeded {
+        message: String,
+    },
+    FulfilmentStarted {
+        message: String,
+    },
 }
 
 /// The outcome kept under a completed key.
@@ -107,7 +120,10 @@ impl StoredOutcome {
             AppError::VersionConflict { current } => {
                 StoredError::VersionConflict { current: current.0 }
             }
-            AppError::FailedPrecondition(message) => StoredError::FailedPrecondition {
+            AppError::IllegalTransition(message) => StoredError::IllegalTransition {
+                message: message.clone(),
+            },
+            AppError::AmountExceeded(message) => StoredError::AmountExceeded {
                 message: message.clone(),
             },
             AppError::FulfilmentStarted(message) => StoredError::FulfilmentStarted {
@@ -129,8 +145,11 @@ impl StoredOutcome {
                 StoredError::VersionConflict { current } => AppError::VersionConflict {
                     current: Version(*current),
                 },
-                StoredError::FailedPrecondition { message } => {
-                    AppError::FailedPrecondition(message.clone())
+                StoredError::IllegalTransition { message } => {
+                    AppError::IllegalTransition(message.clone())
+                }
+                StoredError::AmountExceeded { message } => {
+                    AppError::AmountExceeded(message.clone())
                 }
                 StoredError::FulfilmentStarted { message } => {
                     AppError::FulfilmentStarted(message.clone())

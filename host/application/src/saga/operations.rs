@@ -91,7 +91,7 @@ impl SagaOperations {
     ) -> Result<SagaInstance, AppError> {
         let saga = self.get(id).await?;
         if saga.status != SagaStatus::CompensationFailed {
-            return Err(AppError::FailedPrecondition(format!(
+            return Err(AppError::IllegalTransition(format!(
                 "saga {id} is {}, not parked in COMPENSATION_FAILED",
                 saga.status.as_str()
             )));
@@ -107,7 +107,7 @@ impl SagaOperations {
         if status == SagaStatus::Compensating
             && !definition.steps.iter().any(|s| s.compensation.is_some())
         {
-            return Err(AppError::FailedPrecondition(format!(
+            return Err(AppError::IllegalTransition(format!(
                 "a {} saga has no compensations; retry it instead",
                 saga.kind.as_str()
             )));

@@ -109,7 +109,10 @@ impl OrderService {
             let changed = change(&mut order);
             // A request that no state of the order could accept (a zero refund) is the
             // caller's to fix, whatever runs: say so first rather than "retry later".
-            if let Err(e @ DomainError::InvalidArgument { .. }) = changed {
+            if let Err(
+                e @ (DomainError::InvalidArgument { .. } | DomainError::CurrencyMismatch { .. }),
+            ) = changed
+            {
                 return Err(e.into());
             }
             let start = admitted?;

@@ -573,9 +573,10 @@ impl Order {
             Some(amount) => {
                 let currency = self.parts.total.currency();
                 if amount.currency() != currency {
-                    return Err(DomainError::InvalidArgument {
+                    return Err(DomainError::CurrencyMismatch {
                         field: "amount",
-                        reason: format!("must be in the order's currency {currency}"),
+                        expected: currency,
+                        actual: amount.currency(),
                     });
                 }
                 if amount.is_zero() {
@@ -604,11 +605,11 @@ impl Order {
     pub fn refund(&mut self, amount: Money, now: Timestamp) -> Result<OrderEvent, DomainError> {
         let refundable = self.parts.captured.checked_sub(&self.parts.refunded)?;
         if amount.currency() != refundable.currency() {
-            return Err(DomainError::AmountExceeded(format!(
-                "refund currency {} differs from the order's {}",
-                amount.currency(),
-                refundable.currency()
-            )));
+            return Err(DomainError::CurrencyMismatch {
+                field: "amount",
+                expected: refundable.currency(),
+                actual: amount.currency(),
+            });
         }
         if amount.is_zero() || amount.amount_minor() > refundable.amount_minor() {
             return Err(DomainError::AmountExceeded(format!(

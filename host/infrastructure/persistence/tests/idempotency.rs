@@ -97,7 +97,7 @@ on_both!(replay_and_mismatch, replay_after_success_and_mismatch);
 async fn final_errors_replay_and_stale_leases_fail(db: Database) {
     let claim = proceed(begin_at(&db, "k", b"body", 1_000).await);
     let outcome = StoredOutcome::Error {
-        error: StoredError::FailedPrecondition {
+        error: StoredError::IllegalTransition {
             message: "order is CANCELLED".into(),
         },
     };

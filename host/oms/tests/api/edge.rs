@@ -183,6 +183,13 @@ pub async fn refund_arguments_are_invalid_not_preconditions(backend: Backend) {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{amount:?}: {err:?}");
         assert_eq!(violated_fields(&err), ["amount"], "{amount:?}");
+        // A wrong currency has a reason of its own: the client fixes the currency.
+        let expected = if amount == money(0, "EUR") {
+            "INVALID_ARGUMENT"
+        } else {
+            "CURRENCY_MISMATCH"
+        };
+        assert_eq!(crate::helpers::error_info(&err).0, expected, "{amount:?}");
     }
     // Refunding an order that captured nothing stays a question of its state.
     let err = c

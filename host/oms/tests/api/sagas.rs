@@ -224,6 +224,24 @@ pub async fn fulfilment_captures_and_refunds_are_bounded(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // An amount limit, not an illegal transition: clients tell the two apart by reason.
+    assert_eq!(crate::helpers::error_info(&err).0, "AMOUNT_EXCEEDED");
+    let other = if total.currency == "USD" {
+        "EUR"
+    } else {
+        "USD"
+    };
+    let err = c
+        .refund_order(pb::RefundOrderRequest {
+            order_id: created.order_id.clone(),
+            amount: money(1, other),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(crate::helpers::error_info(&err).0, "CURRENCY_MISMATCH");
+    assert_eq!(crate::helpers::violated_fields(&err), ["amount"]);
     c.refund_order(pb::RefundOrderRequest {
         order_id: created.order_id.clone(),
         ..Default::default()

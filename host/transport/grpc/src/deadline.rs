@@ -48,7 +48,7 @@ pub async fn within<T>(
     match budget {
         None => work.await,
         Some(budget) => tokio::time::timeout(budget, work).await.unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(
+            Err(crate::status::deadline_exceeded(
                 "deadline exceeded before the request completed; retry with the same idempotency-key",
             ))
         }),

@@ -91,7 +91,7 @@ impl OrderApi {
             .in_flight
             .acquire()
             .await
-            .map_err(|_| Status::unavailable("the server is shutting down"))?;
+            .map_err(|_| status::unavailable("the server is shutting down"))?;
         work.await
     }
 }
@@ -268,7 +268,7 @@ impl OrderServiceApi for OrderApi {
                         tokio::select! {
                             item = updates.next() => item.map(|i| (i, (updates, deadline, false))),
                             () = &mut deadline => Some((
-                                Err(Status::deadline_exceeded(
+                                Err(crate::status::deadline_exceeded(
                                     "deadline exceeded before the order reached a terminal status",
                                 )),
                                 (updates, deadline, true),

@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod idempotency;
 pub mod listener;
 pub mod page_token;
+pub mod reason;
 pub mod status;
 
 pub use handlers::{ApiLimits, OrderApi, OrderServer};

@@ -1,11 +1,14 @@
-//! The one mapping from application errors to gRPC statuses (docs/api.md has the table).
+//! The one mapping from application errors to gRPC statuses (docs/api.md has the table,
+//! docs/errors/ a page per reason).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use oms_application::{AppError, FieldViolation};
-use tonic::{Code, Status};
+use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
+
+pub use crate::reason::ErrorReason;
 
 /// The `google.rpc.ErrorInfo.domain` of every error this API raises.
 pub const ERROR_DOMAIN: &str = "oms.v1";
@@ -38,19 +41,26 @@ fn bounded(text: &str, max: usize) -> String {
     format!("{}{ellipsis}", &text[..end])
 }
 
-/// A status whose message is bounded: every status of this API is built through here.
-fn status(code: Code, message: &str, details: Option<ErrorDetails>) -> Status {
-    let message = bounded(message, MAX_MESSAGE_BYTES);
-    match details {
-        Some(details) => Status::with_error_details(code, message, details),
-        None => Status::new(code, message),
-    }
+/// A status whose message is bounded and whose details carry the `ErrorInfo` of `reason`:
+/// every status of this API is built through here, so none leaves without its reason.
+fn status(
+    reason: ErrorReason,
+    message: &str,
+    metadata: HashMap<String, String>,
+    mut details: ErrorDetails,
+) -> Status {
+    details.set_error_info(reason.code(), ERROR_DOMAIN, metadata);
+    Status::with_error_details(
+        reason.grpc_code(),
+        bounded(message, MAX_MESSAGE_BYTES),
+        details,
+    )
 }
 
-/// Builds INVALID_ARGUMENT with a `google.rpc.BadRequest` listing the violations: all of
-/// them when they fit [`MAX_VIOLATIONS`] and [`MAX_VIOLATION_BYTES`], otherwise the first
-/// ones and a last entry (field `request`) saying how many more there are.
-pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
+/// The `BadRequest` listing `violations`: all of them when they fit [`MAX_VIOLATIONS`] and
+/// [`MAX_VIOLATION_BYTES`], otherwise the first ones and a last entry (field `request`)
+/// saying how many more there are. Returns it with a one-line summary for the message.
+fn bad_request(violations: &[FieldViolation]) -> (ErrorDetails, String) {
     let mut fields: Vec<tonic_types::FieldViolation> = Vec::new();
     let mut bytes = 0;
     for v in violations {
@@ -77,10 +87,18 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
         ));
         format!("invalid request ({omitted} more violation(s) not listed): {summary}")
     };
+    (ErrorDetails::with_bad_request(fields), message)
+}
+
+/// INVALID_ARGUMENT (reason `INVALID_ARGUMENT`) with a `google.rpc.BadRequest` listing the
+/// violations (see [`bad_request`]).
+pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
+    let (details, message) = bad_request(violations);
     status(
-        Code::InvalidArgument,
+        ErrorReason::InvalidArgument,
         &message,
-        Some(ErrorDetails::with_bad_request(fields)),
+        HashMap::new(),
+        details,
     )
 }
 
@@ -95,52 +113,85 @@ pub fn malformed_request(reason: &str) -> Status {
 
 /// The server's budget for request bytes in transit is spent: retry shortly.
 pub fn buffers_full() -> Status {
-    let mut details = error_info("SERVER_BUSY", HashMap::new());
-    details.set_retry_info(Some(RETRY_AFTER));
     status(
-        Code::ResourceExhausted,
+        ErrorReason::ServerBusy,
         "the server is receiving too many requests at once; retry shortly",
-        Some(details),
+        HashMap::new(),
+        ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
     )
 }
 
 /// A request message over the server's size limit.
 pub fn message_too_large(len: usize, limit: usize) -> Status {
     status(
-        Code::ResourceExhausted,
+        ErrorReason::MessageTooLarge,
         &format!("request message of {len} bytes exceeds the limit of {limit} bytes"),
-        Some(error_info("MESSAGE_TOO_LARGE", HashMap::new())),
+        HashMap::from([("limit_bytes".to_owned(), limit.to_string())]),
+        ErrorDetails::new(),
     )
 }
 
-fn error_info(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
-    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+/// The call's deadline (`grpc-timeout` or the server's request timeout) passed first.
+pub fn deadline_exceeded(message: &str) -> Status {
+    status(
+        ErrorReason::DeadlineExceeded,
+        message,
+        HashMap::new(),
+        ErrorDetails::new(),
+    )
+}
+
+/// The server cannot take the call now (shutting down); another replica or a retry can.
+pub fn unavailable(message: &str) -> Status {
+    status(
+        ErrorReason::Unavailable,
+        message,
+        HashMap::new(),
+        ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+    )
+}
+
+/// The reason an application error is reported with.
+pub fn reason(error: &AppError) -> ErrorReason {
+    match error {
+        AppError::InvalidArgument(_) => ErrorReason::InvalidArgument,
+        AppError::CurrencyMismatch(_) => ErrorReason::CurrencyMismatch,
+        AppError::NotFound(_) => ErrorReason::NotFound,
+        AppError::VersionConflict { .. } => ErrorReason::VersionConflict,
+        AppError::IllegalTransition(_) => ErrorReason::IllegalState,
+        AppError::AmountExceeded(_) => ErrorReason::AmountExceeded,
+        AppError::OperationInProgress { .. } => ErrorReason::OperationInProgress,
+        AppError::FulfilmentStarted(_) => ErrorReason::FulfilmentStarted,
+        AppError::IdempotencyMismatch { .. } => ErrorReason::IdempotencyKeyReused,
+        AppError::IdempotencyInProgress => ErrorReason::IdempotencyKeyInProgress,
+        AppError::Unavailable(_) => ErrorReason::Unavailable,
+        AppError::Internal(_) => ErrorReason::Internal,
+    }
 }
 
 /// Maps every application error to its status. Never INTERNAL for something the caller can
 /// fix.
 pub fn to_status(error: &AppError) -> Status {
+    let reason = reason(error);
     let message = error.to_string();
     match error {
         AppError::InvalidArgument(violations) => invalid_argument(violations),
-        AppError::NotFound(_) => status(Code::NotFound, &message, None),
+        // INVALID_ARGUMENT like any bad field, but with its own reason: the client fixes the
+        // currency, not the amount.
+        AppError::CurrencyMismatch(violation) => {
+            let (details, message) = bad_request(std::slice::from_ref(violation));
+            status(reason, &message, HashMap::new(), details)
+        }
         AppError::VersionConflict { current } => {
-            let mut details = error_info(
-                "VERSION_CONFLICT",
-                HashMap::from([("current_version".to_owned(), current.0.to_string())]),
-            );
+            let mut details = ErrorDetails::new();
             details.set_precondition_failure(vec![tonic_types::PreconditionViolation::new(
                 "VERSION",
                 "expected_version",
                 format!("the order is at version {}", current.0),
             )]);
-            status(Code::Aborted, &message, Some(details))
+            let metadata = HashMap::from([("current_version".to_owned(), current.0.to_string())]);
+            status(reason, &message, metadata, details)
         }
-        AppError::FailedPrecondition(_) => status(
-            Code::FailedPrecondition,
-            &message,
-            Some(error_info("ILLEGAL_STATE", HashMap::new())),
-        ),
         // Not an illegal transition: the same request may succeed once the other operation
         // ends, so clients must be able to tell the two apart.
         AppError::OperationInProgress { running } => {
@@ -152,35 +203,32 @@ pub fn to_status(error: &AppError) -> Status {
                     ])
                 })
                 .unwrap_or_default();
-            status(
-                Code::FailedPrecondition,
-                &message,
-                Some(error_info("OPERATION_IN_PROGRESS", metadata)),
-            )
+            status(reason, &message, metadata, ErrorDetails::new())
         }
-        AppError::FulfilmentStarted(_) => status(
-            Code::FailedPrecondition,
-            &message,
-            Some(error_info("FULFILMENT_STARTED", HashMap::new())),
-        ),
-        AppError::IdempotencyMismatch { .. } => status(
-            Code::FailedPrecondition,
-            &message,
-            Some(error_info("IDEMPOTENCY_KEY_REUSED", HashMap::new())),
-        ),
-        AppError::IdempotencyInProgress => {
-            let mut details = error_info("IDEMPOTENCY_KEY_IN_PROGRESS", HashMap::new());
-            details.set_retry_info(Some(RETRY_AFTER));
-            status(Code::Aborted, &message, Some(details))
+        AppError::IdempotencyMismatch { method } => {
+            let metadata = HashMap::from([("method".to_owned(), method.clone())]);
+            status(reason, &message, metadata, ErrorDetails::new())
         }
-        AppError::Unavailable(_) => status(
-            Code::Unavailable,
+        AppError::IdempotencyInProgress | AppError::Unavailable(_) => status(
+            reason,
             &message,
-            Some(ErrorDetails::with_retry_info(Some(RETRY_AFTER))),
+            HashMap::new(),
+            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
         ),
         AppError::Internal(_) => {
             tracing::error!(error = %message, "internal error");
-            status(Code::Internal, "internal error; it has been logged", None)
+            status(
+                reason,
+                "internal error; it has been logged",
+                HashMap::new(),
+                ErrorDetails::new(),
+            )
+        }
+        AppError::NotFound(_)
+        | AppError::IllegalTransition(_)
+        | AppError::AmountExceeded(_)
+        | AppError::FulfilmentStarted(_) => {
+            status(reason, &message, HashMap::new(), ErrorDetails::new())
         }
     }
 }
@@ -188,6 +236,68 @@ pub fn to_status(error: &AppError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn error_info(s: &Status) -> (String, String) {
+        let details = s.get_error_details();
+        let info = details
+            .error_info()
+            .expect("every status carries an ErrorInfo");
+        (info.reason.clone(), info.domain.clone())
+    }
+
+    #[test]
+    fn every_status_carries_its_reason() {
+        use oms_application::RunningOperation;
+        use oms_application::saga::{SagaKind, SagaStatus};
+        use oms_domain::Version;
+
+        let errors = [
+            AppError::InvalidArgument(vec![FieldViolation::new("id", "is empty")]),
+            AppError::CurrencyMismatch(FieldViolation::new("amount", "must be in EUR")),
+            AppError::NotFound("order".into()),
+            AppError::VersionConflict {
+                current: Version(3),
+            },
+            AppError::IllegalTransition("order in status CANCELLED cannot be fulfilled".into()),
+            AppError::AmountExceeded("refund of 5 exceeds the refundable 4".into()),
+            AppError::OperationInProgress {
+                running: Some(RunningOperation {
+                    kind: SagaKind::RefundOrder,
+                    status: SagaStatus::Running,
+                }),
+            },
+            AppError::FulfilmentStarted("fulfilment has begun".into()),
+            AppError::IdempotencyMismatch {
+                method: "CancelOrder".into(),
+            },
+            AppError::IdempotencyInProgress,
+            AppError::Unavailable("db down".into()),
+            AppError::Internal("bug".into()),
+        ];
+        for error in &errors {
+            let s = to_status(error);
+            let expected = reason(error);
+            assert_eq!(s.code(), expected.grpc_code(), "{error:?}");
+            assert_eq!(
+                error_info(&s),
+                (expected.code().to_owned(), ERROR_DOMAIN.to_owned())
+            );
+        }
+        let edge = [
+            (
+                malformed_request("bad varint"),
+                ErrorReason::InvalidArgument,
+            ),
+            (buffers_full(), ErrorReason::ServerBusy),
+            (message_too_large(10, 5), ErrorReason::MessageTooLarge),
+            (deadline_exceeded("late"), ErrorReason::DeadlineExceeded),
+            (unavailable("shutting down"), ErrorReason::Unavailable),
+        ];
+        for (s, expected) in &edge {
+            assert_eq!(s.code(), expected.grpc_code());
+            assert_eq!(error_info(s).0, expected.code());
+        }
+    }
 
     #[test]
     fn bounded_cuts_at_a_character_boundary() {
