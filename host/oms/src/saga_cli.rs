@@ -10,7 +10,6 @@ use clap::Subcommand;
 use oms_application::changes::OrderChanges;
 use oms_application::clock::SystemClock;
 use oms_application::saga::{SagaId, SagaInstance, SagaOperations};
-use oms_persistence::DatabaseOptions;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -41,18 +40,7 @@ pub async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     // A command makes a few statements: a small pool leaves the serving hosts theirs.
-    let options = DatabaseOptions {
-        max_connections: 2,
-        ..DatabaseOptions::default()
-    };
-    let db = oms_persistence::connect(&config.database.url, &options)
-        .await
-        .with_context(|| {
-            format!(
-                "opening database {}",
-                crate::config::redact_url(&config.database.url)
-            )
-        })?;
+    let db = crate::server::open_database(config, 2).await?;
     let operations = SagaOperations::new(
         db.orders(),
         db.sagas(),

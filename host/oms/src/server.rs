@@ -78,6 +78,27 @@ impl RunningServer {
     }
 }
 
+/// Opens (and migrates) the configured database with a pool of `max_connections`; the one
+/// place that does, so the serving host and the CLI commands word a failure the same way,
+/// with the password redacted.
+pub(crate) async fn open_database(
+    config: &Config,
+    max_connections: u32,
+) -> anyhow::Result<Database> {
+    let options = DatabaseOptions {
+        max_connections,
+        ..DatabaseOptions::default()
+    };
+    oms_persistence::connect(&config.database.url, &options)
+        .await
+        .with_context(|| {
+            format!(
+                "opening database {}",
+                crate::config::redact_url(&config.database.url)
+            )
+        })
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     // Either a `true` was sent or every sender is gone: both mean stop.
     let _ = rx.wait_for(|stop| *stop).await;
@@ -88,18 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     // `Config::load` validated already; a config built in code (tests, embedders) has not.
     config.validate()?;
     check_grpc_limits(&config)?;
-    let options = DatabaseOptions {
-        max_connections: config.database.max_connections,
-        ..DatabaseOptions::default()
-    };
-    let db = oms_persistence::connect(&config.database.url, &options)
-        .await
-        .with_context(|| {
-            format!(
-                "opening database {}",
-                crate::config::redact_url(&config.database.url)
-            )
-        })?;
+    let db = open_database(&config, config.database.max_connections).await?;
     let service = OrderService::new(
         db.orders(),
         db.sagas(),
