@@ -136,8 +136,10 @@ fn now_millis() -> i64 {
 async fn resumed_saga_keeps_its_step_budget(db: TestDatabase) {
     let plugins = host::PluginDirs::new();
     let cap = STEP_DEADLINE_CAP_MS.to_string();
-    // A lease longer than the step deadline, as in production (30 s each before the fix
-    // made the deadline count working time only).
+    // A lease longer than the step deadline (in production both are 30 s): a host killed
+    // holding the lease leaves its successor to claim the saga past the deadline. Here the
+    // kill lands while the saga waits for its retry (lease released), which `resume` treats
+    // the same way: unclaimed time is not working time.
     let saga_config = [
         ("OMS_SAGA__STEP_DEADLINE_CAP_MS", cap.as_str()),
         ("OMS_SAGA__LEASE_SECS", "2"),
