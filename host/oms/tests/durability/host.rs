@@ -66,7 +66,17 @@ pub struct Host {
 impl Host {
     /// Starts `oms serve` on a free port and waits for its "serving" log line.
     pub async fn start(database_url: &str, dirs: &PluginDirs) -> Host {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_oms"))
+        Self::start_with(database_url, dirs, &[]).await
+    }
+
+    /// [`Host::start`] with `overrides` (`OMS_…` variables) set after the defaults below.
+    pub async fn start_with(
+        database_url: &str,
+        dirs: &PluginDirs,
+        overrides: &[(&str, &str)],
+    ) -> Host {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_oms"));
+        command
             .arg("serve")
             .env("OMS_GRPC__LISTEN", "127.0.0.1:0")
             .env("OMS_DATABASE__URL", database_url)
@@ -82,11 +92,11 @@ impl Host {
             .env("OMS_LOG__FORMAT", "json")
             .env("OMS_LOG__FILTER", "info")
             .env_remove("RUST_LOG")
+            .envs(overrides.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("oms binary starts");
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("oms binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
@@ -185,6 +195,34 @@ impl Host {
                 }
             }
         }
+    }
+
+    /// The order as the API reports it.
+    pub async fn get_order(&self, order_id: &str) -> pb::Order {
+        let mut call = tonic::Request::new(pb::GetOrderRequest {
+            order_id: order_id.into(),
+        });
+        call.set_timeout(Duration::from_secs(5));
+        self.client
+            .clone()
+            .get_order(call)
+            .await
+            .expect("GetOrder")
+            .into_inner()
+    }
+
+    /// Creates one order under `key` (the host must be up and idle: no retry).
+    pub async fn create_order(&self, key: &str, request: pb::CreateOrderRequest) -> pb::Order {
+        let mut call = tonic::Request::new(request);
+        call.metadata_mut()
+            .insert("idempotency-key", key.parse().unwrap());
+        call.set_timeout(Duration::from_secs(5));
+        self.client
+            .clone()
+            .create_order(call)
+            .await
+            .expect("CreateOrder")
+            .into_inner()
     }
 
     /// Polls the database until no saga is running (bounded by `within`).

@@ -59,6 +59,49 @@ pub async fn active_sagas(url: &str) -> i64 {
     }
 }
 
+/// The one saga of a database, as its last commit left it (times in unix ms).
+#[derive(Debug)]
+pub struct SagaRow {
+    pub status: String,
+    /// Index into the flow's steps (`place_order`: 1 is `authorize-payment`).
+    pub step_index: i64,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub deadline_at: Option<i64>,
+    pub lease_until: Option<i64>,
+}
+
+const SAGA: &str = "SELECT status, CAST(step_index AS BIGINT), CAST(attempts AS BIGINT), next_attempt_at, \
+                    deadline_at, lease_until FROM saga_instances";
+
+type SagaTuple = (String, i64, i64, i64, Option<i64>, Option<i64>);
+
+/// The only saga in the database (`None` before the order that starts it exists).
+pub async fn only_saga(url: &str) -> Option<SagaRow> {
+    let rows: Vec<SagaTuple> = if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let rows = sqlx::query_as(SAGA).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let rows = sqlx::query_as(SAGA).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    };
+    assert!(rows.len() <= 1, "expected one saga, found {}", rows.len());
+    rows.into_iter().next().map(
+        |(status, step_index, attempts, next_attempt_at, deadline_at, lease_until)| SagaRow {
+            status,
+            step_index,
+            attempts,
+            next_attempt_at,
+            deadline_at,
+            lease_until,
+        },
+    )
+}
+
 /// Units each SKU started with, from local-stock's manifest catalogue.
 fn initial_stock(sku: &str) -> i64 {
     match sku {

@@ -117,6 +117,114 @@ async fn sqlite_sagas_survive_sigkill() {
     crash_and_recover(TestDatabase::sqlite().expect("SQLite")).await;
 }
 
+/// The step deadline cap of [`resumed_saga_keeps_its_step_budget`], in ms: far above one
+/// retry delay of `tok_flaky` (100 ms at most for the first), far below the test's runtime.
+const STEP_DEADLINE_CAP_MS: i64 = 1_000;
+
+fn now_millis() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since_epoch.as_millis()).unwrap()
+}
+
+/// Regression: a host killed while a placement waited to retry a transient failure. The step
+/// deadline is stored as an instant from the first failure; a successor that claimed the saga
+/// later than that instant used to fail the order (`PAYMENT_FAILED`) on its next transient
+/// error, though no time was spent working on the step meanwhile. `SagaInstance::resume`
+/// moves the deadline later by the time the saga sat unclaimed, so the order is confirmed.
+async fn resumed_saga_keeps_its_step_budget(db: TestDatabase) {
+    let plugins = host::PluginDirs::new();
+    let cap = STEP_DEADLINE_CAP_MS.to_string();
+    // A lease longer than the step deadline (in production both are 30 s): a host killed
+    // holding the lease leaves its successor to claim the saga past the deadline. Here the
+    // kill lands while the saga waits for its retry (lease released), which `resume` treats
+    // the same way: unclaimed time is not working time.
+    let saga_config = [
+        ("OMS_SAGA__STEP_DEADLINE_CAP_MS", cap.as_str()),
+        ("OMS_SAGA__LEASE_SECS", "2"),
+    ];
+    // The first host's worker is woken by the order it accepts and then sleeps a full poll
+    // interval: it leaves the retry after the first `tok_flaky` failure alone until killed.
+    let mut first_config = saga_config.to_vec();
+    first_config.push(("OMS_SAGA__POLL_INTERVAL_MS", "60000"));
+    let first = Host::start_with(db.url(), &plugins, &first_config).await;
+    let order_id = first
+        .create_order("resume-1", order("c-resume", "DEMO-1", "tok_flaky"))
+        .await
+        .order_id;
+
+    // Kill once the authorisation has failed transiently (and so has a stored deadline).
+    let within = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let saga = invariants::only_saga(db.url()).await;
+        if saga.is_some_and(|s| s.attempts >= 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < within,
+            "the authorisation never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.kill().await;
+    let saga = invariants::only_saga(db.url()).await.unwrap();
+    assert_eq!(
+        // Step 1 of `place_order` is `authorize-payment`.
+        (saga.status.as_str(), saga.step_index, saga.attempts),
+        ("RUNNING", 1, 1),
+        "the kill must land between the first and second authorisation attempt: {saga:?}"
+    );
+    let deadline = saga.deadline_at.expect("a retrying step has a deadline");
+    assert!(
+        deadline - saga.next_attempt_at < STEP_DEADLINE_CAP_MS,
+        "the capped deadline applies: {saga:?}"
+    );
+
+    // Stay down until the stored deadline and any lease have passed, by the clock the hosts
+    // use to compare them (this machine's wall clock), so the successor claims the saga late.
+    let resume_after = deadline.max(saga.lease_until.unwrap_or(0)) + 100;
+    let within = tokio::time::Instant::now() + Duration::from_secs(10);
+    while now_millis() <= resume_after {
+        assert!(tokio::time::Instant::now() < within, "clock stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The successor makes the second (failing) and third attempt within the budget left.
+    let second = Host::start_with(db.url(), &plugins, &saga_config).await;
+    let within = tokio::time::Instant::now() + Duration::from_secs(20);
+    let placed = loop {
+        let current = second.get_order(&order_id).await;
+        if current.status() != pb::OrderStatus::Pending {
+            break current;
+        }
+        assert!(
+            tokio::time::Instant::now() < within,
+            "order {order_id} still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    second.stop().await;
+    assert_eq!(
+        placed.status(),
+        pb::OrderStatus::Confirmed,
+        "failure_reason: {}",
+        placed.failure_reason
+    );
+    let saga = invariants::only_saga(db.url()).await.unwrap();
+    assert_eq!(saga.status, "SUCCEEDED", "{saga:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_resumed_saga_keeps_its_step_budget() {
+    resumed_saga_keeps_its_step_budget(TestDatabase::postgres().await.expect("PostgreSQL")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_resumed_saga_keeps_its_step_budget() {
+    resumed_saga_keeps_its_step_budget(TestDatabase::sqlite().expect("SQLite")).await;
+}
+
 /// Two hosts on one PostgreSQL: 500 orders, half sent to each, all placed, and every
 /// provider call made exactly once per saga step (counted by the plugins themselves).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
