@@ -18,6 +18,12 @@ use invariants::Snapshot;
 
 /// Orders with every placement outcome, each created with its own idempotency key so a
 /// request cut off by a kill can be retried safely.
+/// The tests of this file run one at a time. Each runs real host processes with 1-2 s leases
+/// on a 2-core machine; run side by side, their load can make a step outlast its lease, and
+/// the exactly-once test then sees a second host repeat it (a slow machine, not the property
+/// under test).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn workload(n: usize, rng: &mut impl Rng) -> Vec<(String, pb::CreateOrderRequest)> {
     (0..n)
         .map(|i| {
@@ -109,11 +115,13 @@ async fn crash_and_recover(db: TestDatabase) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sagas_survive_sigkill() {
+    let _serial = SERIAL.lock().await;
     crash_and_recover(TestDatabase::postgres().await.expect("PostgreSQL")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_sagas_survive_sigkill() {
+    let _serial = SERIAL.lock().await;
     crash_and_recover(TestDatabase::sqlite().expect("SQLite")).await;
 }
 
@@ -217,11 +225,13 @@ async fn resumed_saga_keeps_its_step_budget(db: TestDatabase) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_resumed_saga_keeps_its_step_budget() {
+    let _serial = SERIAL.lock().await;
     resumed_saga_keeps_its_step_budget(TestDatabase::postgres().await.expect("PostgreSQL")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_resumed_saga_keeps_its_step_budget() {
+    let _serial = SERIAL.lock().await;
     resumed_saga_keeps_its_step_budget(TestDatabase::sqlite().expect("SQLite")).await;
 }
 
@@ -229,6 +239,7 @@ async fn sqlite_resumed_saga_keeps_its_step_budget() {
 /// provider call made exactly once per saga step (counted by the plugins themselves).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_work_without_doubling_a_step() {
+    let _serial = SERIAL.lock().await;
     let db = TestDatabase::postgres().await.expect("PostgreSQL");
     let plugins = host::PluginDirs::new();
     let a = Host::start(db.url(), &plugins).await;
