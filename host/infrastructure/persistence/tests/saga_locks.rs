@@ -61,7 +61,27 @@ async fn saga_commit_and_saga_start_do_not_deadlock() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until PostgreSQL reports the worker's statement blocked on a lock (bounded), so
+    // the test proceeds on the state it is about, not on a guess of how long that takes.
+    let mut observer = PgConnection::connect(test_db.url()).await.unwrap();
+    let blocked = async {
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE NOT l.granted AND a.datname = current_database())",
+            )
+            .fetch_one(&mut observer)
+            .await
+            .unwrap();
+            if waiting || worker.is_finished() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("the worker's commit reaches the database within 10 s");
     assert!(!worker.is_finished(), "the worker waits for the order row");
 
     // The starter inserts its saga. Had the worker updated its saga row before queueing for
@@ -83,6 +103,7 @@ async fn saga_commit_and_saga_start_do_not_deadlock() {
 
     worker.await.unwrap().unwrap();
     drop(starter);
+    drop(observer);
     db.close().await;
     test_db.cleanup().await.unwrap();
 }
