@@ -11,10 +11,15 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 
-/// The shared test broker, or `None` after a loud skip message.
+/// The shared test broker, or `None` after a loud skip message. Where a broker is required
+/// (`OMS_REQUIRE_KAFKA=1`, which `.ci/run` sets), a missing one fails the test instead: CI
+/// must never pass by skipping what it exists to check.
 pub fn brokers(test: &str) -> Option<String> {
     match std::env::var("KAFKA_TEST_BROKERS") {
         Ok(b) if !b.is_empty() => Some(b),
+        _ if std::env::var("OMS_REQUIRE_KAFKA").is_ok_and(|v| v == "1") => {
+            panic!("{test}: OMS_REQUIRE_KAFKA=1 but KAFKA_TEST_BROKERS is not set")
+        }
         _ => {
             eprintln!(
                 "\n!!!!! SKIPPED {test}: KAFKA_TEST_BROKERS is not set (no Kafka broker). \
