@@ -60,11 +60,6 @@ pub struct SagaEngine {
     jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
 }
 
-fn plus(t: Timestamp, d: Duration) -> Timestamp {
-    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    Timestamp::from_unix_millis(t.unix_millis().saturating_add(ms))
-}
-
 impl SagaEngine {
     pub fn new(
         ports: SagaPorts,
@@ -98,7 +93,7 @@ impl SagaEngine {
             .claim_due(
                 &self.config.worker,
                 now,
-                plus(now, self.config.lease),
+                now.saturating_add(self.config.lease),
                 limit,
             )
             .await?;
@@ -186,7 +181,7 @@ impl SagaEngine {
         let key = saga.idempotency_key(step.name, step.forward.as_str());
         let deadline = saga
             .step_deadline
-            .unwrap_or_else(|| plus(now, self.capped(step.deadline)));
+            .unwrap_or_else(|| now.saturating_add(self.capped(step.deadline)));
         let executor = Executor {
             payments: self.ports.payments.as_ref(),
             inventory: self.ports.inventory.as_ref(),
@@ -250,7 +245,8 @@ impl SagaEngine {
                     next.step_deadline = Some(deadline);
                     next.data.step_tried = tried;
                     next.last_error = Some(reason);
-                    next.next_attempt_at = plus(now, step.retry.delay(attempt, (self.jitter)()));
+                    next.next_attempt_at =
+                        now.saturating_add(step.retry.delay(attempt, (self.jitter)()));
                     // A timed-out authorisation is recorded as UNRESOLVED: the next attempt
                     // reconciles with the provider before sending anything.
                     let mark_unresolved = unresolved
@@ -381,7 +377,7 @@ impl SagaEngine {
         let key = saga.idempotency_key(step.name, op.as_str());
         let deadline = saga
             .step_deadline
-            .unwrap_or_else(|| plus(now, self.capped(definition.compensation_deadline)));
+            .unwrap_or_else(|| now.saturating_add(self.capped(definition.compensation_deadline)));
         let attempt = saga.attempts + 1;
         let executor = Executor {
             payments: self.ports.payments.as_ref(),
@@ -440,7 +436,8 @@ impl SagaEngine {
                 next.step_deadline = Some(deadline);
                 next.data.step_tried = tried;
                 next.last_error = Some(reason);
-                next.next_attempt_at = plus(now, step.retry.delay(attempt, (self.jitter)()));
+                next.next_attempt_at =
+                    now.saturating_add(step.retry.delay(attempt, (self.jitter)()));
                 self.commit(saga, next, Some(&record), order, &Change::None, None, now)
                     .await?;
                 Ok(Next::Stop)
@@ -556,7 +553,7 @@ impl SagaEngine {
         // that waits for a retry is released so whichever worker is free when it is due
         // (in any process) picks it up.
         let lease_until = if next.status.is_active() && next.next_attempt_at <= now {
-            plus(now, self.config.lease)
+            now.saturating_add(self.config.lease)
         } else {
             now
         };

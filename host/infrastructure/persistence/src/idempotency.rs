@@ -21,7 +21,6 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::idempotency_rules::{KeyRecord, MAX_ROUNDS, Verdict, contention, judge};
-use crate::mapping::plus;
 use crate::sql::{Args, ConnOf, Dialect, Q, ResultOf, RowExt, Sql, json};
 
 pub(crate) struct SqlIdempotencyStore<D: Dialect> {
@@ -145,9 +144,9 @@ impl<D: Dialect> IdempotencyStore for SqlIdempotencyStore<D> {
                     .arg(scope.key.as_str())
                     .arg(fingerprint_hex.as_str())
                     .arg(D::id(token))
-                    .arg(plus(now, lease))
+                    .arg(now.saturating_add(lease).unix_millis())
                     .arg(now_ms)
-                    .arg(plus(now, ttl)),
+                    .arg(now.saturating_add(ttl).unix_millis()),
                 )
                 .await?;
             if D::rows_affected(&inserted) == 1 {
@@ -175,9 +174,9 @@ impl<D: Dialect> IdempotencyStore for SqlIdempotencyStore<D> {
                             .arg(scope.key.as_str())
                             .arg(fingerprint_hex.as_str())
                             .arg(D::id(token))
-                            .arg(plus(now, lease))
+                            .arg(now.saturating_add(lease).unix_millis())
                             .arg(now_ms)
-                            .arg(plus(now, ttl))
+                            .arg(now.saturating_add(ttl).unix_millis())
                             .arg(record.state.as_str())
                             .arg(record.lease_token.map(D::id))
                             .arg(record.expires_at),

@@ -294,9 +294,3 @@ impl SagaInts {
         })
     }
 }
-
-/// Millisecond arithmetic on timestamps, saturating: a huge configured TTL means "forever".
-pub(crate) fn plus(now: Timestamp, duration: std::time::Duration) -> i64 {
-    let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-    now.unix_millis().saturating_add(millis)
-}

@@ -126,7 +126,7 @@ impl Relay {
     /// One claim-publish-mark round.
     pub async fn run_once(&self) -> Result<RoundOutcome, MessagingError> {
         let now = Timestamp::now();
-        let lease_until = later(now, self.config.lease);
+        let lease_until = now.saturating_add(self.config.lease);
         let rows = self
             .outbox
             .claim(now, lease_until, self.config.batch_size.max(1))
@@ -195,7 +195,7 @@ impl Relay {
                   attempts, error = %error, retry_in_ms = delay.as_millis() as u64,
                   "outbox publish failed; will retry");
             self.outbox
-                .mark_failed(row.id, &error, later(acked_at, delay))
+                .mark_failed(row.id, &error, acked_at.saturating_add(delay))
                 .await?;
             outcome.retried += 1;
         }
@@ -252,11 +252,7 @@ impl Relay {
 
     /// Deletes rows published more than the retention ago; returns how many.
     pub async fn prune(&self) -> Result<u64, MessagingError> {
-        let cutoff = Timestamp::from_unix_millis(
-            Timestamp::now()
-                .unix_millis()
-                .saturating_sub(duration_ms(self.config.retention)),
-        );
+        let cutoff = Timestamp::now().saturating_sub(self.config.retention);
         let mut total = 0;
         loop {
             let n = self.outbox.prune(cutoff, PRUNE_BATCH).await?;
@@ -350,13 +346,4 @@ impl Relay {
             Err(e) => warn!(error = %e, "pruning the outbox failed"),
         }
     }
-}
-
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// `t` plus `d`, saturating.
-fn later(t: Timestamp, d: Duration) -> Timestamp {
-    Timestamp::from_unix_millis(t.unix_millis().saturating_add(duration_ms(d)))
 }
