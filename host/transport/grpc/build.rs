@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../proto");
+    // Read at run time, not with `env!`: the compiled build script is reused from a shared
+    // target directory by checkouts in other folders (CI clones anew each run), and a path
+    // baked in at compile time would point at a checkout that may be gone.
+    let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../../proto");
     let files = [proto_root.join("oms/v1/orders.proto")];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
