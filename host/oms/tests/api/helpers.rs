@@ -400,31 +400,15 @@ pub fn order_with(customer: &str, sku: &str, token: &str) -> pb::CreateOrderRequ
     request
 }
 
-/// The id of the order's event of `event_type`, read straight from the outbox.
+/// The id of the order's (first) event of `event_type`, read straight from the outbox.
 pub async fn outbox_event_id(db: &TestDatabase, order_id: &str, event_type: &str) -> String {
-    let sql = "SELECT CAST(event_id AS TEXT) FROM outbox \
-               WHERE CAST(aggregate_id AS TEXT) = $1 AND event_type = $2";
-    if db.url().starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
-        let id: String = sqlx::query_scalar(sql)
-            .bind(order_id)
-            .bind(event_type)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        id
-    } else {
-        let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
-        let id: String = sqlx::query_scalar(sql)
-            .bind(order_id)
-            .bind(event_type)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        id
-    }
+    let sql = "SELECT event_type, CAST(event_id AS TEXT) FROM outbox \
+               WHERE CAST(aggregate_id AS TEXT) = $1 ORDER BY id";
+    let rows: Vec<(String, String)> = fetch_for_order(db, sql, order_id).await;
+    rows.into_iter()
+        .find(|(t, _)| t == event_type)
+        .map(|(_, id)| id)
+        .unwrap_or_else(|| panic!("order {order_id} has no {event_type} in the outbox"))
 }
 
 /// Everything this test process logs, through the host's own subscriber set-up
