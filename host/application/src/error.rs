@@ -66,10 +66,10 @@ pub enum AppError {
         running.map(|r| format!(" ({} is {})", r.kind.as_str(), r.status.as_str())).unwrap_or_default()
     )]
     OperationInProgress { running: Option<RunningOperation> },
-    /// Fulfilment has begun (a fulfilment saga running or parked, stock committed, money
+    /// Fulfillment has begun (a fulfillment saga running or parked, stock committed, money
     /// captured): a cancellation could no longer undo it. Final: the way back is a refund.
     #[error("{0}")]
-    FulfilmentStarted(String),
+    FulfillmentStarted(String),
     /// A dependency (database) is down or overloaded; safe to retry.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -88,7 +88,7 @@ impl AppError {
                 | Self::VersionConflict { .. }
                 | Self::IllegalTransition(_)
                 | Self::AmountExceeded(_)
-                | Self::FulfilmentStarted(_)
+                | Self::FulfillmentStarted(_)
         )
     }
 }
@@ -99,7 +99,7 @@ impl From<DomainError> for AppError {
             DomainError::InvalidArgument { field, reason } => {
                 Self::InvalidArgument(vec![FieldViolation::new(field, reason)])
             }
-            DomainError::FulfilmentStarted { .. } => Self::FulfilmentStarted(e.to_string()),
+            DomainError::FulfillmentStarted { .. } => Self::FulfillmentStarted(e.to_string()),
             DomainError::CurrencyMismatch {
                 field,
                 expected,

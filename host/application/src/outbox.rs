@@ -23,7 +23,7 @@ pub struct OutboxMessage {
 }
 
 /// The event type of a saga parked for an operator. Not a domain event: the order may not
-/// have changed at all (a fulfilment or refund parks after its pivot), yet an operator must
+/// have changed at all (a fulfillment or refund parks after its pivot), yet an operator must
 /// hear of it.
 pub const SAGA_PARKED: &str = "SagaParked";
 
@@ -53,7 +53,7 @@ pub struct OutboxPayload {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaDoc {
     pub saga_id: String,
-    /// `place_order`, `cancel_order`, `fulfil_order`, `refund_order`.
+    /// `place_order`, `cancel_order`, `fulfill_order`, `refund_order`.
     pub kind: String,
     /// The step it stopped at.
     pub step: String,

@@ -48,8 +48,8 @@ pub enum DomainError {
     /// not the order's state, is wrong. `field` is its request path.
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
-    /// Fulfilment has begun (stock committed or money captured): what the order holds can no
+    /// Fulfillment has begun (stock committed or money captured): what the order holds can no
     /// longer be undone by a cancellation, and the address it ships to is fixed.
-    #[error("fulfilment of this order has begun: it cannot {action}")]
-    FulfilmentStarted { action: &'static str },
+    #[error("fulfillment of this order has begun: it cannot {action}")]
+    FulfillmentStarted { action: &'static str },
 }

@@ -88,7 +88,9 @@ pub enum StoredError {
     AmountExceeded {
         message: String,
     },
-    FulfilmentStarted {
+    /// Stored as `fulfilment_started` before the spelling became "fulfill" (migration 0006).
+    #[serde(alias = "fulfilment_started")]
+    FulfillmentStarted {
         message: String,
     },
 }
@@ -126,7 +128,7 @@ impl StoredOutcome {
             AppError::AmountExceeded(message) => StoredError::AmountExceeded {
                 message: message.clone(),
             },
-            AppError::FulfilmentStarted(message) => StoredError::FulfilmentStarted {
+            AppError::FulfillmentStarted(message) => StoredError::FulfillmentStarted {
                 message: message.clone(),
             },
             _ => return None,
@@ -151,8 +153,8 @@ impl StoredOutcome {
                 StoredError::AmountExceeded { message } => {
                     AppError::AmountExceeded(message.clone())
                 }
-                StoredError::FulfilmentStarted { message } => {
-                    AppError::FulfilmentStarted(message.clone())
+                StoredError::FulfillmentStarted { message } => {
+                    AppError::FulfillmentStarted(message.clone())
                 }
             }),
         }
@@ -193,7 +195,7 @@ mod tests {
         assert!(StoredOutcome::failure(&AppError::Unavailable("db".into())).is_none());
         // Retrying after the other operation ended must execute, so this is not kept.
         assert!(StoredOutcome::failure(&AppError::OperationInProgress { running: None }).is_none());
-        let started = AppError::FulfilmentStarted("fulfilment has begun".into());
+        let started = AppError::FulfillmentStarted("fulfillment has begun".into());
         let kept = StoredOutcome::failure(&started).unwrap();
         let round = StoredOutcome::from_json(&kept.to_json()).unwrap();
         assert_eq!(
@@ -211,6 +213,16 @@ mod tests {
             AppError::VersionConflict {
                 current: Version(7)
             }
+        );
+    }
+
+    #[test]
+    fn outcomes_stored_under_the_old_spelling_still_replay() {
+        let json = r#"{"outcome":"error","error":{"kind":"fulfilment_started","message":"fulfilment has begun"}}"#;
+        let stored = StoredOutcome::from_json(json).unwrap();
+        assert_eq!(
+            stored.replay().unwrap_err(),
+            AppError::FulfillmentStarted("fulfilment has begun".into())
         );
     }
 }

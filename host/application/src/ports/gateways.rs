@@ -304,7 +304,7 @@ pub trait InventoryGateway: Send + Sync {
     /// Returns the stock. Idempotent per key.
     async fn release(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()>;
 
-    /// Allocates the stock at fulfilment. Idempotent per key.
+    /// Allocates the stock at fulfillment. Idempotent per key.
     async fn commit(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()>;
 }
 

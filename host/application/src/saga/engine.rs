@@ -285,7 +285,7 @@ impl SagaEngine {
         }
     }
 
-    /// A cancellation, fulfilment or refund acts on what the placement created: it takes the
+    /// A cancellation, fulfillment or refund acts on what the placement created: it takes the
     /// reservation and payment references from the order's earlier sagas (latest first).
     async fn inherit_references(&self, saga: &mut SagaInstance) -> Result<(), AppError> {
         let earlier = self.ports.sagas.for_order(saga.order_id).await?;
@@ -540,7 +540,7 @@ impl SagaEngine {
             .iter()
             .map(|e| OutboxMessage::for_event(&order, e))
             .collect();
-        // Parking is announced whether or not the order changed with it (a fulfilment or a
+        // Parking is announced whether or not the order changed with it (a fulfillment or a
         // refund parks after its pivot and leaves the order as it is).
         if next.status == SagaStatus::CompensationFailed && saga.status.is_active() {
             let reason = next.last_error.as_deref().unwrap_or("saga failed");

@@ -57,7 +57,7 @@ impl Change {
             Change::Refunded(amount) => Some(order.refund(*amount, now)?),
             Change::Confirmed => Some(order.confirm(now)?),
             Change::CancellationFinished => Some(order.complete_cancellation(now)?),
-            Change::Fulfilled => Some(order.fulfil(now)?),
+            Change::Fulfilled => Some(order.fulfill(now)?),
         })
     }
 }
@@ -133,7 +133,7 @@ impl Executor<'_> {
                     // would leave goods to ship unpaid. Fail, so the saga parks.
                     ReservationStatus::Committed => {
                         return Err(refused(
-                            "the reservation is committed (fulfilment began) and cannot be released",
+                            "the reservation is committed (fulfillment began) and cannot be released",
                         ));
                     }
                     ReservationStatus::None | ReservationStatus::Released => {
@@ -173,7 +173,7 @@ impl Executor<'_> {
                 if order.reservation_status() == ReservationStatus::Committed =>
             {
                 Err(refused(
-                    "the reservation is committed (fulfilment began): the order cannot be undone",
+                    "the reservation is committed (fulfillment began): the order cannot be undone",
                 ))
             }
             Operation::UndoPayment => match order.payment_status() {

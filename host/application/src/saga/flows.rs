@@ -78,9 +78,9 @@ pub const CANCEL_ORDER: SagaDefinition = SagaDefinition {
     compensation_deadline: COMPENSATION_DEADLINE,
 };
 
-/// Fulfilment of a CONFIRMED order: allocate the stock, capture the money, record it.
-pub const FULFIL_ORDER: SagaDefinition = SagaDefinition {
-    kind: SagaKind::FulfilOrder,
+/// Fulfillment of a CONFIRMED order: allocate the stock, capture the money, record it.
+pub const FULFILL_ORDER: SagaDefinition = SagaDefinition {
+    kind: SagaKind::FulfillOrder,
     steps: &[
         StepDef {
             name: "commit-inventory",
@@ -126,14 +126,14 @@ pub const REFUND_ORDER: SagaDefinition = SagaDefinition {
 };
 
 /// Every table, for lookups by kind.
-pub const ALL: [&SagaDefinition; 4] = [&PLACE_ORDER, &CANCEL_ORDER, &FULFIL_ORDER, &REFUND_ORDER];
+pub const ALL: [&SagaDefinition; 4] = [&PLACE_ORDER, &CANCEL_ORDER, &FULFILL_ORDER, &REFUND_ORDER];
 
 /// The table of a kind.
 pub fn definition(kind: SagaKind) -> &'static SagaDefinition {
     match kind {
         SagaKind::PlaceOrder => &PLACE_ORDER,
         SagaKind::CancelOrder => &CANCEL_ORDER,
-        SagaKind::FulfilOrder => &FULFIL_ORDER,
+        SagaKind::FulfillOrder => &FULFILL_ORDER,
         SagaKind::RefundOrder => &REFUND_ORDER,
     }
 }

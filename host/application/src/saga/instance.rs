@@ -27,7 +27,7 @@ impl fmt::Display for SagaId {
 pub enum SagaKind {
     PlaceOrder,
     CancelOrder,
-    FulfilOrder,
+    FulfillOrder,
     RefundOrder,
 }
 
@@ -35,7 +35,7 @@ impl SagaKind {
     pub const ALL: [SagaKind; 4] = [
         Self::PlaceOrder,
         Self::CancelOrder,
-        Self::FulfilOrder,
+        Self::FulfillOrder,
         Self::RefundOrder,
     ];
 
@@ -44,7 +44,7 @@ impl SagaKind {
         match self {
             Self::PlaceOrder => "place_order",
             Self::CancelOrder => "cancel_order",
-            Self::FulfilOrder => "fulfil_order",
+            Self::FulfillOrder => "fulfill_order",
             Self::RefundOrder => "refund_order",
         }
     }
@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn current_step_follows_the_direction() {
         let mut saga = SagaInstance::start(
-            SagaKind::FulfilOrder,
+            SagaKind::FulfillOrder,
             OrderId::generate(),
             Timestamp::from_unix_millis(0),
         );

@@ -79,7 +79,7 @@ impl SagaOperations {
     }
 
     /// Makes a parked placement saga undo what it did instead of going on. Refused for sagas
-    /// without compensations (cancel, fulfil, refund): retry those instead.
+    /// without compensations (cancel, fulfill, refund): retry those instead.
     pub async fn force_compensate(&self, id: SagaId) -> Result<SagaInstance, AppError> {
         self.resume(id, Some(SagaStatus::Compensating)).await
     }

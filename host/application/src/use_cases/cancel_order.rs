@@ -12,7 +12,7 @@ impl OrderService {
     /// Cancels at once when nothing is held outside the OMS, otherwise moves the order to
     /// CANCELLING and starts the cancellation saga (void, release). A placement saga that
     /// still runs undoes its own steps instead. Refused while any other operation on the
-    /// order is unfinished, and for good once fulfilment has begun (docs/saga.md,
+    /// order is unfinished, and for good once fulfillment has begun (docs/saga.md,
     /// "Concurrent operations").
     pub async fn cancel_order(
         &self,
@@ -51,9 +51,9 @@ fn admit_cancel(order: &Order, sagas: &OrderSagas) -> Result<SagaStart, AppError
             Ok(SagaStart::None)
         }
         // The inventory contract cannot undo a commit: the way back is the operator's retry
-        // of the fulfilment, then a refund.
-        Some(_) if sagas.fulfilment_started() => Err(AppError::FulfilmentStarted(format!(
-            "fulfilment of order {} has begun: it can no longer be cancelled; refund it once fulfilled",
+        // of the fulfillment, then a refund.
+        Some(_) if sagas.fulfillment_started() => Err(AppError::FulfillmentStarted(format!(
+            "fulfillment of order {} has begun: it can no longer be cancelled; refund it once fulfilled",
             order.id()
         ))),
         Some(saga) => Err(OrderSagas::in_progress(saga)),

@@ -8,7 +8,7 @@ use crate::saga::SagaKind;
 use crate::service::OrderService;
 
 impl OrderService {
-    /// Starts fulfilment of a CONFIRMED order (`OrderFulfilmentRequested`); the fulfilment
+    /// Starts fulfillment of a CONFIRMED order (`OrderFulfillmentRequested`); the fulfillment
     /// saga commits the reservation, captures the payment and marks the order FULFILLED.
     pub async fn fulfill_order(
         &self,
@@ -22,8 +22,8 @@ impl OrderService {
                 id,
                 expected,
                 claim,
-                |order| Ok((order.request_fulfilment(now)?, None)),
-                |_, sagas| sagas.exclusive(SagaKind::FulfilOrder),
+                |order| Ok((order.request_fulfillment(now)?, None)),
+                |_, sagas| sagas.exclusive(SagaKind::FulfillOrder),
             )
             .await
         })

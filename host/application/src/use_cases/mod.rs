@@ -64,11 +64,11 @@ impl OrderSagas {
         }
     }
 
-    /// Whether a fulfilment saga runs or is parked: what it did (commit, capture) cannot be
+    /// Whether a fulfillment saga runs or is parked: what it did (commit, capture) cannot be
     /// undone by a cancellation, and the order ships where it was asked to.
-    pub fn fulfilment_started(&self) -> bool {
+    pub fn fulfillment_started(&self) -> bool {
         self.unfinished()
-            .is_some_and(|s| s.kind == SagaKind::FulfilOrder)
+            .is_some_and(|s| s.kind == SagaKind::FulfillOrder)
     }
 }
 

@@ -26,10 +26,10 @@ impl OrderService {
                 |order| Ok((order.update_shipping_address(address.clone(), now)?, None)),
                 |order, sagas| {
                     // Beside a placement the change is safe (each step re-reads the order);
-                    // once fulfilment is under way the order ships where it was asked to.
-                    if sagas.fulfilment_started() {
-                        return Err(AppError::FulfilmentStarted(format!(
-                            "fulfilment of order {} has begun: its shipping address is fixed",
+                    // once fulfillment is under way the order ships where it was asked to.
+                    if sagas.fulfillment_started() {
+                        return Err(AppError::FulfillmentStarted(format!(
+                            "fulfillment of order {} has begun: its shipping address is fixed",
                             order.id()
                         )));
                     }

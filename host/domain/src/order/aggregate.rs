@@ -335,7 +335,7 @@ impl Order {
         Ok(())
     }
 
-    /// Only before anything has shipped: once fulfilment starts the address is history.
+    /// Only before anything has shipped: once fulfillment starts the address is history.
     pub fn update_shipping_address(
         &mut self,
         address: ShippingAddress,
@@ -350,7 +350,7 @@ impl Order {
                 action: "change its shipping address",
             });
         }
-        self.refuse_once_fulfilment_started("change its shipping address")?;
+        self.refuse_once_fulfillment_started("change its shipping address")?;
         self.parts.shipping_address = address;
         Ok(self.touch(now, OrderEventKind::ShippingAddressUpdated))
     }
@@ -364,23 +364,23 @@ impl Order {
             )
     }
 
-    /// Whether fulfilment has left marks that no cancellation can undo: the inventory
+    /// Whether fulfillment has left marks that no cancellation can undo: the inventory
     /// contract cannot release a committed reservation, and money captured is only returned
     /// by a refund.
-    pub fn fulfilment_started(&self) -> bool {
+    pub fn fulfillment_started(&self) -> bool {
         self.parts.reservation_status == ReservationStatus::Committed
             || !self.parts.captured.is_zero()
     }
 
-    fn refuse_once_fulfilment_started(&self, action: &'static str) -> Result<(), DomainError> {
-        if self.fulfilment_started() {
-            return Err(DomainError::FulfilmentStarted { action });
+    fn refuse_once_fulfillment_started(&self, action: &'static str) -> Result<(), DomainError> {
+        if self.fulfillment_started() {
+            return Err(DomainError::FulfillmentStarted { action });
         }
         Ok(())
     }
 
     /// Cancels at once when nothing is held outside the OMS; otherwise moves to CANCELLING
-    /// and leaves the undoing (void, release) to the saga. Refused once fulfilment has begun:
+    /// and leaves the undoing (void, release) to the saga. Refused once fulfillment has begun:
     /// the way back from there is a refund.
     pub fn cancel(&mut self, reason: &str, now: Timestamp) -> Result<OrderEvent, DomainError> {
         let direct = self.parts.status == OrderStatus::Pending && !self.has_external_effects();
@@ -395,7 +395,7 @@ impl Order {
                 .apply(OrderTransition::RequestCancel)
                 .is_some()
             {
-                self.refuse_once_fulfilment_started("be cancelled")?;
+                self.refuse_once_fulfillment_started("be cancelled")?;
             }
             self.move_order(OrderTransition::RequestCancel, "be cancelled")?;
             self.parts.failure_reason = Some(reason.to_owned());
@@ -444,7 +444,7 @@ impl Order {
         Ok(())
     }
 
-    /// The reservation was allocated at fulfilment.
+    /// The reservation was allocated at fulfillment.
     pub fn record_commit(&mut self, now: Timestamp) -> Result<(), DomainError> {
         self.move_reservation(ReservationTransition::Commit)?;
         self.bump(now);
@@ -533,9 +533,9 @@ impl Order {
         Ok(self.touch(now, OrderEventKind::PaymentFailed))
     }
 
-    /// Starts fulfilment: only a confirmed order whose stock and money are still held can be
-    /// fulfilled. The fulfilment saga then commits the stock, captures and calls [`Self::fulfil`].
-    pub fn request_fulfilment(&mut self, now: Timestamp) -> Result<OrderEvent, DomainError> {
+    /// Starts fulfillment: only a confirmed order whose stock and money are still held can be
+    /// fulfilled. The fulfillment saga then commits the stock, captures and calls [`Self::fulfill`].
+    pub fn request_fulfillment(&mut self, now: Timestamp) -> Result<OrderEvent, DomainError> {
         let ready = matches!(
             self.parts.status,
             OrderStatus::Confirmed | OrderStatus::PartiallyFulfilled
@@ -550,7 +550,7 @@ impl Order {
                 action: "be fulfilled (it must be CONFIRMED with stock reserved and payment held)",
             });
         }
-        Ok(self.touch(now, OrderEventKind::FulfilmentRequested))
+        Ok(self.touch(now, OrderEventKind::FulfillmentRequested))
     }
 
     /// What a refund of `amount` would be refused for, if anything; the refund saga records
@@ -595,9 +595,9 @@ impl Order {
     }
 
     /// Everything was shipped: the reservation is committed and the payment captured by the
-    /// fulfilment flow before this is recorded.
-    pub fn fulfil(&mut self, now: Timestamp) -> Result<OrderEvent, DomainError> {
-        self.move_order(OrderTransition::Fulfil, "be fulfilled")?;
+    /// fulfillment flow before this is recorded.
+    pub fn fulfill(&mut self, now: Timestamp) -> Result<OrderEvent, DomainError> {
+        self.move_order(OrderTransition::Fulfill, "be fulfilled")?;
         Ok(self.touch(now, OrderEventKind::Fulfilled))
     }
 
@@ -755,7 +755,7 @@ mod tests {
     }
 
     #[test]
-    fn cancel_and_address_change_are_refused_once_fulfilment_started() {
+    fn cancel_and_address_change_are_refused_once_fulfillment_started() {
         let (mut order, _) = Order::place(
             new_order(vec![line("A", 1, 1, "EUR")]).unwrap(),
             OrderId::generate(),
@@ -769,13 +769,13 @@ mod tests {
         let before = order.version();
         assert_eq!(
             order.cancel("too late", now).unwrap_err(),
-            DomainError::FulfilmentStarted {
+            DomainError::FulfillmentStarted {
                 action: "be cancelled"
             }
         );
         assert!(matches!(
             order.update_shipping_address(address(), now),
-            Err(DomainError::FulfilmentStarted { .. })
+            Err(DomainError::FulfillmentStarted { .. })
         ));
         assert_eq!(order.status(), OrderStatus::Confirmed);
         assert_eq!(order.version(), before, "a refused change leaves no trace");

@@ -14,7 +14,7 @@ pub enum OrderEventKind {
     Confirmed,
     Rejected,
     PaymentFailed,
-    FulfilmentRequested,
+    FulfillmentRequested,
     Fulfilled,
     RefundRequested {
         amount: Money,
@@ -46,7 +46,7 @@ impl OrderEventKind {
             Self::Confirmed => "OrderConfirmed",
             Self::Rejected => "OrderRejected",
             Self::PaymentFailed => "PaymentFailed",
-            Self::FulfilmentRequested => "OrderFulfilmentRequested",
+            Self::FulfillmentRequested => "OrderFulfillmentRequested",
             Self::Fulfilled => "OrderFulfilled",
             Self::RefundRequested { .. } => "OrderRefundRequested",
             Self::Refunded { .. } => "OrderRefunded",

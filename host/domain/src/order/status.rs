@@ -36,8 +36,8 @@ pub enum OrderTransition {
     FailCompensation,
     /// An operator retries a parked compensation.
     RetryCompensation,
-    FulfilPartially,
-    Fulfil,
+    FulfillPartially,
+    Fulfill,
     Complete,
 }
 
@@ -67,10 +67,10 @@ impl OrderStatus {
             (S::Pending | S::Cancelling, T::Cancel) => Some(S::Cancelled),
             (S::Pending | S::Cancelling, T::FailCompensation) => Some(S::CompensationFailed),
             (S::CompensationFailed, T::RetryCompensation) => Some(S::Cancelling),
-            (S::Confirmed | S::PartiallyFulfilled, T::FulfilPartially) => {
+            (S::Confirmed | S::PartiallyFulfilled, T::FulfillPartially) => {
                 Some(S::PartiallyFulfilled)
             }
-            (S::Confirmed | S::PartiallyFulfilled, T::Fulfil) => Some(S::Fulfilled),
+            (S::Confirmed | S::PartiallyFulfilled, T::Fulfill) => Some(S::Fulfilled),
             (S::Fulfilled, T::Complete) => Some(S::Completed),
             _ => None,
         }
@@ -207,7 +207,7 @@ pub enum ReservationStatus {
     None,
     Reserved,
     Released,
-    /// Allocated at fulfilment.
+    /// Allocated at fulfillment.
     Committed,
 }
 
@@ -262,8 +262,8 @@ mod tests {
         OrderTransition::Cancel,
         OrderTransition::FailCompensation,
         OrderTransition::RetryCompensation,
-        OrderTransition::FulfilPartially,
-        OrderTransition::Fulfil,
+        OrderTransition::FulfillPartially,
+        OrderTransition::Fulfill,
         OrderTransition::Complete,
     ];
 

@@ -140,7 +140,7 @@ mod tests {
             "occurred_at_ms": 1_700_000_000_000_i64,
             "saga": {
                 "saga_id": "0190d1c0-0000-7000-8000-000000000003",
-                "kind": "fulfil_order",
+                "kind": "fulfill_order",
                 "step": "capture-payment",
                 "reason": "transient: provider busy"
             },
@@ -172,7 +172,7 @@ mod tests {
         let event = decode(&encode_payload(&saga_parked_payload()).unwrap()).unwrap();
         assert_eq!(event.event_type, "SagaParked");
         let saga = event.saga.unwrap();
-        assert_eq!(saga.kind, "fulfil_order");
+        assert_eq!(saga.kind, "fulfill_order");
         assert_eq!(saga.step, "capture-payment");
         assert_eq!(saga.saga_id, "0190d1c0-0000-7000-8000-000000000003");
         assert_eq!(event.order.unwrap().version, 4);

@@ -181,7 +181,7 @@ pub async fn cancel_while_placing_leaves_nothing_held(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn fulfilment_captures_and_refunds_are_bounded(backend: Backend) {
+pub async fn fulfillment_captures_and_refunds_are_bounded(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let mut c = app.client.clone();
     let created = create(&app, order_with("c-ship", "DEMO-1", "tok_ok")).await;
@@ -511,7 +511,7 @@ async fn cancel(app: &TestApp, order_id: &str) -> Result<pb::Order, tonic::Statu
     .map(tonic::Response::into_inner)
 }
 
-async fn fulfil(app: &TestApp, order_id: &str) -> Result<pb::Order, tonic::Status> {
+async fn fulfill(app: &TestApp, order_id: &str) -> Result<pb::Order, tonic::Status> {
     let mut c = app.client.clone();
     c.fulfill_order(pb::FulfillOrderRequest {
         order_id: order_id.to_owned(),
@@ -538,17 +538,17 @@ fn refused(result: Result<pb::Order, tonic::Status>) -> (String, HashMap<String,
     error_info(&status)
 }
 
-/// Fulfil-then-cancel (and refund, address change) while the fulfilment saga runs: the cancel
+/// Fulfill-then-cancel (and refund, address change) while the fulfillment saga runs: the cancel
 /// used to be accepted, leaving the order CANCELLING with the money captured and the stock
-/// committed, and the fulfilment failing forever. Now each is refused and nothing is written.
-pub async fn operations_during_fulfilment_are_refused_without_a_trace(backend: Backend) {
-    // Captures retry for 10 s against a broken provider: the fulfilment saga is still
+/// committed, and the fulfillment failing forever. Now each is refused and nothing is written.
+pub async fn operations_during_fulfillment_are_refused_without_a_trace(backend: Backend) {
+    // Captures retry for 10 s against a broken provider: the fulfillment saga is still
     // running while the requests below arrive.
     let app = TestApp::spawn_with(backend, |c| c.saga.step_deadline_cap_ms = 10_000).await;
     let order = confirmed(&app, "c-ship-race").await;
     let _broken = break_fakepay(&app).await;
     assert_eq!(
-        fulfil(&app, &order.order_id).await.unwrap().status(),
+        fulfill(&app, &order.order_id).await.unwrap().status(),
         S::Confirmed
     );
     // The stock is committed; the saga now retries the capture (changing nothing).
@@ -558,10 +558,10 @@ pub async fn operations_during_fulfilment_are_refused_without_a_trace(backend: B
     .await;
 
     let (reason, _) = refused(cancel(&app, &order.order_id).await);
-    assert_eq!(reason, "FULFILMENT_STARTED");
+    assert_eq!(reason, "FULFILLMENT_STARTED");
     let (reason, metadata) = refused(refund(&app, &order.order_id).await);
     assert_eq!(reason, "OPERATION_IN_PROGRESS");
-    assert_eq!(metadata["operation"], "fulfil_order", "{metadata:?}");
+    assert_eq!(metadata["operation"], "fulfill_order", "{metadata:?}");
     assert_eq!(metadata["operation_status"], "RUNNING", "{metadata:?}");
     let mut c = app.client.clone();
     let address_change = c
@@ -572,30 +572,30 @@ pub async fn operations_during_fulfilment_are_refused_without_a_trace(backend: B
         })
         .await
         .map(tonic::Response::into_inner);
-    assert_eq!(refused(address_change).0, "FULFILMENT_STARTED");
-    let (reason, metadata) = refused(fulfil(&app, &order.order_id).await);
+    assert_eq!(refused(address_change).0, "FULFILLMENT_STARTED");
+    let (reason, metadata) = refused(fulfill(&app, &order.order_id).await);
     assert_eq!(reason, "OPERATION_IN_PROGRESS");
-    assert_eq!(metadata["operation"], "fulfil_order");
+    assert_eq!(metadata["operation"], "fulfill_order");
 
     let now = get(&app, &order.order_id).await;
     assert_eq!(now.version, requested.version, "refusals write nothing");
     assert_eq!(now.status(), S::Confirmed);
     assert_eq!(
         outbox_event_types(&app.db, &order.order_id).await,
-        ["OrderCreated", "OrderConfirmed", "OrderFulfilmentRequested"]
+        ["OrderCreated", "OrderConfirmed", "OrderFulfillmentRequested"]
     );
     let sagas = crate::helpers::sagas_of(&app.db, &order.order_id).await;
     assert_eq!(
         sagas.len(),
         2,
-        "no saga started beside the fulfilment: {sagas:?}"
+        "no saga started beside the fulfillment: {sagas:?}"
     );
     app.stop().await;
 }
 
-/// Cancel-then-fulfil: while the cancellation saga runs, fulfil, refund and a second cancel
+/// Cancel-then-fulfill: while the cancellation saga runs, fulfill, refund and a second cancel
 /// are refused as in progress; once it ends the order is CANCELLED with nothing held, and a
-/// fulfilment is an illegal transition.
+/// fulfillment is an illegal transition.
 pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| c.saga.step_deadline_cap_ms = 10_000).await;
     let order = confirmed(&app, "c-cancel-race").await;
@@ -605,7 +605,7 @@ pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
         S::Cancelling
     );
     for (what, result) in [
-        ("fulfil", fulfil(&app, &order.order_id).await),
+        ("fulfill", fulfill(&app, &order.order_id).await),
         ("refund", refund(&app, &order.order_id).await),
         ("cancel", cancel(&app, &order.order_id).await),
     ] {
@@ -625,7 +625,7 @@ pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
     .await;
     assert_eq!(done.payment_status(), P::Voided);
     assert_eq!(done.reservation_status(), R::Released);
-    let (reason, _) = refused(fulfil(&app, &order.order_id).await);
+    let (reason, _) = refused(fulfill(&app, &order.order_id).await);
     assert_eq!(
         reason, "ILLEGAL_STATE",
         "after the end, the order's state decides"
@@ -633,18 +633,18 @@ pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
     app.stop().await;
 }
 
-/// Capture fails after the stock was committed: the fulfilment parks (announced), a cancel is
+/// Capture fails after the stock was committed: the fulfillment parks (announced), a cancel is
 /// refused for good (it used to void the hold and leave the stock committed: goods shipped
-/// unpaid), and the operator's `oms saga retry` finishes the fulfilment.
-pub async fn a_parked_fulfilment_refuses_cancel_and_the_operator_finishes_it(backend: Backend) {
+/// unpaid), and the operator's `oms saga retry` finishes the fulfillment.
+pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let order = confirmed(&app, "c-ship-fail").await;
     let broken = break_fakepay(&app).await;
-    fulfil(&app, &order.order_id).await.unwrap();
+    fulfill(&app, &order.order_id).await.unwrap();
     let saga_id = wait_for_saga(
         &app,
         &order.order_id,
-        "fulfil_order",
+        "fulfill_order",
         "COMPENSATION_FAILED",
         Duration::from_secs(20),
     )
@@ -661,11 +661,11 @@ pub async fn a_parked_fulfilment_refuses_cancel_and_the_operator_finishes_it(bac
     let events = outbox_payloads(&app.db, &order.order_id, "SagaParked").await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["saga"]["saga_id"], saga_id.as_str());
-    assert_eq!(events[0]["saga"]["kind"], "fulfil_order");
+    assert_eq!(events[0]["saga"]["kind"], "fulfill_order");
     assert_eq!(events[0]["saga"]["step"], "capture-payment");
 
     let (reason, _) = refused(cancel(&app, &order.order_id).await);
-    assert_eq!(reason, "FULFILMENT_STARTED");
+    assert_eq!(reason, "FULFILLMENT_STARTED");
     let (reason, metadata) = refused(refund(&app, &order.order_id).await);
     assert_eq!(reason, "OPERATION_IN_PROGRESS");
     assert_eq!(metadata["operation_status"], "COMPENSATION_FAILED");
@@ -684,7 +684,7 @@ pub async fn a_parked_fulfilment_refuses_cancel_and_the_operator_finishes_it(bac
         columns[1..5],
         [
             order.order_id.as_str(),
-            "fulfil_order",
+            "fulfill_order",
             "COMPENSATION_FAILED",
             "capture-payment"
         ]
@@ -707,7 +707,7 @@ pub async fn a_parked_fulfilment_refuses_cancel_and_the_operator_finishes_it(bac
         1,
         "only the header is left"
     );
-    // The way back after fulfilment is a refund.
+    // The way back after fulfillment is a refund.
     refund(&app, &order.order_id).await.unwrap();
     wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {
         o.payment_status() == P::Refunded

@@ -162,9 +162,9 @@ impl Host {
         accepted
     }
 
-    /// Asks for fulfilment of each order (key `fulfil-<id>`) until all are accepted or
+    /// Asks for fulfillment of each order (key `fulfill-<id>`) until all are accepted or
     /// `budget` runs out, as [`Host::submit_until`] does for creation.
-    pub async fn fulfil_until(&self, pending: &mut Vec<String>, budget: Duration) {
+    pub async fn fulfill_until(&self, pending: &mut Vec<String>, budget: Duration) {
         let deadline = tokio::time::Instant::now() + budget;
         while let Some(order_id) = pending.last().cloned() {
             let mut client = self.client.clone();
@@ -174,7 +174,7 @@ impl Host {
             });
             call.metadata_mut().insert(
                 "idempotency-key",
-                format!("fulfil-{order_id}").parse().unwrap(),
+                format!("fulfill-{order_id}").parse().unwrap(),
             );
             call.set_timeout(Duration::from_secs(5));
             match tokio::time::timeout_at(deadline, client.fulfill_order(call)).await {
@@ -189,7 +189,7 @@ impl Host {
                     assert_ne!(
                         status.code(),
                         tonic::Code::FailedPrecondition,
-                        "fulfilment refused: {status:?}"
+                        "fulfillment refused: {status:?}"
                     );
                     break;
                 }

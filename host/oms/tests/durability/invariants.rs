@@ -223,7 +223,7 @@ impl Snapshot {
 
     /// Every fulfilled order's payment was captured exactly once: the provider's record
     /// shows the authorised amount captured (never more), and the order says CAPTURED.
-    pub fn assert_fulfilment_invariants(&self, fulfilled: &[String]) {
+    pub fn assert_fulfillment_invariants(&self, fulfilled: &[String]) {
         let active: i64 = ["RUNNING", "COMPENSATING"]
             .iter()
             .filter_map(|s| self.sagas_by_status.get(*s))

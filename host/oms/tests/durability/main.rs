@@ -83,7 +83,7 @@ async fn crash_and_recover(db: TestDatabase) {
     );
     snapshot.assert_placement_invariants();
 
-    // Fulfil every confirmed order, killing the host twice while captures are in flight.
+    // Fulfill every confirmed order, killing the host twice while captures are in flight.
     let confirmed: Vec<String> = snapshot
         .orders
         .iter()
@@ -91,26 +91,26 @@ async fn crash_and_recover(db: TestDatabase) {
         .map(|o| o.id.clone())
         .collect();
     assert!(!confirmed.is_empty());
-    let mut to_fulfil = confirmed.clone();
+    let mut to_fulfill = confirmed.clone();
     for _ in 0..2 {
         let host = Host::start(db.url(), &plugins).await;
         let kill_after = Duration::from_millis(rng.random_range(100..400));
-        host.fulfil_until(&mut to_fulfil, kill_after).await;
+        host.fulfill_until(&mut to_fulfill, kill_after).await;
         host.kill().await;
     }
     let host = Host::start(db.url(), &plugins).await;
-    host.fulfil_until(&mut to_fulfil, Duration::from_secs(60))
+    host.fulfill_until(&mut to_fulfill, Duration::from_secs(60))
         .await;
     assert!(
-        to_fulfil.is_empty(),
-        "every fulfilment was accepted eventually"
+        to_fulfill.is_empty(),
+        "every fulfillment was accepted eventually"
     );
     host.wait_for_quiet_sagas(db.url(), Duration::from_secs(90))
         .await;
     host.stop().await;
     Snapshot::read(db.url())
         .await
-        .assert_fulfilment_invariants(&confirmed);
+        .assert_fulfillment_invariants(&confirmed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,8 +23,8 @@ pub enum ErrorReason {
     AmountExceeded,
     /// Another operation (saga) on the order has not finished.
     OperationInProgress,
-    /// Fulfilment has begun: a cancellation can no longer undo it.
-    FulfilmentStarted,
+    /// Fulfillment has begun: a cancellation can no longer undo it.
+    FulfillmentStarted,
     /// The idempotency key was first used for a different request.
     IdempotencyKeyReused,
     /// A request with this idempotency key is still running.
@@ -51,7 +51,7 @@ impl ErrorReason {
         Self::IllegalState,
         Self::AmountExceeded,
         Self::OperationInProgress,
-        Self::FulfilmentStarted,
+        Self::FulfillmentStarted,
         Self::IdempotencyKeyReused,
         Self::IdempotencyKeyInProgress,
         Self::MessageTooLarge,
@@ -71,7 +71,7 @@ impl ErrorReason {
             Self::IllegalState => "ILLEGAL_STATE",
             Self::AmountExceeded => "AMOUNT_EXCEEDED",
             Self::OperationInProgress => "OPERATION_IN_PROGRESS",
-            Self::FulfilmentStarted => "FULFILMENT_STARTED",
+            Self::FulfillmentStarted => "FULFILLMENT_STARTED",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::IdempotencyKeyInProgress => "IDEMPOTENCY_KEY_IN_PROGRESS",
             Self::MessageTooLarge => "MESSAGE_TOO_LARGE",
@@ -91,7 +91,7 @@ impl ErrorReason {
             Self::IllegalState
             | Self::AmountExceeded
             | Self::OperationInProgress
-            | Self::FulfilmentStarted
+            | Self::FulfillmentStarted
             | Self::IdempotencyKeyReused => Code::FailedPrecondition,
             Self::MessageTooLarge | Self::ServerBusy => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,

@@ -161,7 +161,7 @@ pub fn reason(error: &AppError) -> ErrorReason {
         AppError::IllegalTransition(_) => ErrorReason::IllegalState,
         AppError::AmountExceeded(_) => ErrorReason::AmountExceeded,
         AppError::OperationInProgress { .. } => ErrorReason::OperationInProgress,
-        AppError::FulfilmentStarted(_) => ErrorReason::FulfilmentStarted,
+        AppError::FulfillmentStarted(_) => ErrorReason::FulfillmentStarted,
         AppError::IdempotencyMismatch { .. } => ErrorReason::IdempotencyKeyReused,
         AppError::IdempotencyInProgress => ErrorReason::IdempotencyKeyInProgress,
         AppError::Unavailable(_) => ErrorReason::Unavailable,
@@ -227,7 +227,7 @@ pub fn to_status(error: &AppError) -> Status {
         AppError::NotFound(_)
         | AppError::IllegalTransition(_)
         | AppError::AmountExceeded(_)
-        | AppError::FulfilmentStarted(_) => {
+        | AppError::FulfillmentStarted(_) => {
             status(reason, &message, HashMap::new(), ErrorDetails::new())
         }
     }
@@ -266,7 +266,7 @@ mod tests {
                     status: SagaStatus::Running,
                 }),
             },
-            AppError::FulfilmentStarted("fulfilment has begun".into()),
+            AppError::FulfillmentStarted("fulfillment has begun".into()),
             AppError::IdempotencyMismatch {
                 method: "CancelOrder".into(),
             },
