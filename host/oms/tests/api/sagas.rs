@@ -582,7 +582,11 @@ pub async fn operations_during_fulfillment_are_refused_without_a_trace(backend: 
     assert_eq!(now.status(), S::Confirmed);
     assert_eq!(
         outbox_event_types(&app.db, &order.order_id).await,
-        ["OrderCreated", "OrderConfirmed", "OrderFulfillmentRequested"]
+        [
+            "OrderCreated",
+            "OrderConfirmed",
+            "OrderFulfillmentRequested"
+        ]
     );
     let sagas = crate::helpers::sagas_of(&app.db, &order.order_id).await;
     assert_eq!(
