@@ -30,9 +30,11 @@ pub enum StoreError {
     /// The row is not at the expected version; `current` is what it is at.
     #[error("version conflict (current {})", current.0)]
     VersionConflict { current: Version },
-    /// The idempotency lease this write relied on was taken over by another request; the
-    /// write was rolled back.
-    #[error("idempotency lease lost")]
+    /// The lease this write relied on is no longer the writer's; the write was rolled back.
+    /// For an order write: the idempotency key's lease was taken over by another request.
+    /// For a saga commit under [`Fence::Lease`]: the saga moved on or another worker claimed
+    /// it, and this worker must stop driving it.
+    #[error("lease lost")]
     LeaseLost,
     /// Connection refused, pool exhausted, serialization failure: retry later.
     #[error("database unavailable: {0}")]

@@ -100,9 +100,10 @@ pub trait SagaStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<SagaInstance>, StoreError>;
 
-    /// Applies `commit` atomically. `VersionConflict` when the saga moved on or the fence no
-    /// longer holds (the worker lost its lease, the saga is no longer parked); the order
-    /// write fails as in [`super::OrderStore::save`].
+    /// Applies `commit` atomically. Under [`Fence::Lease`], `LeaseLost` when the saga is not
+    /// at `expected_version` or another worker holds it; under [`Fence::Parked`],
+    /// `VersionConflict` when the saga moved on or is no longer parked. The order write fails
+    /// as in [`super::OrderStore::save`] (checked first, as the SQL stores do).
     async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError>;
 
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError>;

@@ -97,6 +97,25 @@ impl SagaStatus {
     }
 }
 
+/// Which way a saga runs its table: forward through the steps, or backward through their
+/// compensations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Direction {
+    Running,
+    Compensating,
+}
+
+impl Direction {
+    /// The active status that runs in this direction.
+    pub fn status(self) -> SagaStatus {
+        match self {
+            Self::Running => SagaStatus::Running,
+            Self::Compensating => SagaStatus::Compensating,
+        }
+    }
+}
+
 /// What steps learn and later steps (or compensations) need. Stored as JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaData {
@@ -114,9 +133,10 @@ pub struct SagaData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<usize>,
     /// For a parked saga: whether it was running forward or compensating when it parked, so
-    /// an operator's retry resumes in that direction.
+    /// an operator's retry resumes in that direction. Stored as `RUNNING` / `COMPENSATING`;
+    /// anything else makes the row unreadable (corrupt), never a silent default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parked_while: Option<String>,
+    pub parked_while: Option<Direction>,
     /// A refund saga's amount, in the order's currency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_amount_minor: Option<i64>,
@@ -170,6 +190,118 @@ impl SagaInstance {
         }
     }
 
+    /// The saga after its current forward step succeeded: on to the next step (or
+    /// SUCCEEDED after the last of `steps`), with a fresh attempt budget.
+    #[must_use]
+    pub fn advance(&self, steps: usize, now: Timestamp) -> Self {
+        let mut next = self.with_fresh_attempts(now);
+        next.step += 1;
+        next.last_error = None;
+        if next.step >= steps {
+            next.status = SagaStatus::Succeeded;
+        }
+        next
+    }
+
+    /// The saga after attempt number `attempt` of its current step failed with `error` and
+    /// will be retried at `at`. `deadline` is when the step gives up; `tried` whether any
+    /// call of it really reached the plugin.
+    #[must_use]
+    pub fn schedule_retry(
+        &self,
+        attempt: u32,
+        deadline: Timestamp,
+        tried: bool,
+        error: String,
+        at: Timestamp,
+    ) -> Self {
+        let mut next = self.clone();
+        next.attempts = attempt;
+        next.step_deadline = Some(deadline);
+        next.data.step_tried = tried;
+        next.last_error = Some(error);
+        next.next_attempt_at = at;
+        next
+    }
+
+    /// The saga after its current step failed for good (or the order was cancelled under
+    /// it): it undoes its `step` completed steps in reverse, starting now. The failed step
+    /// had no effect; `reason` becomes the order's failure reason.
+    #[must_use]
+    pub fn turn_back(&self, reason: String, now: Timestamp) -> Self {
+        let mut next = self.with_fresh_attempts(now);
+        next.status = SagaStatus::Compensating;
+        next.data.failed_step = Some(self.step);
+        next.last_error = Some(reason.clone());
+        next.data.failure = Some(reason);
+        next
+    }
+
+    /// The saga after the compensation of step `index` is done (or it had nothing to undo):
+    /// `index` steps remain to undo.
+    #[must_use]
+    pub fn undo_step(&self, index: usize, now: Timestamp) -> Self {
+        let mut next = self.with_fresh_attempts(now);
+        next.step = index;
+        next
+    }
+
+    /// The saga after it ended in `outcome` (SUCCEEDED, COMPENSATED, or COMPENSATION_FAILED,
+    /// which parks it for an operator and remembers which way it was going).
+    #[must_use]
+    pub fn end(&self, outcome: SagaStatus, reason: Option<String>, now: Timestamp) -> Self {
+        let mut next = self.clone();
+        if outcome == SagaStatus::CompensationFailed {
+            next.data.parked_while = self.direction();
+        }
+        next.status = outcome;
+        next.last_error = reason.or(next.last_error);
+        next.next_attempt_at = now;
+        next
+    }
+
+    /// The saga after an operator resumed it from COMPENSATION_FAILED: in `direction` (the
+    /// one it parked in unless the operator forces compensation), with fresh retries, due
+    /// now. `None` when it is not parked.
+    #[must_use]
+    pub fn resume(&self, direction: Option<Direction>, now: Timestamp) -> Option<Self> {
+        if self.status != SagaStatus::CompensationFailed {
+            return None;
+        }
+        let parked_while = self.data.parked_while.unwrap_or(Direction::Running);
+        let direction = direction.unwrap_or(parked_while);
+        let mut next = self.with_fresh_attempts(now);
+        next.status = direction.status();
+        next.data.parked_while = None;
+        if direction == Direction::Compensating && parked_while == Direction::Running {
+            // Forward progress so far is `step` completed steps: undo them all.
+            next.data.failed_step.get_or_insert(self.step);
+            next.data
+                .failure
+                .get_or_insert_with(|| "compensation forced by an operator".to_owned());
+        }
+        Some(next)
+    }
+
+    /// Which way the saga is going now; `None` once it ended or parked.
+    pub fn direction(&self) -> Option<Direction> {
+        match self.status {
+            SagaStatus::Running => Some(Direction::Running),
+            SagaStatus::Compensating => Some(Direction::Compensating),
+            _ => None,
+        }
+    }
+
+    /// A copy with the current step's attempt state reset, due `now`.
+    fn with_fresh_attempts(&self, now: Timestamp) -> Self {
+        let mut next = self.clone();
+        next.attempts = 0;
+        next.step_deadline = None;
+        next.data.step_tried = false;
+        next.next_attempt_at = now;
+        next
+    }
+
     /// Adjusts a saga a worker has just claimed at `now`. The time it sat due but unclaimed
     /// (a crashed worker's lease running out, every worker busy) was not spent on its step,
     /// so the step's deadline moves by that much: a deadline counts working time only. A
@@ -178,7 +310,7 @@ impl SagaInstance {
     ///
     /// Derived only from stored fields, so it is the same whenever it is applied to the same
     /// stored saga, and a crash before the next commit loses nothing.
-    pub fn resume(&mut self, now: Timestamp, lease: std::time::Duration) {
+    pub fn reclaim(&mut self, now: Timestamp, lease: std::time::Duration) {
         let idle = now
             .unix_millis()
             .saturating_sub(self.next_attempt_at.unix_millis());
@@ -202,7 +334,7 @@ impl SagaInstance {
             SagaStatus::Running => false,
             SagaStatus::Compensating => true,
             SagaStatus::CompensationFailed => {
-                self.data.parked_while.as_deref() == Some(SagaStatus::Compensating.as_str())
+                self.data.parked_while == Some(Direction::Compensating)
             }
             SagaStatus::Succeeded | SagaStatus::Compensated => return None,
         };
@@ -248,16 +380,16 @@ mod tests {
         saga.step_deadline = Some(Timestamp::from_unix_millis(2_000));
         saga.data.step_tried = true;
         // Claimed on time by a live worker: nothing moves.
-        saga.resume(Timestamp::from_unix_millis(1_000), lease);
+        saga.reclaim(Timestamp::from_unix_millis(1_000), lease);
         assert_eq!(saga.step_deadline, Some(Timestamp::from_unix_millis(2_000)));
         // Picked up 50 ms late: the deadline moves by 50 ms, the attempt history stays.
         let mut late = saga.clone();
-        late.resume(Timestamp::from_unix_millis(1_050), lease);
+        late.reclaim(Timestamp::from_unix_millis(1_050), lease);
         assert_eq!(late.step_deadline, Some(Timestamp::from_unix_millis(2_050)));
         assert!(late.data.step_tried);
         // Resumed 40 s later, after a dead worker's lease ran out.
         let mut resumed = saga.clone();
-        resumed.resume(Timestamp::from_unix_millis(41_000), lease);
+        resumed.reclaim(Timestamp::from_unix_millis(41_000), lease);
         assert_eq!(
             resumed.step_deadline,
             Some(Timestamp::from_unix_millis(42_000)),
@@ -266,7 +398,7 @@ mod tests {
         assert!(!resumed.data.step_tried, "one real call first");
         // Applying it again to the same stored saga gives the same result.
         let mut again = saga.clone();
-        again.resume(Timestamp::from_unix_millis(41_000), lease);
+        again.reclaim(Timestamp::from_unix_millis(41_000), lease);
         assert_eq!(again, resumed);
     }
 
@@ -280,13 +412,58 @@ mod tests {
         assert_eq!(saga.current_step(), Some("commit-inventory"));
         saga.step = 1;
         saga.status = SagaStatus::CompensationFailed;
-        saga.data.parked_while = Some("RUNNING".to_owned());
+        saga.data.parked_while = Some(Direction::Running);
         assert_eq!(saga.current_step(), Some("capture-payment"));
         saga.kind = SagaKind::PlaceOrder;
-        saga.data.parked_while = Some("COMPENSATING".to_owned());
+        saga.data.parked_while = Some(Direction::Compensating);
         assert_eq!(saga.current_step(), Some("reserve-inventory"));
         saga.status = SagaStatus::Succeeded;
         assert_eq!(saga.current_step(), None);
+    }
+
+    #[test]
+    fn the_parked_direction_reads_back_or_not_at_all() {
+        let data: SagaData = serde_json::from_str(r#"{"parked_while":"COMPENSATING"}"#).unwrap();
+        assert_eq!(data.parked_while, Some(Direction::Compensating));
+        assert!(
+            serde_json::from_str::<SagaData>(r#"{"parked_while":"SIDEWAYS"}"#).is_err(),
+            "no silent default for a value this version does not know"
+        );
+    }
+
+    #[test]
+    fn parking_remembers_the_direction_and_resuming_restores_it() {
+        let now = Timestamp::from_unix_millis(5_000);
+        let mut saga = SagaInstance::start(
+            SagaKind::PlaceOrder,
+            OrderId::generate(),
+            Timestamp::from_unix_millis(0),
+        );
+        saga.step = 1;
+        let back = saga
+            .schedule_retry(3, now, true, "busy".into(), now)
+            .turn_back("PAYMENT_DECLINED: no".into(), now);
+        assert_eq!(back.status, SagaStatus::Compensating);
+        assert_eq!((back.attempts, back.step_deadline), (0, None));
+        assert_eq!(back.data.failed_step, Some(1));
+        let parked = back.end(SagaStatus::CompensationFailed, Some("stuck".into()), now);
+        assert_eq!(parked.data.parked_while, Some(Direction::Compensating));
+        assert_eq!(parked.current_step(), Some("reserve-inventory"));
+
+        let resumed = parked.resume(None, now).unwrap();
+        assert_eq!(resumed.status, SagaStatus::Compensating);
+        assert_eq!(resumed.data.parked_while, None);
+        assert!(
+            resumed.resume(None, now).is_none(),
+            "only a parked saga resumes"
+        );
+
+        // Forced compensation of a saga parked going forward undoes what it did.
+        let mut forward = saga.end(SagaStatus::CompensationFailed, None, now);
+        forward.data.failed_step = None;
+        let forced = forward.resume(Some(Direction::Compensating), now).unwrap();
+        assert_eq!(forced.status, SagaStatus::Compensating);
+        assert_eq!(forced.data.failed_step, Some(1));
     }
 
     #[test]

@@ -17,5 +17,5 @@ pub mod operations;
 pub mod worker;
 
 pub use engine::{EngineConfig, SagaEngine, SagaPorts};
-pub use instance::{SagaData, SagaId, SagaInstance, SagaKind, SagaStatus};
+pub use instance::{Direction, SagaData, SagaId, SagaInstance, SagaKind, SagaStatus};
 pub use operations::SagaOperations;

@@ -7,7 +7,7 @@ use oms_domain::{OrderStatus, Timestamp};
 use tokio::sync::Notify;
 
 use super::flows;
-use super::instance::{SagaId, SagaInstance, SagaStatus};
+use super::instance::{Direction, SagaId, SagaInstance, SagaStatus};
 use crate::changes::OrderChanges;
 use crate::clock::Clock;
 use crate::error::AppError;
@@ -81,31 +81,20 @@ impl SagaOperations {
     /// Makes a parked placement saga undo what it did instead of going on. Refused for sagas
     /// without compensations (cancel, fulfill, refund): retry those instead.
     pub async fn force_compensate(&self, id: SagaId) -> Result<SagaInstance, AppError> {
-        self.resume(id, Some(SagaStatus::Compensating)).await
+        self.resume(id, Some(Direction::Compensating)).await
     }
 
     async fn resume(
         &self,
         id: SagaId,
-        direction: Option<SagaStatus>,
+        direction: Option<Direction>,
     ) -> Result<SagaInstance, AppError> {
         let saga = self.get(id).await?;
-        if saga.status != SagaStatus::CompensationFailed {
-            return Err(AppError::IllegalTransition(format!(
-                "saga {id} is {}, not parked in COMPENSATION_FAILED",
-                saga.status.as_str()
-            )));
-        }
-        let parked_while = saga
-            .data
-            .parked_while
-            .as_deref()
-            .and_then(SagaStatus::parse)
-            .unwrap_or(SagaStatus::Running);
-        let status = direction.unwrap_or(parked_while);
-        let definition = flows::definition(saga.kind);
-        if status == SagaStatus::Compensating
-            && !definition.steps.iter().any(|s| s.compensation.is_some())
+        if direction == Some(Direction::Compensating)
+            && !flows::definition(saga.kind)
+                .steps
+                .iter()
+                .any(|s| s.compensation.is_some())
         {
             return Err(AppError::IllegalTransition(format!(
                 "a {} saga has no compensations; retry it instead",
@@ -113,20 +102,12 @@ impl SagaOperations {
             )));
         }
         let now = self.clock.now();
-        let mut next = saga.clone();
-        next.status = status;
-        next.attempts = 0;
-        next.step_deadline = None;
-        next.data.step_tried = false;
-        next.next_attempt_at = now;
-        next.data.parked_while = None;
-        if status == SagaStatus::Compensating && parked_while == SagaStatus::Running {
-            // Forward progress so far is `step` completed steps: undo them all.
-            next.data.failed_step.get_or_insert(saga.step);
-            next.data
-                .failure
-                .get_or_insert_with(|| "compensation forced by an operator".to_owned());
-        }
+        let Some(mut next) = saga.resume(direction, now) else {
+            return Err(AppError::IllegalTransition(format!(
+                "saga {id} is {}, not parked in COMPENSATION_FAILED",
+                saga.status.as_str()
+            )));
+        };
         next.version = saga.version + 1;
         next.updated_at = now;
         self.commit_resumed(&saga, &next, now).await?;

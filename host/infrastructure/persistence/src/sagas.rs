@@ -209,7 +209,13 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         .await
         .map_err(saga_write_error::<D>)?;
         if D::rows_affected(&updated) != 1 {
-            // Moved on, or leased to another worker since our claim: the caller reloads.
+            // A worker's saga moved on, or was leased to another worker since its claim: the
+            // worker no longer owns it and must stop (repeating the step would only call the
+            // provider again for nothing).
+            if owner.is_some() {
+                return Err(StoreError::LeaseLost);
+            }
+            // An operator's view of a parked saga is stale: it reloads.
             let current = D::query("SELECT version FROM saga_instances WHERE id = $1")
                 .arg(D::id(saga.id.0))
                 .fetch_optional(D::on(&mut tx))

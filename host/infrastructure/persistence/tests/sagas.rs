@@ -12,7 +12,7 @@ use common::{
 use oms_application::ports::{
     Fence, OrderWrite, PluginCall, SagaCommit, StepDirection, StepRecord, StepState, StoreError,
 };
-use oms_application::saga::{SagaData, SagaInstance, SagaKind, SagaStatus};
+use oms_application::saga::{Direction, SagaData, SagaInstance, SagaKind, SagaStatus};
 use oms_domain::{Order, Version};
 use oms_persistence::Database;
 
@@ -169,13 +169,14 @@ async fn commit_is_fenced_by_version_and_lease(db: Database) {
             start_saga: None,
         }),
     };
-    let stale = StoreError::VersionConflict {
-        current: Version(1),
-    };
-    assert_eq!(db.sagas().commit(commit(7, "w1")).await.unwrap_err(), stale);
+    assert_eq!(
+        db.sagas().commit(commit(7, "w1")).await.unwrap_err(),
+        StoreError::LeaseLost,
+        "a worker whose copy of the saga is stale no longer owns it"
+    );
     assert_eq!(
         db.sagas().commit(commit(1, "w2")).await.unwrap_err(),
-        stale,
+        StoreError::LeaseLost,
         "a worker that does not hold the lease cannot commit"
     );
     assert_eq!(db.sagas().get(saga.id).await.unwrap(), Some(saga.clone()));
@@ -199,7 +200,8 @@ async fn commit_is_fenced_by_version_and_lease(db: Database) {
         (Some("w1".into()), Some(50_000)),
         "the commit extends the lease"
     );
-    // A replay of the same commit (a worker that missed the answer) is refused.
+    // A replay of the same commit (a worker that missed the answer) is refused, by the
+    // order's version first (the order is written before the saga).
     assert_eq!(
         db.sagas().commit(commit(1, "w1")).await.unwrap_err(),
         StoreError::VersionConflict {
@@ -333,7 +335,7 @@ async fn saga_data_round_trips(db: Database) {
         payment_id: Some("pay-1".into()),
         failure: Some("declined".into()),
         failed_step: Some(1),
-        parked_while: Some("COMPENSATING".into()),
+        parked_while: Some(Direction::Compensating),
         refund_amount_minor: Some(1_250),
         step_tried: true,
     };

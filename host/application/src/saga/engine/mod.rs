@@ -1,0 +1,184 @@
+//! The generic orchestrator: runs any saga table one step at a time, durably.
+//!
+//! - this file: the engine, its claim of due sagas and the loop that drives one saga;
+//! - [`steps`]: one forward step or one compensation, and turning back after a failure;
+//! - [`outcome`]: ending a saga and committing every step's outcome with its order change.
+
+mod outcome;
+mod steps;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oms_domain::{DomainError, Order, Timestamp};
+use tracing::{debug, warn};
+
+use super::flows;
+use super::instance::{SagaInstance, SagaStatus};
+use crate::changes::OrderChanges;
+use crate::clock::Clock;
+use crate::error::AppError;
+use crate::ports::{InventoryGateway, OrderStore, PaymentGateway, SagaStore};
+
+/// How a step left the saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The next step is due now: keep going while we hold the lease.
+    Continue,
+    /// Wait for a retry time, or the saga ended.
+    Stop,
+}
+
+/// Why a step did not get its outcome committed.
+#[derive(Debug)]
+enum StepError {
+    /// The order moved on (an address change) between reading it and committing: the step
+    /// runs again on the fresh order. Its gateway call is idempotent by key, so it is the
+    /// same call.
+    OrderMoved,
+    /// This worker no longer owns the saga (another worker claimed it after the lease ran
+    /// out, or it moved on): stop at once; calling the provider again would be for nothing.
+    LeaseLost,
+    Failed(AppError),
+}
+
+impl From<AppError> for StepError {
+    fn from(e: AppError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<DomainError> for StepError {
+    fn from(e: DomainError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+/// The stores and gateways a saga engine works with.
+#[derive(Clone)]
+pub struct SagaPorts {
+    pub orders: Arc<dyn OrderStore>,
+    pub sagas: Arc<dyn SagaStore>,
+    pub payments: Arc<dyn PaymentGateway>,
+    pub inventory: Arc<dyn InventoryGateway>,
+}
+
+/// How one engine (one worker) behaves.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Lease owner name: unique per worker (host process + task).
+    pub worker: String,
+    /// How long a claim lasts without a commit; a crashed worker's sagas are picked up by
+    /// others after this.
+    pub lease: Duration,
+    /// Caps every step's and compensation's retry deadline (the tables' values otherwise):
+    /// for tests, and for operators who prefer failing fast over waiting out an outage.
+    pub deadline_cap: Option<Duration>,
+}
+
+/// Runs saga tables. One per worker task; cheap to share behind an `Arc`.
+pub struct SagaEngine {
+    ports: SagaPorts,
+    clock: Arc<dyn Clock>,
+    changes: OrderChanges,
+    config: EngineConfig,
+    /// Uniform samples in `[0, 1)` for backoff jitter (injected so tests can pin them).
+    jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
+}
+
+/// How many times one step is re-run because the order moved under it before the worker
+/// lets the saga wait for its next claim: a bound against an order edited in a tight loop.
+const ORDER_MOVED_ROUNDS: usize = 5;
+
+impl SagaEngine {
+    pub fn new(
+        ports: SagaPorts,
+        clock: Arc<dyn Clock>,
+        changes: OrderChanges,
+        config: EngineConfig,
+        jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
+    ) -> Self {
+        Self {
+            ports,
+            clock,
+            changes,
+            config,
+            jitter,
+        }
+    }
+
+    fn capped(&self, deadline: Duration) -> Duration {
+        self.config
+            .deadline_cap
+            .map_or(deadline, |cap| deadline.min(cap))
+    }
+
+    /// Claims up to `limit` due sagas and drives each as far as it can go now. Returns how
+    /// many were claimed (0 means: nothing due, sleep).
+    pub async fn run_due(&self, limit: u32) -> Result<usize, AppError> {
+        let now = self.clock.now();
+        let claimed = self
+            .ports
+            .sagas
+            .claim_due(
+                &self.config.worker,
+                now,
+                now.saturating_add(self.config.lease),
+                limit,
+            )
+            .await?;
+        let count = claimed.len();
+        futures::future::join_all(claimed.into_iter().map(|saga| self.drive(saga, now))).await;
+        Ok(count)
+    }
+
+    /// Runs steps until the saga must wait or ends. An error leaves the saga as last
+    /// committed; its lease expires and a worker (maybe another process) resumes it.
+    async fn drive(&self, mut saga: SagaInstance, claimed_at: Timestamp) {
+        saga.reclaim(claimed_at, self.config.lease);
+        loop {
+            match self.step(&mut saga).await {
+                Ok(Next::Continue) => continue,
+                Ok(Next::Stop) => return,
+                Err(StepError::LeaseLost) => {
+                    debug!(saga = %saga.id, "saga lease lost to another worker; stopping");
+                    return;
+                }
+                Err(StepError::OrderMoved) => {
+                    debug!(saga = %saga.id, "order kept moving under the saga; it resumes later");
+                    return;
+                }
+                Err(StepError::Failed(e)) => {
+                    warn!(saga = %saga.id, order = %saga.order_id, error = %e, "saga step failed; it resumes after its lease");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn load_order(&self, saga: &SagaInstance) -> Result<Order, AppError> {
+        self.ports.orders.get(saga.order_id).await?.ok_or_else(|| {
+            AppError::Internal(format!("saga {} lost order {}", saga.id, saga.order_id))
+        })
+    }
+
+    /// One step, forward or backward, committed with its effects. Re-runs it when a
+    /// concurrent edit of the order moved its version (the saga itself is unchanged: its
+    /// commit was rolled back).
+    async fn step(&self, saga: &mut SagaInstance) -> Result<Next, StepError> {
+        let definition = flows::definition(saga.kind);
+        for _ in 0..ORDER_MOVED_ROUNDS {
+            let order = self.load_order(saga).await?;
+            let result = match saga.status {
+                SagaStatus::Running => self.forward(definition, saga, order).await,
+                SagaStatus::Compensating => self.backward(definition, saga, order).await,
+                _ => return Ok(Next::Stop),
+            };
+            match result {
+                Err(StepError::OrderMoved) => continue,
+                other => return other,
+            }
+        }
+        Err(StepError::OrderMoved)
+    }
+}

@@ -1,0 +1,268 @@
+//! One forward step or one compensation: call the operation, then commit the saga's next
+//! state with the step's audit row and the order change its effect makes.
+
+use oms_domain::{Order, OrderStatus, PaymentStatus};
+use tracing::debug;
+
+use super::outcome::{Failure, Mark};
+use super::{Next, SagaEngine, StepError};
+use crate::error::AppError;
+use crate::ports::{GatewayError, GatewayFailure, StepDirection, StepRecord, StepState};
+use crate::saga::definition::{OnFailure, Operation, SagaDefinition};
+use crate::saga::executor::{Change, Effect, Executor};
+use crate::saga::instance::{SagaInstance, SagaKind, SagaStatus};
+
+impl SagaEngine {
+    fn executor(&self) -> Executor<'_> {
+        Executor {
+            payments: self.ports.payments.as_ref(),
+            inventory: self.ports.inventory.as_ref(),
+        }
+    }
+
+    pub(super) async fn forward(
+        &self,
+        definition: &SagaDefinition,
+        saga: &mut SagaInstance,
+        order: Order,
+    ) -> Result<Next, StepError> {
+        let now = self.clock.now();
+        let Some(step) = definition.step(saga.step) else {
+            return self
+                .finish(saga, order, SagaStatus::Succeeded, None, None)
+                .await;
+        };
+        // A cancellation that arrived while placing stops the placement: everything done so
+        // far is undone by this saga's compensations, then the cancel completes. CANCELLED:
+        // the cancel found nothing held yet, but a step in flight may have taken something.
+        if matches!(
+            order.status(),
+            OrderStatus::Cancelling | OrderStatus::Cancelled
+        ) && saga.kind == SagaKind::PlaceOrder
+        {
+            return self
+                .turn_back(definition, saga, order, Failure::Cancelled, None)
+                .await;
+        }
+        if saga.kind != SagaKind::PlaceOrder && saga.step == 0 && saga.attempts == 0 {
+            self.inherit_references(saga).await?;
+        }
+        let key = saga.idempotency_key(step.name, step.forward.as_str());
+        let deadline = saga
+            .step_deadline
+            .unwrap_or_else(|| now.saturating_add(self.capped(step.deadline)));
+        let attempt = saga.attempts + 1;
+        let record = |state: StepState, call, last_error| StepRecord {
+            step: step.name,
+            direction: StepDirection::Forward,
+            call,
+            idempotency_key: key.clone(),
+            state,
+            attempts: attempt,
+            last_error,
+            at: now,
+        };
+        match self.executor().run(step.forward, saga, &order, &key).await {
+            Ok(effect) => {
+                let record = record(StepState::Succeeded, effect.call.clone(), None);
+                let mut next = saga.advance(definition.steps.len(), now);
+                absorb(&mut next, &effect);
+                if effect.call.is_some() {
+                    self.commit_called(saga, next, &record, order, &effect.change, None, now)
+                        .await?;
+                } else {
+                    // A local step is re-run on the fresh order if it moved: it may no
+                    // longer apply (a cancellation stops a confirmation).
+                    self.commit(saga, next, Some(&record), order, &effect.change, None, now)
+                        .await?;
+                }
+                Ok(if saga.status.is_active() {
+                    Next::Continue
+                } else {
+                    Next::Stop
+                })
+            }
+            Err(GatewayFailure { error, call }) => {
+                let retryable = !matches!(error, GatewayError::Permanent { .. });
+                let reason = error.to_string();
+                // A refusal that never called (open circuit) fails nothing by itself: past
+                // the deadline only a step that really tried gives up.
+                let tried = saga.data.step_tried || !matches!(error, GatewayError::NotTried { .. });
+                if retryable && (now < deadline || !tried) {
+                    let unresolved = matches!(error, GatewayError::Unknown { .. });
+                    let state = if unresolved {
+                        StepState::Unresolved
+                    } else {
+                        StepState::Retrying
+                    };
+                    let record = record(state, call, Some(reason.clone()));
+                    let retry_at = now.saturating_add(step.retry.delay(attempt, (self.jitter)()));
+                    let next = saga.schedule_retry(attempt, deadline, tried, reason, retry_at);
+                    // A timed-out authorisation is recorded as UNRESOLVED: the next attempt
+                    // reconciles with the provider before sending anything.
+                    let mark = (unresolved
+                        && step.forward == Operation::AuthorizePayment
+                        && order.payment_status() == PaymentStatus::Pending)
+                        .then_some(Mark::Unresolved);
+                    self.commit_called(saga, next, &record, order, &Change::None, mark, now)
+                        .await?;
+                    return Ok(Next::Stop);
+                }
+                debug!(saga = %saga.id, step = step.name, %reason, "step failed for good");
+                let record = record(StepState::Failed, call, Some(reason));
+                self.turn_back(
+                    definition,
+                    saga,
+                    order,
+                    Failure::Step(error.public_reason()),
+                    Some(&record),
+                )
+                .await
+            }
+        }
+    }
+
+    /// A cancellation, fulfillment or refund acts on what the placement created: it takes the
+    /// reservation and payment references from the order's earlier sagas (latest first).
+    async fn inherit_references(&self, saga: &mut SagaInstance) -> Result<(), AppError> {
+        let earlier = self.ports.sagas.for_order(saga.order_id).await?;
+        for other in earlier.iter().rev().filter(|s| s.id != saga.id) {
+            if saga.data.reservation_id.is_none() {
+                saga.data
+                    .reservation_id
+                    .clone_from(&other.data.reservation_id);
+            }
+            if saga.data.payment_id.is_none() {
+                saga.data.payment_id.clone_from(&other.data.payment_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a step failed for good (or the order was cancelled under a placement): undo
+    /// the completed steps in reverse, or park at once when the failed step says so.
+    async fn turn_back(
+        &self,
+        definition: &SagaDefinition,
+        saga: &mut SagaInstance,
+        order: Order,
+        failure: Failure,
+        record: Option<&StepRecord>,
+    ) -> Result<Next, StepError> {
+        let now = self.clock.now();
+        let (reason, park) = match failure {
+            // A cancellation is not a failure of the step: undo everything, then cancel.
+            Failure::Cancelled => ("cancelled while placing".to_owned(), false),
+            Failure::Step(reason) => {
+                let park = definition
+                    .step(saga.step)
+                    .is_none_or(|s| s.on_failure == OnFailure::Park);
+                (reason, park)
+            }
+        };
+        if park {
+            return self
+                .finish(
+                    saga,
+                    order,
+                    SagaStatus::CompensationFailed,
+                    Some(reason),
+                    record,
+                )
+                .await;
+        }
+        let next = saga.turn_back(reason, now);
+        self.commit(saga, next, record, order, &Change::None, None, now)
+            .await?;
+        Ok(Next::Continue)
+    }
+
+    pub(super) async fn backward(
+        &self,
+        definition: &SagaDefinition,
+        saga: &mut SagaInstance,
+        order: Order,
+    ) -> Result<Next, StepError> {
+        let now = self.clock.now();
+        let Some(index) = saga.step.checked_sub(1) else {
+            let reason = saga.data.failure.clone();
+            return self
+                .finish(saga, order, SagaStatus::Compensated, reason, None)
+                .await;
+        };
+        let step = definition.step(index).ok_or_else(|| {
+            AppError::Internal(format!(
+                "saga {} compensates step {index} its table lacks",
+                saga.id
+            ))
+        })?;
+        let Some(op) = step.compensation else {
+            let next = saga.undo_step(index, now);
+            self.commit(saga, next, None, order, &Change::None, None, now)
+                .await?;
+            return Ok(Next::Continue);
+        };
+        let key = saga.idempotency_key(step.name, op.as_str());
+        let deadline = saga
+            .step_deadline
+            .unwrap_or_else(|| now.saturating_add(self.capped(definition.compensation_deadline)));
+        let attempt = saga.attempts + 1;
+        let record = |state: StepState, call, last_error| StepRecord {
+            step: step.name,
+            direction: StepDirection::Compensate,
+            call,
+            idempotency_key: key.clone(),
+            state,
+            attempts: attempt,
+            last_error,
+            at: now,
+        };
+        match self.executor().run(op, saga, &order, &key).await {
+            Ok(effect) => {
+                let record = record(StepState::Succeeded, effect.call.clone(), None);
+                let next = saga.undo_step(index, now);
+                if effect.call.is_some() {
+                    self.commit_called(saga, next, &record, order, &effect.change, None, now)
+                        .await?;
+                } else {
+                    self.commit(saga, next, Some(&record), order, &effect.change, None, now)
+                        .await?;
+                }
+                Ok(Next::Continue)
+            }
+            Err(GatewayFailure { error, call }) => {
+                let reason = error.to_string();
+                let record = record(StepState::Retrying, call, Some(reason.clone()));
+                let tried = saga.data.step_tried || !matches!(error, GatewayError::NotTried { .. });
+                if (now >= deadline && tried) || matches!(error, GatewayError::Permanent { .. }) {
+                    let why =
+                        error.public_reason_while(&format!("compensation of {} failed", step.name));
+                    return self
+                        .finish(
+                            saga,
+                            order,
+                            SagaStatus::CompensationFailed,
+                            Some(why),
+                            Some(&record),
+                        )
+                        .await;
+                }
+                let retry_at = now.saturating_add(step.retry.delay(attempt, (self.jitter)()));
+                let next = saga.schedule_retry(attempt, deadline, tried, reason, retry_at);
+                self.commit_called(saga, next, &record, order, &Change::None, None, now)
+                    .await?;
+                Ok(Next::Stop)
+            }
+        }
+    }
+}
+
+/// Copies what an effect taught into the saga's data.
+fn absorb(saga: &mut SagaInstance, effect: &Effect) {
+    if let Some(id) = &effect.reservation_id {
+        saga.data.reservation_id = Some(id.clone());
+    }
+    if let Some(id) = &effect.payment_id {
+        saga.data.payment_id = Some(id.clone());
+    }
+}
