@@ -15,6 +15,8 @@ pub mod retry;
 pub mod saga;
 pub mod service;
 pub mod snapshot;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod use_cases;
 
 pub use error::{AppError, FieldViolation, RunningOperation};

@@ -6,6 +6,7 @@
 //! outcome, is refused because its fingerprint differs, or is told to retry because the first
 //! still runs. Transient failures release the key so that a retry executes again.
 
+pub mod rules;
 mod runner;
 
 use oms_domain::{IdempotencyKey, Order, Version};

@@ -20,8 +20,8 @@ use oms_domain::Timestamp;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::idempotency_rules::{KeyRecord, MAX_ROUNDS, Verdict, contention, judge};
 use crate::sql::{Args, ConnOf, Dialect, Q, ResultOf, RowExt, Sql, json};
+use oms_application::idempotency::rules::{KeyRecord, MAX_ROUNDS, Verdict, contention, judge};
 
 pub(crate) struct SqlIdempotencyStore<D: Dialect> {
     sql: Sql<D>,

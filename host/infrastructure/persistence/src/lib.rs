@@ -10,11 +10,11 @@
 //! `processed_events.rs`, `plugin_kv.rs`), generic over the small `sql::Dialect` trait that
 //! holds what the two databases do differently (`sql/postgres.rs`, `sql/sqlite.rs`), including
 //! the one function per driver that classifies its errors into [`StoreError`]. The row mapping
-//! (`mapping`) and the idempotency decision rules (`idempotency_rules`) are shared.
+//! (`mapping`) is shared; the idempotency decision rules live in the application
+//! (`oms_application::idempotency::rules`), which the in-memory test store applies too.
 
 mod errors;
 mod idempotency;
-mod idempotency_rules;
 mod mapping;
 mod orders;
 mod outbox;

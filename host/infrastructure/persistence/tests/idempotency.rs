@@ -6,17 +6,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fingerprint, new_order, outbox, scope, ts};
+use common::{Stores, fingerprint, new_order, outbox, scope, ts};
 use oms_application::idempotency::{
     IdempotencyClaim, IdempotencyCompletion, StoredError, StoredOutcome,
 };
 use oms_application::ports::{BeginOutcome, OrderWrite, StoreError};
-use oms_persistence::Database;
 
 const LEASE: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(3600);
 
-async fn begin_at(db: &Database, key: &str, body: &[u8], now: i64) -> BeginOutcome {
+async fn begin_at(db: &Stores, key: &str, body: &[u8], now: i64) -> BeginOutcome {
     db.idempotency()
         .begin(&scope(key), &fingerprint(body), ts(now), LEASE, TTL)
         .await
@@ -32,7 +31,7 @@ fn proceed(outcome: BeginOutcome) -> IdempotencyClaim {
 
 /// 50 concurrent first requests with one key (and 50 more after the lease ran out): exactly
 /// one of each wave may run.
-async fn one_of_many_proceeds(db: Database) {
+async fn one_of_many_proceeds(db: Stores) {
     for now in [1_000, 1_000 + 11_000] {
         let tasks = (0..50).map(|_| {
             let store = db.idempotency();
@@ -56,9 +55,9 @@ async fn one_of_many_proceeds(db: Database) {
         );
     }
 }
-on_both!(concurrent_begin, one_of_many_proceeds);
+on_all!(concurrent_begin, one_of_many_proceeds);
 
-async fn replay_after_success_and_mismatch(db: Database) {
+async fn replay_after_success_and_mismatch(db: Stores) {
     let claim = proceed(begin_at(&db, "k", b"body", 1_000).await);
     let (order, event) = new_order("cust-1", ts(1_100));
     let messages = outbox(&order, &event);
@@ -92,9 +91,9 @@ async fn replay_after_success_and_mismatch(db: Database) {
     // Another key is independent.
     proceed(begin_at(&db, "k2", b"other body", 2_000).await);
 }
-on_both!(replay_and_mismatch, replay_after_success_and_mismatch);
+on_all!(replay_and_mismatch, replay_after_success_and_mismatch);
 
-async fn final_errors_replay_and_stale_leases_fail(db: Database) {
+async fn final_errors_replay_and_stale_leases_fail(db: Stores) {
     let claim = proceed(begin_at(&db, "k", b"body", 1_000).await);
     let outcome = StoredOutcome::Error {
         error: StoredError::IllegalTransition {
@@ -138,20 +137,20 @@ async fn final_errors_replay_and_stale_leases_fail(db: Database) {
         BeginOutcome::Replay(outcome)
     );
 }
-on_both!(
+on_all!(
     complete_and_lease_lost,
     final_errors_replay_and_stale_leases_fail
 );
 
-async fn release_lets_a_retry_execute(db: Database) {
+async fn release_lets_a_retry_execute(db: Stores) {
     let claim = proceed(begin_at(&db, "k", b"body", 1_000).await);
     db.idempotency().release(&claim).await.unwrap();
     let retry = proceed(begin_at(&db, "k", b"body", 1_100).await);
     assert_ne!(retry.lease_token, claim.lease_token);
 }
-on_both!(release, release_lets_a_retry_execute);
+on_all!(release, release_lets_a_retry_execute);
 
-async fn expired_lease_is_taken_over(db: Database) {
+async fn expired_lease_is_taken_over(db: Stores) {
     let first = proceed(begin_at(&db, "k", b"body", 1_000).await);
     // Within the lease: still running.
     assert_eq!(
@@ -173,9 +172,9 @@ async fn expired_lease_is_taken_over(db: Database) {
         BeginOutcome::InProgress
     );
 }
-on_both!(lease_takeover, expired_lease_is_taken_over);
+on_all!(lease_takeover, expired_lease_is_taken_over);
 
-async fn expired_records_count_as_absent_and_are_swept(db: Database) {
+async fn expired_records_count_as_absent_and_are_swept(db: Stores) {
     let short = Duration::from_secs(10);
     for key in ["a", "b", "c"] {
         let claim = db
@@ -223,4 +222,4 @@ async fn expired_records_count_as_absent_and_are_swept(db: Database) {
     );
     proceed(begin_at(&db, "b", b"x", 20_000).await);
 }
-on_both!(ttl_and_sweep, expired_records_count_as_absent_and_are_swept);
+on_all!(ttl_and_sweep, expired_records_count_as_absent_and_are_swept);

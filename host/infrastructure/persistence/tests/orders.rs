@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::{address, new_order, outbox, outbox_rows, ts};
+use common::{Stores, address, new_order, outbox, outbox_rows, ts};
 use oms_application::idempotency::{IdempotencyCompletion, StoredOutcome};
 use oms_application::ports::{OrderQuery, OrderWrite, StoreError};
 use oms_domain::{CustomerId, OrderId, OrderStatus, Version};
-use oms_persistence::Database;
 
-async fn insert(db: &Database, customer: &str, now: i64) -> oms_domain::Order {
+async fn insert(db: &Stores, customer: &str, now: i64) -> oms_domain::Order {
     let (order, event) = new_order(customer, ts(now));
     let messages = outbox(&order, &event);
     db.orders()
@@ -27,7 +26,7 @@ async fn insert(db: &Database, customer: &str, now: i64) -> oms_domain::Order {
     order
 }
 
-async fn round_trip_with_items(db: Database) {
+async fn round_trip_with_items(db: Stores) {
     let order = insert(&db, "cust-1", 1_000).await;
     let loaded = db.orders().get(order.id()).await.unwrap().unwrap();
     assert_eq!(
@@ -38,9 +37,9 @@ async fn round_trip_with_items(db: Database) {
     assert_eq!(outbox_rows(&db, order.id()).await, 1);
     assert_eq!(db.orders().get(OrderId::generate()).await.unwrap(), None);
 }
-on_both!(round_trip, round_trip_with_items);
+on_all!(round_trip, round_trip_with_items);
 
-async fn stale_version_conflicts(db: Database) {
+async fn stale_version_conflicts(db: Stores) {
     let order = insert(&db, "cust-1", 1_000).await;
     let mut first = order.clone();
     let event = first
@@ -90,9 +89,9 @@ async fn stale_version_conflicts(db: Database) {
         "created + the winning update; the conflicting write left no outbox row"
     );
 }
-on_both!(version_conflict, stale_version_conflicts);
+on_all!(version_conflict, stale_version_conflicts);
 
-async fn update_of_missing_order(db: Database) {
+async fn update_of_missing_order(db: Stores) {
     let (mut order, _) = new_order("cust-1", ts(1_000));
     let event = order
         .update_shipping_address(address("Hamburg"), ts(2_000))
@@ -112,9 +111,9 @@ async fn update_of_missing_order(db: Database) {
     assert_eq!(err, StoreError::NotFound);
     assert_eq!(outbox_rows(&db, order.id()).await, 0);
 }
-on_both!(not_found, update_of_missing_order);
+on_all!(not_found, update_of_missing_order);
 
-async fn concurrent_updates_one_winner(db: Database) {
+async fn concurrent_updates_one_winner(db: Stores) {
     let order = insert(&db, "cust-1", 1_000).await;
     let tasks = (0..20).map(|i| {
         let store = db.orders();
@@ -148,9 +147,9 @@ async fn concurrent_updates_one_winner(db: Database) {
     }
     assert_eq!(outbox_rows(&db, order.id()).await, 2);
 }
-on_both!(concurrent_updates, concurrent_updates_one_winner);
+on_all!(concurrent_updates, concurrent_updates_one_winner);
 
-async fn listing_pages_newest_first(db: Database) {
+async fn listing_pages_newest_first(db: Stores) {
     let mut placed = Vec::new();
     for i in 0..5 {
         let customer = if i % 2 == 0 { "cust-even" } else { "cust-odd" };
@@ -222,9 +221,9 @@ async fn listing_pages_newest_first(db: Database) {
     assert_eq!(ids(&pending_even), [placed[2].id(), placed[0].id()]);
     assert!(pending_even.iter().all(|o| o.items().len() == 2));
 }
-on_both!(listing, listing_pages_newest_first);
+on_all!(listing, listing_pages_newest_first);
 
-async fn lost_lease_rolls_back_everything(db: Database) {
+async fn lost_lease_rolls_back_everything(db: Stores) {
     let scope = common::scope("create-1");
     let fp = common::fingerprint(b"body");
     let lease = std::time::Duration::from_secs(1);
@@ -269,4 +268,4 @@ async fn lost_lease_rolls_back_everything(db: Database) {
     assert_eq!(db.orders().get(order.id()).await.unwrap(), None);
     assert_eq!(outbox_rows(&db, order.id()).await, 0);
 }
-on_both!(lease_lost, lost_lease_rolls_back_everything);
+on_all!(lease_lost, lost_lease_rolls_back_everything);

@@ -1,63 +1,29 @@
-//! The saga engine over the real stores, with scripted gateways and a manual clock: what a
-//! step's deadline counts. Time a saga sat unclaimed behind a dead worker's lease is not
-//! spent on its step, and a call an open circuit refused is no attempt.
+//! The saga engine over the real stores (and the in-memory one), with the test kit's
+//! scripted gateways and manual clock: what a step's deadline counts. Time a saga sat
+//! unclaimed behind a dead worker's lease is not spent on its step, and a call an open
+//! circuit refused is no attempt.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use common::{new_order, place_with_saga, saga_for, ts};
+use common::{Stores, new_order, place_with_saga, saga_for, ts};
 use oms_application::changes::OrderChanges;
 use oms_application::clock::Clock;
-use oms_application::ports::{
-    FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
-    PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
-};
+use oms_application::ports::{FailureCode, FailureReason, GatewayError};
 use oms_application::saga::{
     EngineConfig, SagaEngine, SagaInstance, SagaKind, SagaPorts, SagaStatus,
 };
-use oms_domain::{
-    LineItem, Money, OrderId, OrderStatus, PaymentStatus, ReservationStatus, Timestamp,
-};
-use oms_persistence::Database;
+use oms_application::testing::{ManualClock, ScriptedGateways, transient};
+use oms_domain::{OrderId, OrderStatus, PaymentStatus, ReservationStatus, Timestamp};
 
 /// The engine's lease (the default of `saga.lease_secs`).
 const LEASE: Duration = Duration::from_secs(30);
 /// When the tests begin, in Unix milliseconds.
 const T0: i64 = 1_000_000;
-
-struct ManualClock(Mutex<Timestamp>);
-
-impl ManualClock {
-    fn set(&self, at: Timestamp) {
-        *self.0.lock().unwrap() = at;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap()
-    }
-}
-
-fn plugin_call() -> PluginCall {
-    PluginCall {
-        plugin: "fake-pay".into(),
-        version: "1.0.0".into(),
-        digest: "sha256:1".into(),
-    }
-}
-
-fn transient() -> GatewayError {
-    GatewayError::Transient {
-        reason: FailureReason::new(FailureCode::ProviderUnavailable, "provider busy"),
-    }
-}
 
 fn circuit_open() -> GatewayError {
     GatewayError::NotTried {
@@ -68,155 +34,33 @@ fn circuit_open() -> GatewayError {
     }
 }
 
-/// A payment provider whose `authorize` answers come from a script (then: authorized).
-#[derive(Default)]
-struct ScriptedPayments {
-    authorize: Mutex<VecDeque<GatewayError>>,
-}
-
-impl ScriptedPayments {
-    fn then(&self, errors: impl IntoIterator<Item = GatewayError>) {
-        self.authorize.lock().unwrap().extend(errors);
-    }
-}
-
-fn unscripted<T>() -> GatewayResult<T> {
-    Err(GatewayFailure {
-        error: GatewayError::Permanent {
-            reason: FailureReason::new(FailureCode::Internal, "not part of this test"),
-        },
-        call: None,
-    })
-}
-
-#[async_trait]
-impl PaymentGateway for ScriptedPayments {
-    async fn authorize(
-        &self,
-        _provider: &str,
-        _order_id: OrderId,
-        amount: Money,
-        _token: &str,
-        _idempotency_key: &str,
-    ) -> GatewayResult<ProviderPayment> {
-        let next = self.authorize.lock().unwrap().pop_front();
-        match next {
-            None => Ok((
-                ProviderPayment {
-                    payment_id: "pay-1".into(),
-                    state: ProviderPaymentState::Authorized,
-                    authorized: amount,
-                    captured: Money::zero(amount.currency()),
-                    refunded: Money::zero(amount.currency()),
-                },
-                plugin_call(),
-            )),
-            Some(error) => {
-                // A refused call never reached the plugin: no build to record.
-                let call = (!matches!(error, GatewayError::NotTried { .. })).then(plugin_call);
-                Err(GatewayFailure { error, call })
-            }
-        }
-    }
-
-    async fn capture(
-        &self,
-        _provider: &str,
-        _payment_id: &str,
-        _amount: Option<Money>,
-        _idempotency_key: &str,
-    ) -> GatewayResult<ProviderPayment> {
-        unscripted()
-    }
-
-    async fn void(
-        &self,
-        _provider: &str,
-        payment_id: &str,
-        _idempotency_key: &str,
-    ) -> GatewayResult<ProviderPayment> {
-        let eur = Money::zero(oms_domain::Currency::parse("EUR").unwrap());
-        Ok((
-            ProviderPayment {
-                payment_id: payment_id.into(),
-                state: ProviderPaymentState::Voided,
-                authorized: eur,
-                captured: eur,
-                refunded: eur,
-            },
-            plugin_call(),
-        ))
-    }
-
-    async fn refund(
-        &self,
-        _provider: &str,
-        _payment_id: &str,
-        _amount: Option<Money>,
-        _idempotency_key: &str,
-    ) -> GatewayResult<ProviderPayment> {
-        unscripted()
-    }
-
-    async fn find_by_authorize_key(
-        &self,
-        _provider: &str,
-        _idempotency_key: &str,
-    ) -> GatewayResult<Option<ProviderPayment>> {
-        Ok((None, plugin_call()))
-    }
-}
-
-/// Inventory that always has stock.
-struct Stock;
-
-#[async_trait]
-impl InventoryGateway for Stock {
-    async fn reserve(
-        &self,
-        _order_id: OrderId,
-        _lines: &[LineItem],
-        _idempotency_key: &str,
-    ) -> GatewayResult<String> {
-        Ok(("res-1".into(), plugin_call()))
-    }
-
-    async fn release(&self, _reservation_id: &str, _idempotency_key: &str) -> GatewayResult<()> {
-        Ok(((), plugin_call()))
-    }
-
-    async fn commit(&self, _reservation_id: &str, _idempotency_key: &str) -> GatewayResult<()> {
-        Ok(((), plugin_call()))
-    }
-}
-
 /// One worker's engine on `db`, a placed order and its saga, all at [`T0`].
 struct Rig {
-    db: Database,
+    db: Stores,
     clock: Arc<ManualClock>,
-    payments: Arc<ScriptedPayments>,
+    gateways: Arc<ScriptedGateways>,
     engine: SagaEngine,
     order: OrderId,
     saga: SagaInstance,
 }
 
 impl Rig {
-    async fn new(db: Database) -> Self {
+    async fn new(db: Stores) -> Self {
         let (order, event) = new_order("cust-1", ts(T0));
         let saga = saga_for(&order, T0);
         place_with_saga(&db, &order, &event, &saga).await.unwrap();
         Self::with(db, order.id(), saga)
     }
 
-    fn with(db: Database, order: OrderId, saga: SagaInstance) -> Self {
-        let clock = Arc::new(ManualClock(Mutex::new(ts(T0))));
-        let payments = Arc::new(ScriptedPayments::default());
+    fn with(db: Stores, order: OrderId, saga: SagaInstance) -> Self {
+        let clock = Arc::new(ManualClock::at(ts(T0)));
+        let gateways = Arc::new(ScriptedGateways::default());
         let engine = SagaEngine::new(
             SagaPorts {
                 orders: db.orders(),
                 sagas: db.sagas(),
-                payments: payments.clone(),
-                inventory: Arc::new(Stock),
+                payments: gateways.clone(),
+                inventory: gateways.clone(),
             },
             clock.clone(),
             OrderChanges::default(),
@@ -232,7 +76,7 @@ impl Rig {
         Self {
             db,
             clock,
-            payments,
+            gateways,
             engine,
             order,
             saga,
@@ -278,9 +122,9 @@ impl Rig {
 /// A worker took the saga, failed `authorize` once, claimed the retry and died holding the
 /// lease; the saga was picked up again only when the lease lapsed, after its step's deadline.
 /// The 30 s spent waiting are not the step's: it retries and confirms.
-async fn a_saga_resumed_after_its_lease_lapsed_keeps_its_deadline(db: Database) {
+async fn a_saga_resumed_after_its_lease_lapsed_keeps_its_deadline(db: Stores) {
     let rig = Rig::new(db).await;
-    rig.payments.then([transient(), transient()]);
+    rig.gateways.fail("authorize", [transient(), transient()]);
     rig.run_at(ts(T0)).await;
     let waiting = rig.saga().await;
     assert_eq!(waiting.step, 1, "reserved, waiting to retry authorize");
@@ -309,17 +153,17 @@ async fn a_saga_resumed_after_its_lease_lapsed_keeps_its_deadline(db: Database) 
     assert_eq!(rig.order_status().await, OrderStatus::Confirmed);
     assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
 }
-on_both!(
+on_all!(
     resumed_after_a_lapsed_lease,
     a_saga_resumed_after_its_lease_lapsed_keeps_its_deadline
 );
 
 /// An open circuit (tripped by other orders) refuses every call past the step's deadline: a
 /// refusal is no attempt, so the saga waits for a real one, which confirms it.
-async fn a_circuit_open_refusal_never_fails_a_step(db: Database) {
+async fn a_circuit_open_refusal_never_fails_a_step(db: Stores) {
     let rig = Rig::new(db).await;
-    rig.payments
-        .then(std::iter::repeat_with(circuit_open).take(40));
+    rig.gateways
+        .fail("authorize", std::iter::repeat_with(circuit_open).take(40));
     rig.run_at(ts(T0)).await;
     rig.retry_on_time_until(T0 + 40_000).await;
     let saga = rig.saga().await;
@@ -330,21 +174,23 @@ async fn a_circuit_open_refusal_never_fails_a_step(db: Database) {
     );
     assert_eq!(rig.order_status().await, OrderStatus::Pending);
     // The circuit closes: the next, real attempt authorizes.
-    rig.payments.authorize.lock().unwrap().clear();
+    rig.gateways.clear("authorize");
     rig.retry_on_time_until(i64::MAX).await;
     assert_eq!(rig.order_status().await, OrderStatus::Confirmed);
 }
-on_both!(
+on_all!(
     circuit_open_refusals,
     a_circuit_open_refusal_never_fails_a_step
 );
 
 /// The bound: a step that really tried and failed still fails at its deadline, whether the
 /// last answer was a real failure or a refusal.
-async fn a_step_that_really_tried_fails_at_its_deadline(db: Database) {
+async fn a_step_that_really_tried_fails_at_its_deadline(db: Stores) {
     let rig = Rig::new(db).await;
-    rig.payments
-        .then(std::iter::once(transient()).chain(std::iter::repeat_with(circuit_open).take(40)));
+    rig.gateways.fail(
+        "authorize",
+        std::iter::once(transient()).chain(std::iter::repeat_with(circuit_open).take(40)),
+    );
     rig.run_at(ts(T0)).await;
     rig.retry_on_time_until(T0 + 60_000).await;
     assert_eq!(rig.order_status().await, OrderStatus::PaymentFailed);
@@ -355,7 +201,7 @@ async fn a_step_that_really_tried_fails_at_its_deadline(db: Database) {
         "not before the deadline"
     );
 }
-on_both!(
+on_all!(
     real_failures_still_end,
     a_step_that_really_tried_fails_at_its_deadline
 );
@@ -363,7 +209,7 @@ on_both!(
 /// A cancellation that finds the stock already committed (a state the API no longer lets a
 /// cancel reach, but one stored before that rule or left by a race) must not void the hold
 /// and then "release" nothing: it parks with the money untouched, and says so.
-async fn a_cancellation_never_skips_a_committed_reservation(db: Database) {
+async fn a_cancellation_never_skips_a_committed_reservation(db: Stores) {
     let (order, event) = new_order("cust-1", ts(T0));
     let now = ts(T0);
     let mut confirmed = order.clone();
@@ -395,7 +241,7 @@ async fn a_cancellation_never_skips_a_committed_reservation(db: Database) {
     );
     assert_eq!(stored.reservation_status(), ReservationStatus::Committed);
 }
-on_both!(
+on_all!(
     committed_stock_parks_a_cancellation,
     a_cancellation_never_skips_a_committed_reservation
 );

@@ -19,7 +19,9 @@ async fn saga_commit_and_saga_start_do_not_deadlock() {
     let db = test_db.connect().await.unwrap();
     let (order, event) = new_order("cust-1", ts(1_000));
     let saga = saga_for(&order, 1_000);
-    place_with_saga(&db, &order, &event, &saga).await.unwrap();
+    place_with_saga(&common::Stores::Sql(db.clone()), &order, &event, &saga)
+        .await
+        .unwrap();
     let claimed = db.sagas().claim_due("w1", ts(2_000), ts(100_000), 1).await;
     assert_eq!(claimed.unwrap().len(), 1);
 

@@ -8,13 +8,12 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::{lease, new_order, place_with_saga, saga_for, ts};
+use common::{Stores, lease, new_order, place_with_saga, saga_for, ts};
 use oms_application::saga::{SagaId, SagaInstance, SagaStatus};
-use oms_persistence::Database;
 use oms_persistence::testing::{TestBackend, TestDatabase};
 
 /// Starts one saga (on an order of its own) with the given status and due time.
-async fn start(db: &Database, status: SagaStatus, due: i64) -> SagaInstance {
+async fn start(db: &Stores, status: SagaStatus, due: i64) -> SagaInstance {
     let (order, event) = new_order("cust-1", ts(100));
     let mut saga = saga_for(&order, 100);
     saga.status = status;
@@ -23,13 +22,13 @@ async fn start(db: &Database, status: SagaStatus, due: i64) -> SagaInstance {
     saga
 }
 
-async fn claim(db: &Database, owner: &str, now: i64, until: i64, limit: u32) -> Vec<SagaId> {
+async fn claim(db: &Stores, owner: &str, now: i64, until: i64, limit: u32) -> Vec<SagaId> {
     let sagas = db.sagas();
     let claimed = sagas.claim_due(owner, ts(now), ts(until), limit).await;
     claimed.unwrap().into_iter().map(|s| s.id).collect()
 }
 
-async fn claims_due_unleased_active_sagas(db: Database) {
+async fn claims_due_unleased_active_sagas(db: Stores) {
     let first = start(&db, SagaStatus::Running, 1_000).await;
     let compensating = start(&db, SagaStatus::Compensating, 1_050).await;
     let second = start(&db, SagaStatus::Running, 1_100).await;
@@ -60,9 +59,9 @@ async fn claims_due_unleased_active_sagas(db: Database) {
     assert_eq!(reread, Some(first), "claiming does not bump the version");
     assert_eq!(claim(&db, "d", 5_001, 9_000, 0).await, []);
 }
-on_both!(claim_due, claims_due_unleased_active_sagas);
+on_all!(claim_due, claims_due_unleased_active_sagas);
 
-async fn operator_queue_is_oldest_first(db: Database) {
+async fn operator_queue_is_oldest_first(db: Stores) {
     let mut parked = Vec::new();
     for created in [1_000, 3_000, 2_000] {
         let (order, event) = new_order("cust-1", ts(created));
@@ -79,15 +78,15 @@ async fn operator_queue_is_oldest_first(db: Database) {
     // Parked sagas wait for an operator, not for the workers.
     assert_eq!(claim(&db, "w1", 10_000, 20_000, 10).await, []);
 }
-on_both!(operator_queue, operator_queue_is_oldest_first);
+on_all!(operator_queue, operator_queue_is_oldest_first);
 
 /// 200 due sagas, two `Database`s on one database with two claiming tasks each, small
 /// batches so that the claimers race many times: every saga is leased exactly once, to the
 /// claimer that got it back.
 async fn concurrent_claimers_never_share(backend: TestBackend) {
     let test_db = TestDatabase::new(backend).await.unwrap();
-    let one = test_db.connect().await.unwrap();
-    let two = test_db.connect().await.unwrap();
+    let one = Stores::Sql(test_db.connect().await.unwrap());
+    let two = Stores::Sql(test_db.connect().await.unwrap());
     for i in 0..200 {
         start(&one, SagaStatus::Running, 1_000 + i % 7).await;
     }
@@ -135,8 +134,11 @@ async fn concurrent_claimers_never_share(backend: TestBackend) {
         }
     }
     assert_eq!(claim(&two, "late", 2_000, 60_000, 500).await, []);
-    one.close().await;
-    two.close().await;
+    for stores in [one, two] {
+        if let Stores::Sql(db) = stores {
+            db.close().await;
+        }
+    }
     test_db.cleanup().await.unwrap();
 }
 

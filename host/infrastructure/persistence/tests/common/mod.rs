@@ -11,11 +11,16 @@ use oms_domain::{
     Currency, CustomerId, IdempotencyKey, LineItem, Money, NewOrder, Order, OrderEvent, OrderId,
     PaymentMethod, Quantity, ShippingAddress, Sku, Timestamp,
 };
+use std::sync::Arc;
+
+use oms_application::ports::{IdempotencyStore, OrderStore, SagaStore};
+use oms_application::testing::MemoryStore;
 use oms_persistence::Database;
 use oms_persistence::testing::TestDatabase;
 
 /// Runs `$body(db: Database)` once on a fresh PostgreSQL database and once on a fresh SQLite
-/// file, as two tests named `$name::postgres` and `$name::sqlite`.
+/// file, as two tests named `$name::postgres` and `$name::sqlite`: for tests that need SQL
+/// itself (tampering with rows, connection behaviour).
 #[macro_export]
 macro_rules! on_both {
     ($name:ident, $body:ident) => {
@@ -37,6 +42,37 @@ macro_rules! on_both {
     };
 }
 
+/// Runs the contract test `$body(db: Stores)` on PostgreSQL, on SQLite, and on the
+/// application test kit's in-memory store, as `$name::{postgres,sqlite,memory}`: the fakes the
+/// engine tests rely on are held to the same contract as the real stores.
+#[macro_export]
+macro_rules! on_all {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let test_db = oms_persistence::testing::TestDatabase::postgres()
+                    .await
+                    .unwrap();
+                $crate::common::run(test_db, |db| super::$body($crate::common::Stores::Sql(db)))
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let test_db = oms_persistence::testing::TestDatabase::sqlite().unwrap();
+                $crate::common::run(test_db, |db| super::$body($crate::common::Stores::Sql(db)))
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn memory() {
+                super::$body($crate::common::Stores::memory()).await;
+            }
+        }
+    };
+}
+
 pub async fn run<F, Fut>(test_db: TestDatabase, body: F)
 where
     F: FnOnce(Database) -> Fut,
@@ -46,6 +82,40 @@ where
     body(db.clone()).await;
     db.close().await;
     test_db.cleanup().await.unwrap();
+}
+
+/// The stores a contract test runs against: a real database, or the in-memory test store.
+#[derive(Clone)]
+pub enum Stores {
+    Sql(Database),
+    Memory(Arc<MemoryStore>),
+}
+
+impl Stores {
+    pub fn memory() -> Self {
+        Self::Memory(Arc::new(MemoryStore::default()))
+    }
+
+    pub fn orders(&self) -> Arc<dyn OrderStore> {
+        match self {
+            Self::Sql(db) => db.orders(),
+            Self::Memory(store) => store.clone(),
+        }
+    }
+
+    pub fn sagas(&self) -> Arc<dyn SagaStore> {
+        match self {
+            Self::Sql(db) => db.sagas(),
+            Self::Memory(store) => store.clone(),
+        }
+    }
+
+    pub fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
+        match self {
+            Self::Sql(db) => db.idempotency(),
+            Self::Memory(store) => store.clone(),
+        }
+    }
 }
 
 pub fn ts(ms: i64) -> Timestamp {
@@ -101,7 +171,11 @@ pub fn fingerprint(body: &[u8]) -> Fingerprint {
 }
 
 /// How many outbox rows the database holds for `order` (read with the raw pools).
-pub async fn outbox_rows(db: &Database, order: OrderId) -> i64 {
+pub async fn outbox_rows(stores: &Stores, order: OrderId) -> i64 {
+    let db = match stores {
+        Stores::Sql(db) => db,
+        Stores::Memory(store) => return i64::try_from(store.outbox(order).len()).unwrap(),
+    };
     if let Some(pool) = db.postgres() {
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1")
             .bind(order.as_uuid())
@@ -124,7 +198,7 @@ pub fn saga_for(order: &Order, now: i64) -> SagaInstance {
 
 /// Inserts `order` (with its `OrderCreated` outbox row) and starts `saga` in the same write.
 pub async fn place_with_saga(
-    db: &Database,
+    db: &Stores,
     order: &Order,
     event: &OrderEvent,
     saga: &SagaInstance,
@@ -158,7 +232,33 @@ pub type StepRow = (
 );
 
 /// The step rows of `saga`, by step and action (read with the raw pools).
-pub async fn step_rows(db: &Database, saga: SagaId) -> Vec<StepRow> {
+pub async fn step_rows(stores: &Stores, saga: SagaId) -> Vec<StepRow> {
+    let db = match stores {
+        Stores::Sql(db) => db,
+        Stores::Memory(store) => {
+            let mut rows: Vec<StepRow> = store
+                .steps(saga)
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.step.to_owned(),
+                        s.direction.as_str().to_owned(),
+                        s.call.as_ref().map(|c| c.plugin.clone()),
+                        s.call.as_ref().map(|c| c.version.clone()),
+                        s.call.as_ref().map(|c| c.digest.clone()),
+                        s.idempotency_key,
+                        s.state.as_str().to_owned(),
+                        i32::try_from(s.attempts).unwrap(),
+                        s.last_error,
+                        Some(s.started_at.unix_millis()),
+                        s.finished_at.map(|t| t.unix_millis()),
+                    )
+                })
+                .collect();
+            rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            return rows;
+        }
+    };
     macro_rules! select {
         ($where:literal) => {
             concat!(
@@ -186,7 +286,14 @@ pub async fn step_rows(db: &Database, saga: SagaId) -> Vec<StepRow> {
 }
 
 /// The lease (owner, until) stored on `saga`.
-pub async fn lease(db: &Database, saga: SagaId) -> (Option<String>, Option<i64>) {
+pub async fn lease(stores: &Stores, saga: SagaId) -> (Option<String>, Option<i64>) {
+    let db = match stores {
+        Stores::Sql(db) => db,
+        Stores::Memory(store) => {
+            let (owner, until) = store.lease(saga);
+            return (owner, until.map(|t| t.unix_millis()));
+        }
+    };
     if let Some(pool) = db.postgres() {
         sqlx::query_as("SELECT lease_owner, lease_until FROM saga_instances WHERE id = $1")
             .bind(saga.0)

@@ -1,18 +1,18 @@
 //! What `begin` does with a key that already has a record: the decision, kept apart from the
-//! statements (insert-if-absent, compare-and-set) in `idempotency.rs` so it is unit-tested
-//! without a database.
+//! statements (insert-if-absent, compare-and-set) of each [`crate::ports::IdempotencyStore`]
+//! so that every store (the SQL one, the in-memory one of the test kit) applies the same rules.
 
-use oms_application::idempotency::{Fingerprint, StoredOutcome};
-use oms_application::ports::{BeginOutcome, StoreError};
+use super::{Fingerprint, StoredOutcome};
+use crate::ports::{BeginOutcome, StoreError};
 use serde::Deserialize;
 use uuid::Uuid;
 
-pub(crate) const IN_PROGRESS: &str = "in_progress";
-pub(crate) const COMPLETED: &str = "completed";
+pub const IN_PROGRESS: &str = "in_progress";
+pub const COMPLETED: &str = "completed";
 
 /// An `idempotency_keys` row as `begin` reads it.
 #[derive(Debug, Clone)]
-pub(crate) struct KeyRecord {
+pub struct KeyRecord {
     pub fingerprint: String,
     pub state: String,
     pub lease_token: Option<Uuid>,
@@ -23,7 +23,7 @@ pub(crate) struct KeyRecord {
 
 /// The verdict on an existing record.
 #[derive(Debug)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// Answer the caller without touching the record.
     Answer(BeginOutcome),
     /// The record is dead (past its TTL, or its holder's lease ran out): replace it with a
@@ -35,7 +35,7 @@ pub(crate) enum Verdict {
 /// Stripe's rules, in this order: an expired record counts as absent; a different request
 /// under the key is refused; a completed request is replayed; a running one is reported as
 /// in progress until its lease runs out, after which the next request takes it over.
-pub(crate) fn judge(
+pub fn judge(
     record: &KeyRecord,
     fingerprint: &Fingerprint,
     now_ms: i64,
@@ -69,9 +69,9 @@ pub(crate) fn judge(
 /// How many times `begin` re-reads after losing a race (the record vanished or another
 /// caller took it over in between) before giving up. Each lost race means another request
 /// made progress, so a handful of rounds only runs out under pathological churn.
-pub(crate) const MAX_ROUNDS: usize = 8;
+pub const MAX_ROUNDS: usize = 8;
 
-pub(crate) fn contention() -> StoreError {
+pub fn contention() -> StoreError {
     StoreError::Unavailable("idempotency key under heavy contention; retry".into())
 }
 

@@ -1,0 +1,325 @@
+//! A payment provider and an inventory adapter in one, whose answers a test scripts per
+//! operation and which record every call in the order the engine made them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use oms_domain::{LineItem, Money, OrderId};
+
+use crate::ports::{
+    FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
+    PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
+};
+
+/// One call the engine made through a gateway port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// `reserve`, `release`, `commit`, `authorize`, `capture`, `void`, `refund` or
+    /// `get-payment` (the reconciliation lookup), as the plugin contracts name them.
+    pub operation: &'static str,
+    pub idempotency_key: String,
+}
+
+/// A scripted answer for the next call of an operation.
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// The call fails with this error and has no effect.
+    Fail(GatewayError),
+    /// The call takes effect but its answer is lost: the engine hears `Unknown`, and the
+    /// provider knows the payment (or reservation) under the call's idempotency key.
+    LostAnswer,
+}
+
+#[derive(Default)]
+struct State {
+    script: HashMap<&'static str, VecDeque<Scripted>>,
+    calls: Vec<Call>,
+    /// Authorisations by the key that created them (what `get-payment` finds).
+    payments: HashMap<String, ProviderPayment>,
+    /// Reservation ids by the key that created them.
+    reservations: HashMap<String, String>,
+}
+
+type Hook = Box<dyn Fn(&Call) + Send + Sync>;
+
+/// Answers "yes" to everything unless scripted otherwise; idempotent per key like a real
+/// provider (the same `authorize` key gives the same payment).
+#[derive(Default)]
+pub struct ScriptedGateways {
+    state: Mutex<State>,
+    before_call: Mutex<Option<Hook>>,
+}
+
+/// Why a scripted call failed, for [`Scripted::Fail`].
+pub fn transient() -> GatewayError {
+    GatewayError::Transient {
+        reason: FailureReason::new(FailureCode::ProviderUnavailable, "provider busy"),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A test that panicked while holding the lock already failed; the data is still valid.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn plugin_call(operation: &str) -> PluginCall {
+    let plugin = match operation {
+        "reserve" | "release" | "commit" => "scripted-stock",
+        _ => "scripted-pay",
+    };
+    PluginCall {
+        plugin: plugin.to_owned(),
+        version: "1.0.0".to_owned(),
+        digest: "sha256:scripted".to_owned(),
+    }
+}
+
+fn lost(operation: &str) -> GatewayError {
+    GatewayError::Unknown {
+        reason: FailureReason::new(
+            FailureCode::PluginDeadlineExceeded,
+            format!("the answer to {operation} was lost"),
+        ),
+    }
+}
+
+/// What the script says about this call, once it is recorded.
+enum Answer {
+    Normal,
+    LostAnswer,
+}
+
+impl ScriptedGateways {
+    /// The next calls of `operation` fail with `errors`, one per call, in order; calls after
+    /// them succeed again.
+    pub fn fail(&self, operation: &'static str, errors: impl IntoIterator<Item = GatewayError>) {
+        self.script(operation, errors.into_iter().map(Scripted::Fail));
+    }
+
+    /// The next calls of `operation` are answered by `answers`, in order.
+    pub fn script(&self, operation: &'static str, answers: impl IntoIterator<Item = Scripted>) {
+        lock(&self.state)
+            .script
+            .entry(operation)
+            .or_default()
+            .extend(answers);
+    }
+
+    /// Drops what is left of `operation`'s script: its next calls succeed.
+    pub fn clear(&self, operation: &str) {
+        lock(&self.state).script.remove(operation);
+    }
+
+    /// Runs `hook` at the start of every call (after it is recorded, before it answers): how
+    /// a test makes something happen while a step is in flight.
+    pub fn before_each(&self, hook: impl Fn(&Call) + Send + Sync + 'static) {
+        *lock(&self.before_call) = Some(Box::new(hook));
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.state).calls.clone()
+    }
+
+    /// The operations of [`Self::calls`], in order.
+    pub fn operations(&self) -> Vec<&'static str> {
+        lock(&self.state)
+            .calls
+            .iter()
+            .map(|c| c.operation)
+            .collect()
+    }
+
+    /// How many calls of `operation` were made.
+    pub fn count(&self, operation: &str) -> usize {
+        lock(&self.state)
+            .calls
+            .iter()
+            .filter(|c| c.operation == operation)
+            .count()
+    }
+
+    /// Records the call, runs the hook, and pops its scripted answer.
+    fn enter(&self, operation: &'static str, key: &str) -> Result<Answer, GatewayFailure> {
+        let call = Call {
+            operation,
+            idempotency_key: key.to_owned(),
+        };
+        lock(&self.state).calls.push(call.clone());
+        if let Some(hook) = lock(&self.before_call).as_ref() {
+            hook(&call);
+        }
+        let next = lock(&self.state)
+            .script
+            .get_mut(operation)
+            .and_then(VecDeque::pop_front);
+        match next {
+            None => Ok(Answer::Normal),
+            Some(Scripted::LostAnswer) => Ok(Answer::LostAnswer),
+            Some(Scripted::Fail(error)) => {
+                // A call refused before it reached the plugin has no build to record.
+                let reached = !matches!(error, GatewayError::NotTried { .. });
+                Err(GatewayFailure {
+                    error,
+                    call: reached.then(|| plugin_call(operation)),
+                })
+            }
+        }
+    }
+
+    /// The answer to a call that took effect: `value`, or the lost-answer error.
+    fn answer<T>(operation: &'static str, answer: Answer, value: T) -> GatewayResult<T> {
+        match answer {
+            Answer::Normal => Ok((value, plugin_call(operation))),
+            Answer::LostAnswer => Err(GatewayFailure {
+                error: lost(operation),
+                call: Some(plugin_call(operation)),
+            }),
+        }
+    }
+
+    /// Moves the payment `payment_id` to `state` and returns it.
+    fn settle(
+        &self,
+        operation: &'static str,
+        payment_id: &str,
+        amount: Option<Money>,
+        state: ProviderPaymentState,
+    ) -> Result<ProviderPayment, GatewayFailure> {
+        let mut guard = lock(&self.state);
+        let payment = guard
+            .payments
+            .values_mut()
+            .find(|p| p.payment_id == payment_id)
+            .ok_or_else(|| GatewayFailure {
+                error: GatewayError::Permanent {
+                    reason: FailureReason::new(
+                        FailureCode::PaymentInvalid,
+                        format!("{operation}: no payment {payment_id}"),
+                    ),
+                },
+                call: Some(plugin_call(operation)),
+            })?;
+        let whole = payment.authorized;
+        match state {
+            ProviderPaymentState::Captured => payment.captured = amount.unwrap_or(whole),
+            ProviderPaymentState::Refunded => payment.refunded = amount.unwrap_or(payment.captured),
+            _ => {}
+        }
+        payment.state = state;
+        Ok(payment.clone())
+    }
+}
+
+#[async_trait]
+impl PaymentGateway for ScriptedGateways {
+    async fn authorize(
+        &self,
+        _provider: &str,
+        _order_id: OrderId,
+        amount: Money,
+        _token: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        let answer = self.enter("authorize", idempotency_key)?;
+        let payment = {
+            let mut state = lock(&self.state);
+            let number = state.payments.len() + 1;
+            state
+                .payments
+                .entry(idempotency_key.to_owned())
+                .or_insert_with(|| ProviderPayment {
+                    payment_id: format!("pay-{number}"),
+                    state: ProviderPaymentState::Authorized,
+                    authorized: amount,
+                    captured: Money::zero(amount.currency()),
+                    refunded: Money::zero(amount.currency()),
+                })
+                .clone()
+        };
+        Self::answer("authorize", answer, payment)
+    }
+
+    async fn capture(
+        &self,
+        _provider: &str,
+        payment_id: &str,
+        amount: Option<Money>,
+        idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        let answer = self.enter("capture", idempotency_key)?;
+        let payment = self.settle(
+            "capture",
+            payment_id,
+            amount,
+            ProviderPaymentState::Captured,
+        )?;
+        Self::answer("capture", answer, payment)
+    }
+
+    async fn void(
+        &self,
+        _provider: &str,
+        payment_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        let answer = self.enter("void", idempotency_key)?;
+        let payment = self.settle("void", payment_id, None, ProviderPaymentState::Voided)?;
+        Self::answer("void", answer, payment)
+    }
+
+    async fn refund(
+        &self,
+        _provider: &str,
+        payment_id: &str,
+        amount: Option<Money>,
+        idempotency_key: &str,
+    ) -> GatewayResult<ProviderPayment> {
+        let answer = self.enter("refund", idempotency_key)?;
+        let payment = self.settle("refund", payment_id, amount, ProviderPaymentState::Refunded)?;
+        Self::answer("refund", answer, payment)
+    }
+
+    async fn find_by_authorize_key(
+        &self,
+        _provider: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<Option<ProviderPayment>> {
+        let answer = self.enter("get-payment", idempotency_key)?;
+        let found = lock(&self.state).payments.get(idempotency_key).cloned();
+        Self::answer("get-payment", answer, found)
+    }
+}
+
+#[async_trait]
+impl InventoryGateway for ScriptedGateways {
+    async fn reserve(
+        &self,
+        _order_id: OrderId,
+        _lines: &[LineItem],
+        idempotency_key: &str,
+    ) -> GatewayResult<String> {
+        let answer = self.enter("reserve", idempotency_key)?;
+        let id = {
+            let mut state = lock(&self.state);
+            let number = state.reservations.len() + 1;
+            state
+                .reservations
+                .entry(idempotency_key.to_owned())
+                .or_insert_with(|| format!("res-{number}"))
+                .clone()
+        };
+        Self::answer("reserve", answer, id)
+    }
+
+    async fn release(&self, _reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
+        let answer = self.enter("release", idempotency_key)?;
+        Self::answer("release", answer, ())
+    }
+
+    async fn commit(&self, _reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
+        let answer = self.enter("commit", idempotency_key)?;
+        Self::answer("commit", answer, ())
+    }
+}

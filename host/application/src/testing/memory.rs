@@ -1,0 +1,468 @@
+//! Every store port in memory, with the SQL stores' fences: an order write and a saga commit
+//! are all-or-nothing (each works on a copy of the whole state and swaps it in only when
+//! every check passed), versions and leases are compared exactly as the SQL `WHERE` clauses
+//! compare them, and at most one saga is active per order.
+//!
+//! The persistence contract tests run against this store too, so a fence it forgets fails
+//! them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oms_domain::{Order, OrderId, Timestamp, Version};
+use uuid::Uuid;
+
+use crate::idempotency::rules::{COMPLETED, IN_PROGRESS, KeyRecord, Verdict, judge};
+use crate::idempotency::{Fingerprint, IdempotencyClaim, IdempotencyScope, StoredOutcome};
+use crate::outbox::OutboxMessage;
+use crate::ports::{
+    BeginOutcome, Fence, IdempotencyStore, OrderQuery, OrderStore, OrderWrite, PluginCall,
+    ProcessedEventStore, SagaCommit, SagaStore, StepDirection, StepRecord, StepState, StoreError,
+};
+use crate::saga::{SagaId, SagaInstance, SagaStatus};
+
+/// A `saga_steps` row: one per (saga, step, direction), updated by every attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredStep {
+    pub step: &'static str,
+    pub direction: StepDirection,
+    /// The plugin build of the last attempt that reached a plugin.
+    pub call: Option<PluginCall>,
+    pub idempotency_key: String,
+    pub state: StepState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+struct SagaRow {
+    saga: SagaInstance,
+    lease_owner: Option<String>,
+    lease_until: Option<Timestamp>,
+}
+
+type ScopeKey = (String, String, String);
+
+#[derive(Debug, Clone, Default)]
+struct State {
+    orders: BTreeMap<OrderId, Order>,
+    /// Outbox rows in commit order.
+    outbox: Vec<OutboxMessage>,
+    sagas: BTreeMap<SagaId, SagaRow>,
+    steps: BTreeMap<SagaId, Vec<StoredStep>>,
+    keys: HashMap<ScopeKey, KeyRecord>,
+    processed: HashSet<(String, Uuid)>,
+}
+
+/// The in-memory database of the test kit. Cheap to share behind an `Arc`; every port is
+/// implemented on the same state, so an order write and a saga commit see each other.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+fn scope_key(scope: &IdempotencyScope) -> ScopeKey {
+    (
+        scope.method.clone(),
+        scope.caller.clone(),
+        scope.key.as_str().to_owned(),
+    )
+}
+
+impl MemoryStore {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock already failed; the state is whole,
+        // because writes swap in a finished copy.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `change` to a copy of the state and keeps the copy only if it succeeded: a
+    /// transaction that either commits entirely or leaves nothing behind.
+    fn transaction<T>(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut state = self.lock();
+        let mut copy = state.clone();
+        let value = change(&mut copy)?;
+        *state = copy;
+        Ok(value)
+    }
+
+    /// The outbox messages of `order`, in commit order.
+    pub fn outbox(&self, order: OrderId) -> Vec<OutboxMessage> {
+        self.lock()
+            .outbox
+            .iter()
+            .filter(|m| m.aggregate_id == order)
+            .cloned()
+            .collect()
+    }
+
+    /// The step records of `saga`, in the order each was first written.
+    pub fn steps(&self, saga: SagaId) -> Vec<StoredStep> {
+        self.lock().steps.get(&saga).cloned().unwrap_or_default()
+    }
+
+    /// Who holds `saga`'s lease, and until when, as the SQL stores keep them: both `None`
+    /// once no worker holds it (or when there is no such saga).
+    pub fn lease(&self, saga: SagaId) -> (Option<String>, Option<Timestamp>) {
+        self.lock().sagas.get(&saga).map_or((None, None), |row| {
+            (row.lease_owner.clone(), row.lease_until)
+        })
+    }
+}
+
+fn write_order(state: &mut State, write: &OrderWrite<'_>) -> Result<(), StoreError> {
+    // Same order as the SQL store: the key's completion, the order, its outbox, the saga.
+    if let Some(completion) = write.idempotency {
+        complete_key(state, &completion.claim, &completion.outcome)?;
+    }
+    let order = write.order;
+    match write.expected_version {
+        None => {
+            if state.orders.contains_key(&order.id()) {
+                return Err(StoreError::Corrupt(format!(
+                    "order {} already exists",
+                    order.id()
+                )));
+            }
+        }
+        Some(expected) => match state.orders.get(&order.id()) {
+            None => return Err(StoreError::NotFound),
+            Some(stored) if stored.version() != expected => {
+                return Err(StoreError::VersionConflict {
+                    current: stored.version(),
+                });
+            }
+            Some(_) => {}
+        },
+    }
+    state.orders.insert(order.id(), order.clone());
+    state.outbox.extend(write.outbox.iter().cloned());
+    if let Some(saga) = write.start_saga {
+        ensure_one_active(state, saga)?;
+        state.sagas.insert(
+            saga.id,
+            SagaRow {
+                saga: saga.clone(),
+                lease_owner: None,
+                lease_until: None,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The one-active-saga-per-order index.
+fn ensure_one_active(state: &State, saga: &SagaInstance) -> Result<(), StoreError> {
+    let clash = saga.status.is_active()
+        && state.sagas.values().any(|row| {
+            row.saga.id != saga.id
+                && row.saga.order_id == saga.order_id
+                && row.saga.status.is_active()
+        });
+    if clash {
+        Err(StoreError::SagaActive)
+    } else {
+        Ok(())
+    }
+}
+
+fn upsert_step(state: &mut State, saga: SagaId, record: &StepRecord) {
+    let finished = matches!(record.state, StepState::Succeeded | StepState::Failed);
+    let steps = state.steps.entry(saga).or_default();
+    let existing = steps
+        .iter_mut()
+        .find(|s| s.step == record.step && s.direction == record.direction);
+    match existing {
+        Some(step) => {
+            // An attempt that never reached a plugin keeps the build of the last one that did.
+            if record.call.is_some() {
+                step.call.clone_from(&record.call);
+            }
+            step.idempotency_key.clone_from(&record.idempotency_key);
+            step.state = record.state;
+            step.attempts = record.attempts;
+            step.last_error.clone_from(&record.last_error);
+            step.finished_at = finished.then_some(record.at);
+        }
+        None => steps.push(StoredStep {
+            step: record.step,
+            direction: record.direction,
+            call: record.call.clone(),
+            idempotency_key: record.idempotency_key.clone(),
+            state: record.state,
+            attempts: record.attempts,
+            last_error: record.last_error.clone(),
+            started_at: record.at,
+            finished_at: finished.then_some(record.at),
+        }),
+    }
+}
+
+fn complete_key(
+    state: &mut State,
+    claim: &IdempotencyClaim,
+    outcome: &StoredOutcome,
+) -> Result<(), StoreError> {
+    let record = state
+        .keys
+        .get_mut(&scope_key(&claim.scope))
+        .filter(|r| r.state == IN_PROGRESS && r.lease_token == Some(claim.lease_token))
+        .ok_or(StoreError::LeaseLost)?;
+    let json = serde_json::to_value(outcome)
+        .map_err(|e| StoreError::Corrupt(format!("idempotency outcome: {e}")))?;
+    record.state = COMPLETED.to_owned();
+    record.outcome = Some(json);
+    record.lease_token = None;
+    record.locked_until = None;
+    Ok(())
+}
+
+#[async_trait]
+impl OrderStore for MemoryStore {
+    async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        Ok(self.lock().orders.get(&id).cloned())
+    }
+
+    async fn list(&self, query: &OrderQuery) -> Result<Vec<Order>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .orders
+            .values()
+            .rev()
+            .filter(|o| query.status.is_none_or(|s| o.status() == s))
+            .filter(|o| {
+                query
+                    .customer_id
+                    .as_ref()
+                    .is_none_or(|c| o.customer_id() == c)
+            })
+            .filter(|o| query.before.is_none_or(|before| o.id() < before))
+            .take(usize::try_from(query.limit).unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
+
+    async fn save(&self, write: OrderWrite<'_>) -> Result<(), StoreError> {
+        self.transaction(|state| write_order(state, &write))
+    }
+}
+
+#[async_trait]
+impl SagaStore for MemoryStore {
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SagaInstance>, StoreError> {
+        let mut state = self.lock();
+        let mut due: Vec<&mut SagaRow> = state
+            .sagas
+            .values_mut()
+            .filter(|row| {
+                row.saga.status.is_active()
+                    && row.saga.next_attempt_at <= now
+                    && row.lease_until.is_none_or(|until| until < now)
+            })
+            .collect();
+        due.sort_by_key(|row| (row.saga.next_attempt_at, row.saga.id));
+        Ok(due
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .map(|row| {
+                // Claiming changes who may commit, not the saga: its version stays.
+                row.lease_owner = Some(owner.to_owned());
+                row.lease_until = Some(lease_until);
+                row.saga.clone()
+            })
+            .collect())
+    }
+
+    async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError> {
+        self.transaction(|state| {
+            if let Some(order) = &commit.order {
+                write_order(state, order)?;
+            }
+            let saga = commit.saga;
+            let row = state.sagas.get(&saga.id).ok_or(StoreError::NotFound)?;
+            let fenced_in = row.saga.version == commit.expected_version
+                && match commit.fence {
+                    Fence::Lease(owner) => row.lease_owner.as_deref() == Some(owner),
+                    Fence::Parked => row.saga.status == SagaStatus::CompensationFailed,
+                };
+            if !fenced_in {
+                return Err(match commit.fence {
+                    // Moved on or leased to another worker since the claim: this worker no
+                    // longer owns the saga and must stop.
+                    Fence::Lease(_) => StoreError::LeaseLost,
+                    Fence::Parked => StoreError::VersionConflict {
+                        current: Version(row.saga.version),
+                    },
+                });
+            }
+            ensure_one_active(state, saga)?;
+            // An ended saga lets go of its lease; an operator's commit leaves it unleased.
+            let keep = match commit.fence {
+                Fence::Lease(owner) if saga.status.is_active() => Some(owner.to_owned()),
+                _ => None,
+            };
+            let lease_until = keep.as_ref().map(|_| commit.lease_until);
+            state.sagas.insert(
+                saga.id,
+                SagaRow {
+                    saga: saga.clone(),
+                    lease_owner: keep,
+                    lease_until,
+                },
+            );
+            if let Some(record) = commit.step {
+                upsert_step(state, saga.id, record);
+            }
+            Ok(())
+        })
+    }
+
+    async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError> {
+        Ok(self.lock().sagas.get(&id).map(|row| row.saga.clone()))
+    }
+
+    async fn for_order(&self, order_id: OrderId) -> Result<Vec<SagaInstance>, StoreError> {
+        let state = self.lock();
+        let mut sagas: Vec<SagaInstance> = state
+            .sagas
+            .values()
+            .filter(|row| row.saga.order_id == order_id)
+            .map(|row| row.saga.clone())
+            .collect();
+        sagas.sort_by_key(|s| (s.created_at, s.id));
+        Ok(sagas)
+    }
+
+    async fn with_status(
+        &self,
+        status: SagaStatus,
+        limit: u32,
+    ) -> Result<Vec<SagaInstance>, StoreError> {
+        let state = self.lock();
+        let mut sagas: Vec<SagaInstance> = state
+            .sagas
+            .values()
+            .filter(|row| row.saga.status == status)
+            .map(|row| row.saga.clone())
+            .collect();
+        sagas.sort_by_key(|s| (s.created_at, s.id));
+        sagas.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(sagas)
+    }
+}
+
+fn claim(scope: &IdempotencyScope, fingerprint: &Fingerprint, token: Uuid) -> BeginOutcome {
+    BeginOutcome::Proceed(IdempotencyClaim {
+        scope: scope.clone(),
+        fingerprint: *fingerprint,
+        lease_token: token,
+    })
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn begin(
+        &self,
+        scope: &IdempotencyScope,
+        fingerprint: &Fingerprint,
+        now: Timestamp,
+        lease: Duration,
+        ttl: Duration,
+    ) -> Result<BeginOutcome, StoreError> {
+        let mut state = self.lock();
+        let key = scope_key(scope);
+        if let Some(record) = state.keys.get(&key)
+            && let Verdict::Answer(outcome) = judge(record, fingerprint, now.unix_millis())?
+        {
+            return Ok(outcome);
+        }
+        // Absent, or dead (expired, or its holder's lease ran out): a fresh claim. The lock
+        // makes the read and the write one step, as the SQL store's compare-and-set does.
+        let token = Uuid::now_v7();
+        state.keys.insert(
+            key,
+            KeyRecord {
+                fingerprint: fingerprint.to_hex(),
+                state: IN_PROGRESS.to_owned(),
+                lease_token: Some(token),
+                locked_until: Some(now.saturating_add(lease).unix_millis()),
+                outcome: None,
+                expires_at: now.saturating_add(ttl).unix_millis(),
+            },
+        );
+        Ok(claim(scope, fingerprint, token))
+    }
+
+    async fn complete(
+        &self,
+        claim: &IdempotencyClaim,
+        outcome: &StoredOutcome,
+        _now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.transaction(|state| complete_key(state, claim, outcome))
+    }
+
+    async fn release(&self, claim: &IdempotencyClaim) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let key = scope_key(&claim.scope);
+        // Only an in-progress record under this very lease.
+        if state
+            .keys
+            .get(&key)
+            .is_some_and(|r| r.state == IN_PROGRESS && r.lease_token == Some(claim.lease_token))
+        {
+            state.keys.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn sweep_expired(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let expired: Vec<ScopeKey> = state
+            .keys
+            .iter()
+            .filter(|(_, r)| r.expires_at <= now.unix_millis())
+            .map(|(k, _)| k.clone())
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect();
+        for key in &expired {
+            state.keys.remove(key);
+        }
+        Ok(u64::try_from(expired.len()).unwrap_or(u64::MAX))
+    }
+}
+
+#[async_trait]
+impl ProcessedEventStore for MemoryStore {
+    async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .processed
+            .contains(&(consumer.to_owned(), event_id)))
+    }
+
+    async fn record(
+        &self,
+        consumer: &str,
+        event_id: Uuid,
+        _now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .processed
+            .insert((consumer.to_owned(), event_id));
+        Ok(())
+    }
+}

@@ -1,0 +1,448 @@
+//! The saga engine against the test kit: in-memory stores, a manual clock and scripted
+//! gateways. Each test drives one placement saga step by step and checks what the engine
+//! called, in which order, and what it committed. No database, no Wasm, no sleeps: each
+//! test runs in milliseconds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oms_application::changes::OrderChanges;
+use oms_application::clock::Clock;
+use oms_application::outbox::OutboxMessage;
+use oms_application::outbox::SAGA_PARKED;
+use oms_application::ports::{
+    FailureCode, FailureReason, GatewayError, OrderStore, OrderWrite, SagaStore, StepDirection,
+    StepState,
+};
+use oms_application::saga::{
+    Direction, EngineConfig, SagaEngine, SagaInstance, SagaKind, SagaPorts, SagaStatus,
+};
+use oms_application::testing::{ManualClock, MemoryStore, Scripted, ScriptedGateways, transient};
+use oms_domain::address::RawAddress;
+use oms_domain::{
+    Currency, CustomerId, LineItem, Money, NewOrder, Order, OrderId, OrderStatus, PaymentMethod,
+    PaymentStatus, Quantity, ReservationStatus, ShippingAddress, Sku, Timestamp,
+};
+
+/// When every test begins, in Unix milliseconds.
+const T0: i64 = 1_000_000;
+/// The engine's lease (the default of `saga.lease_secs`).
+const LEASE: Duration = Duration::from_secs(30);
+/// The placement table's per-step deadline.
+const STEP_DEADLINE: Duration = Duration::from_secs(30);
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_unix_millis(ms)
+}
+
+fn new_order(now: Timestamp) -> (Order, oms_domain::OrderEvent) {
+    let eur = Currency::parse("EUR").unwrap();
+    let new = NewOrder::new(
+        CustomerId::parse("cust-1").unwrap(),
+        vec![LineItem {
+            sku: Sku::parse("SKU-A").unwrap(),
+            quantity: Quantity::new(2).unwrap(),
+            unit_price: Money::new(1250, eur).unwrap(),
+        }],
+        PaymentMethod::parse("fake-pay", "tok_ok").unwrap(),
+        ShippingAddress::parse(RawAddress {
+            recipient: "Ada Lovelace",
+            line1: "1 Main St",
+            city: "Berlin",
+            postal_code: "10115",
+            country: "DE",
+            ..RawAddress::default()
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    Order::place(new, OrderId::generate(), now)
+}
+
+/// One placed order, its placement saga, and a worker engine over the test kit.
+struct Rig {
+    store: Arc<MemoryStore>,
+    clock: Arc<ManualClock>,
+    gateways: Arc<ScriptedGateways>,
+    order: OrderId,
+    saga: SagaInstance,
+}
+
+impl Rig {
+    async fn new() -> Self {
+        let store = Arc::new(MemoryStore::default());
+        let (order, event) = new_order(ts(T0));
+        let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), ts(T0));
+        let messages = vec![OutboxMessage::for_event(&order, &event)];
+        store
+            .save(OrderWrite {
+                order: &order,
+                expected_version: None,
+                outbox: &messages,
+                idempotency: None,
+                start_saga: Some(&saga),
+            })
+            .await
+            .unwrap();
+        Self {
+            store,
+            clock: Arc::new(ManualClock::at(ts(T0))),
+            gateways: Arc::new(ScriptedGateways::default()),
+            order: order.id(),
+            saga,
+        }
+    }
+
+    /// A worker named `name`, with the tables' own deadlines and jitter pinned to the
+    /// bottom of its range (exact retry times).
+    fn engine(&self, name: &str) -> SagaEngine {
+        SagaEngine::new(
+            SagaPorts {
+                orders: self.store.clone(),
+                sagas: self.store.clone(),
+                payments: self.gateways.clone(),
+                inventory: self.gateways.clone(),
+            },
+            self.clock.clone(),
+            OrderChanges::default(),
+            EngineConfig {
+                worker: name.to_owned(),
+                lease: LEASE,
+                deadline_cap: None,
+            },
+            Arc::new(|| 0.0),
+        )
+    }
+
+    async fn saga(&self) -> SagaInstance {
+        SagaStore::get(self.store.as_ref(), self.saga.id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn order(&self) -> Order {
+        OrderStore::get(self.store.as_ref(), self.order)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Runs the saga every time it is due, never late, until it is no longer active. Returns
+    /// the times (ms after T0) at which it was run.
+    async fn run_to_rest(&self, engine: &SagaEngine) -> Vec<i64> {
+        let mut runs = Vec::new();
+        for _ in 0..1_000 {
+            let saga = self.saga().await;
+            if !saga.status.is_active() {
+                return runs;
+            }
+            let now = self.clock.now().max(saga.next_attempt_at);
+            self.clock.set(now);
+            runs.push(now.unix_millis() - T0);
+            engine.run_due(10).await.unwrap();
+        }
+        panic!("the saga never came to rest");
+    }
+
+    async fn cancel_order(&self) {
+        let mut order = self.order().await;
+        let base = order.version();
+        let event = order.cancel("changed my mind", self.clock.now()).unwrap();
+        let messages = vec![OutboxMessage::for_event(&order, &event)];
+        self.store
+            .save(OrderWrite {
+                order: &order,
+                expected_version: Some(base),
+                outbox: &messages,
+                idempotency: None,
+                start_saga: None,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn unknown() -> GatewayError {
+    GatewayError::Unknown {
+        reason: FailureReason::new(FailureCode::PluginDeadlineExceeded, "no answer in time"),
+    }
+}
+
+fn permanent(code: FailureCode, why: &str) -> GatewayError {
+    GatewayError::Permanent {
+        reason: FailureReason::new(code, why),
+    }
+}
+
+#[tokio::test]
+async fn a_placement_reserves_authorizes_and_confirms_in_one_claim() {
+    let rig = Rig::new().await;
+    let engine = rig.engine("w1");
+    assert_eq!(engine.run_due(10).await.unwrap(), 1);
+    assert_eq!(rig.gateways.operations(), ["reserve", "authorize"]);
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::Succeeded);
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+    assert_eq!(order.payment_status(), PaymentStatus::Authorized);
+    assert_eq!(
+        rig.store.lease(saga.id),
+        (None, None),
+        "an ended saga holds no lease"
+    );
+    let steps = rig.store.steps(saga.id);
+    assert_eq!(
+        steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+        ["reserve-inventory", "authorize-payment", "confirm-order"]
+    );
+    assert!(steps.iter().all(|s| s.state == StepState::Succeeded));
+}
+
+#[tokio::test]
+async fn a_transient_failure_retries_with_growing_backoff_until_the_deadline() {
+    let rig = Rig::new().await;
+    rig.gateways
+        .fail("authorize", std::iter::repeat_n(transient(), 1_000));
+    let engine = rig.engine("w1");
+    let runs = rig.run_to_rest(&engine).await;
+
+    // Jitter pinned at 0: each delay is half its ceiling (100 ms doubling, capped at 5 s).
+    let gaps: Vec<i64> = runs.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(&gaps[..7], [50, 100, 200, 400, 800, 1_600, 2_500]);
+    assert!(gaps[7..].iter().all(|&g| g == 2_500), "{gaps:?}");
+    // The step gave up at the first attempt at or past its 30 s deadline, not before.
+    let deadline = i64::try_from(STEP_DEADLINE.as_millis()).unwrap();
+    let last = *runs.last().unwrap();
+    assert!(
+        last >= deadline && last - gaps.last().unwrap() < deadline,
+        "{runs:?}"
+    );
+    assert_eq!(rig.gateways.count("authorize"), runs.len());
+
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(
+        rig.gateways.count("release"),
+        1,
+        "the reservation was undone"
+    );
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::PaymentFailed);
+    assert!(
+        order
+            .failure_reason()
+            .is_some_and(|r| r.starts_with("PROVIDER_UNAVAILABLE: ")),
+        "{:?}",
+        order.failure_reason()
+    );
+    let authorize = rig
+        .store
+        .steps(saga.id)
+        .into_iter()
+        .find(|s| s.step == "authorize-payment")
+        .unwrap();
+    assert_eq!(authorize.state, StepState::Failed);
+    assert_eq!(authorize.attempts as usize, runs.len());
+}
+
+#[tokio::test]
+async fn an_unresolved_authorization_is_reconciled_before_anything_is_resent() {
+    // The provider took the first authorisation but its answer was lost.
+    let rig = Rig::new().await;
+    rig.gateways.script("authorize", [Scripted::LostAnswer]);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+    assert_eq!(
+        rig.order().await.payment_status(),
+        PaymentStatus::Unresolved
+    );
+    assert_eq!(rig.saga().await.status, SagaStatus::Running);
+
+    rig.run_to_rest(&engine).await;
+    let calls = rig.gateways.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.operation).collect::<Vec<_>>(),
+        ["reserve", "authorize", "get-payment"],
+        "the retry asked the provider first and found the payment: nothing was resent"
+    );
+    assert_eq!(calls[1].idempotency_key, calls[2].idempotency_key);
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+    assert_eq!(order.payment_status(), PaymentStatus::Authorized);
+    assert_eq!(rig.saga().await.data.payment_id.as_deref(), Some("pay-1"));
+}
+
+#[tokio::test]
+async fn an_unresolved_authorization_that_never_happened_is_sent_again_with_the_same_key() {
+    let rig = Rig::new().await;
+    rig.gateways.fail("authorize", [unknown()]);
+    let engine = rig.engine("w1");
+    rig.run_to_rest(&engine).await;
+    let calls = rig.gateways.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.operation).collect::<Vec<_>>(),
+        ["reserve", "authorize", "get-payment", "authorize"]
+    );
+    assert_eq!(calls[1].idempotency_key, calls[3].idempotency_key);
+    assert_eq!(rig.order().await.status(), OrderStatus::Confirmed);
+}
+
+#[tokio::test]
+async fn a_cancellation_during_placement_undoes_every_step_in_reverse() {
+    let rig = Rig::new().await;
+    // The order is cancelled while the authorisation is in flight.
+    let store = rig.store.clone();
+    let clock = rig.clock.clone();
+    let order_id = rig.order;
+    rig.gateways.before_each(move |call| {
+        if call.operation == "authorize" {
+            futures::executor::block_on(async {
+                let mut order = OrderStore::get(store.as_ref(), order_id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let base = order.version();
+                let event = order.cancel("changed my mind", clock.now()).unwrap();
+                let messages = vec![OutboxMessage::for_event(&order, &event)];
+                store
+                    .save(OrderWrite {
+                        order: &order,
+                        expected_version: Some(base),
+                        outbox: &messages,
+                        idempotency: None,
+                        start_saga: None,
+                    })
+                    .await
+                    .unwrap();
+            });
+        }
+    });
+    let engine = rig.engine("w1");
+    rig.run_to_rest(&engine).await;
+
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "authorize", "void", "release"],
+        "the hold taken under the cancellation is voided too, money before stock"
+    );
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.payment_status(), PaymentStatus::Voided);
+    assert_eq!(order.reservation_status(), ReservationStatus::Released);
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    let undone: Vec<_> = rig
+        .store
+        .steps(saga.id)
+        .into_iter()
+        .filter(|s| s.direction == StepDirection::Compensate)
+        .map(|s| s.step)
+        .collect();
+    assert_eq!(undone, ["authorize-payment", "reserve-inventory"]);
+}
+
+#[tokio::test]
+async fn a_cancellation_between_steps_stops_the_placement() {
+    let rig = Rig::new().await;
+    rig.gateways.fail("authorize", [transient()]);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+    assert_eq!(
+        rig.order().await.reservation_status(),
+        ReservationStatus::Reserved
+    );
+    rig.cancel_order().await;
+    assert_eq!(rig.order().await.status(), OrderStatus::Cancelling);
+
+    rig.run_to_rest(&engine).await;
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "authorize", "release"],
+        "nothing more is sent forward once the order is cancelled"
+    );
+    assert_eq!(rig.order().await.status(), OrderStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn a_compensation_that_keeps_failing_parks_the_saga_and_says_so() {
+    let rig = Rig::new().await;
+    rig.gateways.fail(
+        "authorize",
+        [permanent(FailureCode::PaymentDeclined, "card declined")],
+    );
+    rig.gateways
+        .fail("release", std::iter::repeat_n(transient(), 10_000));
+    let engine = rig.engine("w1");
+    let runs = rig.run_to_rest(&engine).await;
+    assert!(
+        *runs.last().unwrap() >= 10 * 60 * 1_000,
+        "the compensation retried for its whole 10-minute deadline"
+    );
+
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::CompensationFailed);
+    assert_eq!(saga.data.parked_while, Some(Direction::Compensating));
+    assert_eq!(saga.current_step(), Some("reserve-inventory"));
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::CompensationFailed);
+    assert!(
+        order.failure_reason().is_some_and(
+            |r| r.starts_with("PROVIDER_UNAVAILABLE: compensation of reserve-inventory failed")
+        ),
+        "{:?}",
+        order.failure_reason()
+    );
+    let parked: Vec<_> = rig
+        .store
+        .outbox(rig.order)
+        .into_iter()
+        .filter(|m| m.event_type == SAGA_PARKED)
+        .collect();
+    assert_eq!(parked.len(), 1, "parking is announced once");
+    assert_eq!(rig.store.lease(saga.id), (None, None));
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_stops_after_the_first_rejected_commit() {
+    let rig = Rig::new().await;
+    // While w1's reservation call hangs past its lease, w2 claims the saga.
+    let store = rig.store.clone();
+    let clock = rig.clock.clone();
+    rig.gateways.before_each(move |call| {
+        if call.operation == "reserve" && store.lease(call_saga(&store)).0.as_deref() == Some("w1")
+        {
+            clock.advance(LEASE + Duration::from_secs(1));
+            let claimed = futures::executor::block_on(store.claim_due(
+                "w2",
+                clock.now(),
+                clock.now().saturating_add(LEASE),
+                10,
+            ))
+            .unwrap();
+            assert_eq!(claimed.len(), 1, "w2 takes over the abandoned saga");
+        }
+    });
+    let w1 = rig.engine("w1");
+    w1.run_due(10).await.unwrap();
+
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve"],
+        "w1 made one call and stopped when its commit was refused"
+    );
+    let saga = rig.saga().await;
+    assert_eq!(saga, rig.saga, "nothing of w1's was committed");
+    assert_eq!(rig.store.lease(saga.id).0.as_deref(), Some("w2"));
+}
+
+/// The id of the only saga in `store` (the rig has one).
+fn call_saga(store: &MemoryStore) -> oms_application::saga::SagaId {
+    futures::executor::block_on(store.with_status(SagaStatus::Running, 1))
+        .unwrap()
+        .first()
+        .map(|s| s.id)
+        .expect("one running saga")
+}
