@@ -182,6 +182,7 @@ async fn a_placement_reserves_authorizes_and_confirms_in_one_claim() {
     let rig = Rig::new().await;
     let engine = rig.engine("w1");
     assert_eq!(engine.run_due(10).await.unwrap(), 1);
+    let reads = rig.store.order_reads();
     assert_eq!(rig.gateways.operations(), ["reserve", "authorize"]);
     let saga = rig.saga().await;
     assert_eq!(saga.status, SagaStatus::Succeeded);
@@ -199,6 +200,10 @@ async fn a_placement_reserves_authorizes_and_confirms_in_one_claim() {
         ["reserve-inventory", "authorize-payment", "confirm-order"]
     );
     assert!(steps.iter().all(|s| s.state == StepState::Succeeded));
+    assert_eq!(
+        reads, 1,
+        "the order is read once per claim; each step goes on from the order it committed"
+    );
 }
 
 #[tokio::test]

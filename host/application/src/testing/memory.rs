@@ -63,6 +63,9 @@ struct State {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// How many times an order was read ([`OrderStore::get`]): the round trips a database
+    /// would have served.
+    order_reads: std::sync::atomic::AtomicUsize,
 }
 
 fn scope_key(scope: &IdempotencyScope) -> ScopeKey {
@@ -91,6 +94,11 @@ impl MemoryStore {
         let value = change(&mut copy)?;
         *state = copy;
         Ok(value)
+    }
+
+    /// How many times [`OrderStore::get`] was called.
+    pub fn order_reads(&self) -> usize {
+        self.order_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The outbox messages of `order`, in commit order.
@@ -227,6 +235,8 @@ fn complete_key(
 #[async_trait]
 impl OrderStore for MemoryStore {
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        self.order_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self.lock().orders.get(&id).cloned())
     }
 

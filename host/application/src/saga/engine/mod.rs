@@ -21,10 +21,12 @@ use crate::error::AppError;
 use crate::ports::{InventoryGateway, OrderStore, PaymentGateway, SagaStore};
 
 /// How a step left the saga.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Next {
-    /// The next step is due now: keep going while we hold the lease.
-    Continue,
+    /// The next step is due now: keep going while we hold the lease, from the order as this
+    /// step committed it (no need to read it again: a commit that finds it moved since is
+    /// refused by its version, and the step then reads it afresh).
+    Continue(Box<Order>),
     /// Wait for a retry time, or the saga ended.
     Stop,
 }
@@ -136,9 +138,10 @@ impl SagaEngine {
     /// committed; its lease expires and a worker (maybe another process) resumes it.
     async fn drive(&self, mut saga: SagaInstance, claimed_at: Timestamp) {
         saga.reclaim(claimed_at, self.config.lease);
+        let mut held: Option<Order> = None;
         loop {
-            match self.step(&mut saga).await {
-                Ok(Next::Continue) => continue,
+            match self.step(&mut saga, held.take()).await {
+                Ok(Next::Continue(order)) => held = Some(*order),
                 Ok(Next::Stop) => return,
                 Err(StepError::LeaseLost) => {
                     debug!(saga = %saga.id, "saga lease lost to another worker; stopping");
@@ -165,10 +168,17 @@ impl SagaEngine {
     /// One step, forward or backward, committed with its effects. Re-runs it when a
     /// concurrent edit of the order moved its version (the saga itself is unchanged: its
     /// commit was rolled back).
-    async fn step(&self, saga: &mut SagaInstance) -> Result<Next, StepError> {
+    async fn step(
+        &self,
+        saga: &mut SagaInstance,
+        mut held: Option<Order>,
+    ) -> Result<Next, StepError> {
         let definition = flows::definition(saga.kind);
         for _ in 0..ORDER_MOVED_ROUNDS {
-            let order = self.load_order(saga).await?;
+            let order = match held.take() {
+                Some(order) => order,
+                None => self.load_order(saga).await?,
+            };
             let result = match saga.status {
                 SagaStatus::Running => self.forward(definition, saga, order).await,
                 SagaStatus::Compensating => self.backward(definition, saga, order).await,

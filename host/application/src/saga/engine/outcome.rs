@@ -123,7 +123,7 @@ impl SagaEngine {
         change: &Change,
         mark: Option<Mark>,
         now: Timestamp,
-    ) -> Result<(), StepError> {
+    ) -> Result<Order, StepError> {
         for _ in 0..super::ORDER_MOVED_ROUNDS {
             let result = self
                 .commit(
@@ -145,8 +145,9 @@ impl SagaEngine {
     }
 
     /// Commits `next` (the saga after this step) with the step's audit row and the order
-    /// change, then adopts `next` as the saga's state. On any error the saga stays as it was
-    /// stored.
+    /// change, then adopts `next` as the saga's state and returns the order as committed (the
+    /// next step starts from it instead of reading it again). On any error the saga stays as
+    /// it was stored.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn commit(
         &self,
@@ -157,7 +158,7 @@ impl SagaEngine {
         change: &Change,
         mark: Option<Mark>,
         now: Timestamp,
-    ) -> Result<(), StepError> {
+    ) -> Result<Order, StepError> {
         let base = order.version();
         let mut events: Vec<OrderEvent> = Vec::new();
         if let Some(event) = change.apply(&mut order, now)? {
@@ -216,7 +217,7 @@ impl SagaEngine {
                 if changed {
                     self.changes.publish(order.id(), order.version());
                 }
-                Ok(())
+                Ok(order)
             }
             Err(StoreError::VersionConflict { .. }) => Err(StepError::OrderMoved),
             Err(StoreError::LeaseLost) => Err(StepError::LeaseLost),

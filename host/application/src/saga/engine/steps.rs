@@ -67,17 +67,17 @@ impl SagaEngine {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let mut next = saga.advance(definition.steps.len(), now);
                 absorb(&mut next, &effect);
-                if effect.call.is_some() {
+                let order = if effect.call.is_some() {
                     self.commit_called(saga, next, &record, order, &effect.change, None, now)
-                        .await?;
+                        .await?
                 } else {
                     // A local step is re-run on the fresh order if it moved: it may no
                     // longer apply (a cancellation stops a confirmation).
                     self.commit(saga, next, Some(&record), order, &effect.change, None, now)
-                        .await?;
-                }
+                        .await?
+                };
                 Ok(if saga.status.is_active() {
-                    Next::Continue
+                    Next::Continue(Box::new(order))
                 } else {
                     Next::Stop
                 })
@@ -172,9 +172,10 @@ impl SagaEngine {
                 .await;
         }
         let next = saga.turn_back(reason, now);
-        self.commit(saga, next, record, order, &Change::None, None, now)
+        let order = self
+            .commit(saga, next, record, order, &Change::None, None, now)
             .await?;
-        Ok(Next::Continue)
+        Ok(Next::Continue(Box::new(order)))
     }
 
     pub(super) async fn backward(
@@ -198,9 +199,10 @@ impl SagaEngine {
         })?;
         let Some(op) = step.compensation else {
             let next = saga.undo_step(index, now);
-            self.commit(saga, next, None, order, &Change::None, None, now)
+            let order = self
+                .commit(saga, next, None, order, &Change::None, None, now)
                 .await?;
-            return Ok(Next::Continue);
+            return Ok(Next::Continue(Box::new(order)));
         };
         let key = saga.idempotency_key(step.name, op.as_str());
         let deadline = saga
@@ -221,14 +223,14 @@ impl SagaEngine {
             Ok(effect) => {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let next = saga.undo_step(index, now);
-                if effect.call.is_some() {
+                let order = if effect.call.is_some() {
                     self.commit_called(saga, next, &record, order, &effect.change, None, now)
-                        .await?;
+                        .await?
                 } else {
                     self.commit(saga, next, Some(&record), order, &effect.change, None, now)
-                        .await?;
-                }
-                Ok(Next::Continue)
+                        .await?
+                };
+                Ok(Next::Continue(Box::new(order)))
             }
             Err(GatewayFailure { error, call }) => {
                 let reason = error.to_string();
