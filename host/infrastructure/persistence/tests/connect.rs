@@ -6,6 +6,7 @@ mod common;
 
 use oms_application::ports::{OrderWrite, StoreError};
 use oms_persistence::{DatabaseOptions, PersistenceError, connect};
+use sqlx::Connection;
 
 #[tokio::test]
 async fn unknown_scheme_is_refused() {
@@ -107,3 +108,52 @@ async fn unreadable_rows_are_corrupt(db: oms_persistence::Database) {
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
 }
 on_both!(corrupt_rows, unreadable_rows_are_corrupt);
+
+/// Pooled connections are not pinged before use (a round trip per checkout). A connection the
+/// server dropped fails its next statement instead: retryable (`Unavailable`), and the pool
+/// replaces it, so a caller that retries succeeds.
+#[tokio::test]
+async fn a_connection_the_server_dropped_costs_one_retryable_error() {
+    let test_db = oms_persistence::testing::TestDatabase::postgres()
+        .await
+        .unwrap();
+    let db = test_db.connect().await.unwrap();
+    let pool = db.postgres().unwrap().clone();
+    let (order, event) = common::new_order("cust-1", common::ts(1_000));
+    let messages = common::outbox(&order, &event);
+    db.orders()
+        .save(OrderWrite {
+            order: &order,
+            expected_version: None,
+            outbox: &messages,
+            idempotency: None,
+            start_saga: None,
+        })
+        .await
+        .unwrap();
+    // Every pooled connection is idle in the pool now; the server ends them all.
+    let mut admin = sqlx::PgConnection::connect(test_db.url()).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!ended.is_empty() && ended.iter().all(|&e| e));
+    assert!(pool.size() > 0, "the pool still holds the dead connections");
+
+    let mut failures = 0;
+    let found = loop {
+        match db.orders().get(order.id()).await {
+            Ok(found) => break found,
+            Err(StoreError::Unavailable(_)) if failures < ended.len() => failures += 1,
+            Err(other) => panic!("a dropped connection must be retryable, got {other:?}"),
+        }
+    };
+    assert_eq!(found, Some(order));
+    assert!(failures >= 1, "the dead connection was used without a ping");
+    drop(admin);
+    db.close().await;
+    test_db.cleanup().await.unwrap();
+}

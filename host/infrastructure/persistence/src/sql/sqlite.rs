@@ -81,14 +81,17 @@ pub(crate) async fn open(
             .synchronous(SqliteSynchronous::Full);
         // One writer: writers queue fairly for this pool's connection instead of spinning in
         // SQLite's busy handler.
+        // As on PostgreSQL, no ping per checkout (see `postgres::open`).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect_options.clone())
             .await
             .map_err(connect_error)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect_options)
             .await
