@@ -451,3 +451,75 @@ fn call_saga(store: &MemoryStore) -> oms_application::saga::SagaId {
         .map(|s| s.id)
         .expect("one running saga")
 }
+
+/// Places one more order with its saga, due now.
+async fn place(store: &MemoryStore, now: Timestamp) -> SagaInstance {
+    let (order, event) = new_order(now);
+    let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), now);
+    let messages = vec![OutboxMessage::for_event(&order, &event)];
+    store
+        .save(OrderWrite {
+            order: &order,
+            expected_version: None,
+            outbox: &messages,
+            idempotency: None,
+            start_saga: Some(&saga),
+        })
+        .await
+        .unwrap();
+    saga
+}
+
+/// Yields to the worker until `saga` ended, or panics after a bounded number of rounds (the
+/// clock is paused: nothing else moves time).
+async fn until_ended(store: &MemoryStore, saga: &SagaInstance) -> SagaStatus {
+    for _ in 0..10_000 {
+        let status = SagaStore::get(store, saga.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status;
+        if !status.is_active() {
+            return status;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("saga {} never ended", saga.id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_takes_new_work_as_soon_as_a_slot_frees() {
+    use oms_application::saga::worker::{self, WorkerConfig};
+    let rig = Rig::new().await;
+    let slow = rig.saga.clone();
+    let quick = place(&rig.store, ts(T0)).await;
+    // The first saga's reservation hangs until released.
+    let release = rig.gateways.hold(&slow.id.to_string());
+    let wakeup = Arc::new(tokio::sync::Notify::new());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(worker::run(
+        Arc::new(rig.engine("w1")),
+        WorkerConfig {
+            batch: 2,
+            poll_interval: Duration::from_millis(100),
+        },
+        Arc::clone(&wakeup),
+        shutdown,
+    ));
+    assert_eq!(until_ended(&rig.store, &quick).await, SagaStatus::Succeeded);
+
+    // A new order while the slow saga still holds its slot: taken into the free slot at once,
+    // not after the slow one finishes.
+    let late = place(&rig.store, ts(T0)).await;
+    wakeup.notify_one();
+    assert_eq!(until_ended(&rig.store, &late).await, SagaStatus::Succeeded);
+    assert!(
+        rig.saga().await.status.is_active(),
+        "the slow saga is still in flight"
+    );
+
+    release.notify_one();
+    assert_eq!(until_ended(&rig.store, &slow).await, SagaStatus::Succeeded);
+    stop.send(true).unwrap();
+    worker.await.unwrap();
+}

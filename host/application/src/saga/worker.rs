@@ -1,9 +1,11 @@
-//! The background loop that drives sagas: claim due work, run it, sleep until woken.
+//! The background loop that drives sagas: keep up to `batch` sagas in flight, claim more as
+//! soon as one finishes or new work is announced, sleep when nothing is due.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tracing::warn;
 
 use super::engine::SagaEngine;
@@ -11,40 +13,58 @@ use super::engine::SagaEngine;
 /// How a worker paces itself.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
-    /// Sagas claimed per round.
+    /// Sagas one worker drives at the same time.
     pub batch: u32,
-    /// Sleep between rounds when nothing was due and no wake-up came: bounds how late a
+    /// Sleep between claims when nothing was due and no wake-up came: bounds how late a
     /// retry (or a saga started by another process) is picked up.
     pub poll_interval: Duration,
 }
 
-/// Runs `engine` until `shutdown` turns true. Woken early by `wakeup` (a local write
-/// started a saga). A failing round (database down) is logged and retried after the poll
-/// interval; the sagas themselves are safe in the database meanwhile.
+/// Runs `engine` until `shutdown` turns true, then lets the sagas in flight finish their
+/// current step. A saga is claimed whenever a slot is free: one that finishes frees its
+/// slot at once, so a saga started while the worker is busy waits for the first free slot,
+/// not for the slowest saga of a batch. Woken early by `wakeup` (a local write started a
+/// saga). A failing claim (database down) is logged and retried after the poll interval;
+/// the sagas themselves are safe in the database meanwhile.
 pub async fn run(
     engine: Arc<SagaEngine>,
     config: WorkerConfig,
     wakeup: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = usize::try_from(config.batch.max(1)).unwrap_or(usize::MAX);
+    let mut in_flight: JoinSet<()> = JoinSet::new();
     loop {
         if *shutdown.borrow() {
-            return;
+            break;
         }
-        let busy = match engine.run_due(config.batch).await {
-            Ok(n) => n > 0,
-            Err(e) => {
-                warn!(error = %e, "saga worker round failed");
-                false
+        let free = slots.saturating_sub(in_flight.len());
+        let mut claimed = 0;
+        if free > 0 {
+            match engine
+                .claim_due(u32::try_from(free).unwrap_or(u32::MAX))
+                .await
+            {
+                Ok((sagas, claimed_at)) => {
+                    claimed = sagas.len();
+                    for saga in sagas {
+                        let engine = Arc::clone(&engine);
+                        in_flight.spawn(async move { engine.drive(saga, claimed_at).await });
+                    }
+                }
+                Err(e) => warn!(error = %e, "saga worker claim failed"),
             }
-        };
-        if busy {
+        }
+        // Every free slot filled: more may be due; claim again at once.
+        if claimed > 0 && claimed == free {
             continue;
         }
         tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|stop| *stop) => break,
             () = wakeup.notified() => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             () = tokio::time::sleep(config.poll_interval) => {}
         }
     }
+    while in_flight.join_next().await.is_some() {}
 }

@@ -2,10 +2,11 @@
 //! operation and which record every call in the order the engine made them.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use oms_domain::{LineItem, Money, OrderId};
+use tokio::sync::Notify;
 
 use crate::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
@@ -43,12 +44,17 @@ struct State {
 
 type Hook = Box<dyn Fn(&Call) + Send + Sync>;
 
+/// Calls held until the test lets them answer, by a fragment of their idempotency key (a
+/// saga's id holds every call of that saga).
+type Holds = Vec<(String, Arc<Notify>)>;
+
 /// Answers "yes" to everything unless scripted otherwise; idempotent per key like a real
 /// provider (the same `authorize` key gives the same payment).
 #[derive(Default)]
 pub struct ScriptedGateways {
     state: Mutex<State>,
     before_call: Mutex<Option<Hook>>,
+    holds: Mutex<Holds>,
 }
 
 /// Why a scripted call failed, for [`Scripted::Fail`].
@@ -106,6 +112,15 @@ impl ScriptedGateways {
             .extend(answers);
     }
 
+    /// Holds the next call whose idempotency key contains `key_fragment` (say a saga's id)
+    /// until the returned handle's `notify_one()`: a call in flight for as long as the test
+    /// wants. Later calls are not held.
+    pub fn hold(&self, key_fragment: &str) -> Arc<Notify> {
+        let release = Arc::new(Notify::new());
+        lock(&self.holds).push((key_fragment.to_owned(), Arc::clone(&release)));
+        release
+    }
+
     /// Drops what is left of `operation`'s script: its next calls succeed.
     pub fn clear(&self, operation: &str) {
         lock(&self.state).script.remove(operation);
@@ -140,8 +155,9 @@ impl ScriptedGateways {
             .count()
     }
 
-    /// Records the call, runs the hook, and pops its scripted answer.
-    fn enter(&self, operation: &'static str, key: &str) -> Result<Answer, GatewayFailure> {
+    /// Records the call, runs the hook, waits while it is held, and pops its scripted
+    /// answer.
+    async fn enter(&self, operation: &'static str, key: &str) -> Result<Answer, GatewayFailure> {
         let call = Call {
             operation,
             idempotency_key: key.to_owned(),
@@ -149,6 +165,15 @@ impl ScriptedGateways {
         lock(&self.state).calls.push(call.clone());
         if let Some(hook) = lock(&self.before_call).as_ref() {
             hook(&call);
+        }
+        let held = lock(&self.holds)
+            .iter()
+            .find(|(fragment, _)| key.contains(fragment.as_str()))
+            .map(|(_, release)| Arc::clone(release));
+        if let Some(release) = held {
+            release.notified().await;
+            // Released: the saga's later calls go through.
+            lock(&self.holds).retain(|(_, r)| !Arc::ptr_eq(r, &release));
         }
         let next = lock(&self.state)
             .script
@@ -222,7 +247,7 @@ impl PaymentGateway for ScriptedGateways {
         _token: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("authorize", idempotency_key)?;
+        let answer = self.enter("authorize", idempotency_key).await?;
         let payment = {
             let mut state = lock(&self.state);
             let number = state.payments.len() + 1;
@@ -248,7 +273,7 @@ impl PaymentGateway for ScriptedGateways {
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("capture", idempotency_key)?;
+        let answer = self.enter("capture", idempotency_key).await?;
         let payment = self.settle(
             "capture",
             payment_id,
@@ -264,7 +289,7 @@ impl PaymentGateway for ScriptedGateways {
         payment_id: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("void", idempotency_key)?;
+        let answer = self.enter("void", idempotency_key).await?;
         let payment = self.settle("void", payment_id, None, ProviderPaymentState::Voided)?;
         Self::answer("void", answer, payment)
     }
@@ -276,7 +301,7 @@ impl PaymentGateway for ScriptedGateways {
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("refund", idempotency_key)?;
+        let answer = self.enter("refund", idempotency_key).await?;
         let payment = self.settle("refund", payment_id, amount, ProviderPaymentState::Refunded)?;
         Self::answer("refund", answer, payment)
     }
@@ -286,7 +311,7 @@ impl PaymentGateway for ScriptedGateways {
         _provider: &str,
         idempotency_key: &str,
     ) -> GatewayResult<Option<ProviderPayment>> {
-        let answer = self.enter("get-payment", idempotency_key)?;
+        let answer = self.enter("get-payment", idempotency_key).await?;
         let found = lock(&self.state).payments.get(idempotency_key).cloned();
         Self::answer("get-payment", answer, found)
     }
@@ -300,7 +325,7 @@ impl InventoryGateway for ScriptedGateways {
         _lines: &[LineItem],
         idempotency_key: &str,
     ) -> GatewayResult<String> {
-        let answer = self.enter("reserve", idempotency_key)?;
+        let answer = self.enter("reserve", idempotency_key).await?;
         let id = {
             let mut state = lock(&self.state);
             let number = state.reservations.len() + 1;
@@ -314,12 +339,12 @@ impl InventoryGateway for ScriptedGateways {
     }
 
     async fn release(&self, _reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
-        let answer = self.enter("release", idempotency_key)?;
+        let answer = self.enter("release", idempotency_key).await?;
         Self::answer("release", answer, ())
     }
 
     async fn commit(&self, _reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
-        let answer = self.enter("commit", idempotency_key)?;
+        let answer = self.enter("commit", idempotency_key).await?;
         Self::answer("commit", answer, ())
     }
 }

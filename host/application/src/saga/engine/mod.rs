@@ -116,8 +116,17 @@ impl SagaEngine {
     }
 
     /// Claims up to `limit` due sagas and drives each as far as it can go now. Returns how
-    /// many were claimed (0 means: nothing due, sleep).
+    /// many were claimed (0 means: nothing due).
     pub async fn run_due(&self, limit: u32) -> Result<usize, AppError> {
+        let (claimed, now) = self.claim_due(limit).await?;
+        let count = claimed.len();
+        futures::future::join_all(claimed.into_iter().map(|saga| self.drive(saga, now))).await;
+        Ok(count)
+    }
+
+    /// Leases up to `limit` due sagas to this worker; returns them with the claim's time,
+    /// which [`Self::drive`] needs.
+    pub async fn claim_due(&self, limit: u32) -> Result<(Vec<SagaInstance>, Timestamp), AppError> {
         let now = self.clock.now();
         let claimed = self
             .ports
@@ -129,14 +138,13 @@ impl SagaEngine {
                 limit,
             )
             .await?;
-        let count = claimed.len();
-        futures::future::join_all(claimed.into_iter().map(|saga| self.drive(saga, now))).await;
-        Ok(count)
+        Ok((claimed, now))
     }
 
-    /// Runs steps until the saga must wait or ends. An error leaves the saga as last
-    /// committed; its lease expires and a worker (maybe another process) resumes it.
-    async fn drive(&self, mut saga: SagaInstance, claimed_at: Timestamp) {
+    /// Runs the steps of a saga this worker claimed at `claimed_at` until the saga must wait
+    /// or ends. An error leaves the saga as last committed; its lease expires and a worker
+    /// (maybe another process) resumes it.
+    pub async fn drive(&self, mut saga: SagaInstance, claimed_at: Timestamp) {
         saga.reclaim(claimed_at, self.config.lease);
         let mut held: Option<Order> = None;
         loop {
