@@ -20,4 +20,4 @@ pub mod testing;
 pub mod use_cases;
 
 pub use error::{AppError, FieldViolation, RunningOperation};
-pub use service::{OrderService, ServiceConfig};
+pub use service::{InlinePlacement, OrderService, ServiceConfig};

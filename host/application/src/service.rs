@@ -13,8 +13,8 @@ use crate::idempotency::{
     ClaimGuard, IdempotencyClaim, IdempotencyCompletion, IdempotencyRequest, StoredOutcome,
 };
 use crate::outbox::OutboxMessage;
-use crate::ports::{BeginOutcome, IdempotencyStore, OrderStore, OrderWrite, SagaStore};
-use crate::saga::SagaInstance;
+use crate::ports::{BeginOutcome, IdempotencyStore, OrderStore, OrderWrite, SagaLease, SagaStore};
+use crate::saga::{SagaEngine, SagaInstance};
 
 /// Tunables of the service, with the defaults documented in the README.
 #[derive(Debug, Clone)]
@@ -52,6 +52,65 @@ pub struct OrderService {
     /// Wakes the saga workers when a write started a saga, so placement begins at once
     /// instead of at the next poll.
     pub(crate) saga_wakeup: Arc<tokio::sync::Notify>,
+    /// Drives a new order's placement in this process at once, when configured.
+    pub(crate) placement: Option<Arc<InlinePlacement>>,
+}
+
+/// Placement driven by the process that accepted the order: right after the create commit,
+/// with the order in memory, under a lease taken in that same commit. No worker wake-up, no
+/// claim, no read of the order. The saga row is durable like any other: if this process
+/// dies, a worker (in any process) resumes it once the lease runs out.
+///
+/// At most `max_in_flight` placements run this way at once; an order created beyond that is
+/// left to the workers, as before.
+pub struct InlinePlacement {
+    engine: Arc<SagaEngine>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl InlinePlacement {
+    pub fn new(engine: Arc<SagaEngine>, max_in_flight: usize) -> Self {
+        Self {
+            engine,
+            permits: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+        }
+    }
+
+    /// A slot for one more placement, if one is free.
+    pub(crate) fn try_start(self: &Arc<Self>) -> Option<PlacementSlot> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        Some(PlacementSlot {
+            placement: Arc::clone(self),
+            permit,
+        })
+    }
+}
+
+/// A reserved slot: the lease to write with the saga, then the drive.
+pub(crate) struct PlacementSlot {
+    placement: Arc<InlinePlacement>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl PlacementSlot {
+    pub fn lease(&self, now: oms_domain::Timestamp) -> SagaLease<'_> {
+        let engine = &self.placement.engine;
+        SagaLease {
+            owner: engine.worker(),
+            until: now.saturating_add(engine.lease()),
+        }
+    }
+
+    /// Drives the committed `saga` from `order` on its own task; the slot frees when it
+    /// stops (done, or waiting for a retry that the workers then pick up).
+    pub fn drive(self, saga: SagaInstance, order: Order) {
+        let engine = Arc::clone(&self.placement.engine);
+        let permit = self.permit;
+        tokio::spawn(async move {
+            engine.drive_started(saga, order).await;
+            drop(permit);
+        });
+    }
 }
 
 impl OrderService {
@@ -71,7 +130,16 @@ impl OrderService {
             clock,
             config,
             saga_wakeup: Arc::new(tokio::sync::Notify::new()),
+            placement: None,
         }
+    }
+
+    /// Drives the placement of each new order in this process at once (see
+    /// [`InlinePlacement`]).
+    #[must_use]
+    pub fn with_inline_placement(mut self, placement: InlinePlacement) -> Self {
+        self.placement = Some(Arc::new(placement));
+        self
     }
 
     pub fn changes(&self) -> &OrderChanges {
@@ -159,6 +227,21 @@ impl OrderService {
         claim: Option<IdempotencyClaim>,
         start_saga: Option<&SagaInstance>,
     ) -> Result<(), AppError> {
+        self.commit_leased(order, expected, events, claim, start_saga, None)
+            .await
+    }
+
+    /// [`Self::commit`], with the saga it starts leased to `lease`'s owner, who drives it
+    /// (the workers are not woken for it).
+    pub(crate) async fn commit_leased(
+        &self,
+        order: &Order,
+        expected: Option<Version>,
+        events: &[OrderEvent],
+        claim: Option<IdempotencyClaim>,
+        start_saga: Option<&SagaInstance>,
+        lease_saga_to: Option<SagaLease<'_>>,
+    ) -> Result<(), AppError> {
         let outbox: Vec<OutboxMessage> = events
             .iter()
             .map(|e| OutboxMessage::for_event(order, e))
@@ -171,10 +254,11 @@ impl OrderService {
                 outbox: &outbox,
                 idempotency: completion.as_ref(),
                 start_saga,
+                lease_saga_to,
             })
             .await?;
         self.changes.publish(order.id(), order.version());
-        if start_saga.is_some() {
+        if start_saga.is_some() && lease_saga_to.is_none() {
             self.saga_wakeup.notify_one();
         }
         Ok(())

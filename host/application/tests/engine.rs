@@ -83,6 +83,7 @@ impl Rig {
                 outbox: &messages,
                 idempotency: None,
                 start_saga: Some(&saga),
+                lease_saga_to: None,
             })
             .await
             .unwrap();
@@ -159,6 +160,7 @@ impl Rig {
                 outbox: &messages,
                 idempotency: None,
                 start_saga: None,
+                lease_saga_to: None,
             })
             .await
             .unwrap();
@@ -319,6 +321,7 @@ async fn a_cancellation_during_placement_undoes_every_step_in_reverse() {
                         outbox: &messages,
                         idempotency: None,
                         start_saga: None,
+                        lease_saga_to: None,
                     })
                     .await
                     .unwrap();
@@ -464,6 +467,7 @@ async fn place(store: &MemoryStore, now: Timestamp) -> SagaInstance {
             outbox: &messages,
             idempotency: None,
             start_saga: Some(&saga),
+            lease_saga_to: None,
         })
         .await
         .unwrap();

@@ -111,8 +111,12 @@ pub struct SagaConfig {
     /// Worker tasks in this process (each claims its own batches); 0 runs no sagas here
     /// (an API-only replica). SQLite always uses at most one.
     pub workers: u32,
-    /// Sagas a worker claims per round.
+    /// Sagas one worker drives at the same time.
     pub batch: u32,
+    /// Placements this process drives at once on their own tasks right after `CreateOrder`
+    /// commits (no worker wake-up, claim or read); orders beyond it go to the workers. 0
+    /// leaves every placement to the workers.
+    pub inline_placements: u32,
     /// Longest sleep of an idle worker: bounds how late a retry is picked up.
     pub poll_interval_ms: u64,
     /// How long a claimed saga stays leased without progress; after a crash another worker
@@ -243,6 +247,7 @@ impl Default for Config {
             saga: SagaConfig {
                 workers: 2,
                 batch: 64,
+                inline_placements: 64,
                 poll_interval_ms: 100,
                 lease_secs: 30,
                 step_deadline_cap_ms: 0,

@@ -10,7 +10,7 @@ use oms_application::changes::OrderChanges;
 use oms_application::clock::SystemClock;
 use oms_application::saga::worker::{self, WorkerConfig};
 use oms_application::saga::{EngineConfig, SagaEngine, SagaOperations, SagaPorts};
-use oms_application::{OrderService, ServiceConfig};
+use oms_application::{InlinePlacement, OrderService, ServiceConfig};
 use oms_grpc::listener::{self, ConnectionLimits};
 use oms_grpc::{ApiLimits, OrderApi};
 use oms_persistence::{Database, DatabaseOptions};
@@ -110,11 +110,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     check_grpc_limits(&config)?;
     let db = open_database(&config, config.database.max_connections).await?;
-    let service = OrderService::new(
+    let plugins = crate::plugins::start(&config.plugins, &db).await?;
+    let changes = OrderChanges::default();
+    // Names this process's saga leases: its workers' and its inline placement's.
+    let process = format!(
+        "oms-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
+    let mut service = OrderService::new(
         db.orders(),
         db.sagas(),
         db.idempotency(),
-        OrderChanges::default(),
+        changes.clone(),
         Arc::new(SystemClock),
         ServiceConfig {
             idempotency_ttl: config.idempotency_ttl(),
@@ -122,11 +130,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             watch_poll_interval: Duration::from_millis(config.watch.poll_interval_ms),
         },
     );
+    // A process that runs no sagas (`saga.workers = 0`, an API-only replica) does not place
+    // orders inline either.
+    if config.saga.workers > 0 && config.saga.inline_placements > 0 {
+        let engine = saga_engine(
+            &config,
+            &db,
+            &plugins,
+            &changes,
+            format!("{process}-inline"),
+        );
+        let slots = usize::try_from(config.saga.inline_placements).unwrap_or(usize::MAX);
+        service = service.with_inline_placement(InlinePlacement::new(Arc::new(engine), slots));
+    }
 
-    let plugins = crate::plugins::start(&config.plugins, &db).await?;
     let mut tasks = Vec::new();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    spawn_saga_workers(&config, &db, &service, &plugins, &shutdown_rx, &mut tasks);
+    spawn_saga_workers(
+        &config,
+        &db,
+        &service,
+        &plugins,
+        &process,
+        &shutdown_rx,
+        &mut tasks,
+    );
     spawn_messaging(&config, &db, &service, &plugins, &shutdown_rx, &mut tasks)?;
 
     let listener = TcpListener::bind(config.grpc.listen)
@@ -248,22 +276,14 @@ fn check_grpc_limits(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `saga.workers` tasks that drive sagas through the plugins. Each has its own lease
-/// identity, so they (and other host processes) never run the same saga at once.
-fn spawn_saga_workers(
+/// A saga engine over this process's stores and plugins, leasing sagas as `worker`.
+fn saga_engine(
     config: &Config,
     db: &Database,
-    service: &OrderService,
     plugins: &Plugins,
-    shutdown: &watch::Receiver<bool>,
-    tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
-) {
-    let process = uuid::Uuid::now_v7().simple().to_string();
-    // The database says how many workers can make progress at once (one on SQLite's single
-    // writer); more would only queue their claims behind each other.
-    let workers = db
-        .max_saga_workers()
-        .map_or(config.saga.workers, |max| config.saga.workers.min(max));
+    changes: &OrderChanges,
+    worker: String,
+) -> SagaEngine {
     let ports = SagaPorts {
         orders: db.orders(),
         sagas: db.sagas(),
@@ -273,18 +293,43 @@ fn spawn_saga_workers(
             config.plugins.inventory.clone(),
         )),
     };
+    SagaEngine::new(
+        ports,
+        Arc::new(SystemClock),
+        changes.clone(),
+        EngineConfig {
+            worker,
+            lease: Duration::from_secs(config.saga.lease_secs),
+            deadline_cap: (config.saga.step_deadline_cap_ms > 0)
+                .then(|| Duration::from_millis(config.saga.step_deadline_cap_ms)),
+        },
+        Arc::new(rand::random::<f64>),
+    )
+}
+
+/// Starts `saga.workers` tasks that drive sagas through the plugins. Each has its own lease
+/// identity, so they (and other host processes) never run the same saga at once.
+fn spawn_saga_workers(
+    config: &Config,
+    db: &Database,
+    service: &OrderService,
+    plugins: &Plugins,
+    process: &str,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
+) {
+    // The database says how many workers can make progress at once (one on SQLite's single
+    // writer); more would only queue their claims behind each other.
+    let workers = db
+        .max_saga_workers()
+        .map_or(config.saga.workers, |max| config.saga.workers.min(max));
     for n in 0..workers {
-        let engine = Arc::new(SagaEngine::new(
-            ports.clone(),
-            Arc::new(SystemClock),
-            service.changes().clone(),
-            EngineConfig {
-                worker: format!("oms-{}-{process}-{n}", std::process::id()),
-                lease: Duration::from_secs(config.saga.lease_secs),
-                deadline_cap: (config.saga.step_deadline_cap_ms > 0)
-                    .then(|| Duration::from_millis(config.saga.step_deadline_cap_ms)),
-            },
-            Arc::new(rand::random::<f64>),
+        let engine = Arc::new(saga_engine(
+            config,
+            db,
+            plugins,
+            service.changes(),
+            format!("{process}-{n}"),
         ));
         let worker_config = WorkerConfig {
             batch: config.saga.batch,

@@ -14,7 +14,7 @@ pub use gateways::{
     MAX_PUBLIC_REASON_CHARS, PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
 };
 pub use idempotency::{BeginOutcome, IdempotencyStore};
-pub use orders::{OrderQuery, OrderStore, OrderWrite};
+pub use orders::{OrderQuery, OrderStore, OrderWrite, SagaLease};
 pub use outbox::{Backlog, DeadLetter, OutboxRow, OutboxStore};
 pub use plugin_kv::PluginKvStore;
 pub use processed_events::ProcessedEventStore;

@@ -1,7 +1,7 @@
 //! The order store port.
 
 use async_trait::async_trait;
-use oms_domain::{CustomerId, Order, OrderId, OrderStatus, Version};
+use oms_domain::{CustomerId, Order, OrderId, OrderStatus, Timestamp, Version};
 
 use super::StoreError;
 use crate::idempotency::IdempotencyCompletion;
@@ -24,6 +24,17 @@ pub struct OrderWrite<'a> {
     /// cancellation saga of an order moving to CANCELLING): the order change and the work
     /// that follows it are durable together or not at all.
     pub start_saga: Option<&'a SagaInstance>,
+    /// Starts `start_saga` already leased, to the process that will drive it at once (the
+    /// placement driven by the request that created the order). Workers leave it alone until
+    /// the lease runs out, after which any of them resumes it, as after a crash.
+    pub lease_saga_to: Option<SagaLease<'a>>,
+}
+
+/// Who holds a saga's lease, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SagaLease<'a> {
+    pub owner: &'a str,
+    pub until: Timestamp,
 }
 
 /// Filters and keyset cursor of a listing; results are newest first.

@@ -149,6 +149,7 @@ impl SagaOperations {
                     outbox: &outbox,
                     idempotency: None,
                     start_saga: None,
+                    lease_saga_to: None,
                 }),
             })
             .await?;

@@ -158,8 +158,8 @@ fn write_order(state: &mut State, write: &OrderWrite<'_>) -> Result<(), StoreErr
             saga.id,
             SagaRow {
                 saga: saga.clone(),
-                lease_owner: None,
-                lease_until: None,
+                lease_owner: write.lease_saga_to.map(|l| l.owner.to_owned()),
+                lease_until: write.lease_saga_to.map(|l| l.until),
             },
         );
     }

@@ -9,8 +9,9 @@ use crate::service::OrderService;
 
 impl OrderService {
     /// Stores the order, its lines, `OrderCreated` and its placement saga in one transaction
-    /// and returns it as PENDING. The saga (reserve, authorize, confirm) runs in the
-    /// background workers, never inside this request.
+    /// and returns it as PENDING. The saga (reserve, authorize, confirm) then runs on its own
+    /// task in this process at once when an inline placement slot is free (leased in the
+    /// same transaction), or in the background workers; never inside this request.
     pub async fn create_order(
         &self,
         new: NewOrder,
@@ -20,8 +21,13 @@ impl OrderService {
             let now = self.clock.now();
             let (order, created) = Order::place(new, OrderId::generate(), now);
             let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), now);
-            self.commit(&order, None, &[created], claim, Some(&saga))
+            let slot = self.placement.as_ref().and_then(|p| p.try_start());
+            let lease = slot.as_ref().map(|s| s.lease(now));
+            self.commit_leased(&order, None, &[created], claim, Some(&saga), lease)
                 .await?;
+            if let Some(slot) = slot {
+                slot.drive(saga, order.clone());
+            }
             Ok(order)
         })
         .await

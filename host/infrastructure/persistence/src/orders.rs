@@ -163,7 +163,7 @@ pub(crate) async fn write_order<D: Dialect>(
     insert_outbox::<D>(conn, write.outbox, write.order).await?;
     // After the order: the saga row references it.
     if let Some(saga) = write.start_saga {
-        insert_saga::<D>(conn, saga).await?;
+        insert_saga::<D>(conn, saga, write.lease_saga_to).await?;
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
-use oms_application::ports::{Fence, SagaCommit, SagaStore, StepRecord, StepState, StoreError};
+use oms_application::ports::{
+    Fence, SagaCommit, SagaLease, SagaStore, StepRecord, StepState, StoreError,
+};
 use oms_application::saga::{SagaId, SagaInstance, SagaStatus};
 use oms_domain::{OrderId, Timestamp, Version};
 use sqlx::AssertSqlSafe;
@@ -51,16 +53,19 @@ fn saga_write_error<D: Dialect>(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// Inserts a new saga inside the caller's transaction (an order write that starts it).
+/// Inserts a new saga inside the caller's transaction (an order write that starts it),
+/// leased to `lease`'s owner when the writer drives it itself.
 pub(crate) async fn insert_saga<D: Dialect>(
     conn: &mut ConnOf<D>,
     saga: &SagaInstance,
+    lease: Option<SagaLease<'_>>,
 ) -> Result<(), StoreError> {
     let ints = SagaInts::of(saga)?;
     D::query(
         "INSERT INTO saga_instances (id, kind, order_id, status, step_index, attempts, \
-         next_attempt_at, deadline_at, last_error, state, version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         next_attempt_at, deadline_at, last_error, state, version, created_at, updated_at, \
+         lease_owner, lease_until) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .arg(D::id(saga.id.0))
     .arg(saga.kind.as_str())
@@ -75,6 +80,8 @@ pub(crate) async fn insert_saga<D: Dialect>(
     .arg(saga.version)
     .arg(saga.created_at.unix_millis())
     .arg(saga.updated_at.unix_millis())
+    .arg(lease.map(|l| l.owner))
+    .arg(lease.map(|l| l.until.unix_millis()))
     .execute(D::on(conn))
     .await
     .map_err(saga_write_error::<D>)?;

@@ -32,6 +32,7 @@ async fn sqlite_file_and_directories_are_created_and_reopened() {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap();
@@ -58,6 +59,7 @@ async fn sqlite_in_memory_works() {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap();
@@ -87,6 +89,7 @@ async fn unreadable_rows_are_corrupt(db: oms_persistence::Database) {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap();
@@ -128,6 +131,7 @@ async fn a_connection_the_server_dropped_costs_one_retryable_error() {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap();

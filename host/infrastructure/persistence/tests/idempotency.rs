@@ -72,6 +72,7 @@ async fn replay_after_success_and_mismatch(db: Stores) {
             outbox: &messages,
             idempotency: Some(&completion),
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap();

@@ -20,6 +20,7 @@ async fn insert(db: &Stores, customer: &str, now: i64) -> oms_domain::Order {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap();
@@ -53,6 +54,7 @@ async fn stale_version_conflicts(db: Stores) {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap();
@@ -71,6 +73,7 @@ async fn stale_version_conflicts(db: Stores) {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap_err();
@@ -105,6 +108,7 @@ async fn update_of_missing_order(db: Stores) {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap_err();
@@ -130,6 +134,7 @@ async fn concurrent_updates_one_winner(db: Stores) {
                     outbox: &messages,
                     idempotency: None,
                     start_saga: None,
+                    lease_saga_to: None,
                 })
                 .await
         }
@@ -166,6 +171,7 @@ async fn listing_pages_newest_first(db: Stores) {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap();
@@ -261,6 +267,7 @@ async fn lost_lease_rolls_back_everything(db: Stores) {
             outbox: &messages,
             idempotency: Some(&completion),
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap_err();

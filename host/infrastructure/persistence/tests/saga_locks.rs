@@ -59,6 +59,7 @@ async fn saga_commit_and_saga_start_do_not_deadlock() {
                     outbox: &messages,
                     idempotency: None,
                     start_saga: None,
+                    lease_saga_to: None,
                 }),
             })
             .await

@@ -9,6 +9,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use common::{Stores, lease, new_order, place_with_saga, saga_for, ts};
+use oms_application::ports::{OrderWrite, SagaLease};
 use oms_application::saga::{SagaId, SagaInstance, SagaStatus};
 use oms_persistence::testing::{TestBackend, TestDatabase};
 
@@ -60,6 +61,35 @@ async fn claims_due_unleased_active_sagas(db: Stores) {
     assert_eq!(claim(&db, "d", 5_001, 9_000, 0).await, []);
 }
 on_all!(claim_due, claims_due_unleased_active_sagas);
+
+/// A saga started leased (the placement its creating process drives at once) is nobody
+/// else's until that lease runs out; then any worker may resume it, as after a crash.
+async fn a_saga_started_leased_waits_out_its_lease(db: Stores) {
+    let (order, event) = new_order("cust-1", ts(1_000));
+    let saga = saga_for(&order, 1_000);
+    let messages = common::outbox(&order, &event);
+    db.orders()
+        .save(OrderWrite {
+            order: &order,
+            expected_version: None,
+            outbox: &messages,
+            idempotency: None,
+            start_saga: Some(&saga),
+            lease_saga_to: Some(SagaLease {
+                owner: "host-a-inline",
+                until: ts(31_000),
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        lease(&db, saga.id).await,
+        (Some("host-a-inline".into()), Some(31_000))
+    );
+    assert_eq!(claim(&db, "w1", 2_000, 60_000, 10).await, []);
+    assert_eq!(claim(&db, "w1", 31_001, 60_000, 10).await, [saga.id]);
+}
+on_all!(started_leased, a_saga_started_leased_waits_out_its_lease);
 
 async fn operator_queue_is_oldest_first(db: Stores) {
     let mut parked = Vec::new();

@@ -83,6 +83,7 @@ async fn starts_with_its_order(db: Stores) {
             outbox: &messages,
             idempotency: None,
             start_saga: Some(&orphan),
+            lease_saga_to: None,
         })
         .await
         .unwrap_err();
@@ -105,6 +106,7 @@ async fn one_active_saga_per_order(db: Stores) {
         outbox: &messages,
         idempotency: None,
         start_saga: Some(&cancel),
+        lease_saga_to: None,
     };
     assert_eq!(
         db.orders().save(write()).await.unwrap_err(),
@@ -167,6 +169,7 @@ async fn commit_is_fenced_by_version_and_lease(db: Stores) {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         }),
     };
     assert_eq!(
@@ -226,6 +229,7 @@ async fn order_conflict_rolls_back_the_step(db: Stores) {
             outbox: &messages,
             idempotency: None,
             start_saga: None,
+            lease_saga_to: None,
         })
         .await
         .unwrap();
@@ -251,6 +255,7 @@ async fn order_conflict_rolls_back_the_step(db: Stores) {
                 outbox: &messages,
                 idempotency: None,
                 start_saga: None,
+                lease_saga_to: None,
             }),
         })
         .await

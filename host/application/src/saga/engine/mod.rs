@@ -141,12 +141,32 @@ impl SagaEngine {
         Ok((claimed, now))
     }
 
+    /// This engine's lease owner name.
+    pub fn worker(&self) -> &str {
+        &self.config.worker
+    }
+
+    /// How long this engine's leases last.
+    pub fn lease(&self) -> Duration {
+        self.config.lease
+    }
+
     /// Runs the steps of a saga this worker claimed at `claimed_at` until the saga must wait
     /// or ends. An error leaves the saga as last committed; its lease expires and a worker
     /// (maybe another process) resumes it.
     pub async fn drive(&self, mut saga: SagaInstance, claimed_at: Timestamp) {
         saga.reclaim(claimed_at, self.config.lease);
-        let mut held: Option<Order> = None;
+        self.drive_from(saga, None).await;
+    }
+
+    /// Drives a saga that was committed already leased to this engine (see
+    /// [`SagaLease`](crate::ports::SagaLease)), starting from `order` as committed with it:
+    /// no claim and no read.
+    pub async fn drive_started(&self, saga: SagaInstance, order: Order) {
+        self.drive_from(saga, Some(order)).await;
+    }
+
+    async fn drive_from(&self, mut saga: SagaInstance, mut held: Option<Order>) {
         loop {
             match self.step(&mut saga, held.take()).await {
                 Ok(Next::Continue(order)) => held = Some(*order),

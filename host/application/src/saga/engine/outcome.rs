@@ -208,6 +208,7 @@ impl SagaEngine {
                     outbox: &outbox,
                     idempotency: None,
                     start_saga: None,
+                    lease_saga_to: None,
                 }),
             })
             .await;

@@ -211,6 +211,7 @@ pub async fn place_with_saga(
             outbox: &messages,
             idempotency: None,
             start_saga: Some(saga),
+            lease_saga_to: None,
         })
         .await
 }
