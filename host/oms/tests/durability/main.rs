@@ -236,7 +236,8 @@ async fn sqlite_resumed_saga_keeps_its_step_budget() {
 }
 
 /// Two hosts on one PostgreSQL: 500 orders, half sent to each, all placed, and every
-/// provider call made exactly once per saga step (counted by the plugins themselves).
+/// provider call made exactly once per saga step (recorded by the host, and counted by the
+/// plugins themselves, whose manifests [`host::PluginDirs`] turns counting on in).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_work_without_doubling_a_step() {
     let _serial = SERIAL.lock().await;
@@ -279,7 +280,19 @@ async fn two_hosts_share_the_work_without_doubling_a_step() {
         "every order confirmed"
     );
     snapshot.assert_placement_invariants();
-    // Exactly one reserve and one authorize reached the plugins per saga.
+    // The host recorded one attempt of each step per saga...
+    for step in ["reserve-inventory", "authorize-payment"] {
+        let attempts = snapshot.attempts(step, "forward");
+        assert_eq!(attempts.len(), 500, "one {step} record per saga");
+        assert!(
+            attempts.values().all(|&n| n == 1),
+            "{step} was attempted twice: {attempts:?}"
+        );
+    }
+    // ...and exactly one reserve and one authorize reached the plugins per saga. The host's
+    // records alone cannot show this: a worker whose lease lapsed mid-call has its commit
+    // fenced out, so a call that reached the plugin leaves no trace in `saga_steps` while
+    // the successor's repeat is recorded as the first attempt. Only the plugins see both.
     let reserves = snapshot.calls("local-stock", "reserve");
     let authorizes = snapshot.calls("fakepay", "authorize");
     assert_eq!(reserves.len(), 500, "one reserve key per saga");
