@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use oms_grpc::pb;
+use oms_persistence::testing::TestBackend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, TestApp, address, create, money, settle, valid_order, violated_fields, wait_until,
+    TestApp, address, create, money, settle, valid_order, violated_fields, wait_until,
 };
 
 /// How long a test waits for something that should happen quickly before it fails.
@@ -33,7 +34,7 @@ fn violations(status: &tonic::Status) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-pub async fn oversized_requests_get_bounded_errors(backend: Backend) {
+pub async fn oversized_requests_get_bounded_errors(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
 
@@ -67,7 +68,7 @@ pub async fn oversized_requests_get_bounded_errors(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn mixed_currencies_name_the_line_not_an_overflow(backend: Backend) {
+pub async fn mixed_currencies_name_the_line_not_an_overflow(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let mut request = valid_order("c-fx");
@@ -83,7 +84,7 @@ pub async fn mixed_currencies_name_the_line_not_an_overflow(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn free_text_is_bounded_and_printable(backend: Backend) {
+pub async fn free_text_is_bounded_and_printable(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
 
@@ -168,7 +169,7 @@ pub async fn free_text_is_bounded_and_printable(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn refund_arguments_are_invalid_not_preconditions(backend: Backend) {
+pub async fn refund_arguments_are_invalid_not_preconditions(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = create(&app, valid_order("c-refund-arg")).await;
@@ -204,7 +205,7 @@ pub async fn refund_arguments_are_invalid_not_preconditions(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn refund_reason_reaches_the_outbox_event(backend: Backend) {
+pub async fn refund_reason_reaches_the_outbox_event(backend: TestBackend) {
     use pb::OrderStatus as S;
     use pb::PaymentStatus as P;
     let app = TestApp::spawn(backend).await;
@@ -319,7 +320,7 @@ fn framed(message: &[u8]) -> Vec<u8> {
     frame(0, u32::try_from(message.len()).unwrap(), message)
 }
 
-pub async fn malformed_bodies_are_the_callers_fault(backend: Backend) {
+pub async fn malformed_bodies_are_the_callers_fault(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let addr = app.server().addr;
     // Field 1 (order_id) announced as 5 bytes but only 1 follows; field 1 with invalid
@@ -391,7 +392,7 @@ async fn until_closed(socket: &mut TcpStream) -> Option<usize> {
     }
 }
 
-pub async fn connections_beyond_the_limit_are_closed(backend: Backend) {
+pub async fn connections_beyond_the_limit_are_closed(backend: TestBackend) {
     const LIMIT: usize = 4;
     let app = TestApp::spawn_with(backend, |c| c.grpc.max_connections = LIMIT).await;
     let addr = app.server().addr;
@@ -419,7 +420,7 @@ pub async fn connections_beyond_the_limit_are_closed(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn silent_connections_are_closed_after_the_idle_timeout(backend: Backend) {
+pub async fn silent_connections_are_closed_after_the_idle_timeout(backend: TestBackend) {
     let app = TestApp::spawn_with(backend, |c| {
         c.grpc.keepalive_interval_ms = 200;
         c.grpc.keepalive_timeout_ms = 200;
@@ -441,7 +442,7 @@ pub async fn silent_connections_are_closed_after_the_idle_timeout(backend: Backe
     app.stop().await;
 }
 
-pub async fn one_connection_has_a_bounded_number_of_streams(backend: Backend) {
+pub async fn one_connection_has_a_bounded_number_of_streams(backend: TestBackend) {
     let app = TestApp::spawn_with(backend, |c| c.grpc.max_concurrent_streams = 5).await;
     let addr = app.server().addr;
     let tcp = TcpStream::connect(addr).await.unwrap();

@@ -8,14 +8,8 @@ use oms::Config;
 use oms::config::LogFormat;
 use oms_grpc::pb;
 use oms_grpc::pb::order_service_client::OrderServiceClient;
-use oms_persistence::testing::TestDatabase;
+use oms_persistence::testing::{TestBackend, TestDatabase};
 use tonic::transport::Channel;
-
-#[derive(Debug, Clone, Copy)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
 
 pub struct TestApp {
     pub client: OrderServiceClient<Channel>,
@@ -58,26 +52,23 @@ pub fn plugins_with_testing(names: &[&str]) -> tempfile::TempDir {
 
 impl TestApp {
     /// The full host: API plus saga workers.
-    pub async fn spawn(backend: Backend) -> TestApp {
+    pub async fn spawn(backend: TestBackend) -> TestApp {
         Self::spawn_with(backend, |_| {}).await
     }
 
     /// The API without saga workers: orders stay as the API left them, so tests of the API's
     /// own behaviour (versions, idempotency, watching) are not raced by placement.
-    pub async fn api_only(backend: Backend) -> TestApp {
+    pub async fn api_only(backend: TestBackend) -> TestApp {
         Self::spawn_with(backend, |config| config.saga.workers = 0).await
     }
 
     /// Spawns with the bundled plugins, fast saga polling, and a 1.5 s cap on step
     /// deadlines (so a provider that never answers fails a saga in seconds, not minutes),
     /// then lets `adjust` change the configuration.
-    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let db = match backend {
-            Backend::Postgres => TestDatabase::postgres()
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432 (or OMS_TEST_PG_URL)"),
-            Backend::Sqlite => TestDatabase::sqlite().expect("temporary SQLite file"),
-        };
+    pub async fn spawn_with(backend: TestBackend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let db = TestDatabase::new(backend).await.unwrap_or_else(|e| {
+            panic!("{backend:?} test database (PostgreSQL: 127.0.0.1:5432 or OMS_TEST_PG_URL): {e}")
+        });
         let mut config = Config::default();
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
         config.database.url = db.url().to_owned();

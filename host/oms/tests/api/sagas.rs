@@ -6,16 +6,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use oms_grpc::pb;
+use oms_persistence::testing::TestBackend;
 use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, LogCapture, TestApp, address, break_fakepay, create, error_info, money, oms_cli,
-    order_with, outbox_event_id, outbox_event_types, outbox_payloads, plugins_with_testing,
-    renamed_plugin, settle, wait_for_saga, wait_until,
+    LogCapture, TestApp, address, break_fakepay, create, error_info, money, oms_cli, order_with,
+    outbox_event_id, outbox_event_types, outbox_payloads, plugins_with_testing, renamed_plugin,
+    settle, wait_for_saga, wait_until,
 };
 
-pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
+pub async fn placement_confirms_with_stock_and_a_hold(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let created = create(&app, order_with("c-ok", "DEMO-1", "tok_ok")).await;
     assert_eq!(
@@ -34,7 +35,7 @@ pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn out_of_stock_rejects_without_touching_payment(backend: Backend) {
+pub async fn out_of_stock_rejects_without_touching_payment(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let created = create(&app, order_with("c-oos", "OUT-OF-STOCK", "tok_ok")).await;
     let done = settle(&app, &created.order_id).await;
@@ -56,7 +57,7 @@ pub async fn out_of_stock_rejects_without_touching_payment(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn declined_payment_releases_the_stock(backend: Backend) {
+pub async fn declined_payment_releases_the_stock(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let created = create(&app, order_with("c-decl", "DEMO-1", "tok_decline")).await;
     let done = settle(&app, &created.order_id).await;
@@ -79,7 +80,7 @@ pub async fn declined_payment_releases_the_stock(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn transient_failures_are_retried_to_success(backend: Backend) {
+pub async fn transient_failures_are_retried_to_success(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let created = create(&app, order_with("c-flaky", "DEMO-2", "tok_flaky")).await;
     let done = settle(&app, &created.order_id).await;
@@ -88,7 +89,7 @@ pub async fn transient_failures_are_retried_to_success(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn a_provider_past_its_deadline_fails_the_payment(backend: Backend) {
+pub async fn a_provider_past_its_deadline_fails_the_payment(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let created = create(&app, order_with("c-slow", "DEMO-1", "tok_slow")).await;
     let done = settle(&app, &created.order_id).await;
@@ -106,7 +107,7 @@ pub async fn a_provider_past_its_deadline_fails_the_payment(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn a_trapping_payment_plugin_fails_the_payment(backend: Backend) {
+pub async fn a_trapping_payment_plugin_fails_the_payment(backend: TestBackend) {
     // The bundled plugins plus the test-only `trap` payment provider.
     let dir = plugins_with_testing(&["trap"]);
     let plugins = dir.path().to_owned();
@@ -123,7 +124,7 @@ pub async fn a_trapping_payment_plugin_fails_the_payment(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn cancel_after_confirmation_voids_and_releases(backend: Backend) {
+pub async fn cancel_after_confirmation_voids_and_releases(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let created = create(&app, order_with("c-cancel", "DEMO-1", "tok_ok")).await;
     assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
@@ -154,7 +155,7 @@ pub async fn cancel_after_confirmation_voids_and_releases(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn cancel_while_placing_leaves_nothing_held(backend: Backend) {
+pub async fn cancel_while_placing_leaves_nothing_held(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let mut c = app.client.clone();
     // tok_flaky keeps the placement busy with retries, so the cancel lands mid-saga (or,
@@ -181,7 +182,7 @@ pub async fn cancel_while_placing_leaves_nothing_held(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn fulfillment_captures_and_refunds_are_bounded(backend: Backend) {
+pub async fn fulfillment_captures_and_refunds_are_bounded(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let mut c = app.client.clone();
     let created = create(&app, order_with("c-ship", "DEMO-1", "tok_ok")).await;
@@ -256,7 +257,7 @@ pub async fn fulfillment_captures_and_refunds_are_bounded(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Backend) {
+pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let mut c = app.client.clone();
     let created = create(&app, order_with("c-ops", "DEMO-1", "tok_ok")).await;
@@ -308,7 +309,7 @@ pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Ba
     app.stop().await;
 }
 
-pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: Backend) {
+pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: TestBackend) {
     let app = TestApp::spawn_with(backend, |config| {
         config.plugins.inventory = "no-such-adapter".into();
     })
@@ -324,7 +325,7 @@ pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: Bac
     app.stop().await;
 }
 
-pub async fn a_confirmed_order_notifies_its_customer(backend: Backend) {
+pub async fn a_confirmed_order_notifies_its_customer(backend: TestBackend) {
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("notifications.jsonl");
     let file = sink.clone();
@@ -367,7 +368,7 @@ fn assert_public(reason: &str) {
     }
 }
 
-pub async fn misbehaving_payment_plugins_fail_with_their_own_code(backend: Backend) {
+pub async fn misbehaving_payment_plugins_fail_with_their_own_code(backend: TestBackend) {
     let dir = plugins_with_testing(&["trap", "infinite-loop", "memory-bomb"]);
     let plugins = dir.path().to_owned();
     // A 300 ms step deadline leaves room for at most four attempts per order, fewer than the
@@ -404,7 +405,7 @@ pub async fn misbehaving_payment_plugins_fail_with_their_own_code(backend: Backe
     app.stop().await;
 }
 
-pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: Backend) {
+pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: TestBackend) {
     let dir = plugins_with_testing(&["trap"]);
     let plugins = dir.path().to_owned();
     let app = TestApp::spawn_with(backend, move |config| config.plugins.dir = plugins).await;
@@ -447,7 +448,7 @@ pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: Backend) 
     app.stop().await;
 }
 
-pub async fn confirmation_emails_stay_out_of_the_logs(backend: Backend) {
+pub async fn confirmation_emails_stay_out_of_the_logs(backend: TestBackend) {
     let logs = LogCapture::get();
     // No notifications file: the default sink logs them. Values unique to this test, since
     // other tests log into the same capture.
@@ -541,7 +542,7 @@ fn refused(result: Result<pb::Order, tonic::Status>) -> (String, HashMap<String,
 /// Fulfill-then-cancel (and refund, address change) while the fulfillment saga runs: the cancel
 /// used to be accepted, leaving the order CANCELLING with the money captured and the stock
 /// committed, and the fulfillment failing forever. Now each is refused and nothing is written.
-pub async fn operations_during_fulfillment_are_refused_without_a_trace(backend: Backend) {
+pub async fn operations_during_fulfillment_are_refused_without_a_trace(backend: TestBackend) {
     // Captures retry for 10 s against a broken provider: the fulfillment saga is still
     // running while the requests below arrive.
     let app = TestApp::spawn_with(backend, |c| c.saga.step_deadline_cap_ms = 10_000).await;
@@ -582,7 +583,11 @@ pub async fn operations_during_fulfillment_are_refused_without_a_trace(backend: 
     assert_eq!(now.status(), S::Confirmed);
     assert_eq!(
         outbox_event_types(&app.db, &order.order_id).await,
-        ["OrderCreated", "OrderConfirmed", "OrderFulfillmentRequested"]
+        [
+            "OrderCreated",
+            "OrderConfirmed",
+            "OrderFulfillmentRequested"
+        ]
     );
     let sagas = crate::helpers::sagas_of(&app.db, &order.order_id).await;
     assert_eq!(
@@ -596,7 +601,7 @@ pub async fn operations_during_fulfillment_are_refused_without_a_trace(backend: 
 /// Cancel-then-fulfill: while the cancellation saga runs, fulfill, refund and a second cancel
 /// are refused as in progress; once it ends the order is CANCELLED with nothing held, and a
 /// fulfillment is an illegal transition.
-pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
+pub async fn operations_during_a_cancellation_wait_for_it(backend: TestBackend) {
     let app = TestApp::spawn_with(backend, |c| c.saga.step_deadline_cap_ms = 10_000).await;
     let order = confirmed(&app, "c-cancel-race").await;
     let broken = break_fakepay(&app).await;
@@ -636,7 +641,9 @@ pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
 /// Capture fails after the stock was committed: the fulfillment parks (announced), a cancel is
 /// refused for good (it used to void the hold and leave the stock committed: goods shipped
 /// unpaid), and the operator's `oms saga retry` finishes the fulfillment.
-pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(backend: Backend) {
+pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(
+    backend: TestBackend,
+) {
     let app = TestApp::spawn(backend).await;
     let order = confirmed(&app, "c-ship-fail").await;
     let broken = break_fakepay(&app).await;
@@ -718,7 +725,7 @@ pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(ba
 
 /// A cancel that finds nothing held yet cancels at once; the placement saga, still retrying
 /// its first step, must then stop and end instead of going on for a cancelled order.
-pub async fn a_cancel_before_anything_is_held_stops_the_placement(backend: Backend) {
+pub async fn a_cancel_before_anything_is_held_stops_the_placement(backend: TestBackend) {
     // The inventory adapter is missing: the placement retries `reserve` with nothing held.
     let app = TestApp::spawn_with(backend, |c| {
         c.plugins.inventory = "late-stock".into();
@@ -753,7 +760,7 @@ pub async fn a_cancel_before_anything_is_held_stops_the_placement(backend: Backe
 }
 
 /// An address change beside a running placement is kept: each step re-reads the order.
-pub async fn an_address_change_beside_the_placement_is_kept(backend: Backend) {
+pub async fn an_address_change_beside_the_placement_is_kept(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
     let created = create(&app, order_with("c-move", "DEMO-1", "tok_flaky")).await;
     let mut c = app.client.clone();

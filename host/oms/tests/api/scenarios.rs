@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use oms_grpc::pb;
+use oms_persistence::testing::TestBackend;
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, TestApp, address, current_version, keyed, money, outbox_event_types, valid_order,
+    TestApp, address, current_version, keyed, money, outbox_event_types, valid_order,
     violated_fields, with_timeout,
 };
 
-pub async fn create_then_get_returns_the_same_order(backend: Backend) {
+pub async fn create_then_get_returns_the_same_order(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let created = c
@@ -37,7 +38,7 @@ pub async fn create_then_get_returns_the_same_order(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn list_paginates_newest_first_with_filters(backend: Backend) {
+pub async fn list_paginates_newest_first_with_filters(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let mut ids = Vec::new();
@@ -135,7 +136,7 @@ pub async fn list_paginates_newest_first_with_filters(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn every_validation_error_names_its_field(backend: Backend) {
+pub async fn every_validation_error_names_its_field(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
 
@@ -253,7 +254,7 @@ pub async fn every_validation_error_names_its_field(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn failed_validation_does_not_consume_the_key(backend: Backend) {
+pub async fn failed_validation_does_not_consume_the_key(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let mut bad = valid_order("c-1");
@@ -270,7 +271,7 @@ pub async fn failed_validation_does_not_consume_the_key(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn idempotent_replay_returns_the_identical_response(backend: Backend) {
+pub async fn idempotent_replay_returns_the_identical_response(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let first = c
@@ -326,7 +327,7 @@ pub async fn idempotent_replay_returns_the_identical_response(backend: Backend) 
     app.stop().await;
 }
 
-pub async fn key_reused_with_another_request_is_refused(backend: Backend) {
+pub async fn key_reused_with_another_request_is_refused(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     c.create_order(keyed(valid_order("c-a"), "shared"))
@@ -354,7 +355,7 @@ pub async fn key_reused_with_another_request_is_refused(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn concurrent_identical_creates_make_one_order(backend: Backend) {
+pub async fn concurrent_identical_creates_make_one_order(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let calls = (0..50).map(|_| {
         let mut c = app.client.clone();
@@ -388,7 +389,7 @@ pub async fn concurrent_identical_creates_make_one_order(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn concurrent_address_updates_admit_exactly_one(backend: Backend) {
+pub async fn concurrent_address_updates_admit_exactly_one(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
@@ -439,7 +440,7 @@ pub async fn concurrent_address_updates_admit_exactly_one(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn stale_version_is_aborted_with_the_current_version(backend: Backend) {
+pub async fn stale_version_is_aborted_with_the_current_version(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
@@ -471,7 +472,7 @@ pub async fn stale_version_is_aborted_with_the_current_version(backend: Backend)
     app.stop().await;
 }
 
-pub async fn watch_ends_with_deadline_exceeded(backend: Backend) {
+pub async fn watch_ends_with_deadline_exceeded(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
@@ -497,7 +498,7 @@ pub async fn watch_ends_with_deadline_exceeded(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn watch_follows_a_cancellation_to_its_end(backend: Backend) {
+pub async fn watch_follows_a_cancellation_to_its_end(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
@@ -541,7 +542,7 @@ pub async fn watch_follows_a_cancellation_to_its_end(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn unknown_order_is_not_found(backend: Backend) {
+pub async fn unknown_order_is_not_found(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let missing = "0190c3f2-7b1e-7cc0-8f35-1c1d2e3f4a5b".to_owned();
@@ -568,7 +569,7 @@ pub async fn unknown_order_is_not_found(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn illegal_transitions_fail_precondition(backend: Backend) {
+pub async fn illegal_transitions_fail_precondition(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
@@ -618,7 +619,7 @@ pub async fn illegal_transitions_fail_precondition(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn every_change_writes_its_outbox_event(backend: Backend) {
+pub async fn every_change_writes_its_outbox_event(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut c = app.client.clone();
     let order = c
@@ -659,7 +660,7 @@ pub async fn every_change_writes_its_outbox_event(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn health_and_reflection_are_served(backend: Backend) {
+pub async fn health_and_reflection_are_served(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
     let serving = health
