@@ -12,9 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 
-use crate::helpers::{
-    TestApp, address, create, money, settle, valid_order, violated_fields, wait_until,
-};
+use crate::helpers::{TestApp, address, money, settle, valid_order, violated_fields, wait_until};
 
 /// How long a test waits for something that should happen quickly before it fails.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -36,12 +34,11 @@ fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 
 pub async fn oversized_requests_get_bounded_errors(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
 
     // Twenty thousand empty lines: refused on their count alone, in one violation.
     let mut request = valid_order("c-big");
     request.items = vec![pb::LineItem::default(); 20_000];
-    let err = c.create_order(request).await.unwrap_err();
+    let err = app.try_create(request).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let listed = violations(&err);
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -52,7 +49,7 @@ pub async fn oversized_requests_get_bounded_errors(backend: TestBackend) {
     // with a last entry counting the rest, and stays a few KiB.
     let mut request = valid_order("c-many");
     request.items = vec![pb::LineItem::default(); 100];
-    let err = c.create_order(request).await.unwrap_err();
+    let err = app.try_create(request).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let listed = violations(&err);
     assert!(listed.len() <= 101, "{} violations", listed.len());
@@ -70,7 +67,6 @@ pub async fn oversized_requests_get_bounded_errors(backend: TestBackend) {
 
 pub async fn mixed_currencies_name_the_line_not_an_overflow(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
     let mut request = valid_order("c-fx");
     request.items[1].unit_price = money(499, "USD");
     request.items.push(pb::LineItem {
@@ -78,7 +74,7 @@ pub async fn mixed_currencies_name_the_line_not_an_overflow(backend: TestBackend
         quantity: 1,
         unit_price: money(100, "EUR"),
     });
-    let err = c.create_order(request).await.unwrap_err();
+    let err = app.try_create(request).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(violated_fields(&err), ["items[1].unit_price.currency"]);
     app.stop().await;
@@ -86,7 +82,6 @@ pub async fn mixed_currencies_name_the_line_not_an_overflow(backend: TestBackend
 
 pub async fn free_text_is_bounded_and_printable(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
 
     type Mutation = fn(&mut pb::CreateOrderRequest);
     let cases: Vec<(&str, Mutation)> = vec![
@@ -113,73 +108,44 @@ pub async fn free_text_is_bounded_and_printable(backend: TestBackend) {
     for (field, mutate) in cases {
         let mut request = valid_order("c-text");
         mutate(&mut request);
-        let err = c.create_order(request).await.unwrap_err();
+        let err = app.try_create(request).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
         assert_eq!(violated_fields(&err), [field], "{field}");
     }
 
-    let order = create(&app, valid_order("c-text")).await;
+    let order = app.create(valid_order("c-text")).await;
     let id = order.order_id.clone();
-    let mut moved = pb::UpdateShippingAddressRequest {
-        order_id: id.clone(),
-        shipping_address: Some(address("Ber\0lin")),
-        expected_version: order.version,
-    };
-    let err = c.update_shipping_address(moved.clone()).await.unwrap_err();
+    let err = app
+        .try_update_address(&id, address("Ber\0lin"), order.version)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(violated_fields(&err), ["shipping_address.city"]);
 
     // A NUL reached PostgreSQL and came back INTERNAL; every reason is checked at the edge.
     for reason in ["changed\0mind", "bell\u{7}", &"x".repeat(501)] {
-        let err = c
-            .cancel_order(pb::CancelOrderRequest {
-                order_id: id.clone(),
-                reason: reason.to_owned(),
-                expected_version: None,
-            })
-            .await
-            .unwrap_err();
+        let err = app.try_cancel(&id, reason).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert_eq!(violated_fields(&err), ["reason"]);
-        let err = c
-            .refund_order(pb::RefundOrderRequest {
-                order_id: id.clone(),
-                reason: reason.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
+        let err = app.try_refund(&id, None, reason).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert_eq!(violated_fields(&err), ["reason"]);
     }
 
     // Nothing above changed the order; a clean reason still works.
-    moved.shipping_address = Some(address("Hamburg"));
-    c.update_shipping_address(moved).await.unwrap();
-    let cancelled = c
-        .cancel_order(pb::CancelOrderRequest {
-            order_id: id.clone(),
-            reason: "changed mind — früh".into(),
-            expected_version: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    app.update_address(&id, address("Hamburg"), order.version)
+        .await;
+    let cancelled = app.cancel(&id, "changed mind — früh").await;
     assert_eq!(cancelled.failure_reason, "changed mind — früh");
     app.stop().await;
 }
 
 pub async fn refund_arguments_are_invalid_not_preconditions(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let order = create(&app, valid_order("c-refund-arg")).await;
+    let order = app.create(valid_order("c-refund-arg")).await;
     for amount in [money(0, "EUR"), money(100, "USD")] {
-        let err = c
-            .refund_order(pb::RefundOrderRequest {
-                order_id: order.order_id.clone(),
-                amount: amount.clone(),
-                ..Default::default()
-            })
+        let err = app
+            .try_refund(&order.order_id, amount.clone(), "")
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{amount:?}: {err:?}");
@@ -193,12 +159,8 @@ pub async fn refund_arguments_are_invalid_not_preconditions(backend: TestBackend
         assert_eq!(crate::helpers::error_info(&err).0, expected, "{amount:?}");
     }
     // Refunding an order that captured nothing stays a question of its state.
-    let err = c
-        .refund_order(pb::RefundOrderRequest {
-            order_id: order.order_id.clone(),
-            amount: money(100, "EUR"),
-            ..Default::default()
-        })
+    let err = app
+        .try_refund(&order.order_id, money(100, "EUR"), "")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -209,30 +171,16 @@ pub async fn refund_reason_reaches_the_outbox_event(backend: TestBackend) {
     use pb::OrderStatus as S;
     use pb::PaymentStatus as P;
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let order = create(
-        &app,
-        crate::helpers::order_with("c-why", "DEMO-1", "tok_ok"),
-    )
-    .await;
+    let order = app
+        .create(crate::helpers::order_with("c-why", "DEMO-1", "tok_ok"))
+        .await;
     settle(&app, &order.order_id).await;
-    c.fulfill_order(pb::FulfillOrderRequest {
-        order_id: order.order_id.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.fulfill(&order.order_id).await;
     wait_until(&app, &order.order_id, PATIENCE * 2, |o| {
         o.status() == S::Fulfilled
     })
     .await;
-    c.refund_order(pb::RefundOrderRequest {
-        order_id: order.order_id.clone(),
-        reason: "arrived damaged".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.refund(&order.order_id, None, "arrived damaged").await;
     wait_until(&app, &order.order_id, PATIENCE * 2, |o| {
         o.payment_status() == P::Refunded
     })
@@ -414,7 +362,7 @@ pub async fn connections_beyond_the_limit_are_closed(backend: TestBackend) {
     }
     assert_eq!((served, closed), (LIMIT - 1, 7));
     // The client that was there first is still served.
-    let order = create(&app, valid_order("c-limit")).await;
+    let order = app.create(valid_order("c-limit")).await;
     assert_eq!(order.customer_id, "c-limit");
     drop(raw);
     app.stop().await;
