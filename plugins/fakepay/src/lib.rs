@@ -10,11 +10,15 @@
 //! | anything else | `invalid` |
 //!
 //! All state lives in the host's KV (the manifest must grant `kv`): payments under
-//! `payment/<id>`, the outcome of every mutating call under `idem/<idempotency-key>`, and
-//! under `calls/<operation>/<idempotency-key>` how many times that call reached the provider
-//! (replays included), so tests can prove the host sends each saga step exactly once. Each
+//! `payment/<id>` and the outcome of every mutating call under `idem/<idempotency-key>`. Each
 //! mutation writes both in one `compare-and-swap`, so a retry or a concurrent duplicate replays
 //! the recorded outcome instead of moving money twice.
+//!
+//! With `[config] count-calls = "true"` (off in the bundled manifest: it costs one more KV
+//! write per call), fakepay also counts under `calls/<operation>/<idempotency-key>` how many
+//! times that call reached the provider (replays included). Only tests turn it on: it shows a
+//! call that reached the provider but whose answer the host never recorded, so they can prove
+//! the host sends each saga step exactly once.
 
 mod ledger;
 mod record;
@@ -34,6 +38,7 @@ mod bindings {
 use bindings::exports::oms::plugins::payment::{
     AuthorizeRequest, Guest, Money, Payment, PaymentError, PaymentId, PaymentLookup,
 };
+use bindings::oms::plugins::config;
 
 struct FakePay;
 
@@ -71,7 +76,11 @@ impl Guest for FakePay {
     }
 }
 
-/// Counts a call under `calls/<operation>/<key>` before acting on it.
+/// Counts a call under `calls/<operation>/<key>` before acting on it, when the manifest asks
+/// for it (`[config] count-calls = "true"`); otherwise writes nothing.
 fn count_call(operation: &str, idempotency_key: &str) -> Result<(), PaymentError> {
+    if config::get("count-calls").as_deref() != Some("true") {
+        return Ok(());
+    }
     store::bump(&format!("calls/{operation}/{idempotency_key}")).map(|_| ())
 }

@@ -9,7 +9,10 @@
 //!   or committed.
 //! - `reserve/<idempotency-key>`: the outcome of a `reserve`, so that a retry replays it.
 //! - `calls/<operation>/<idempotency-key>`: how many times that call reached the adapter
-//!   (replays included), so tests can prove the host sends each saga step exactly once.
+//!   (replays included). Written only with `[config] count-calls = "true"` (off in the
+//!   bundled manifest: it costs one more KV write per call); tests turn it on to see a call
+//!   that reached the adapter but whose answer the host never recorded, and so prove the host
+//!   sends each saga step exactly once.
 //!
 //! `reserve` is one `compare-and-swap`: it decrements every SKU with a lower bound of zero and
 //! records the reservation and its outcome in the same atomic batch, so concurrent
@@ -31,6 +34,7 @@ mod bindings {
 }
 
 use bindings::exports::oms::plugins::inventory::{Guest, InventoryError, Line, ReservationId};
+use bindings::oms::plugins::config;
 use bindings::oms::plugins::kv::{self, BatchOutcome, BoundedAdd, KvError};
 
 struct LocalStock;
@@ -74,8 +78,12 @@ impl From<KvError> for InventoryError {
     }
 }
 
-/// Counts a call under `calls/<operation>/<key>` before acting on it.
+/// Counts a call under `calls/<operation>/<key>` before acting on it, when the manifest asks
+/// for it (`[config] count-calls = "true"`); otherwise writes nothing.
 fn count_call(operation: &str, idempotency_key: &str) -> Result<(), InventoryError> {
+    if config::get("count-calls").as_deref() != Some("true") {
+        return Ok(());
+    }
     let add = BoundedAdd {
         key: format!("calls/{operation}/{idempotency_key}"),
         delta: 1,

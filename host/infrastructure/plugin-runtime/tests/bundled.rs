@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::*;
 use oms_plugin_runtime::clients::inventory::{InventoryError, Line};
 use oms_plugin_runtime::clients::notification::{Channel, Customer, Event, Item, OrderSnapshot};
 use oms_plugin_runtime::clients::payment::{PaymentError, PaymentLookup, PaymentStatus};
+use oms_plugin_runtime::kv::{MemoryKvStore, PluginKvStore};
 use oms_plugin_runtime::{CallErrorKind, PluginError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,6 +205,77 @@ async fn local_stock_reserves_all_or_nothing() {
             })
         ),
         "{release:?}"
+    );
+}
+
+/// fakepay and local-stock count their calls in KV only when a manifest asks (a KV write per
+/// call that production should not pay): the bundled manifests do not, a test's copy does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_counters_are_kept_only_when_the_manifest_asks() {
+    let lines = || {
+        vec![Line {
+            sku: "DEMO-1".into(),
+            quantity: 1,
+        }]
+    };
+
+    let kv = Arc::new(MemoryKvStore::new());
+    let rt = runtime_with(kv.clone());
+    rt.install(manifest("fakepay")).await.unwrap();
+    rt.install(manifest("local-stock")).await.unwrap();
+    let pay = rt.payment("fakepay");
+    pay.authorize(authorize_request("tok_ok", "k-quiet"))
+        .await
+        .unwrap();
+    let inv = rt.inventory("local-stock");
+    inv.reserve("o-quiet".into(), lines(), "r-quiet".into())
+        .await
+        .unwrap();
+    assert!(kv.get("fakepay", "idem/k-quiet").await.unwrap().is_some());
+    assert_eq!(
+        kv.get("fakepay", "calls/authorize/k-quiet").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        kv.get("local-stock", "calls/reserve/r-quiet")
+            .await
+            .unwrap(),
+        None
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let counting =
+        |text: String| text.replace("\n[config]\n", "\n[config]\ncount-calls = \"true\"\n");
+    let kv = Arc::new(MemoryKvStore::new());
+    let rt = runtime_with(kv.clone());
+    rt.install(staged(dir.path(), "fakepay", counting))
+        .await
+        .unwrap();
+    rt.install(staged(dir.path(), "local-stock", counting))
+        .await
+        .unwrap();
+    let pay = rt.payment("fakepay");
+    let inv = rt.inventory("local-stock");
+    // Twice each: a replay of the same key reaches the plugin too, and is counted.
+    for _ in 0..2 {
+        pay.authorize(authorize_request("tok_ok", "k-counted"))
+            .await
+            .unwrap();
+        inv.reserve("o-counted".into(), lines(), "r-counted".into())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        kv.get("fakepay", "calls/authorize/k-counted")
+            .await
+            .unwrap(),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(
+        kv.get("local-stock", "calls/reserve/r-counted")
+            .await
+            .unwrap(),
+        Some(b"2".to_vec())
     );
 }
 

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use oms_grpc::pb;
+use oms_persistence::testing::TestBackend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 
-use crate::helpers::{
-    Backend, TestApp, address, create, money, settle, valid_order, violated_fields, wait_until,
-};
+use crate::helpers::{TestApp, address, money, settle, valid_order, violated_fields, wait_until};
 
 /// How long a test waits for something that should happen quickly before it fails.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -33,14 +32,13 @@ fn violations(status: &tonic::Status) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-pub async fn oversized_requests_get_bounded_errors(backend: Backend) {
+pub async fn oversized_requests_get_bounded_errors(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
 
     // Twenty thousand empty lines: refused on their count alone, in one violation.
     let mut request = valid_order("c-big");
     request.items = vec![pb::LineItem::default(); 20_000];
-    let err = c.create_order(request).await.unwrap_err();
+    let err = app.try_create(request).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let listed = violations(&err);
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -51,7 +49,7 @@ pub async fn oversized_requests_get_bounded_errors(backend: Backend) {
     // with a last entry counting the rest, and stays a few KiB.
     let mut request = valid_order("c-many");
     request.items = vec![pb::LineItem::default(); 100];
-    let err = c.create_order(request).await.unwrap_err();
+    let err = app.try_create(request).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let listed = violations(&err);
     assert!(listed.len() <= 101, "{} violations", listed.len());
@@ -67,9 +65,8 @@ pub async fn oversized_requests_get_bounded_errors(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn mixed_currencies_name_the_line_not_an_overflow(backend: Backend) {
+pub async fn mixed_currencies_name_the_line_not_an_overflow(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
     let mut request = valid_order("c-fx");
     request.items[1].unit_price = money(499, "USD");
     request.items.push(pb::LineItem {
@@ -77,15 +74,14 @@ pub async fn mixed_currencies_name_the_line_not_an_overflow(backend: Backend) {
         quantity: 1,
         unit_price: money(100, "EUR"),
     });
-    let err = c.create_order(request).await.unwrap_err();
+    let err = app.try_create(request).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(violated_fields(&err), ["items[1].unit_price.currency"]);
     app.stop().await;
 }
 
-pub async fn free_text_is_bounded_and_printable(backend: Backend) {
+pub async fn free_text_is_bounded_and_printable(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
 
     type Mutation = fn(&mut pb::CreateOrderRequest);
     let cases: Vec<(&str, Mutation)> = vec![
@@ -112,73 +108,44 @@ pub async fn free_text_is_bounded_and_printable(backend: Backend) {
     for (field, mutate) in cases {
         let mut request = valid_order("c-text");
         mutate(&mut request);
-        let err = c.create_order(request).await.unwrap_err();
+        let err = app.try_create(request).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
         assert_eq!(violated_fields(&err), [field], "{field}");
     }
 
-    let order = create(&app, valid_order("c-text")).await;
+    let order = app.create(valid_order("c-text")).await;
     let id = order.order_id.clone();
-    let mut moved = pb::UpdateShippingAddressRequest {
-        order_id: id.clone(),
-        shipping_address: Some(address("Ber\0lin")),
-        expected_version: order.version,
-    };
-    let err = c.update_shipping_address(moved.clone()).await.unwrap_err();
+    let err = app
+        .try_update_address(&id, address("Ber\0lin"), order.version)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(violated_fields(&err), ["shipping_address.city"]);
 
     // A NUL reached PostgreSQL and came back INTERNAL; every reason is checked at the edge.
     for reason in ["changed\0mind", "bell\u{7}", &"x".repeat(501)] {
-        let err = c
-            .cancel_order(pb::CancelOrderRequest {
-                order_id: id.clone(),
-                reason: reason.to_owned(),
-                expected_version: None,
-            })
-            .await
-            .unwrap_err();
+        let err = app.try_cancel(&id, reason).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert_eq!(violated_fields(&err), ["reason"]);
-        let err = c
-            .refund_order(pb::RefundOrderRequest {
-                order_id: id.clone(),
-                reason: reason.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
+        let err = app.try_refund(&id, None, reason).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert_eq!(violated_fields(&err), ["reason"]);
     }
 
     // Nothing above changed the order; a clean reason still works.
-    moved.shipping_address = Some(address("Hamburg"));
-    c.update_shipping_address(moved).await.unwrap();
-    let cancelled = c
-        .cancel_order(pb::CancelOrderRequest {
-            order_id: id.clone(),
-            reason: "changed mind — früh".into(),
-            expected_version: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    app.update_address(&id, address("Hamburg"), order.version)
+        .await;
+    let cancelled = app.cancel(&id, "changed mind — früh").await;
     assert_eq!(cancelled.failure_reason, "changed mind — früh");
     app.stop().await;
 }
 
-pub async fn refund_arguments_are_invalid_not_preconditions(backend: Backend) {
+pub async fn refund_arguments_are_invalid_not_preconditions(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let order = create(&app, valid_order("c-refund-arg")).await;
+    let order = app.create(valid_order("c-refund-arg")).await;
     for amount in [money(0, "EUR"), money(100, "USD")] {
-        let err = c
-            .refund_order(pb::RefundOrderRequest {
-                order_id: order.order_id.clone(),
-                amount: amount.clone(),
-                ..Default::default()
-            })
+        let err = app
+            .try_refund(&order.order_id, amount.clone(), "")
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{amount:?}: {err:?}");
@@ -192,46 +159,28 @@ pub async fn refund_arguments_are_invalid_not_preconditions(backend: Backend) {
         assert_eq!(crate::helpers::error_info(&err).0, expected, "{amount:?}");
     }
     // Refunding an order that captured nothing stays a question of its state.
-    let err = c
-        .refund_order(pb::RefundOrderRequest {
-            order_id: order.order_id.clone(),
-            amount: money(100, "EUR"),
-            ..Default::default()
-        })
+    let err = app
+        .try_refund(&order.order_id, money(100, "EUR"), "")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     app.stop().await;
 }
 
-pub async fn refund_reason_reaches_the_outbox_event(backend: Backend) {
+pub async fn refund_reason_reaches_the_outbox_event(backend: TestBackend) {
     use pb::OrderStatus as S;
     use pb::PaymentStatus as P;
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let order = create(
-        &app,
-        crate::helpers::order_with("c-why", "DEMO-1", "tok_ok"),
-    )
-    .await;
+    let order = app
+        .create(crate::helpers::order_with("c-why", "DEMO-1", "tok_ok"))
+        .await;
     settle(&app, &order.order_id).await;
-    c.fulfill_order(pb::FulfillOrderRequest {
-        order_id: order.order_id.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.fulfill(&order.order_id).await;
     wait_until(&app, &order.order_id, PATIENCE * 2, |o| {
         o.status() == S::Fulfilled
     })
     .await;
-    c.refund_order(pb::RefundOrderRequest {
-        order_id: order.order_id.clone(),
-        reason: "arrived damaged".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.refund(&order.order_id, None, "arrived damaged").await;
     wait_until(&app, &order.order_id, PATIENCE * 2, |o| {
         o.payment_status() == P::Refunded
     })
@@ -319,7 +268,7 @@ fn framed(message: &[u8]) -> Vec<u8> {
     frame(0, u32::try_from(message.len()).unwrap(), message)
 }
 
-pub async fn malformed_bodies_are_the_callers_fault(backend: Backend) {
+pub async fn malformed_bodies_are_the_callers_fault(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let addr = app.server().addr;
     // Field 1 (order_id) announced as 5 bytes but only 1 follows; field 1 with invalid
@@ -391,7 +340,7 @@ async fn until_closed(socket: &mut TcpStream) -> Option<usize> {
     }
 }
 
-pub async fn connections_beyond_the_limit_are_closed(backend: Backend) {
+pub async fn connections_beyond_the_limit_are_closed(backend: TestBackend) {
     const LIMIT: usize = 4;
     let app = TestApp::spawn_with(backend, |c| c.grpc.max_connections = LIMIT).await;
     let addr = app.server().addr;
@@ -413,13 +362,13 @@ pub async fn connections_beyond_the_limit_are_closed(backend: Backend) {
     }
     assert_eq!((served, closed), (LIMIT - 1, 7));
     // The client that was there first is still served.
-    let order = create(&app, valid_order("c-limit")).await;
+    let order = app.create(valid_order("c-limit")).await;
     assert_eq!(order.customer_id, "c-limit");
     drop(raw);
     app.stop().await;
 }
 
-pub async fn silent_connections_are_closed_after_the_idle_timeout(backend: Backend) {
+pub async fn silent_connections_are_closed_after_the_idle_timeout(backend: TestBackend) {
     let app = TestApp::spawn_with(backend, |c| {
         c.grpc.keepalive_interval_ms = 200;
         c.grpc.keepalive_timeout_ms = 200;
@@ -441,7 +390,7 @@ pub async fn silent_connections_are_closed_after_the_idle_timeout(backend: Backe
     app.stop().await;
 }
 
-pub async fn one_connection_has_a_bounded_number_of_streams(backend: Backend) {
+pub async fn one_connection_has_a_bounded_number_of_streams(backend: TestBackend) {
     let app = TestApp::spawn_with(backend, |c| c.grpc.max_concurrent_streams = 5).await;
     let addr = app.server().addr;
     let tcp = TcpStream::connect(addr).await.unwrap();

@@ -8,14 +8,8 @@ use oms::Config;
 use oms::config::LogFormat;
 use oms_grpc::pb;
 use oms_grpc::pb::order_service_client::OrderServiceClient;
-use oms_persistence::testing::TestDatabase;
+use oms_persistence::testing::{TestBackend, TestDatabase};
 use tonic::transport::Channel;
-
-#[derive(Debug, Clone, Copy)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
 
 pub struct TestApp {
     pub client: OrderServiceClient<Channel>,
@@ -58,26 +52,23 @@ pub fn plugins_with_testing(names: &[&str]) -> tempfile::TempDir {
 
 impl TestApp {
     /// The full host: API plus saga workers.
-    pub async fn spawn(backend: Backend) -> TestApp {
+    pub async fn spawn(backend: TestBackend) -> TestApp {
         Self::spawn_with(backend, |_| {}).await
     }
 
     /// The API without saga workers: orders stay as the API left them, so tests of the API's
     /// own behaviour (versions, idempotency, watching) are not raced by placement.
-    pub async fn api_only(backend: Backend) -> TestApp {
+    pub async fn api_only(backend: TestBackend) -> TestApp {
         Self::spawn_with(backend, |config| config.saga.workers = 0).await
     }
 
     /// Spawns with the bundled plugins, fast saga polling, and a 1.5 s cap on step
     /// deadlines (so a provider that never answers fails a saga in seconds, not minutes),
     /// then lets `adjust` change the configuration.
-    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let db = match backend {
-            Backend::Postgres => TestDatabase::postgres()
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432 (or OMS_TEST_PG_URL)"),
-            Backend::Sqlite => TestDatabase::sqlite().expect("temporary SQLite file"),
-        };
+    pub async fn spawn_with(backend: TestBackend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let db = TestDatabase::new(backend).await.unwrap_or_else(|e| {
+            panic!("{backend:?} test database (PostgreSQL: 127.0.0.1:5432 or OMS_TEST_PG_URL): {e}")
+        });
         let mut config = Config::default();
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
         config.database.url = db.url().to_owned();
@@ -116,6 +107,181 @@ impl TestApp {
             server.stop().await.expect("server stops cleanly");
         }
         self.db.cleanup().await.expect("test database dropped");
+    }
+}
+
+/// Typed calls of the order API. `try_*` return what the server answered, for tests that
+/// look at the refusal; the others unwrap it, for tests where the call must succeed. Those
+/// taking `impl IntoRequest` accept a message or a [`keyed`] request.
+impl TestApp {
+    pub async fn try_create(
+        &self,
+        request: impl tonic::IntoRequest<pb::CreateOrderRequest>,
+    ) -> Result<pb::Order, tonic::Status> {
+        let response = self.client.clone().create_order(request).await;
+        response.map(tonic::Response::into_inner)
+    }
+
+    /// Creates an order (it answers once the order is durably PENDING).
+    pub async fn create(
+        &self,
+        request: impl tonic::IntoRequest<pb::CreateOrderRequest>,
+    ) -> pb::Order {
+        self.try_create(request).await.expect("CreateOrder")
+    }
+
+    pub async fn try_get(&self, order_id: &str) -> Result<pb::Order, tonic::Status> {
+        let request = pb::GetOrderRequest {
+            order_id: order_id.to_owned(),
+        };
+        let response = self.client.clone().get_order(request).await;
+        response.map(tonic::Response::into_inner)
+    }
+
+    pub async fn get(&self, order_id: &str) -> pb::Order {
+        self.try_get(order_id).await.expect("GetOrder")
+    }
+
+    pub async fn try_list(
+        &self,
+        request: pb::ListOrdersRequest,
+    ) -> Result<pb::ListOrdersResponse, tonic::Status> {
+        let response = self.client.clone().list_orders(request).await;
+        response.map(tonic::Response::into_inner)
+    }
+
+    pub async fn list(&self, request: pb::ListOrdersRequest) -> pb::ListOrdersResponse {
+        self.try_list(request).await.expect("ListOrders")
+    }
+
+    /// The orders of one customer (the first page, newest first).
+    pub async fn list_of(&self, customer_id: &str) -> Vec<pb::Order> {
+        self.list(pb::ListOrdersRequest {
+            customer_id: customer_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .orders
+    }
+
+    /// Follows an order: its current state first, then every change until a terminal status.
+    pub async fn try_watch(
+        &self,
+        request: impl tonic::IntoRequest<pb::WatchOrderRequest>,
+    ) -> Result<tonic::Streaming<pb::Order>, tonic::Status> {
+        let response = self.client.clone().watch_order(request).await;
+        response.map(tonic::Response::into_inner)
+    }
+
+    pub async fn watch(
+        &self,
+        request: impl tonic::IntoRequest<pb::WatchOrderRequest>,
+    ) -> tonic::Streaming<pb::Order> {
+        self.try_watch(request).await.expect("WatchOrder")
+    }
+
+    /// A cancel with every field of the request chosen (expected version, idempotency key).
+    pub async fn try_cancel_with(
+        &self,
+        request: impl tonic::IntoRequest<pb::CancelOrderRequest>,
+    ) -> Result<pb::Order, tonic::Status> {
+        let response = self.client.clone().cancel_order(request).await;
+        response.map(tonic::Response::into_inner)
+    }
+
+    /// Cancels at whatever version the order is; `reason` may be empty.
+    pub async fn try_cancel(
+        &self,
+        order_id: &str,
+        reason: &str,
+    ) -> Result<pb::Order, tonic::Status> {
+        self.try_cancel_with(pb::CancelOrderRequest {
+            order_id: order_id.to_owned(),
+            reason: reason.to_owned(),
+            expected_version: None,
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, order_id: &str, reason: &str) -> pb::Order {
+        self.try_cancel(order_id, reason)
+            .await
+            .expect("CancelOrder")
+    }
+
+    pub async fn try_fulfill(&self, order_id: &str) -> Result<pb::Order, tonic::Status> {
+        let request = pb::FulfillOrderRequest {
+            order_id: order_id.to_owned(),
+            expected_version: None,
+        };
+        let response = self.client.clone().fulfill_order(request).await;
+        response.map(tonic::Response::into_inner)
+    }
+
+    pub async fn fulfill(&self, order_id: &str) -> pb::Order {
+        self.try_fulfill(order_id).await.expect("FulfillOrder")
+    }
+
+    /// Refunds `amount` (`None`: the whole refundable balance); `reason` may be empty.
+    pub async fn try_refund(
+        &self,
+        order_id: &str,
+        amount: Option<pb::Money>,
+        reason: &str,
+    ) -> Result<pb::Order, tonic::Status> {
+        let request = pb::RefundOrderRequest {
+            order_id: order_id.to_owned(),
+            amount,
+            reason: reason.to_owned(),
+            expected_version: None,
+        };
+        let response = self.client.clone().refund_order(request).await;
+        response.map(tonic::Response::into_inner)
+    }
+
+    pub async fn refund(
+        &self,
+        order_id: &str,
+        amount: Option<pb::Money>,
+        reason: &str,
+    ) -> pb::Order {
+        self.try_refund(order_id, amount, reason)
+            .await
+            .expect("RefundOrder")
+    }
+
+    /// An address change with the request built by the caller (an idempotency key).
+    pub async fn try_update_address_with(
+        &self,
+        request: impl tonic::IntoRequest<pb::UpdateShippingAddressRequest>,
+    ) -> Result<pb::Order, tonic::Status> {
+        let response = self.client.clone().update_shipping_address(request).await;
+        response.map(tonic::Response::into_inner)
+    }
+
+    pub async fn try_update_address(
+        &self,
+        order_id: &str,
+        address: pb::ShippingAddress,
+        expected_version: i64,
+    ) -> Result<pb::Order, tonic::Status> {
+        self.try_update_address_with(pb::UpdateShippingAddressRequest {
+            order_id: order_id.to_owned(),
+            shipping_address: Some(address),
+            expected_version,
+        })
+        .await
+    }
+
+    pub async fn update_address(
+        &self,
+        order_id: &str,
+        address: pb::ShippingAddress,
+        expected_version: i64,
+    ) -> pb::Order {
+        self.try_update_address(order_id, address, expected_version)
+            .await
+            .expect("UpdateShippingAddress")
     }
 }
 
@@ -345,17 +511,14 @@ pub async fn wait_until(
     done: impl Fn(&pb::Order) -> bool,
 ) -> pb::Order {
     use futures::StreamExt;
-    let mut client = app.client.clone();
-    let mut stream = client
-        .watch_order(with_timeout(
+    let mut stream = app
+        .watch(with_timeout(
             pb::WatchOrderRequest {
                 order_id: order_id.to_owned(),
             },
             within,
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     let mut last = None;
     while let Some(item) = stream.next().await {
         match item {
@@ -384,12 +547,6 @@ pub async fn settle(app: &TestApp, order_id: &str) -> pb::Order {
         )
     })
     .await
-}
-
-/// Creates an order through the API (it answers once the order is durably PENDING).
-pub async fn create(app: &TestApp, request: pb::CreateOrderRequest) -> pb::Order {
-    let mut client = app.client.clone();
-    client.create_order(request).await.unwrap().into_inner()
 }
 
 pub fn order_with(customer: &str, sku: &str, token: &str) -> pb::CreateOrderRequest {

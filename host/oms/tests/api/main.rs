@@ -15,7 +15,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    crate::$module::$name(crate::helpers::Backend::Postgres).await;
+                    crate::$module::$name(oms_persistence::testing::TestBackend::Postgres).await;
                 }
             )*
         }
@@ -23,7 +23,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    crate::$module::$name(crate::helpers::Backend::Sqlite).await;
+                    crate::$module::$name(oms_persistence::testing::TestBackend::Sqlite).await;
                 }
             )*
         }

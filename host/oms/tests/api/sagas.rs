@@ -6,18 +6,19 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use oms_grpc::pb;
+use oms_persistence::testing::TestBackend;
 use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, LogCapture, TestApp, address, break_fakepay, create, error_info, money, oms_cli,
-    order_with, outbox_event_id, outbox_event_types, outbox_payloads, plugins_with_testing,
-    renamed_plugin, settle, wait_for_saga, wait_until,
+    LogCapture, TestApp, address, break_fakepay, error_info, money, oms_cli, order_with,
+    outbox_event_id, outbox_event_types, outbox_payloads, plugins_with_testing, renamed_plugin,
+    settle, wait_for_saga, wait_until,
 };
 
-pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
+pub async fn placement_confirms_with_stock_and_a_hold(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let created = create(&app, order_with("c-ok", "DEMO-1", "tok_ok")).await;
+    let created = app.create(order_with("c-ok", "DEMO-1", "tok_ok")).await;
     assert_eq!(
         created.status(),
         S::Pending,
@@ -34,9 +35,11 @@ pub async fn placement_confirms_with_stock_and_a_hold(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn out_of_stock_rejects_without_touching_payment(backend: Backend) {
+pub async fn out_of_stock_rejects_without_touching_payment(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let created = create(&app, order_with("c-oos", "OUT-OF-STOCK", "tok_ok")).await;
+    let created = app
+        .create(order_with("c-oos", "OUT-OF-STOCK", "tok_ok"))
+        .await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::Rejected, "{done:?}");
     assert_eq!(
@@ -56,9 +59,11 @@ pub async fn out_of_stock_rejects_without_touching_payment(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn declined_payment_releases_the_stock(backend: Backend) {
+pub async fn declined_payment_releases_the_stock(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let created = create(&app, order_with("c-decl", "DEMO-1", "tok_decline")).await;
+    let created = app
+        .create(order_with("c-decl", "DEMO-1", "tok_decline"))
+        .await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
     // The provider's own words after a stable code, not `PaymentError::Declined("...")`.
@@ -79,18 +84,20 @@ pub async fn declined_payment_releases_the_stock(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn transient_failures_are_retried_to_success(backend: Backend) {
+pub async fn transient_failures_are_retried_to_success(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let created = create(&app, order_with("c-flaky", "DEMO-2", "tok_flaky")).await;
+    let created = app
+        .create(order_with("c-flaky", "DEMO-2", "tok_flaky"))
+        .await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::Confirmed, "{done:?}");
     assert_eq!(done.payment_status(), P::Authorized);
     app.stop().await;
 }
 
-pub async fn a_provider_past_its_deadline_fails_the_payment(backend: Backend) {
+pub async fn a_provider_past_its_deadline_fails_the_payment(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let created = create(&app, order_with("c-slow", "DEMO-1", "tok_slow")).await;
+    let created = app.create(order_with("c-slow", "DEMO-1", "tok_slow")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
     assert_eq!(
@@ -106,37 +113,32 @@ pub async fn a_provider_past_its_deadline_fails_the_payment(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn a_trapping_payment_plugin_fails_the_payment(backend: Backend) {
+pub async fn a_trapping_payment_plugin_fails_the_payment(backend: TestBackend) {
     // The bundled plugins plus the test-only `trap` payment provider.
     let dir = plugins_with_testing(&["trap"]);
     let plugins = dir.path().to_owned();
     let app = TestApp::spawn_with(backend, move |config| config.plugins.dir = plugins).await;
     let mut request = order_with("c-trap", "DEMO-1", "tok_ok");
     request.payment.as_mut().unwrap().provider = "trap".into();
-    let created = create(&app, request).await;
+    let created = app.create(request).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
     assert_eq!(done.reservation_status(), R::Released);
     // The host kept serving: the next order with a healthy provider confirms.
-    let next = create(&app, order_with("c-after-trap", "DEMO-1", "tok_ok")).await;
+    let next = app
+        .create(order_with("c-after-trap", "DEMO-1", "tok_ok"))
+        .await;
     assert_eq!(settle(&app, &next.order_id).await.status(), S::Confirmed);
     app.stop().await;
 }
 
-pub async fn cancel_after_confirmation_voids_and_releases(backend: Backend) {
+pub async fn cancel_after_confirmation_voids_and_releases(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let created = create(&app, order_with("c-cancel", "DEMO-1", "tok_ok")).await;
+    let created = app.create(order_with("c-cancel", "DEMO-1", "tok_ok")).await;
     assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
-    let mut c = app.client.clone();
-    let cancelling = c
-        .cancel_order(pb::CancelOrderRequest {
-            order_id: created.order_id.clone(),
-            reason: "customer changed their mind".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cancelling = app
+        .cancel(&created.order_id, "customer changed their mind")
+        .await;
     assert_eq!(cancelling.status(), S::Cancelling);
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::Cancelled, "{done:?}");
@@ -154,18 +156,14 @@ pub async fn cancel_after_confirmation_voids_and_releases(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn cancel_while_placing_leaves_nothing_held(backend: Backend) {
+pub async fn cancel_while_placing_leaves_nothing_held(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
     // tok_flaky keeps the placement busy with retries, so the cancel lands mid-saga (or,
     // on a fast machine, right after it): either way nothing may stay held.
-    let created = create(&app, order_with("c-race", "DEMO-1", "tok_flaky")).await;
-    c.cancel_order(pb::CancelOrderRequest {
-        order_id: created.order_id.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let created = app
+        .create(order_with("c-race", "DEMO-1", "tok_flaky"))
+        .await;
+    app.cancel(&created.order_id, "").await;
     let done = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
         o.status() == S::Cancelled
     })
@@ -181,18 +179,12 @@ pub async fn cancel_while_placing_leaves_nothing_held(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn fulfillment_captures_and_refunds_are_bounded(backend: Backend) {
+pub async fn fulfillment_captures_and_refunds_are_bounded(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let created = create(&app, order_with("c-ship", "DEMO-1", "tok_ok")).await;
+    let created = app.create(order_with("c-ship", "DEMO-1", "tok_ok")).await;
     settle(&app, &created.order_id).await;
     let total = created.total.clone().unwrap();
-    c.fulfill_order(pb::FulfillOrderRequest {
-        order_id: created.order_id.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.fulfill(&created.order_id).await;
     let shipped = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
         o.status() == S::Fulfilled
     })
@@ -203,24 +195,19 @@ pub async fn fulfillment_captures_and_refunds_are_bounded(backend: Backend) {
 
     // A partial refund, then the rest, then nothing more.
     let part = total.amount_minor / 4;
-    c.refund_order(pb::RefundOrderRequest {
-        order_id: created.order_id.clone(),
-        amount: money(part, &total.currency),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.refund(&created.order_id, money(part, &total.currency), "")
+        .await;
     let refunded = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
         o.payment_status() == P::PartiallyRefunded
     })
     .await;
     assert_eq!(refunded.refunded, money(part, &total.currency));
-    let err = c
-        .refund_order(pb::RefundOrderRequest {
-            order_id: created.order_id.clone(),
-            amount: money(total.amount_minor, &total.currency),
-            ..Default::default()
-        })
+    let err = app
+        .try_refund(
+            &created.order_id,
+            money(total.amount_minor, &total.currency),
+            "",
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -231,23 +218,14 @@ pub async fn fulfillment_captures_and_refunds_are_bounded(backend: Backend) {
     } else {
         "USD"
     };
-    let err = c
-        .refund_order(pb::RefundOrderRequest {
-            order_id: created.order_id.clone(),
-            amount: money(1, other),
-            ..Default::default()
-        })
+    let err = app
+        .try_refund(&created.order_id, money(1, other), "")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(crate::helpers::error_info(&err).0, "CURRENCY_MISMATCH");
     assert_eq!(crate::helpers::violated_fields(&err), ["amount"]);
-    c.refund_order(pb::RefundOrderRequest {
-        order_id: created.order_id.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.refund(&created.order_id, None, "").await;
     let all = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
         o.payment_status() == P::Refunded
     })
@@ -256,10 +234,9 @@ pub async fn fulfillment_captures_and_refunds_are_bounded(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Backend) {
+pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let mut c = app.client.clone();
-    let created = create(&app, order_with("c-ops", "DEMO-1", "tok_ok")).await;
+    let created = app.create(order_with("c-ops", "DEMO-1", "tok_ok")).await;
     assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
 
     // Hot-swap a broken build in as `fakepay`: every call traps.
@@ -267,12 +244,7 @@ pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Ba
     let plugins = app.server().plugins();
 
     // The cancellation cannot void the hold: it parks, and the order with it.
-    c.cancel_order(pb::CancelOrderRequest {
-        order_id: created.order_id.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.cancel(&created.order_id, "").await;
     let parked = wait_until(&app, &created.order_id, Duration::from_secs(20), |o| {
         o.status() == S::CompensationFailed
     })
@@ -308,12 +280,12 @@ pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Ba
     app.stop().await;
 }
 
-pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: Backend) {
+pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: TestBackend) {
     let app = TestApp::spawn_with(backend, |config| {
         config.plugins.inventory = "no-such-adapter".into();
     })
     .await;
-    let created = create(&app, order_with("c-noinv", "DEMO-1", "tok_ok")).await;
+    let created = app.create(order_with("c-noinv", "DEMO-1", "tok_ok")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::Rejected, "{done:?}");
     assert_eq!(
@@ -324,7 +296,7 @@ pub async fn a_missing_inventory_adapter_rejects_after_its_deadline(backend: Bac
     app.stop().await;
 }
 
-pub async fn a_confirmed_order_notifies_its_customer(backend: Backend) {
+pub async fn a_confirmed_order_notifies_its_customer(backend: TestBackend) {
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("notifications.jsonl");
     let file = sink.clone();
@@ -332,7 +304,7 @@ pub async fn a_confirmed_order_notifies_its_customer(backend: Backend) {
         config.broker.notifications.file = file.display().to_string();
     })
     .await;
-    let created = create(&app, order_with("c-mail", "DEMO-1", "tok_ok")).await;
+    let created = app.create(order_with("c-mail", "DEMO-1", "tok_ok")).await;
     assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
     // The relay publishes OrderConfirmed, the consumer runs email-text, the sink appends a
     // line: poll the file (bounded) until the e-mail for this order is there.
@@ -367,7 +339,7 @@ fn assert_public(reason: &str) {
     }
 }
 
-pub async fn misbehaving_payment_plugins_fail_with_their_own_code(backend: Backend) {
+pub async fn misbehaving_payment_plugins_fail_with_their_own_code(backend: TestBackend) {
     let dir = plugins_with_testing(&["trap", "infinite-loop", "memory-bomb"]);
     let plugins = dir.path().to_owned();
     // A 300 ms step deadline leaves room for at most four attempts per order, fewer than the
@@ -394,7 +366,7 @@ pub async fn misbehaving_payment_plugins_fail_with_their_own_code(backend: Backe
     for (provider, expected) in cases {
         let mut request = order_with(&format!("c-{provider}"), "DEMO-1", "tok_ok");
         request.payment.as_mut().unwrap().provider = provider.into();
-        let created = create(&app, request).await;
+        let created = app.create(request).await;
         let done = settle(&app, &created.order_id).await;
         assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
         assert_eq!(done.failure_reason, expected);
@@ -404,7 +376,7 @@ pub async fn misbehaving_payment_plugins_fail_with_their_own_code(backend: Backe
     app.stop().await;
 }
 
-pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: Backend) {
+pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: TestBackend) {
     let dir = plugins_with_testing(&["trap"]);
     let plugins = dir.path().to_owned();
     let app = TestApp::spawn_with(backend, move |config| config.plugins.dir = plugins).await;
@@ -421,7 +393,7 @@ pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: Backend) 
     let mut placed = 0;
     while breaker() != oms_plugin_runtime::breaker::BreakerState::Open {
         assert!(placed < 5, "the circuit never opened");
-        let created = create(&app, trapping(&format!("c-trip-{placed}"))).await;
+        let created = app.create(trapping(&format!("c-trip-{placed}"))).await;
         let done = settle(&app, &created.order_id).await;
         assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
         assert!(
@@ -435,7 +407,7 @@ pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: Backend) 
     // the plugin. A refusal is no attempt (docs/saga.md), so the order is only failed once
     // the plugin was really tried (when the breaker lets a probe through); whichever failure
     // ends it, the reason names the trap, never a bare "circuit open".
-    let created = create(&app, trapping("c-open")).await;
+    let created = app.create(trapping("c-open")).await;
     let done = settle(&app, &created.order_id).await;
     assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
     assert!(
@@ -447,7 +419,7 @@ pub async fn an_open_circuit_names_the_failure_that_opened_it(backend: Backend) 
     app.stop().await;
 }
 
-pub async fn confirmation_emails_stay_out_of_the_logs(backend: Backend) {
+pub async fn confirmation_emails_stay_out_of_the_logs(backend: TestBackend) {
     let logs = LogCapture::get();
     // No notifications file: the default sink logs them. Values unique to this test, since
     // other tests log into the same capture.
@@ -460,7 +432,7 @@ pub async fn confirmation_emails_stay_out_of_the_logs(backend: Backend) {
     address.email = email.clone();
     address.recipient = name.clone();
     address.line1 = format!("{tag} Secret Lane 7");
-    let created = create(&app, request).await;
+    let created = app.create(request).await;
     assert_eq!(settle(&app, &created.order_id).await.status(), S::Confirmed);
     let event_id = outbox_event_id(&app.db, &created.order_id, "OrderConfirmed").await;
     // The sink logs the confirmation under its event id: poll (bounded) until it has.
@@ -485,50 +457,10 @@ pub async fn confirmation_emails_stay_out_of_the_logs(backend: Backend) {
 
 /// A confirmed order (tok_ok), settled.
 async fn confirmed(app: &TestApp, customer: &str) -> pb::Order {
-    let created = create(app, order_with(customer, "DEMO-1", "tok_ok")).await;
+    let created = app.create(order_with(customer, "DEMO-1", "tok_ok")).await;
     let done = settle(app, &created.order_id).await;
     assert_eq!(done.status(), S::Confirmed, "{done:?}");
     done
-}
-
-async fn get(app: &TestApp, order_id: &str) -> pb::Order {
-    let mut c = app.client.clone();
-    c.get_order(pb::GetOrderRequest {
-        order_id: order_id.to_owned(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-async fn cancel(app: &TestApp, order_id: &str) -> Result<pb::Order, tonic::Status> {
-    let mut c = app.client.clone();
-    c.cancel_order(pb::CancelOrderRequest {
-        order_id: order_id.to_owned(),
-        ..Default::default()
-    })
-    .await
-    .map(tonic::Response::into_inner)
-}
-
-async fn fulfill(app: &TestApp, order_id: &str) -> Result<pb::Order, tonic::Status> {
-    let mut c = app.client.clone();
-    c.fulfill_order(pb::FulfillOrderRequest {
-        order_id: order_id.to_owned(),
-        ..Default::default()
-    })
-    .await
-    .map(tonic::Response::into_inner)
-}
-
-async fn refund(app: &TestApp, order_id: &str) -> Result<pb::Order, tonic::Status> {
-    let mut c = app.client.clone();
-    c.refund_order(pb::RefundOrderRequest {
-        order_id: order_id.to_owned(),
-        ..Default::default()
-    })
-    .await
-    .map(tonic::Response::into_inner)
 }
 
 /// The refusal's ErrorInfo reason, after checking it is FAILED_PRECONDITION.
@@ -541,43 +473,34 @@ fn refused(result: Result<pb::Order, tonic::Status>) -> (String, HashMap<String,
 /// Fulfill-then-cancel (and refund, address change) while the fulfillment saga runs: the cancel
 /// used to be accepted, leaving the order CANCELLING with the money captured and the stock
 /// committed, and the fulfillment failing forever. Now each is refused and nothing is written.
-pub async fn operations_during_fulfillment_are_refused_without_a_trace(backend: Backend) {
+pub async fn operations_during_fulfillment_are_refused_without_a_trace(backend: TestBackend) {
     // Captures retry for 10 s against a broken provider: the fulfillment saga is still
     // running while the requests below arrive.
     let app = TestApp::spawn_with(backend, |c| c.saga.step_deadline_cap_ms = 10_000).await;
     let order = confirmed(&app, "c-ship-race").await;
     let _broken = break_fakepay(&app).await;
-    assert_eq!(
-        fulfill(&app, &order.order_id).await.unwrap().status(),
-        S::Confirmed
-    );
+    assert_eq!(app.fulfill(&order.order_id).await.status(), S::Confirmed);
     // The stock is committed; the saga now retries the capture (changing nothing).
     let requested = wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {
         o.reservation_status() == R::Committed
     })
     .await;
 
-    let (reason, _) = refused(cancel(&app, &order.order_id).await);
+    let (reason, _) = refused(app.try_cancel(&order.order_id, "").await);
     assert_eq!(reason, "FULFILLMENT_STARTED");
-    let (reason, metadata) = refused(refund(&app, &order.order_id).await);
+    let (reason, metadata) = refused(app.try_refund(&order.order_id, None, "").await);
     assert_eq!(reason, "OPERATION_IN_PROGRESS");
     assert_eq!(metadata["operation"], "fulfill_order", "{metadata:?}");
     assert_eq!(metadata["operation_status"], "RUNNING", "{metadata:?}");
-    let mut c = app.client.clone();
-    let address_change = c
-        .update_shipping_address(pb::UpdateShippingAddressRequest {
-            order_id: order.order_id.clone(),
-            shipping_address: Some(address("Nice")),
-            expected_version: requested.version,
-        })
-        .await
-        .map(tonic::Response::into_inner);
+    let address_change = app
+        .try_update_address(&order.order_id, address("Nice"), requested.version)
+        .await;
     assert_eq!(refused(address_change).0, "FULFILLMENT_STARTED");
-    let (reason, metadata) = refused(fulfill(&app, &order.order_id).await);
+    let (reason, metadata) = refused(app.try_fulfill(&order.order_id).await);
     assert_eq!(reason, "OPERATION_IN_PROGRESS");
     assert_eq!(metadata["operation"], "fulfill_order");
 
-    let now = get(&app, &order.order_id).await;
+    let now = app.get(&order.order_id).await;
     assert_eq!(now.version, requested.version, "refusals write nothing");
     assert_eq!(now.status(), S::Confirmed);
     assert_eq!(
@@ -600,18 +523,18 @@ pub async fn operations_during_fulfillment_are_refused_without_a_trace(backend: 
 /// Cancel-then-fulfill: while the cancellation saga runs, fulfill, refund and a second cancel
 /// are refused as in progress; once it ends the order is CANCELLED with nothing held, and a
 /// fulfillment is an illegal transition.
-pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
+pub async fn operations_during_a_cancellation_wait_for_it(backend: TestBackend) {
     let app = TestApp::spawn_with(backend, |c| c.saga.step_deadline_cap_ms = 10_000).await;
     let order = confirmed(&app, "c-cancel-race").await;
     let broken = break_fakepay(&app).await;
     assert_eq!(
-        cancel(&app, &order.order_id).await.unwrap().status(),
+        app.cancel(&order.order_id, "").await.status(),
         S::Cancelling
     );
     for (what, result) in [
-        ("fulfill", fulfill(&app, &order.order_id).await),
-        ("refund", refund(&app, &order.order_id).await),
-        ("cancel", cancel(&app, &order.order_id).await),
+        ("fulfill", app.try_fulfill(&order.order_id).await),
+        ("refund", app.try_refund(&order.order_id, None, "").await),
+        ("cancel", app.try_cancel(&order.order_id, "").await),
     ] {
         let (reason, metadata) = refused(result);
         assert_eq!(reason, "OPERATION_IN_PROGRESS", "{what}");
@@ -629,7 +552,7 @@ pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
     .await;
     assert_eq!(done.payment_status(), P::Voided);
     assert_eq!(done.reservation_status(), R::Released);
-    let (reason, _) = refused(fulfill(&app, &order.order_id).await);
+    let (reason, _) = refused(app.try_fulfill(&order.order_id).await);
     assert_eq!(
         reason, "ILLEGAL_STATE",
         "after the end, the order's state decides"
@@ -640,11 +563,13 @@ pub async fn operations_during_a_cancellation_wait_for_it(backend: Backend) {
 /// Capture fails after the stock was committed: the fulfillment parks (announced), a cancel is
 /// refused for good (it used to void the hold and leave the stock committed: goods shipped
 /// unpaid), and the operator's `oms saga retry` finishes the fulfillment.
-pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(backend: Backend) {
+pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(
+    backend: TestBackend,
+) {
     let app = TestApp::spawn(backend).await;
     let order = confirmed(&app, "c-ship-fail").await;
     let broken = break_fakepay(&app).await;
-    fulfill(&app, &order.order_id).await.unwrap();
+    app.fulfill(&order.order_id).await;
     let saga_id = wait_for_saga(
         &app,
         &order.order_id,
@@ -653,7 +578,7 @@ pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(ba
         Duration::from_secs(20),
     )
     .await;
-    let parked = get(&app, &order.order_id).await;
+    let parked = app.get(&order.order_id).await;
     assert_eq!(
         parked.status(),
         S::Confirmed,
@@ -668,12 +593,12 @@ pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(ba
     assert_eq!(events[0]["saga"]["kind"], "fulfill_order");
     assert_eq!(events[0]["saga"]["step"], "capture-payment");
 
-    let (reason, _) = refused(cancel(&app, &order.order_id).await);
+    let (reason, _) = refused(app.try_cancel(&order.order_id, "").await);
     assert_eq!(reason, "FULFILLMENT_STARTED");
-    let (reason, metadata) = refused(refund(&app, &order.order_id).await);
+    let (reason, metadata) = refused(app.try_refund(&order.order_id, None, "").await);
     assert_eq!(reason, "OPERATION_IN_PROGRESS");
     assert_eq!(metadata["operation_status"], "COMPENSATION_FAILED");
-    assert_eq!(get(&app, &order.order_id).await.version, parked.version);
+    assert_eq!(app.get(&order.order_id).await.version, parked.version);
 
     // The operator lists the queue, fixes the cause, retries with the CLI.
     let listed = oms_cli(&app, &["saga", "list", "--parked"]).await;
@@ -712,7 +637,7 @@ pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(ba
         "only the header is left"
     );
     // The way back after fulfillment is a refund.
-    refund(&app, &order.order_id).await.unwrap();
+    app.refund(&order.order_id, None, "").await;
     wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {
         o.payment_status() == P::Refunded
     })
@@ -722,15 +647,15 @@ pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(ba
 
 /// A cancel that finds nothing held yet cancels at once; the placement saga, still retrying
 /// its first step, must then stop and end instead of going on for a cancelled order.
-pub async fn a_cancel_before_anything_is_held_stops_the_placement(backend: Backend) {
+pub async fn a_cancel_before_anything_is_held_stops_the_placement(backend: TestBackend) {
     // The inventory adapter is missing: the placement retries `reserve` with nothing held.
     let app = TestApp::spawn_with(backend, |c| {
         c.plugins.inventory = "late-stock".into();
         c.saga.step_deadline_cap_ms = 60_000;
     })
     .await;
-    let created = create(&app, order_with("c-early", "DEMO-1", "tok_ok")).await;
-    let cancelled = cancel(&app, &created.order_id).await.unwrap();
+    let created = app.create(order_with("c-early", "DEMO-1", "tok_ok")).await;
+    let cancelled = app.cancel(&created.order_id, "").await;
     assert_eq!(cancelled.status(), S::Cancelled, "nothing held: at once");
     // The adapter arrives: a placement that went on would now reserve stock for a cancelled
     // order and then fail at its pivot forever.
@@ -745,7 +670,7 @@ pub async fn a_cancel_before_anything_is_held_stops_the_placement(backend: Backe
         Duration::from_secs(20),
     )
     .await;
-    let done = get(&app, &created.order_id).await;
+    let done = app.get(&created.order_id).await;
     assert_eq!(done.status(), S::Cancelled);
     assert_ne!(done.reservation_status(), R::Reserved, "{done:?}");
     assert_eq!(done.payment_status(), P::Pending);
@@ -757,20 +682,17 @@ pub async fn a_cancel_before_anything_is_held_stops_the_placement(backend: Backe
 }
 
 /// An address change beside a running placement is kept: each step re-reads the order.
-pub async fn an_address_change_beside_the_placement_is_kept(backend: Backend) {
+pub async fn an_address_change_beside_the_placement_is_kept(backend: TestBackend) {
     let app = TestApp::spawn(backend).await;
-    let created = create(&app, order_with("c-move", "DEMO-1", "tok_flaky")).await;
-    let mut c = app.client.clone();
+    let created = app
+        .create(order_with("c-move", "DEMO-1", "tok_flaky"))
+        .await;
     // The placement bumps the version as it goes: re-read and retry on a conflict.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let current = get(&app, &created.order_id).await;
-        match c
-            .update_shipping_address(pb::UpdateShippingAddressRequest {
-                order_id: created.order_id.clone(),
-                shipping_address: Some(address("Lyon")),
-                expected_version: current.version,
-            })
+        let current = app.get(&created.order_id).await;
+        match app
+            .try_update_address(&created.order_id, address("Lyon"), current.version)
             .await
         {
             Ok(_) => break,

@@ -5,74 +5,50 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use oms_grpc::pb;
+use oms_persistence::testing::TestBackend;
 use tonic::Code;
 
 use crate::helpers::{
-    Backend, TestApp, address, current_version, keyed, money, outbox_event_types, valid_order,
+    TestApp, address, current_version, keyed, money, outbox_event_types, valid_order,
     violated_fields, with_timeout,
 };
 
-pub async fn create_then_get_returns_the_same_order(backend: Backend) {
+pub async fn create_then_get_returns_the_same_order(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let created = c
-        .create_order(valid_order("c-1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = app.create(valid_order("c-1")).await;
     assert_eq!(created.status(), pb::OrderStatus::Pending);
     assert_eq!(created.payment_status(), pb::PaymentStatus::Pending);
     assert_eq!(created.version, 1);
     assert_eq!(created.total, money(2 * 1250 + 499, "EUR"));
     assert_eq!(created.items.len(), 2);
     assert_eq!(created.payment.as_ref().unwrap().provider, "fakepay");
-    let fetched = c
-        .get_order(pb::GetOrderRequest {
-            order_id: created.order_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fetched = app.get(&created.order_id).await;
     assert_eq!(fetched, created);
     app.stop().await;
 }
 
-pub async fn list_paginates_newest_first_with_filters(backend: Backend) {
+pub async fn list_paginates_newest_first_with_filters(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
     let mut ids = Vec::new();
     for i in 0..7 {
         let customer = if i % 2 == 0 { "even" } else { "odd" };
-        ids.push(
-            c.create_order(valid_order(customer))
-                .await
-                .unwrap()
-                .into_inner()
-                .order_id,
-        );
+        ids.push(app.create(valid_order(customer)).await.order_id);
     }
     let cancelled = ids[6].clone();
-    c.cancel_order(pb::CancelOrderRequest {
-        order_id: cancelled.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.cancel(&cancelled, "").await;
 
     // Walk all pages of size 3: 3 + 3 + 1, newest first, no duplicates, no empty last page.
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = c
-            .list_orders(pb::ListOrdersRequest {
+        let page = app
+            .list(pb::ListOrdersRequest {
                 page_size: 3,
                 page_token: token.clone(),
                 ..Default::default()
             })
-            .await
-            .unwrap()
-            .into_inner();
+            .await;
         pages += 1;
         assert!(!page.orders.is_empty());
         seen.extend(page.orders.into_iter().map(|o| o.order_id));
@@ -85,25 +61,16 @@ pub async fn list_paginates_newest_first_with_filters(backend: Backend) {
     let newest_first: Vec<_> = ids.iter().rev().cloned().collect();
     assert_eq!(seen, newest_first);
 
-    let odd = c
-        .list_orders(pb::ListOrdersRequest {
-            customer_id: "odd".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(odd.orders.len(), 3);
-    assert!(odd.orders.iter().all(|o| o.customer_id == "odd"));
+    let odd = app.list_of("odd").await;
+    assert_eq!(odd.len(), 3);
+    assert!(odd.iter().all(|o| o.customer_id == "odd"));
 
-    let only_cancelled = c
-        .list_orders(pb::ListOrdersRequest {
+    let only_cancelled = app
+        .list(pb::ListOrdersRequest {
             status: pb::OrderStatus::Cancelled.into(),
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     let got: Vec<_> = only_cancelled
         .orders
         .iter()
@@ -112,17 +79,15 @@ pub async fn list_paginates_newest_first_with_filters(backend: Backend) {
     assert_eq!(got, vec![cancelled]);
 
     // A token is bound to the filters it was issued for.
-    let first = c
-        .list_orders(pb::ListOrdersRequest {
+    let first = app
+        .list(pb::ListOrdersRequest {
             page_size: 1,
             customer_id: "even".into(),
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner();
-    let err = c
-        .list_orders(pb::ListOrdersRequest {
+        .await;
+    let err = app
+        .try_list(pb::ListOrdersRequest {
             page_size: 1,
             customer_id: "odd".into(),
             page_token: first.next_page_token,
@@ -135,9 +100,8 @@ pub async fn list_paginates_newest_first_with_filters(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn every_validation_error_names_its_field(backend: Backend) {
+pub async fn every_validation_error_names_its_field(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
 
     type Mutation = fn(&mut pb::CreateOrderRequest);
     let cases: Vec<(&str, Mutation)> = vec![
@@ -179,7 +143,7 @@ pub async fn every_validation_error_names_its_field(backend: Backend) {
     for (field, mutate) in cases {
         let mut request = valid_order("c-1");
         mutate(&mut request);
-        let err = c.create_order(request).await.unwrap_err();
+        let err = app.try_create(request).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
         assert_eq!(violated_fields(&err), [field], "{field}");
     }
@@ -188,15 +152,15 @@ pub async fn every_validation_error_names_its_field(backend: Backend) {
     let mut request = valid_order("");
     request.items[0].sku.clear();
     request.shipping_address.as_mut().unwrap().country.clear();
-    let err = c.create_order(request).await.unwrap_err();
+    let err = app.try_create(request).await.unwrap_err();
     assert_eq!(
         violated_fields(&err),
         ["customer_id", "items[0].sku", "shipping_address.country"]
     );
 
     // An empty request names every missing part.
-    let err = c
-        .create_order(pb::CreateOrderRequest::default())
+    let err = app
+        .try_create(pb::CreateOrderRequest::default())
         .await
         .unwrap_err();
     assert_eq!(
@@ -205,21 +169,16 @@ pub async fn every_validation_error_names_its_field(backend: Backend) {
     );
 
     // The idempotency key is validated like a field.
-    let err = c
-        .create_order(keyed(valid_order("c-1"), &"k".repeat(256)))
+    let err = app
+        .try_create(keyed(valid_order("c-1"), &"k".repeat(256)))
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["idempotency-key"]);
 
-    let err = c
-        .get_order(pb::GetOrderRequest {
-            order_id: "42".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = app.try_get("42").await.unwrap_err();
     assert_eq!(violated_fields(&err), ["order_id"]);
-    let err = c
-        .list_orders(pb::ListOrdersRequest {
+    let err = app
+        .try_list(pb::ListOrdersRequest {
             page_size: 501,
             status: 99,
             ..Default::default()
@@ -227,74 +186,41 @@ pub async fn every_validation_error_names_its_field(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["page_size", "status"]);
-    let created = c
-        .create_order(valid_order("c-1"))
-        .await
-        .unwrap()
-        .into_inner();
-    let err = c
-        .update_shipping_address(pb::UpdateShippingAddressRequest {
-            order_id: created.order_id.clone(),
-            shipping_address: Some(address("Paris")),
-            expected_version: 0,
-        })
+    let created = app.create(valid_order("c-1")).await;
+    let err = app
+        .try_update_address(&created.order_id, address("Paris"), 0)
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["expected_version"]);
-    let err = c
-        .refund_order(pb::RefundOrderRequest {
-            order_id: created.order_id,
-            amount: money(-5, "EUR"),
-            ..Default::default()
-        })
+    let err = app
+        .try_refund(&created.order_id, money(-5, "EUR"), "")
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["amount.amount_minor"]);
     app.stop().await;
 }
 
-pub async fn failed_validation_does_not_consume_the_key(backend: Backend) {
+pub async fn failed_validation_does_not_consume_the_key(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
     let mut bad = valid_order("c-1");
     bad.items.clear();
-    let err = c.create_order(keyed(bad, "key-1")).await.unwrap_err();
+    let err = app.try_create(keyed(bad, "key-1")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // The corrected retry with the same key executes.
-    let order = c
-        .create_order(keyed(valid_order("c-1"), "key-1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let order = app.create(keyed(valid_order("c-1"), "key-1")).await;
     assert_eq!(order.status(), pb::OrderStatus::Pending);
     app.stop().await;
 }
 
-pub async fn idempotent_replay_returns_the_identical_response(backend: Backend) {
+pub async fn idempotent_replay_returns_the_identical_response(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let first = c
-        .create_order(keyed(valid_order("c-replay"), "replay-1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = app.create(keyed(valid_order("c-replay"), "replay-1")).await;
     for _ in 0..3 {
-        let again = c
-            .create_order(keyed(valid_order("c-replay"), "replay-1"))
-            .await
-            .unwrap()
-            .into_inner();
+        let again = app.create(keyed(valid_order("c-replay"), "replay-1")).await;
         assert_eq!(again, first);
     }
-    let listed = c
-        .list_orders(pb::ListOrdersRequest {
-            customer_id: "c-replay".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.orders.len(), 1, "replays executed nothing");
+    let listed = app.list_of("c-replay").await;
+    assert_eq!(listed.len(), 1, "replays executed nothing");
 
     // A final error is replayed too: a stale update stays stale under its key.
     let stale = pb::UpdateShippingAddressRequest {
@@ -303,16 +229,16 @@ pub async fn idempotent_replay_returns_the_identical_response(backend: Backend) 
         expected_version: 9,
     };
     for _ in 0..2 {
-        let err = c
-            .update_shipping_address(keyed(stale.clone(), "stale-1"))
+        let err = app
+            .try_update_address_with(keyed(stale.clone(), "stale-1"))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Aborted);
         assert_eq!(current_version(&err), Some(1));
     }
     // The same key on another method is another key.
-    let cancelled = c
-        .cancel_order(keyed(
+    let cancelled = app
+        .try_cancel_with(keyed(
             pb::CancelOrderRequest {
                 order_id: first.order_id.clone(),
                 ..Default::default()
@@ -320,20 +246,16 @@ pub async fn idempotent_replay_returns_the_identical_response(backend: Backend) 
             "replay-1",
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(cancelled.status(), pb::OrderStatus::Cancelled);
     app.stop().await;
 }
 
-pub async fn key_reused_with_another_request_is_refused(backend: Backend) {
+pub async fn key_reused_with_another_request_is_refused(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    c.create_order(keyed(valid_order("c-a"), "shared"))
-        .await
-        .unwrap();
-    let err = c
-        .create_order(keyed(valid_order("c-b"), "shared"))
+    app.create(keyed(valid_order("c-a"), "shared")).await;
+    let err = app
+        .try_create(keyed(valid_order("c-b"), "shared"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -342,19 +264,12 @@ pub async fn key_reused_with_another_request_is_refused(backend: Backend) {
         "{}",
         err.message()
     );
-    let b_orders = c
-        .list_orders(pb::ListOrdersRequest {
-            customer_id: "c-b".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(b_orders.orders.is_empty(), "nothing was executed");
+    let b_orders = app.list_of("c-b").await;
+    assert!(b_orders.is_empty(), "nothing was executed");
     app.stop().await;
 }
 
-pub async fn concurrent_identical_creates_make_one_order(backend: Backend) {
+pub async fn concurrent_identical_creates_make_one_order(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let calls = (0..50).map(|_| {
         let mut c = app.client.clone();
@@ -375,27 +290,14 @@ pub async fn concurrent_identical_creates_make_one_order(backend: Backend) {
         }
     }
     assert_eq!(ids.len(), 1, "every success names the same order");
-    let mut c = app.client.clone();
-    let listed = c
-        .list_orders(pb::ListOrdersRequest {
-            customer_id: "c-race".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.orders.len(), 1, "exactly one order exists");
+    let listed = app.list_of("c-race").await;
+    assert_eq!(listed.len(), 1, "exactly one order exists");
     app.stop().await;
 }
 
-pub async fn concurrent_address_updates_admit_exactly_one(backend: Backend) {
+pub async fn concurrent_address_updates_admit_exactly_one(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let order = c
-        .create_order(valid_order("c-lock"))
-        .await
-        .unwrap()
-        .into_inner();
+    let order = app.create(valid_order("c-lock")).await;
     let calls = (0..50).map(|i| {
         let mut c = app.client.clone();
         let id = order.order_id.clone();
@@ -424,13 +326,7 @@ pub async fn concurrent_address_updates_admit_exactly_one(backend: Backend) {
     }
     assert_eq!(winners.len(), 1);
     assert_eq!(aborted, 49);
-    let stored = c
-        .get_order(pb::GetOrderRequest {
-            order_id: order.order_id,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = app.get(&order.order_id).await;
     assert_eq!(stored.version, 2);
     assert_eq!(
         stored.shipping_address, winners[0].shipping_address,
@@ -439,27 +335,16 @@ pub async fn concurrent_address_updates_admit_exactly_one(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn stale_version_is_aborted_with_the_current_version(backend: Backend) {
+pub async fn stale_version_is_aborted_with_the_current_version(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let order = c
-        .create_order(valid_order("c-v"))
-        .await
-        .unwrap()
-        .into_inner();
-    let updated = c
-        .update_shipping_address(pb::UpdateShippingAddressRequest {
-            order_id: order.order_id.clone(),
-            shipping_address: Some(address("Oslo")),
-            expected_version: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let order = app.create(valid_order("c-v")).await;
+    let updated = app
+        .update_address(&order.order_id, address("Oslo"), 1)
+        .await;
     assert_eq!(updated.version, 2);
     assert_eq!(updated.shipping_address.unwrap().city, "Oslo");
-    let err = c
-        .cancel_order(pb::CancelOrderRequest {
+    let err = app
+        .try_cancel_with(pb::CancelOrderRequest {
             order_id: order.order_id,
             expected_version: Some(1),
             ..Default::default()
@@ -471,24 +356,17 @@ pub async fn stale_version_is_aborted_with_the_current_version(backend: Backend)
     app.stop().await;
 }
 
-pub async fn watch_ends_with_deadline_exceeded(backend: Backend) {
+pub async fn watch_ends_with_deadline_exceeded(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let order = c
-        .create_order(valid_order("c-w"))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut stream = c
-        .watch_order(with_timeout(
+    let order = app.create(valid_order("c-w")).await;
+    let mut stream = app
+        .watch(with_timeout(
             pb::WatchOrderRequest {
                 order_id: order.order_id.clone(),
             },
             Duration::from_millis(400),
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first, order);
     // Without saga workers nothing moves the PENDING order, so the deadline ends the stream.
@@ -497,40 +375,21 @@ pub async fn watch_ends_with_deadline_exceeded(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn watch_follows_a_cancellation_to_its_end(backend: Backend) {
+pub async fn watch_follows_a_cancellation_to_its_end(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let order = c
-        .create_order(valid_order("c-w"))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut stream = c
-        .watch_order(pb::WatchOrderRequest {
+    let order = app.create(valid_order("c-w")).await;
+    let mut stream = app
+        .watch(pb::WatchOrderRequest {
             order_id: order.order_id.clone(),
         })
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     assert_eq!(stream.next().await.unwrap().unwrap().version, 1);
-    let moved = c
-        .update_shipping_address(pb::UpdateShippingAddressRequest {
-            order_id: order.order_id.clone(),
-            shipping_address: Some(address("Lyon")),
-            expected_version: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let moved = app
+        .update_address(&order.order_id, address("Lyon"), 1)
+        .await;
     let seen = stream.next().await.unwrap().unwrap();
     assert_eq!(seen, moved);
-    c.cancel_order(pb::CancelOrderRequest {
-        order_id: order.order_id.clone(),
-        reason: "changed my mind".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.cancel(&order.order_id, "changed my mind").await;
     let last = stream.next().await.unwrap().unwrap();
     assert_eq!(last.status(), pb::OrderStatus::Cancelled);
     assert_eq!(last.failure_reason, "changed my mind");
@@ -541,112 +400,49 @@ pub async fn watch_follows_a_cancellation_to_its_end(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn unknown_order_is_not_found(backend: Backend) {
+pub async fn unknown_order_is_not_found(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
     let missing = "0190c3f2-7b1e-7cc0-8f35-1c1d2e3f4a5b".to_owned();
-    let err = c
-        .get_order(pb::GetOrderRequest {
-            order_id: missing.clone(),
-        })
-        .await
-        .unwrap_err();
+    let err = app.try_get(&missing).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = c
-        .cancel_order(pb::CancelOrderRequest {
-            order_id: missing.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = app.try_cancel(&missing, "").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = c
-        .watch_order(pb::WatchOrderRequest { order_id: missing })
+    let err = app
+        .try_watch(pb::WatchOrderRequest { order_id: missing })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     app.stop().await;
 }
 
-pub async fn illegal_transitions_fail_precondition(backend: Backend) {
+pub async fn illegal_transitions_fail_precondition(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let order = c
-        .create_order(valid_order("c-x"))
-        .await
-        .unwrap()
-        .into_inner();
-    let err = c
-        .fulfill_order(pb::FulfillOrderRequest {
-            order_id: order.order_id.clone(),
-            ..Default::default()
-        })
+    let order = app.create(valid_order("c-x")).await;
+    let err = app.try_fulfill(&order.order_id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = app.try_refund(&order.order_id, None, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    app.cancel(&order.order_id, "").await;
+    let err = app
+        .try_update_address(&order.order_id, address("Nice"), 2)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    let err = c
-        .refund_order(pb::RefundOrderRequest {
-            order_id: order.order_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    c.cancel_order(pb::CancelOrderRequest {
-        order_id: order.order_id.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let err = c
-        .update_shipping_address(pb::UpdateShippingAddressRequest {
-            order_id: order.order_id.clone(),
-            shipping_address: Some(address("Nice")),
-            expected_version: 2,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    let stored = c
-        .get_order(pb::GetOrderRequest {
-            order_id: order.order_id,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = app.get(&order.order_id).await;
     assert_eq!(stored.version, 2, "refused changes leave no trace");
     app.stop().await;
 }
 
-pub async fn every_change_writes_its_outbox_event(backend: Backend) {
+pub async fn every_change_writes_its_outbox_event(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
-    let mut c = app.client.clone();
-    let order = c
-        .create_order(valid_order("c-o"))
-        .await
-        .unwrap()
-        .into_inner();
-    c.update_shipping_address(pb::UpdateShippingAddressRequest {
-        order_id: order.order_id.clone(),
-        shipping_address: Some(address("Graz")),
-        expected_version: 1,
-    })
-    .await
-    .unwrap();
+    let order = app.create(valid_order("c-o")).await;
+    app.update_address(&order.order_id, address("Graz"), 1)
+        .await;
     // A refused change writes no event.
-    c.update_shipping_address(pb::UpdateShippingAddressRequest {
-        order_id: order.order_id.clone(),
-        shipping_address: Some(address("Linz")),
-        expected_version: 1,
-    })
-    .await
-    .unwrap_err();
-    c.cancel_order(pb::CancelOrderRequest {
-        order_id: order.order_id.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    app.try_update_address(&order.order_id, address("Linz"), 1)
+        .await
+        .unwrap_err();
+    app.cancel(&order.order_id, "").await;
     let events = outbox_event_types(&app.db, &order.order_id).await;
     assert_eq!(
         events,
@@ -659,7 +455,7 @@ pub async fn every_change_writes_its_outbox_event(backend: Backend) {
     app.stop().await;
 }
 
-pub async fn health_and_reflection_are_served(backend: Backend) {
+pub async fn health_and_reflection_are_served(backend: TestBackend) {
     let app = TestApp::api_only(backend).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
     let serving = health

@@ -2,7 +2,6 @@
 //! it logs that it serves, killed with SIGKILL.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,20 +11,45 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
-/// Plugin directory (the built bundle) and a compile cache shared by every start of a test,
-/// so restarts load precompiled artifacts like a production restart does.
+/// Plugin directory (a copy of the built bundle) and a compile cache shared by every start of
+/// a test, so restarts load precompiled artifacts like a production restart does.
 pub struct PluginDirs {
-    pub plugins: PathBuf,
+    pub plugins: tempfile::TempDir,
     pub cache: tempfile::TempDir,
 }
 
+/// The plugins whose call counters (`calls/<operation>/<key>` in their KV) the invariants
+/// read: they keep them only when their manifest says `count-calls = "true"`.
+const COUNTING: [&str; 2] = ["fakepay", "local-stock"];
+
 impl PluginDirs {
+    /// Copies the bundle `scripts/build-plugins` laid out, turning the call counters of
+    /// [`COUNTING`] on in the copied manifests: the bundled manifests leave them off, since
+    /// production should not pay a KV write per call for what only these tests read.
     pub fn new() -> Self {
-        let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins");
+        let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins");
         assert!(
-            plugins.join("fakepay.wasm").is_file(),
+            built.join("fakepay.wasm").is_file(),
             "run scripts/build-plugins first"
         );
+        let plugins = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&built).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, plugins.path().join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        for name in COUNTING {
+            let manifest = plugins.path().join(format!("{name}.toml"));
+            let text = std::fs::read_to_string(&manifest).unwrap();
+            assert_eq!(
+                text.matches("\n[config]\n").count(),
+                1,
+                "{name}.toml has one [config] table to turn counting on in"
+            );
+            let counting = text.replace("\n[config]\n", "\n[config]\ncount-calls = \"true\"\n");
+            std::fs::write(&manifest, counting).unwrap();
+        }
         Self {
             plugins,
             cache: tempfile::tempdir().unwrap(),
@@ -81,7 +105,7 @@ impl Host {
             .env("OMS_GRPC__LISTEN", "127.0.0.1:0")
             .env("OMS_DATABASE__URL", database_url)
             .env("OMS_DATABASE__MAX_CONNECTIONS", "8")
-            .env("OMS_PLUGINS__DIR", &dirs.plugins)
+            .env("OMS_PLUGINS__DIR", dirs.plugins.path())
             .env("OMS_PLUGINS__CACHE_DIR", dirs.cache.path())
             .env("OMS_PLUGINS__WATCH_INTERVAL_MS", "0")
             // A killed worker's sagas, and the idempotency keys its requests held, are taken

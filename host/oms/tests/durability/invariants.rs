@@ -20,6 +20,8 @@ pub struct Snapshot {
     /// (plugin, key) -> value
     pub kv: HashMap<(String, String), Vec<u8>>,
     pub sagas_by_status: HashMap<String, i64>,
+    /// (saga id, step, action) -> attempts, as the host recorded them in `saga_steps`.
+    pub step_attempts: HashMap<(String, String, String), i64>,
 }
 
 const ORDERS: &str =
@@ -27,10 +29,13 @@ const ORDERS: &str =
 const ITEMS: &str = "SELECT CAST(order_id AS TEXT), sku, CAST(quantity AS BIGINT) FROM order_items";
 const KV: &str = "SELECT namespace, key, value FROM plugin_kv";
 const SAGAS: &str = "SELECT status, COUNT(*) FROM saga_instances GROUP BY status";
+const STEPS: &str =
+    "SELECT CAST(saga_id AS TEXT), step, action, CAST(attempts AS BIGINT) FROM saga_steps";
 const ACTIVE: &str =
     "SELECT COUNT(*) FROM saga_instances WHERE status IN ('RUNNING', 'COMPENSATING')";
 
 type OrderTuple = (String, String, String, String);
+type StepTuple = (String, String, String, i64);
 
 macro_rules! read_all {
     ($pool:expr) => {{
@@ -40,8 +45,9 @@ macro_rules! read_all {
             sqlx::query_as(ITEMS).fetch_all(&pool).await.unwrap();
         let kv: Vec<(String, String, Vec<u8>)> = sqlx::query_as(KV).fetch_all(&pool).await.unwrap();
         let sagas: Vec<(String, i64)> = sqlx::query_as(SAGAS).fetch_all(&pool).await.unwrap();
+        let steps: Vec<StepTuple> = sqlx::query_as(STEPS).fetch_all(&pool).await.unwrap();
         pool.close().await;
-        (orders, items, kv, sagas)
+        (orders, items, kv, sagas, steps)
     }};
 }
 
@@ -112,7 +118,7 @@ fn initial_stock(sku: &str) -> i64 {
 
 impl Snapshot {
     pub async fn read(url: &str) -> Snapshot {
-        let (orders, items, kv, sagas) = if url.starts_with("postgres") {
+        let (orders, items, kv, sagas, steps) = if url.starts_with("postgres") {
             read_all!(sqlx::PgPool::connect(url).await.unwrap())
         } else {
             read_all!(sqlx::SqlitePool::connect(url).await.unwrap())
@@ -130,10 +136,26 @@ impl Snapshot {
             items,
             kv: kv.into_iter().map(|(ns, k, v)| ((ns, k), v)).collect(),
             sagas_by_status: sagas.into_iter().collect(),
+            step_attempts: steps
+                .into_iter()
+                .map(|(saga, step, action, attempts)| ((saga, step, action), attempts))
+                .collect(),
         }
     }
 
-    /// Call counters a plugin keeps under `calls/<operation>/<key>`.
+    /// Attempts per saga of one step in one direction (`forward` or `compensate`), as the
+    /// host recorded them when it committed each attempt's outcome.
+    pub fn attempts(&self, step: &str, action: &str) -> HashMap<String, i64> {
+        self.step_attempts
+            .iter()
+            .filter(|((_, s, a), _)| s == step && a == action)
+            .map(|((saga, _, _), &n)| (saga.clone(), n))
+            .collect()
+    }
+
+    /// Call counters a plugin keeps under `calls/<operation>/<key>` (turned on by
+    /// [`crate::host::PluginDirs`]). They count every call that reached the plugin, including
+    /// one whose answer the host never recorded (a worker that lost its lease mid-call).
     pub fn calls(&self, plugin: &str, operation: &str) -> HashMap<String, i64> {
         let prefix = format!("calls/{operation}/");
         self.kv

@@ -10,20 +10,27 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use oms_grpc::pb;
-use oms_persistence::testing::TestDatabase;
+use oms_persistence::testing::{TestBackend, TestDatabase};
 use rand::{Rng, SeedableRng};
 
 use host::{Host, order};
 use invariants::Snapshot;
 
-/// Orders with every placement outcome, each created with its own idempotency key so a
-/// request cut off by a kill can be retried safely.
 /// The tests of this file run one at a time. Each runs real host processes with 1-2 s leases
 /// on a 2-core machine; run side by side, their load can make a step outlast its lease, and
 /// the exactly-once test then sees a second host repeat it (a slow machine, not the property
 /// under test).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A fresh database; the tests' host processes connect to its URL.
+async fn test_database(backend: TestBackend) -> TestDatabase {
+    TestDatabase::new(backend)
+        .await
+        .unwrap_or_else(|e| panic!("{backend:?} test database: {e}"))
+}
+
+/// Orders with every placement outcome, each created with its own idempotency key so a
+/// request cut off by a kill can be retried safely.
 fn workload(n: usize, rng: &mut impl Rng) -> Vec<(String, pb::CreateOrderRequest)> {
     (0..n)
         .map(|i| {
@@ -39,7 +46,8 @@ fn workload(n: usize, rng: &mut impl Rng) -> Vec<(String, pb::CreateOrderRequest
         .collect()
 }
 
-async fn crash_and_recover(db: TestDatabase) {
+async fn crash_and_recover(backend: TestBackend) {
+    let db = test_database(backend).await;
     let seed: u64 = rand::random();
     println!("crash test seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -116,13 +124,13 @@ async fn crash_and_recover(db: TestDatabase) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sagas_survive_sigkill() {
     let _serial = SERIAL.lock().await;
-    crash_and_recover(TestDatabase::postgres().await.expect("PostgreSQL")).await;
+    crash_and_recover(TestBackend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_sagas_survive_sigkill() {
     let _serial = SERIAL.lock().await;
-    crash_and_recover(TestDatabase::sqlite().expect("SQLite")).await;
+    crash_and_recover(TestBackend::Sqlite).await;
 }
 
 /// The step deadline cap of [`resumed_saga_keeps_its_step_budget`], in ms: far above one
@@ -141,7 +149,8 @@ fn now_millis() -> i64 {
 /// later than that instant used to fail the order (`PAYMENT_FAILED`) on its next transient
 /// error, though no time was spent working on the step meanwhile. `SagaInstance::resume`
 /// moves the deadline later by the time the saga sat unclaimed, so the order is confirmed.
-async fn resumed_saga_keeps_its_step_budget(db: TestDatabase) {
+async fn resumed_saga_keeps_its_step_budget(backend: TestBackend) {
+    let db = test_database(backend).await;
     let plugins = host::PluginDirs::new();
     let cap = STEP_DEADLINE_CAP_MS.to_string();
     // A lease longer than the step deadline (in production both are 30 s): a host killed
@@ -226,21 +235,22 @@ async fn resumed_saga_keeps_its_step_budget(db: TestDatabase) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_resumed_saga_keeps_its_step_budget() {
     let _serial = SERIAL.lock().await;
-    resumed_saga_keeps_its_step_budget(TestDatabase::postgres().await.expect("PostgreSQL")).await;
+    resumed_saga_keeps_its_step_budget(TestBackend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_resumed_saga_keeps_its_step_budget() {
     let _serial = SERIAL.lock().await;
-    resumed_saga_keeps_its_step_budget(TestDatabase::sqlite().expect("SQLite")).await;
+    resumed_saga_keeps_its_step_budget(TestBackend::Sqlite).await;
 }
 
 /// Two hosts on one PostgreSQL: 500 orders, half sent to each, all placed, and every
-/// provider call made exactly once per saga step (counted by the plugins themselves).
+/// provider call made exactly once per saga step (recorded by the host, and counted by the
+/// plugins themselves, whose manifests [`host::PluginDirs`] turns counting on in).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_work_without_doubling_a_step() {
     let _serial = SERIAL.lock().await;
-    let db = TestDatabase::postgres().await.expect("PostgreSQL");
+    let db = test_database(TestBackend::Postgres).await;
     let plugins = host::PluginDirs::new();
     let a = Host::start(db.url(), &plugins).await;
     let b = Host::start(db.url(), &plugins).await;
@@ -279,7 +289,19 @@ async fn two_hosts_share_the_work_without_doubling_a_step() {
         "every order confirmed"
     );
     snapshot.assert_placement_invariants();
-    // Exactly one reserve and one authorize reached the plugins per saga.
+    // The host recorded one attempt of each step per saga...
+    for step in ["reserve-inventory", "authorize-payment"] {
+        let attempts = snapshot.attempts(step, "forward");
+        assert_eq!(attempts.len(), 500, "one {step} record per saga");
+        assert!(
+            attempts.values().all(|&n| n == 1),
+            "{step} was attempted twice: {attempts:?}"
+        );
+    }
+    // ...and exactly one reserve and one authorize reached the plugins per saga. The host's
+    // records alone cannot show this: a worker whose lease lapsed mid-call has its commit
+    // fenced out, so a call that reached the plugin leaves no trace in `saga_steps` while
+    // the successor's repeat is recorded as the first attempt. Only the plugins see both.
     let reserves = snapshot.calls("local-stock", "reserve");
     let authorizes = snapshot.calls("fakepay", "authorize");
     assert_eq!(reserves.len(), 500, "one reserve key per saga");
