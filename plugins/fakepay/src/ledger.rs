@@ -95,7 +95,9 @@ pub fn authorize(request: AuthorizeRequest) -> Result<Payment, PaymentError> {
         }
     };
 
-    let id = format!("fp_{:08}", store::bump("seq")?);
+    // The id comes from the idempotency key, which is unique per logical authorisation: no
+    // shared sequence row that every authorisation of every order would have to lock.
+    let id = format!("fp_{}", request.idempotency_key);
     let payment = PaymentRecord {
         id: id.clone(),
         order_id: request.order_id,

@@ -10,7 +10,8 @@
 //! | anything else | `invalid` |
 //!
 //! All state lives in the host's KV (the manifest must grant `kv`): payments under
-//! `payment/<id>` and the outcome of every mutating call under `idem/<idempotency-key>`. Each
+//! `payment/<id>` (the id is `fp_` + the authorize call's idempotency key, so no shared
+//! sequence row) and the outcome of every mutating call under `idem/<idempotency-key>`. Each
 //! mutation writes both in one `compare-and-swap`, so a retry or a concurrent duplicate replays
 //! the recorded outcome instead of moving money twice.
 //!
