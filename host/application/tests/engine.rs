@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use oms_application::changes::OrderChanges;
 use oms_application::clock::Clock;
-use oms_application::outbox::OutboxMessage;
-use oms_application::outbox::SAGA_PARKED;
+use oms_application::outbox::{OutboxMessage, SAGA_PARKED};
 use oms_application::ports::{
     FailureCode, FailureReason, GatewayError, OrderStore, OrderWrite, SagaStore, StepDirection,
     StepState,
@@ -19,12 +18,10 @@ use oms_application::ports::{
 use oms_application::saga::{
     Direction, EngineConfig, SagaEngine, SagaInstance, SagaKind, SagaPorts, SagaStatus,
 };
-use oms_application::testing::{ManualClock, MemoryStore, Scripted, ScriptedGateways, transient};
-use oms_domain::address::RawAddress;
-use oms_domain::{
-    Currency, CustomerId, LineItem, Money, NewOrder, Order, OrderId, OrderStatus, PaymentMethod,
-    PaymentStatus, Quantity, ReservationStatus, ShippingAddress, Sku, Timestamp,
+use oms_application::testing::{
+    ManualClock, MemoryStore, Scripted, ScriptedGateways, sample_order, transient,
 };
+use oms_domain::{Order, OrderId, OrderStatus, PaymentStatus, ReservationStatus, Timestamp};
 
 /// When every test begins, in Unix milliseconds.
 const T0: i64 = 1_000_000;
@@ -35,30 +32,6 @@ const STEP_DEADLINE: Duration = Duration::from_secs(30);
 
 fn ts(ms: i64) -> Timestamp {
     Timestamp::from_unix_millis(ms)
-}
-
-fn new_order(now: Timestamp) -> (Order, oms_domain::OrderEvent) {
-    let eur = Currency::parse("EUR").unwrap();
-    let new = NewOrder::new(
-        CustomerId::parse("cust-1").unwrap(),
-        vec![LineItem {
-            sku: Sku::parse("SKU-A").unwrap(),
-            quantity: Quantity::new(2).unwrap(),
-            unit_price: Money::new(1250, eur).unwrap(),
-        }],
-        PaymentMethod::parse("fake-pay", "tok_ok").unwrap(),
-        ShippingAddress::parse(RawAddress {
-            recipient: "Ada Lovelace",
-            line1: "1 Main St",
-            city: "Berlin",
-            postal_code: "10115",
-            country: "DE",
-            ..RawAddress::default()
-        })
-        .unwrap(),
-    )
-    .unwrap();
-    Order::place(new, OrderId::generate(), now)
 }
 
 /// One placed order, its placement saga, and a worker engine over the test kit.
@@ -73,25 +46,12 @@ struct Rig {
 impl Rig {
     async fn new() -> Self {
         let store = Arc::new(MemoryStore::default());
-        let (order, event) = new_order(ts(T0));
-        let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), ts(T0));
-        let messages = vec![OutboxMessage::for_event(&order, &event)];
-        store
-            .save(OrderWrite {
-                order: &order,
-                expected_version: None,
-                outbox: &messages,
-                idempotency: None,
-                start_saga: Some(&saga),
-                lease_saga_to: None,
-            })
-            .await
-            .unwrap();
+        let saga = place(&store, ts(T0)).await;
         Self {
             store,
             clock: Arc::new(ManualClock::at(ts(T0))),
             gateways: Arc::new(ScriptedGateways::default()),
-            order: order.id(),
+            order: saga.order_id,
             saga,
         }
     }
@@ -149,21 +109,7 @@ impl Rig {
     }
 
     async fn cancel_order(&self) {
-        let mut order = self.order().await;
-        let base = order.version();
-        let event = order.cancel("changed my mind", self.clock.now()).unwrap();
-        let messages = vec![OutboxMessage::for_event(&order, &event)];
-        self.store
-            .save(OrderWrite {
-                order: &order,
-                expected_version: Some(base),
-                outbox: &messages,
-                idempotency: None,
-                start_saga: None,
-                lease_saga_to: None,
-            })
-            .await
-            .unwrap();
+        cancel(&self.store, self.order, self.clock.now()).await;
     }
 }
 
@@ -306,26 +252,7 @@ async fn a_cancellation_during_placement_undoes_every_step_in_reverse() {
     let order_id = rig.order;
     rig.gateways.before_each(move |call| {
         if call.operation == "authorize" {
-            futures::executor::block_on(async {
-                let mut order = OrderStore::get(store.as_ref(), order_id)
-                    .await
-                    .unwrap()
-                    .unwrap();
-                let base = order.version();
-                let event = order.cancel("changed my mind", clock.now()).unwrap();
-                let messages = vec![OutboxMessage::for_event(&order, &event)];
-                store
-                    .save(OrderWrite {
-                        order: &order,
-                        expected_version: Some(base),
-                        outbox: &messages,
-                        idempotency: None,
-                        start_saga: None,
-                        lease_saga_to: None,
-                    })
-                    .await
-                    .unwrap();
-            });
+            futures::executor::block_on(cancel(&store, order_id, clock.now()));
         }
     });
     let engine = rig.engine("w1");
@@ -419,9 +346,9 @@ async fn a_worker_that_lost_its_lease_stops_after_the_first_rejected_commit() {
     // While w1's reservation call hangs past its lease, w2 claims the saga.
     let store = rig.store.clone();
     let clock = rig.clock.clone();
+    let saga_id = rig.saga.id;
     rig.gateways.before_each(move |call| {
-        if call.operation == "reserve" && store.lease(call_saga(&store)).0.as_deref() == Some("w1")
-        {
+        if call.operation == "reserve" && store.lease(saga_id).0.as_deref() == Some("w1") {
             clock.advance(LEASE + Duration::from_secs(1));
             let claimed = futures::executor::block_on(store.claim_due(
                 "w2",
@@ -446,18 +373,9 @@ async fn a_worker_that_lost_its_lease_stops_after_the_first_rejected_commit() {
     assert_eq!(rig.store.lease(saga.id).0.as_deref(), Some("w2"));
 }
 
-/// The id of the only saga in `store` (the rig has one).
-fn call_saga(store: &MemoryStore) -> oms_application::saga::SagaId {
-    futures::executor::block_on(store.with_status(SagaStatus::Running, 1))
-        .unwrap()
-        .first()
-        .map(|s| s.id)
-        .expect("one running saga")
-}
-
-/// Places one more order with its saga, due now.
+/// Places an order with its placement saga, due `now`.
 async fn place(store: &MemoryStore, now: Timestamp) -> SagaInstance {
-    let (order, event) = new_order(now);
+    let (order, event) = Order::place(sample_order(), OrderId::generate(), now);
     let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), now);
     let messages = vec![OutboxMessage::for_event(&order, &event)];
     store
@@ -526,4 +444,23 @@ async fn a_worker_takes_new_work_as_soon_as_a_slot_frees() {
     assert_eq!(until_ended(&rig.store, &slow).await, SagaStatus::Succeeded);
     stop.send(true).unwrap();
     worker.await.unwrap();
+}
+
+/// Cancels `order` as the CancelOrder use case would write it, at `now`.
+async fn cancel(store: &MemoryStore, order: OrderId, now: Timestamp) {
+    let mut order = OrderStore::get(store, order).await.unwrap().unwrap();
+    let base = order.version();
+    let event = order.cancel("changed my mind", now).unwrap();
+    let messages = vec![OutboxMessage::for_event(&order, &event)];
+    store
+        .save(OrderWrite {
+            order: &order,
+            expected_version: Some(base),
+            outbox: &messages,
+            idempotency: None,
+            start_saga: None,
+            lease_saga_to: None,
+        })
+        .await
+        .unwrap();
 }

@@ -9,38 +9,11 @@ use std::time::Duration;
 use oms_application::changes::OrderChanges;
 use oms_application::ports::SagaStore;
 use oms_application::saga::{EngineConfig, SagaEngine, SagaPorts, SagaStatus};
-use oms_application::testing::{ManualClock, MemoryStore, ScriptedGateways};
+use oms_application::testing::{ManualClock, MemoryStore, ScriptedGateways, sample_order};
 use oms_application::{InlinePlacement, OrderService, ServiceConfig};
-use oms_domain::address::RawAddress;
-use oms_domain::{
-    Currency, CustomerId, LineItem, Money, NewOrder, OrderStatus, PaymentMethod, Quantity,
-    ShippingAddress, Sku, Timestamp,
-};
+use oms_domain::{OrderStatus, Timestamp};
 
 const T0: i64 = 1_000_000;
-
-fn new_order() -> NewOrder {
-    let eur = Currency::parse("EUR").unwrap();
-    NewOrder::new(
-        CustomerId::parse("cust-1").unwrap(),
-        vec![LineItem {
-            sku: Sku::parse("SKU-A").unwrap(),
-            quantity: Quantity::new(1).unwrap(),
-            unit_price: Money::new(990, eur).unwrap(),
-        }],
-        PaymentMethod::parse("fake-pay", "tok_ok").unwrap(),
-        ShippingAddress::parse(RawAddress {
-            recipient: "Ada Lovelace",
-            line1: "1 Main St",
-            city: "Berlin",
-            postal_code: "10115",
-            country: "DE",
-            ..RawAddress::default()
-        })
-        .unwrap(),
-    )
-    .unwrap()
-}
 
 struct Rig {
     store: Arc<MemoryStore>,
@@ -103,7 +76,11 @@ async fn placed(store: &MemoryStore, order: oms_domain::OrderId) -> SagaStatus {
 #[tokio::test]
 async fn a_new_order_is_placed_at_once_without_a_claim_or_a_read() {
     let rig = rig(4);
-    let order = rig.service.create_order(new_order(), None).await.unwrap();
+    let order = rig
+        .service
+        .create_order(sample_order(), None)
+        .await
+        .unwrap();
     assert_eq!(
         order.status(),
         OrderStatus::Pending,
@@ -130,7 +107,11 @@ async fn a_new_order_is_placed_at_once_without_a_claim_or_a_read() {
 #[tokio::test]
 async fn without_a_free_slot_the_placement_is_left_to_the_workers() {
     let rig = rig(0);
-    let order = rig.service.create_order(new_order(), None).await.unwrap();
+    let order = rig
+        .service
+        .create_order(sample_order(), None)
+        .await
+        .unwrap();
     let saga = rig.store.for_order(order.id()).await.unwrap().remove(0);
     assert_eq!(
         rig.store.lease(saga.id),

@@ -5,6 +5,7 @@
 //!   the idempotency lease, one active saga per order). `oms-persistence` runs its contract
 //!   tests against it as well as against PostgreSQL and SQLite, so it cannot drift.
 //! - [`ManualClock`]: time that moves only when a test moves it.
+//! - [`sample_order`]: a valid new order.
 //! - [`ScriptedGateways`]: a payment provider and an inventory adapter whose answers a test
 //!   scripts per operation, and which record every call in order.
 //!
@@ -22,9 +23,11 @@
 //! ```
 
 mod clock;
+mod fixtures;
 mod gateways;
 mod memory;
 
 pub use clock::ManualClock;
+pub use fixtures::sample_order;
 pub use gateways::{Call, Scripted, ScriptedGateways, transient};
 pub use memory::{MemoryStore, StoredStep};
