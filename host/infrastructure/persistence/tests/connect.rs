@@ -122,19 +122,7 @@ async fn a_connection_the_server_dropped_costs_one_retryable_error() {
         .unwrap();
     let db = test_db.connect().await.unwrap();
     let pool = db.postgres().unwrap().clone();
-    let (order, event) = common::new_order("cust-1", common::ts(1_000));
-    let messages = common::outbox(&order, &event);
-    db.orders()
-        .save(OrderWrite {
-            order: &order,
-            expected_version: None,
-            outbox: &messages,
-            idempotency: None,
-            start_saga: None,
-            lease_saga_to: None,
-        })
-        .await
-        .unwrap();
+    let order = common::insert(&common::Stores::Sql(db.clone()), "cust-1", 1_000).await;
     // Every pooled connection is idle in the pool now; the server ends them all.
     let mut admin = sqlx::PgConnection::connect(test_db.url()).await.unwrap();
     let ended: Vec<bool> = sqlx::query_scalar(

@@ -5,27 +5,10 @@
 
 mod common;
 
-use common::{Stores, address, new_order, outbox, outbox_rows, ts};
+use common::{Stores, address, insert, new_order, outbox, outbox_rows, ts};
 use oms_application::idempotency::{IdempotencyCompletion, StoredOutcome};
 use oms_application::ports::{OrderQuery, OrderWrite, StoreError};
 use oms_domain::{CustomerId, OrderId, OrderStatus, Version};
-
-async fn insert(db: &Stores, customer: &str, now: i64) -> oms_domain::Order {
-    let (order, event) = new_order(customer, ts(now));
-    let messages = outbox(&order, &event);
-    db.orders()
-        .save(OrderWrite {
-            order: &order,
-            expected_version: None,
-            outbox: &messages,
-            idempotency: None,
-            start_saga: None,
-            lease_saga_to: None,
-        })
-        .await
-        .unwrap();
-    order
-}
 
 async fn round_trip_with_items(db: Stores) {
     let order = insert(&db, "cust-1", 1_000).await;

@@ -158,6 +158,24 @@ pub fn outbox(order: &Order, event: &OrderEvent) -> Vec<OutboxMessage> {
     vec![OutboxMessage::for_event(order, event)]
 }
 
+/// Inserts a new order of `customer` (with its `OrderCreated` outbox row) at `now`.
+pub async fn insert(db: &Stores, customer: &str, now: i64) -> Order {
+    let (order, event) = new_order(customer, ts(now));
+    let messages = outbox(&order, &event);
+    db.orders()
+        .save(OrderWrite {
+            order: &order,
+            expected_version: None,
+            outbox: &messages,
+            idempotency: None,
+            start_saga: None,
+            lease_saga_to: None,
+        })
+        .await
+        .unwrap();
+    order
+}
+
 pub fn scope(key: &str) -> IdempotencyScope {
     IdempotencyScope {
         method: "/oms.v1.OrderService/CreateOrder".to_owned(),
