@@ -132,14 +132,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     );
     // A process that runs no sagas (`saga.workers = 0`, an API-only replica) does not place
     // orders inline either.
+    let ports = saga_ports(&config, &db, &plugins);
     if config.saga.workers > 0 && config.saga.inline_placements > 0 {
-        let engine = saga_engine(
-            &config,
-            &db,
-            &plugins,
-            &changes,
-            format!("{process}-inline"),
-        );
+        let engine = saga_engine(&config, &ports, &changes, format!("{process}-inline"));
         let slots = usize::try_from(config.saga.inline_placements).unwrap_or(usize::MAX);
         service = service.with_inline_placement(InlinePlacement::new(Arc::new(engine), slots));
     }
@@ -150,7 +145,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         &config,
         &db,
         &service,
-        &plugins,
+        &ports,
         &process,
         &shutdown_rx,
         &mut tasks,
@@ -276,15 +271,9 @@ fn check_grpc_limits(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A saga engine over this process's stores and plugins, leasing sagas as `worker`.
-fn saga_engine(
-    config: &Config,
-    db: &Database,
-    plugins: &Plugins,
-    changes: &OrderChanges,
-    worker: String,
-) -> SagaEngine {
-    let ports = SagaPorts {
+/// The stores and plugin gateways every saga engine of this process shares.
+fn saga_ports(config: &Config, db: &Database, plugins: &Plugins) -> SagaPorts {
+    SagaPorts {
         orders: db.orders(),
         sagas: db.sagas(),
         payments: Arc::new(PluginPayments::new(plugins.runtime.clone())),
@@ -292,9 +281,18 @@ fn saga_engine(
             plugins.runtime.clone(),
             config.plugins.inventory.clone(),
         )),
-    };
+    }
+}
+
+/// A saga engine over `ports`, leasing sagas as `worker`.
+fn saga_engine(
+    config: &Config,
+    ports: &SagaPorts,
+    changes: &OrderChanges,
+    worker: String,
+) -> SagaEngine {
     SagaEngine::new(
-        ports,
+        ports.clone(),
         Arc::new(SystemClock),
         changes.clone(),
         EngineConfig {
@@ -313,7 +311,7 @@ fn spawn_saga_workers(
     config: &Config,
     db: &Database,
     service: &OrderService,
-    plugins: &Plugins,
+    ports: &SagaPorts,
     process: &str,
     shutdown: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
@@ -326,8 +324,7 @@ fn spawn_saga_workers(
     for n in 0..workers {
         let engine = Arc::new(saga_engine(
             config,
-            db,
-            plugins,
+            ports,
             service.changes(),
             format!("{process}-{n}"),
         ));
