@@ -20,6 +20,28 @@ impl SagaEngine {
         }
     }
 
+    /// Commits a successful operation: onto the fresh order if the order moved meanwhile
+    /// and the effect came from a provider call ([`Self::commit_called`]); a local step is
+    /// run again instead, because the new order state may no longer allow it (a
+    /// cancellation stops a confirmation).
+    async fn commit_effect(
+        &self,
+        saga: &mut SagaInstance,
+        next: SagaInstance,
+        record: &StepRecord,
+        order: Order,
+        effect: &Effect,
+        now: oms_domain::Timestamp,
+    ) -> Result<Order, StepError> {
+        if effect.call.is_some() {
+            self.commit_called(saga, next, record, order, &effect.change, None, now)
+                .await
+        } else {
+            self.commit(saga, next, Some(record), order, &effect.change, None, now)
+                .await
+        }
+    }
+
     pub(super) async fn forward(
         &self,
         definition: &SagaDefinition,
@@ -67,15 +89,9 @@ impl SagaEngine {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let mut next = saga.advance(definition.steps.len(), now);
                 absorb(&mut next, &effect);
-                let order = if effect.call.is_some() {
-                    self.commit_called(saga, next, &record, order, &effect.change, None, now)
-                        .await?
-                } else {
-                    // A local step is re-run on the fresh order if it moved: it may no
-                    // longer apply (a cancellation stops a confirmation).
-                    self.commit(saga, next, Some(&record), order, &effect.change, None, now)
-                        .await?
-                };
+                let order = self
+                    .commit_effect(saga, next, &record, order, &effect, now)
+                    .await?;
                 Ok(if saga.status.is_active() {
                     Next::Continue(Box::new(order))
                 } else {
@@ -223,13 +239,9 @@ impl SagaEngine {
             Ok(effect) => {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let next = saga.undo_step(index, now);
-                let order = if effect.call.is_some() {
-                    self.commit_called(saga, next, &record, order, &effect.change, None, now)
-                        .await?
-                } else {
-                    self.commit(saga, next, Some(&record), order, &effect.change, None, now)
-                        .await?
-                };
+                let order = self
+                    .commit_effect(saga, next, &record, order, &effect, now)
+                    .await?;
                 Ok(Next::Continue(Box::new(order)))
             }
             Err(GatewayFailure { error, call }) => {
