@@ -134,6 +134,9 @@ impl From<StoreError> for AppError {
             StoreError::LeaseLost => Self::IdempotencyInProgress,
             StoreError::SagaActive => Self::OperationInProgress { running: None },
             StoreError::Unavailable(m) => Self::Unavailable(m),
+            // Only saga steps write plugin state, and they run the call again instead; any
+            // other caller may retry.
+            e @ StoreError::KvConflict { .. } => Self::Unavailable(e.to_string()),
             StoreError::Corrupt(m) => Self::Internal(m),
         }
     }

@@ -1,6 +1,14 @@
 //! The plugins' durable key-value state: what an atomic batch means, written once for every
 //! store (the database ones in `oms-persistence`, the in-memory one of the plugin runtime), and
 //! the errors of a store. The port is [`crate::ports::PluginKvStore`].
+//!
+//! A call made by a saga step does not write the store itself: its writes are buffered in a
+//! [`KvTransaction`] and committed as [`KvChanges`] in the step's own transaction
+//! ([`transaction`]).
+
+mod transaction;
+
+pub use transaction::{Expect, KeyChange, KeyEffect, KvChanges, KvTransaction};
 
 use std::collections::HashMap;
 

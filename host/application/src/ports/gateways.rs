@@ -1,8 +1,12 @@
 //! The adapters the sagas call: payment providers and inventory adapters. Implemented over
 //! the Wasm plugin runtime in infrastructure; the application only sees these traits.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use oms_domain::{LineItem, Money, OrderId};
+
+use crate::plugin_kv::KvChanges;
 
 /// Which plugin build served a call. Recorded on every saga step, so an audit after a hot
 /// swap knows which version did what.
@@ -11,6 +15,11 @@ pub struct PluginCall {
     pub plugin: String,
     pub version: String,
     pub digest: String,
+    /// The plugin's key-value writes during the call, not yet applied: the saga store
+    /// applies them in the transaction that records the step (`SagaStore::commit`), so the
+    /// plugin's state and the step's outcome land together or not at all. Empty when the
+    /// call wrote nothing, or when it was stopped (trap, deadline) before it answered.
+    pub kv: Arc<KvChanges>,
 }
 
 /// How an adapter call failed, classified by what the saga must do next.

@@ -43,6 +43,11 @@ pub enum StoreError {
     /// runs per order); nothing was written.
     #[error("another saga is active for this order")]
     SagaActive,
+    /// A plugin call's key-value writes, committed with its saga step, found `key` no longer
+    /// as the call saw it (another step changed it meanwhile, or a counter would leave its
+    /// bounds): nothing was written, and the step runs its call again on the new state.
+    #[error("plugin state changed under the call (namespace {namespace}, key {key})")]
+    KvConflict { namespace: String, key: String },
     /// Stored data does not parse into domain values: a bug or manual tampering.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

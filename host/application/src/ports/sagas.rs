@@ -103,7 +103,11 @@ pub trait SagaStore: Send + Sync {
     /// Applies `commit` atomically. Under [`Fence::Lease`], `LeaseLost` when the saga is not
     /// at `expected_version` or another worker holds it; under [`Fence::Parked`],
     /// `VersionConflict` when the saga moved on or is no longer parked. The order write fails
-    /// as in [`super::OrderStore::save`] (checked first, as the SQL stores do).
+    /// as in [`super::OrderStore::save`] (checked first, as the SQL stores do). The step's
+    /// plugin call's key-value writes (`step.call.kv`) are applied last, in the same
+    /// transaction, each key's condition checked as it is written (`KvConflict` when one
+    /// fails); last, so that a hot key (a flash sale's stock counter) stays locked for as
+    /// short a time as the commit allows.
     async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError>;
 
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError>;

@@ -78,6 +78,7 @@ fn plugin_call(operation: &str) -> PluginCall {
         plugin: plugin.to_owned(),
         version: "1.0.0".to_owned(),
         digest: "sha256:scripted".to_owned(),
+        ..PluginCall::default()
     }
 }
 

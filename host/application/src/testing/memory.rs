@@ -17,9 +17,11 @@ use uuid::Uuid;
 use crate::idempotency::rules::{COMPLETED, IN_PROGRESS, KeyRecord, Verdict, judge};
 use crate::idempotency::{Fingerprint, IdempotencyClaim, IdempotencyScope, StoredOutcome};
 use crate::outbox::OutboxMessage;
+use crate::plugin_kv::{BatchOutcome, BoundedAdd, Evaluation, KvChanges, KvError, Swap, evaluate};
 use crate::ports::{
     BeginOutcome, Fence, IdempotencyStore, OrderQuery, OrderStore, OrderWrite, PluginCall,
-    ProcessedEventStore, SagaCommit, SagaStore, StepDirection, StepRecord, StepState, StoreError,
+    PluginKvStore, ProcessedEventStore, SagaCommit, SagaStore, StepDirection, StepRecord,
+    StepState, StoreError,
 };
 use crate::saga::{SagaId, SagaInstance, SagaStatus};
 
@@ -56,6 +58,8 @@ struct State {
     steps: BTreeMap<SagaId, Vec<StoredStep>>,
     keys: HashMap<ScopeKey, KeyRecord>,
     processed: HashSet<(String, Uuid)>,
+    /// `plugin_kv`: (namespace, key) -> value.
+    plugin_kv: BTreeMap<(String, String), Vec<u8>>,
 }
 
 /// The in-memory database of the test kit. Cheap to share behind an `Arc`; every port is
@@ -335,6 +339,9 @@ impl SagaStore for MemoryStore {
             );
             if let Some(record) = commit.step {
                 upsert_step(state, saga.id, record);
+                if let Some(call) = &record.call {
+                    apply_kv(state, &call.kv)?;
+                }
             }
             Ok(())
         })
@@ -474,5 +481,82 @@ impl ProcessedEventStore for MemoryStore {
             .processed
             .insert((consumer.to_owned(), event_id));
         Ok(())
+    }
+}
+
+/// A step's plugin writes, each key's condition checked as the SQL stores check it.
+fn apply_kv(state: &mut State, changes: &KvChanges) -> Result<(), StoreError> {
+    for (key, change) in &changes.keys {
+        let at = (changes.namespace.clone(), key.clone());
+        let current = state.plugin_kv.get(&at).map(Vec::as_slice);
+        let conflict = || StoreError::KvConflict {
+            namespace: changes.namespace.clone(),
+            key: key.clone(),
+        };
+        // A stored counter that is not a number cannot take the add: refused like a bound.
+        match change.next_value(key, current).map_err(|_| conflict())? {
+            None => return Err(conflict()),
+            Some(Some(value)) => {
+                state.plugin_kv.insert(at, value);
+            }
+            Some(None) => {
+                state.plugin_kv.remove(&at);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The plugins' own writes outside a saga step, each one atomic like the SQL store's.
+#[async_trait]
+impl PluginKvStore for MemoryStore {
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self
+            .lock()
+            .plugin_kv
+            .get(&(namespace.to_owned(), key.to_owned()))
+            .cloned())
+    }
+
+    async fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.lock()
+            .plugin_kv
+            .insert((namespace.to_owned(), key.to_owned()), value.to_vec());
+        Ok(())
+    }
+
+    async fn delete(&self, namespace: &str, key: &str) -> Result<(), KvError> {
+        self.lock()
+            .plugin_kv
+            .remove(&(namespace.to_owned(), key.to_owned()));
+        Ok(())
+    }
+
+    async fn batch(
+        &self,
+        namespace: &str,
+        swaps: &[Swap],
+        adds: &[BoundedAdd],
+    ) -> Result<BatchOutcome, KvError> {
+        let mut state = self.lock();
+        let current: HashMap<String, Vec<u8>> = state
+            .plugin_kv
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect();
+        match evaluate(&current, swaps, adds)? {
+            Evaluation::Refuse(outcome) => Ok(outcome),
+            Evaluation::Apply { writes, outcome } => {
+                for w in writes {
+                    let at = (namespace.to_owned(), w.key);
+                    match w.value {
+                        Some(v) => state.plugin_kv.insert(at, v),
+                        None => state.plugin_kv.remove(&at),
+                    };
+                }
+                Ok(outcome)
+            }
+        }
     }
 }

@@ -7,18 +7,26 @@
 //! not exist yet (a counter's first increment, a record that must be absent); on SQLite the
 //! write transaction already holds the database's write lock. `set` and `delete` take the same
 //! lock, so that they cannot slip between a batch's read and its write.
+//!
+//! A saga step's call does not write here itself: its buffered writes ([`KvChanges`]) are
+//! applied by [`apply_changes`] inside the step's commit. No advisory lock there: each key's
+//! condition is part of its write statement (`INSERT .. ON CONFLICT DO NOTHING`, `UPDATE ..
+//! WHERE value = $expected`, a counter's bounds in the `UPDATE`'s `WHERE`), so a key is
+//! locked only by the row write itself, and a hot stock counter is never read and then
+//! written back under a lock: one `UPDATE` adds to it if the bound holds.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use oms_application::plugin_kv::{
-    BatchOutcome, BoundedAdd, Evaluation, KvError, Swap, batch_keys, evaluate,
+    BatchOutcome, BoundedAdd, Evaluation, Expect, KeyChange, KeyEffect, KvChanges, KvError, Swap,
+    batch_keys, evaluate,
 };
-use oms_application::ports::PluginKvStore;
+use oms_application::ports::{PluginKvStore, StoreError};
 use sqlx::AssertSqlSafe;
 
-use crate::sql::{Args, Column, Dialect, RowExt, Rows, Sql};
+use crate::sql::{Args, Column, ConnOf, Dialect, RowExt, Rows, Sql};
 
 /// How often a batch is retried when it lost a race (PostgreSQL: a deadlock or serialization
 /// failure, possible only if advisory lock ids of different keys collide).
@@ -188,4 +196,135 @@ impl<D: Dialect> PluginKvStore for SqlPluginKvStore<D> {
             }
         }
     }
+}
+
+/// Applies a step's buffered plugin writes on `conn` (inside the step's transaction), key by
+/// key in sorted order. `KvConflict` names the first key whose condition or bound failed;
+/// the caller's transaction then rolls back with everything else the step wrote.
+pub(crate) async fn apply_changes<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    changes: &KvChanges,
+) -> Result<(), StoreError> {
+    for (key, change) in &changes.keys {
+        if !apply_one::<D>(conn, &changes.namespace, key, change).await? {
+            return Err(StoreError::KvConflict {
+                namespace: changes.namespace.clone(),
+                key: key.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One key's condition and effect, in as few statements as the case allows; `false` when
+/// the condition or a bound does not hold.
+async fn apply_one<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    namespace: &str,
+    key: &str,
+    change: &KeyChange,
+) -> Result<bool, StoreError> {
+    let write = |sql: String| D::query(AssertSqlSafe(sql)).arg(namespace).arg(key);
+    let done = match (&change.expect, &change.effect) {
+        (Expect::Anything, KeyEffect::Keep) => return Ok(true),
+        (Expect::Anything, KeyEffect::Put(value)) => write(format!(
+            "INSERT INTO plugin_kv (namespace, key, value) VALUES ($1, $2, $3) {}",
+            SqlPluginKvStore::<D>::upsert()
+        ))
+        .arg(value.as_slice()),
+        (Expect::Anything, KeyEffect::Delete) => {
+            write("DELETE FROM plugin_kv WHERE namespace = $1 AND key = $2".into())
+        }
+        (Expect::Anything, KeyEffect::Add { delta, min, max }) => {
+            return add::<D>(conn, namespace, key, *delta, *min, *max).await;
+        }
+        (Expect::Value(None), KeyEffect::Put(value)) => write(
+            "INSERT INTO plugin_kv (namespace, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (namespace, key) DO NOTHING"
+                .into(),
+        )
+        .arg(value.as_slice()),
+        (Expect::Value(Some(expected)), KeyEffect::Put(value)) => write(format!(
+            "UPDATE plugin_kv SET value = $3, updated_at = {} \
+             WHERE namespace = $1 AND key = $2 AND value = $4",
+            D::NOW
+        ))
+        .arg(value.as_slice())
+        .arg(expected.as_slice()),
+        (Expect::Value(Some(expected)), KeyEffect::Delete) => {
+            write("DELETE FROM plugin_kv WHERE namespace = $1 AND key = $2 AND value = $3".into())
+                .arg(expected.as_slice())
+        }
+        // Checked, not written: read it under a share lock and compare.
+        (Expect::Value(expected), KeyEffect::Keep | KeyEffect::Delete) => {
+            let row = write(format!(
+                "SELECT value FROM plugin_kv WHERE namespace = $1 AND key = $2{}",
+                D::CONCURRENCY.share_lock()
+            ))
+            .fetch_optional(D::on(conn))
+            .await
+            .map_err(D::classify)?;
+            let current = row
+                .map(|r| r.col::<Vec<u8>>("value"))
+                .transpose()
+                .map_err(D::classify)?;
+            // Deleting what must be absent leaves it absent: only the check remains.
+            return Ok(current.as_ref() == expected.as_ref());
+        }
+        // A pinned counter add is never recorded (the buffer makes it an absolute write).
+        (Expect::Value(_), KeyEffect::Add { .. }) => {
+            return Err(StoreError::Corrupt(format!(
+                "plugin write for {key} adds to a pinned value"
+            )));
+        }
+    };
+    let result = done.execute(D::on(conn)).await.map_err(D::classify)?;
+    Ok(D::rows_affected(&result) == 1)
+}
+
+/// A bounded add in one `UPDATE` when the counter exists; a first add inserts it.
+async fn add<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    namespace: &str,
+    key: &str,
+    delta: i64,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Result<bool, StoreError> {
+    let (open, close) = D::COUNTER_BYTES;
+    let counter = D::COUNTER;
+    let updated = D::query(AssertSqlSafe(format!(
+        "UPDATE plugin_kv SET value = {open}{counter} + $3{close}, updated_at = {now} \
+         WHERE namespace = $1 AND key = $2 \
+         AND ($4 IS NULL OR {counter} + $3 >= $4) AND ($5 IS NULL OR {counter} + $3 <= $5)",
+        now = D::NOW
+    )))
+    .arg(namespace)
+    .arg(key)
+    .arg(delta)
+    .arg(min)
+    .arg(max)
+    .execute(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+    if D::rows_affected(&updated) == 1 {
+        return Ok(true);
+    }
+    // Out of bounds, or absent (0): only the latter may start the counter at `delta`.
+    let within = min.is_none_or(|m| delta >= m) && max.is_none_or(|m| delta <= m);
+    if !within {
+        return Ok(false);
+    }
+    let first = delta.to_string().into_bytes();
+    let inserted = D::query(
+        "INSERT INTO plugin_kv (namespace, key, value) VALUES ($1, $2, $3) \
+         ON CONFLICT (namespace, key) DO NOTHING",
+    )
+    .arg(namespace)
+    .arg(key)
+    .arg(first.as_slice())
+    .execute(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+    Ok(D::rows_affected(&inserted) == 1)
 }

@@ -237,6 +237,11 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         }
         if let Some(record) = commit.step {
             upsert_step::<D>(&mut tx, saga.id, record).await?;
+            // Last: a hot key (a stock counter many orders take from) is locked from its
+            // write until the commit, so it is written as late as possible.
+            if let Some(call) = &record.call {
+                crate::plugin_kv::apply_changes::<D>(&mut tx, &call.kv).await?;
+            }
         }
         // Dropping `tx` on any early return above rolls everything back.
         tx.commit().await.map_err(D::classify)

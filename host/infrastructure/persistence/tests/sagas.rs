@@ -52,6 +52,7 @@ fn record(state: StepState, attempts: u32, call: Option<&str>, at: i64) -> StepR
             plugin: "fake-inventory".into(),
             version: version.into(),
             digest: format!("sha256:{version}"),
+            ..PluginCall::default()
         }),
         idempotency_key: "saga:x:reserve-inventory:reserve".into(),
         state,

@@ -38,6 +38,10 @@ enum StepError {
     /// runs again on the fresh order. Its gateway call is idempotent by key, so it is the
     /// same call.
     OrderMoved,
+    /// The plugin state the step's call read changed before the step committed (another
+    /// step took the same stock meanwhile): the call's writes were not applied, and the step
+    /// runs its call again on the new state, with the same idempotency key.
+    PluginStateMoved,
     /// This worker no longer owns the saga (another worker claimed it after the lease ran
     /// out, or it moved on): stop at once; calling the provider again would be for nothing.
     LeaseLost,
@@ -175,8 +179,8 @@ impl SagaEngine {
                     debug!(saga = %saga.id, "saga lease lost to another worker; stopping");
                     return;
                 }
-                Err(StepError::OrderMoved) => {
-                    debug!(saga = %saga.id, "order kept moving under the saga; it resumes later");
+                Err(StepError::OrderMoved | StepError::PluginStateMoved) => {
+                    debug!(saga = %saga.id, "order or plugin state kept moving under the saga; it resumes later");
                     return;
                 }
                 Err(StepError::Failed(e)) => {
@@ -194,8 +198,9 @@ impl SagaEngine {
     }
 
     /// One step, forward or backward, committed with its effects. Re-runs it when a
-    /// concurrent edit of the order moved its version (the saga itself is unchanged: its
-    /// commit was rolled back).
+    /// concurrent edit of the order moved its version, or another step changed the plugin
+    /// state its call decided from (the saga itself is unchanged: its commit was rolled
+    /// back).
     async fn step(
         &self,
         saga: &mut SagaInstance,
@@ -213,7 +218,7 @@ impl SagaEngine {
                 _ => return Ok(Next::Stop),
             };
             match result {
-                Err(StepError::OrderMoved) => continue,
+                Err(StepError::OrderMoved | StepError::PluginStateMoved) => continue,
                 other => return other,
             }
         }

@@ -2,7 +2,7 @@
 //! step's audit row, and the order change with its outbox rows, atomically.
 
 use oms_domain::{Order, OrderEvent, OrderStatus, Timestamp};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Next, SagaEngine, StepError};
 use crate::outbox::OutboxMessage;
@@ -222,6 +222,10 @@ impl SagaEngine {
             }
             Err(StoreError::VersionConflict { .. }) => Err(StepError::OrderMoved),
             Err(StoreError::LeaseLost) => Err(StepError::LeaseLost),
+            Err(StoreError::KvConflict { namespace, key }) => {
+                debug!(saga = %saga.id, %namespace, %key, "plugin state moved under the step; running it again");
+                Err(StepError::PluginStateMoved)
+            }
             Err(e) => Err(StepError::Failed(e.into())),
         }
     }

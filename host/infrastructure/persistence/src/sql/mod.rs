@@ -175,6 +175,15 @@ impl Concurrency {
         }
     }
 
+    /// The clause that keeps a row a commit checked (but does not write) from changing
+    /// before the commit ends.
+    pub(crate) fn share_lock(self) -> &'static str {
+        match self {
+            Self::RowLocks => " FOR SHARE",
+            Self::SingleWriter => "",
+        }
+    }
+
     /// How many saga workers of one process can make progress at once; `None` for no limit.
     /// On a single writer, a second worker's claims would only queue behind the first's.
     pub(crate) fn max_saga_workers(self) -> Option<u32> {
@@ -252,6 +261,10 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     const CONCURRENCY: Concurrency;
     /// The current time as `plugin_kv.updated_at` stores it.
     const NOW: &'static str;
+    /// `plugin_kv.value` (ASCII decimal bytes) as an integer, for a counter's add in SQL.
+    const COUNTER: &'static str;
+    /// An integer expression as `plugin_kv.value` stores a counter.
+    const COUNTER_BYTES: (&'static str, &'static str);
 
     fn id(uuid: Uuid) -> Self::Id;
     fn uuid(id: Self::Id) -> Uuid;

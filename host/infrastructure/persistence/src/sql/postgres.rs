@@ -110,6 +110,8 @@ impl Dialect for PostgresDialect {
 
     const CONCURRENCY: Concurrency = Concurrency::RowLocks;
     const NOW: &'static str = "now()";
+    const COUNTER: &'static str = "convert_from(value, 'UTF8')::bigint";
+    const COUNTER_BYTES: (&'static str, &'static str) = ("convert_to((", ")::text, 'UTF8')");
 
     fn id(uuid: Uuid) -> Uuid {
         uuid

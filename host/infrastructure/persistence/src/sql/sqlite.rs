@@ -126,6 +126,8 @@ impl Dialect for SqliteDialect {
 
     const CONCURRENCY: Concurrency = Concurrency::SingleWriter;
     const NOW: &'static str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+    const COUNTER: &'static str = "CAST(CAST(value AS TEXT) AS INTEGER)";
+    const COUNTER_BYTES: (&'static str, &'static str) = ("CAST(CAST((", ") AS TEXT) AS BLOB)");
 
     fn id(uuid: Uuid) -> Hyphenated {
         uuid.hyphenated()

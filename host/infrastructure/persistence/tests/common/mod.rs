@@ -13,7 +13,7 @@ use oms_domain::{
 };
 use std::sync::Arc;
 
-use oms_application::ports::{IdempotencyStore, OrderStore, SagaStore};
+use oms_application::ports::{IdempotencyStore, OrderStore, PluginKvStore, SagaStore};
 use oms_application::testing::MemoryStore;
 use oms_persistence::Database;
 use oms_persistence::testing::TestDatabase;
@@ -113,6 +113,13 @@ impl Stores {
     pub fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
         match self {
             Self::Sql(db) => db.idempotency(),
+            Self::Memory(store) => store.clone(),
+        }
+    }
+
+    pub fn plugin_kv(&self) -> Arc<dyn PluginKvStore> {
+        match self {
+            Self::Sql(db) => db.plugin_kv(),
             Self::Memory(store) => store.clone(),
         }
     }
