@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::error::{BreakerCause, CallError, CallErrorKind};
+use crate::kv::KvChanges;
 use crate::plugin::LoadedPlugin;
 use crate::registry::Slot;
 use crate::runtime::Inner;
@@ -35,6 +36,21 @@ pub struct CallInfo {
     pub elapsed: Duration,
     /// Fuel burnt by the call (0 when metering is off).
     pub fuel: u64,
+    /// The key-value writes of a call made with [`KvMode::Buffered`], for the caller to
+    /// commit; empty otherwise, and when the call was stopped before it answered (a trap or
+    /// the deadline: what it wrote is dropped with it).
+    pub kv: Arc<KvChanges>,
+}
+
+/// Where a call's key-value writes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvMode {
+    /// Straight to the store, each batch its own transaction (tools, tests, formatters).
+    #[default]
+    Direct,
+    /// Into a buffer returned in [`CallInfo::kv`]: the caller (a saga step) commits them
+    /// with its own outcome, and the plugin reads its own pending writes meanwhile.
+    Buffered,
 }
 
 /// A guest call borrowing the store and the plugin for its duration.
@@ -67,6 +83,7 @@ pub(crate) async fn run<R, F>(
     name: &str,
     expected: crate::manifest::PluginKind,
     judge: fn(&R) -> Verdict,
+    kv: KvMode,
     f: F,
 ) -> Result<(R, CallInfo), CallError>
 where
@@ -103,8 +120,15 @@ where
 
     let started = Instant::now();
     let mut store = new_store(rt, &plugin, started);
+    if kv == KvMode::Buffered {
+        store.data_mut().kv_txn = plugin.ctx.kv.transaction();
+    }
     let deadline = plugin.limits.deadline;
     let outcome = tokio::time::timeout(deadline + HOST_GRACE, f(&mut store, &plugin)).await;
+    let writes = match (&outcome, store.data_mut().kv_txn.take()) {
+        (Ok(Ok(_)), Some(txn)) => Arc::new(txn.into_changes()),
+        _ => Arc::default(),
+    };
     let fuel = if rt.engine.options().fuel_metering {
         FUEL_BUDGET.saturating_sub(store.get_fuel().unwrap_or(FUEL_BUDGET))
     } else {
@@ -120,6 +144,7 @@ where
         digest: plugin.digest.clone(),
         elapsed: started.elapsed(),
         fuel,
+        kv: writes,
     };
     let result = match outcome {
         Ok(Ok(value)) => Ok(value),

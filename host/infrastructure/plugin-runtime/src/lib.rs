@@ -27,7 +27,7 @@ mod runtime;
 pub mod state;
 pub mod watcher;
 
-pub use call::CallInfo;
+pub use call::{CallInfo, KvMode};
 pub use clients::{Called, InventoryPlugin, NotificationFormatter, PaymentPlugin};
 pub use engine::{CacheOutcome, EngineOptions};
 pub use error::{BreakerCause, CallError, CallErrorKind, LoadError, PluginError};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 
 use crate::breaker::BreakerConfig;
+use crate::call::KvMode;
 use crate::clients::{InventoryPlugin, NotificationFormatter, PaymentPlugin};
 use crate::engine::{EngineOptions, PluginEngine};
 use crate::error::LoadError;
@@ -195,6 +196,7 @@ impl PluginRuntime {
         PaymentPlugin {
             rt: self.inner.clone(),
             name: name.into(),
+            kv: KvMode::Direct,
         }
     }
 
@@ -203,6 +205,7 @@ impl PluginRuntime {
         InventoryPlugin {
             rt: self.inner.clone(),
             name: name.into(),
+            kv: KvMode::Direct,
         }
     }
 

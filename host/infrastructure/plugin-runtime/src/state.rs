@@ -10,6 +10,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings::caps::oms::plugins as caps;
 use crate::capabilities::PluginContext;
 use crate::capabilities::http::HttpHooks;
+use crate::kv::KvTransaction;
 use crate::limits::{Limits, MemoryCap};
 
 /// What a plugin's store holds during one call. Built fresh per call and dropped after it, so
@@ -23,6 +24,9 @@ pub struct HostState {
     http: WasiHttpCtx,
     hooks: HttpHooks,
     table: ResourceTable,
+    /// Set for a call made by a saga step: the plugin's key-value writes are buffered here
+    /// and handed back with the result, for the step to commit with its outcome.
+    pub(crate) kv_txn: Option<KvTransaction>,
 }
 
 impl HostState {
@@ -39,6 +43,7 @@ impl HostState {
             http: WasiHttpCtx::new(),
             hooks,
             table: ResourceTable::new(),
+            kv_txn: None,
         }
     }
 }

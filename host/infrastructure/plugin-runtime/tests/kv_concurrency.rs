@@ -95,3 +95,70 @@ async fn no_oversell_on_sqlite() {
     oversell_check(db.plugin_kv()).await;
     db.close().await;
 }
+
+/// A call made for a saga step (`KvMode::Buffered`) writes nothing itself: it reads its own
+/// pending writes and hands them back in `CallInfo::kv`, for the step to commit. A first
+/// reservation of a SKU seeds and takes from it in one call: one write, conditioned on the
+/// counter still being absent.
+#[tokio::test]
+async fn a_buffered_call_returns_its_writes_instead_of_writing() {
+    use oms_application::plugin_kv::{Expect, KeyChange, KeyEffect};
+    use oms_plugin_runtime::KvMode;
+    use oms_plugin_runtime::kv::MemoryKvStore;
+
+    plugins_dir();
+    let kv = Arc::new(MemoryKvStore::new());
+    let rt = runtime_with(kv.clone());
+    let dir = tempfile::tempdir().unwrap();
+    rt.install(staged(dir.path(), "local-stock", |t| t))
+        .await
+        .unwrap();
+    let inv = rt.inventory("local-stock").with_kv(KvMode::Buffered);
+    let line = |quantity| Line {
+        sku: "LIMITED-100".into(),
+        quantity,
+    };
+    let called = inv
+        .reserve("order-1".into(), vec![line(3)], "reserve-1".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.get("local-stock", "stock/LIMITED-100").await.unwrap(),
+        None,
+        "nothing written during the call"
+    );
+    let changes = &called.info.kv;
+    assert_eq!(changes.namespace, "local-stock");
+    assert_eq!(
+        changes.keys["stock/LIMITED-100"],
+        KeyChange {
+            expect: Expect::Value(None),
+            effect: KeyEffect::Put(b"97".to_vec()),
+        }
+    );
+    assert!(
+        changes.keys.keys().any(|k| k.contains("reserve-1")),
+        "the reservation's records ride along: {:?}",
+        changes.keys.keys()
+    );
+
+    // Once the counter exists, a take is a bounded add, not pinned to what the call saw.
+    kv.set("local-stock", "stock/LIMITED-100", b"100")
+        .await
+        .unwrap();
+    let called = inv
+        .reserve("order-2".into(), vec![line(2)], "reserve-2".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        called.info.kv.keys["stock/LIMITED-100"],
+        KeyChange {
+            expect: Expect::Anything,
+            effect: KeyEffect::Add {
+                delta: -2,
+                min: Some(0),
+                max: None,
+            },
+        }
+    );
+}

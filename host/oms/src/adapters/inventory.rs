@@ -6,7 +6,7 @@ use oms_application::ports::{
 };
 use oms_domain::{LineItem, OrderId};
 use oms_plugin_runtime::clients::inventory::{InventoryError, Line};
-use oms_plugin_runtime::{PluginError, PluginRuntime};
+use oms_plugin_runtime::{InventoryPlugin, KvMode, PluginError, PluginRuntime};
 
 use super::{failure, plugin_call};
 
@@ -23,6 +23,13 @@ impl PluginInventory {
             runtime,
             plugin: plugin.into(),
         }
+    }
+
+    /// Every call here is a saga step's: its key-value writes are committed with the step.
+    fn plugin(&self) -> InventoryPlugin {
+        self.runtime
+            .inventory(&self.plugin)
+            .with_kv(KvMode::Buffered)
     }
 }
 
@@ -87,8 +94,7 @@ impl InventoryGateway for PluginInventory {
             })
             .collect();
         let called = self
-            .runtime
-            .inventory(&self.plugin)
+            .plugin()
             .reserve(order_id.to_string(), lines, idempotency_key.to_owned())
             .await
             .map_err(inventory_failure)?;
@@ -97,8 +103,7 @@ impl InventoryGateway for PluginInventory {
 
     async fn release(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
         let called = self
-            .runtime
-            .inventory(&self.plugin)
+            .plugin()
             .release(reservation_id.to_owned(), idempotency_key.to_owned())
             .await
             .map_err(inventory_failure)?;
@@ -107,8 +112,7 @@ impl InventoryGateway for PluginInventory {
 
     async fn commit(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
         let called = self
-            .runtime
-            .inventory(&self.plugin)
+            .plugin()
             .commit(reservation_id.to_owned(), idempotency_key.to_owned())
             .await
             .map_err(inventory_failure)?;

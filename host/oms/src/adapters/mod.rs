@@ -22,6 +22,7 @@ fn plugin_call(info: &CallInfo) -> PluginCall {
         plugin: info.plugin.to_string(),
         version: info.version.to_string(),
         digest: info.digest.to_string(),
+        kv: info.kv.clone(),
     }
 }
 

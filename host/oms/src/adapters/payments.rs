@@ -5,10 +5,10 @@ use oms_application::ports::{
     GatewayResult, PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
 };
 use oms_domain::{Currency, Money, OrderId};
-use oms_plugin_runtime::PluginRuntime;
 use oms_plugin_runtime::clients::payment::{
     self as wit, AuthorizeRequest, PaymentError, PaymentLookup, PaymentResult,
 };
+use oms_plugin_runtime::{KvMode, PaymentPlugin, PluginRuntime};
 
 use super::{failure, plugin_call};
 use oms_application::ports::{FailureCode, FailureReason, GatewayError, GatewayFailure};
@@ -22,6 +22,11 @@ pub struct PluginPayments {
 impl PluginPayments {
     pub fn new(runtime: PluginRuntime) -> Self {
         Self { runtime }
+    }
+
+    /// Every call here is a saga step's: its key-value writes are committed with the step.
+    fn plugin(&self, provider: &str) -> PaymentPlugin {
+        self.runtime.payment(provider).with_kv(KvMode::Buffered)
     }
 }
 
@@ -124,8 +129,7 @@ impl PaymentGateway for PluginPayments {
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.runtime
-                .payment(provider)
+            self.plugin(provider)
                 .authorize(AuthorizeRequest {
                     order_id: order_id.to_string(),
                     amount: to_wit(amount),
@@ -144,8 +148,7 @@ impl PaymentGateway for PluginPayments {
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.runtime
-                .payment(provider)
+            self.plugin(provider)
                 .capture(
                     payment_id.to_owned(),
                     amount.map(to_wit),
@@ -162,8 +165,7 @@ impl PaymentGateway for PluginPayments {
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.runtime
-                .payment(provider)
+            self.plugin(provider)
                 .void(payment_id.to_owned(), idempotency_key.to_owned())
                 .await,
         )
@@ -177,8 +179,7 @@ impl PaymentGateway for PluginPayments {
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.runtime
-                .payment(provider)
+            self.plugin(provider)
                 .refund(
                     payment_id.to_owned(),
                     amount.map(to_wit),

@@ -72,6 +72,7 @@ on_both_backends!(
     a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it,
     a_cancel_before_anything_is_held_stops_the_placement,
     an_address_change_beside_the_placement_is_kept,
+    a_hot_sku_never_oversells,
 );
 
 on_both_backends!(

@@ -707,3 +707,54 @@ pub async fn an_address_change_beside_the_placement_is_kept(backend: TestBackend
     assert_eq!(done.shipping_address.unwrap().city, "Lyon");
     app.stop().await;
 }
+
+/// A flash sale: 130 concurrent orders of one unit of a SKU with 100 in stock, through the
+/// saga path where local-stock's reservation is committed with the step (its stock take is
+/// a bounded add in SQL at commit, checked against every other order's): exactly 100
+/// confirm, the rest are rejected as out of stock, and a cancelled order's unit comes back.
+pub async fn a_hot_sku_never_oversells(backend: TestBackend) {
+    const ORDERS: usize = 130;
+    let app = TestApp::spawn(backend).await;
+    let created = futures::future::join_all(
+        (0..ORDERS).map(|i| app.create(order_with(&format!("c-hot-{i}"), "LIMITED-100", "tok_ok"))),
+    )
+    .await;
+    let mut outcomes: HashMap<S, usize> = HashMap::new();
+    let mut confirmed = Vec::new();
+    for order in &created {
+        let done = settle(&app, &order.order_id).await;
+        if done.status() == S::Rejected {
+            assert_eq!(
+                done.failure_reason,
+                "OUT_OF_STOCK: SKU LIMITED-100 is out of stock"
+            );
+        }
+        if done.status() == S::Confirmed {
+            confirmed.push(done.order_id.clone());
+        }
+        *outcomes.entry(done.status()).or_default() += 1;
+    }
+    assert_eq!(
+        outcomes,
+        HashMap::from([(S::Confirmed, 100), (S::Rejected, ORDERS - 100)])
+    );
+
+    // Sold out until a confirmed order is cancelled; then exactly one more unit is there.
+    let late = app
+        .create(order_with("c-late", "LIMITED-100", "tok_ok"))
+        .await;
+    assert_eq!(settle(&app, &late.order_id).await.status(), S::Rejected);
+    let cancelled = app.cancel(&confirmed[0], "changed my mind").await;
+    let cancelled = settle(&app, &cancelled.order_id).await;
+    assert_eq!(cancelled.status(), S::Cancelled);
+    assert_eq!(cancelled.reservation_status(), R::Released);
+    let again = app
+        .create(order_with("c-again", "LIMITED-100", "tok_ok"))
+        .await;
+    assert_eq!(settle(&app, &again.order_id).await.status(), S::Confirmed);
+    let after = app
+        .create(order_with("c-after", "LIMITED-100", "tok_ok"))
+        .await;
+    assert_eq!(settle(&app, &after.order_id).await.status(), S::Rejected);
+    app.stop().await;
+}

@@ -1,13 +1,14 @@
 //! `oms:plugins/kv`: the plugin's durable key-value namespace (its name), granted by
 //! `[capabilities] kv = true`. This module checks the grant and the arguments; atomicity is
-//! the [`PluginKvStore`]'s job.
+//! the [`PluginKvStore`]'s job. A call made for a saga step writes into the call's
+//! [`KvTransaction`] instead, which the step commits with its outcome.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::bindings::caps::oms::plugins::kv as wit;
 use crate::error::LoadError;
-use crate::kv::{self, KvError, PluginKvStore};
+use crate::kv::{self, KvError, KvTransaction, PluginKvStore};
 use crate::manifest::Manifest;
 use crate::state::HostState;
 
@@ -60,6 +61,13 @@ impl KvGrant {
 
     fn store(&self) -> Result<&Arc<dyn PluginKvStore>, wit::KvError> {
         self.store.as_ref().ok_or(wit::KvError::Denied)
+    }
+
+    /// A buffer for one call's writes, when the capability is granted.
+    pub(crate) fn transaction(&self) -> Option<KvTransaction> {
+        self.store
+            .as_ref()
+            .map(|store| KvTransaction::new(store.clone(), &self.namespace))
     }
 }
 
@@ -144,10 +152,11 @@ impl HostState {
             })
             .collect();
         check_batch(&swaps, &adds)?;
-        let outcome = store
-            .batch(&self.ctx.kv.namespace, &swaps, &adds)
-            .await
-            .map_err(to_wit)?;
+        let outcome = match self.kv_txn.as_mut() {
+            Some(txn) => txn.batch(&swaps, &adds).await,
+            None => store.batch(&self.ctx.kv.namespace, &swaps, &adds).await,
+        }
+        .map_err(to_wit)?;
         Ok(match outcome {
             kv::BatchOutcome::Applied(v) => wit::BatchOutcome::Applied(v),
             kv::BatchOutcome::Conflict(k) => wit::BatchOutcome::Conflict(k),
@@ -162,10 +171,15 @@ impl wit::Host for HostState {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, wit::KvError>> {
         let grant = &self.ctx.kv;
+        let txn = self.kv_txn.as_mut();
         let run = async {
             let store = grant.store()?;
             check_key(&key)?;
-            store.get(&grant.namespace, &key).await.map_err(to_wit)
+            match txn {
+                Some(txn) => txn.get(&key).await,
+                None => store.get(&grant.namespace, &key).await,
+            }
+            .map_err(to_wit)
         };
         Ok(run.await)
     }
@@ -176,24 +190,38 @@ impl wit::Host for HostState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), wit::KvError>> {
         let grant = &self.ctx.kv;
+        let txn = self.kv_txn.as_mut();
         let run = async {
             let store = grant.store()?;
             check_key(&key)?;
             check_value(&value)?;
-            store
-                .set(&grant.namespace, &key, &value)
-                .await
-                .map_err(to_wit)
+            match txn {
+                Some(txn) => {
+                    txn.set(&key, value);
+                    Ok(())
+                }
+                None => store
+                    .set(&grant.namespace, &key, &value)
+                    .await
+                    .map_err(to_wit),
+            }
         };
         Ok(run.await)
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), wit::KvError>> {
         let grant = &self.ctx.kv;
+        let txn = self.kv_txn.as_mut();
         let run = async {
             let store = grant.store()?;
             check_key(&key)?;
-            store.delete(&grant.namespace, &key).await.map_err(to_wit)
+            match txn {
+                Some(txn) => {
+                    txn.delete(&key);
+                    Ok(())
+                }
+                None => store.delete(&grant.namespace, &key).await.map_err(to_wit),
+            }
         };
         Ok(run.await)
     }

@@ -20,6 +20,7 @@ pub type InventoryResult<T> = Result<Called<T>, PluginError<InventoryError>>;
 pub struct InventoryPlugin {
     pub(crate) rt: Arc<Inner>,
     pub(crate) name: Arc<str>,
+    pub(crate) kv: call::KvMode,
 }
 
 impl InventoryError {
@@ -45,6 +46,7 @@ macro_rules! inventory_call {
             &$self.name,
             PluginKind::InventoryAdapter,
             judge,
+            $self.kv,
             move |store, plugin| {
                 Box::pin(async move {
                     let Exports::Inventory(pre) = &plugin.exports else {
@@ -64,6 +66,14 @@ impl InventoryPlugin {
     /// Plugin name this handle calls.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// This handle with its calls' key-value writes buffered and returned in
+    /// [`crate::CallInfo::kv`] for the caller to commit (see [`crate::KvMode`]).
+    #[must_use]
+    pub fn with_kv(mut self, mode: crate::KvMode) -> Self {
+        self.kv = mode;
+        self
     }
 
     /// Reserves every line or none; returns the reservation id.

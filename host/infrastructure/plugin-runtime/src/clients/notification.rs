@@ -43,6 +43,7 @@ impl NotificationFormatter {
             &self.name,
             PluginKind::NotificationFormatter,
             judge,
+            call::KvMode::Direct,
             move |store, plugin| {
                 Box::pin(async move {
                     let Exports::Notification(pre) = &plugin.exports else {

@@ -22,6 +22,7 @@ pub type PaymentResult<T> = Result<Called<T>, PluginError<PaymentError>>;
 pub struct PaymentPlugin {
     pub(crate) rt: Arc<Inner>,
     pub(crate) name: Arc<str>,
+    pub(crate) kv: call::KvMode,
 }
 
 impl PaymentError {
@@ -48,6 +49,7 @@ macro_rules! payment_call {
             &$self.name,
             PluginKind::PaymentProvider,
             judge,
+            $self.kv,
             move |store, plugin| {
                 Box::pin(async move {
                     let Exports::Payment(pre) = &plugin.exports else {
@@ -67,6 +69,14 @@ impl PaymentPlugin {
     /// Plugin name this handle calls.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// This handle with its calls' key-value writes buffered and returned in
+    /// [`crate::CallInfo::kv`] for the caller to commit (see [`crate::KvMode`]).
+    #[must_use]
+    pub fn with_kv(mut self, mode: crate::KvMode) -> Self {
+        self.kv = mode;
+        self
     }
 
     /// Holds `request.amount`.

@@ -10,6 +10,7 @@ mod memory;
 
 pub use memory::MemoryKvStore;
 pub use oms_application::plugin_kv::{
-    BatchOutcome, BoundedAdd, Evaluation, KvError, Swap, Write, batch_keys, evaluate,
+    BatchOutcome, BoundedAdd, Evaluation, KvChanges, KvError, KvTransaction, Swap, Write,
+    batch_keys, evaluate,
 };
 pub use oms_application::ports::PluginKvStore;
