@@ -131,7 +131,9 @@ impl From<StoreError> for AppError {
         match e {
             StoreError::NotFound => Self::NotFound("order".to_owned()),
             StoreError::VersionConflict { current } => Self::VersionConflict { current },
-            StoreError::LeaseLost => Self::IdempotencyInProgress,
+            // The service answers `KeyExists` by the key's record; should it ever surface,
+            // "retry" is what the key's other request makes true.
+            StoreError::LeaseLost | StoreError::KeyExists => Self::IdempotencyInProgress,
             StoreError::SagaActive => Self::OperationInProgress { running: None },
             StoreError::Unavailable(m) => Self::Unavailable(m),
             // Only saga steps write plugin state, and they run the call again instead; any

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oms_domain::{Order, OrderEvent, Version};
+use oms_domain::{Order, OrderEvent, Timestamp, Version};
 
 use crate::changes::OrderChanges;
 use crate::clock::Clock;
@@ -13,8 +13,23 @@ use crate::idempotency::{
     ClaimGuard, IdempotencyClaim, IdempotencyCompletion, IdempotencyRequest, StoredOutcome,
 };
 use crate::outbox::OutboxMessage;
-use crate::ports::{BeginOutcome, IdempotencyStore, OrderStore, OrderWrite, SagaLease, SagaStore};
+use crate::ports::{
+    BeginOutcome, IdempotencyStore, OrderStore, OrderWrite, SagaLease, SagaStore, StoreError,
+};
 use crate::saga::{SagaEngine, SagaInstance};
+
+/// How a use case's order write records its idempotency key.
+pub(crate) enum KeyWrite {
+    /// Completes the claim `begin` handed out.
+    Claimed(IdempotencyClaim),
+    /// Inserts the record completed, in the write's transaction (see
+    /// [`OrderService::idempotent_insert`]).
+    Unclaimed {
+        request: IdempotencyRequest,
+        created_at: Timestamp,
+        expires_at: Timestamp,
+    },
+}
 
 /// Tunables of the service, with the defaults documented in the README.
 #[derive(Debug, Clone)]
@@ -205,14 +220,62 @@ impl OrderService {
         result
     }
 
-    /// The completion that records `order` as the response of `claim`.
+    /// CreateOrder's idempotency: one commit. `op`'s write inserts the key's record,
+    /// completed with the new order, in the create's own transaction (no claim before it).
+    /// Only when the key already has a record (a replay, a different request, a request
+    /// still running under `begin`'s claim, a dead record) is the create rolled back and the
+    /// request run by [`Self::idempotent`], whose `begin` applies the rules to that record,
+    /// and which runs `op` again under a claim only if the record was dead.
+    ///
+    /// Nothing is left behind when `op` fails: its write either commits with the record or
+    /// not at all (a dropped request rolls its transaction back). `op` has no final error to
+    /// store: it inserts a new order, so it fails only transiently, and a retry executes.
+    pub(crate) async fn idempotent_insert<F, Fut>(
+        &self,
+        request: Option<IdempotencyRequest>,
+        op: F,
+    ) -> Result<Order, AppError>
+    where
+        F: Fn(Option<KeyWrite>) -> Fut,
+        Fut: Future<Output = Result<Order, StoreError>>,
+    {
+        let Some(request) = request else {
+            return Ok(op(None).await?);
+        };
+        let now = self.clock.now();
+        let unclaimed = KeyWrite::Unclaimed {
+            request: request.clone(),
+            created_at: now,
+            expires_at: now.saturating_add(self.config.idempotency_ttl),
+        };
+        match op(Some(unclaimed)).await {
+            Err(StoreError::KeyExists) => {}
+            done => return Ok(done?),
+        }
+        self.idempotent(Some(request), |claim| async {
+            Ok(op(claim.map(KeyWrite::Claimed)).await?)
+        })
+        .await
+    }
+
+    /// The completion that records `order` as the response under `key`.
     pub(crate) fn completion(
-        claim: Option<IdempotencyClaim>,
+        key: Option<KeyWrite>,
         order: &Order,
     ) -> Option<IdempotencyCompletion> {
-        claim.map(|claim| IdempotencyCompletion {
-            claim,
-            outcome: StoredOutcome::success(order),
+        let outcome = StoredOutcome::success(order);
+        key.map(|key| match key {
+            KeyWrite::Claimed(claim) => IdempotencyCompletion::Claimed { claim, outcome },
+            KeyWrite::Unclaimed {
+                request,
+                created_at,
+                expires_at,
+            } => IdempotencyCompletion::Unclaimed {
+                request,
+                outcome,
+                created_at,
+                expires_at,
+            },
         })
     }
 
@@ -227,26 +290,36 @@ impl OrderService {
         claim: Option<IdempotencyClaim>,
         start_saga: Option<&SagaInstance>,
     ) -> Result<(), AppError> {
-        self.commit_leased(order, expected, events, claim, start_saga, None)
-            .await
+        self.commit_leased(
+            order,
+            expected,
+            events,
+            claim.map(KeyWrite::Claimed),
+            start_saga,
+            None,
+        )
+        .await?;
+        Ok(())
     }
 
     /// [`Self::commit`], with the saga it starts leased to `lease`'s owner, who drives it
-    /// (the workers are not woken for it).
+    /// (the workers are not woken for it), and its idempotency key written as `key` says.
+    /// Returns the store's error as it is: [`Self::idempotent_insert`] needs to tell
+    /// `KeyExists` apart.
     pub(crate) async fn commit_leased(
         &self,
         order: &Order,
         expected: Option<Version>,
         events: &[OrderEvent],
-        claim: Option<IdempotencyClaim>,
+        key: Option<KeyWrite>,
         start_saga: Option<&SagaInstance>,
         lease_saga_to: Option<SagaLease<'_>>,
-    ) -> Result<(), AppError> {
+    ) -> Result<(), StoreError> {
         let outbox: Vec<OutboxMessage> = events
             .iter()
             .map(|e| OutboxMessage::for_event(order, e))
             .collect();
-        let completion = Self::completion(claim, order);
+        let completion = Self::completion(key, order);
         self.orders
             .save(OrderWrite {
                 order,

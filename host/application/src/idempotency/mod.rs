@@ -2,14 +2,16 @@
 //!
 //! A mutating request with an `idempotency-key` first *claims* the key (a lease in the
 //! store), then executes; its success is recorded in the same transaction as its effect, a
-//! final error right after. A second request with the same key either replays the stored
+//! final error right after. CreateOrder skips the claim: it inserts the completed record in
+//! its own transaction, and only when the key already has a record does it fall back to the
+//! claim's rules (see [`crate::service::OrderService::idempotent_insert`]). A second request with the same key either replays the stored
 //! outcome, is refused because its fingerprint differs, or is told to retry because the first
 //! still runs. Transient failures release the key so that a retry executes again.
 
 pub mod rules;
 mod runner;
 
-use oms_domain::{IdempotencyKey, Order, Version};
+use oms_domain::{IdempotencyKey, Order, Timestamp, Version};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -171,11 +173,36 @@ impl StoredOutcome {
     }
 }
 
-/// Marks a claim completed with an outcome; part of an [`crate::ports::OrderWrite`].
+/// The key's record written by an [`crate::ports::OrderWrite`], in the write's transaction.
 #[derive(Debug, Clone, PartialEq)]
-pub struct IdempotencyCompletion {
-    pub claim: IdempotencyClaim,
-    pub outcome: StoredOutcome,
+pub enum IdempotencyCompletion {
+    /// Marks the claim that `begin` handed out completed with `outcome`. Fails with
+    /// `LeaseLost` when the claim no longer holds the key's lease.
+    Claimed {
+        claim: IdempotencyClaim,
+        outcome: StoredOutcome,
+    },
+    /// Inserts the key's record already completed, with no claim before it: the write's own
+    /// transaction is the claim (CreateOrder, whose effect is one insert). Fails with
+    /// `KeyExists`, having written nothing, when the key has a record in any state; the
+    /// caller then answers by the rules of `begin`. Two such writes under one key cannot
+    /// both commit: the key's primary key admits one, and the other waits for it (PostgreSQL)
+    /// or runs after it (SQLite's single writer) and conflicts.
+    Unclaimed {
+        request: IdempotencyRequest,
+        outcome: StoredOutcome,
+        created_at: Timestamp,
+        /// When the record stops counting (now + TTL).
+        expires_at: Timestamp,
+    },
+}
+
+impl IdempotencyCompletion {
+    pub fn outcome(&self) -> &StoredOutcome {
+        match self {
+            Self::Claimed { outcome, .. } | Self::Unclaimed { outcome, .. } => outcome,
+        }
+    }
 }
 
 #[cfg(test)]

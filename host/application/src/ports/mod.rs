@@ -36,6 +36,10 @@ pub enum StoreError {
     /// it, and this worker must stop driving it.
     #[error("lease lost")]
     LeaseLost,
+    /// An order write that inserts its idempotency record found the key already recorded
+    /// (in any state); the write was rolled back.
+    #[error("idempotency key already recorded")]
+    KeyExists,
     /// Connection refused, pool exhausted, serialization failure: retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),

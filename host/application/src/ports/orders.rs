@@ -17,8 +17,8 @@ pub struct OrderWrite<'a> {
     pub expected_version: Option<Version>,
     /// Events recorded in the outbox in the same transaction.
     pub outbox: &'a [OutboxMessage],
-    /// Completes the idempotency record in the same transaction, so a replay can never miss
-    /// an executed effect.
+    /// Completes (or, unclaimed, inserts completed) the idempotency record in the same
+    /// transaction, so a replay can never miss an executed effect.
     pub idempotency: Option<&'a IdempotencyCompletion>,
     /// A saga to start in the same transaction (the placement saga of a new order, the
     /// cancellation saga of an order moving to CANCELLING): the order change and the work
@@ -56,7 +56,8 @@ pub trait OrderStore: Send + Sync {
     async fn list(&self, query: &OrderQuery) -> Result<Vec<Order>, StoreError>;
 
     /// Applies `write` atomically. Fails with `VersionConflict { current }` when the stored
-    /// version differs from `expected_version`, `NotFound` when the order does not exist, and
-    /// `LeaseLost` when the idempotency completion no longer holds the key's lease.
+    /// version differs from `expected_version`, `NotFound` when the order does not exist,
+    /// `LeaseLost` when a claimed idempotency completion no longer holds the key's lease, and
+    /// `KeyExists` when an unclaimed one finds the key already recorded.
     async fn save(&self, write: OrderWrite<'_>) -> Result<(), StoreError>;
 }

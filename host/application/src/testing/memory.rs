@@ -15,7 +15,10 @@ use oms_domain::{Order, OrderId, Timestamp, Version};
 use uuid::Uuid;
 
 use crate::idempotency::rules::{COMPLETED, IN_PROGRESS, KeyRecord, Verdict, judge};
-use crate::idempotency::{Fingerprint, IdempotencyClaim, IdempotencyScope, StoredOutcome};
+use crate::idempotency::{
+    Fingerprint, IdempotencyClaim, IdempotencyCompletion, IdempotencyRequest, IdempotencyScope,
+    StoredOutcome,
+};
 use crate::outbox::OutboxMessage;
 use crate::plugin_kv::{BatchOutcome, BoundedAdd, Evaluation, KvChanges, KvError, Swap, evaluate};
 use crate::ports::{
@@ -131,8 +134,17 @@ impl MemoryStore {
 
 fn write_order(state: &mut State, write: &OrderWrite<'_>) -> Result<(), StoreError> {
     // Same order as the SQL store: the key's completion, the order, its outbox, the saga.
-    if let Some(completion) = write.idempotency {
-        complete_key(state, &completion.claim, &completion.outcome)?;
+    match write.idempotency {
+        None => {}
+        Some(IdempotencyCompletion::Claimed { claim, outcome }) => {
+            complete_key(state, claim, outcome)?;
+        }
+        Some(IdempotencyCompletion::Unclaimed {
+            request,
+            outcome,
+            created_at: _,
+            expires_at,
+        }) => insert_completed_key(state, request, outcome, *expires_at)?,
     }
     let order = write.order;
     match write.expected_version {
@@ -215,6 +227,34 @@ fn upsert_step(state: &mut State, saga: SagaId, record: &StepRecord) {
             finished_at: finished.then_some(record.at),
         }),
     }
+}
+
+/// The unclaimed insert: a record in any state, even an expired one, is `KeyExists` (the SQL
+/// store's `ON CONFLICT DO NOTHING` sees the row whatever its state).
+fn insert_completed_key(
+    state: &mut State,
+    request: &IdempotencyRequest,
+    outcome: &StoredOutcome,
+    expires_at: Timestamp,
+) -> Result<(), StoreError> {
+    let key = scope_key(&request.scope);
+    if state.keys.contains_key(&key) {
+        return Err(StoreError::KeyExists);
+    }
+    let json = serde_json::to_value(outcome)
+        .map_err(|e| StoreError::Corrupt(format!("idempotency outcome: {e}")))?;
+    state.keys.insert(
+        key,
+        KeyRecord {
+            fingerprint: request.fingerprint.to_hex(),
+            state: COMPLETED.to_owned(),
+            lease_token: None,
+            locked_until: None,
+            outcome: Some(json),
+            expires_at: expires_at.unix_millis(),
+        },
+    );
+    Ok(())
 }
 
 fn complete_key(

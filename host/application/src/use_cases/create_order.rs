@@ -8,27 +8,32 @@ use crate::saga::{SagaInstance, SagaKind};
 use crate::service::OrderService;
 
 impl OrderService {
-    /// Stores the order, its lines, `OrderCreated` and its placement saga in one transaction
-    /// and returns it as PENDING. The saga (reserve, authorize, confirm) then runs on its own
-    /// task in this process at once when an inline placement slot is free (leased in the
-    /// same transaction), or in the background workers; never inside this request.
+    /// Stores the order, its lines, `OrderCreated`, its placement saga and, with a key, the
+    /// key's completed record in one transaction (one commit; see
+    /// [`OrderService::idempotent_insert`]) and returns it as PENDING. The saga (reserve,
+    /// authorize, confirm) then runs on its own task in this process at once when an inline
+    /// placement slot is free (leased in the same transaction), or in the background
+    /// workers; never inside this request.
     pub async fn create_order(
         &self,
         new: NewOrder,
         idempotency: Option<IdempotencyRequest>,
     ) -> Result<Order, AppError> {
-        self.idempotent(idempotency, |claim| async move {
-            let now = self.clock.now();
-            let (order, created) = Order::place(new, OrderId::generate(), now);
-            let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), now);
-            let slot = self.placement.as_ref().and_then(|p| p.try_start());
-            let lease = slot.as_ref().map(|s| s.lease(now));
-            self.commit_leased(&order, None, &[created], claim, Some(&saga), lease)
-                .await?;
-            if let Some(slot) = slot {
-                slot.drive(saga, order.clone());
+        self.idempotent_insert(idempotency, |key| {
+            let new = new.clone();
+            async move {
+                let now = self.clock.now();
+                let (order, created) = Order::place(new, OrderId::generate(), now);
+                let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), now);
+                let slot = self.placement.as_ref().and_then(|p| p.try_start());
+                let lease = slot.as_ref().map(|s| s.lease(now));
+                self.commit_leased(&order, None, &[created], key, Some(&saga), lease)
+                    .await?;
+                if let Some(slot) = slot {
+                    slot.drive(saga, order.clone());
+                }
+                Ok(order)
             }
-            Ok(order)
         })
         .await
     }

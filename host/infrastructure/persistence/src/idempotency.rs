@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use oms_application::idempotency::{
-    Fingerprint, IdempotencyClaim, IdempotencyScope, StoredOutcome,
+    Fingerprint, IdempotencyClaim, IdempotencyCompletion, IdempotencyScope, StoredOutcome,
 };
 use oms_application::ports::{BeginOutcome, IdempotencyStore, StoreError};
 use oms_domain::Timestamp;
@@ -103,17 +103,46 @@ fn completed<D: Dialect>(result: &ResultOf<D>) -> Result<(), StoreError> {
     }
 }
 
-/// [`completion`] inside the caller's transaction (an order write).
-pub(crate) async fn complete_claim<D: Dialect>(
+/// Writes an order write's idempotency record inside the caller's transaction: completes a
+/// claim (see [`completion`]), or inserts the record already completed. The insert is
+/// `ON CONFLICT DO NOTHING`: on PostgreSQL a concurrent insert of the same key waits for the
+/// first one's transaction and then does nothing if it committed; on SQLite the write lock
+/// taken at `BEGIN IMMEDIATE` orders them. Either way a conflict is `KeyExists`, and the
+/// caller rolls back.
+pub(crate) async fn write_key<D: Dialect>(
     conn: &mut ConnOf<D>,
-    claim: &IdempotencyClaim,
-    outcome: &StoredOutcome,
+    write: &IdempotencyCompletion,
 ) -> Result<(), StoreError> {
-    let updated = completion::<D>(claim, outcome)?
-        .execute(D::on(conn))
-        .await
-        .map_err(D::classify)?;
-    completed::<D>(&updated)
+    let fingerprint_hex;
+    let query = match write {
+        IdempotencyCompletion::Claimed { claim, outcome } => completion::<D>(claim, outcome)?,
+        IdempotencyCompletion::Unclaimed {
+            request,
+            outcome,
+            created_at,
+            expires_at,
+        } => {
+            fingerprint_hex = request.fingerprint.to_hex();
+            D::query(
+                "INSERT INTO idempotency_keys (method, caller, key, fingerprint, state, outcome, \
+             created_at, expires_at) VALUES ($1, $2, $3, $4, 'completed', $5, $6, $7) \
+             ON CONFLICT (method, caller, key) DO NOTHING",
+            )
+            .arg(request.scope.method.as_str())
+            .arg(request.scope.caller.as_str())
+            .arg(request.scope.key.as_str())
+            .arg(fingerprint_hex.as_str())
+            .arg(json(outcome, "idempotency outcome")?)
+            .arg(created_at.unix_millis())
+            .arg(expires_at.unix_millis())
+        }
+    };
+    let written = query.execute(D::on(conn)).await.map_err(D::classify)?;
+    match write {
+        IdempotencyCompletion::Claimed { .. } => completed::<D>(&written),
+        IdempotencyCompletion::Unclaimed { .. } if D::rows_affected(&written) == 1 => Ok(()),
+        IdempotencyCompletion::Unclaimed { .. } => Err(StoreError::KeyExists),
+    }
 }
 
 #[async_trait]

@@ -9,7 +9,7 @@ use oms_application::ports::{OrderQuery, OrderStore, OrderWrite, StoreError};
 use oms_domain::{Order, OrderId, Version};
 use sqlx::AssertSqlSafe;
 
-use crate::idempotency::complete_claim;
+use crate::idempotency::write_key;
 use crate::mapping::{
     ItemRow, OrderRow, decode_item, decode_order, item_columns, order_columns, order_from_rows,
     orders_from_rows,
@@ -150,11 +150,11 @@ pub(crate) async fn write_order<D: Dialect>(
     conn: &mut ConnOf<D>,
     write: &OrderWrite<'_>,
 ) -> Result<(), StoreError> {
-    // The key first: a request whose lease was taken over fails before it writes anything,
-    // and holding the key's row lock makes a concurrent takeover wait for this commit (then
-    // see the key completed).
-    if let Some(completion) = write.idempotency {
-        complete_claim::<D>(conn, &completion.claim, &completion.outcome).await?;
+    // The key first: a request whose lease was taken over, or whose key is already
+    // recorded, fails before it writes anything; and holding the key's row lock makes a
+    // concurrent takeover (or insert) wait for this commit, then see the key completed.
+    if let Some(key) = write.idempotency {
+        write_key::<D>(conn, key).await?;
     }
     match write.expected_version {
         None => insert_order::<D>(conn, write.order).await?,

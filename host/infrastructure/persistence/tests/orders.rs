@@ -238,7 +238,7 @@ async fn lost_lease_rolls_back_everything(db: Stores) {
 
     let (order, event) = new_order("cust-1", ts(6_000));
     let messages = outbox(&order, &event);
-    let completion = IdempotencyCompletion {
+    let completion = IdempotencyCompletion::Claimed {
         claim: stale,
         outcome: StoredOutcome::success(&order),
     };
