@@ -330,7 +330,7 @@ impl OrderService {
                 lease_saga_to,
             })
             .await?;
-        self.changes.publish(order.id(), order.version());
+        self.changes.publish(order);
         if start_saga.is_some() && lease_saga_to.is_none() {
             self.saga_wakeup.notify_one();
         }

@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use oms_domain::{OrderId, Timestamp};
-use tokio::sync::{Notify, watch};
+use oms_domain::{OrderId, Timestamp, Version};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -67,16 +67,23 @@ pub struct Backlog {
 /// The outbox and its dead letters, as the relay and operators use them.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Leases up to `limit` due rows (each the oldest unpublished row of its order) until
-    /// `lease_until`; returns them in id order. Safe with several relays: a row is leased to
-    /// one relay at a time.
+    /// Marks the rows `published` (acknowledged by the broker, see [`Self::mark_published`])
+    /// as published at `published_at`, then leases up to `limit` due rows (each the oldest
+    /// unpublished row of its order, counting the rows just marked as published) until
+    /// `lease_until`; returns them in id order. One commit for both, so a busy relay pays
+    /// one write per round. Safe with several relays: a row is leased to one relay at a time.
     async fn claim(
         &self,
+        published: &[i64],
+        published_at: Timestamp,
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<OutboxRow>, StoreError>;
 
+    /// Marks rows published. Where the database can notify other processes (PostgreSQL),
+    /// this commit (and the marking part of [`Self::claim`]) also tells them which order
+    /// versions were published: [`Self::watch_published`] hears it.
     async fn mark_published(&self, ids: &[i64], now: Timestamp) -> Result<(), StoreError>;
 
     /// Records a failed attempt; the row becomes due again at `retry_at`.
@@ -114,8 +121,13 @@ pub trait OutboxStore: Send + Sync {
 
     async fn backlog(&self) -> Result<Backlog, StoreError>;
 
-    /// Wakes `wake` whenever any process commits outbox rows, until `shutdown` turns true.
-    /// Returns at once where the database has no such signal (the relay then relies on
-    /// in-process wake-ups and polling).
-    async fn watch_commits(&self, wake: Arc<Notify>, shutdown: watch::Receiver<bool>);
+    /// Calls `on_change(order, version)` for every order event any process's relay marks
+    /// published, until `shutdown` turns true: how a process hears of order changes it did
+    /// not commit itself (`WatchOrder`). Hints only, possibly late or lost (readers poll as
+    /// well). Returns at once where the database has no such signal.
+    async fn watch_published(
+        &self,
+        on_change: Arc<dyn Fn(OrderId, Version) + Send + Sync>,
+        shutdown: watch::Receiver<bool>,
+    );
 }

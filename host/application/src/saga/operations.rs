@@ -154,7 +154,7 @@ impl SagaOperations {
             })
             .await?;
         if event.is_some() {
-            self.changes.publish(order.id(), order.version());
+            self.changes.publish(&order);
         }
         Ok(())
     }

@@ -504,22 +504,29 @@ impl IdempotencyStore for MemoryStore {
 
 #[async_trait]
 impl ProcessedEventStore for MemoryStore {
-    async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .processed
-            .contains(&(consumer.to_owned(), event_id)))
-    }
-
-    async fn record(
+    async fn processed_among(
         &self,
         consumer: &str,
-        event_id: Uuid,
+        event_ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        let state = self.lock();
+        Ok(event_ids
+            .iter()
+            .filter(|id| state.processed.contains(&(consumer.to_owned(), **id)))
+            .copied()
+            .collect())
+    }
+
+    async fn record_all(
+        &self,
+        consumer: &str,
+        event_ids: &[Uuid],
         _now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .processed
-            .insert((consumer.to_owned(), event_id));
+        let mut state = self.lock();
+        for id in event_ids {
+            state.processed.insert((consumer.to_owned(), *id));
+        }
         Ok(())
     }
 }

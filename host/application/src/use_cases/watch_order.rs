@@ -1,16 +1,21 @@
 //! WatchOrder: the order now and after every change, until a terminal status.
 
+use std::sync::Arc;
+
 use futures::Stream;
-use oms_domain::{Order, OrderId};
+use oms_domain::{Order, OrderId, Version};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::changes::OrderChange;
 use crate::error::AppError;
 use crate::service::OrderService;
 
 impl OrderService {
     /// Yields the current order, then each newer version, and ends after yielding a terminal
     /// one. Subscribes before the first read so that no change between read and wait is
-    /// missed; re-reads on a fallback interval for changes committed by other processes.
+    /// missed. A change this process committed is sent as broadcast, without a read; the
+    /// order is read again only for a hint of a newer version committed elsewhere, after the
+    /// watcher lagged behind the broadcast, or on the fallback interval (hints can be lost).
     /// Intermediate versions may be coalesced: a watcher always sees the latest state.
     pub fn watch_order(
         &self,
@@ -19,23 +24,29 @@ impl OrderService {
         let service = self.clone();
         async_stream(move |tx| async move {
             let mut changes = service.changes.subscribe();
-            let mut last_sent = None;
+            let mut last_sent: Option<Version> = None;
+            // The next order to send when it is already in hand (broadcast by a local commit).
+            let mut known: Option<Arc<Order>> = None;
             loop {
-                let order = match service.get_order(id).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
+                let order = match known.take() {
+                    Some(order) => Arc::unwrap_or_clone(order),
+                    None => match service.get_order(id).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    },
                 };
-                if last_sent != Some(order.version()) {
+                if last_sent.is_none_or(|sent| order.version() > sent) {
                     last_sent = Some(order.version());
                     let terminal = order.status().is_terminal();
                     if tx.send(Ok(order)).await.is_err() || terminal {
                         return;
                     }
                 }
-                // Wait for a local change to this order, the poll interval, or the client.
+                let newer = |version: Version| last_sent.is_none_or(|sent| version > sent);
+                // Wait for a newer version of this order, the poll interval, or the client.
                 let poll = tokio::time::sleep(service.config.watch_poll_interval);
                 tokio::pin!(poll);
                 loop {
@@ -43,7 +54,12 @@ impl OrderService {
                         _ = &mut poll => break,
                         _ = tx.closed() => return,
                         msg = changes.recv() => match msg {
-                            Ok((changed, _)) if changed == id => break,
+                            Ok(change) if change.order_id() == id && newer(change.version()) => {
+                                if let OrderChange::Committed(order) = change {
+                                    known = Some(order);
+                                }
+                                break;
+                            }
                             Ok(_) => continue,
                             Err(RecvError::Lagged(_)) => break,
                             Err(RecvError::Closed) => return,

@@ -1,11 +1,14 @@
-//! What `oms serve` starts: the chosen broker, the relay worker (woken by every committed
-//! order change) and the notification consumer, all stopping on one shutdown signal.
+//! What `oms serve` starts: the chosen broker, the relay worker (woken by every order change
+//! this process commits), the listener for order changes other processes' relays published
+//! (hints for `WatchOrder`) and the notification consumer, all stopping on one shutdown
+//! signal.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use oms_application::changes::OrderChanges;
+use oms_application::changes::{OrderChange, OrderChanges};
 use oms_application::ports::{OutboxStore, ProcessedEventStore};
+use oms_domain::{OrderId, Version};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -74,6 +77,15 @@ pub fn start(
         BrokerChoice::Kafka(options) => Arc::new(KafkaBroker::new(options.clone())?),
     };
     let publisher = broker.publisher()?;
+    // Order changes other processes committed, as their relays publish them: hints for
+    // this process's `WatchOrder` streams. Ends at once where the database has no such signal.
+    let hints = {
+        let (outbox, changes) = (Arc::clone(&stores.outbox), changes.clone());
+        let on_change: Arc<dyn Fn(OrderId, Version) + Send + Sync> =
+            Arc::new(move |id, version| changes.hint(id, version));
+        let stop = shutdown.clone();
+        tokio::spawn(async move { outbox.watch_published(on_change, stop).await })
+    };
     let relay = Relay::new(
         stores.outbox,
         publisher.clone(),
@@ -81,6 +93,7 @@ pub fn start(
         settings.relay,
     );
     let mut tasks = vec![
+        hints,
         tokio::spawn(relay.clone().run(shutdown.clone())),
         tokio::spawn(forward_wakeups(
             changes.subscribe(),
@@ -119,9 +132,10 @@ fn kind(b: &BrokerChoice) -> &'static str {
     }
 }
 
-/// Every committed order change wakes the relay (the change feed is published after commit).
-async fn forward_wakeups<T: Clone>(
-    mut changes: broadcast::Receiver<T>,
+/// Every order change this process committed wakes the relay (the change feed is published
+/// after commit). Hints of changes published elsewhere do not: their rows are published.
+async fn forward_wakeups(
+    mut changes: broadcast::Receiver<OrderChange>,
     relay: Relay,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -129,7 +143,10 @@ async fn forward_wakeups<T: Clone>(
         tokio::select! {
             r = changes.recv() => match r {
                 // Lagging only means several changes at once: one wake covers them.
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => relay.wake(),
+                Ok(OrderChange::Committed(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    relay.wake();
+                }
+                Ok(OrderChange::Hint { .. }) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return; },

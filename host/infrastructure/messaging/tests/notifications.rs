@@ -203,6 +203,90 @@ async fn undecodable_messages_are_poison() {
     test_db.cleanup().await.unwrap();
 }
 
+/// One batch holding the same event twice (a relay's republish), then a batch repeating
+/// events of the first: each event is formatted and delivered once, recorded once, and every
+/// other copy is a duplicate.
+async fn batches_deduplicate_within_and_across(backend: TestBackend) {
+    let (test_db, db) = database(backend).await;
+    let svc = service(&db);
+    let broker = InProcessBroker::default();
+    let topics = Topics::default();
+    let relay = Relay::new(
+        db.outbox(),
+        broker.publisher_arc(),
+        topics.clone(),
+        RelayConfig::default(),
+    );
+    write_orders(&svc, 3, 0, 1).await; // 3 events
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    let msgs = broker.messages(&topics.events);
+    assert_eq!(msgs.len(), 3);
+    let delivery = |n: usize, offset: i64| oms_messaging::broker::Delivery {
+        message: msgs[n].clone(),
+        partition: 0,
+        offset,
+    };
+    let formatter = Arc::new(TestFormatter {
+        crash_on_order: None,
+        calls: AtomicUsize::new(0),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("notifications.jsonl");
+    let service = NotificationService::new(
+        db.processed_events(),
+        NotificationConfig::default(),
+        vec![formatter.clone()],
+        vec![Arc::new(FileSink::new(Some(out.clone()))) as Arc<dyn Channel>],
+        broker.publisher_arc(),
+    );
+
+    let (first, error) = service
+        .handle_batch(&[delivery(0, 0), delivery(1, 1), delivery(0, 2)])
+        .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(
+        first,
+        vec![
+            Handled::Processed(1),
+            Handled::Processed(1),
+            Handled::Duplicate
+        ]
+    );
+    let (second, error) = service
+        .handle_batch(&[delivery(1, 3), delivery(2, 4), delivery(0, 5)])
+        .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(
+        second,
+        vec![
+            Handled::Duplicate,
+            Handled::Processed(1),
+            Handled::Duplicate
+        ]
+    );
+    assert_eq!(formatter.calls.load(Ordering::Relaxed), 3);
+    assert_eq!(lines(&out).len(), 3);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM processed_events").await,
+        3
+    );
+    let m = service.metrics();
+    assert_eq!(m.processed.load(Ordering::Relaxed), 3);
+    assert_eq!(m.duplicates.load(Ordering::Relaxed), 3);
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_deduplicate_within_and_across_postgres() {
+    batches_deduplicate_within_and_across(TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn batches_deduplicate_within_and_across_sqlite() {
+    batches_deduplicate_within_and_across(TestBackend::Sqlite).await;
+}
+
 /// A tiny HTTP server answering 503 to the first `failures` requests, then 204.
 async fn flaky_http(
     failures: usize,

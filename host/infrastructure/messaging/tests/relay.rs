@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use oms_application::AppError;
 use oms_application::retry::RetryPolicy;
+use oms_domain::{OrderId, Timestamp, Version};
 use oms_messaging::broker::{InProcessBroker, Publisher, Topics};
 use oms_messaging::event::headers;
 use oms_messaging::relay::{Relay, RelayConfig};
@@ -265,21 +266,32 @@ async fn the_worker_wakes_on_commit_and_prunes_sqlite() {
     the_worker_wakes_on_commit_and_prunes(TestBackend::Sqlite).await;
 }
 
-/// PostgreSQL only: NOTIFY from the outbox trigger wakes a relay nobody signals in-process
-/// (another host wrote the event).
+async fn next_hint(
+    hints: &mut tokio::sync::mpsc::UnboundedReceiver<(OrderId, Version)>,
+) -> (OrderId, Version) {
+    tokio::time::timeout(Duration::from_secs(10), hints.recv())
+        .await
+        .expect("a hint in time")
+        .expect("listener running")
+}
+
+/// PostgreSQL only: the relay's commits that mark rows published tell every process which
+/// order versions were published (the hint `WatchOrder` streams of other processes wake on),
+/// both when a round marks them in the next claim (`run`) and when it marks them at once
+/// (`run_once`). Order transactions notify nothing (migration 0007).
 #[tokio::test]
-async fn postgres_notify_wakes_the_relay() {
+async fn postgres_marking_published_notifies_other_processes() {
     let (test_db, db) = database(TestBackend::Postgres).await;
     let svc = service(&db);
     let broker = InProcessBroker::default();
     let topics = Topics::default();
-    let config = RelayConfig {
-        poll_interval: Duration::from_secs(3600),
-        ..fast_config()
-    };
-    let relay = Relay::new(db.outbox(), broker.publisher_arc(), topics.clone(), config);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(relay.clone().run(stop_rx));
+    let (hints_tx, mut hints) = tokio::sync::mpsc::unbounded_channel();
+    let on_change: Arc<dyn Fn(OrderId, Version) + Send + Sync> = Arc::new(move |id, version| {
+        let _ = hints_tx.send((id, version));
+    });
+    let (stop_listener, listening) = tokio::sync::watch::channel(false);
+    let outbox = db.outbox();
+    let listener = tokio::spawn(async move { outbox.watch_published(on_change, listening).await });
     eventually(Duration::from_secs(10), "listener connected", || async {
         scalar(
             &db,
@@ -289,18 +301,89 @@ async fn postgres_notify_wakes_the_relay() {
             > 0
     })
     .await;
-    svc.create_order(new_order("cust-n"), None).await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "event relayed after NOTIFY",
-        || async { broker.messages(&topics.events).len() == 1 },
-    )
-    .await;
+
+    // Marked by the claim of the round after the publish (the relay's own loop).
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(3600),
+        mark_delay: Duration::from_millis(10),
+        ..fast_config()
+    };
+    let first = svc.create_order(new_order("cust-n"), None).await.unwrap();
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM pg_trigger WHERE tgname = 'outbox_notify'"
+        )
+        .await,
+        0,
+        "order commits must not notify"
+    );
+    let relay = Relay::new(db.outbox(), broker.publisher_arc(), topics.clone(), config);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(relay.run(stop_rx));
+    assert_eq!(next_hint(&mut hints).await, (first.id(), Version(1)));
+    assert_eq!(unpublished(&db).await, 0);
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), worker)
         .await
         .unwrap()
         .unwrap();
+
+    // Marked at once (`run_once`), for an order at version 2.
+    let second = order_with_events(&svc, "cust-m", 1).await;
+    let relay = Relay::new(db.outbox(), broker.publisher_arc(), topics, fast_config());
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    let mut got = vec![next_hint(&mut hints).await, next_hint(&mut hints).await];
+    got.sort_by_key(|(_, v)| *v);
+    assert_eq!(
+        got,
+        vec![(second.id(), Version(1)), (second.id(), Version(2))]
+    );
+    stop_listener.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), listener)
+        .await
+        .unwrap()
+        .unwrap();
     drop(db);
     test_db.cleanup().await.unwrap();
+}
+
+/// The claim that marks the previous round's rows published treats them as published
+/// already: their orders' next rows are claimed in the same call, and they are not leased
+/// again.
+async fn a_claim_marks_the_previous_round_and_claims_the_next_rows(backend: TestBackend) {
+    let (test_db, db) = database(backend).await;
+    let svc = service(&db);
+    let order = order_with_events(&svc, "cust-c", 1).await;
+    let outbox = db.outbox();
+    let now = Timestamp::now();
+    let lease = now.saturating_add(Duration::from_secs(60));
+    let first = outbox.claim(&[], now, now, lease, 10).await.unwrap();
+    assert_eq!(first.len(), 1, "the order's second row waits for its first");
+    assert_eq!(first[0].aggregate_id, order.id());
+    let second = outbox
+        .claim(&[first[0].id], now, now, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert!(second[0].id > first[0].id);
+    assert_eq!(unpublished(&db).await, 1);
+    let third = outbox
+        .claim(&[second[0].id], now, now, lease, 10)
+        .await
+        .unwrap();
+    assert!(third.is_empty(), "{third:?}");
+    assert_eq!(unpublished(&db).await, 0);
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_marks_the_previous_round_and_claims_the_next_rows_postgres() {
+    a_claim_marks_the_previous_round_and_claims_the_next_rows(TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_claim_marks_the_previous_round_and_claims_the_next_rows_sqlite() {
+    a_claim_marks_the_previous_round_and_claims_the_next_rows(TestBackend::Sqlite).await;
 }

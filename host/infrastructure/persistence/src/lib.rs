@@ -34,7 +34,7 @@ use oms_application::ports::{
 use sqlx::{PgPool, Postgres, Sqlite};
 
 pub use errors::PersistenceError;
-pub use outbox::NOTIFY_CHANNEL;
+pub use outbox::CHANGES_CHANNEL;
 pub use sql::Pools;
 
 #[cfg(doc)]

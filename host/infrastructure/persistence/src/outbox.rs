@@ -6,22 +6,50 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use oms_application::ports::{Backlog, DeadLetter, OutboxRow, OutboxStore, StoreError};
-use oms_domain::{OrderId, Timestamp};
+use oms_domain::{OrderId, Timestamp, Version};
 use sqlx::AssertSqlSafe;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
+use tracing::debug;
 
 use crate::sql::{Args, Column, Dialect, RowExt, RowOf, Sql, lenient_json};
 
-/// The channel the outbox trigger notifies on PostgreSQL (migration 0003).
-pub const NOTIFY_CHANNEL: &str = "oms_outbox";
+/// The PostgreSQL channel on which relays announce published order events, one notification
+/// per event with the payload `<order id> <version>` ([`published_hint`]).
+pub const CHANGES_CHANNEL: &str = "oms_order_changes";
+
+/// The `RETURNING` expression of the statements that mark rows published on PostgreSQL: one
+/// notification per row, sent when the relay's own commit is durable. Not in the order
+/// transactions (migration 0007): a notifying commit holds a cluster-wide lock through its
+/// WAL flush, which only the relay's commits now queue on. Identical notifications of one
+/// transaction are folded, and the version is what lets a listener that already holds that
+/// version skip the read.
+fn published_hint() -> String {
+    format!(
+        "pg_notify('{CHANGES_CHANNEL}', \
+         aggregate_id::text || ' ' || coalesce(payload->'order'->>'version', ''))"
+    )
+}
+
+/// `<order id> <version>`, as [`published_hint`] writes it.
+fn parse_hint(payload: &str) -> Option<(OrderId, Version)> {
+    let (id, version) = payload.split_once(' ')?;
+    let id = uuid::Uuid::parse_str(id).ok()?;
+    Some((OrderId::from_uuid(id), Version(version.parse().ok()?)))
+}
 
 const COLUMNS: &str = "id, event_id, aggregate_id, event_type, schema_version, payload, headers, \
                        occurred_at, created_at, attempts";
 
-/// Due, unpublished, and the oldest unpublished row of its order.
-const CLAIMABLE: &str = "c.published_at IS NULL AND c.next_attempt_at <= $1 \
-     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.aggregate_id = c.aggregate_id \
-                     AND p.published_at IS NULL AND p.id < c.id)";
+/// Due, unpublished, not in `published` (the list parameter of rows being marked published
+/// by the same statement), and the oldest unpublished row of its order.
+fn claimable<D: Dialect>(published: &str) -> String {
+    let published = D::in_list(published);
+    format!(
+        "c.published_at IS NULL AND c.next_attempt_at <= $1 AND NOT c.id {published} \
+         AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.aggregate_id = c.aggregate_id \
+                         AND p.published_at IS NULL AND p.id < c.id AND NOT p.id {published})"
+    )
+}
 
 pub(crate) struct SqlOutboxStore<D: Dialect> {
     sql: Sql<D>,
@@ -77,24 +105,71 @@ fn decode_dead_letter<D: Dialect>(row: &RowOf<D>) -> Result<DeadLetter, sqlx::Er
 impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
     async fn claim(
         &self,
+        published: &[i64],
+        published_at: Timestamp,
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        let sql = format!(
+        // The rows being marked are still unpublished in the claim's view on PostgreSQL (one
+        // statement, one snapshot): `NOT ... $4` keeps them from blocking their orders' next
+        // rows and from being leased again.
+        let claim = format!(
             "UPDATE outbox SET next_attempt_at = $2 WHERE id IN (SELECT c.id FROM outbox c \
-             WHERE {CLAIMABLE} ORDER BY c.id LIMIT $3{lock}) RETURNING {COLUMNS}",
+             WHERE {claimable} ORDER BY c.id LIMIT $3{lock}) RETURNING {COLUMNS}",
+            claimable = claimable::<D>("$4"),
             lock = D::CONCURRENCY.claim_lock()
         );
-        let rows = self
-            .sql
-            .write_returning(
-                D::query(AssertSqlSafe(sql))
+        let rows = if D::NOTIFIES {
+            // One statement: the mark runs as a data-modifying CTE, which PostgreSQL always
+            // runs to completion (RETURNING included, which sends the hints).
+            let sql = format!(
+                "WITH marked AS (UPDATE outbox SET published_at = $5, last_error = NULL \
+                 WHERE id {list} RETURNING {hint}) {claim}",
+                list = D::in_list("$4"),
+                hint = published_hint(),
+            );
+            self.sql
+                .write_returning(
+                    D::bind_list(
+                        D::query(AssertSqlSafe(sql))
+                            .arg(now.unix_millis())
+                            .arg(lease_until.unix_millis())
+                            .arg(i64::from(limit)),
+                        Column::BigInt(published.to_vec()),
+                    )
+                    .arg(published_at.unix_millis()),
+                )
+                .await?
+        } else {
+            // One transaction: the single writer is taken once for both.
+            let mut tx = self.sql.begin_write().await?;
+            if !published.is_empty() {
+                let mark = format!(
+                    "UPDATE outbox SET published_at = $1, last_error = NULL WHERE id {}",
+                    D::in_list("$2")
+                );
+                D::bind_list(
+                    D::query(AssertSqlSafe(mark)).arg(published_at.unix_millis()),
+                    Column::BigInt(published.to_vec()),
+                )
+                .execute(D::on(&mut tx))
+                .await
+                .map_err(D::classify)?;
+            }
+            let rows = D::bind_list(
+                D::query(AssertSqlSafe(claim))
                     .arg(now.unix_millis())
                     .arg(lease_until.unix_millis())
                     .arg(i64::from(limit)),
+                Column::BigInt(published.to_vec()),
             )
-            .await?;
+            .fetch_all(D::on(&mut tx))
+            .await
+            .map_err(D::classify)?;
+            tx.commit().await.map_err(D::classify)?;
+            rows
+        };
         let mut rows = rows
             .iter()
             .map(|r| decode_row::<D>(r).map_err(D::classify))
@@ -109,12 +184,17 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
             return Ok(());
         }
         let sql = format!(
-            "UPDATE outbox SET published_at = $1, last_error = NULL WHERE id {}",
-            D::in_list("$2")
+            "UPDATE outbox SET published_at = $1, last_error = NULL WHERE id {}{}",
+            D::in_list("$2"),
+            if D::NOTIFIES {
+                format!(" RETURNING {}", published_hint())
+            } else {
+                String::new()
+            }
         );
         let query = D::query(AssertSqlSafe(sql)).arg(now.unix_millis());
         self.sql
-            .write(D::bind_list(query, Column::BigInt(ids.to_vec())))
+            .write_returning(D::bind_list(query, Column::BigInt(ids.to_vec())))
             .await?;
         Ok(())
     }
@@ -266,7 +346,15 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
         decode().map_err(D::classify)
     }
 
-    async fn watch_commits(&self, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
-        D::watch_notifications(&self.sql.pools, NOTIFY_CHANNEL, wake, shutdown).await;
+    async fn watch_published(
+        &self,
+        on_change: Arc<dyn Fn(OrderId, Version) + Send + Sync>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let on_payload = Arc::new(move |payload: &str| match parse_hint(payload) {
+            Some((order, version)) => on_change(order, version),
+            None => debug!(payload, "ignoring a malformed order change hint"),
+        });
+        D::watch_notifications(&self.sql.pools, CHANGES_CHANNEL, on_payload, shutdown).await;
     }
 }

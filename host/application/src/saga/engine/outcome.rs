@@ -216,7 +216,7 @@ impl SagaEngine {
             Ok(()) => {
                 *saga = next;
                 if changed {
-                    self.changes.publish(order.id(), order.version());
+                    self.changes.publish(&order);
                 }
                 Ok(order)
             }

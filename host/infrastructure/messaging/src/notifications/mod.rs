@@ -1,10 +1,11 @@
 //! The notification service: consumes order events, turns each into notifications with the
 //! configured formatters, and delivers them through channels.
 //!
-//! Per message: decode (a message that is not an event is poison) -> skip if this consumer
-//! already processed the event id -> format with every formatter -> deliver each notification
-//! through the channel that accepts it -> record the event id in `processed_events` -> commit
-//! the offset. A poison message (undecodable, a formatter that traps or rejects the event, a
+//! Per batch of the messages that have arrived (up to `batch_size`): decode each (a message
+//! that is not an event is poison) -> one read of which event ids this consumer already
+//! processed -> for each new event, format with every formatter and deliver each notification
+//! through the channel that accepts it -> one multi-row insert of the delivered event ids into
+//! `processed_events` -> commit the offsets. A poison message (undecodable, a formatter that traps or rejects the event, a
 //! delivery that keeps failing) goes to the notification dead-letter topic and the offset is
 //! committed, so one bad event never blocks its partition.
 
@@ -90,6 +91,8 @@ pub struct NotificationConfig {
     /// event is dead-lettered.
     pub max_attempts: u32,
     pub backoff: RetryPolicy,
+    /// Messages handled together at most (one dedup read and one record per batch).
+    pub batch_size: usize,
 }
 
 impl Default for NotificationConfig {
@@ -102,6 +105,7 @@ impl Default for NotificationConfig {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(10),
             },
+            batch_size: 100,
         }
     }
 }
@@ -159,8 +163,10 @@ impl NotificationService {
         Arc::clone(&self.metrics)
     }
 
-    /// Consumes until `shutdown` turns true. The offset of a message is committed only after
-    /// it was processed, found duplicate, or dead-lettered.
+    /// Consumes until `shutdown` turns true, in batches: it waits for one message, takes
+    /// whatever else has already arrived (up to `batch_size`), and handles them together
+    /// ([`Self::handle_batch`]). The offset of a message is committed only after it was
+    /// processed, found duplicate, or dead-lettered.
     pub async fn run(self, mut consumer: Box<dyn Consumer>, mut shutdown: watch::Receiver<bool>) {
         info!(consumer = %self.config.consumer, "notification consumer started");
         let mut failures = 0u32;
@@ -182,36 +188,64 @@ impl NotificationService {
                 }
             };
             failures = 0;
-            match self.handle_with_retries(&delivery).await {
-                Ok(outcome) => {
-                    debug!(?outcome, offset = delivery.offset, "event handled");
-                    if let Err(e) = consumer.commit(&delivery).await {
-                        // The event is recorded as processed: a redelivery is a duplicate.
-                        warn!(error = %e, "offset commit failed");
+            let mut batch = vec![delivery];
+            while batch.len() < self.config.batch_size {
+                match consumer.try_recv().await {
+                    Some(Ok(d)) => batch.push(d),
+                    Some(Err(e)) => {
+                        // The next `recv` meets it again if it lasts.
+                        debug!(error = %e, "receiving more events for the batch failed");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            match self.handle_with_retries(&batch).await {
+                Ok(outcomes) => {
+                    debug!(?outcomes, events = batch.len(), "events handled");
+                    for delivery in last_of_each_partition(&batch) {
+                        if let Err(e) = consumer.commit(delivery).await {
+                            // The events are recorded as processed: a redelivery is a
+                            // duplicate.
+                            warn!(error = %e, "offset commit failed");
+                        }
                     }
                 }
-                // Shutting down in the middle of retries: leave the offset uncommitted.
+                // The dead-letter topic keeps failing: stop with the offsets uncommitted.
                 Err(_) => break,
             }
         }
         info!("notification consumer stopped");
     }
 
-    /// [`Self::handle`], retrying transient failures with backoff; after `max_attempts` the
-    /// event is dead-lettered. Errs only when even the dead-letter publish keeps failing.
-    async fn handle_with_retries(&self, delivery: &Delivery) -> Result<Handled, MessagingError> {
+    /// [`Self::handle_batch`], retrying transient failures with backoff from the event that
+    /// failed on (the ones before it are done and recorded); after `max_attempts` that event
+    /// is dead-lettered. Errs only when even the dead-letter publish keeps failing.
+    async fn handle_with_retries(
+        &self,
+        batch: &[Delivery],
+    ) -> Result<Vec<Handled>, MessagingError> {
+        let mut done: Vec<Handled> = Vec::with_capacity(batch.len());
         let mut attempt = 0u32;
-        loop {
+        while let Some(head) = batch.get(done.len()) {
+            let (handled, error) = self.handle_batch(&batch[done.len()..]).await;
+            if !handled.is_empty() {
+                // Progress: the error, if any, is about a later event.
+                attempt = 0;
+            }
+            done.extend(handled);
+            let Some(error) = error else { continue };
+            let head = batch.get(done.len()).unwrap_or(head);
             attempt += 1;
-            let error = match self.handle(delivery).await {
-                Ok(h) => return Ok(h),
-                Err(e) => e,
-            };
-            warn!(error = %error, attempt, offset = delivery.offset, "event processing failed");
+            warn!(error = %error, attempt, offset = head.offset, "event processing failed");
             if attempt >= self.config.max_attempts {
                 let reason = format!("gave up after {attempt} attempts: {error}");
-                match self.dead_letter(delivery, &reason).await {
-                    Ok(()) => return Ok(Handled::DeadLettered(reason)),
+                match self.dead_letter(head, &reason).await {
+                    Ok(()) => {
+                        done.push(Handled::DeadLettered(reason));
+                        attempt = 0;
+                        continue;
+                    }
                     Err(e) if attempt >= self.config.max_attempts.saturating_mul(4) => {
                         return Err(e);
                     }
@@ -220,29 +254,95 @@ impl NotificationService {
             }
             tokio::time::sleep(self.config.backoff.jittered(attempt)).await;
         }
+        Ok(done)
     }
 
-    /// Processes one delivery once. `Err` means a transient failure worth retrying.
+    /// Processes one delivery once: [`Self::handle_batch`] of one. `Err` means a transient
+    /// failure worth retrying.
     pub async fn handle(&self, delivery: &Delivery) -> Result<Handled, MessagingError> {
-        let event = match event::decode(&delivery.message.payload) {
-            Ok(e) => e,
-            Err(e) => return self.poison(delivery, e.to_string()).await,
-        };
-        let Ok(event_id) = Uuid::parse_str(&event.event_id) else {
-            let reason = format!("event id {:?} is not a UUID", event.event_id);
-            return self.poison(delivery, reason).await;
-        };
-        if self
-            .processed
-            .is_processed(&self.config.consumer, event_id)
-            .await?
-        {
-            self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(Handled::Duplicate);
+        match self.handle_batch(std::slice::from_ref(delivery)).await {
+            (_, Some(e)) => Err(e),
+            (mut handled, None) => handled
+                .pop()
+                .ok_or_else(|| MessagingError::Invalid("a batch of one handled nothing".into())),
         }
+    }
+
+    /// Processes `batch` in order, once: one read of which events this consumer processed
+    /// before; then each new event is formatted and delivered (an event twice in the batch,
+    /// as after a relay's republish, only once); then one multi-row insert records the
+    /// delivered ones. Returns the outcomes of the events it finished, in order, and the
+    /// transient failure (formatter unavailable, database error) that stopped it early, if
+    /// any: the events before it are recorded. When the record itself fails, nothing is
+    /// finished: a retry delivers the batch's notifications again (at least once, as after a
+    /// crash between delivery and record).
+    pub async fn handle_batch(&self, batch: &[Delivery]) -> (Vec<Handled>, Option<MessagingError>) {
+        let decoded: Vec<Result<(Uuid, pb::OrderEvent), String>> =
+            batch.iter().map(decode_event).collect();
+        let ids: Vec<Uuid> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok().map(|(id, _)| *id))
+            .collect();
+        let mut seen = match self
+            .processed
+            .processed_among(&self.config.consumer, &ids)
+            .await
+        {
+            Ok(seen) => seen,
+            Err(e) => return (Vec::new(), Some(e.into())),
+        };
+        let mut handled = Vec::with_capacity(batch.len());
+        let mut delivered = Vec::new();
+        let mut stopped = None;
+        for (delivery, event) in batch.iter().zip(decoded) {
+            let outcome = match event {
+                Err(reason) => self.poison(delivery, reason).await,
+                Ok((id, _)) if seen.contains(&id) => {
+                    self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                    Ok(Handled::Duplicate)
+                }
+                Ok((id, event)) => {
+                    let outcome = self.notify(delivery, &event).await;
+                    if let Ok(Handled::Processed(_)) = outcome {
+                        seen.insert(id);
+                        delivered.push(id);
+                    }
+                    outcome
+                }
+            };
+            match outcome {
+                Ok(h) => handled.push(h),
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        if !delivered.is_empty() {
+            if let Err(e) = self
+                .processed
+                .record_all(&self.config.consumer, &delivered, Timestamp::now())
+                .await
+            {
+                return (Vec::new(), Some(e.into()));
+            }
+            self.metrics
+                .processed
+                .fetch_add(delivered.len() as u64, Ordering::Relaxed);
+        }
+        (handled, stopped)
+    }
+
+    /// Formats `event` with every formatter and delivers the notifications. `Err` means a
+    /// transient failure worth retrying.
+    async fn notify(
+        &self,
+        delivery: &Delivery,
+        event: &pb::OrderEvent,
+    ) -> Result<Handled, MessagingError> {
         let mut notes = Vec::new();
         for f in &self.formatters {
-            match f.format(&event).await {
+            match f.format(event).await {
                 Ok(mut n) => notes.append(&mut n),
                 Err(FormatFailure::Unavailable(e)) => {
                     return Err(MessagingError::Invalid(format!(
@@ -270,10 +370,6 @@ impl NotificationService {
             }
             self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
         }
-        self.processed
-            .record(&self.config.consumer, event_id, Timestamp::now())
-            .await?;
-        self.metrics.processed.fetch_add(1, Ordering::Relaxed);
         Ok(Handled::Processed(notes.len()))
     }
 
@@ -304,4 +400,28 @@ impl NotificationService {
               "event sent to the notification dead-letter topic");
         Ok(())
     }
+}
+
+/// The event in `delivery` and its id, or why it is poison.
+fn decode_event(delivery: &Delivery) -> Result<(Uuid, pb::OrderEvent), String> {
+    let event = event::decode(&delivery.message.payload).map_err(|e| e.to_string())?;
+    let id = Uuid::parse_str(&event.event_id)
+        .map_err(|_| format!("event id {:?} is not a UUID", event.event_id))?;
+    Ok((id, event))
+}
+
+/// The last delivery of each partition in `batch`: committing it commits the ones before.
+fn last_of_each_partition(batch: &[Delivery]) -> Vec<&Delivery> {
+    let mut last: Vec<&Delivery> = Vec::new();
+    for d in batch {
+        match last
+            .iter_mut()
+            .find(|l| l.message.topic == d.message.topic && l.partition == d.partition)
+        {
+            Some(l) if l.offset < d.offset => *l = d,
+            Some(_) => {}
+            None => last.push(d),
+        }
+    }
+    last
 }

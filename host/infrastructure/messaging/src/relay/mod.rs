@@ -5,9 +5,10 @@
 //! published, and for each failure either schedule a retry with exponential backoff or, after
 //! `max_attempts` (or at once when the payload breaks the event contract), publish it to the
 //! dead-letter topic and move it to `dead_letters`. [`Relay::run`] repeats rounds while there
-//! is work and otherwise sleeps until woken (in-process signal, or the store's commit
-//! notifications: PostgreSQL NOTIFY) or until
-//! the poll interval passes; it also refreshes the lag gauges and prunes old published rows.
+//! is work and otherwise sleeps until woken (in-process signal after each commit of this
+//! process) or until the poll interval passes (rows committed by other processes); it marks
+//! a round's published rows in the next round's claim statement, and also refreshes the lag
+//! gauges and prunes old published rows.
 
 mod message;
 pub mod metrics;
@@ -45,6 +46,11 @@ pub struct RelayConfig {
     pub retention: Duration,
     /// How often the backlog gauges are refreshed and old rows pruned.
     pub housekeeping_interval: Duration,
+    /// How long [`Relay::run`] may hold acknowledged rows unmarked, waiting for the next
+    /// round's claim to mark them in the same statement. It delays the "published" hint
+    /// other processes' `WatchOrder` streams get, and widens the window in which a crash
+    /// republishes rows (duplicates, which consumers drop).
+    pub mark_delay: Duration,
 }
 
 impl Default for RelayConfig {
@@ -60,6 +66,23 @@ impl Default for RelayConfig {
             poll_interval: Duration::from_millis(500),
             retention: Duration::from_secs(7 * 24 * 3600),
             housekeeping_interval: Duration::from_secs(10),
+            mark_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Rows the broker acknowledged that are not yet marked published.
+#[derive(Debug)]
+struct Acked {
+    ids: Vec<i64>,
+    at: Timestamp,
+}
+
+impl Default for Acked {
+    fn default() -> Self {
+        Self {
+            ids: Vec::new(),
+            at: Timestamp::from_unix_millis(0),
         }
     }
 }
@@ -123,14 +146,34 @@ impl Relay {
         Arc::clone(&self.metrics)
     }
 
-    /// One claim-publish-mark round.
+    /// One claim-publish-mark round: the rows it publishes are marked published before it
+    /// returns.
     pub async fn run_once(&self) -> Result<RoundOutcome, MessagingError> {
+        let mut acked = Acked::default();
+        // Marked even when handling a failed row erred after the publish.
+        let outcome = self.round(&mut acked).await;
+        self.outbox.mark_published(&acked.ids, acked.at).await?;
+        outcome
+    }
+
+    /// Marks `acked` (the previous round's acknowledged rows) published and claims the next
+    /// rows in one store call, publishes them, and leaves the acknowledged ones in `acked` for
+    /// the next round (or [`Self::run_once`]) to mark. `acked` is cleared only once its mark
+    /// committed: a failed call leaves it to be marked again.
+    async fn round(&self, acked: &mut Acked) -> Result<RoundOutcome, MessagingError> {
         let now = Timestamp::now();
         let lease_until = now.saturating_add(self.config.lease);
         let rows = self
             .outbox
-            .claim(now, lease_until, self.config.batch_size.max(1))
+            .claim(
+                &acked.ids,
+                acked.at,
+                now,
+                lease_until,
+                self.config.batch_size.max(1),
+            )
             .await?;
+        acked.ids.clear();
         let mut outcome = RoundOutcome {
             claimed: rows.len(),
             ..RoundOutcome::default()
@@ -158,11 +201,11 @@ impl Relay {
         let results = self.publisher.publish(to_send).await;
         self.metrics.publish_latency.record(started.elapsed());
         let acked_at = Timestamp::now();
-        let mut published = Vec::with_capacity(sent_rows.len());
+        acked.at = acked_at;
         for (row, result) in sent_rows.into_iter().zip(results) {
             match result {
                 Ok(()) => {
-                    published.push(row.id);
+                    acked.ids.push(row.id);
                     let lag = u64::try_from(
                         acked_at
                             .unix_millis()
@@ -176,11 +219,10 @@ impl Relay {
                 Err(e) => failures.push((row, e.to_string(), false)),
             }
         }
-        self.outbox.mark_published(&published, acked_at).await?;
-        outcome.published = published.len();
+        outcome.published = acked.ids.len();
         self.metrics
             .published
-            .fetch_add(published.len() as u64, Ordering::Relaxed);
+            .fetch_add(acked.ids.len() as u64, Ordering::Relaxed);
 
         for (row, error, permanent) in failures {
             let attempts = row.attempts.saturating_add(1);
@@ -285,12 +327,11 @@ impl Relay {
     /// Runs rounds until `shutdown` turns true (or its sender is dropped). Database errors
     /// are logged and retried after the poll interval: the relay never gives up.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        // Rows committed by other processes (PostgreSQL NOTIFY); ends at once where the
-        // database has no such signal.
-        let outbox = Arc::clone(&self.outbox);
-        let (wake, stop) = (Arc::clone(&self.wake), shutdown.clone());
-        tokio::spawn(async move { outbox.watch_commits(wake, stop).await });
         let mut last_housekeeping: Option<Instant> = None;
+        // Acknowledged rows not yet marked published: the next round's claim marks them in
+        // the same statement, so a relay kept busy by commits pays one write per round, not
+        // two. They wait at most `mark_delay`; until then they stay leased to this relay.
+        let mut acked = Acked::default();
         info!(topic = %self.topics.events, batch = self.config.batch_size, "outbox relay started");
         loop {
             if *shutdown.borrow() {
@@ -300,7 +341,7 @@ impl Relay {
                 last_housekeeping = Some(Instant::now());
                 self.housekeeping().await;
             }
-            let busy = match self.run_once().await {
+            let busy = match self.round(&mut acked).await {
                 Ok(o) => {
                     if o.claimed > 0 {
                         debug!(?o, "relay round");
@@ -315,12 +356,21 @@ impl Relay {
             if busy {
                 continue;
             }
+            let idle = if acked.ids.is_empty() {
+                self.config.poll_interval
+            } else {
+                self.config.mark_delay.min(self.config.poll_interval)
+            };
             tokio::select! {
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = tokio::time::sleep(idle) => {}
                 // A dropped sender also means stop.
                 r = shutdown.changed() => if r.is_err() { break; },
             }
+        }
+        if let Err(e) = self.outbox.mark_published(&acked.ids, acked.at).await {
+            // They are republished after their lease: duplicates, no loss.
+            warn!(error = %e, rows = acked.ids.len(), "marking published rows at shutdown failed");
         }
         info!("outbox relay stopped");
     }

@@ -36,7 +36,7 @@ use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, SqlSafeStr,
     Transaction, Type,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 /// `T` can be bound as a query parameter: a nameable form of `T: Encode<'t, DB> + Type<DB>`.
@@ -302,12 +302,15 @@ pub(crate) trait Dialect: Send + Sync + 'static {
         namespace: &str,
         names: &[String],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
-    /// Wakes `wake` on every notification on `channel` (sent by a trigger when another
-    /// process commits) until `shutdown`; returns at once where there are none.
+    /// Whether the database delivers notifications between processes (PostgreSQL's
+    /// LISTEN/NOTIFY); where it does not, [`Self::watch_notifications`] returns at once.
+    const NOTIFIES: bool;
+    /// Calls `on_payload` with the payload of every notification on `channel` until
+    /// `shutdown`; returns at once where there are none.
     fn watch_notifications(
         pools: &Pools<Self::DB>,
         channel: &'static str,
-        wake: Arc<Notify>,
+        on_payload: Arc<dyn Fn(&str) + Send + Sync>,
         shutdown: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use oms_application::ports::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::warn;
 use uuid::Uuid;
 
@@ -209,12 +209,14 @@ impl Dialect for PostgresDialect {
         Ok(())
     }
 
+    const NOTIFIES: bool = true;
+
     /// LISTEN on `channel`, reconnecting after errors. Polling covers any gap, so a lost
     /// notification only costs latency.
     async fn watch_notifications(
         pools: &Pools<Postgres>,
         channel: &'static str,
-        wake: Arc<Notify>,
+        on_payload: Arc<dyn Fn(&str) + Send + Sync>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
@@ -234,7 +236,7 @@ impl Dialect for PostgresDialect {
             loop {
                 tokio::select! {
                     n = listener.recv() => match n {
-                        Ok(_) => wake.notify_one(),
+                        Ok(n) => on_payload(n.payload()),
                         Err(e) => { warn!(error = %e, "LISTEN connection lost"); break; }
                     },
                     _ = shutdown.changed() => return,

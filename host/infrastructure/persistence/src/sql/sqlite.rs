@@ -8,7 +8,7 @@ use oms_application::ports::StoreError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Executor, Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
@@ -238,10 +238,12 @@ impl Dialect for SqliteDialect {
 
     /// Nothing to listen to: SQLite has no notifications. One process writes at a time and
     /// wakes its relay in-process; other processes' rows are found by polling.
+    const NOTIFIES: bool = false;
+
     async fn watch_notifications(
         _: &Pools<Sqlite>,
         _: &'static str,
-        _: Arc<Notify>,
+        _: Arc<dyn Fn(&str) + Send + Sync>,
         _: watch::Receiver<bool>,
     ) {
     }
