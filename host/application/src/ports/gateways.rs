@@ -221,7 +221,9 @@ fn bounded(mut text: String) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayFailure {
     pub error: GatewayError,
-    pub call: Option<PluginCall>,
+    /// Boxed: a failure is moved through every step's error path, and a call record (with
+    /// the plugin writes it carries) would make every `Result` of a gateway large.
+    pub call: Option<Box<PluginCall>>,
 }
 
 /// The provider's view of one payment.

@@ -259,7 +259,7 @@ impl Executor<'_> {
                                 "the provider declined the payment",
                             ),
                         },
-                        call: Some(call),
+                        call: Some(Box::new(call)),
                     }),
                     _ => Ok(Effect {
                         payment_id: Some(payment.payment_id),

@@ -188,7 +188,7 @@ impl ScriptedGateways {
                 let reached = !matches!(error, GatewayError::NotTried { .. });
                 Err(GatewayFailure {
                     error,
-                    call: reached.then(|| plugin_call(operation)),
+                    call: reached.then(|| Box::new(plugin_call(operation))),
                 })
             }
         }
@@ -200,7 +200,7 @@ impl ScriptedGateways {
             Answer::Normal => Ok((value, plugin_call(operation))),
             Answer::LostAnswer => Err(GatewayFailure {
                 error: lost(operation),
-                call: Some(plugin_call(operation)),
+                call: Some(Box::new(plugin_call(operation))),
             }),
         }
     }
@@ -225,7 +225,7 @@ impl ScriptedGateways {
                         format!("{operation}: no payment {payment_id}"),
                     ),
                 },
-                call: Some(plugin_call(operation)),
+                call: Some(Box::new(plugin_call(operation))),
             })?;
         let whole = payment.authorized;
         match state {

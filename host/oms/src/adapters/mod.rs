@@ -37,7 +37,7 @@ fn failure<E>(
 where
     E: std::fmt::Debug + std::fmt::Display,
 {
-    let call = error.info().map(plugin_call);
+    let call = error.info().map(|info| Box::new(plugin_call(info)));
     let error = match error {
         PluginError::Rejected { error, info } => own(&error, &info.plugin),
         PluginError::Runtime(e) => runtime_failure(&e, kind),

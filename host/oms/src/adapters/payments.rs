@@ -86,7 +86,7 @@ fn from_wit(m: &wit::Money, call: &PluginCall) -> Result<Money, GatewayFailure> 
                 )
                 .with_detail(detail),
             },
-            call: Some(call.clone()),
+            call: Some(Box::new(call.clone())),
         })
 }
 

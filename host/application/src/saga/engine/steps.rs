@@ -99,6 +99,7 @@ impl SagaEngine {
                 })
             }
             Err(GatewayFailure { error, call }) => {
+                let call = call.map(|c| *c);
                 let retryable = !matches!(error, GatewayError::Permanent { .. });
                 let reason = error.to_string();
                 // A refusal that never called (open circuit) fails nothing by itself: past
@@ -245,6 +246,7 @@ impl SagaEngine {
                 Ok(Next::Continue(Box::new(order)))
             }
             Err(GatewayFailure { error, call }) => {
+                let call = call.map(|c| *c);
                 let reason = error.to_string();
                 let record = record(StepState::Retrying, call, Some(reason.clone()));
                 let tried = saga.data.step_tried || !matches!(error, GatewayError::NotTried { .. });
