@@ -714,11 +714,15 @@ pub async fn an_address_change_beside_the_placement_is_kept(backend: TestBackend
 /// confirm, the rest are rejected as out of stock, and a cancelled order's unit comes back.
 pub async fn a_hot_sku_never_oversells(backend: TestBackend) {
     const ORDERS: usize = 130;
+    let one_unit = |customer: &str| {
+        let mut request = order_with(customer, "LIMITED-100", "tok_ok");
+        request.items[0].quantity = 1;
+        request
+    };
     let app = TestApp::spawn(backend).await;
-    let created = futures::future::join_all(
-        (0..ORDERS).map(|i| app.create(order_with(&format!("c-hot-{i}"), "LIMITED-100", "tok_ok"))),
-    )
-    .await;
+    let created =
+        futures::future::join_all((0..ORDERS).map(|i| app.create(one_unit(&format!("c-hot-{i}")))))
+            .await;
     let mut outcomes: HashMap<S, usize> = HashMap::new();
     let mut confirmed = Vec::new();
     for order in &created {
