@@ -744,21 +744,15 @@ pub async fn a_hot_sku_never_oversells(backend: TestBackend) {
     );
 
     // Sold out until a confirmed order is cancelled; then exactly one more unit is there.
-    let late = app
-        .create(order_with("c-late", "LIMITED-100", "tok_ok"))
-        .await;
+    let late = app.create(one_unit("c-late")).await;
     assert_eq!(settle(&app, &late.order_id).await.status(), S::Rejected);
     let cancelled = app.cancel(&confirmed[0], "changed my mind").await;
     let cancelled = settle(&app, &cancelled.order_id).await;
     assert_eq!(cancelled.status(), S::Cancelled);
     assert_eq!(cancelled.reservation_status(), R::Released);
-    let again = app
-        .create(order_with("c-again", "LIMITED-100", "tok_ok"))
-        .await;
+    let again = app.create(one_unit("c-again")).await;
     assert_eq!(settle(&app, &again.order_id).await.status(), S::Confirmed);
-    let after = app
-        .create(order_with("c-after", "LIMITED-100", "tok_ok"))
-        .await;
+    let after = app.create(one_unit("c-after")).await;
     assert_eq!(settle(&app, &after.order_id).await.status(), S::Rejected);
     app.stop().await;
 }
