@@ -136,6 +136,28 @@ pub fn evaluate(
     })
 }
 
+/// Evaluates a batch against one namespace held in memory and applies it there: atomic as
+/// long as the caller holds the map exclusively. The in-memory stores (the runtime's
+/// `MemoryKvStore`, the test kit's `MemoryStore`) both use it.
+pub fn apply_batch_in(
+    namespace: &mut HashMap<String, Vec<u8>>,
+    swaps: &[Swap],
+    adds: &[BoundedAdd],
+) -> Result<BatchOutcome, KvError> {
+    match evaluate(namespace, swaps, adds)? {
+        Evaluation::Refuse(outcome) => Ok(outcome),
+        Evaluation::Apply { writes, outcome } => {
+            for w in writes {
+                match w.value {
+                    Some(v) => namespace.insert(w.key, v),
+                    None => namespace.remove(&w.key),
+                };
+            }
+            Ok(outcome)
+        }
+    }
+}
+
 fn parse_counter(key: &str, bytes: &[u8]) -> Result<i64, KvError> {
     std::str::from_utf8(bytes)
         .ok()

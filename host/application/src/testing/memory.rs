@@ -20,7 +20,7 @@ use crate::idempotency::{
     StoredOutcome,
 };
 use crate::outbox::OutboxMessage;
-use crate::plugin_kv::{BatchOutcome, BoundedAdd, Evaluation, KvChanges, KvError, Swap, evaluate};
+use crate::plugin_kv::{BatchOutcome, BoundedAdd, KvChanges, KvError, Swap, apply_batch_in};
 use crate::ports::{
     BeginOutcome, Fence, IdempotencyStore, OrderQuery, OrderStore, OrderWrite, PluginCall,
     PluginKvStore, ProcessedEventStore, SagaCommit, SagaStore, StepDirection, StepRecord,
@@ -61,8 +61,8 @@ struct State {
     steps: BTreeMap<SagaId, Vec<StoredStep>>,
     keys: HashMap<ScopeKey, KeyRecord>,
     processed: HashSet<(String, Uuid)>,
-    /// `plugin_kv`: (namespace, key) -> value.
-    plugin_kv: BTreeMap<(String, String), Vec<u8>>,
+    /// `plugin_kv`: namespace -> key -> value.
+    plugin_kv: HashMap<String, HashMap<String, Vec<u8>>>,
 }
 
 /// The in-memory database of the test kit. Cheap to share behind an `Arc`; every port is
@@ -533,21 +533,26 @@ impl ProcessedEventStore for MemoryStore {
 
 /// A step's plugin writes, each key's condition checked as the SQL stores check it.
 fn apply_kv(state: &mut State, changes: &KvChanges) -> Result<(), StoreError> {
+    let namespace = state
+        .plugin_kv
+        .entry(changes.namespace.clone())
+        .or_default();
     for (key, change) in &changes.keys {
-        let at = (changes.namespace.clone(), key.clone());
-        let current = state.plugin_kv.get(&at).map(Vec::as_slice);
         let conflict = || StoreError::KvConflict {
             namespace: changes.namespace.clone(),
             key: key.clone(),
         };
         // A stored counter that is not a number cannot take the add: refused like a bound.
-        match change.next_value(key, current).map_err(|_| conflict())? {
+        match change
+            .next_value(key, namespace.get(key).map(Vec::as_slice))
+            .map_err(|_| conflict())?
+        {
             None => return Err(conflict()),
             Some(Some(value)) => {
-                state.plugin_kv.insert(at, value);
+                namespace.insert(key.clone(), value);
             }
             Some(None) => {
-                state.plugin_kv.remove(&at);
+                namespace.remove(key);
             }
         }
     }
@@ -561,21 +566,23 @@ impl PluginKvStore for MemoryStore {
         Ok(self
             .lock()
             .plugin_kv
-            .get(&(namespace.to_owned(), key.to_owned()))
-            .cloned())
+            .get(namespace)
+            .and_then(|ns| ns.get(key).cloned()))
     }
 
     async fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), KvError> {
         self.lock()
             .plugin_kv
-            .insert((namespace.to_owned(), key.to_owned()), value.to_vec());
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_vec());
         Ok(())
     }
 
     async fn delete(&self, namespace: &str, key: &str) -> Result<(), KvError> {
-        self.lock()
-            .plugin_kv
-            .remove(&(namespace.to_owned(), key.to_owned()));
+        if let Some(ns) = self.lock().plugin_kv.get_mut(namespace) {
+            ns.remove(key);
+        }
         Ok(())
     }
 
@@ -586,24 +593,10 @@ impl PluginKvStore for MemoryStore {
         adds: &[BoundedAdd],
     ) -> Result<BatchOutcome, KvError> {
         let mut state = self.lock();
-        let current: HashMap<String, Vec<u8>> = state
-            .plugin_kv
-            .iter()
-            .filter(|((ns, _), _)| ns == namespace)
-            .map(|((_, key), value)| (key.clone(), value.clone()))
-            .collect();
-        match evaluate(&current, swaps, adds)? {
-            Evaluation::Refuse(outcome) => Ok(outcome),
-            Evaluation::Apply { writes, outcome } => {
-                for w in writes {
-                    let at = (namespace.to_owned(), w.key);
-                    match w.value {
-                        Some(v) => state.plugin_kv.insert(at, v),
-                        None => state.plugin_kv.remove(&at),
-                    };
-                }
-                Ok(outcome)
-            }
-        }
+        apply_batch_in(
+            state.plugin_kv.entry(namespace.to_owned()).or_default(),
+            swaps,
+            adds,
+        )
     }
 }

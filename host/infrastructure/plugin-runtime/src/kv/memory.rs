@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{BatchOutcome, BoundedAdd, Evaluation, KvError, PluginKvStore, Swap, evaluate};
+use super::{BatchOutcome, BoundedAdd, KvError, PluginKvStore, Swap, apply_batch_in};
 
 /// Not durable: state is lost with the process.
 #[derive(Debug, Default)]
@@ -52,20 +52,6 @@ impl PluginKvStore for MemoryKvStore {
         swaps: &[Swap],
         adds: &[BoundedAdd],
     ) -> Result<BatchOutcome, KvError> {
-        self.with(|d| {
-            let ns = d.entry(namespace.to_string()).or_default();
-            match evaluate(ns, swaps, adds)? {
-                Evaluation::Refuse(outcome) => Ok(outcome),
-                Evaluation::Apply { writes, outcome } => {
-                    for w in writes {
-                        match w.value {
-                            Some(v) => ns.insert(w.key, v),
-                            None => ns.remove(&w.key),
-                        };
-                    }
-                    Ok(outcome)
-                }
-            }
-        })
+        self.with(|d| apply_batch_in(d.entry(namespace.to_string()).or_default(), swaps, adds))
     }
 }

@@ -11,6 +11,6 @@ mod memory;
 pub use memory::MemoryKvStore;
 pub use oms_application::plugin_kv::{
     BatchOutcome, BoundedAdd, Evaluation, KvChanges, KvError, KvTransaction, Swap, Write,
-    batch_keys, evaluate,
+    apply_batch_in, batch_keys, evaluate,
 };
 pub use oms_application::ports::PluginKvStore;
