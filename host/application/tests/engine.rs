@@ -12,14 +12,14 @@ use oms_application::changes::OrderChanges;
 use oms_application::clock::Clock;
 use oms_application::outbox::{OutboxMessage, SAGA_PARKED};
 use oms_application::ports::{
-    FailureCode, FailureReason, GatewayError, OrderStore, OrderWrite, SagaStore, StepDirection,
-    StepState,
+    FailureCode, FailureReason, GatewayError, OrderStore, OrderWrite, PluginKvStore, SagaStore,
+    StepDirection, StepState,
 };
 use oms_application::saga::{
     Direction, EngineConfig, SagaEngine, SagaInstance, SagaKind, SagaPorts, SagaStatus,
 };
 use oms_application::testing::{
-    ManualClock, MemoryStore, Scripted, ScriptedGateways, sample_order, transient,
+    ManualClock, MemoryStore, SCRIPTED_PLUGINS, Scripted, ScriptedGateways, sample_order, transient,
 };
 use oms_domain::{Order, OrderId, OrderStatus, PaymentStatus, ReservationStatus, Timestamp};
 
@@ -108,6 +108,29 @@ impl Rig {
         panic!("the saga never came to rest");
     }
 
+    /// The calls whose plugin writes were committed, as `step:operation`, placement order.
+    async fn committed_effects(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for (step, operation) in [
+            ("reserve-inventory", "reserve"),
+            ("authorize-payment", "authorize"),
+            ("authorize-payment", "void"),
+            ("reserve-inventory", "release"),
+        ] {
+            let key = self.saga.idempotency_key(step, operation);
+            for plugin in SCRIPTED_PLUGINS {
+                if PluginKvStore::get(self.store.as_ref(), plugin, &key)
+                    .await
+                    .unwrap()
+                    .is_some()
+                {
+                    found.push(format!("{step}:{operation}"));
+                }
+            }
+        }
+        found
+    }
+
     async fn cancel_order(&self) {
         cancel(&self.store, self.order, self.clock.now()).await;
     }
@@ -152,6 +175,152 @@ async fn a_placement_reserves_authorizes_and_confirms_in_one_claim() {
         reads, 1,
         "the order is read once per claim; each step goes on from the order it committed"
     );
+    assert_eq!(
+        saga.version,
+        rig.saga.version + 3,
+        "calls that reached outside the host are each committed before the next step runs"
+    );
+}
+
+#[tokio::test]
+async fn steps_that_stayed_in_the_host_commit_once_with_the_pivot() {
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+
+    assert_eq!(rig.gateways.operations(), ["reserve", "authorize"]);
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::Succeeded);
+    assert_eq!(
+        saga.version,
+        rig.saga.version + 1,
+        "reserve, authorize and confirm were made durable by one commit"
+    );
+    assert!(saga.data.reservation_id.is_some() && saga.data.payment_id.is_some());
+    let steps = rig.store.steps(saga.id);
+    assert_eq!(
+        steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+        ["reserve-inventory", "authorize-payment", "confirm-order"]
+    );
+    assert!(steps.iter().all(|s| s.state == StepState::Succeeded));
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+    assert_eq!(order.reservation_status(), ReservationStatus::Reserved);
+    assert_eq!(order.payment_status(), PaymentStatus::Authorized);
+    assert_eq!(
+        rig.committed_effects().await,
+        ["reserve-inventory:reserve", "authorize-payment:authorize"],
+        "both calls' plugin writes were applied with that commit"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_makes_the_steps_run_before_it_durable() {
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    rig.gateways.fail("authorize", [transient()]);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+
+    let saga = rig.saga().await;
+    assert_eq!((saga.status, saga.step), (SagaStatus::Running, 1));
+    assert_eq!(
+        saga.version,
+        rig.saga.version + 1,
+        "one commit: the retry's"
+    );
+    assert_eq!(
+        rig.order().await.reservation_status(),
+        ReservationStatus::Reserved
+    );
+    assert_eq!(
+        rig.committed_effects().await,
+        ["reserve-inventory:reserve"],
+        "the reservation waiting for the retry is durable"
+    );
+
+    rig.run_to_rest(&engine).await;
+    assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "authorize", "authorize"]
+    );
+}
+
+#[tokio::test]
+async fn a_worker_stopped_before_the_commit_leaves_nothing_and_the_next_one_runs_it_all_again() {
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    // While w1's authorisation hangs past its lease, w2 claims the saga: w1's commit of
+    // reserve + authorize + confirm is refused, as if w1 had crashed before it.
+    let store = rig.store.clone();
+    let clock = rig.clock.clone();
+    let saga_id = rig.saga.id;
+    rig.gateways.before_each(move |call| {
+        if call.operation == "authorize" && store.lease(saga_id).0.as_deref() == Some("w1") {
+            clock.advance(LEASE + Duration::from_secs(1));
+            let claimed = futures::executor::block_on(store.claim_due(
+                "w2",
+                clock.now(),
+                clock.now().saturating_add(LEASE),
+                10,
+            ))
+            .unwrap();
+            assert_eq!(claimed.len(), 1);
+        }
+    });
+    let w1 = rig.engine("w1");
+    w1.run_due(10).await.unwrap();
+    assert_eq!(rig.saga().await, rig.saga, "nothing of w1's was committed");
+    assert!(
+        rig.committed_effects().await.is_empty(),
+        "neither call's writes were applied: there is nothing to undo"
+    );
+
+    // w2's claim lapses too (say it crashed); the next claim runs both calls again, with the
+    // same keys, and commits them once.
+    rig.clock.advance(LEASE + Duration::from_secs(1));
+    let w3 = rig.engine("w3");
+    w3.run_due(10).await.unwrap();
+    assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
+    let calls = rig.gateways.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.operation).collect::<Vec<_>>(),
+        ["reserve", "authorize", "reserve", "authorize"]
+    );
+    assert_eq!(calls[0].idempotency_key, calls[2].idempotency_key);
+    assert_eq!(calls[1].idempotency_key, calls[3].idempotency_key);
+    assert_eq!(
+        rig.committed_effects().await,
+        ["reserve-inventory:reserve", "authorize-payment:authorize"]
+    );
+}
+
+#[tokio::test]
+async fn a_cancellation_before_anything_was_committed_cancels_at_once_with_nothing_to_undo() {
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    let store = rig.store.clone();
+    let clock = rig.clock.clone();
+    let order_id = rig.order;
+    rig.gateways.before_each(move |call| {
+        if call.operation == "authorize" {
+            futures::executor::block_on(cancel(&store, order_id, clock.now()));
+        }
+    });
+    let engine = rig.engine("w1");
+    rig.run_to_rest(&engine).await;
+
+    // The reservation was never committed, so the cancel found nothing held and cancelled
+    // at once; the placement's commit was then refused and took its calls' writes with it.
+    assert_eq!(rig.gateways.operations(), ["reserve", "authorize"]);
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.reservation_status(), ReservationStatus::None);
+    assert_eq!(order.payment_status(), PaymentStatus::Pending);
+    assert_eq!(rig.saga().await.status, SagaStatus::Compensated);
+    assert!(rig.committed_effects().await.is_empty());
 }
 
 #[tokio::test]

@@ -20,6 +20,11 @@ pub struct PluginCall {
     /// plugin's state and the step's outcome land together or not at all. Empty when the
     /// call wrote nothing, or when it was stopped (trap, deadline) before it answered.
     pub kv: Arc<KvChanges>,
+    /// The plugin was granted no network access, so everything the call did is in `kv`:
+    /// nothing outside the host saw it, and a call whose writes are never committed left
+    /// no trace. The saga engine may then run the next step before committing this one
+    /// (`StepCommit::WithNext`, docs/saga.md).
+    pub host_only: bool,
 }
 
 /// How an adapter call failed, classified by what the saga must do next.

@@ -70,8 +70,8 @@ pub enum Fence<'a> {
     Parked,
 }
 
-/// One step's outcome, committed atomically: the saga's progress, the step's audit row, and
-/// the order change with its outbox rows.
+/// One or more steps' outcome, committed atomically: the saga's progress, the steps' audit
+/// rows (with the plugin writes of their calls), and the order change with its outbox rows.
 #[derive(Debug)]
 pub struct SagaCommit<'a> {
     /// The saga after the step (its `version` is `expected_version + 1`).
@@ -82,7 +82,10 @@ pub struct SagaCommit<'a> {
     /// parked saga, which leaves it unleased for any worker to claim.
     pub fence: Fence<'a>,
     pub lease_until: Timestamp,
-    pub step: Option<&'a StepRecord>,
+    /// The audit rows of the steps this commit makes durable, in the order they ran: one
+    /// usually, more when steps ran before their commit (`StepCommit::WithNext`), none for
+    /// a transition that called nothing. Each call's plugin writes are applied with them.
+    pub steps: &'a [StepRecord],
     pub order: Option<OrderWrite<'a>>,
 }
 

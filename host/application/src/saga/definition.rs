@@ -58,6 +58,20 @@ pub enum OnFailure {
     Park,
 }
 
+/// When a step's outcome becomes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepCommit {
+    /// Committed before the next step runs.
+    Own,
+    /// When its call stayed inside the host (the plugin has no network grant, so everything
+    /// the call did is in the plugin writes the commit applies) and the saga goes straight
+    /// on, committed together with the next step instead. A crash, or a refused commit,
+    /// before then loses the call and its writes together, as if it had never run, and the
+    /// saga runs the step again with the same idempotency key. Only for steps whose plugin
+    /// no later step calls before that commit (it would not see the pending writes).
+    WithNext,
+}
+
 /// One row of a saga's table.
 #[derive(Debug, Clone, Copy)]
 pub struct StepDef {
@@ -70,6 +84,7 @@ pub struct StepDef {
     /// How long transient failures of this step are retried before they count as failure.
     pub deadline: Duration,
     pub on_failure: OnFailure,
+    pub commit: StepCommit,
 }
 
 /// A saga kind's whole table.

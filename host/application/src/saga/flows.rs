@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::definition::{OnFailure, Operation, SagaDefinition, StepDef};
+use super::definition::{OnFailure, Operation, SagaDefinition, StepCommit, StepDef};
 use super::instance::SagaKind;
 use crate::retry::RetryPolicy;
 
@@ -10,7 +10,9 @@ const STEP_DEADLINE: Duration = Duration::from_secs(30);
 const COMPENSATION_DEADLINE: Duration = Duration::from_secs(10 * 60);
 
 /// Placement: reserve -> authorize (the last reversible step) -> confirm (the pivot).
-/// Nothing is announced as confirmed before the pivot commits.
+/// Nothing is announced as confirmed before the pivot commits. With plugins that stay inside
+/// the host (no network grant) the three steps commit once, with the pivot: until then
+/// nothing of the reservation or the hold exists outside the step's pending writes.
 pub const PLACE_ORDER: SagaDefinition = SagaDefinition {
     kind: SagaKind::PlaceOrder,
     steps: &[
@@ -21,6 +23,7 @@ pub const PLACE_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: STEP_DEADLINE,
             on_failure: OnFailure::CompensateThenReject,
+            commit: StepCommit::WithNext,
         },
         StepDef {
             name: "authorize-payment",
@@ -29,6 +32,7 @@ pub const PLACE_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: STEP_DEADLINE,
             on_failure: OnFailure::CompensateThenFailPayment,
+            commit: StepCommit::WithNext,
         },
         StepDef {
             name: "confirm-order",
@@ -39,6 +43,7 @@ pub const PLACE_ORDER: SagaDefinition = SagaDefinition {
             // pivot only forward recovery exists, so it retries for as long as it takes.
             deadline: Duration::MAX,
             on_failure: OnFailure::Park,
+            commit: StepCommit::Own,
         },
     ],
     compensation_deadline: COMPENSATION_DEADLINE,
@@ -57,6 +62,7 @@ pub const CANCEL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: COMPENSATION_DEADLINE,
             on_failure: OnFailure::Park,
+            commit: StepCommit::Own,
         },
         StepDef {
             name: "undo-reservation",
@@ -65,6 +71,7 @@ pub const CANCEL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: COMPENSATION_DEADLINE,
             on_failure: OnFailure::Park,
+            commit: StepCommit::Own,
         },
         StepDef {
             name: "finish-cancellation",
@@ -73,6 +80,7 @@ pub const CANCEL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: Duration::MAX,
             on_failure: OnFailure::Park,
+            commit: StepCommit::Own,
         },
     ],
     compensation_deadline: COMPENSATION_DEADLINE,
@@ -89,6 +97,7 @@ pub const FULFILL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: STEP_DEADLINE,
             on_failure: OnFailure::Park,
+            commit: StepCommit::Own,
         },
         StepDef {
             name: "capture-payment",
@@ -97,6 +106,7 @@ pub const FULFILL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: STEP_DEADLINE,
             on_failure: OnFailure::Park,
+            commit: StepCommit::Own,
         },
         StepDef {
             name: "mark-fulfilled",
@@ -105,6 +115,7 @@ pub const FULFILL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: Duration::MAX,
             on_failure: OnFailure::Park,
+            commit: StepCommit::Own,
         },
     ],
     compensation_deadline: COMPENSATION_DEADLINE,
@@ -121,6 +132,7 @@ pub const REFUND_ORDER: SagaDefinition = SagaDefinition {
         retry: RetryPolicy::DEFAULT,
         deadline: COMPENSATION_DEADLINE,
         on_failure: OnFailure::Park,
+        commit: StepCommit::Own,
     }],
     compensation_deadline: COMPENSATION_DEADLINE,
 };
@@ -167,5 +179,49 @@ mod tests {
         assert!(pivot.compensation.is_none());
         assert_eq!(pivot.on_failure, OnFailure::Park);
         assert!(reversible.iter().all(|s| s.compensation.is_some()));
+    }
+
+    /// A step that commits with the next one needs a next one that commits, and no later
+    /// step before that commit may call the same gateway: it would not see the pending
+    /// plugin writes.
+    #[test]
+    fn deferred_steps_are_followed_by_a_commit_and_do_not_share_a_plugin() {
+        fn gateway(op: Operation) -> &'static str {
+            match op {
+                Operation::ReserveInventory
+                | Operation::ReleaseInventory
+                | Operation::CommitInventory
+                | Operation::UndoReservation => "inventory",
+                Operation::AuthorizePayment
+                | Operation::VoidPayment
+                | Operation::CapturePayment
+                | Operation::RefundPayment
+                | Operation::UndoPayment => "payment",
+                Operation::ConfirmOrder
+                | Operation::FinishCancellation
+                | Operation::MarkFulfilled => "local",
+            }
+        }
+        for def in ALL {
+            for (i, step) in def.steps.iter().enumerate() {
+                if step.commit != StepCommit::WithNext {
+                    continue;
+                }
+                let rest = &def.steps[i + 1..];
+                let until = rest
+                    .iter()
+                    .position(|s| s.commit == StepCommit::Own)
+                    .unwrap_or_else(|| panic!("{}: nothing commits after it", step.name));
+                for later in &rest[..=until] {
+                    assert!(
+                        gateway(later.forward) == "local"
+                            || gateway(later.forward) != gateway(step.forward),
+                        "{} and {} call the same gateway before a commit",
+                        step.name,
+                        later.name
+                    );
+                }
+            }
+        }
     }
 }

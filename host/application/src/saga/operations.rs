@@ -142,7 +142,7 @@ impl SagaOperations {
                 expected_version: saga.version,
                 fence: Fence::Parked,
                 lease_until: now,
-                step: None,
+                steps: &[],
                 order: event.is_some().then_some(OrderWrite {
                     order: &order,
                     expected_version: Some(base),

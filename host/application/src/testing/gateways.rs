@@ -1,13 +1,15 @@
 //! A payment provider and an inventory adapter in one, whose answers a test scripts per
 //! operation and which record every call in the order the engine made them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use oms_domain::{LineItem, Money, OrderId};
 use tokio::sync::Notify;
 
+use crate::plugin_kv::{Expect, KeyChange, KeyEffect, KvChanges};
 use crate::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
     PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
@@ -49,12 +51,19 @@ type Hook = Box<dyn Fn(&Call) + Send + Sync>;
 type Holds = Vec<(String, Arc<Notify>)>;
 
 /// Answers "yes" to everything unless scripted otherwise; idempotent per key like a real
-/// provider (the same `authorize` key gives the same payment).
+/// provider (the same `authorize` key gives the same payment). Its calls count as reaching
+/// outside the host (like a provider behind HTTP) unless [`Self::host_only`] says otherwise.
+///
+/// Like a real plugin, a call that answers writes its effect as a plugin KV change that the
+/// saga store applies with the step: `<idempotency key> = <operation>` in the namespace
+/// `scripted-stock` or `scripted-pay`. [`SCRIPTED_PLUGINS`] names them; reading them back
+/// from the store shows which calls' effects were really committed.
 #[derive(Default)]
 pub struct ScriptedGateways {
     state: Mutex<State>,
     before_call: Mutex<Option<Hook>>,
     holds: Mutex<Holds>,
+    host_only: AtomicBool,
 }
 
 /// Why a scripted call failed, for [`Scripted::Fail`].
@@ -69,16 +78,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn plugin_call(operation: &str) -> PluginCall {
-    let plugin = match operation {
-        "reserve" | "release" | "commit" => "scripted-stock",
-        _ => "scripted-pay",
-    };
-    PluginCall {
-        plugin: plugin.to_owned(),
-        version: "1.0.0".to_owned(),
-        digest: "sha256:scripted".to_owned(),
-        ..PluginCall::default()
+/// The plugin KV namespaces of the scripted inventory and payment plugins.
+pub const SCRIPTED_PLUGINS: [&str; 2] = ["scripted-stock", "scripted-pay"];
+
+fn scripted_plugin(operation: &str) -> &'static str {
+    match operation {
+        "reserve" | "release" | "commit" => SCRIPTED_PLUGINS[0],
+        _ => SCRIPTED_PLUGINS[1],
     }
 }
 
@@ -93,11 +99,44 @@ fn lost(operation: &str) -> GatewayError {
 
 /// What the script says about this call, once it is recorded.
 enum Answer {
-    Normal,
+    /// Answers; the call's idempotency key.
+    Normal(String),
     LostAnswer,
 }
 
 impl ScriptedGateways {
+    /// From now on every call reports itself host-only, as a plugin with no network grant
+    /// does (`PluginCall::host_only`): the engine may then run the next step before
+    /// committing it.
+    pub fn host_only(&self) {
+        self.host_only.store(true, Ordering::Relaxed);
+    }
+
+    /// The build that served `operation`; with the call's effect as a pending KV write when
+    /// it answered (`key`).
+    fn plugin_call(&self, operation: &str, key: Option<&str>) -> PluginCall {
+        let plugin = scripted_plugin(operation);
+        let keys = key
+            .map(|key| {
+                let change = KeyChange {
+                    expect: Expect::Anything,
+                    effect: KeyEffect::Put(operation.as_bytes().to_vec()),
+                };
+                BTreeMap::from([(key.to_owned(), change)])
+            })
+            .unwrap_or_default();
+        PluginCall {
+            plugin: plugin.to_owned(),
+            version: "1.0.0".to_owned(),
+            digest: "sha256:scripted".to_owned(),
+            kv: Arc::new(KvChanges {
+                namespace: plugin.to_owned(),
+                keys,
+            }),
+            host_only: self.host_only.load(Ordering::Relaxed),
+        }
+    }
+
     /// The next calls of `operation` fail with `errors`, one per call, in order; calls after
     /// them succeed again.
     pub fn fail(&self, operation: &'static str, errors: impl IntoIterator<Item = GatewayError>) {
@@ -181,26 +220,27 @@ impl ScriptedGateways {
             .get_mut(operation)
             .and_then(VecDeque::pop_front);
         match next {
-            None => Ok(Answer::Normal),
+            None => Ok(Answer::Normal(key.to_owned())),
             Some(Scripted::LostAnswer) => Ok(Answer::LostAnswer),
             Some(Scripted::Fail(error)) => {
                 // A call refused before it reached the plugin has no build to record.
                 let reached = !matches!(error, GatewayError::NotTried { .. });
                 Err(GatewayFailure {
                     error,
-                    call: reached.then(|| Box::new(plugin_call(operation))),
+                    call: reached.then(|| Box::new(self.plugin_call(operation, None))),
                 })
             }
         }
     }
 
     /// The answer to a call that took effect: `value`, or the lost-answer error.
-    fn answer<T>(operation: &'static str, answer: Answer, value: T) -> GatewayResult<T> {
+    fn answer<T>(&self, operation: &'static str, answer: Answer, value: T) -> GatewayResult<T> {
         match answer {
-            Answer::Normal => Ok((value, plugin_call(operation))),
+            Answer::Normal(key) => Ok((value, self.plugin_call(operation, Some(&key)))),
+            // What a stopped call wrote is dropped with it.
             Answer::LostAnswer => Err(GatewayFailure {
                 error: lost(operation),
-                call: Some(Box::new(plugin_call(operation))),
+                call: Some(Box::new(self.plugin_call(operation, None))),
             }),
         }
     }
@@ -225,7 +265,7 @@ impl ScriptedGateways {
                         format!("{operation}: no payment {payment_id}"),
                     ),
                 },
-                call: Some(Box::new(plugin_call(operation))),
+                call: Some(Box::new(self.plugin_call(operation, None))),
             })?;
         let whole = payment.authorized;
         match state {
@@ -264,7 +304,7 @@ impl PaymentGateway for ScriptedGateways {
                 })
                 .clone()
         };
-        Self::answer("authorize", answer, payment)
+        self.answer("authorize", answer, payment)
     }
 
     async fn capture(
@@ -281,7 +321,7 @@ impl PaymentGateway for ScriptedGateways {
             amount,
             ProviderPaymentState::Captured,
         )?;
-        Self::answer("capture", answer, payment)
+        self.answer("capture", answer, payment)
     }
 
     async fn void(
@@ -292,7 +332,7 @@ impl PaymentGateway for ScriptedGateways {
     ) -> GatewayResult<ProviderPayment> {
         let answer = self.enter("void", idempotency_key).await?;
         let payment = self.settle("void", payment_id, None, ProviderPaymentState::Voided)?;
-        Self::answer("void", answer, payment)
+        self.answer("void", answer, payment)
     }
 
     async fn refund(
@@ -304,7 +344,7 @@ impl PaymentGateway for ScriptedGateways {
     ) -> GatewayResult<ProviderPayment> {
         let answer = self.enter("refund", idempotency_key).await?;
         let payment = self.settle("refund", payment_id, amount, ProviderPaymentState::Refunded)?;
-        Self::answer("refund", answer, payment)
+        self.answer("refund", answer, payment)
     }
 
     async fn find_by_authorize_key(
@@ -314,7 +354,7 @@ impl PaymentGateway for ScriptedGateways {
     ) -> GatewayResult<Option<ProviderPayment>> {
         let answer = self.enter("get-payment", idempotency_key).await?;
         let found = lock(&self.state).payments.get(idempotency_key).cloned();
-        Self::answer("get-payment", answer, found)
+        self.answer("get-payment", answer, found)
     }
 }
 
@@ -336,16 +376,16 @@ impl InventoryGateway for ScriptedGateways {
                 .or_insert_with(|| format!("res-{number}"))
                 .clone()
         };
-        Self::answer("reserve", answer, id)
+        self.answer("reserve", answer, id)
     }
 
     async fn release(&self, _reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
         let answer = self.enter("release", idempotency_key).await?;
-        Self::answer("release", answer, ())
+        self.answer("release", answer, ())
     }
 
     async fn commit(&self, _reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
         let answer = self.enter("commit", idempotency_key).await?;
-        Self::answer("commit", answer, ())
+        self.answer("commit", answer, ())
     }
 }

@@ -377,11 +377,11 @@ impl SagaStore for MemoryStore {
                     lease_until,
                 },
             );
-            if let Some(record) = commit.step {
+            for record in commit.steps {
                 upsert_step(state, saga.id, record);
-                if let Some(call) = &record.call {
-                    apply_kv(state, &call.kv)?;
-                }
+            }
+            for call in commit.steps.iter().filter_map(|r| r.call.as_ref()) {
+                apply_kv(state, &call.kv)?;
             }
             Ok(())
         })

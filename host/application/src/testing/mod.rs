@@ -29,5 +29,5 @@ mod memory;
 
 pub use clock::ManualClock;
 pub use fixtures::sample_order;
-pub use gateways::{Call, Scripted, ScriptedGateways, transient};
+pub use gateways::{Call, SCRIPTED_PLUGINS, Scripted, ScriptedGateways, transient};
 pub use memory::{MemoryStore, StoredStep};

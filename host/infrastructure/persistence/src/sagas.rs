@@ -15,7 +15,7 @@ use sqlx::AssertSqlSafe;
 
 use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
 use crate::orders::write_order;
-use crate::sql::{Args, ConnOf, Dialect, RowExt, RowOf, Sql, UniqueIndex, json};
+use crate::sql::{Args, Column, ConnOf, Dialect, RowExt, RowOf, Rows, Sql, UniqueIndex, json};
 
 /// The unique partial index that admits one active saga per order (migration 0004).
 const ONE_ACTIVE: UniqueIndex = UniqueIndex {
@@ -88,44 +88,87 @@ pub(crate) async fn insert_saga<D: Dialect>(
     Ok(())
 }
 
-/// Records one attempt of a step. `started_at` is the first attempt's time; the plugin build
-/// is the last one that served a call (an attempt that never reached the plugin keeps it).
-async fn upsert_step<D: Dialect>(
+/// Records one attempt of each step in `records`, in one statement. `started_at` is the
+/// first attempt's time; the plugin build is the last one that served a call (an attempt
+/// that never reached the plugin keeps it). A step listed twice keeps its last record (one
+/// statement cannot update a row twice).
+async fn upsert_steps<D: Dialect>(
     conn: &mut ConnOf<D>,
     saga: SagaId,
-    record: &StepRecord,
+    records: &[StepRecord],
 ) -> Result<(), StoreError> {
-    let call = record.call.as_ref();
-    let finished = matches!(record.state, StepState::Succeeded | StepState::Failed);
-    D::query(
-        "INSERT INTO saga_steps (saga_id, step, action, plugin_name, plugin_version, \
-         plugin_digest, idempotency_key, status, attempts, last_error, started_at, finished_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (saga_id, step, action) DO UPDATE SET \
-         plugin_name = COALESCE(excluded.plugin_name, saga_steps.plugin_name), \
-         plugin_version = COALESCE(excluded.plugin_version, saga_steps.plugin_version), \
-         plugin_digest = COALESCE(excluded.plugin_digest, saga_steps.plugin_digest), \
-         idempotency_key = excluded.idempotency_key, status = excluded.status, \
-         attempts = excluded.attempts, last_error = excluded.last_error, \
-         finished_at = excluded.finished_at",
+    let last: Vec<&StepRecord> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| {
+            !records[i + 1..]
+                .iter()
+                .any(|later| later.step == r.step && later.direction == r.direction)
+        })
+        .map(|(_, r)| r)
+        .collect();
+    let text = |f: fn(&StepRecord) -> Option<&str>| {
+        Column::OptText(last.iter().map(|r| f(r).map(str::to_owned)).collect())
+    };
+    D::insert_rows(
+        conn,
+        Rows {
+            table: "saga_steps",
+            columns: &[
+                "saga_id",
+                "step",
+                "action",
+                "plugin_name",
+                "plugin_version",
+                "plugin_digest",
+                "idempotency_key",
+                "status",
+                "attempts",
+                "last_error",
+                "started_at",
+                "finished_at",
+            ],
+            values: vec![
+                Column::Id(vec![saga.0; last.len()]),
+                Column::Text(last.iter().map(|r| r.step.to_owned()).collect()),
+                Column::Text(
+                    last.iter()
+                        .map(|r| r.direction.as_str().to_owned())
+                        .collect(),
+                ),
+                text(|r| r.call.as_ref().map(|c| c.plugin.as_str())),
+                text(|r| r.call.as_ref().map(|c| c.version.as_str())),
+                text(|r| r.call.as_ref().map(|c| c.digest.as_str())),
+                Column::Text(last.iter().map(|r| r.idempotency_key.clone()).collect()),
+                Column::Text(last.iter().map(|r| r.state.as_str().to_owned()).collect()),
+                // The column is 32 bits: an attempt count beyond that is recorded as the maximum.
+                Column::Int(
+                    last.iter()
+                        .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
+                        .collect(),
+                ),
+                text(|r| r.last_error.as_deref()),
+                Column::BigInt(last.iter().map(|r| r.at.unix_millis()).collect()),
+                Column::OptBigInt(
+                    last.iter()
+                        .map(|r| {
+                            matches!(r.state, StepState::Succeeded | StepState::Failed)
+                                .then(|| r.at.unix_millis())
+                        })
+                        .collect(),
+                ),
+            ],
+            on_conflict: "ON CONFLICT (saga_id, step, action) DO UPDATE SET \
+                plugin_name = COALESCE(excluded.plugin_name, saga_steps.plugin_name), \
+                plugin_version = COALESCE(excluded.plugin_version, saga_steps.plugin_version), \
+                plugin_digest = COALESCE(excluded.plugin_digest, saga_steps.plugin_digest), \
+                idempotency_key = excluded.idempotency_key, status = excluded.status, \
+                attempts = excluded.attempts, last_error = excluded.last_error, \
+                finished_at = excluded.finished_at",
+        },
     )
-    .arg(D::id(saga.0))
-    .arg(record.step)
-    .arg(record.direction.as_str())
-    .arg(call.map(|c| c.plugin.as_str()))
-    .arg(call.map(|c| c.version.as_str()))
-    .arg(call.map(|c| c.digest.as_str()))
-    .arg(record.idempotency_key.as_str())
-    .arg(record.state.as_str())
-    // The column is 32 bits: an attempt count beyond that is recorded as the maximum.
-    .arg(i32::try_from(record.attempts).unwrap_or(i32::MAX))
-    .arg(record.last_error.as_deref())
-    .arg(record.at.unix_millis())
-    .arg(finished.then(|| record.at.unix_millis()))
-    .execute(D::on(conn))
     .await
-    .map_err(D::classify)?;
-    Ok(())
+    .map_err(D::classify)
 }
 
 #[async_trait]
@@ -235,13 +278,11 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
                 current: Version(current.unwrap_or(0)),
             });
         }
-        if let Some(record) = commit.step {
-            upsert_step::<D>(&mut tx, saga.id, record).await?;
-            // Last: a hot key (a stock counter many orders take from) is locked from its
-            // write until the commit, so it is written as late as possible.
-            if let Some(call) = &record.call {
-                crate::plugin_kv::apply_changes::<D>(&mut tx, &call.kv).await?;
-            }
+        upsert_steps::<D>(&mut tx, saga.id, commit.steps).await?;
+        // Last: a hot key (a stock counter many orders take from) is locked from its write
+        // until the commit, so it is written as late as possible.
+        for call in commit.steps.iter().filter_map(|r| r.call.as_ref()) {
+            crate::plugin_kv::apply_changes::<D>(&mut tx, &call.kv).await?;
         }
         // Dropping `tx` on any early return above rolls everything back.
         tx.commit().await.map_err(D::classify)

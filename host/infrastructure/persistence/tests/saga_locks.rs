@@ -52,7 +52,7 @@ async fn saga_commit_and_saga_start_do_not_deadlock() {
                 expected_version: 1,
                 fence: Fence::Lease("w1"),
                 lease_until: ts(100_000),
-                step: None,
+                steps: &[],
                 order: Some(OrderWrite {
                     order: &changed,
                     expected_version: Some(order.version()),

@@ -136,7 +136,7 @@ async fn one_active_saga_per_order(db: Stores) {
             expected_version: saga.version,
             fence: Fence::Lease("w1"),
             lease_until: ts(100_000),
-            step: None,
+            steps: &[],
             order: None,
         })
         .await
@@ -163,7 +163,7 @@ async fn commit_is_fenced_by_version_and_lease(db: Stores) {
         expected_version,
         fence: Fence::Lease(owner),
         lease_until: ts(50_000),
-        step: Some(&step),
+        steps: std::slice::from_ref(&step),
         order: Some(OrderWrite {
             order: &changed,
             expected_version: Some(order.version()),
@@ -249,7 +249,7 @@ async fn order_conflict_rolls_back_the_step(db: Stores) {
             expected_version: saga.version,
             fence: Fence::Lease("w1"),
             lease_until: ts(50_000),
-            step: Some(&step),
+            steps: std::slice::from_ref(&step),
             order: Some(OrderWrite {
                 order: &ours,
                 expected_version: Some(order.version()),
@@ -294,7 +294,7 @@ async fn steps_record_attempts_and_plugin_builds(db: Stores) {
                 expected_version: saga.version,
                 fence: Fence::Lease("w1"),
                 lease_until: ts(100_000),
-                step: Some(step),
+                steps: std::slice::from_ref(step),
                 order: None,
             })
             .await
@@ -364,7 +364,7 @@ async fn saga_data_round_trips(db: Stores) {
             expected_version: saga.version,
             fence: Fence::Lease("w1"),
             lease_until: ts(100_000),
-            step: None,
+            steps: &[],
             order: None,
         })
         .await

@@ -85,6 +85,7 @@ fn step(kv: KvChanges) -> StepRecord {
             version: "1.0.0".into(),
             digest: "sha256:x".into(),
             kv: Arc::new(kv),
+            host_only: true,
         }),
         idempotency_key: "saga:x:reserve-inventory:reserve".into(),
         state: StepState::Succeeded,
@@ -110,7 +111,7 @@ async fn commit(
             expected_version: saga.version,
             fence: Fence::Lease(owner),
             lease_until: ts(100_000),
-            step: Some(record),
+            steps: std::slice::from_ref(record),
             order: None,
         })
         .await

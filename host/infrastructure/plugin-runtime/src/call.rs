@@ -40,6 +40,9 @@ pub struct CallInfo {
     /// commit; empty otherwise, and when the call was stopped before it answered (a trap or
     /// the deadline: what it wrote is dropped with it).
     pub kv: Arc<KvChanges>,
+    /// The plugin has no network grant: whatever the call did is in `kv` (or only logged),
+    /// so a caller that never commits `kv` leaves no trace of the call anywhere.
+    pub host_only: bool,
 }
 
 /// Where a call's key-value writes go.
@@ -145,6 +148,7 @@ where
         elapsed: started.elapsed(),
         fuel,
         kv: writes,
+        host_only: plugin.ctx.http.is_none(),
     };
     let result = match outcome {
         Ok(Ok(value)) => Ok(value),

@@ -23,6 +23,7 @@ fn plugin_call(info: &CallInfo) -> PluginCall {
         version: info.version.to_string(),
         digest: info.digest.to_string(),
         kv: info.kv.clone(),
+        host_only: info.host_only,
     }
 }
 

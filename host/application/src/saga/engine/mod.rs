@@ -2,9 +2,11 @@
 //!
 //! - this file: the engine, its claim of due sagas and the loop that drives one saga;
 //! - [`steps`]: one forward step or one compensation, and turning back after a failure;
-//! - [`outcome`]: ending a saga and committing every step's outcome with its order change.
+//! - [`outcome`]: ending a saga and committing every step's outcome with its order change;
+//! - [`run`]: the saga as its worker holds it, with the steps that ran since its last commit.
 
 mod outcome;
+mod run;
 mod steps;
 
 use std::sync::Arc;
@@ -19,12 +21,13 @@ use crate::changes::OrderChanges;
 use crate::clock::Clock;
 use crate::error::AppError;
 use crate::ports::{InventoryGateway, OrderStore, PaymentGateway, SagaStore};
+use run::Run;
 
 /// How a step left the saga.
 #[derive(Debug)]
 enum Next {
     /// The next step is due now: keep going while we hold the lease, from the order as this
-    /// step committed it (no need to read it again: a commit that finds it moved since is
+    /// step left it (no need to read it again: a commit that finds it moved since is
     /// refused by its version, and the step then reads it afresh).
     Continue(Box<Order>),
     /// Wait for a retry time, or the saga ended.
@@ -170,7 +173,10 @@ impl SagaEngine {
         self.drive_from(saga, Some(order)).await;
     }
 
-    async fn drive_from(&self, mut saga: SagaInstance, mut held: Option<Order>) {
+    async fn drive_from(&self, saga: SagaInstance, mut held: Option<Order>) {
+        // Whatever ends this loop, steps not committed yet are dropped with `run`: their
+        // calls left nothing outside their pending writes (`StepCommit::WithNext`).
+        let mut saga = Run::new(saga);
         loop {
             match self.step(&mut saga, held.take()).await {
                 Ok(Next::Continue(order)) => held = Some(*order),
@@ -197,15 +203,11 @@ impl SagaEngine {
         })
     }
 
-    /// One step, forward or backward, committed with its effects. Re-runs it when a
-    /// concurrent edit of the order moved its version, or another step changed the plugin
-    /// state its call decided from (the saga itself is unchanged: its commit was rolled
-    /// back).
-    async fn step(
-        &self,
-        saga: &mut SagaInstance,
-        mut held: Option<Order>,
-    ) -> Result<Next, StepError> {
+    /// One step, forward or backward, committed with its effects (or kept for the next
+    /// commit). Re-runs it when a concurrent edit of the order moved its version, or another
+    /// step changed the plugin state its call decided from: the commit was rolled back, so
+    /// the saga goes back to its committed state, and steps run since that commit run again.
+    async fn step(&self, saga: &mut Run, mut held: Option<Order>) -> Result<Next, StepError> {
         let definition = flows::definition(saga.kind);
         for _ in 0..ORDER_MOVED_ROUNDS {
             let order = match held.take() {
@@ -218,7 +220,9 @@ impl SagaEngine {
                 _ => return Ok(Next::Stop),
             };
             match result {
-                Err(StepError::OrderMoved | StepError::PluginStateMoved) => continue,
+                Err(StepError::OrderMoved | StepError::PluginStateMoved) => {
+                    saga.revert();
+                }
                 other => return other,
             }
         }

@@ -4,6 +4,7 @@
 use oms_domain::{Order, OrderEvent, OrderStatus, Timestamp};
 use tracing::{debug, warn};
 
+use super::run::Run;
 use super::{Next, SagaEngine, StepError};
 use crate::outbox::OutboxMessage;
 use crate::ports::{Fence, OrderWrite, SagaCommit, StepRecord, StoreError};
@@ -50,7 +51,7 @@ impl SagaEngine {
     /// Ends the saga and moves the order to the outcome that ending means.
     pub(super) async fn finish(
         &self,
-        saga: &mut SagaInstance,
+        saga: &mut Run,
         order: Order,
         status: SagaStatus,
         reason: Option<String>,
@@ -116,7 +117,7 @@ impl SagaEngine {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn commit_called(
         &self,
-        saga: &mut SagaInstance,
+        saga: &mut Run,
         next: SagaInstance,
         record: &StepRecord,
         mut order: Order,
@@ -137,7 +138,8 @@ impl SagaEngine {
                 )
                 .await;
             match result {
-                Err(StepError::OrderMoved) => order = self.load_order(saga).await?,
+                // Steps run since the last commit go onto the fresh order with this one.
+                Err(StepError::OrderMoved) => order = saga.rebase(self.load_order(saga).await?)?,
                 other => return other,
             }
         }
@@ -145,13 +147,14 @@ impl SagaEngine {
     }
 
     /// Commits `next` (the saga after this step) with the step's audit row and the order
-    /// change, then adopts `next` as the saga's state and returns the order as committed (the
-    /// next step starts from it instead of reading it again). On any error the saga stays as
-    /// it was stored.
+    /// change, together with the steps run since the last commit (their rows, their plugin
+    /// writes; `order` already carries their changes), then adopts `next` as the saga's state
+    /// and returns the order as committed (the next step starts from it instead of reading
+    /// it again). On any error the saga and the steps not yet committed stay as they were.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn commit(
         &self,
-        saga: &mut SagaInstance,
+        saga: &mut Run,
         mut next: SagaInstance,
         record: Option<&StepRecord>,
         mut order: Order,
@@ -159,8 +162,16 @@ impl SagaEngine {
         mark: Option<Mark>,
         now: Timestamp,
     ) -> Result<Order, StepError> {
-        let base = order.version();
-        let mut events: Vec<OrderEvent> = Vec::new();
+        let unflushed = saga.unflushed.as_ref();
+        // The fence is the order as the last commit left it (or as it was re-read since).
+        let base = unflushed.map_or(order.version(), |u| u.order_version);
+        let mut events: Vec<OrderEvent> = unflushed.map(|u| u.events.clone()).unwrap_or_default();
+        let steps: Vec<StepRecord> = unflushed
+            .into_iter()
+            .flat_map(|u| u.records())
+            .chain(record)
+            .cloned()
+            .collect();
         if let Some(event) = change.apply(&mut order, now)? {
             events.push(event);
         }
@@ -199,7 +210,7 @@ impl SagaEngine {
                 expected_version: saga.version,
                 fence: Fence::Lease(&self.config.worker),
                 lease_until,
-                step: record,
+                steps: &steps,
                 // Unchanged with outbox rows: written at its own version, which still fences
                 // the commit against a concurrent change of the order.
                 order: (changed || !outbox.is_empty()).then_some(OrderWrite {
@@ -214,7 +225,8 @@ impl SagaEngine {
             .await;
         match result {
             Ok(()) => {
-                *saga = next;
+                saga.saga = next;
+                saga.unflushed = None;
                 if changed {
                     self.changes.publish(&order);
                 }

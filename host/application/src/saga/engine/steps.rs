@@ -5,10 +5,11 @@ use oms_domain::{Order, OrderStatus, PaymentStatus};
 use tracing::debug;
 
 use super::outcome::{Failure, Mark};
+use super::run::Run;
 use super::{Next, SagaEngine, StepError};
 use crate::error::AppError;
 use crate::ports::{GatewayError, GatewayFailure, StepDirection, StepRecord, StepState};
-use crate::saga::definition::{OnFailure, Operation, SagaDefinition};
+use crate::saga::definition::{OnFailure, Operation, SagaDefinition, StepCommit};
 use crate::saga::executor::{Change, Effect, Executor};
 use crate::saga::instance::{SagaInstance, SagaKind, SagaStatus};
 
@@ -26,7 +27,7 @@ impl SagaEngine {
     /// cancellation stops a confirmation).
     async fn commit_effect(
         &self,
-        saga: &mut SagaInstance,
+        saga: &mut Run,
         next: SagaInstance,
         record: &StepRecord,
         order: Order,
@@ -45,7 +46,7 @@ impl SagaEngine {
     pub(super) async fn forward(
         &self,
         definition: &SagaDefinition,
-        saga: &mut SagaInstance,
+        saga: &mut Run,
         order: Order,
     ) -> Result<Next, StepError> {
         let now = self.clock.now();
@@ -89,6 +90,15 @@ impl SagaEngine {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let mut next = saga.advance(definition.steps.len(), now);
                 absorb(&mut next, &effect);
+                let host_only = effect.call.as_ref().is_some_and(|c| c.host_only);
+                if step.commit == StepCommit::WithNext
+                    && host_only
+                    && next.status == SagaStatus::Running
+                    && next.next_attempt_at <= now
+                {
+                    let order = saga.defer(next, record, order, &effect.change, now)?;
+                    return Ok(Next::Continue(Box::new(order)));
+                }
                 let order = self
                     .commit_effect(saga, next, &record, order, &effect, now)
                     .await?;
@@ -161,7 +171,7 @@ impl SagaEngine {
     async fn turn_back(
         &self,
         definition: &SagaDefinition,
-        saga: &mut SagaInstance,
+        saga: &mut Run,
         order: Order,
         failure: Failure,
         record: Option<&StepRecord>,
@@ -198,7 +208,7 @@ impl SagaEngine {
     pub(super) async fn backward(
         &self,
         definition: &SagaDefinition,
-        saga: &mut SagaInstance,
+        saga: &mut Run,
         order: Order,
     ) -> Result<Next, StepError> {
         let now = self.clock.now();

@@ -211,6 +211,10 @@ pub(crate) enum Column {
     /// `BIGINT`.
     BigInt(Vec<i64>),
     Text(Vec<String>),
+    /// `TEXT`, nullable.
+    OptText(Vec<Option<String>>),
+    /// `BIGINT`, nullable.
+    OptBigInt(Vec<Option<i64>>),
     /// Ids, stored as the dialect stores ids.
     Id(Vec<Uuid>),
     Json(Vec<Json<Box<RawValue>>>),
@@ -223,6 +227,8 @@ impl Column {
             Self::Int(v) => v.len(),
             Self::BigInt(v) => v.len(),
             Self::Text(v) => v.len(),
+            Self::OptText(v) => v.len(),
+            Self::OptBigInt(v) => v.len(),
             Self::Id(v) => v.len(),
             Self::Json(v) => v.len(),
             Self::Bytes(v) => v.len(),

@@ -86,7 +86,8 @@ fn array_type(column: &Column) -> &'static str {
     match column {
         Column::Int(_) => "int4[]",
         Column::BigInt(_) => "int8[]",
-        Column::Text(_) => "text[]",
+        Column::Text(_) | Column::OptText(_) => "text[]",
+        Column::OptBigInt(_) => "int8[]",
         Column::Id(_) => "uuid[]",
         Column::Json(_) => "jsonb[]",
         Column::Bytes(_) => "bytea[]",
@@ -98,6 +99,8 @@ fn bind_array<'q>(query: Q<'q, PostgresDialect>, values: Column) -> Q<'q, Postgr
         Column::Int(v) => query.bind(v),
         Column::BigInt(v) => query.bind(v),
         Column::Text(v) => query.bind(v),
+        Column::OptText(v) => query.bind(v),
+        Column::OptBigInt(v) => query.bind(v),
         Column::Id(v) => query.bind(v),
         Column::Json(v) => query.bind(v),
         Column::Bytes(v) => query.bind(v),
