@@ -131,6 +131,39 @@ impl Rig {
         found
     }
 
+    /// While w1's first `operation` call hangs past w1's lease, w2 claims the saga: w1's
+    /// next commit is refused.
+    fn take_over_during(&self, operation: &'static str) {
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let saga_id = self.saga.id;
+        self.gateways.before_each(move |call| {
+            if call.operation == operation && store.lease(saga_id).0.as_deref() == Some("w1") {
+                clock.advance(LEASE + Duration::from_secs(1));
+                let claimed = futures::executor::block_on(store.claim_due(
+                    "w2",
+                    clock.now(),
+                    clock.now().saturating_add(LEASE),
+                    10,
+                ))
+                .unwrap();
+                assert_eq!(claimed.len(), 1, "w2 takes over the abandoned saga");
+            }
+        });
+    }
+
+    /// The order is cancelled while each `operation` call is in flight.
+    fn cancel_during(&self, operation: &'static str) {
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let order_id = self.order;
+        self.gateways.before_each(move |call| {
+            if call.operation == operation {
+                futures::executor::block_on(cancel(&store, order_id, clock.now()));
+            }
+        });
+    }
+
     async fn cancel_order(&self) {
         cancel(&self.store, self.order, self.clock.now()).await;
     }
@@ -254,22 +287,7 @@ async fn a_worker_stopped_before_the_commit_leaves_nothing_and_the_next_one_runs
     rig.gateways.host_only();
     // While w1's authorisation hangs past its lease, w2 claims the saga: w1's commit of
     // reserve + authorize + confirm is refused, as if w1 had crashed before it.
-    let store = rig.store.clone();
-    let clock = rig.clock.clone();
-    let saga_id = rig.saga.id;
-    rig.gateways.before_each(move |call| {
-        if call.operation == "authorize" && store.lease(saga_id).0.as_deref() == Some("w1") {
-            clock.advance(LEASE + Duration::from_secs(1));
-            let claimed = futures::executor::block_on(store.claim_due(
-                "w2",
-                clock.now(),
-                clock.now().saturating_add(LEASE),
-                10,
-            ))
-            .unwrap();
-            assert_eq!(claimed.len(), 1);
-        }
-    });
+    rig.take_over_during("authorize");
     let w1 = rig.engine("w1");
     w1.run_due(10).await.unwrap();
     assert_eq!(rig.saga().await, rig.saga, "nothing of w1's was committed");
@@ -301,14 +319,7 @@ async fn a_worker_stopped_before_the_commit_leaves_nothing_and_the_next_one_runs
 async fn a_cancellation_before_anything_was_committed_cancels_at_once_with_nothing_to_undo() {
     let rig = Rig::new().await;
     rig.gateways.host_only();
-    let store = rig.store.clone();
-    let clock = rig.clock.clone();
-    let order_id = rig.order;
-    rig.gateways.before_each(move |call| {
-        if call.operation == "authorize" {
-            futures::executor::block_on(cancel(&store, order_id, clock.now()));
-        }
-    });
+    rig.cancel_during("authorize");
     let engine = rig.engine("w1");
     rig.run_to_rest(&engine).await;
 
@@ -416,14 +427,7 @@ async fn an_unresolved_authorization_that_never_happened_is_sent_again_with_the_
 async fn a_cancellation_during_placement_undoes_every_step_in_reverse() {
     let rig = Rig::new().await;
     // The order is cancelled while the authorisation is in flight.
-    let store = rig.store.clone();
-    let clock = rig.clock.clone();
-    let order_id = rig.order;
-    rig.gateways.before_each(move |call| {
-        if call.operation == "authorize" {
-            futures::executor::block_on(cancel(&store, order_id, clock.now()));
-        }
-    });
+    rig.cancel_during("authorize");
     let engine = rig.engine("w1");
     rig.run_to_rest(&engine).await;
 
@@ -513,22 +517,7 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_and_says_so() {
 async fn a_worker_that_lost_its_lease_stops_after_the_first_rejected_commit() {
     let rig = Rig::new().await;
     // While w1's reservation call hangs past its lease, w2 claims the saga.
-    let store = rig.store.clone();
-    let clock = rig.clock.clone();
-    let saga_id = rig.saga.id;
-    rig.gateways.before_each(move |call| {
-        if call.operation == "reserve" && store.lease(saga_id).0.as_deref() == Some("w1") {
-            clock.advance(LEASE + Duration::from_secs(1));
-            let claimed = futures::executor::block_on(store.claim_due(
-                "w2",
-                clock.now(),
-                clock.now().saturating_add(LEASE),
-                10,
-            ))
-            .unwrap();
-            assert_eq!(claimed.len(), 1, "w2 takes over the abandoned saga");
-        }
-    });
+    rig.take_over_during("reserve");
     let w1 = rig.engine("w1");
     w1.run_due(10).await.unwrap();
 
