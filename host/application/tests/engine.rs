@@ -131,12 +131,12 @@ impl Rig {
         found
     }
 
-    /// While w1's first `operation` call hangs past w1's lease, w2 claims the saga: w1's
-    /// next commit is refused.
-    fn take_over_during(&self, operation: &'static str) {
+    /// While w1's first `operation` call for `saga` hangs past w1's lease, w2 claims the
+    /// saga: w1's next commit is refused.
+    fn take_over_during(&self, saga: &SagaInstance, operation: &'static str) {
         let store = self.store.clone();
         let clock = self.clock.clone();
-        let saga_id = self.saga.id;
+        let saga_id = saga.id;
         self.gateways.before_each(move |call| {
             if call.operation == operation && store.lease(saga_id).0.as_deref() == Some("w1") {
                 clock.advance(LEASE + Duration::from_secs(1));
@@ -287,7 +287,7 @@ async fn a_worker_stopped_before_the_commit_leaves_nothing_and_the_next_one_runs
     rig.gateways.host_only();
     // While w1's authorisation hangs past its lease, w2 claims the saga: w1's commit of
     // reserve + authorize + confirm is refused, as if w1 had crashed before it.
-    rig.take_over_during("authorize");
+    rig.take_over_during(&rig.saga, "authorize");
     let w1 = rig.engine("w1");
     w1.run_due(10).await.unwrap();
     assert_eq!(rig.saga().await, rig.saga, "nothing of w1's was committed");
@@ -332,6 +332,153 @@ async fn a_cancellation_before_anything_was_committed_cancels_at_once_with_nothi
     assert_eq!(order.payment_status(), PaymentStatus::Pending);
     assert_eq!(rig.saga().await.status, SagaStatus::Compensated);
     assert!(rig.committed_effects().await.is_empty());
+}
+
+/// Runs the placement to CONFIRMED, then starts `kind` (fulfilment or cancellation) on the
+/// order as its use case would; the new saga is due at once.
+async fn follow_placement(rig: &Rig, kind: SagaKind) -> SagaInstance {
+    rig.run_to_rest(&rig.engine("w1")).await;
+    assert_eq!(rig.order().await.status(), OrderStatus::Confirmed);
+
+    let now = rig.clock.now();
+    let mut order = rig.order().await;
+    let base = order.version();
+    let event = match kind {
+        SagaKind::FulfillOrder => order.request_fulfillment(now).unwrap(),
+        SagaKind::CancelOrder => order.cancel("changed my mind", now).unwrap(),
+        other => panic!("{other:?} does not follow a placement here"),
+    };
+    let saga = SagaInstance::start(kind, order.id(), now);
+    let messages = vec![OutboxMessage::for_event(&order, &event)];
+    rig.store
+        .save(OrderWrite {
+            order: &order,
+            expected_version: Some(base),
+            outbox: &messages,
+            idempotency: None,
+            start_saga: Some(&saga),
+            lease_saga_to: None,
+        })
+        .await
+        .unwrap();
+    saga
+}
+
+/// [`follow_placement`], run by one worker until it rests. Returns the saga as it started and
+/// as it ended.
+async fn after_placement(rig: &Rig, kind: SagaKind) -> (SagaInstance, SagaInstance) {
+    let saga = follow_placement(rig, kind).await;
+    rig.engine("w1").run_due(10).await.unwrap();
+    let ended = SagaStore::get(rig.store.as_ref(), saga.id)
+        .await
+        .unwrap()
+        .unwrap();
+    (saga, ended)
+}
+
+/// Whether the call `step:operation` of `saga` had its plugin writes committed.
+async fn committed(rig: &Rig, saga: &SagaInstance, step: &str, operation: &str) -> bool {
+    let key = saga.idempotency_key(step, operation);
+    for plugin in SCRIPTED_PLUGINS {
+        if PluginKvStore::get(rig.store.as_ref(), plugin, &key)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_fulfilment_whose_calls_stayed_in_the_host_commits_once() {
+    for host_only in [false, true] {
+        let rig = Rig::new().await;
+        if host_only {
+            rig.gateways.host_only();
+        }
+        let (started, ended) = after_placement(&rig, SagaKind::FulfillOrder).await;
+        assert_eq!(ended.status, SagaStatus::Succeeded);
+        assert_eq!(
+            ended.version,
+            started.version + if host_only { 1 } else { 3 },
+            "host-only: commit, capture and mark-fulfilled in one commit (host_only={host_only})"
+        );
+        let order = rig.order().await;
+        assert_eq!(order.status(), OrderStatus::Fulfilled);
+        assert_eq!(order.reservation_status(), ReservationStatus::Committed);
+        assert_eq!(order.payment_status(), PaymentStatus::Captured);
+        assert!(committed(&rig, &started, "commit-inventory", "commit").await);
+        assert!(committed(&rig, &started, "capture-payment", "capture").await);
+    }
+}
+
+#[tokio::test]
+async fn a_cancellation_whose_calls_stayed_in_the_host_commits_once() {
+    for host_only in [false, true] {
+        let rig = Rig::new().await;
+        if host_only {
+            rig.gateways.host_only();
+        }
+        let (started, ended) = after_placement(&rig, SagaKind::CancelOrder).await;
+        assert_eq!(ended.status, SagaStatus::Succeeded);
+        assert_eq!(
+            ended.version,
+            started.version + if host_only { 1 } else { 3 },
+            "host-only: void, release and finish in one commit (host_only={host_only})"
+        );
+        let order = rig.order().await;
+        assert_eq!(order.status(), OrderStatus::Cancelled);
+        assert_eq!(order.reservation_status(), ReservationStatus::Released);
+        assert_eq!(order.payment_status(), PaymentStatus::Voided);
+        assert!(committed(&rig, &started, "undo-payment", "undo-payment").await);
+        assert!(committed(&rig, &started, "undo-reservation", "undo-reservation").await);
+    }
+}
+
+#[tokio::test]
+async fn a_cancellation_stopped_before_its_commit_undoes_again_with_the_same_keys() {
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    let started = follow_placement(&rig, SagaKind::CancelOrder).await;
+    // w1 loses the cancellation's lease while releasing: its one commit is refused.
+    rig.take_over_during(&started, "release");
+    rig.engine("w1").run_due(10).await.unwrap();
+    let stopped = SagaStore::get(rig.store.as_ref(), started.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stopped, started,
+        "nothing of w1's cancellation was committed"
+    );
+    assert!(!committed(&rig, &started, "undo-payment", "undo-payment").await);
+    assert!(!committed(&rig, &started, "undo-reservation", "undo-reservation").await);
+    assert_eq!(
+        rig.order().await.payment_status(),
+        PaymentStatus::Authorized,
+        "the hold is still there to void"
+    );
+
+    rig.clock.advance(LEASE + Duration::from_secs(1));
+    rig.engine("w3").run_due(10).await.unwrap();
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.payment_status(), PaymentStatus::Voided);
+    let calls = rig.gateways.calls();
+    let keys = |operation: &str| {
+        calls
+            .iter()
+            .filter(|c| c.operation == operation)
+            .map(|c| c.idempotency_key.clone())
+            .collect::<Vec<_>>()
+    };
+    let voids = keys("void");
+    assert_eq!(voids.len(), 2, "voided again after the refused commit");
+    assert_eq!(voids[0], voids[1], "with the same key");
+    assert!(committed(&rig, &started, "undo-payment", "undo-payment").await);
+    assert!(committed(&rig, &started, "undo-reservation", "undo-reservation").await);
 }
 
 #[tokio::test]
@@ -517,7 +664,7 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_and_says_so() {
 async fn a_worker_that_lost_its_lease_stops_after_the_first_rejected_commit() {
     let rig = Rig::new().await;
     // While w1's reservation call hangs past its lease, w2 claims the saga.
-    rig.take_over_during("reserve");
+    rig.take_over_during(&rig.saga, "reserve");
     let w1 = rig.engine("w1");
     w1.run_due(10).await.unwrap();
 

@@ -52,6 +52,9 @@ pub const PLACE_ORDER: SagaDefinition = SagaDefinition {
 /// Cancellation of an order in CANCELLING: undo the money first (a hold or a capture), then
 /// the stock, then record the cancellation. Every step is itself a compensation, so failures
 /// retry and finally park for an operator.
+/// With plugins that stay inside the host the three steps commit once, with the last: a
+/// crash before it leaves the hold and the reservation as they were, and the next worker
+/// undoes them again with the same keys.
 pub const CANCEL_ORDER: SagaDefinition = SagaDefinition {
     kind: SagaKind::CancelOrder,
     steps: &[
@@ -62,7 +65,7 @@ pub const CANCEL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: COMPENSATION_DEADLINE,
             on_failure: OnFailure::Park,
-            commit: StepCommit::Own,
+            commit: StepCommit::WithNext,
         },
         StepDef {
             name: "undo-reservation",
@@ -71,7 +74,7 @@ pub const CANCEL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: COMPENSATION_DEADLINE,
             on_failure: OnFailure::Park,
-            commit: StepCommit::Own,
+            commit: StepCommit::WithNext,
         },
         StepDef {
             name: "finish-cancellation",
@@ -87,6 +90,8 @@ pub const CANCEL_ORDER: SagaDefinition = SagaDefinition {
 };
 
 /// Fulfillment of a CONFIRMED order: allocate the stock, capture the money, record it.
+/// With plugins that stay inside the host the three steps commit once, with the last (as for
+/// placement and cancellation).
 pub const FULFILL_ORDER: SagaDefinition = SagaDefinition {
     kind: SagaKind::FulfillOrder,
     steps: &[
@@ -97,7 +102,7 @@ pub const FULFILL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: STEP_DEADLINE,
             on_failure: OnFailure::Park,
-            commit: StepCommit::Own,
+            commit: StepCommit::WithNext,
         },
         StepDef {
             name: "capture-payment",
@@ -106,7 +111,7 @@ pub const FULFILL_ORDER: SagaDefinition = SagaDefinition {
             retry: RetryPolicy::DEFAULT,
             deadline: STEP_DEADLINE,
             on_failure: OnFailure::Park,
-            commit: StepCommit::Own,
+            commit: StepCommit::WithNext,
         },
         StepDef {
             name: "mark-fulfilled",
