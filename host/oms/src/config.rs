@@ -102,6 +102,12 @@ pub struct PluginsConfig {
     pub watch_interval_ms: u64,
     /// The inventory adapter plugin the sagas reserve stock with.
     pub inventory: String,
+    /// Benchmark builds only (`--features native-adapters`): serve `fakepay` and
+    /// `local-stock` with their Rust ports in-process instead of the Wasm plugins, to measure
+    /// what the sandbox costs (docs/benchmarks.md). Other builds refuse the key.
+    #[cfg(feature = "native-adapters")]
+    #[serde(default)]
+    pub native_adapters: bool,
 }
 
 /// The saga workers.
@@ -243,6 +249,8 @@ impl Default for Config {
                 cache_dir: PathBuf::from("./data/plugin-cache"),
                 watch_interval_ms: 1000,
                 inventory: "local-stock".to_owned(),
+                #[cfg(feature = "native-adapters")]
+                native_adapters: false,
             },
             saga: SagaConfig {
                 workers: 2,

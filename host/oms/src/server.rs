@@ -132,7 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     );
     // A process that runs no sagas (`saga.workers = 0`, an API-only replica) does not place
     // orders inline either.
-    let ports = saga_ports(&config, &db, &plugins);
+    let ports = saga_ports(&config, &db, &plugins)?;
     if config.saga.workers > 0 && config.saga.inline_placements > 0 {
         let engine = saga_engine(&config, &ports, &changes, format!("{process}-inline"));
         let slots = usize::try_from(config.saga.inline_placements).unwrap_or(usize::MAX);
@@ -272,16 +272,45 @@ fn check_grpc_limits(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The stores and plugin gateways every saga engine of this process shares.
-fn saga_ports(config: &Config, db: &Database, plugins: &Plugins) -> SagaPorts {
-    SagaPorts {
+fn saga_ports(config: &Config, db: &Database, plugins: &Plugins) -> anyhow::Result<SagaPorts> {
+    let payments = PluginPayments::new(plugins.runtime.clone());
+    #[cfg(feature = "native-adapters")]
+    if config.plugins.native_adapters {
+        return native_saga_ports(config, db, payments);
+    }
+    Ok(SagaPorts {
         orders: db.orders(),
         sagas: db.sagas(),
-        payments: Arc::new(PluginPayments::new(plugins.runtime.clone())),
+        payments: Arc::new(payments),
         inventory: Arc::new(PluginInventory::new(
             plugins.runtime.clone(),
             config.plugins.inventory.clone(),
         )),
-    }
+    })
+}
+
+/// [`saga_ports`] with `fakepay` and `local-stock` served in-process by their Rust ports
+/// (benchmark builds; `crate::adapters::native`).
+#[cfg(feature = "native-adapters")]
+fn native_saga_ports(
+    config: &Config,
+    db: &Database,
+    payments: PluginPayments,
+) -> anyhow::Result<SagaPorts> {
+    use crate::adapters::native::{NativeInventory, NativePayments};
+    anyhow::ensure!(
+        config.plugins.inventory == "local-stock",
+        "plugins.native_adapters serves only local-stock as inventory, not {:?}",
+        config.plugins.inventory
+    );
+    let dir = &config.plugins.dir;
+    tracing::warn!("native adapters: fakepay and local-stock run unsandboxed, for benchmarks only");
+    Ok(SagaPorts {
+        orders: db.orders(),
+        sagas: db.sagas(),
+        payments: Arc::new(NativePayments::new(db.plugin_kv(), dir, payments)?),
+        inventory: Arc::new(NativeInventory::new(db.plugin_kv(), dir)?),
+    })
 }
 
 /// A saga engine over `ports`, leasing sagas as `worker`.

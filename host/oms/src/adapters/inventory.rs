@@ -74,7 +74,7 @@ fn out_of_stock(skus: &[String]) -> String {
     }
 }
 
-fn inventory_failure(e: PluginError<InventoryError>) -> GatewayFailure {
+pub(super) fn inventory_failure(e: PluginError<InventoryError>) -> GatewayFailure {
     failure(e, "inventory", refusal)
 }
 

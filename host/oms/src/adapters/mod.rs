@@ -7,6 +7,8 @@
 //! and the step history keep. Codes are listed in docs/api.md.
 
 mod inventory;
+#[cfg(feature = "native-adapters")]
+pub mod native;
 mod payments;
 
 pub use inventory::PluginInventory;

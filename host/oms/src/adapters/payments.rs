@@ -59,11 +59,11 @@ fn refusal(e: &PaymentError, plugin: &str) -> GatewayError {
     }
 }
 
-fn payment_failure(e: oms_plugin_runtime::PluginError<PaymentError>) -> GatewayFailure {
+pub(super) fn payment_failure(e: oms_plugin_runtime::PluginError<PaymentError>) -> GatewayFailure {
     failure(e, "payment", refusal)
 }
 
-fn to_wit(m: Money) -> wit::Money {
+pub(super) fn to_wit(m: Money) -> wit::Money {
     wit::Money {
         amount_minor: m.amount_minor(),
         currency: m.currency().to_string(),
@@ -90,7 +90,7 @@ fn from_wit(m: &wit::Money, call: &PluginCall) -> Result<Money, GatewayFailure> 
         })
 }
 
-fn provider_payment(
+pub(super) fn provider_payment(
     p: &wit::Payment,
     call: &PluginCall,
 ) -> Result<ProviderPayment, GatewayFailure> {
@@ -112,7 +112,7 @@ fn provider_payment(
 }
 
 /// A payment call's answer in the port's terms.
-fn answered(result: PaymentResult<wit::Payment>) -> GatewayResult<ProviderPayment> {
+pub(super) fn answered(result: PaymentResult<wit::Payment>) -> GatewayResult<ProviderPayment> {
     let called = result.map_err(payment_failure)?;
     let call = plugin_call(&called.info);
     Ok((provider_payment(&called.value, &call)?, call))

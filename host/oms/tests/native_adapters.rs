@@ -1,0 +1,184 @@
+//! The benchmark's native adapters (`oms::adapters::native`) against the Wasm plugins they
+//! stand in for: the same calls, each on its own fresh store, must give the same answers and
+//! the same key-value effects. Without this, a native-vs-Wasm throughput ratio could be
+//! comparing two different programs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use oms::adapters::native::{NativeInventory, NativePayments};
+use oms::adapters::{PluginInventory, PluginPayments};
+use oms_application::plugin_kv::KvChanges;
+use oms_application::ports::{
+    GatewayFailure, GatewayResult, InventoryGateway, PaymentGateway, PluginCall, PluginKvStore,
+};
+use oms_domain::{Currency, LineItem, Money, OrderId, Quantity, Sku};
+use oms_plugin_runtime::kv::MemoryKvStore;
+use oms_plugin_runtime::{PluginRuntime, RuntimeOptions};
+
+fn built_plugins() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins");
+    assert!(
+        dir.join("fakepay.wasm").is_file(),
+        "{} has no built plugins: run scripts/build-plugins first",
+        dir.display()
+    );
+    dir
+}
+
+/// One side of the comparison: gateways over their own store.
+struct Side {
+    store: Arc<MemoryKvStore>,
+    payments: Box<dyn PaymentGateway>,
+    inventory: Box<dyn InventoryGateway>,
+}
+
+async fn wasm_side(dir: &Path) -> Side {
+    let store = Arc::new(MemoryKvStore::new());
+    let runtime = PluginRuntime::new(RuntimeOptions::default(), Some(store.clone())).unwrap();
+    for name in ["fakepay", "local-stock"] {
+        runtime
+            .install(dir.join(format!("{name}.toml")))
+            .await
+            .unwrap();
+    }
+    Side {
+        store,
+        payments: Box::new(PluginPayments::new(runtime.clone())),
+        inventory: Box::new(PluginInventory::new(runtime, "local-stock")),
+    }
+}
+
+fn native_side(dir: &Path) -> Side {
+    let store = Arc::new(MemoryKvStore::new());
+    // No Wasm plugin behind it: every call below is for fakepay, which must be served natively.
+    let runtime = PluginRuntime::new(RuntimeOptions::default(), Some(store.clone())).unwrap();
+    let kv: Arc<dyn PluginKvStore> = store.clone();
+    Side {
+        store,
+        payments: Box::new(
+            NativePayments::new(kv.clone(), dir, PluginPayments::new(runtime)).unwrap(),
+        ),
+        inventory: Box::new(NativeInventory::new(kv, dir).unwrap()),
+    }
+}
+
+/// What a call answered, without who answered it (the versions differ by design).
+#[derive(Debug, PartialEq)]
+struct Answer<T> {
+    value: Result<T, String>,
+    kv: Option<KvChanges>,
+}
+
+/// Commits the call's writes as a saga step's commit would, and keeps what to compare.
+async fn settle<T>(store: &MemoryKvStore, result: GatewayResult<T>) -> Answer<T> {
+    let (value, call): (Result<T, String>, Option<PluginCall>) = match result {
+        Ok((value, call)) => (Ok(value), Some(call)),
+        Err(GatewayFailure { error, call }) => (
+            Err(format!("{error:?}: {}", error.public_reason())),
+            call.map(|c| *c),
+        ),
+    };
+    // A lookup writes nothing: the runtime leaves its buffer unnamed, the native adapter
+    // names it, and both mean "no changes".
+    let kv = call
+        .map(|call| {
+            assert!(call.host_only, "{} must be host-only", call.plugin);
+            (*call.kv).clone()
+        })
+        .filter(|changes| !changes.is_empty());
+    if let Some(changes) = &kv {
+        for (key, change) in &changes.keys {
+            let current = store.get(&changes.namespace, key).await.unwrap();
+            let next = change
+                .next_value(key, current.as_deref())
+                .unwrap()
+                .unwrap_or_else(|| panic!("{key}: the change no longer applies"));
+            match next {
+                Some(value) => store.set(&changes.namespace, key, &value).await.unwrap(),
+                None => store.delete(&changes.namespace, key).await.unwrap(),
+            }
+        }
+    }
+    Answer { value, kv }
+}
+
+fn eur(minor: i64) -> Money {
+    Money::new(minor, Currency::parse("EUR").unwrap()).unwrap()
+}
+
+fn lines(items: &[(&str, u32)]) -> Vec<LineItem> {
+    items
+        .iter()
+        .map(|(sku, quantity)| LineItem {
+            sku: Sku::parse(sku).unwrap(),
+            quantity: Quantity::new(i64::from(*quantity)).unwrap(),
+            unit_price: eur(500),
+        })
+        .collect()
+}
+
+/// Every operation the sagas call, through success, replay, refusal and retry.
+async fn script(side: &Side, order: OrderId) -> Vec<String> {
+    let s = &side.store;
+    let inv = &side.inventory;
+    let pay = &side.payments;
+    let mut log = Vec::new();
+    macro_rules! step {
+        ($call:expr) => {{
+            let answer = settle(s, $call.await).await;
+            log.push(format!("{answer:?}"));
+            answer.value
+        }};
+    }
+
+    let held = step!(inv.reserve(order, &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]), "r1")).unwrap();
+    step!(inv.reserve(order, &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]), "r1")).unwrap();
+    step!(inv.reserve(order, &lines(&[("DEMO-1", 3)]), "r1")).unwrap_err();
+    step!(inv.reserve(order, &lines(&[("NO-SUCH-SKU", 1)]), "r2")).unwrap_err();
+    step!(inv.reserve(order, &lines(&[("LIMITED-100", 101)]), "r3")).unwrap_err();
+    step!(inv.reserve(order, &lines(&[("LIMITED-100", 101)]), "r3")).unwrap_err();
+    step!(inv.reserve(order, &lines(&[("LIMITED-100", 100)]), "r4")).unwrap();
+    step!(inv.release(&held, "x1")).unwrap();
+    step!(inv.release(&held, "x2")).unwrap();
+    step!(inv.commit(&held, "x3")).unwrap_err();
+    step!(inv.commit("rsv-unknown", "x4")).unwrap_err();
+
+    let paid = step!(pay.authorize("fakepay", order, eur(1500), "tok_ok", "a1")).unwrap();
+    step!(pay.authorize("fakepay", order, eur(1500), "tok_ok", "a1")).unwrap();
+    step!(pay.authorize("fakepay", order, eur(9), "tok_ok", "a1")).unwrap_err();
+    let id = paid.payment_id;
+    step!(pay.capture("fakepay", &id, Some(eur(1000)), "c1")).unwrap();
+    step!(pay.capture("fakepay", &id, Some(eur(1000)), "c2")).unwrap_err();
+    step!(pay.capture("fakepay", &id, None, "c3")).unwrap();
+    step!(pay.refund("fakepay", &id, Some(eur(200)), "f1")).unwrap();
+    step!(pay.refund("fakepay", &id, Some(eur(200)), "f1")).unwrap();
+    step!(pay.refund("fakepay", &id, None, "f2")).unwrap();
+    step!(pay.void("fakepay", &id, "v1")).unwrap_err();
+    step!(pay.find_by_authorize_key("fakepay", "a1")).unwrap();
+    step!(pay.find_by_authorize_key("fakepay", "nobody")).unwrap();
+
+    let held = step!(pay.authorize("fakepay", order, eur(700), "tok_ok", "a2")).unwrap();
+    step!(pay.void("fakepay", &held.payment_id, "v2")).unwrap();
+    step!(pay.void("fakepay", &held.payment_id, "v3")).unwrap();
+    step!(pay.authorize("fakepay", order, eur(700), "tok_decline", "a3")).unwrap_err();
+    step!(pay.authorize("fakepay", order, eur(700), "tok_nonsense", "a4")).unwrap_err();
+    for _ in 0..3 {
+        let _ = step!(pay.authorize("fakepay", order, eur(700), "tok_flaky", "a5"));
+    }
+    step!(pay.capture("fakepay", "fp_nobody", None, "c4")).unwrap_err();
+    log
+}
+
+#[tokio::test]
+async fn native_adapters_answer_and_write_as_the_wasm_plugins_do() {
+    let dir = built_plugins();
+    let order = OrderId::generate();
+    let wasm = script(&wasm_side(&dir).await, order).await;
+    let native = script(&native_side(&dir), order).await;
+    assert_eq!(wasm.len(), native.len());
+    for (n, (wasm, native)) in wasm.iter().zip(&native).enumerate() {
+        assert_eq!(wasm, native, "call {n} differs");
+    }
+}
