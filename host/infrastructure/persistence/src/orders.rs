@@ -242,7 +242,8 @@ async fn insert_order<D: Dialect>(conn: &mut ConnOf<D>, order: &Order) -> Result
         },
     )
     .await
-    .map_err(D::classify)
+    .map_err(D::classify)?;
+    Ok(())
 }
 
 /// The optimistic-locked update. Lines never change after the insert, so only the order row
@@ -357,5 +358,6 @@ async fn insert_outbox<D: Dialect>(
         },
     )
     .await
-    .map_err(D::classify)
+    .map_err(D::classify)?;
+    Ok(())
 }

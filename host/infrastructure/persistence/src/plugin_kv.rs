@@ -198,22 +198,105 @@ impl<D: Dialect> PluginKvStore for SqlPluginKvStore<D> {
     }
 }
 
-/// Applies a step's buffered plugin writes on `conn` (inside the step's transaction), key by
-/// key in sorted order. `KvConflict` names the first key whose condition or bound failed;
-/// the caller's transaction then rolls back with everything else the step wrote.
-pub(crate) async fn apply_changes<D: Dialect>(
+/// Applies a commit's buffered plugin writes (every call of every step it records) on `conn`,
+/// inside that commit's transaction. `KvConflict` names a key whose condition or bound
+/// failed; the caller's transaction then rolls back with everything else the steps wrote.
+///
+/// Round trips: every record that must not exist yet (an outcome under a fresh idempotency
+/// key, a new payment or reservation: most of what a step writes) goes in one multi-row
+/// insert that skips existing keys, so a skipped row is a failed condition; every other key
+/// then gets its own statement, in sorted order, the hot counters last of all.
+pub(crate) async fn apply_changes<'a, D: Dialect>(
     conn: &mut ConnOf<D>,
-    changes: &KvChanges,
+    all: impl IntoIterator<Item = &'a KvChanges>,
 ) -> Result<(), StoreError> {
-    for (key, change) in &changes.keys {
-        if !apply_one::<D>(conn, &changes.namespace, key, change).await? {
-            return Err(StoreError::KvConflict {
-                namespace: changes.namespace.clone(),
-                key: key.clone(),
-            });
+    let all: Vec<&KvChanges> = all.into_iter().collect();
+    let is_new = |change: &KeyChange| {
+        matches!(
+            (&change.expect, &change.effect),
+            (Expect::Value(None), KeyEffect::Put(_))
+        )
+    };
+    let mut new: Vec<(&str, &str, &[u8])> = all
+        .iter()
+        .flat_map(|changes| {
+            changes
+                .keys
+                .iter()
+                .filter_map(|(key, change)| match &change.effect {
+                    KeyEffect::Put(value) if is_new(change) => {
+                        Some((changes.namespace.as_str(), key.as_str(), value.as_slice()))
+                    }
+                    _ => None,
+                })
+        })
+        .collect();
+    // One lock order for every commit: two commits inserting overlapping keys cannot deadlock.
+    new.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    insert_new::<D>(conn, &new).await?;
+    for changes in &all {
+        for (key, change) in changes.keys.iter().filter(|(_, c)| !is_new(c)) {
+            if !apply_one::<D>(conn, &changes.namespace, key, change).await? {
+                return Err(StoreError::KvConflict {
+                    namespace: changes.namespace.clone(),
+                    key: key.clone(),
+                });
+            }
         }
     }
     Ok(())
+}
+
+/// Inserts records that must not exist yet, in one statement; `KvConflict` when one did.
+async fn insert_new<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    new: &[(&str, &str, &[u8])],
+) -> Result<(), StoreError> {
+    let inserted = D::insert_rows(
+        conn,
+        Rows {
+            table: "plugin_kv",
+            columns: &["namespace", "key", "value"],
+            values: vec![
+                Column::Text(new.iter().map(|r| r.0.to_owned()).collect()),
+                Column::Text(new.iter().map(|r| r.1.to_owned()).collect()),
+                Column::Bytes(new.iter().map(|r| r.2.to_vec()).collect()),
+            ],
+            on_conflict: "ON CONFLICT (namespace, key) DO NOTHING",
+        },
+    )
+    .await
+    .map_err(D::classify)?;
+    if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
+        return Ok(());
+    }
+    // Some key existed (rare: the commit is refused and the step runs again). Name it for
+    // the log: a key now holding something else than what this commit wrote.
+    for (namespace, key, value) in new {
+        let row = D::query("SELECT value FROM plugin_kv WHERE namespace = $1 AND key = $2")
+            .arg(*namespace)
+            .arg(*key)
+            .fetch_optional(D::on(conn))
+            .await
+            .map_err(D::classify)?;
+        let current = row
+            .map(|r| r.col::<Vec<u8>>("value"))
+            .transpose()
+            .map_err(D::classify)?;
+        if current.as_deref() != Some(*value) {
+            return Err(kv_conflict(namespace, key));
+        }
+    }
+    // Every key holds this commit's bytes, yet one existed before: an identical record.
+    let (namespace, key, _) = new[0];
+    Err(kv_conflict(namespace, key))
+}
+
+fn kv_conflict(namespace: &str, key: &str) -> StoreError {
+    StoreError::KvConflict {
+        namespace: namespace.to_owned(),
+        key: key.to_owned(),
+    }
 }
 
 /// One key's condition and effect, in as few statements as the case allows; `false` when

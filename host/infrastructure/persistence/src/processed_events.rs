@@ -78,7 +78,8 @@ impl<D: Dialect> ProcessedEventStore for SqlProcessedEventStore<D> {
             // One statement (arrays unnested): it commits on its own.
             Concurrency::RowLocks => {
                 let mut conn = self.sql.pools.writer.acquire().await.map_err(D::classify)?;
-                D::insert_rows(&mut conn, rows).await.map_err(D::classify)
+                D::insert_rows(&mut conn, rows).await.map_err(D::classify)?;
+                Ok(())
             }
             // A statement per row, all under one write lock and one commit.
             Concurrency::SingleWriter => {

@@ -168,7 +168,8 @@ async fn upsert_steps<D: Dialect>(
         },
     )
     .await
-    .map_err(D::classify)
+    .map_err(D::classify)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -281,9 +282,8 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         upsert_steps::<D>(&mut tx, saga.id, commit.steps).await?;
         // Last: a hot key (a stock counter many orders take from) is locked from its write
         // until the commit, so it is written as late as possible.
-        for call in commit.steps.iter().filter_map(|r| r.call.as_ref()) {
-            crate::plugin_kv::apply_changes::<D>(&mut tx, &call.kv).await?;
-        }
+        let calls = commit.steps.iter().filter_map(|r| r.call.as_ref());
+        crate::plugin_kv::apply_changes::<D>(&mut tx, calls.map(|call| call.kv.as_ref())).await?;
         // Dropping `tx` on any early return above rolls everything back.
         tx.commit().await.map_err(D::classify)
     }

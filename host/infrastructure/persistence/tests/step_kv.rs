@@ -252,3 +252,83 @@ async fn every_change_kind(db: Stores) {
     assert!(matches!(err, StoreError::KvConflict { .. }), "{err:?}");
 }
 on_all!(every_kind_of_plugin_write, every_change_kind);
+
+/// A deferred step's writes ride in the next step's commit: one commit then holds two
+/// plugins' new records, inserted together. A record of the second plugin that exists
+/// already refuses the whole commit: neither plugin's writes land.
+async fn two_plugins_in_one_commit(db: Stores) {
+    seed(&db, "stock/A", "5").await;
+    let pay = |id: &str| KvChanges {
+        namespace: "fakepay".into(),
+        keys: BTreeMap::from([(
+            format!("payment/{id}"),
+            KeyChange {
+                expect: Expect::Value(None),
+                effect: KeyEffect::Put(b"authorized".to_vec()),
+            },
+        )]),
+    };
+    let authorize = |kv: KvChanges| StepRecord {
+        step: "authorize-payment",
+        ..step(kv)
+    };
+    db.plugin_kv()
+        .batch(
+            "fakepay",
+            &[Swap {
+                key: "payment/taken".into(),
+                expected: None,
+                new: Some(b"someone else's".to_vec()),
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    let saga = claimed(&db).await;
+    let commit_both = |id: &'static str| {
+        let mut next = saga.clone();
+        next.step += 2;
+        next.version += 1;
+        let records = [step(reserve("1", 2)), authorize(pay(id))];
+        let db = &db;
+        let saga = &saga;
+        async move {
+            db.sagas()
+                .commit(SagaCommit {
+                    saga: &next,
+                    expected_version: saga.version,
+                    fence: Fence::Lease("w1"),
+                    lease_until: ts(100_000),
+                    steps: &records,
+                    order: None,
+                })
+                .await
+        }
+    };
+
+    let err = commit_both("taken").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::KvConflict { namespace, key } if namespace == "fakepay" && key == "payment/taken"),
+        "{err:?}"
+    );
+    assert_eq!(
+        value(&db, "rsv/1").await,
+        None,
+        "local-stock's record rolled back"
+    );
+    assert_eq!(value(&db, "stock/A").await.as_deref(), Some("5"));
+
+    commit_both("fresh").await.unwrap();
+    assert_eq!(value(&db, "rsv/1").await.as_deref(), Some("held"));
+    assert_eq!(value(&db, "stock/A").await.as_deref(), Some("3"));
+    let payment = db
+        .plugin_kv()
+        .get("fakepay", "payment/fresh")
+        .await
+        .unwrap();
+    assert_eq!(payment.as_deref(), Some(&b"authorized"[..]));
+}
+on_all!(
+    two_plugins_records_land_together_or_not_at_all,
+    two_plugins_in_one_commit
+);

@@ -296,11 +296,12 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn in_list(param: &str) -> String;
     /// Binds a list for [`Self::in_list`].
     fn bind_list<'q>(query: Q<'q, Self>, values: Column) -> Q<'q, Self>;
-    /// Inserts `rows`, in order.
+    /// Inserts `rows`, in order. Returns how many were inserted (fewer than given when
+    /// `on_conflict` skipped some).
     fn insert_rows(
         conn: &mut ConnOf<Self>,
         rows: Rows<'_>,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
     /// Locks `names` within `namespace` until the transaction on `conn` ends, whether rows of
     /// those names exist or not (a counter's first increment, a record that must be absent).
     fn lock_names(

@@ -168,9 +168,9 @@ impl Dialect for PostgresDialect {
     /// One statement for all rows: a round trip per row would dominate an order's write
     /// (an order has up to 100 lines). The arrays are unnested in parallel; `WITH ORDINALITY`
     /// keeps the rows in order, so generated ids follow it.
-    async fn insert_rows(conn: &mut PgConnection, rows: Rows<'_>) -> Result<(), sqlx::Error> {
+    async fn insert_rows(conn: &mut PgConnection, rows: Rows<'_>) -> Result<u64, sqlx::Error> {
         if rows.len() == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let columns = rows.columns.join(", ");
         let mut arrays = String::new();
@@ -188,8 +188,7 @@ impl Dialect for PostgresDialect {
         for values in rows.values {
             query = bind_array(query, values);
         }
-        query.execute(conn).await?;
-        Ok(())
+        Ok(query.execute(conn).await?.rows_affected())
     }
 
     /// Transaction-scoped advisory locks, one per name, taken in a fixed (sorted) order so

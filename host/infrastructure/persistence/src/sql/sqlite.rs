@@ -205,9 +205,9 @@ impl Dialect for SqliteDialect {
 
     /// One prepared statement per row: the calls are in-process, so there are no round trips
     /// to save, and the statement is prepared once per connection.
-    async fn insert_rows(conn: &mut SqliteConnection, rows: Rows<'_>) -> Result<(), sqlx::Error> {
+    async fn insert_rows(conn: &mut SqliteConnection, rows: Rows<'_>) -> Result<u64, sqlx::Error> {
         if rows.len() == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let placeholders = (1..=rows.values.len())
             .map(|n| format!("${n}"))
@@ -220,14 +220,15 @@ impl Dialect for SqliteDialect {
             rows.on_conflict
         )
         .into();
+        let mut inserted = 0;
         for row in 0..rows.len() {
             let mut query = Self::query(AssertSqlSafe(Arc::clone(&sql)));
             for values in &rows.values {
                 query = bind_one(query, values, row);
             }
-            query.execute(&mut *conn).await?;
+            inserted += query.execute(&mut *conn).await?.rows_affected();
         }
-        Ok(())
+        Ok(inserted)
     }
 
     /// Nothing to do: write transactions begin with `BEGIN IMMEDIATE`, which already holds
