@@ -52,7 +52,7 @@ async fn local_commits_are_sent_without_a_read() {
     let cancel_reads = store.order_reads() - before;
 
     let order = host.create_order(sample_order(), None).await.unwrap();
-    let mut watch = Box::pin(host.watch_order(order.id()));
+    let mut watch = Box::pin(host.watch_order(order.id()).await.unwrap());
     assert_eq!(next(&mut watch).await.version(), Version(1));
     let before = store.order_reads();
     host.cancel_order(order.id(), String::new(), None, None)
@@ -76,7 +76,7 @@ async fn changes_elsewhere_are_read_on_a_newer_hint_only() {
     let store = Arc::new(MemoryStore::default());
     let (here, elsewhere) = (process(&store), process(&store));
     let order = here.create_order(sample_order(), None).await.unwrap();
-    let mut watch = Box::pin(here.watch_order(order.id()));
+    let mut watch = Box::pin(here.watch_order(order.id()).await.unwrap());
     assert_eq!(next(&mut watch).await.version(), Version(1));
     let cancelled = elsewhere
         .cancel_order(order.id(), String::new(), None, None)
@@ -102,4 +102,25 @@ async fn changes_elsewhere_are_read_on_a_newer_hint_only() {
         1,
         "one read, for the newer hint"
     );
+}
+
+#[tokio::test]
+async fn a_watch_opens_with_one_read_and_refuses_an_unknown_order_at_once() {
+    let store = Arc::new(MemoryStore::default());
+    let host = process(&store);
+    let order = host.create_order(sample_order(), None).await.unwrap();
+    let before = store.order_reads();
+    let mut watch = Box::pin(host.watch_order(order.id()).await.unwrap());
+    assert_eq!(next(&mut watch).await.version(), Version(1));
+    assert_eq!(
+        store.order_reads() - before,
+        1,
+        "the read that found the order is the first update"
+    );
+
+    let unknown = oms_domain::OrderId::generate();
+    assert!(matches!(
+        host.watch_order(unknown).await.map(|_| ()),
+        Err(oms_application::AppError::NotFound(_))
+    ));
 }

@@ -11,22 +11,25 @@ use crate::error::AppError;
 use crate::service::OrderService;
 
 impl OrderService {
-    /// Yields the current order, then each newer version, and ends after yielding a terminal
-    /// one. Subscribes before the first read so that no change between read and wait is
-    /// missed. A change this process committed is sent as broadcast, without a read; the
-    /// order is read again only for a hint of a newer version committed elsewhere, after the
-    /// watcher lagged behind the broadcast, or on the fallback interval (hints can be lost).
-    /// Intermediate versions may be coalesced: a watcher always sees the latest state.
-    pub fn watch_order(
+    /// The current order, then each newer version, ending after a terminal one; an unknown
+    /// order is an error at once (`NotFound`), not a stream that fails. Subscribes before the
+    /// one read that opens the stream, so that no change between read and wait is missed. A
+    /// change this process committed is sent as broadcast, without a read; the order is read
+    /// again only for a hint of a newer version committed elsewhere, after the watcher lagged
+    /// behind the broadcast, or on the fallback interval (hints can be lost). Intermediate
+    /// versions may be coalesced: a watcher always sees the latest state.
+    pub async fn watch_order(
         &self,
         id: OrderId,
-    ) -> impl Stream<Item = Result<Order, AppError>> + Send + 'static {
+    ) -> Result<impl Stream<Item = Result<Order, AppError>> + Send + 'static, AppError> {
+        let mut changes = self.changes.subscribe();
+        let first = self.get_order(id).await?;
         let service = self.clone();
-        async_stream(move |tx| async move {
-            let mut changes = service.changes.subscribe();
+        Ok(async_stream(move |tx| async move {
             let mut last_sent: Option<Version> = None;
-            // The next order to send when it is already in hand (broadcast by a local commit).
-            let mut known: Option<Arc<Order>> = None;
+            // The next order to send when it is already in hand: the opening read, then
+            // whatever a local commit broadcast.
+            let mut known: Option<Arc<Order>> = Some(Arc::new(first));
             loop {
                 let order = match known.take() {
                     Some(order) => Arc::unwrap_or_clone(order),
@@ -67,7 +70,7 @@ impl OrderService {
                     }
                 }
             }
-        })
+        }))
     }
 }
 

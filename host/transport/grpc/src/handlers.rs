@@ -241,18 +241,20 @@ impl OrderServiceApi for OrderApi {
         let mut v = Violations::default();
         let id = parse_order_id(&request.get_ref().order_id, "order_id", &mut v);
         let id = v.into_result(id).map_err(invalid)?;
-        // Fail fast on an unknown order instead of opening a stream that errors at once.
-        self.admitted(async {
-            self.service
-                .get_order(id)
-                .await
-                .map_err(|e| status::to_status(&e))
-        })
-        .await?;
-        let updates = self.service.watch_order(id).map(|r| {
-            r.map(|o| order_to_proto(&o))
-                .map_err(|e| status::to_status(&e))
-        });
+        // An unknown order fails the call instead of opening a stream that errors at once;
+        // the read that finds it is the stream's first update.
+        let updates = self
+            .admitted(async {
+                self.service
+                    .watch_order(id)
+                    .await
+                    .map_err(|e| status::to_status(&e))
+            })
+            .await?
+            .map(|r| {
+                r.map(|o| order_to_proto(&o))
+                    .map_err(|e| status::to_status(&e))
+            });
         let stream: Self::WatchOrderStream = match budget {
             None => Box::pin(updates),
             Some(budget) => {
