@@ -391,50 +391,71 @@ async fn committed(rig: &Rig, saga: &SagaInstance, step: &str, operation: &str) 
     false
 }
 
-#[tokio::test]
-async fn a_fulfilment_whose_calls_stayed_in_the_host_commits_once() {
+/// After a placement, `kind` ends in `status` with the reservation and payment as given, and
+/// both of its plugin calls (`step:operation`) committed: in one commit when the plugins stay
+/// in the host, in one commit per step otherwise.
+async fn follows_in_one_commit(
+    kind: SagaKind,
+    status: OrderStatus,
+    reservation: ReservationStatus,
+    payment: PaymentStatus,
+    calls: [(&str, &str); 2],
+) {
     for host_only in [false, true] {
         let rig = Rig::new().await;
         if host_only {
             rig.gateways.host_only();
         }
-        let (started, ended) = after_placement(&rig, SagaKind::FulfillOrder).await;
+        let (started, ended) = after_placement(&rig, kind).await;
         assert_eq!(ended.status, SagaStatus::Succeeded);
         assert_eq!(
             ended.version,
             started.version + if host_only { 1 } else { 3 },
-            "host-only: commit, capture and mark-fulfilled in one commit (host_only={host_only})"
+            "{kind:?}: its three steps in one commit only with host-only plugins (host_only={host_only})"
         );
         let order = rig.order().await;
-        assert_eq!(order.status(), OrderStatus::Fulfilled);
-        assert_eq!(order.reservation_status(), ReservationStatus::Committed);
-        assert_eq!(order.payment_status(), PaymentStatus::Captured);
-        assert!(committed(&rig, &started, "commit-inventory", "commit").await);
-        assert!(committed(&rig, &started, "capture-payment", "capture").await);
+        assert_eq!(
+            (
+                order.status(),
+                order.reservation_status(),
+                order.payment_status()
+            ),
+            (status, reservation, payment)
+        );
+        for (step, operation) in calls {
+            assert!(committed(&rig, &started, step, operation).await, "{step}");
+        }
     }
 }
 
 #[tokio::test]
+async fn a_fulfilment_whose_calls_stayed_in_the_host_commits_once() {
+    follows_in_one_commit(
+        SagaKind::FulfillOrder,
+        OrderStatus::Fulfilled,
+        ReservationStatus::Committed,
+        PaymentStatus::Captured,
+        [
+            ("commit-inventory", "commit"),
+            ("capture-payment", "capture"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_cancellation_whose_calls_stayed_in_the_host_commits_once() {
-    for host_only in [false, true] {
-        let rig = Rig::new().await;
-        if host_only {
-            rig.gateways.host_only();
-        }
-        let (started, ended) = after_placement(&rig, SagaKind::CancelOrder).await;
-        assert_eq!(ended.status, SagaStatus::Succeeded);
-        assert_eq!(
-            ended.version,
-            started.version + if host_only { 1 } else { 3 },
-            "host-only: void, release and finish in one commit (host_only={host_only})"
-        );
-        let order = rig.order().await;
-        assert_eq!(order.status(), OrderStatus::Cancelled);
-        assert_eq!(order.reservation_status(), ReservationStatus::Released);
-        assert_eq!(order.payment_status(), PaymentStatus::Voided);
-        assert!(committed(&rig, &started, "undo-payment", "undo-payment").await);
-        assert!(committed(&rig, &started, "undo-reservation", "undo-reservation").await);
-    }
+    follows_in_one_commit(
+        SagaKind::CancelOrder,
+        OrderStatus::Cancelled,
+        ReservationStatus::Released,
+        PaymentStatus::Voided,
+        [
+            ("undo-payment", "undo-payment"),
+            ("undo-reservation", "undo-reservation"),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -273,23 +273,34 @@ async fn insert_new<D: Dialect>(
     // Some key existed (rare: the commit is refused and the step runs again). Name it for
     // the log: a key now holding something else than what this commit wrote.
     for (namespace, key, value) in new {
-        let row = D::query("SELECT value FROM plugin_kv WHERE namespace = $1 AND key = $2")
-            .arg(*namespace)
-            .arg(*key)
-            .fetch_optional(D::on(conn))
-            .await
-            .map_err(D::classify)?;
-        let current = row
-            .map(|r| r.col::<Vec<u8>>("value"))
-            .transpose()
-            .map_err(D::classify)?;
-        if current.as_deref() != Some(*value) {
+        if read_in::<D>(conn, namespace, key, "").await?.as_deref() != Some(*value) {
             return Err(kv_conflict(namespace, key));
         }
     }
     // Every key holds this commit's bytes, yet one existed before: an identical record.
     let (namespace, key, _) = new[0];
     Err(kv_conflict(namespace, key))
+}
+
+/// One key's value inside the commit's transaction; `lock` is appended to the query (a
+/// share lock, or nothing).
+async fn read_in<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    namespace: &str,
+    key: &str,
+    lock: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let row = D::query(AssertSqlSafe(format!(
+        "SELECT value FROM plugin_kv WHERE namespace = $1 AND key = $2{lock}"
+    )))
+    .arg(namespace)
+    .arg(key)
+    .fetch_optional(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+    row.map(|r| r.col::<Vec<u8>>("value"))
+        .transpose()
+        .map_err(D::classify)
 }
 
 fn kv_conflict(namespace: &str, key: &str) -> StoreError {
@@ -340,17 +351,7 @@ async fn apply_one<D: Dialect>(
         }
         // Checked, not written: read it under a share lock and compare.
         (Expect::Value(expected), KeyEffect::Keep | KeyEffect::Delete) => {
-            let row = write(format!(
-                "SELECT value FROM plugin_kv WHERE namespace = $1 AND key = $2{}",
-                D::CONCURRENCY.share_lock()
-            ))
-            .fetch_optional(D::on(conn))
-            .await
-            .map_err(D::classify)?;
-            let current = row
-                .map(|r| r.col::<Vec<u8>>("value"))
-                .transpose()
-                .map_err(D::classify)?;
+            let current = read_in::<D>(conn, namespace, key, D::CONCURRENCY.share_lock()).await?;
             // Deleting what must be absent leaves it absent: only the check remains.
             return Ok(current.as_ref() == expected.as_ref());
         }

@@ -74,6 +74,17 @@ fn out_of_stock(skus: &[String]) -> String {
     }
 }
 
+/// The order's lines as the inventory contract takes them.
+pub(super) fn wit_lines(lines: &[LineItem]) -> Vec<Line> {
+    lines
+        .iter()
+        .map(|l| Line {
+            sku: l.sku.to_string(),
+            quantity: l.quantity.get(),
+        })
+        .collect()
+}
+
 pub(super) fn inventory_failure(e: PluginError<InventoryError>) -> GatewayFailure {
     failure(e, "inventory", refusal)
 }
@@ -86,16 +97,13 @@ impl InventoryGateway for PluginInventory {
         lines: &[LineItem],
         idempotency_key: &str,
     ) -> GatewayResult<String> {
-        let lines = lines
-            .iter()
-            .map(|l| Line {
-                sku: l.sku.to_string(),
-                quantity: l.quantity.get(),
-            })
-            .collect();
         let called = self
             .plugin()
-            .reserve(order_id.to_string(), lines, idempotency_key.to_owned())
+            .reserve(
+                order_id.to_string(),
+                wit_lines(lines),
+                idempotency_key.to_owned(),
+            )
             .await
             .map_err(inventory_failure)?;
         Ok((called.value, plugin_call(&called.info)))

@@ -27,14 +27,13 @@ use oms_application::ports::{
 use oms_domain::{LineItem, Money, OrderId};
 use oms_plugin_runtime::capabilities::config::PluginConfig;
 use oms_plugin_runtime::clients::Called;
-use oms_plugin_runtime::clients::inventory::Line;
 use oms_plugin_runtime::clients::payment::{AuthorizeRequest, PaymentLookup};
 use oms_plugin_runtime::{CallInfo, Manifest, PluginError, PluginKind};
 
 pub use fakepay::FakePay;
 pub use local_stock::LocalStock;
 
-use super::inventory::inventory_failure;
+use super::inventory::{inventory_failure, wit_lines};
 use super::payments::{PluginPayments, answered, payment_failure, provider_payment, to_wit};
 use super::plugin_call;
 
@@ -273,16 +272,9 @@ impl InventoryGateway for NativeInventory {
         lines: &[LineItem],
         idempotency_key: &str,
     ) -> GatewayResult<String> {
-        let lines: Vec<Line> = lines
-            .iter()
-            .map(|l| Line {
-                sku: l.sku.to_string(),
-                quantity: l.quantity.get(),
-            })
-            .collect();
         let called = self
             .local_stock
-            .reserve(&order_id.to_string(), &lines, idempotency_key)
+            .reserve(&order_id.to_string(), &wit_lines(lines), idempotency_key)
             .await
             .map_err(inventory_failure)?;
         Ok((called.value, plugin_call(&called.info)))
