@@ -21,7 +21,9 @@ use oms_application::saga::{
 use oms_application::testing::{
     ManualClock, MemoryStore, SCRIPTED_PLUGINS, Scripted, ScriptedGateways, sample_order, transient,
 };
-use oms_domain::{Order, OrderId, OrderStatus, PaymentStatus, ReservationStatus, Timestamp};
+use oms_domain::{
+    Order, OrderEvent, OrderId, OrderStatus, PaymentStatus, ReservationStatus, Timestamp, Version,
+};
 
 /// When every test begins, in Unix milliseconds.
 const T0: i64 = 1_000_000;
@@ -349,18 +351,7 @@ async fn follow_placement(rig: &Rig, kind: SagaKind) -> SagaInstance {
         other => panic!("{other:?} does not follow a placement here"),
     };
     let saga = SagaInstance::start(kind, order.id(), now);
-    let messages = vec![OutboxMessage::for_event(&order, &event)];
-    rig.store
-        .save(OrderWrite {
-            order: &order,
-            expected_version: Some(base),
-            outbox: &messages,
-            idempotency: None,
-            start_saga: Some(&saga),
-            lease_saga_to: None,
-        })
-        .await
-        .unwrap();
+    save(&rig.store, &order, Some(base), &event, Some(&saga)).await;
     saga
 }
 
@@ -703,18 +694,7 @@ async fn a_worker_that_lost_its_lease_stops_after_the_first_rejected_commit() {
 async fn place(store: &MemoryStore, now: Timestamp) -> SagaInstance {
     let (order, event) = Order::place(sample_order(), OrderId::generate(), now);
     let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), now);
-    let messages = vec![OutboxMessage::for_event(&order, &event)];
-    store
-        .save(OrderWrite {
-            order: &order,
-            expected_version: None,
-            outbox: &messages,
-            idempotency: None,
-            start_saga: Some(&saga),
-            lease_saga_to: None,
-        })
-        .await
-        .unwrap();
+    save(store, &order, None, &event, Some(&saga)).await;
     saga
 }
 
@@ -777,14 +757,25 @@ async fn cancel(store: &MemoryStore, order: OrderId, now: Timestamp) {
     let mut order = OrderStore::get(store, order).await.unwrap().unwrap();
     let base = order.version();
     let event = order.cancel("changed my mind", now).unwrap();
-    let messages = vec![OutboxMessage::for_event(&order, &event)];
+    save(store, &order, Some(base), &event, None).await;
+}
+
+/// Writes `order` as its use case would: its event in the outbox, and `saga` started with it.
+async fn save(
+    store: &MemoryStore,
+    order: &Order,
+    expected_version: Option<Version>,
+    event: &OrderEvent,
+    saga: Option<&SagaInstance>,
+) {
+    let messages = vec![OutboxMessage::for_event(order, event)];
     store
         .save(OrderWrite {
-            order: &order,
-            expected_version: Some(base),
+            order,
+            expected_version,
             outbox: &messages,
             idempotency: None,
-            start_saga: None,
+            start_saga: saga,
             lease_saga_to: None,
         })
         .await

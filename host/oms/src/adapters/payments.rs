@@ -59,7 +59,7 @@ fn refusal(e: &PaymentError, plugin: &str) -> GatewayError {
     }
 }
 
-pub(super) fn payment_failure(e: oms_plugin_runtime::PluginError<PaymentError>) -> GatewayFailure {
+fn payment_failure(e: oms_plugin_runtime::PluginError<PaymentError>) -> GatewayFailure {
     failure(e, "payment", refusal)
 }
 
@@ -90,7 +90,7 @@ fn from_wit(m: &wit::Money, call: &PluginCall) -> Result<Money, GatewayFailure> 
         })
 }
 
-pub(super) fn provider_payment(
+fn provider_payment(
     p: &wit::Payment,
     call: &PluginCall,
 ) -> Result<ProviderPayment, GatewayFailure> {
@@ -118,6 +118,35 @@ pub(super) fn answered(result: PaymentResult<wit::Payment>) -> GatewayResult<Pro
     Ok((provider_payment(&called.value, &call)?, call))
 }
 
+/// A lookup's answer in the port's terms.
+pub(super) fn found(
+    result: PaymentResult<Option<wit::Payment>>,
+) -> GatewayResult<Option<ProviderPayment>> {
+    let called = result.map_err(payment_failure)?;
+    let call = plugin_call(&called.info);
+    let payment = called
+        .value
+        .as_ref()
+        .map(|p| provider_payment(p, &call))
+        .transpose()?;
+    Ok((payment, call))
+}
+
+/// The contract's authorize request for the port's arguments.
+pub(super) fn authorize_request(
+    order_id: OrderId,
+    amount: Money,
+    token: &str,
+    idempotency_key: &str,
+) -> AuthorizeRequest {
+    AuthorizeRequest {
+        order_id: order_id.to_string(),
+        amount: to_wit(amount),
+        payment_token: token.to_owned(),
+        idempotency_key: idempotency_key.to_owned(),
+    }
+}
+
 #[async_trait]
 impl PaymentGateway for PluginPayments {
     async fn authorize(
@@ -130,12 +159,7 @@ impl PaymentGateway for PluginPayments {
     ) -> GatewayResult<ProviderPayment> {
         answered(
             self.plugin(provider)
-                .authorize(AuthorizeRequest {
-                    order_id: order_id.to_string(),
-                    amount: to_wit(amount),
-                    payment_token: token.to_owned(),
-                    idempotency_key: idempotency_key.to_owned(),
-                })
+                .authorize(authorize_request(order_id, amount, token, idempotency_key))
                 .await,
         )
     }
@@ -194,18 +218,11 @@ impl PaymentGateway for PluginPayments {
         provider: &str,
         idempotency_key: &str,
     ) -> GatewayResult<Option<ProviderPayment>> {
-        let called = self
-            .runtime
-            .payment(provider)
-            .get_payment(PaymentLookup::AuthorizeKey(idempotency_key.to_owned()))
-            .await
-            .map_err(payment_failure)?;
-        let call = plugin_call(&called.info);
-        let payment = called
-            .value
-            .as_ref()
-            .map(|p| provider_payment(p, &call))
-            .transpose()?;
-        Ok((payment, call))
+        found(
+            self.runtime
+                .payment(provider)
+                .get_payment(PaymentLookup::AuthorizeKey(idempotency_key.to_owned()))
+                .await,
+        )
     }
 }

@@ -27,14 +27,14 @@ use oms_application::ports::{
 use oms_domain::{LineItem, Money, OrderId};
 use oms_plugin_runtime::capabilities::config::PluginConfig;
 use oms_plugin_runtime::clients::Called;
-use oms_plugin_runtime::clients::payment::{AuthorizeRequest, PaymentLookup};
+use oms_plugin_runtime::clients::payment::PaymentLookup;
 use oms_plugin_runtime::{CallInfo, Manifest, PluginError, PluginKind};
 
 pub use fakepay::FakePay;
 pub use local_stock::LocalStock;
 
 use super::inventory::{inventory_failure, wit_lines};
-use super::payments::{PluginPayments, answered, payment_failure, provider_payment, to_wit};
+use super::payments::{PluginPayments, answered, authorize_request, found, to_wit};
 use super::plugin_call;
 
 /// The version a native adapter reports in the saga's step history: the manifest's, marked,
@@ -163,12 +163,7 @@ impl PaymentGateway for NativePayments {
         };
         answered(
             fakepay
-                .authorize(AuthorizeRequest {
-                    order_id: order_id.to_string(),
-                    amount: to_wit(amount),
-                    payment_token: token.to_owned(),
-                    idempotency_key: idempotency_key.to_owned(),
-                })
+                .authorize(authorize_request(order_id, amount, token, idempotency_key))
                 .await,
         )
     }
@@ -236,17 +231,11 @@ impl PaymentGateway for NativePayments {
                 .find_by_authorize_key(provider, idempotency_key)
                 .await;
         };
-        let called = fakepay
-            .get_payment(PaymentLookup::AuthorizeKey(idempotency_key.to_owned()))
-            .await
-            .map_err(payment_failure)?;
-        let call = plugin_call(&called.info);
-        let payment = called
-            .value
-            .as_ref()
-            .map(|p| provider_payment(p, &call))
-            .transpose()?;
-        Ok((payment, call))
+        found(
+            fakepay
+                .get_payment(PaymentLookup::AuthorizeKey(idempotency_key.to_owned()))
+                .await,
+        )
     }
 }
 
