@@ -114,6 +114,16 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
         // The rows being marked are still unpublished in the claim's view on PostgreSQL (one
         // statement, one snapshot): `NOT ... $4` keeps them from blocking their orders' next
         // rows and from being leased again.
+        //
+        // The claim is not a prepared statement (`persistent(false)`): it is planned for the
+        // table as it is at each run. The unpublished backlog swings from nothing to tens of
+        // thousands of rows; a cached plan made while the table was nearly empty (PostgreSQL
+        // keeps a generic plan after five runs, and without a fresh ANALYZE nothing replaces
+        // it) answered the per-order check (`NOT EXISTS` an earlier unpublished row of the
+        // same order) by walking every unpublished row for each candidate: quadratic in the
+        // backlog, minutes per claim at 40,000 rows, and the relay never caught up. Planning
+        // afresh costs well under a millisecond per claim, and a claim serves a whole batch.
+        // (`claim_is_planned_for_the_backlog_it_finds` in tests/outbox.rs.)
         let claim = format!(
             "UPDATE outbox SET next_attempt_at = $2 WHERE id IN (SELECT c.id FROM outbox c \
              WHERE {claimable} ORDER BY c.id LIMIT $3{lock}) RETURNING {COLUMNS}",
@@ -133,6 +143,8 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
                 .write_returning(
                     D::bind_list(
                         D::query(AssertSqlSafe(sql))
+                            // Planned afresh each time (see above).
+                            .persistent(false)
                             .arg(now.unix_millis())
                             .arg(lease_until.unix_millis())
                             .arg(i64::from(limit)),
@@ -159,6 +171,7 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
             }
             let rows = D::bind_list(
                 D::query(AssertSqlSafe(claim))
+                    .persistent(false)
                     .arg(now.unix_millis())
                     .arg(lease_until.unix_millis())
                     .arg(i64::from(limit)),

@@ -72,6 +72,9 @@ fn retryable_sqlstate(code: &str) -> bool {
         | "53300" | "53200" | "53000"
         // read_only_sql_transaction: connected to a standby during a failover.
         | "25006"
+        // query_canceled (an operator's statement_timeout or a cancel request) and
+        // lock_not_available (lock_timeout): the server was too busy this time, not a bug.
+        | "57014" | "55P03"
     ) || code.starts_with("08") // connection_exception class
 }
 
@@ -302,6 +305,24 @@ mod tests {
         assert!(!PostgresDialect::lost_race(&bad));
         assert!(matches!(classify(bad), StoreError::Corrupt(_)));
         drop((a, b));
+        test_db.cleanup().await.unwrap();
+    }
+
+    /// A statement cut off by `statement_timeout` is load, not a bug: retryable.
+    #[tokio::test]
+    async fn statement_timeout_is_unavailable() {
+        let test_db = TestDatabase::postgres().await.unwrap();
+        let mut conn = PgConnection::connect(test_db.url()).await.unwrap();
+        sqlx::query("SET statement_timeout = 10")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let err = sqlx::query("SELECT pg_sleep(5)")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(matches!(classify(err), StoreError::Unavailable(_)));
+        drop(conn);
         test_db.cleanup().await.unwrap();
     }
 

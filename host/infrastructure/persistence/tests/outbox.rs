@@ -1,0 +1,63 @@
+//! The outbox as the relay claims it, on PostgreSQL: what its plans must survive.
+#![allow(clippy::unwrap_used)]
+
+use oms_domain::Timestamp;
+use oms_persistence::testing::TestDatabase;
+use oms_persistence::{DatabaseOptions, connect};
+
+/// Regression: the relay's claim was a prepared statement, and PostgreSQL settled on a
+/// generic plan for it while the outbox was empty. With that plan the per-order check (no
+/// earlier unpublished row of the same order) walked every unpublished row for each
+/// candidate, so once the relay fell behind, each claim took minutes and it never caught up
+/// (seen in `scripts/bench-sagas` at 300 orders/s: 40,000 rows behind, one claim running for
+/// 11 minutes). Here the claim runs ten times on an empty outbox on one connection, then
+/// finds 40,000 unpublished rows (two per order, never analysed, as with autovacuum off):
+/// it must claim its batch well within a 10 s statement timeout (it takes milliseconds).
+#[tokio::test]
+async fn claim_is_planned_for_the_backlog_it_finds() {
+    let test_db = TestDatabase::postgres().await.unwrap();
+    let separator = if test_db.url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let url = format!(
+        "{}{separator}options=-c%20statement_timeout%3D10000",
+        test_db.url()
+    );
+    // One connection: every claim runs where the plans of the earlier ones are cached.
+    let options = DatabaseOptions {
+        max_connections: 1,
+        ..DatabaseOptions::default()
+    };
+    let db = connect(&url, &options).await.unwrap();
+    let outbox = db.outbox();
+    let now = Timestamp::from_unix_millis(1_000);
+    let lease = Timestamp::from_unix_millis(60_000);
+    for _ in 0..10 {
+        assert!(
+            outbox
+                .claim(&[], now, now, lease, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, event_type, schema_version, payload, \
+         occurred_at, created_at, next_attempt_at) \
+         SELECT gen_random_uuid(), a, 'OrderCreated', 1, '{}', 0, 0, 0 \
+         FROM (SELECT gen_random_uuid() AS a FROM generate_series(1, 20000)) orders, \
+         generate_series(1, 2)",
+    )
+    .execute(db.postgres().unwrap())
+    .await
+    .unwrap();
+    let claimed = outbox.claim(&[], now, now, lease, 100).await.unwrap();
+    assert_eq!(claimed.len(), 100);
+    // One row per order: each order's second event waits for its first.
+    let orders: std::collections::HashSet<_> = claimed.iter().map(|r| r.aggregate_id).collect();
+    assert_eq!(orders.len(), 100);
+    db.close().await;
+    test_db.cleanup().await.unwrap();
+}
