@@ -67,6 +67,13 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Upper bound of the connection pool.
     pub max_connections: u32,
+    /// PostgreSQL: how many group commits run side by side, each on one connection while it
+    /// commits (SQLite has one writer: always one). See docs/saga.md, "Group commit".
+    pub commit_lanes: u32,
+    /// The most order writes and saga steps one commit carries; 1 turns group commit off.
+    /// Unset: 64 on SQLite, off on PostgreSQL (docs/saga.md, "Group commit").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_commit_group: Option<u32>,
 }
 
 /// Idempotency-key retention.
@@ -235,6 +242,8 @@ impl Default for Config {
             database: DatabaseConfig {
                 url: "sqlite://./data/oms.db".to_owned(),
                 max_connections: 16,
+                commit_lanes: 1,
+                max_commit_group: None,
             },
             idempotency: IdempotencyConfig {
                 ttl_secs: 24 * 60 * 60,

@@ -13,7 +13,7 @@ use oms_application::saga::{EngineConfig, SagaEngine, SagaOperations, SagaPorts}
 use oms_application::{InlinePlacement, OrderService, ServiceConfig};
 use oms_grpc::listener::{self, ConnectionLimits};
 use oms_grpc::{ApiLimits, OrderApi};
-use oms_persistence::{Database, DatabaseOptions};
+use oms_persistence::{Database, DatabaseOptions, GroupCommitOptions};
 use oms_plugin_runtime::PluginRuntime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -87,6 +87,10 @@ pub(crate) async fn open_database(
 ) -> anyhow::Result<Database> {
     let options = DatabaseOptions {
         max_connections,
+        group_commit: GroupCommitOptions {
+            lanes: config.database.commit_lanes,
+            max_group: config.database.max_commit_group,
+        },
         ..DatabaseOptions::default()
     };
     oms_persistence::connect(&config.database.url, &options)
@@ -236,9 +240,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 const BACKGROUND_CONNECTIONS: u32 = 3;
 
 /// How many API calls may run at once: as configured, but never so many that they could
-/// hold every database connection while saga workers, relay or consumer wait for one.
+/// hold every database connection while saga workers, relay, consumer or the commit lanes
+/// (which commit the API's own writes) wait for one.
 fn api_in_flight(config: &Config) -> usize {
-    let reserve = BACKGROUND_CONNECTIONS.saturating_add(config.saga.workers);
+    let reserve = BACKGROUND_CONNECTIONS
+        .saturating_add(config.saga.workers)
+        .saturating_add(config.database.commit_lanes);
     let room = config
         .database
         .max_connections
@@ -487,9 +494,10 @@ mod tests {
         let mut c = Config::default();
         c.database.max_connections = 64;
         assert_eq!(api_in_flight(&c), c.grpc.max_in_flight_requests);
-        // 16 connections: 3 for relay, consumer and sweeper, 2 for the saga workers.
+        // 16 connections: 3 for relay, consumer and sweeper, 2 for the saga workers, 1 for
+        // the commit lane.
         c.database.max_connections = 16;
-        assert_eq!(api_in_flight(&c), 11);
+        assert_eq!(api_in_flight(&c), 10);
         c.database.max_connections = 2;
         assert_eq!(api_in_flight(&c), 1);
     }

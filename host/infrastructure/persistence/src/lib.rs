@@ -35,7 +35,7 @@ use sqlx::{PgPool, Postgres, Sqlite};
 
 pub use errors::PersistenceError;
 pub use outbox::CHANGES_CHANNEL;
-pub use sql::Pools;
+pub use sql::{GroupCommitOptions, Pools};
 
 #[cfg(doc)]
 use oms_application::ports::StoreError;
@@ -61,6 +61,8 @@ pub struct DatabaseOptions {
     /// SQLite only: how long a statement waits for another connection's (or process's) write
     /// lock before failing with SQLITE_BUSY.
     pub sqlite_busy_timeout: Duration,
+    /// How concurrent order writes and saga commits share database commits.
+    pub group_commit: GroupCommitOptions,
 }
 
 impl Default for DatabaseOptions {
@@ -69,6 +71,7 @@ impl Default for DatabaseOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(10),
             sqlite_busy_timeout: Duration::from_secs(5),
+            group_commit: GroupCommitOptions::default(),
         }
     }
 }
@@ -109,8 +112,12 @@ impl std::fmt::Debug for Database {
 
 impl Database {
     /// Every store, written once, over `D`'s pools.
-    fn with_stores<D: Dialect>(pools: Pools<D::DB>, backend: Backend) -> Self {
-        let sql = Sql::<D>::new(pools);
+    fn with_stores<D: Dialect>(
+        pools: Pools<D::DB>,
+        backend: Backend,
+        options: &DatabaseOptions,
+    ) -> Self {
+        let sql = Sql::<D>::new(pools, options.group_commit);
         Self {
             backend,
             concurrency: D::CONCURRENCY,
@@ -197,12 +204,16 @@ pub async fn connect(url: &str, options: &DatabaseOptions) -> Result<Database, P
         let pools = postgres::open(url, options).await?;
         tracing::info!(database = %redact(url), "PostgreSQL connected and migrated");
         let backend = Backend::Postgres(pools.clone());
-        Ok(Database::with_stores::<PostgresDialect>(pools, backend))
+        Ok(Database::with_stores::<PostgresDialect>(
+            pools, backend, options,
+        ))
     } else if url.starts_with("sqlite:") {
         let pools = sqlite::open(url, options).await?;
         tracing::info!(database = %redact(url), "SQLite opened and migrated");
         let backend = Backend::Sqlite(pools.clone());
-        Ok(Database::with_stores::<SqliteDialect>(pools, backend))
+        Ok(Database::with_stores::<SqliteDialect>(
+            pools, backend, options,
+        ))
     } else {
         Err(PersistenceError::UnsupportedUrl(redact(url)))
     }

@@ -4,9 +4,11 @@ use std::fmt::Write as _;
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
+use oms_application::idempotency::IdempotencyCompletion;
 use oms_application::outbox::OutboxMessage;
-use oms_application::ports::{OrderQuery, OrderStore, OrderWrite, StoreError};
-use oms_domain::{Order, OrderId, Version};
+use oms_application::ports::{OrderQuery, OrderStore, OrderWrite, SagaLease, StoreError};
+use oms_application::saga::SagaInstance;
+use oms_domain::{Order, OrderId, Timestamp, Version};
 use sqlx::AssertSqlSafe;
 
 use crate::idempotency::write_key;
@@ -15,7 +17,7 @@ use crate::mapping::{
     orders_from_rows,
 };
 use crate::sagas::insert_saga;
-use crate::sql::{Args, Column, ConnOf, Dialect, RowExt, RowOf, Rows, Sql, json};
+use crate::sql::{Args, Column, ConnOf, Dialect, RowExt, RowOf, Rows, Sql, json, work};
 
 pub(crate) struct SqlOrderStore<D: Dialect> {
     sql: Sql<D>,
@@ -136,10 +138,52 @@ impl<D: Dialect> OrderStore for SqlOrderStore<D> {
     }
 
     async fn save(&self, write: OrderWrite<'_>) -> Result<(), StoreError> {
-        let mut tx = self.sql.begin_write().await?;
-        write_order::<D>(&mut tx, &write).await?;
-        // Dropping `tx` on any early return above rolls everything back.
-        tx.commit().await.map_err(D::classify)
+        // Committed with whatever other writes are queued (`sql::group`).
+        let write = OwnedOrderWrite::of(&write);
+        self.sql
+            .commit_grouped(work::<D, _>(move |conn| {
+                Box::pin(async move { write_order::<D>(conn, &write.borrow()).await })
+            }))
+            .await
+    }
+}
+
+/// An [`OrderWrite`] that owns what it writes, for a group-commit job (which may outlive
+/// the request that queued it).
+#[derive(Debug)]
+pub(crate) struct OwnedOrderWrite {
+    order: Order,
+    expected_version: Option<Version>,
+    outbox: Vec<OutboxMessage>,
+    idempotency: Option<IdempotencyCompletion>,
+    start_saga: Option<SagaInstance>,
+    lease_saga_to: Option<(String, Timestamp)>,
+}
+
+impl OwnedOrderWrite {
+    pub(crate) fn of(write: &OrderWrite<'_>) -> Self {
+        Self {
+            order: write.order.clone(),
+            expected_version: write.expected_version,
+            outbox: write.outbox.to_vec(),
+            idempotency: write.idempotency.cloned(),
+            start_saga: write.start_saga.cloned(),
+            lease_saga_to: write.lease_saga_to.map(|l| (l.owner.to_owned(), l.until)),
+        }
+    }
+
+    pub(crate) fn borrow(&self) -> OrderWrite<'_> {
+        OrderWrite {
+            order: &self.order,
+            expected_version: self.expected_version,
+            outbox: &self.outbox,
+            idempotency: self.idempotency.as_ref(),
+            start_saga: self.start_saga.as_ref(),
+            lease_saga_to: self.lease_saga_to.as_ref().map(|(owner, until)| SagaLease {
+                owner,
+                until: *until,
+            }),
+        }
     }
 }
 

@@ -14,8 +14,10 @@ use oms_domain::{OrderId, Timestamp, Version};
 use sqlx::AssertSqlSafe;
 
 use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
-use crate::orders::write_order;
-use crate::sql::{Args, Column, ConnOf, Dialect, RowExt, RowOf, Rows, Sql, UniqueIndex, json};
+use crate::orders::{OwnedOrderWrite, write_order};
+use crate::sql::{
+    Args, Column, ConnOf, Dialect, RowExt, RowOf, Rows, Sql, UniqueIndex, json, work,
+};
 
 /// The unique partial index that admits one active saga per order (migration 0004).
 const ONE_ACTIVE: UniqueIndex = UniqueIndex {
@@ -172,6 +174,79 @@ async fn upsert_steps<D: Dialect>(
     Ok(())
 }
 
+/// A saga commit's statements, inside the caller's transaction (see [`SagaStore::commit`]);
+/// `owner` is the leaseholder, `None` for an operator resuming a parked saga. On error the
+/// caller must roll back.
+async fn commit_saga<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    saga: &SagaInstance,
+    expected_version: i64,
+    owner: Option<&str>,
+    lease_until: Timestamp,
+    steps: &[StepRecord],
+    order: Option<&OwnedOrderWrite>,
+) -> Result<(), StoreError> {
+    let ints = SagaInts::of(saga)?;
+    // An ended saga lets go of its lease, so nothing reads it as still being worked on.
+    let active = saga.status.is_active();
+    // A worker commits under its lease; an operator (no owner) only a parked saga, which
+    // it leaves unleased so that any worker claims it.
+    // The order first, the saga second: the same lock order as an order write that starts
+    // a saga (order row, then the one-active index), so the two cannot deadlock.
+    if let Some(order) = order {
+        write_order::<D>(conn, &order.borrow()).await?;
+    }
+    let updated = D::query(
+        "UPDATE saga_instances SET status = $4, step_index = $5, attempts = $6, \
+             next_attempt_at = $7, deadline_at = $8, last_error = $9, state = $10, \
+             version = $11, updated_at = $12, lease_owner = $13, lease_until = $14 \
+             WHERE id = $1 AND version = $2 \
+             AND (lease_owner = $3 OR ($3 IS NULL AND status = 'COMPENSATION_FAILED'))",
+    )
+    .arg(D::id(saga.id.0))
+    .arg(expected_version)
+    .arg(owner)
+    .arg(saga.status.as_str())
+    .arg(ints.step_index)
+    .arg(ints.attempts)
+    .arg(saga.next_attempt_at.unix_millis())
+    .arg(saga.step_deadline.map(|t| t.unix_millis()))
+    .arg(saga.last_error.as_deref())
+    .arg(json(&saga.data, "saga state")?)
+    .arg(saga.version)
+    .arg(saga.updated_at.unix_millis())
+    .arg(owner.filter(|_| active))
+    .arg(owner.filter(|_| active).map(|_| lease_until.unix_millis()))
+    .execute(D::on(conn))
+    .await
+    .map_err(saga_write_error::<D>)?;
+    if D::rows_affected(&updated) != 1 {
+        // A worker's saga moved on, or was leased to another worker since its claim: the
+        // worker no longer owns it and must stop (repeating the step would only call the
+        // provider again for nothing).
+        if owner.is_some() {
+            return Err(StoreError::LeaseLost);
+        }
+        // An operator's view of a parked saga is stale: it reloads.
+        let current = D::query("SELECT version FROM saga_instances WHERE id = $1")
+            .arg(D::id(saga.id.0))
+            .fetch_optional(D::on(conn))
+            .await
+            .map_err(D::classify)?
+            .map(|row| row.col::<i64>("version"))
+            .transpose()
+            .map_err(D::classify)?;
+        return Err(StoreError::VersionConflict {
+            current: Version(current.unwrap_or(0)),
+        });
+    }
+    upsert_steps::<D>(conn, saga.id, steps).await?;
+    // Last: a hot key (a stock counter many orders take from) is locked from its write
+    // until the commit, so it is written as late as possible.
+    let calls = steps.iter().filter_map(|r| r.call.as_ref());
+    crate::plugin_kv::apply_changes::<D>(conn, calls.map(|call| call.kv.as_ref())).await
+}
+
 #[async_trait]
 impl<D: Dialect> SagaStore for SqlSagaStore<D> {
     async fn claim_due(
@@ -215,77 +290,33 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
     }
 
     async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError> {
-        let saga = commit.saga;
-        let ints = SagaInts::of(saga)?;
-        // An ended saga lets go of its lease, so nothing reads it as still being worked on.
-        let active = saga.status.is_active();
-        // A worker commits under its lease; an operator (no owner) only a parked saga, which
-        // it leaves unleased so that any worker claims it.
+        // Committed with whatever other writes are queued (`sql::group`): the job owns what it
+        // writes.
+        let saga = commit.saga.clone();
         let owner = match commit.fence {
-            Fence::Lease(owner) => Some(owner),
+            Fence::Lease(owner) => Some(owner.to_owned()),
             Fence::Parked => None,
         };
-        let mut tx = self.sql.begin_write().await?;
-        // The order first, the saga second: the same lock order as an order write that starts
-        // a saga (order row, then the one-active index), so the two cannot deadlock.
-        if let Some(order) = &commit.order {
-            write_order::<D>(&mut tx, order).await?;
-        }
-        let updated = D::query(
-            "UPDATE saga_instances SET status = $4, step_index = $5, attempts = $6, \
-             next_attempt_at = $7, deadline_at = $8, last_error = $9, state = $10, \
-             version = $11, updated_at = $12, lease_owner = $13, lease_until = $14 \
-             WHERE id = $1 AND version = $2 \
-             AND (lease_owner = $3 OR ($3 IS NULL AND status = 'COMPENSATION_FAILED'))",
-        )
-        .arg(D::id(saga.id.0))
-        .arg(commit.expected_version)
-        .arg(owner)
-        .arg(saga.status.as_str())
-        .arg(ints.step_index)
-        .arg(ints.attempts)
-        .arg(saga.next_attempt_at.unix_millis())
-        .arg(saga.step_deadline.map(|t| t.unix_millis()))
-        .arg(saga.last_error.as_deref())
-        .arg(json(&saga.data, "saga state")?)
-        .arg(saga.version)
-        .arg(saga.updated_at.unix_millis())
-        .arg(owner.filter(|_| active))
-        .arg(
-            owner
-                .filter(|_| active)
-                .map(|_| commit.lease_until.unix_millis()),
-        )
-        .execute(D::on(&mut tx))
-        .await
-        .map_err(saga_write_error::<D>)?;
-        if D::rows_affected(&updated) != 1 {
-            // A worker's saga moved on, or was leased to another worker since its claim: the
-            // worker no longer owns it and must stop (repeating the step would only call the
-            // provider again for nothing).
-            if owner.is_some() {
-                return Err(StoreError::LeaseLost);
-            }
-            // An operator's view of a parked saga is stale: it reloads.
-            let current = D::query("SELECT version FROM saga_instances WHERE id = $1")
-                .arg(D::id(saga.id.0))
-                .fetch_optional(D::on(&mut tx))
-                .await
-                .map_err(D::classify)?
-                .map(|row| row.col::<i64>("version"))
-                .transpose()
-                .map_err(D::classify)?;
-            return Err(StoreError::VersionConflict {
-                current: Version(current.unwrap_or(0)),
-            });
-        }
-        upsert_steps::<D>(&mut tx, saga.id, commit.steps).await?;
-        // Last: a hot key (a stock counter many orders take from) is locked from its write
-        // until the commit, so it is written as late as possible.
-        let calls = commit.steps.iter().filter_map(|r| r.call.as_ref());
-        crate::plugin_kv::apply_changes::<D>(&mut tx, calls.map(|call| call.kv.as_ref())).await?;
-        // Dropping `tx` on any early return above rolls everything back.
-        tx.commit().await.map_err(D::classify)
+        let expected_version = commit.expected_version;
+        let lease_until = commit.lease_until;
+        let steps = commit.steps.to_vec();
+        let order = commit.order.as_ref().map(OwnedOrderWrite::of);
+        self.sql
+            .commit_grouped(work::<D, _>(move |conn| {
+                Box::pin(async move {
+                    commit_saga::<D>(
+                        conn,
+                        &saga,
+                        expected_version,
+                        owner.as_deref(),
+                        lease_until,
+                        &steps,
+                        order.as_ref(),
+                    )
+                    .await
+                })
+            }))
+            .await
     }
 
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError> {

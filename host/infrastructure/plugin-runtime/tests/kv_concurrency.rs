@@ -65,6 +65,7 @@ async fn database(test_db: &TestDatabase) -> Database {
         max_connections: 16,
         acquire_timeout: std::time::Duration::from_secs(30),
         sqlite_busy_timeout: std::time::Duration::from_secs(30),
+        ..DatabaseOptions::default()
     };
     oms_persistence::connect(test_db.url(), &options)
         .await

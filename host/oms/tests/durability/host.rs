@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oms_grpc::pb;
@@ -85,6 +87,9 @@ pub fn order(customer: &str, sku: &str, token: &str) -> pb::CreateOrderRequest {
 pub struct Host {
     child: Child,
     client: OrderServiceClient<Channel>,
+    /// The most jobs one group commit carried, from the host's debug log of its commit
+    /// lanes (see `sql::group`); 0 until a group with more than one job was logged.
+    largest_group: Arc<AtomicU64>,
 }
 
 impl Host {
@@ -113,8 +118,12 @@ impl Host {
             .env("OMS_SAGA__LEASE_SECS", "1")
             .env("OMS_IDEMPOTENCY__LEASE_SECS", "1")
             .env("OMS_SAGA__POLL_INTERVAL_MS", "20")
+            // Group commit on both databases (PostgreSQL leaves it off by default): the kills
+            // must land while groups of many orders' writes are in flight.
+            .env("OMS_DATABASE__MAX_COMMIT_GROUP", "64")
             .env("OMS_LOG__FORMAT", "json")
-            .env("OMS_LOG__FILTER", "info")
+            // The commit lanes log each group's size at debug (`Host::largest_group`).
+            .env("OMS_LOG__FILTER", "info,oms_persistence::sql::group=debug")
             .env_remove("RUST_LOG")
             .envs(overrides.iter().copied())
             .stdout(Stdio::piped())
@@ -137,8 +146,21 @@ impl Host {
         })
         .await
         .expect("host serves within 60 s");
-        // Keep draining the log so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining the log so the child never blocks on a full pipe, noting group sizes.
+        let largest_group = Arc::new(AtomicU64::new(0));
+        let largest = Arc::clone(&largest_group);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !line.contains("group committed") {
+                    continue;
+                }
+                let jobs = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["fields"]["jobs"].as_u64())
+                    .unwrap_or(0);
+                largest.fetch_max(jobs, Ordering::Relaxed);
+            }
+        });
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -147,6 +169,7 @@ impl Host {
         Host {
             child,
             client: OrderServiceClient::new(channel),
+            largest_group,
         }
     }
 
@@ -184,6 +207,38 @@ impl Host {
             }
         }
         accepted
+    }
+
+    /// [`Host::submit_until`] from `clients` concurrent clients, each with its share of
+    /// `pending`; what none of them got accepted stays in `pending`.
+    pub async fn submit_concurrently(
+        &self,
+        pending: &mut Vec<(String, pb::CreateOrderRequest)>,
+        created: &mut HashMap<String, String>,
+        budget: Duration,
+        clients: usize,
+    ) -> usize {
+        let mut shares: Vec<Vec<_>> = (0..clients).map(|_| Vec::new()).collect();
+        for (i, request) in pending.drain(..).enumerate() {
+            shares[i % clients].push(request);
+        }
+        let mut accepted = 0;
+        let runs = shares.into_iter().map(|mut share| async move {
+            let mut mine = HashMap::new();
+            let n = self.submit_until(&mut share, &mut mine, budget).await;
+            (share, mine, n)
+        });
+        for (left, mine, n) in futures::future::join_all(runs).await {
+            pending.extend(left);
+            created.extend(mine);
+            accepted += n;
+        }
+        accepted
+    }
+
+    /// The most jobs one of this host's group commits carried so far.
+    pub fn largest_group(&self) -> u64 {
+        self.largest_group.load(Ordering::Relaxed)
     }
 
     /// Asks for fulfillment of each order (key `fulfill-<id>`) until all are accepted or

@@ -46,33 +46,46 @@ fn workload(n: usize, rng: &mut impl Rng) -> Vec<(String, pb::CreateOrderRequest
         .collect()
 }
 
+/// Concurrent clients per host: enough that the host's commit lanes carry many orders'
+/// writes per commit when a kill lands (`sql::group`).
+const CLIENTS: usize = 8;
+
 async fn crash_and_recover(backend: TestBackend) {
     let db = test_database(backend).await;
     let seed: u64 = rand::random();
     println!("crash test seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let plugins = host::PluginDirs::new();
-    let mut pending = workload(120, &mut rng);
+    let mut pending = workload(240, &mut rng);
     let mut created: HashMap<String, String> = HashMap::new();
 
-    // Five kill/restart cycles while orders are created and sagas run.
+    // Five kill/restart cycles while orders are created from concurrent clients and sagas
+    // run, their commits grouped.
     let mut interrupted = 0;
+    let mut largest_group = 0;
     for cycle in 0..5 {
         let host = Host::start(db.url(), &plugins).await;
         let kill_after = Duration::from_millis(rng.random_range(150..600));
         let submitted = host
-            .submit_until(&mut pending, &mut created, kill_after)
+            .submit_concurrently(&mut pending, &mut created, kill_after, CLIENTS)
             .await;
+        let group = host.largest_group();
+        largest_group = largest_group.max(group);
         host.kill().await;
         let active = invariants::active_sagas(db.url()).await;
         interrupted += active;
         println!(
-            "cycle {cycle}: {submitted} orders accepted, SIGKILL after {kill_after:?} with {active} sagas unfinished"
+            "cycle {cycle}: {submitted} orders accepted, groups of up to {group} jobs, SIGKILL \
+             after {kill_after:?} with {active} sagas unfinished"
         );
     }
     assert!(
         interrupted > 0,
         "no kill landed while sagas were running: the test proved nothing"
+    );
+    assert!(
+        largest_group > 1,
+        "no commit carried more than one job: the kills never hit a group commit"
     );
     // The last run sees every remaining order accepted and every saga finished.
     let host = Host::start(db.url(), &plugins).await;

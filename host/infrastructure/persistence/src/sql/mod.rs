@@ -21,8 +21,12 @@
 //! [`RowExt::col`]. (sqlx's `Any` driver would avoid the bounds by erasing every type to a
 //! few variants; this keeps each driver's own types, e.g. native UUIDs and JSONB.)
 
+pub(crate) mod group;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+
+pub use group::GroupCommitOptions;
+pub(crate) use group::work;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -359,19 +363,33 @@ impl<DB: Database> Pools<DB> {
 /// A store's handle on the database: where reads and writes go.
 pub(crate) struct Sql<D: Dialect> {
     pub pools: Pools<D::DB>,
+    group: Arc<group::GroupCommit<D>>,
 }
 
 impl<D: Dialect> Clone for Sql<D> {
     fn clone(&self) -> Self {
         Self {
             pools: self.pools.clone(),
+            group: Arc::clone(&self.group),
         }
     }
 }
 
 impl<D: Dialect> Sql<D> {
-    pub(crate) fn new(pools: Pools<D::DB>) -> Self {
-        Self { pools }
+    /// Starts the commit lanes (on the current Tokio runtime) beside the pools.
+    pub(crate) fn new(pools: Pools<D::DB>, group_commit: GroupCommitOptions) -> Self {
+        let group = Arc::new(group::GroupCommit::start(
+            pools.writer.clone(),
+            group_commit,
+        ));
+        Self { pools, group }
+    }
+
+    /// Runs `work` as one atomic write, committed together with the other writes queued at
+    /// the time (see [`group`]); returns once it is durable, or with its error (nothing of it
+    /// written).
+    pub(crate) async fn commit_grouped(&self, work: group::Work<D>) -> Result<(), StoreError> {
+        self.group.run(work).await
     }
 
     /// Where reads run.
