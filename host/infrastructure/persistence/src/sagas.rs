@@ -174,9 +174,10 @@ async fn upsert_steps<D: Dialect>(
     Ok(())
 }
 
-/// A saga commit's statements, inside the caller's transaction (see [`SagaStore::commit`]);
-/// `owner` is the leaseholder, `None` for an operator resuming a parked saga. On error the
-/// caller must roll back.
+/// A saga commit's statements, inside the caller's transaction (see [`SagaStore::commit`]).
+/// `owner` is the leaseholder, whose lease then lasts until `lease_until`; `None` for an
+/// operator resuming a parked saga, which it leaves unleased so that any worker claims it.
+/// On error the caller must roll back.
 async fn commit_saga<D: Dialect>(
     conn: &mut ConnOf<D>,
     saga: &SagaInstance,
@@ -189,8 +190,6 @@ async fn commit_saga<D: Dialect>(
     let ints = SagaInts::of(saga)?;
     // An ended saga lets go of its lease, so nothing reads it as still being worked on.
     let active = saga.status.is_active();
-    // A worker commits under its lease; an operator (no owner) only a parked saga, which
-    // it leaves unleased so that any worker claims it.
     // The order first, the saga second: the same lock order as an order write that starts
     // a saga (order row, then the one-active index), so the two cannot deadlock.
     if let Some(order) = order {
