@@ -17,7 +17,7 @@ use crate::mapping::{
     orders_from_rows,
 };
 use crate::sagas::insert_saga;
-use crate::sql::{Args, Column, ConnOf, Dialect, RowExt, RowOf, Rows, Sql, json, work};
+use crate::sql::{Args, Column, ConnOf, Dialect, RowOf, Rows, Sql, current_version, json, work};
 
 pub(crate) struct SqlOrderStore<D: Dialect> {
     sql: Sql<D>,
@@ -331,14 +331,7 @@ async fn update_order<D: Dialect>(
     }
     // The version that beat us: under READ COMMITTED (PostgreSQL) a concurrent writer's
     // commit is visible to this statement; on SQLite the write lock is held since BEGIN.
-    let current = D::query("SELECT version FROM orders WHERE id = $1")
-        .arg(D::id(p.id.as_uuid()))
-        .fetch_optional(D::on(conn))
-        .await
-        .map_err(D::classify)?
-        .map(|row| row.col::<i64>("version"))
-        .transpose()
-        .map_err(D::classify)?;
+    let current = current_version::<D>(conn, "orders", p.id.as_uuid()).await?;
     Err(match current {
         None => StoreError::NotFound,
         Some(v) => StoreError::VersionConflict {

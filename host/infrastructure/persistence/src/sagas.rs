@@ -16,7 +16,7 @@ use sqlx::AssertSqlSafe;
 use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
 use crate::orders::{OwnedOrderWrite, write_order};
 use crate::sql::{
-    Args, Column, ConnOf, Dialect, RowExt, RowOf, Rows, Sql, UniqueIndex, json, work,
+    Args, Column, ConnOf, Dialect, Q, RowOf, Rows, Sql, UniqueIndex, current_version, json, work,
 };
 
 /// The unique partial index that admits one active saga per order (migration 0004).
@@ -62,8 +62,7 @@ pub(crate) async fn insert_saga<D: Dialect>(
     saga: &SagaInstance,
     lease: Option<SagaLease<'_>>,
 ) -> Result<(), StoreError> {
-    let ints = SagaInts::of(saga)?;
-    D::query(
+    let query = D::query(
         "INSERT INTO saga_instances (id, kind, order_id, status, step_index, attempts, \
          next_attempt_at, deadline_at, last_error, state, version, created_at, updated_at, \
          lease_owner, lease_until) \
@@ -71,23 +70,35 @@ pub(crate) async fn insert_saga<D: Dialect>(
     )
     .arg(D::id(saga.id.0))
     .arg(saga.kind.as_str())
-    .arg(D::id(saga.order_id.as_uuid()))
-    .arg(saga.status.as_str())
-    .arg(ints.step_index)
-    .arg(ints.attempts)
-    .arg(saga.next_attempt_at.unix_millis())
-    .arg(saga.step_deadline.map(|t| t.unix_millis()))
-    .arg(saga.last_error.as_deref())
-    .arg(json(&saga.data, "saga state")?)
-    .arg(saga.version)
-    .arg(saga.created_at.unix_millis())
-    .arg(saga.updated_at.unix_millis())
-    .arg(lease.map(|l| l.owner))
-    .arg(lease.map(|l| l.until.unix_millis()))
-    .execute(D::on(conn))
-    .await
-    .map_err(saga_write_error::<D>)?;
+    .arg(D::id(saga.order_id.as_uuid()));
+    bind_progress::<D>(query, saga)?
+        .arg(saga.created_at.unix_millis())
+        .arg(saga.updated_at.unix_millis())
+        .arg(lease.map(|l| l.owner))
+        .arg(lease.map(|l| l.until.unix_millis()))
+        .execute(D::on(conn))
+        .await
+        .map_err(saga_write_error::<D>)?;
     Ok(())
+}
+
+/// Binds a saga's progress as parameters `$4` to `$11` (`status`, `step_index`, `attempts`,
+/// `next_attempt_at`, `deadline_at`, `last_error`, `state`, `version`), which the insert of
+/// a new saga and the update of a commit both write in that order.
+fn bind_progress<'q, D: Dialect>(
+    query: Q<'q, D>,
+    saga: &SagaInstance,
+) -> Result<Q<'q, D>, StoreError> {
+    let ints = SagaInts::of(saga)?;
+    Ok(query
+        .arg(saga.status.as_str())
+        .arg(ints.step_index)
+        .arg(ints.attempts)
+        .arg(saga.next_attempt_at.unix_millis())
+        .arg(saga.step_deadline.map(|t| t.unix_millis()))
+        .arg(saga.last_error.as_deref())
+        .arg(json(&saga.data, "saga state")?)
+        .arg(saga.version))
 }
 
 /// Records one attempt of each step in `records`, in one statement. `started_at` is the
@@ -187,7 +198,6 @@ async fn commit_saga<D: Dialect>(
     steps: &[StepRecord],
     order: Option<&OwnedOrderWrite>,
 ) -> Result<(), StoreError> {
-    let ints = SagaInts::of(saga)?;
     // An ended saga lets go of its lease, so nothing reads it as still being worked on.
     let active = saga.status.is_active();
     // The order first, the saga second: the same lock order as an order write that starts
@@ -195,30 +205,23 @@ async fn commit_saga<D: Dialect>(
     if let Some(order) = order {
         write_order::<D>(conn, &order.borrow()).await?;
     }
-    let updated = D::query(
+    let query = D::query(
         "UPDATE saga_instances SET status = $4, step_index = $5, attempts = $6, \
-             next_attempt_at = $7, deadline_at = $8, last_error = $9, state = $10, \
-             version = $11, updated_at = $12, lease_owner = $13, lease_until = $14 \
-             WHERE id = $1 AND version = $2 \
-             AND (lease_owner = $3 OR ($3 IS NULL AND status = 'COMPENSATION_FAILED'))",
+         next_attempt_at = $7, deadline_at = $8, last_error = $9, state = $10, \
+         version = $11, updated_at = $12, lease_owner = $13, lease_until = $14 \
+         WHERE id = $1 AND version = $2 \
+         AND (lease_owner = $3 OR ($3 IS NULL AND status = 'COMPENSATION_FAILED'))",
     )
     .arg(D::id(saga.id.0))
     .arg(expected_version)
-    .arg(owner)
-    .arg(saga.status.as_str())
-    .arg(ints.step_index)
-    .arg(ints.attempts)
-    .arg(saga.next_attempt_at.unix_millis())
-    .arg(saga.step_deadline.map(|t| t.unix_millis()))
-    .arg(saga.last_error.as_deref())
-    .arg(json(&saga.data, "saga state")?)
-    .arg(saga.version)
-    .arg(saga.updated_at.unix_millis())
-    .arg(owner.filter(|_| active))
-    .arg(owner.filter(|_| active).map(|_| lease_until.unix_millis()))
-    .execute(D::on(conn))
-    .await
-    .map_err(saga_write_error::<D>)?;
+    .arg(owner);
+    let updated = bind_progress::<D>(query, saga)?
+        .arg(saga.updated_at.unix_millis())
+        .arg(owner.filter(|_| active))
+        .arg(owner.filter(|_| active).map(|_| lease_until.unix_millis()))
+        .execute(D::on(conn))
+        .await
+        .map_err(saga_write_error::<D>)?;
     if D::rows_affected(&updated) != 1 {
         // A worker's saga moved on, or was leased to another worker since its claim: the
         // worker no longer owns it and must stop (repeating the step would only call the
@@ -227,14 +230,7 @@ async fn commit_saga<D: Dialect>(
             return Err(StoreError::LeaseLost);
         }
         // An operator's view of a parked saga is stale: it reloads.
-        let current = D::query("SELECT version FROM saga_instances WHERE id = $1")
-            .arg(D::id(saga.id.0))
-            .fetch_optional(D::on(conn))
-            .await
-            .map_err(D::classify)?
-            .map(|row| row.col::<i64>("version"))
-            .transpose()
-            .map_err(D::classify)?;
+        let current = current_version::<D>(conn, "saga_instances", saga.id.0).await?;
         return Err(StoreError::VersionConflict {
             current: Version(current.unwrap_or(0)),
         });

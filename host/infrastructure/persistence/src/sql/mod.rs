@@ -37,8 +37,8 @@ use serde_json::value::RawValue;
 use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{
-    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, SqlSafeStr,
-    Transaction, Type,
+    AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row,
+    SqlSafeStr, Transaction, Type,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -441,6 +441,26 @@ impl<D: Dialect> Sql<D> {
             }
         }
     }
+}
+
+/// The `version` of row `id` of `table` as the transaction on `conn` sees it, or `None` when
+/// the row is gone: what a compare-and-set that changed nothing lost to.
+pub(crate) async fn current_version<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    table: &'static str,
+    id: Uuid,
+) -> Result<Option<i64>, StoreError> {
+    // `table` is one of the stores' own table names, never input.
+    D::query(AssertSqlSafe(format!(
+        "SELECT version FROM {table} WHERE id = $1"
+    )))
+    .arg(D::id(id))
+    .fetch_optional(D::on(conn))
+    .await
+    .map_err(D::classify)?
+    .map(|row| row.col::<i64>("version"))
+    .transpose()
+    .map_err(D::classify)
 }
 
 /// Reads a JSON column leniently: a stored text that is not JSON (SQLite stores JSON as
