@@ -8,6 +8,7 @@ pub mod changes;
 pub mod clock;
 pub mod error;
 pub mod idempotency;
+pub mod operations;
 pub mod outbox;
 pub mod plugin_kv;
 pub mod ports;

@@ -14,7 +14,8 @@ use crate::idempotency::{
 };
 use crate::outbox::OutboxMessage;
 use crate::ports::{
-    BeginOutcome, IdempotencyStore, OrderStore, OrderWrite, SagaLease, SagaStore, StoreError,
+    BeginOutcome, IdempotencyStore, OrderStore, OrderWrite, PluginCatalog, SagaLease, SagaStore,
+    StoreError,
 };
 use crate::saga::{SagaEngine, SagaInstance};
 
@@ -69,6 +70,9 @@ pub struct OrderService {
     pub(crate) saga_wakeup: Arc<tokio::sync::Notify>,
     /// Drives a new order's placement in this process at once, when configured.
     pub(crate) placement: Option<Arc<InlinePlacement>>,
+    /// The installed plugins, when known: an order naming a payment provider that is not
+    /// installed is refused at once instead of failing its payment step after the deadline.
+    pub(crate) plugins: Option<Arc<dyn PluginCatalog>>,
 }
 
 /// Placement driven by the process that accepted the order: right after the create commit,
@@ -146,6 +150,7 @@ impl OrderService {
             config,
             saga_wakeup: Arc::new(tokio::sync::Notify::new()),
             placement: None,
+            plugins: None,
         }
     }
 
@@ -154,6 +159,13 @@ impl OrderService {
     #[must_use]
     pub fn with_inline_placement(mut self, placement: InlinePlacement) -> Self {
         self.placement = Some(Arc::new(placement));
+        self
+    }
+
+    /// Refuses orders naming a payment provider `plugins` does not have installed.
+    #[must_use]
+    pub fn with_plugins(mut self, plugins: Arc<dyn PluginCatalog>) -> Self {
+        self.plugins = Some(plugins);
         self
     }
 
@@ -192,15 +204,28 @@ impl OrderService {
                 self.config.idempotency_ttl,
             )
             .await?;
+        // `oms_idempotency_hits_total{method, outcome}`: requests answered from the key.
+        let hit = |outcome: &'static str| {
+            let method = request.scope.method.clone();
+            metrics::counter!("oms_idempotency_hits_total", "method" => method, "outcome" => outcome)
+                .increment(1);
+        };
         let claim = match begun {
             BeginOutcome::Proceed(claim) => claim,
-            BeginOutcome::Replay(outcome) => return outcome.replay(),
+            BeginOutcome::Replay(outcome) => {
+                hit("replayed");
+                return outcome.replay();
+            }
             BeginOutcome::Mismatch => {
+                hit("mismatch");
                 return Err(AppError::IdempotencyMismatch {
                     method: request.scope.method,
                 });
             }
-            BeginOutcome::InProgress => return Err(AppError::IdempotencyInProgress),
+            BeginOutcome::InProgress => {
+                hit("in_progress");
+                return Err(AppError::IdempotencyInProgress);
+            }
         };
         let guard = ClaimGuard::new(claim.clone(), Arc::clone(&self.idempotency));
         let result = op(Some(claim.clone())).await;

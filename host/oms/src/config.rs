@@ -15,13 +15,48 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub grpc: GrpcConfig,
+    pub admin: AdminConfig,
     pub database: DatabaseConfig,
     pub idempotency: IdempotencyConfig,
     pub watch: WatchConfig,
     pub plugins: PluginsConfig,
     pub saga: SagaConfig,
     pub broker: BrokerConfig,
+    pub health: HealthConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+/// The Prometheus endpoint (`crate::metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Where `GET /metrics` is served; keep it private (it names plugins and methods).
+    pub listen: SocketAddr,
+}
+
+/// `grpc.health.v1` checks (`crate::health`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// How often the database, the plugins and the background tasks are checked; also how
+    /// long the database may take to answer before it counts as unreachable.
+    pub interval_ms: u64,
+}
+
+/// The operators' API (`oms.admin.v1`, docs/operations.md): its own listener, off until a
+/// token is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on; keep it private (loopback or an operators' network).
+    pub listen: SocketAddr,
+    /// The bearer token every admin call must carry; empty leaves the admin API off. Set it
+    /// from the environment (`OMS_ADMIN__TOKEN`) rather than a file.
+    pub token: String,
+    /// Largest plugin component an upload may carry.
+    pub max_upload_bytes: usize,
 }
 
 /// The public API listener and its limits against hostile or broken clients (docs/api.md,
@@ -239,6 +274,11 @@ impl Default for Config {
                 idle_timeout_ms: 60_000,
                 request_timeout_ms: 60_000,
             },
+            admin: AdminConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+                token: String::new(),
+                max_upload_bytes: 64 * 1024 * 1024,
+            },
             database: DatabaseConfig {
                 url: "sqlite://./data/oms.db".to_owned(),
                 max_connections: 16,
@@ -294,6 +334,11 @@ impl Default for Config {
                 },
                 properties: std::collections::BTreeMap::new(),
             },
+            health: HealthConfig { interval_ms: 1000 },
+            metrics: MetricsConfig {
+                enabled: true,
+                listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            },
             log: LogConfig {
                 filter: "info".to_owned(),
                 format: LogFormat::Text,
@@ -345,6 +390,11 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Environment variables (after `OMS_`) whose values are secrets, read as text exactly as
+/// given, and the keys they set.
+const RAW_ENV: [&str; 1] = ["ADMIN__TOKEN"];
+const RAW_KEYS: [&str; 1] = ["admin.token"];
+
 impl Config {
     /// Defaults, then `file` (if given; it must exist), then `OMS_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -360,9 +410,18 @@ impl Config {
         // are not, and must not trip the unknown-key check.
         figment = figment.merge(
             Env::prefixed("OMS_")
-                .filter(|key| key.as_str().contains("__"))
+                .filter(|key| {
+                    let key = key.as_str();
+                    key.contains("__") && !RAW_ENV.iter().any(|raw| key.eq_ignore_ascii_case(raw))
+                })
                 .split("__"),
         );
+        // Secrets are taken verbatim: figment would read `0123` as the number 123.
+        for (var, key) in RAW_ENV.iter().zip(RAW_KEYS) {
+            if let Ok(value) = std::env::var(format!("OMS_{var}")) {
+                figment = figment.merge(Serialized::default(key, value));
+            }
+        }
         let config: Self = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
@@ -378,7 +437,12 @@ impl Config {
         let b = &self.broker;
         // `plugins.watch_interval_ms` and `saga.step_deadline_cap_ms` are absent on purpose:
         // for them 0 means "off" and "the step tables' own", as documented.
-        let positive: [(&'static str, u64); 18] = [
+        let positive: [(&'static str, u64); 20] = [
+            ("health.interval_ms", self.health.interval_ms),
+            (
+                "admin.max_upload_bytes",
+                u64::try_from(self.admin.max_upload_bytes).unwrap_or(u64::MAX),
+            ),
             ("grpc.keepalive_interval_ms", g.keepalive_interval_ms),
             ("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms),
             ("grpc.idle_timeout_ms", g.idle_timeout_ms),
@@ -413,6 +477,9 @@ impl Config {
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
         copy.database.url = redact_url(&self.database.url);
+        if !copy.admin.token.is_empty() {
+            REDACTED.clone_into(&mut copy.admin.token);
+        }
         for (key, value) in &mut copy.broker.properties {
             if is_secret_property(key) {
                 *value = REDACTED.to_owned();
@@ -495,6 +562,20 @@ mod tests {
         c.plugins.watch_interval_ms = 0;
         c.saga.step_deadline_cap_ms = 0;
         assert!(c.validate().is_ok(), "0 means off / the tables' own there");
+    }
+
+    #[test]
+    fn the_admin_token_is_taken_verbatim_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            // Read as a number, this would become 123 (or fail to be a string at all).
+            jail.set_env("OMS_ADMIN__TOKEN", "0123");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.admin.token, "0123");
+            jail.set_env("OMS_ADMIN__TOKEN", "s3cret=with spaces");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.admin.token, "s3cret=with spaces");
+            Ok(())
+        });
     }
 
     #[test]

@@ -3,8 +3,9 @@
 
 pub mod adapters;
 pub mod config;
+pub mod health;
+pub mod metrics;
 pub mod plugins;
-pub mod saga_cli;
 pub mod server;
 pub mod telemetry;
 

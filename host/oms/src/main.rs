@@ -28,11 +28,6 @@ enum Command {
     /// Print the effective configuration (defaults + file + environment) as TOML, secrets
     /// redacted.
     Config,
-    /// Operator commands on sagas, over the configured database.
-    Saga {
-        #[command(subcommand)]
-        command: oms::saga_cli::SagaCommand,
-    },
 }
 
 #[tokio::main]
@@ -44,9 +39,6 @@ async fn main() -> anyhow::Result<()> {
             // Secrets (database password, broker credentials) are shown as `***`.
             print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
-        }
-        Command::Saga { command } => {
-            oms::saga_cli::run(&config, command, &mut std::io::stdout().lock()).await
         }
         Command::Serve => {
             oms::telemetry::init(&config.log);

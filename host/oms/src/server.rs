@@ -8,10 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use oms_application::changes::OrderChanges;
 use oms_application::clock::SystemClock;
+use oms_application::operations::OutboxOperations;
 use oms_application::saga::worker::{self, WorkerConfig};
 use oms_application::saga::{EngineConfig, SagaEngine, SagaOperations, SagaPorts};
 use oms_application::{InlinePlacement, OrderService, ServiceConfig};
+use oms_grpc::admin::{AdminApi, BearerAuth};
 use oms_grpc::listener::{self, ConnectionLimits};
+use oms_grpc::metrics::RpcMetricsLayer;
 use oms_grpc::{ApiLimits, OrderApi};
 use oms_persistence::{Database, DatabaseOptions, GroupCommitOptions};
 use oms_plugin_runtime::PluginRuntime;
@@ -20,8 +23,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::adapters::{PluginInventory, PluginPayments};
+use crate::adapters::{PluginInventory, PluginPayments, RuntimeCatalog};
 use crate::config::Config;
+use crate::health::{self, TaskWatch};
 use crate::plugins::Plugins;
 
 /// Expired idempotency keys deleted per sweep batch: bounded so a sweep never holds long
@@ -32,6 +36,10 @@ const SWEEP_BATCH: u32 = 1_000;
 pub struct RunningServer {
     /// The bound address (useful when the configured port was 0).
     pub addr: SocketAddr,
+    /// The admin API's bound address; `None` when it is off (no `admin.token`).
+    pub admin_addr: Option<SocketAddr>,
+    /// The Prometheus endpoint's bound address; `None` when `metrics.enabled` is false.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     db: Database,
@@ -78,13 +86,9 @@ impl RunningServer {
     }
 }
 
-/// Opens (and migrates) the configured database with a pool of `max_connections`; the one
-/// place that does, so the serving host and the CLI commands word a failure the same way,
-/// with the password redacted.
-pub(crate) async fn open_database(
-    config: &Config,
-    max_connections: u32,
-) -> anyhow::Result<Database> {
+/// Opens (and migrates) the configured database with a pool of `max_connections`, wording a
+/// failure with the password redacted.
+async fn open_database(config: &Config, max_connections: u32) -> anyhow::Result<Database> {
     let options = DatabaseOptions {
         max_connections,
         group_commit: GroupCommitOptions {
@@ -134,6 +138,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             watch_poll_interval: Duration::from_millis(config.watch.poll_interval_ms),
         },
     );
+    let catalog = Arc::new(RuntimeCatalog::new(plugins.runtime.clone()));
+    service = service.with_plugins(catalog.clone());
     // A process that runs no sagas (`saga.workers = 0`, an API-only replica) does not place
     // orders inline either.
     let ports = saga_ports(&config, &db, &plugins)?;
@@ -145,16 +151,52 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 
     let mut tasks = Vec::new();
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let background = TaskWatch::default();
     spawn_saga_workers(
         &config,
         &db,
         &service,
         &ports,
         &process,
-        &shutdown_rx,
+        (&background, &shutdown_rx),
         &mut tasks,
     );
-    spawn_messaging(&config, &db, &service, &plugins, &shutdown_rx, &mut tasks)?;
+    let (relay, notifications) = spawn_messaging(
+        &config,
+        &db,
+        &service,
+        &plugins,
+        (&background, &shutdown_rx),
+        &mut tasks,
+    )?;
+    let operations = SagaOperations::new(
+        db.orders(),
+        db.sagas(),
+        Arc::new(SystemClock),
+        service.changes().clone(),
+        service.saga_wakeup(),
+    );
+    let outbox = OutboxOperations::new(
+        db.outbox(),
+        Arc::new(SystemClock),
+        Arc::new(move || relay.wake()),
+    );
+    let admin = AdminApi::new(
+        operations.clone(),
+        outbox,
+        catalog,
+        config.admin.max_upload_bytes,
+    );
+    let admin_addr = serve_admin(&config, admin, (&background, &shutdown_rx), &mut tasks).await?;
+    let metrics_addr = if config.metrics.enabled {
+        let collect = collect_metrics(plugins.runtime.clone(), notifications);
+        let (addr, server) =
+            crate::metrics::serve(config.metrics.listen, collect, shutdown_rx.clone()).await?;
+        tasks.push(background.spawn("metrics endpoint", &shutdown_rx, server));
+        Some(addr)
+    } else {
+        None
+    };
 
     let listener = TcpListener::bind(config.grpc.listen)
         .await
@@ -162,9 +204,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<oms_grpc::pb::order_service_server::OrderServiceServer<OrderApi>>()
-        .await;
     // Both reflection versions: grpcurl speaks v1, many older tools only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -196,6 +235,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .http2_keepalive_interval(Some(ms(g.keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(ms(g.keepalive_timeout_ms)))
         .timeout(ms(g.request_timeout_ms))
+        .layer(RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -209,28 +249,107 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Ok(())
     });
 
-    let sweeper = tokio::spawn(sweep_idempotency_keys(
-        service.clone(),
-        Duration::from_secs(config.idempotency.sweep_interval_secs),
+    let sweeper = background.spawn(
+        "idempotency sweeper",
+        &shutdown_rx,
+        sweep_idempotency_keys(
+            service.clone(),
+            Duration::from_secs(config.idempotency.sweep_interval_secs),
+            shutdown_rx.clone(),
+        ),
+    );
+    let checks = health::Checks {
+        db: db.clone(),
+        plugins: plugins.runtime.clone(),
+        inventory: config.plugins.inventory.clone(),
+        tasks: background,
+    };
+    let health = health::start(
+        health_reporter,
+        checks,
+        Duration::from_millis(config.health.interval_ms),
         shutdown_rx,
-    ));
+    )
+    .await;
 
     tasks.push(grpc_task);
     tasks.push(sweeper);
+    tasks.push(health);
     info!(%addr, database = %crate::config::redact_url(&config.database.url), "oms serving gRPC");
     Ok(RunningServer {
         addr,
+        admin_addr,
+        metrics_addr,
         shutdown,
         tasks,
-        operations: SagaOperations::new(
-            db.orders(),
-            db.sagas(),
-            Arc::new(SystemClock),
-            service.changes().clone(),
-            service.saga_wakeup(),
-        ),
+        operations,
         db,
         plugins,
+    })
+}
+
+/// Starts the admin API on its own listener when `admin.token` is set; returns its address.
+async fn serve_admin(
+    config: &Config,
+    admin: AdminApi,
+    (background, shutdown): (&TaskWatch, &watch::Receiver<bool>),
+    tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(auth) = BearerAuth::new(&config.admin.token) else {
+        info!("admin API off: set admin.token (OMS_ADMIN__TOKEN) to enable it");
+        return Ok(None);
+    };
+    let listen = config.admin.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding admin listener on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // Reflection answers without a token: it describes the API, it does not operate it.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(oms_grpc::admin_pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building admin reflection")?;
+    let server = tonic::transport::Server::builder()
+        .layer(RpcMetricsLayer)
+        .add_service(reflection)
+        .add_service(admin.into_server(auth))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stopped(shutdown.clone()),
+        );
+    tasks.push(background.spawn("admin API", shutdown, async move {
+        server.await.context("admin server failed")?;
+        Ok(())
+    }));
+    info!(%addr, "oms serving the admin API");
+    Ok(Some(addr))
+}
+
+/// What the scrape reads from state kept elsewhere: each plugin's circuit
+/// (`oms_plugin_circuit_open`, 1 while open or half-open) and the notification consumer's
+/// counters (`oms_notifications_total{outcome}`).
+fn collect_metrics(
+    runtime: oms_plugin_runtime::PluginRuntime,
+    notifications: Option<Arc<oms_messaging::notifications::NotificationMetrics>>,
+) -> crate::metrics::Collect {
+    use std::sync::atomic::Ordering::Relaxed;
+    Arc::new(move || {
+        for plugin in runtime.list() {
+            let open = plugin.breaker != oms_plugin_runtime::breaker::BreakerState::Closed;
+            metrics::gauge!("oms_plugin_circuit_open", "plugin" => plugin.current.name.clone())
+                .set(if open { 1.0 } else { 0.0 });
+        }
+        if let Some(n) = &notifications {
+            for (outcome, value) in [
+                ("processed", &n.processed),
+                ("duplicate", &n.duplicates),
+                ("delivered", &n.delivered),
+                ("dead_lettered", &n.dead_lettered),
+            ] {
+                metrics::counter!("oms_notifications_total", "outcome" => outcome)
+                    .absolute(value.load(Relaxed));
+            }
+        }
     })
 }
 
@@ -349,7 +468,7 @@ fn spawn_saga_workers(
     service: &OrderService,
     ports: &SagaPorts,
     process: &str,
-    shutdown: &watch::Receiver<bool>,
+    (background, shutdown): (&TaskWatch, &watch::Receiver<bool>),
     tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
 ) {
     // The database says how many workers can make progress at once (one on SQLite's single
@@ -369,24 +488,28 @@ fn spawn_saga_workers(
             poll_interval: Duration::from_millis(config.saga.poll_interval_ms),
         };
         let wakeup = service.saga_wakeup();
-        let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            worker::run(engine, worker_config, wakeup, shutdown).await;
+        let stop = shutdown.clone();
+        tasks.push(background.spawn("saga worker", shutdown, async move {
+            worker::run(engine, worker_config, wakeup, stop).await;
             Ok(())
         }));
     }
 }
 
 /// Starts the outbox relay and the notification consumer (docs/outbox.md) on the configured
-/// broker; the relay wakes on every committed order change.
+/// broker; the relay wakes on every committed order change. Returns the relay, which a
+/// redrive wakes, and the notification consumer's counters, which the metrics export.
 fn spawn_messaging(
     config: &Config,
     db: &Database,
     service: &OrderService,
     plugins: &Plugins,
-    shutdown: &watch::Receiver<bool>,
+    (background, shutdown): (&TaskWatch, &watch::Receiver<bool>),
     tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(
+    oms_messaging::relay::Relay,
+    Option<Arc<oms_messaging::notifications::NotificationMetrics>>,
+)> {
     use oms_application::retry::RetryPolicy;
     use oms_messaging::{broker, host, notifications, relay};
     let b = &config.broker;
@@ -447,12 +570,12 @@ fn spawn_messaging(
         shutdown.clone(),
     )
     .context("starting the outbox relay")?;
-    for task in messaging.tasks {
-        tasks.push(tokio::spawn(async move {
+    for (name, task) in messaging.tasks {
+        tasks.push(background.spawn(name, shutdown, async move {
             task.await.context("messaging task panicked")
         }));
     }
-    Ok(())
+    Ok((messaging.relay, messaging.notifications))
 }
 
 /// Deletes expired idempotency keys until shutdown. A failed sweep is logged and retried at

@@ -29,12 +29,22 @@ fn printed_configuration_carries_no_secret() {
          \"sasl.username\" = \"relay\"\n\
          \"sasl.password\" = \"s4sl-pa55\"\n\
          \"ssl.key.password\" = \"k3y-pa55\"\n",
-        &[("OMS_DATABASE__URL", "postgres://u:hunter2@h/db")],
+        &[
+            ("OMS_DATABASE__URL", "postgres://u:hunter2@h/db"),
+            // All digits: an environment value that looks like a number is still a token.
+            ("OMS_ADMIN__TOKEN", "020261203123"),
+        ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    for secret in ["hunter2", "s4sl-pa55", "k3y-pa55"] {
+    for secret in [
+        "hunter2",
+        "s4sl-pa55",
+        "k3y-pa55",
+        "020261203123",
+        "20261203123",
+    ] {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret),
             "{secret} printed:\n{stdout}{stderr}"
@@ -43,6 +53,7 @@ fn printed_configuration_carries_no_secret() {
     // Everything else is still there: the output stays useful.
     assert!(stdout.contains("postgres://u:***@h/db"), "{stdout}");
     assert!(stdout.contains("\"sasl.password\" = \"***\""), "{stdout}");
+    assert!(stdout.contains("token = \"***\""), "{stdout}");
     assert!(
         stdout.contains("SASL_SSL") && stdout.contains("relay"),
         "{stdout}"

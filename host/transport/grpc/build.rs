@@ -8,21 +8,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // target directory by checkouts in other folders (CI clones anew each run), and a path
     // baked in at compile time would point at a checkout that may be gone.
     let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../../proto");
-    let files = [proto_root.join("oms/v1/orders.proto")];
-    for file in &files {
-        println!("cargo:rerun-if-changed={}", file.display());
-    }
-    let fds = protox::compile(files, [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("oms_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
-    tonic_prost_build::configure()
-        // Malformed request bodies are INVALID_ARGUMENT, not tonic-prost's INTERNAL.
-        .codec_path("crate::codec::OmsCodec")
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    // One descriptor set per API, so that each listener's reflection lists only the
+    // services it serves.
+    for (file, descriptor) in [
+        ("oms/v1/orders.proto", "oms_descriptor.bin"),
+        ("oms/admin/v1/admin.proto", "admin_descriptor.bin"),
+    ] {
+        let file = proto_root.join(file);
+        println!("cargo:rerun-if-changed={}", file.display());
+        let fds = protox::compile([file], [&proto_root])?;
+        std::fs::write(
+            out_dir.join(descriptor),
+            prost::Message::encode_to_vec(&fds),
+        )?;
+        tonic_prost_build::configure()
+            // Malformed request bodies are INVALID_ARGUMENT, not tonic-prost's INTERNAL.
+            .codec_path("crate::codec::OmsCodec")
+            .build_client(true)
+            .build_server(true)
+            .compile_fds(fds)?;
+    }
     Ok(())
 }

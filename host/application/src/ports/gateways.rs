@@ -48,6 +48,16 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// The class as a metric label: `permanent`, `transient`, `not_tried` or `unknown`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Permanent { .. } => "permanent",
+            Self::Transient { .. } => "transient",
+            Self::NotTried { .. } => "not_tried",
+            Self::Unknown { .. } => "unknown",
+        }
+    }
+
     /// Why, whatever the class.
     pub fn reason(&self) -> &FailureReason {
         match self {

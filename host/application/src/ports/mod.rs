@@ -6,6 +6,7 @@ mod idempotency;
 mod orders;
 mod outbox;
 mod plugin_kv;
+mod plugins;
 mod processed_events;
 mod sagas;
 
@@ -17,8 +18,11 @@ pub use idempotency::{BeginOutcome, IdempotencyStore};
 pub use orders::{OrderQuery, OrderStore, OrderWrite, SagaLease};
 pub use outbox::{Backlog, DeadLetter, OutboxRow, OutboxStore};
 pub use plugin_kv::PluginKvStore;
+pub use plugins::{PAYMENT_WORLD, PluginBuild, PluginCatalog, PluginInfo};
 pub use processed_events::ProcessedEventStore;
-pub use sagas::{Fence, SagaCommit, SagaStore, StepDirection, StepRecord, StepState};
+pub use sagas::{
+    Fence, SagaCommit, SagaQuery, SagaStore, StepDirection, StepHistory, StepRecord, StepState,
+};
 
 use oms_domain::Version;
 

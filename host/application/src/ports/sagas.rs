@@ -6,7 +6,7 @@ use oms_domain::{OrderId, Timestamp};
 use super::StoreError;
 use super::gateways::PluginCall;
 use super::orders::OrderWrite;
-use crate::saga::{SagaId, SagaInstance, SagaStatus};
+use crate::saga::{SagaId, SagaInstance, SagaKind, SagaStatus};
 
 /// Which way a step ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,10 +118,38 @@ pub trait SagaStore: Send + Sync {
     /// The sagas of an order, oldest first.
     async fn for_order(&self, order_id: OrderId) -> Result<Vec<SagaInstance>, StoreError>;
 
-    /// Sagas in `status` (e.g. parked ones for the operator queue), oldest first.
-    async fn with_status(
-        &self,
-        status: SagaStatus,
-        limit: u32,
-    ) -> Result<Vec<SagaInstance>, StoreError>;
+    /// Sagas matching `query` (the operators' lists), oldest first.
+    async fn find(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>, StoreError>;
+
+    /// The step history of a saga (`saga_steps`): one entry per step and direction, as its
+    /// last attempt left it, in the order the steps first ran.
+    async fn steps(&self, id: SagaId) -> Result<Vec<StepHistory>, StoreError>;
+}
+
+/// Which sagas an operator lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaQuery {
+    /// Any of these statuses (at least one).
+    pub statuses: Vec<SagaStatus>,
+    pub kind: Option<SagaKind>,
+    /// Only sagas last changed before this instant (stuck ones).
+    pub updated_before: Option<Timestamp>,
+    pub limit: u32,
+}
+
+/// One `saga_steps` row as read back: a step in one direction, as its last attempt left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepHistory {
+    pub step: String,
+    /// [`StepDirection::as_str`].
+    pub direction: String,
+    /// The stored status: `PENDING`, `RUNNING`, `SUCCEEDED`, `FAILED` or `UNRESOLVED`.
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// The plugin build (name, version, digest) of the last attempt that reached a plugin.
+    pub plugin: Option<(String, String, String)>,
+    pub idempotency_key: String,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
 }

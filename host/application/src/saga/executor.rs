@@ -113,6 +113,30 @@ impl Executor<'_> {
         order: &Order,
         key: &str,
     ) -> Result<Effect, GatewayFailure> {
+        let started = std::time::Instant::now();
+        let result = self.call(op, saga, order, key).await;
+        // `oms_saga_step_duration_seconds{kind, operation, outcome}`: one sample per attempt.
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(f) => f.error.kind(),
+        };
+        metrics::histogram!(
+            "oms_saga_step_duration_seconds",
+            "kind" => saga.kind.as_str(),
+            "operation" => op.as_str(),
+            "outcome" => outcome
+        )
+        .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn call(
+        &self,
+        op: Operation,
+        saga: &SagaInstance,
+        order: &Order,
+        key: &str,
+    ) -> Result<Effect, GatewayFailure> {
         let data: &SagaData = &saga.data;
         let provider = order.payment().provider.as_str();
         match op {

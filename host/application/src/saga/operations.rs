@@ -1,5 +1,5 @@
-//! Operator operations on sagas: list the parked ones, retry, force compensation. The admin
-//! API will expose these; they are complete and tested at this layer.
+//! Operator operations on sagas: list and inspect them, retry a parked one, force its
+//! compensation. The admin API (`oms.admin.v1`) and `oms saga` expose them.
 
 use std::sync::Arc;
 
@@ -12,7 +12,14 @@ use crate::changes::OrderChanges;
 use crate::clock::Clock;
 use crate::error::AppError;
 use crate::outbox::OutboxMessage;
-use crate::ports::{Fence, OrderStore, OrderWrite, SagaCommit, SagaStore};
+use crate::ports::{Fence, OrderStore, OrderWrite, SagaCommit, SagaQuery, SagaStore, StepHistory};
+
+/// The statuses of a saga that has not finished: what an operator lists by default.
+const UNFINISHED: [SagaStatus; 3] = [
+    SagaStatus::Running,
+    SagaStatus::Compensating,
+    SagaStatus::CompensationFailed,
+];
 
 /// What an operator can do about sagas.
 #[derive(Clone)]
@@ -43,25 +50,39 @@ impl SagaOperations {
 
     /// The operator queue: sagas parked in COMPENSATION_FAILED, oldest first.
     pub async fn parked(&self, limit: u32) -> Result<Vec<SagaInstance>, AppError> {
-        Ok(self
-            .sagas
-            .with_status(SagaStatus::CompensationFailed, limit)
-            .await?)
+        self.list(SagaQuery {
+            statuses: vec![SagaStatus::CompensationFailed],
+            kind: None,
+            updated_before: None,
+            limit,
+        })
+        .await
     }
 
     /// Every saga not finished yet: running, compensating or parked, oldest first.
     pub async fn unfinished(&self, limit: u32) -> Result<Vec<SagaInstance>, AppError> {
-        let mut all = Vec::new();
-        for status in [
-            SagaStatus::Running,
-            SagaStatus::Compensating,
-            SagaStatus::CompensationFailed,
-        ] {
-            all.extend(self.sagas.with_status(status, limit).await?);
+        self.list(SagaQuery {
+            statuses: UNFINISHED.to_vec(),
+            kind: None,
+            updated_before: None,
+            limit,
+        })
+        .await
+    }
+
+    /// Sagas matching `query`, oldest first. No statuses means the unfinished ones.
+    pub async fn list(&self, mut query: SagaQuery) -> Result<Vec<SagaInstance>, AppError> {
+        if query.statuses.is_empty() {
+            query.statuses = UNFINISHED.to_vec();
         }
-        all.sort_by_key(|s| (s.created_at, s.id));
-        all.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        Ok(all)
+        Ok(self.sagas.find(&query).await?)
+    }
+
+    /// A saga and its step history (which plugin build served each step, attempts, errors).
+    pub async fn show(&self, id: SagaId) -> Result<(SagaInstance, Vec<StepHistory>), AppError> {
+        let saga = self.get(id).await?;
+        let steps = self.sagas.steps(id).await?;
+        Ok((saga, steps))
     }
 
     pub async fn get(&self, id: SagaId) -> Result<SagaInstance, AppError> {

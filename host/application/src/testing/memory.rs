@@ -23,8 +23,8 @@ use crate::outbox::OutboxMessage;
 use crate::plugin_kv::{BatchOutcome, BoundedAdd, KvChanges, KvError, Swap, apply_batch_in};
 use crate::ports::{
     BeginOutcome, Fence, IdempotencyStore, OrderQuery, OrderStore, OrderWrite, PluginCall,
-    PluginKvStore, ProcessedEventStore, SagaCommit, SagaStore, StepDirection, StepRecord,
-    StepState, StoreError,
+    PluginKvStore, ProcessedEventStore, SagaCommit, SagaQuery, SagaStore, StepDirection,
+    StepHistory, StepRecord, StepState, StoreError,
 };
 use crate::saga::{SagaId, SagaInstance, SagaStatus};
 
@@ -403,21 +403,44 @@ impl SagaStore for MemoryStore {
         Ok(sagas)
     }
 
-    async fn with_status(
-        &self,
-        status: SagaStatus,
-        limit: u32,
-    ) -> Result<Vec<SagaInstance>, StoreError> {
+    async fn find(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>, StoreError> {
         let state = self.lock();
         let mut sagas: Vec<SagaInstance> = state
             .sagas
             .values()
-            .filter(|row| row.saga.status == status)
-            .map(|row| row.saga.clone())
+            .map(|row| &row.saga)
+            .filter(|s| query.statuses.contains(&s.status))
+            .filter(|s| query.kind.is_none_or(|k| s.kind == k))
+            .filter(|s| query.updated_before.is_none_or(|t| s.updated_at < t))
+            .cloned()
             .collect();
         sagas.sort_by_key(|s| (s.created_at, s.id));
-        sagas.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        sagas.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
         Ok(sagas)
+    }
+
+    async fn steps(&self, id: SagaId) -> Result<Vec<StepHistory>, StoreError> {
+        Ok(self
+            .lock()
+            .steps
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|s| StepHistory {
+                step: s.step.to_owned(),
+                direction: s.direction.as_str().to_owned(),
+                status: s.state.as_str().to_owned(),
+                attempts: s.attempts,
+                last_error: s.last_error.clone(),
+                plugin: s
+                    .call
+                    .as_ref()
+                    .map(|c| (c.plugin.clone(), c.version.clone(), c.digest.clone())),
+                idempotency_key: s.idempotency_key.clone(),
+                started_at: Some(s.started_at),
+                finished_at: s.finished_at,
+            })
+            .collect())
     }
 }
 

@@ -2,8 +2,9 @@
 
 use oms_domain::{NewOrder, Order, OrderId};
 
-use crate::error::AppError;
+use crate::error::{AppError, FieldViolation};
 use crate::idempotency::IdempotencyRequest;
+use crate::ports::PAYMENT_WORLD;
 use crate::saga::{SagaInstance, SagaKind};
 use crate::service::OrderService;
 
@@ -19,6 +20,9 @@ impl OrderService {
         new: NewOrder,
         idempotency: Option<IdempotencyRequest>,
     ) -> Result<Order, AppError> {
+        // Before the key is claimed: a refused request is not stored, so a corrected retry
+        // with the same key runs.
+        self.check_payment_provider(&new)?;
         self.idempotent_insert(idempotency, |key| {
             let new = new.clone();
             async move {
@@ -36,5 +40,33 @@ impl OrderService {
             }
         })
         .await
+    }
+
+    fn check_payment_provider(&self, new: &NewOrder) -> Result<(), AppError> {
+        let Some(plugins) = &self.plugins else {
+            return Ok(());
+        };
+        let provider = &new.payment().provider;
+        if plugins.has_payment_provider(provider) {
+            return Ok(());
+        }
+        let mut installed: Vec<String> = plugins
+            .list()
+            .into_iter()
+            .filter(|p| p.kind == PAYMENT_WORLD)
+            .map(|p| p.name)
+            .collect();
+        installed.sort();
+        Err(AppError::InvalidArgument(vec![FieldViolation::new(
+            "payment.provider",
+            format!(
+                "no payment provider {provider:?} is installed (installed: {})",
+                if installed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    installed.join(", ")
+                }
+            ),
+        )]))
     }
 }

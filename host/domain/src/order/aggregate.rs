@@ -159,6 +159,11 @@ impl NewOrder {
         }
     }
 
+    /// The payment provider and token the order names.
+    pub fn payment(&self) -> &PaymentMethod {
+        &self.payment
+    }
+
     pub fn total(&self) -> Money {
         self.total
     }

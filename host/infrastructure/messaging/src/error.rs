@@ -38,8 +38,6 @@ pub enum MessagingError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Event(#[from] EventError),
-    #[error("no dead letter with outbox id {0}")]
-    UnknownDeadLetter(i64),
     #[error("{0}")]
     Invalid(String),
 }

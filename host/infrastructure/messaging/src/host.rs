@@ -5,19 +5,21 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use oms_application::changes::{OrderChange, OrderChanges};
 use oms_application::ports::{OutboxStore, ProcessedEventStore};
+use oms_application::retry::RetryPolicy;
 use oms_domain::{OrderId, Version};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::broker::{Broker, InProcessBroker, KafkaBroker, KafkaOptions, Topics};
+use crate::broker::{Broker, Consumer, InProcessBroker, KafkaBroker, KafkaOptions, Topics};
 use crate::error::BrokerError;
 use crate::notifications::{
-    Channel, FileSink, Formatter, NotificationConfig, NotificationService, WebhookChannel,
-    WebhookOptions,
+    Channel, FileSink, Formatter, NotificationConfig, NotificationMetrics, NotificationService,
+    WebhookChannel, WebhookOptions,
 };
 use crate::relay::{Relay, RelayConfig};
 
@@ -52,9 +54,13 @@ pub struct NotificationSettings {
 
 /// The running messaging part of the host.
 pub struct Messaging {
-    /// For redrive and metrics (the admin API will expose them).
+    /// For waking it after a redrive (`OutboxOperations`) and for its metrics.
     pub relay: Relay,
-    pub tasks: Vec<JoinHandle<()>>,
+    /// Each task with its name, for health checks: none of them ends before shutdown
+    /// unless something is wrong.
+    pub tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// The notification consumer's counters, when it runs (exported by the host).
+    pub notifications: Option<Arc<NotificationMetrics>>,
 }
 
 /// The stores messaging works on.
@@ -78,13 +84,18 @@ pub fn start(
     };
     let publisher = broker.publisher()?;
     // Order changes other processes committed, as their relays publish them: hints for
-    // this process's `WatchOrder` streams. Ends at once where the database has no such signal.
+    // this process's `WatchOrder` streams.
     let hints = {
         let (outbox, changes) = (Arc::clone(&stores.outbox), changes.clone());
         let on_change: Arc<dyn Fn(OrderId, Version) + Send + Sync> =
             Arc::new(move |id, version| changes.hint(id, version));
-        let stop = shutdown.clone();
-        tokio::spawn(async move { outbox.watch_published(on_change, stop).await })
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            outbox.watch_published(on_change, stop.clone()).await;
+            // Where the database has no signal it returned at once: the task still lives
+            // until shutdown, so that its end always means something went wrong.
+            let _ = stop.wait_for(|s| *s).await;
+        })
     };
     let relay = Relay::new(
         stores.outbox,
@@ -93,22 +104,30 @@ pub fn start(
         settings.relay,
     );
     let mut tasks = vec![
-        hints,
-        tokio::spawn(relay.clone().run(shutdown.clone())),
-        tokio::spawn(forward_wakeups(
-            changes.subscribe(),
-            relay.clone(),
-            shutdown.clone(),
-        )),
+        ("order change listener", hints),
+        (
+            "outbox relay",
+            tokio::spawn(relay.clone().run(shutdown.clone())),
+        ),
+        (
+            "relay wake-ups",
+            tokio::spawn(forward_wakeups(
+                changes.subscribe(),
+                relay.clone(),
+                shutdown.clone(),
+            )),
+        ),
     ];
+    let mut notification_metrics = None;
     if let Some(n) = settings.notifications {
-        let consumer = broker.consumer(&n.consumer, &[settings.topics.events.as_str()])?;
+        let group = n.consumer.clone();
+        let consumer = broker.consumer(&group, &[settings.topics.events.as_str()])?;
         let channels: Vec<Arc<dyn Channel>> = vec![
             Arc::new(FileSink::new(n.file).log_bodies(n.log_bodies)),
             Arc::new(WebhookChannel::new(n.webhook)),
         ];
         let config = NotificationConfig {
-            consumer: n.consumer,
+            consumer: group.clone(),
             dead_letter_topic: settings.topics.notification_dead_letters.clone(),
             ..NotificationConfig::default()
         };
@@ -119,10 +138,20 @@ pub fn start(
             channels,
             publisher,
         );
-        tasks.push(tokio::spawn(service.run(consumer, shutdown)));
+        notification_metrics = Some(service.metrics());
+        let topic = settings.topics.events.clone();
+        let restart = move || broker.consumer(&group, &[topic.as_str()]);
+        tasks.push((
+            "notification consumer",
+            tokio::spawn(keep_consuming(service, consumer, restart, shutdown)),
+        ));
     }
     info!(broker = ?kind(&settings.broker), "messaging started");
-    Ok(Messaging { relay, tasks })
+    Ok(Messaging {
+        relay,
+        tasks,
+        notifications: notification_metrics,
+    })
 }
 
 fn kind(b: &BrokerChoice) -> &'static str {
@@ -150,6 +179,47 @@ async fn forward_wakeups(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return; },
+        }
+    }
+}
+
+/// Runs the notification consumer until shutdown, starting a new one whenever it stops
+/// before that (its dead-letter topic kept failing, say, after a long broker outage): with
+/// backoff, so a broker that stays down is not hammered, and never for good. A fresh
+/// consumer resumes from the group's committed offsets.
+async fn keep_consuming(
+    service: NotificationService,
+    first: Box<dyn Consumer>,
+    restart: impl Fn() -> Result<Box<dyn Consumer>, BrokerError>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let backoff = RetryPolicy {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+    };
+    let mut consumer = Some(first);
+    let mut restarts = 0u32;
+    loop {
+        if let Some(c) = consumer.take() {
+            service.clone().run(c, shutdown.clone()).await;
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        restarts = restarts.saturating_add(1);
+        let wait = backoff.jittered(restarts);
+        warn!(
+            restarts,
+            wait_ms = wait.as_millis() as u64,
+            "notification consumer stopped; restarting"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return; },
+        }
+        match restart() {
+            Ok(c) => consumer = Some(c),
+            Err(e) => warn!(error = %e, "notification consumer could not be restarted"),
         }
     }
 }

@@ -37,7 +37,6 @@ pub use errors::PersistenceError;
 pub use outbox::CHANGES_CHANNEL;
 pub use sql::{GroupCommitOptions, Pools};
 
-#[cfg(doc)]
 use oms_application::ports::StoreError;
 
 use crate::idempotency::SqlIdempotencyStore;
@@ -180,6 +179,32 @@ impl Database {
         match &self.backend {
             Backend::Sqlite(pools) => Some(pools),
             Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Whether the database answers a trivial query within `within` (health checks): `Err`
+    /// says why not, `Unavailable` when it did not answer in time.
+    pub async fn ping(&self, within: std::time::Duration) -> Result<(), StoreError> {
+        let query = async {
+            match &self.backend {
+                Backend::Postgres(pools) => sqlx::query("SELECT 1")
+                    .execute(&pools.reader)
+                    .await
+                    .map(drop)
+                    .map_err(PostgresDialect::classify),
+                Backend::Sqlite(pools) => sqlx::query("SELECT 1")
+                    .execute(&pools.reader)
+                    .await
+                    .map(drop)
+                    .map_err(SqliteDialect::classify),
+            }
+        };
+        match tokio::time::timeout(within, query).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                within.as_millis()
+            ))),
         }
     }
 

@@ -7,16 +7,18 @@ use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use oms_application::ports::{
-    Fence, SagaCommit, SagaLease, SagaStore, StepRecord, StepState, StoreError,
+    Fence, SagaCommit, SagaLease, SagaQuery, SagaStore, StepHistory, StepRecord, StepState,
+    StoreError,
 };
-use oms_application::saga::{SagaId, SagaInstance, SagaStatus};
+use oms_application::saga::{SagaId, SagaInstance};
 use oms_domain::{OrderId, Timestamp, Version};
 use sqlx::AssertSqlSafe;
 
 use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
 use crate::orders::{OwnedOrderWrite, write_order};
 use crate::sql::{
-    Args, Column, ConnOf, Dialect, Q, RowOf, Rows, Sql, UniqueIndex, current_version, json, work,
+    Args, Column, ConnOf, Dialect, Q, RowExt, RowOf, Rows, Sql, UniqueIndex, current_version, json,
+    work,
 };
 
 /// The unique partial index that admits one active saga per order (migration 0004).
@@ -37,6 +39,29 @@ impl<D: Dialect> SqlSagaStore<D> {
             dialect: PhantomData,
         }
     }
+}
+
+fn step_history<D: Dialect>(r: &RowOf<D>) -> Result<StepHistory, sqlx::Error> {
+    let plugin: (Option<String>, Option<String>, Option<String>) = (
+        r.col("plugin_name")?,
+        r.col("plugin_version")?,
+        r.col("plugin_digest")?,
+    );
+    let millis = |t: Option<i64>| t.map(Timestamp::from_unix_millis);
+    Ok(StepHistory {
+        step: r.col("step")?,
+        direction: r.col("action")?,
+        status: r.col("status")?,
+        attempts: u32::try_from(r.col::<i32>("attempts")?).unwrap_or(0),
+        last_error: r.col("last_error")?,
+        plugin: match plugin {
+            (Some(name), Some(version), Some(digest)) => Some((name, version, digest)),
+            _ => None,
+        },
+        idempotency_key: r.col("idempotency_key")?,
+        started_at: millis(r.col("started_at")?),
+        finished_at: millis(r.col("finished_at")?),
+    })
 }
 
 fn decode_sagas<D: Dialect>(rows: &[RowOf<D>]) -> Result<Vec<SagaInstance>, StoreError> {
@@ -341,21 +366,40 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         decode_sagas::<D>(&rows)
     }
 
-    async fn with_status(
-        &self,
-        status: SagaStatus,
-        limit: u32,
-    ) -> Result<Vec<SagaInstance>, StoreError> {
-        let rows = D::query(concat!(
-            "SELECT ",
+    async fn find(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM saga_instances WHERE status {} \
+             AND ($2 IS NULL OR kind = $2) AND ($3 IS NULL OR updated_at < $3) \
+             ORDER BY created_at, id LIMIT $4",
             saga_columns!(),
-            " FROM saga_instances WHERE status = $1 ORDER BY created_at, id LIMIT $2"
-        ))
-        .arg(status.as_str())
-        .arg(i64::from(limit))
+            D::in_list("$1")
+        );
+        let statuses = query.statuses.iter().map(|s| s.as_str().to_owned());
+        let rows = D::bind_list(
+            D::query(AssertSqlSafe(sql)),
+            Column::Text(statuses.collect()),
+        )
+        .arg(query.kind.map(|k| k.as_str()))
+        .arg(query.updated_before.map(|t| t.unix_millis()))
+        .arg(i64::from(query.limit))
         .fetch_all(self.sql.reader())
         .await
         .map_err(D::classify)?;
         decode_sagas::<D>(&rows)
+    }
+
+    async fn steps(&self, id: SagaId) -> Result<Vec<StepHistory>, StoreError> {
+        let rows = D::query(
+            "SELECT step, action, status, attempts, last_error, plugin_name, plugin_version, \
+             plugin_digest, idempotency_key, started_at, finished_at \
+             FROM saga_steps WHERE saga_id = $1 ORDER BY started_at, step, action",
+        )
+        .arg(D::id(id.0))
+        .fetch_all(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        rows.iter()
+            .map(|r| step_history::<D>(r).map_err(D::classify))
+            .collect()
     }
 }

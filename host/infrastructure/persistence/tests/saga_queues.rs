@@ -1,6 +1,6 @@
 //! Which sagas are picked up: `claim_due` (what a worker may lease; concurrent workers on two
 //! connection pools, as two host processes would have, never lease the same saga twice) and
-//! `with_status` (the operator's queue).
+//! `find` (the operators' lists).
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,8 +9,9 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use common::{Stores, lease, new_order, place_with_saga, saga_for, ts};
+use oms_application::ports::SagaQuery;
 use oms_application::ports::{OrderWrite, SagaLease};
-use oms_application::saga::{SagaId, SagaInstance, SagaStatus};
+use oms_application::saga::{SagaId, SagaInstance, SagaKind, SagaStatus};
 use oms_persistence::testing::{TestBackend, TestDatabase};
 
 /// Starts one saga (on an order of its own) with the given status and due time.
@@ -100,13 +101,42 @@ async fn operator_queue_is_oldest_first(db: Stores) {
         place_with_saga(&db, &order, &event, &saga).await.unwrap();
         parked.push(saga);
     }
+    let running = start(&db, SagaStatus::Running, 500).await;
     let sagas = db.sagas();
-    let queue = sagas.with_status(SagaStatus::CompensationFailed, 2).await;
-    assert_eq!(queue.unwrap(), [parked[0].clone(), parked[2].clone()]);
-    let running = sagas.with_status(SagaStatus::Running, 10).await;
-    assert_eq!(running.unwrap(), []);
+    let find = |statuses: &[SagaStatus], kind, updated_before, limit| {
+        let query = SagaQuery {
+            statuses: statuses.to_vec(),
+            kind,
+            updated_before,
+            limit,
+        };
+        let sagas = sagas.clone();
+        async move { sagas.find(&query).await.unwrap() }
+    };
+    let parked_only = [SagaStatus::CompensationFailed];
+    assert_eq!(
+        find(&parked_only, None, None, 2).await,
+        [parked[0].clone(), parked[2].clone()]
+    );
+    assert_eq!(find(&[SagaStatus::Compensating], None, None, 10).await, []);
+    // Several statuses at once, oldest first across them.
+    let both = [SagaStatus::Running, SagaStatus::CompensationFailed];
+    let all = find(&both, None, None, 10).await;
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].id, running.id);
+    // By kind: every saga here places an order.
+    assert_eq!(
+        find(&both, Some(SagaKind::PlaceOrder), None, 10)
+            .await
+            .len(),
+        4
+    );
+    assert_eq!(find(&both, Some(SagaKind::RefundOrder), None, 10).await, []);
+    // Stuck ones: last changed before the instant.
+    let stuck = find(&parked_only, None, Some(parked[2].updated_at), 10).await;
+    assert_eq!(stuck, [parked[0].clone()]);
     // Parked sagas wait for an operator, not for the workers.
-    assert_eq!(claim(&db, "w1", 10_000, 20_000, 10).await, []);
+    assert_eq!(claim(&db, "w1", 10_000, 20_000, 10).await, [running.id]);
 }
 on_all!(operator_queue, operator_queue_is_oldest_first);
 

@@ -60,6 +60,23 @@ pub struct CapabilitiesSpec {
     pub log_level: Option<String>,
 }
 
+impl CapabilitiesSpec {
+    /// The grants as operators read them: `clock`, `kv`, then `http:<host:port>` per target.
+    pub fn granted(&self) -> Vec<String> {
+        let mut grants = Vec::new();
+        if self.clock {
+            grants.push("clock".to_owned());
+        }
+        if self.kv {
+            grants.push("kv".to_owned());
+        }
+        if let Some(http) = &self.http {
+            grants.extend(http.allow.iter().map(|target| format!("http:{target}")));
+        }
+        grants
+    }
+}
+
 /// Outbound HTTP grant: exact `host:port` pairs, nothing else.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,10 @@
 //! Per-plugin call metrics kept in the runtime: calls, errors by kind, a latency histogram and
 //! fuel used. Lock-free on the hot path except for the error map (touched only on errors).
+//!
+//! The runtime reads them (the admin API's plugin list, its quantiles); each call is also
+//! recorded through the `metrics` facade for Prometheus: `oms_plugin_calls_total{plugin,
+//! outcome}` (`ok` or the error kind), `oms_plugin_call_duration_seconds{plugin}` and
+//! `oms_plugin_fuel_consumed_total{plugin}`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -15,6 +20,8 @@ pub const LATENCY_BUCKETS_US: [u64; 18] = [
 /// Counters of one plugin (all versions).
 #[derive(Debug, Default)]
 pub struct PluginMetrics {
+    /// The `plugin` label of the exported series.
+    name: String,
     calls: AtomicU64,
     fuel: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -57,8 +64,22 @@ impl MetricsSnapshot {
 }
 
 impl PluginMetrics {
+    /// The counters of plugin `name`.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
     /// Records one finished call; `error` is its error kind, if any.
     pub fn record(&self, latency: Duration, fuel: u64, error: Option<&'static str>) {
+        let plugin = self.name.clone();
+        metrics::counter!("oms_plugin_calls_total", "plugin" => plugin.clone(), "outcome" => error.unwrap_or("ok"))
+            .increment(1);
+        metrics::histogram!("oms_plugin_call_duration_seconds", "plugin" => plugin.clone())
+            .record(latency.as_secs_f64());
+        metrics::counter!("oms_plugin_fuel_consumed_total", "plugin" => plugin).increment(fuel);
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.fuel.fetch_add(fuel, Ordering::Relaxed);
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);

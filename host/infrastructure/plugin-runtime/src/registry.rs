@@ -11,18 +11,24 @@ use std::time::SystemTime;
 
 use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::error::LoadError;
+use crate::limits::Limits;
 use crate::manifest::PluginKind;
 use crate::metrics::PluginMetrics;
 use crate::plugin::LoadedPlugin;
 
-/// Name, version and digest of an installed version.
+/// What identifies an installed version, and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionInfo {
     pub name: String,
     pub kind: PluginKind,
     pub version: String,
     pub digest: String,
+    /// The contract (WIT package) version it implements.
+    pub contract: String,
     pub loaded_at: SystemTime,
+    pub limits: Limits,
+    /// What its manifest grants: `clock`, `kv`, `http:<host:port>` per allowed target.
+    pub capabilities: Vec<String>,
 }
 
 impl VersionInfo {
@@ -32,7 +38,10 @@ impl VersionInfo {
             kind: p.kind(),
             version: p.version().to_string(),
             digest: p.digest.to_string(),
+            contract: p.manifest.contract.clone(),
             loaded_at: p.loaded_at,
+            limits: p.limits.clone(),
+            capabilities: p.manifest.capabilities.granted(),
         }
     }
 }
@@ -112,7 +121,7 @@ impl Registry {
                         previous: RwLock::new(None),
                         last_error: RwLock::new(None),
                         breaker: CircuitBreaker::new(self.breaker),
-                        metrics: PluginMetrics::default(),
+                        metrics: PluginMetrics::named(&info.name),
                     }),
                 );
             }

@@ -136,7 +136,7 @@ impl PluginRuntime {
                 return refuse(LoadError::ManifestInvalid {
                     path: plugin.manifest.path.clone(),
                     reason: format!(
-                        "plugin {} is installed as a {}; a new version cannot become a {}",
+                        "plugin {} implements {}; a new version cannot implement {} instead",
                         plugin.name(),
                         current.kind(),
                         plugin.kind()
@@ -183,6 +183,11 @@ impl PluginRuntime {
     /// Status of one plugin.
     pub fn status_of(&self, name: &str) -> Option<PluginStatus> {
         self.list().into_iter().find(|s| s.current.name == name)
+    }
+
+    /// The world plugin `name` implements, if it is installed (cheap: no copy of its status).
+    pub fn kind_of(&self, name: &str) -> Option<crate::manifest::PluginKind> {
+        self.inner.registry.slot(name).map(|s| s.current().kind())
     }
 
     /// Call metrics per plugin name.

@@ -10,9 +10,11 @@ mod inventory;
 #[cfg(feature = "native-adapters")]
 pub mod native;
 mod payments;
+mod plugin_catalog;
 
 pub use inventory::PluginInventory;
 pub use payments::PluginPayments;
+pub use plugin_catalog::RuntimeCatalog;
 
 use oms_application::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, PluginCall,

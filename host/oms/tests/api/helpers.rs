@@ -80,6 +80,9 @@ impl TestApp {
         config.plugins.watch_interval_ms = 0;
         config.saga.poll_interval_ms = 20;
         config.saga.step_deadline_cap_ms = 1500;
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.token = ADMIN_TOKEN.to_owned();
+        config.metrics.listen = "127.0.0.1:0".parse().unwrap();
         adjust(&mut config);
         let server = oms::start(config).await.expect("server starts");
         let channel = Channel::from_shared(format!("http://{}", server.addr))
@@ -364,6 +367,22 @@ pub fn current_version(status: &tonic::Status) -> Option<i64> {
 
 /// Rows of `sql` (one `$1` parameter: the order id as text), read straight from the
 /// database (not through the API under test).
+/// Runs one statement with `arg` bound as `$1` against the test's database (tests that
+/// inject what only a bug or an operator could write); returns the rows it touched.
+pub async fn execute(db: &TestDatabase, sql: &'static str, arg: &str) -> u64 {
+    if db.url().starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+        let done = sqlx::query(sql).bind(arg).execute(&pool).await.unwrap();
+        pool.close().await;
+        done.rows_affected()
+    } else {
+        let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
+        let done = sqlx::query(sql).bind(arg).execute(&pool).await.unwrap();
+        pool.close().await;
+        done.rows_affected()
+    }
+}
+
 async fn fetch_for_order<T>(db: &TestDatabase, sql: &'static str, order_id: &str) -> Vec<T>
 where
     T: Send
@@ -491,16 +510,30 @@ pub async fn break_fakepay(app: &TestApp) -> tempfile::TempDir {
     dir
 }
 
-/// Runs the built `oms` binary with `args` against the test's database.
-pub async fn oms_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_oms"))
+/// The admin token every test host accepts.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Runs the built `omsctl` binary with `args` against the test host's admin API.
+pub async fn omsctl(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let addr = app.server().admin_addr.expect("admin API on");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_omsctl"))
         .args(args)
-        .env_remove("OMS_CONFIG")
-        .env("OMS_DATABASE__URL", app.db.url())
+        .env("OMS_ADMIN_ADDR", format!("http://{addr}"))
+        .env("OMS_ADMIN_TOKEN", ADMIN_TOKEN)
         .kill_on_drop(true)
         .output()
         .await
-        .expect("oms binary runs")
+        .expect("omsctl runs")
+}
+
+/// `omsctl --json ARGS`, which must succeed, parsed.
+pub async fn omsctl_json(app: &TestApp, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = omsctl(app, &all).await;
+    assert!(out.status.success(), "omsctl {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("omsctl {args:?} printed no JSON ({e}): {out:?}"))
 }
 
 /// Follows the order with WatchOrder until `done` holds, failing after `within`.

@@ -2,8 +2,11 @@
 //! and a fresh PostgreSQL database or SQLite file per test. Every scenario runs on both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod edge;
+mod health;
 mod helpers;
+mod metrics;
 mod sagas;
 mod scenarios;
 
@@ -87,3 +90,28 @@ on_both_backends!(
     silent_connections_are_closed_after_the_idle_timeout,
     one_connection_has_a_bounded_number_of_streams,
 );
+
+on_both_backends!(
+    operators => admin:
+    admin_calls_need_the_token,
+    plugins_swap_and_roll_back_under_load,
+    refused_uploads_leave_the_serving_version,
+    dead_letters_are_listed_and_redriven,
+    an_unknown_payment_provider_is_refused_at_once,
+);
+
+on_both_backends!(
+    probes => health:
+    health_needs_the_plugins_the_sagas_call,
+);
+
+on_both_backends!(
+    scraped => metrics:
+    metrics_show_the_traffic,
+);
+
+/// An embedded SQLite file does not go away: the database outage is PostgreSQL's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_database() {
+    health::health_follows_the_database().await;
+}

@@ -11,9 +11,9 @@ use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
 use tonic::Code;
 
 use crate::helpers::{
-    LogCapture, TestApp, address, break_fakepay, error_info, money, oms_cli, order_with,
-    outbox_event_id, outbox_event_types, outbox_payloads, plugins_with_testing, renamed_plugin,
-    settle, wait_for_saga, wait_until,
+    LogCapture, TestApp, address, break_fakepay, error_info, money, omsctl, omsctl_json,
+    order_with, outbox_event_id, outbox_event_types, outbox_payloads, plugins_with_testing,
+    renamed_plugin, settle, wait_for_saga, wait_until,
 };
 
 pub async fn placement_confirms_with_stock_and_a_hold(backend: TestBackend) {
@@ -562,7 +562,7 @@ pub async fn operations_during_a_cancellation_wait_for_it(backend: TestBackend) 
 
 /// Capture fails after the stock was committed: the fulfillment parks (announced), a cancel is
 /// refused for good (it used to void the hold and leave the stock committed: goods shipped
-/// unpaid), and the operator's `oms saga retry` finishes the fulfillment.
+/// unpaid), and the operator's `omsctl sagas retry` finishes the fulfillment.
 pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(
     backend: TestBackend,
 ) {
@@ -600,27 +600,32 @@ pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(
     assert_eq!(metadata["operation_status"], "COMPENSATION_FAILED");
     assert_eq!(app.get(&order.order_id).await.version, parked.version);
 
-    // The operator lists the queue, fixes the cause, retries with the CLI.
-    let listed = oms_cli(&app, &["saga", "list", "--parked"]).await;
-    assert!(listed.status.success(), "{listed:?}");
-    let stdout = String::from_utf8(listed.stdout).unwrap();
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with(&saga_id))
-        .unwrap_or_else(|| panic!("saga {saga_id} not listed: {stdout}"));
-    let columns: Vec<&str> = row.split('\t').collect();
+    // The operator lists the queue, reads the step history, rolls the plugin back and
+    // retries, all with omsctl.
+    let listed = omsctl_json(&app, &["sagas", "list", "--status", "COMPENSATION_FAILED"]).await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["saga_id"], saga_id.as_str());
+    assert_eq!(listed[0]["order_id"], order.order_id.as_str());
+    assert_eq!(listed[0]["kind"], "fulfill_order");
+    assert_eq!(listed[0]["step"], "capture-payment");
+    let shown = omsctl_json(&app, &["sagas", "show", &saga_id]).await;
+    let capture = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "capture-payment")
+        .unwrap_or_else(|| panic!("no capture step: {shown}"));
+    assert_eq!(capture["status"], "FAILED");
+    assert_eq!(capture["plugin"], "fakepay");
     assert_eq!(
-        columns[1..5],
-        [
-            order.order_id.as_str(),
-            "fulfill_order",
-            "COMPENSATION_FAILED",
-            "capture-payment"
-        ]
+        capture["plugin_version"], "0.2.0-broken",
+        "the history names the build that failed"
     );
-    app.server().plugins().rollback("fakepay").unwrap();
+    let rolled_back = omsctl_json(&app, &["plugins", "rollback", "fakepay"]).await;
+    assert_eq!(rolled_back["current"]["version"], "0.1.0");
     drop(broken);
-    let retried = oms_cli(&app, &["saga", "retry", &saga_id]).await;
+    let retried = omsctl(&app, &["sagas", "retry", &saga_id]).await;
     assert!(retried.status.success(), "{retried:?}");
     let done = wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {
         o.status() == S::Fulfilled
@@ -628,14 +633,12 @@ pub async fn a_parked_fulfillment_refuses_cancel_and_the_operator_finishes_it(
     .await;
     assert_eq!(done.payment_status(), P::Captured);
     assert_eq!(done.reservation_status(), R::Committed);
-    let again = oms_cli(&app, &["saga", "retry", &saga_id]).await;
+    let again = omsctl(&app, &["sagas", "retry", &saga_id]).await;
     assert!(!again.status.success(), "only a parked saga can be retried");
-    let listed = oms_cli(&app, &["saga", "list", "--parked"]).await;
-    assert_eq!(
-        String::from_utf8(listed.stdout).unwrap().lines().count(),
-        1,
-        "only the header is left"
-    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("not parked"), "{stderr}");
+    let listed = omsctl_json(&app, &["sagas", "list", "--status", "COMPENSATION_FAILED"]).await;
+    assert_eq!(listed, serde_json::json!([]));
     // The way back after fulfillment is a refund.
     app.refund(&order.order_id, None, "").await;
     wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {

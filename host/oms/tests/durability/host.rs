@@ -108,6 +108,8 @@ impl Host {
         command
             .arg("serve")
             .env("OMS_GRPC__LISTEN", "127.0.0.1:0")
+            // Several hosts run at once: no fixed port for the metrics endpoint.
+            .env("OMS_METRICS__LISTEN", "127.0.0.1:0")
             .env("OMS_DATABASE__URL", database_url)
             .env("OMS_DATABASE__MAX_CONNECTIONS", "8")
             .env("OMS_PLUGINS__DIR", dirs.plugins.path())

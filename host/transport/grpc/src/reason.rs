@@ -39,11 +39,15 @@ pub enum ErrorReason {
     Unavailable,
     /// A bug or corrupt data.
     Internal,
+    /// An admin API call without a bearer token.
+    Unauthenticated,
+    /// An admin API call with a token the server does not accept.
+    PermissionDenied,
 }
 
 impl ErrorReason {
     /// Every reason, for documentation checks and clients' exhaustive tables.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::InvalidArgument,
         Self::CurrencyMismatch,
         Self::NotFound,
@@ -59,6 +63,8 @@ impl ErrorReason {
         Self::DeadlineExceeded,
         Self::Unavailable,
         Self::Internal,
+        Self::Unauthenticated,
+        Self::PermissionDenied,
     ];
 
     /// The `ErrorInfo.reason`: UPPER_SNAKE_CASE, stable forever.
@@ -79,6 +85,8 @@ impl ErrorReason {
             Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 
@@ -97,6 +105,8 @@ impl ErrorReason {
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Unavailable => Code::Unavailable,
             Self::Internal => Code::Internal,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::PermissionDenied => Code::PermissionDenied,
         }
     }
 }
@@ -175,6 +185,8 @@ mod tests {
             Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Code::Unavailable => "UNAVAILABLE",
             Code::Internal => "INTERNAL",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::PermissionDenied => "PERMISSION_DENIED",
             other => return format!("{other:?}"),
         }
         .to_owned()

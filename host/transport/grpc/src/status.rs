@@ -151,6 +151,26 @@ pub fn unavailable(message: &str) -> Status {
     )
 }
 
+/// An admin API call without credentials.
+pub fn unauthenticated(message: &str) -> Status {
+    status(
+        ErrorReason::Unauthenticated,
+        message,
+        HashMap::new(),
+        ErrorDetails::new(),
+    )
+}
+
+/// An admin API call whose credentials the server does not accept.
+pub fn permission_denied(message: &str) -> Status {
+    status(
+        ErrorReason::PermissionDenied,
+        message,
+        HashMap::new(),
+        ErrorDetails::new(),
+    )
+}
+
 /// The reason an application error is reported with.
 pub fn reason(error: &AppError) -> ErrorReason {
     match error {

@@ -93,8 +93,19 @@ impl SagaEngine {
         };
         let next = saga.end(status, reason, now);
         let order_id = order.id();
+        let (kind, started) = (saga.kind, saga.created_at);
         self.commit(saga, next, record, order, &Change::None, mark, now)
             .await?;
+        // Counted once committed: a saga that ends twice (a retry after a lost commit) ended
+        // once.
+        metrics::counter!("oms_saga_outcomes_total", "kind" => kind.as_str(), "outcome" => status.as_str())
+            .increment(1);
+        let took = now
+            .unix_millis()
+            .saturating_sub(started.unix_millis())
+            .max(0);
+        metrics::histogram!("oms_saga_duration_seconds", "kind" => kind.as_str(), "outcome" => status.as_str())
+            .record(took as f64 / 1000.0);
         if status == SagaStatus::CompensationFailed {
             // Never silent: this line, and the `SagaParked` event committed with it.
             warn!(
@@ -225,6 +236,9 @@ impl SagaEngine {
             .await;
         match result {
             Ok(()) => {
+                if saga.status.is_active() && !next.status.is_active() {
+                    ended(&next, now);
+                }
                 saga.saga = next;
                 saga.unflushed = None;
                 if changed {
@@ -241,4 +255,18 @@ impl SagaEngine {
             Err(e) => Err(StepError::Failed(e.into())),
         }
     }
+}
+
+/// Counts a saga that has just ended, once its end is committed:
+/// `oms_saga_outcomes_total{kind, outcome}` and `oms_saga_duration_seconds{kind, outcome}`
+/// (from its start to its end). Parked sagas count as `COMPENSATION_FAILED`.
+fn ended(saga: &SagaInstance, now: Timestamp) {
+    let (kind, outcome) = (saga.kind.as_str(), saga.status.as_str());
+    metrics::counter!("oms_saga_outcomes_total", "kind" => kind, "outcome" => outcome).increment(1);
+    let took = now
+        .unix_millis()
+        .saturating_sub(saga.created_at.unix_millis())
+        .max(0);
+    metrics::histogram!("oms_saga_duration_seconds", "kind" => kind, "outcome" => outcome)
+        .record(took as f64 / 1000.0);
 }

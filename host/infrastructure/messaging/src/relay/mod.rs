@@ -9,15 +9,21 @@
 //! process) or until the poll interval passes (rows committed by other processes); it marks
 //! a round's published rows in the next round's claim statement, and also refreshes the lag
 //! gauges and prunes old published rows.
+//!
+//! Metrics (through the `metrics` facade): `oms_outbox_published_total`,
+//! `oms_outbox_publish_failures_total`, `oms_outbox_dead_lettered_total`,
+//! `oms_outbox_batches_total`, `oms_outbox_publish_duration_seconds` (a batch's broker round
+//! trip), `oms_outbox_commit_to_ack_seconds` (per event, from the writing commit to the
+//! broker's ack), and the gauges `oms_outbox_unpublished`,
+//! `oms_outbox_oldest_unpublished_age_seconds` and `oms_outbox_dead_letters`, refreshed with
+//! the housekeeping.
 
 mod message;
-pub mod metrics;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use oms_application::ports::{OutboxStore, StoreError};
+use oms_application::ports::OutboxStore;
 use oms_application::retry::RetryPolicy;
 use oms_domain::Timestamp;
 use tokio::sync::{Notify, watch};
@@ -26,7 +32,6 @@ use tracing::{debug, info, warn};
 use crate::broker::{Publisher, Topics};
 use crate::error::MessagingError;
 
-pub use metrics::{RelayMetrics, RelaySnapshot};
 pub use oms_application::ports::{Backlog, DeadLetter, OutboxRow};
 
 /// Tuning of the relay. Defaults suit one host.
@@ -99,7 +104,7 @@ pub struct RoundOutcome {
     pub dead_lettered: usize,
 }
 
-/// The relay. Cheap to clone; clones share metrics and the wake signal.
+/// The relay. Cheap to clone; clones share the wake signal.
 #[derive(Clone)]
 pub struct Relay {
     outbox: Arc<dyn OutboxStore>,
@@ -107,7 +112,6 @@ pub struct Relay {
     topics: Topics,
     config: RelayConfig,
     wake: Arc<Notify>,
-    metrics: Arc<RelayMetrics>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -132,7 +136,6 @@ impl Relay {
             topics,
             config,
             wake: Arc::new(Notify::new()),
-            metrics: Arc::new(RelayMetrics::default()),
         }
     }
 
@@ -140,10 +143,6 @@ impl Relay {
     /// after each commit that wrote outbox rows (serve forwards the order change feed here).
     pub fn wake(&self) {
         self.wake.notify_one();
-    }
-
-    pub fn metrics(&self) -> Arc<RelayMetrics> {
-        Arc::clone(&self.metrics)
     }
 
     /// One claim-publish-mark round: the rows it publishes are marked published before it
@@ -181,7 +180,7 @@ impl Relay {
         if rows.is_empty() {
             return Ok(outcome);
         }
-        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("oms_outbox_batches_total").increment(1);
 
         let mut to_send = Vec::with_capacity(rows.len());
         let mut sent_rows = Vec::with_capacity(rows.len());
@@ -199,34 +198,30 @@ impl Relay {
 
         let started = Instant::now();
         let results = self.publisher.publish(to_send).await;
-        self.metrics.publish_latency.record(started.elapsed());
+        metrics::histogram!("oms_outbox_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         let acked_at = Timestamp::now();
         acked.at = acked_at;
         for (row, result) in sent_rows.into_iter().zip(results) {
             match result {
                 Ok(()) => {
                     acked.ids.push(row.id);
-                    let lag = u64::try_from(
-                        acked_at
-                            .unix_millis()
-                            .saturating_sub(row.created_at.unix_millis()),
-                    )
-                    .unwrap_or(0);
-                    self.metrics
-                        .commit_to_ack
-                        .record(Duration::from_millis(lag));
+                    let lag_ms = acked_at
+                        .unix_millis()
+                        .saturating_sub(row.created_at.unix_millis())
+                        .max(0);
+                    metrics::histogram!("oms_outbox_commit_to_ack_seconds")
+                        .record(lag_ms as f64 / 1000.0);
                 }
                 Err(e) => failures.push((row, e.to_string(), false)),
             }
         }
         outcome.published = acked.ids.len();
-        self.metrics
-            .published
-            .fetch_add(acked.ids.len() as u64, Ordering::Relaxed);
+        metrics::counter!("oms_outbox_published_total").increment(acked.ids.len() as u64);
 
         for (row, error, permanent) in failures {
             let attempts = row.attempts.saturating_add(1);
-            self.metrics.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("oms_outbox_publish_failures_total").increment(1);
             let exhausted = attempts >= self.config.max_attempts;
             if (permanent || exhausted) && self.dead_letter(row, &error, attempts).await? {
                 outcome.dead_lettered += 1;
@@ -262,34 +257,11 @@ impl Relay {
         self.outbox
             .dead_letter(row.id, attempts, error, Timestamp::now())
             .await?;
-        self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("oms_outbox_dead_lettered_total").increment(1);
         warn!(outbox_id = row.id, event_id = %row.event_id, order_id = %row.aggregate_id,
               event_type = %row.event_type, attempts, error = %error,
               "outbox row dead-lettered");
         Ok(true)
-    }
-
-    /// Puts dead letter `outbox_id` back into the outbox (attempts reset, due now) and wakes
-    /// the relay. Returns false when it was already redriven and has not failed since.
-    pub async fn redrive(&self, outbox_id: i64) -> Result<bool, MessagingError> {
-        let done = match self.outbox.redrive(outbox_id, Timestamp::now()).await {
-            Err(StoreError::NotFound) => return Err(MessagingError::UnknownDeadLetter(outbox_id)),
-            other => other?,
-        };
-        if done {
-            info!(outbox_id, "dead letter redriven");
-            self.wake();
-        }
-        Ok(done)
-    }
-
-    /// Dead letters, newest first; `pending_only` leaves out redriven ones.
-    pub async fn dead_letters(
-        &self,
-        pending_only: bool,
-        limit: u32,
-    ) -> Result<Vec<DeadLetter>, MessagingError> {
-        Ok(self.outbox.dead_letters(pending_only, limit).await?)
     }
 
     /// Deletes rows published more than the retention ago; returns how many.
@@ -312,15 +284,9 @@ impl Relay {
         let age = b
             .oldest_created_at
             .map_or(0, |t| now.saturating_sub(t.unix_millis()).max(0));
-        self.metrics
-            .unpublished
-            .store(b.unpublished, Ordering::Relaxed);
-        self.metrics
-            .oldest_unpublished_age_ms
-            .store(age, Ordering::Relaxed);
-        self.metrics
-            .dead_letters
-            .store(b.dead_letters, Ordering::Relaxed);
+        metrics::gauge!("oms_outbox_unpublished").set(b.unpublished as f64);
+        metrics::gauge!("oms_outbox_oldest_unpublished_age_seconds").set(age as f64 / 1000.0);
+        metrics::gauge!("oms_outbox_dead_letters").set(b.dead_letters as f64);
         Ok(b)
     }
 
@@ -378,14 +344,12 @@ impl Relay {
     async fn housekeeping(&self) {
         match self.backlog().await {
             Ok(b) => {
-                let s = self.metrics.snapshot();
                 // Info only when there is something to see: an idle relay stays quiet.
                 if b.unpublished > 0 || b.dead_letters > 0 {
-                    info!(unpublished = b.unpublished, oldest_age_ms = s.oldest_unpublished_age_ms,
-                          dead_letters = b.dead_letters, published_total = s.published,
-                          publish_p99_ms = ?s.publish_p99_ms, "outbox lag");
+                    info!(unpublished = b.unpublished, oldest = ?b.oldest_created_at,
+                          dead_letters = b.dead_letters, "outbox lag");
                 } else {
-                    debug!(published_total = s.published, "outbox lag: none");
+                    debug!("outbox lag: none");
                 }
             }
             Err(e) => warn!(error = %e, "reading outbox lag failed"),

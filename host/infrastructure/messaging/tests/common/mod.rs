@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use oms_application::changes::OrderChanges;
 use oms_application::clock::SystemClock;
+use oms_application::operations::OutboxOperations;
 use oms_application::{OrderService, ServiceConfig};
 use oms_domain::{
     Currency, CustomerId, LineItem, Money, NewOrder, Order, OrderId, PaymentMethod, Quantity,
@@ -19,6 +20,7 @@ use oms_domain::{
 use oms_messaging::BrokerError;
 use oms_messaging::broker::{Message, Publisher};
 use oms_messaging::event::headers;
+use oms_messaging::relay::Relay;
 use oms_persistence::Database;
 use oms_persistence::testing::{TestBackend, TestDatabase};
 
@@ -29,6 +31,16 @@ pub async fn database(backend: TestBackend) -> (TestDatabase, Database) {
     let test_db = TestDatabase::new(backend).await.expect("test database");
     let db = test_db.connect().await.expect("connect");
     (test_db, db)
+}
+
+/// The operator's outbox operations over `db`, waking `relay` after a redrive.
+pub fn outbox_operations(db: &Database, relay: &Relay) -> OutboxOperations {
+    let relay = relay.clone();
+    OutboxOperations::new(
+        db.outbox(),
+        Arc::new(SystemClock),
+        Arc::new(move || relay.wake()),
+    )
 }
 
 pub fn service(db: &Database) -> OrderService {

@@ -257,58 +257,36 @@ pub type StepRow = (
     Option<i64>,
 );
 
-/// The step rows of `saga`, by step and action (read with the raw pools).
+/// The step rows of `saga`, by step and action, as the store's `steps` reads them back.
 pub async fn step_rows(stores: &Stores, saga: SagaId) -> Vec<StepRow> {
-    let db = match stores {
-        Stores::Sql(db) => db,
-        Stores::Memory(store) => {
-            let mut rows: Vec<StepRow> = store
-                .steps(saga)
-                .into_iter()
-                .map(|s| {
-                    (
-                        s.step.to_owned(),
-                        s.direction.as_str().to_owned(),
-                        s.call.as_ref().map(|c| c.plugin.clone()),
-                        s.call.as_ref().map(|c| c.version.clone()),
-                        s.call.as_ref().map(|c| c.digest.clone()),
-                        s.idempotency_key,
-                        s.state.as_str().to_owned(),
-                        i32::try_from(s.attempts).unwrap(),
-                        s.last_error,
-                        Some(s.started_at.unix_millis()),
-                        s.finished_at.map(|t| t.unix_millis()),
-                    )
-                })
-                .collect();
-            rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-            return rows;
-        }
-    };
-    macro_rules! select {
-        ($where:literal) => {
-            concat!(
-                "SELECT step, action, plugin_name, plugin_version, plugin_digest, ",
-                "idempotency_key, status, attempts, last_error, started_at, finished_at ",
-                "FROM saga_steps WHERE saga_id = ",
-                $where,
-                " ORDER BY step, action"
+    let mut rows: Vec<StepRow> = stores
+        .sagas()
+        .steps(saga)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            let (plugin, version, digest) = match s.plugin {
+                Some((p, v, d)) => (Some(p), Some(v), Some(d)),
+                None => (None, None, None),
+            };
+            (
+                s.step,
+                s.direction,
+                plugin,
+                version,
+                digest,
+                s.idempotency_key,
+                s.status,
+                i32::try_from(s.attempts).unwrap(),
+                s.last_error,
+                s.started_at.map(|t| t.unix_millis()),
+                s.finished_at.map(|t| t.unix_millis()),
             )
-        };
-    }
-    if let Some(pool) = db.postgres() {
-        sqlx::query_as(select!("$1"))
-            .bind(saga.0)
-            .fetch_all(pool)
-            .await
-            .unwrap()
-    } else {
-        sqlx::query_as(select!("?1"))
-            .bind(saga.to_string())
-            .fetch_all(&db.sqlite().unwrap().reader)
-            .await
-            .unwrap()
-    }
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    rows
 }
 
 /// The lease (owner, until) stored on `saga`.

@@ -1,7 +1,7 @@
 //! Translation between protobuf messages and domain values.
 
 mod from_proto;
-mod to_proto;
+pub(crate) mod to_proto;
 
 pub use from_proto::{
     Violations, parse_address, parse_expected_version, parse_money, parse_new_order,

@@ -13,7 +13,7 @@ fn money(m: Money) -> pb::Money {
     }
 }
 
-fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+pub(crate) fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     let ms = t.unix_millis();
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),

@@ -1,0 +1,68 @@
+//! The plugin catalog port: what operators see of the installed plugins and how they change
+//! them (the admin API). Implemented over the Wasm plugin runtime by the host binary.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use oms_domain::Timestamp;
+
+use crate::error::AppError;
+
+/// [`PluginInfo::kind`] of a payment provider.
+pub const PAYMENT_WORLD: &str = "payment-provider";
+
+/// One installed build of a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginBuild {
+    pub version: String,
+    /// Lower-case hex SHA-256 of the component.
+    pub sha256: String,
+    /// The contract its manifest declares (`oms:plugins@0.1.0`).
+    pub contract: String,
+    pub loaded_at: Timestamp,
+}
+
+/// An installed plugin as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    /// The WIT world it implements (`payment-provider`...).
+    pub kind: String,
+    pub current: PluginBuild,
+    /// What a rollback would restore.
+    pub previous: Option<PluginBuild>,
+    /// `closed`, `open` or `half_open`.
+    pub circuit: String,
+    pub calls: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// Upper bounds (µs) of the latency buckets holding the median and the 99th percentile.
+    pub latency_p50_us: Option<u64>,
+    pub latency_p99_us: Option<u64>,
+    pub max_memory_bytes: u64,
+    pub deadline_ms: u64,
+    /// Capabilities its manifest grants (`kv`, `clock`, `http:<host:port>`).
+    pub capabilities: Vec<String>,
+    /// Why the last install of this name was refused, if it was.
+    pub last_error: Option<String>,
+}
+
+/// The installed plugins, and installing or rolling one back. A refused install leaves the
+/// serving version serving.
+#[async_trait]
+pub trait PluginCatalog: Send + Sync {
+    /// Every installed plugin, by name.
+    fn list(&self) -> Vec<PluginInfo>;
+
+    /// Checks then installs the component `wasm` described by `manifest` (TOML) as the
+    /// current version of its plugin. `InvalidArgument` (field `manifest` or `wasm`) names
+    /// what is wrong when it is refused.
+    async fn install(&self, manifest: &str, wasm: Vec<u8>) -> Result<PluginInfo, AppError>;
+
+    /// Whether a payment provider plugin named `name` is installed: checked on every
+    /// `CreateOrder`, so it must be cheap.
+    fn has_payment_provider(&self, name: &str) -> bool;
+
+    /// Makes the previous version of `name` current again. `NotFound` for an unknown
+    /// plugin, `IllegalTransition` when there is nothing to roll back to.
+    fn rollback(&self, name: &str) -> Result<PluginInfo, AppError>;
+}

@@ -1,0 +1,334 @@
+//! The admin API and `omsctl` against a running host: authentication, plugin swap and
+//! rollback under order load, refused uploads, dead-letter redrive.
+
+use std::time::Duration;
+
+use oms_grpc::admin_pb as pb;
+use oms_grpc::admin_pb::admin_service_client::AdminServiceClient;
+use oms_grpc::pb::OrderStatus as S;
+use oms_persistence::testing::TestBackend;
+use sha2::{Digest, Sha256};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::helpers::{
+    ADMIN_TOKEN, TestApp, built_plugins, error_info, omsctl, omsctl_json, order_with, settle,
+};
+
+async fn admin_client(app: &TestApp) -> AdminServiceClient<Channel> {
+    let addr = app.server().admin_addr.expect("admin API on");
+    AdminServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("admin client connects")
+}
+
+fn with_token(token: &str) -> tonic::Request<pb::ListPluginsRequest> {
+    let mut request = tonic::Request::new(pb::ListPluginsRequest {});
+    let value = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Without a token: UNAUTHENTICATED; with a wrong one: PERMISSION_DENIED; with the right
+/// one, the call runs. A host without `admin.token` serves no admin API at all.
+pub async fn admin_calls_need_the_token(backend: TestBackend) {
+    let app = TestApp::spawn(backend).await;
+    let mut admin = admin_client(&app).await;
+
+    let err = admin
+        .list_plugins(pb::ListPluginsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(error_info(&err).0, "UNAUTHENTICATED");
+    let err = admin.list_plugins(with_token("guess")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(error_info(&err).0, "PERMISSION_DENIED");
+    assert!(
+        !err.message().contains(ADMIN_TOKEN),
+        "the token never appears in errors"
+    );
+    let plugins = admin
+        .list_plugins(with_token(ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .plugins;
+    let fakepay = plugins.iter().find(|p| p.name == "fakepay").unwrap();
+    assert_eq!(fakepay.kind, "payment-provider");
+    assert_eq!(
+        fakepay.current.as_ref().unwrap().contract,
+        "oms:plugins@0.1.0"
+    );
+    assert_eq!(fakepay.circuit, "closed");
+    assert!(
+        fakepay.capabilities.contains(&"kv".to_owned()),
+        "{fakepay:?}"
+    );
+
+    // omsctl with a wrong token fails, saying why.
+    let addr = app.server().admin_addr.unwrap();
+    let wrong = tokio::process::Command::new(env!("CARGO_BIN_EXE_omsctl"))
+        .args(["plugins", "list"])
+        .env("OMS_ADMIN_ADDR", format!("http://{addr}"))
+        .env("OMS_ADMIN_TOKEN", "guess")
+        .output()
+        .await
+        .unwrap();
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("not accepted"), "{stderr}");
+    app.stop().await;
+
+    let off = TestApp::spawn_with(backend, |c| c.admin.token.clear()).await;
+    assert_eq!(off.server().admin_addr, None);
+    off.stop().await;
+}
+
+/// A copy of the built `fakepay` in `dir` whose manifest says `version`: the same component,
+/// a new plugin version.
+fn fakepay_as(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let built = built_plugins();
+    let wasm = dir.join("fakepay.wasm");
+    std::fs::copy(built.join("fakepay.wasm"), &wasm).unwrap();
+    let manifest = std::fs::read_to_string(built.join("fakepay.toml"))
+        .unwrap()
+        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""));
+    std::fs::write(dir.join("fakepay.toml"), manifest).unwrap();
+    wasm
+}
+
+/// `omsctl plugins swap` and `rollback` while clients keep placing orders: every order is
+/// confirmed, and the plugin list shows each step.
+pub async fn plugins_swap_and_roll_back_under_load(backend: TestBackend) {
+    let app = TestApp::spawn(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = fakepay_as(dir.path(), "0.1.1");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let client = app.client.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                let mut n = 0;
+                while !*stop.borrow() {
+                    let request = order_with(&format!("c-swap-{c}-{n}"), "DEMO-1", "tok_ok");
+                    let order = client.clone().create_order(request).await.unwrap();
+                    ids.push(order.into_inner().order_id);
+                    n += 1;
+                }
+                ids
+            })
+        })
+        .collect();
+
+    let swapped = omsctl_json(
+        &app,
+        &["plugins", "swap", "fakepay", wasm.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(swapped["current"]["version"], "0.1.1");
+    assert_eq!(swapped["previous"]["version"], "0.1.0");
+    let table = omsctl(&app, &["plugins", "list"]).await;
+    assert!(table.status.success(), "{table:?}");
+    let stdout = String::from_utf8(table.stdout).unwrap();
+    let row = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("fakepay"))
+        .unwrap_or_else(|| panic!("no fakepay row: {stdout}"));
+    assert!(row.contains("0.1.1") && row.contains("0.1.0"), "{row}");
+    let rolled_back = omsctl_json(&app, &["plugins", "rollback", "fakepay"]).await;
+    assert_eq!(rolled_back["current"]["version"], "0.1.0");
+    assert_eq!(rolled_back["previous"]["version"], "0.1.1");
+
+    stop_tx.send(true).unwrap();
+    let mut placed = Vec::new();
+    for client in clients {
+        placed.extend(client.await.unwrap());
+    }
+    assert!(placed.len() >= 4, "the clients placed orders meanwhile");
+    for id in &placed {
+        assert_eq!(settle(&app, id).await.status(), S::Confirmed, "order {id}");
+    }
+    app.stop().await;
+}
+
+/// Uploads that are not a valid plugin (corrupt bytes, a digest that does not match, another
+/// kind under the same name) are refused with INVALID_ARGUMENT naming the part, and the
+/// serving version keeps serving.
+pub async fn refused_uploads_leave_the_serving_version(backend: TestBackend) {
+    let app = TestApp::spawn(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    fakepay_as(dir.path(), "0.1.1");
+    let manifest = std::fs::read_to_string(dir.path().join("fakepay.toml")).unwrap();
+    let garbage = vec![0x5a_u8; 4096];
+    let garbage_sha = hex::encode(Sha256::digest(&garbage));
+    let good_sha = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the manifest has a digest")
+        .to_owned();
+    let local_stock = std::fs::read_to_string(built_plugins().join("local-stock.toml"))
+        .unwrap()
+        .replace("name = \"local-stock\"", "name = \"fakepay\"");
+    let local_stock_wasm = std::fs::read(built_plugins().join("local-stock.wasm")).unwrap();
+    let cases = [
+        (
+            "random bytes",
+            manifest.replace(&good_sha, &garbage_sha),
+            garbage.clone(),
+            "wasm",
+        ),
+        ("wrong digest", manifest.clone(), garbage.clone(), "wasm"),
+        ("not a manifest", "name = ".to_owned(), garbage, "manifest"),
+        ("another world", local_stock, local_stock_wasm, "manifest"),
+    ];
+    let mut admin = admin_client(&app).await;
+    for (case, manifest, wasm, field) in cases {
+        let messages = vec![
+            pb::UploadPluginRequest {
+                part: Some(pb::upload_plugin_request::Part::Manifest(manifest)),
+            },
+            pb::UploadPluginRequest {
+                part: Some(pb::upload_plugin_request::Part::Chunk(wasm)),
+            },
+        ];
+        let mut request = tonic::Request::new(tokio_stream::iter(messages));
+        let value = format!("Bearer {ADMIN_TOKEN}").parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+        let err = admin.upload_plugin(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{case}: {err:?}");
+        assert_eq!(
+            crate::helpers::violated_fields(&err),
+            [field],
+            "{case}: {err:?}"
+        );
+    }
+    let fakepay = omsctl_json(&app, &["plugins", "show", "fakepay"]).await;
+    assert_eq!(fakepay["current"]["version"], "0.1.0");
+    assert_eq!(fakepay["previous"], serde_json::Value::Null);
+    assert!(
+        fakepay["last_error"].as_str().unwrap().contains("fakepay"),
+        "the last refusal is shown: {fakepay}"
+    );
+    let order = app.create(order_with("c-after", "DEMO-1", "tok_ok")).await;
+    assert_eq!(settle(&app, &order.order_id).await.status(), S::Confirmed);
+    app.stop().await;
+}
+
+/// A poison outbox row is dead-lettered; the operator sees it with `omsctl outbox
+/// dead-letters`, fixes it, and `omsctl outbox redrive --all` publishes it.
+pub async fn dead_letters_are_listed_and_redriven(backend: TestBackend) {
+    let app = TestApp::spawn(backend).await;
+    let order = app.create(order_with("c-dlq", "DEMO-1", "tok_ok")).await;
+    assert_eq!(settle(&app, &order.order_id).await.status(), S::Confirmed);
+    let poison = uuid::Uuid::now_v7().to_string();
+    // PostgreSQL stores ids as UUID, SQLite as text.
+    let (insert, fix) = if app.db.is_postgres() {
+        (
+            "INSERT INTO outbox (event_id, aggregate_id, event_type, schema_version, payload, \
+             headers, occurred_at, created_at, attempts, next_attempt_at) \
+             SELECT CAST($1 AS UUID), aggregate_id, 'OrderNoted', 1, '{\"not\": \"an event\"}', \
+             '{}', occurred_at, created_at, 0, created_at FROM outbox ORDER BY id LIMIT 1",
+            "UPDATE dead_letters SET event_type = 'OrderCreated', payload = \
+             (SELECT payload FROM outbox WHERE event_type = 'OrderCreated' ORDER BY id LIMIT 1) \
+             WHERE event_id = CAST($1 AS UUID)",
+        )
+    } else {
+        (
+            "INSERT INTO outbox (event_id, aggregate_id, event_type, schema_version, payload, \
+             headers, occurred_at, created_at, attempts, next_attempt_at) \
+             SELECT $1, aggregate_id, 'OrderNoted', 1, '{\"not\": \"an event\"}', \
+             '{}', occurred_at, created_at, 0, created_at FROM outbox ORDER BY id LIMIT 1",
+            "UPDATE dead_letters SET event_type = 'OrderCreated', payload = \
+             (SELECT payload FROM outbox WHERE event_type = 'OrderCreated' ORDER BY id LIMIT 1) \
+             WHERE event_id = $1",
+        )
+    };
+    assert_eq!(crate::helpers::execute(&app.db, insert, &poison).await, 1);
+    let dead = eventually(&app, &["outbox", "dead-letters"], |v| {
+        v.as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert_eq!(dead[0]["event_id"], poison.as_str());
+    assert_eq!(dead[0]["event_type"], "OrderNoted");
+    let status = omsctl_json(&app, &["outbox", "status"]).await;
+    assert_eq!(status["dead_letters"], 1);
+
+    // The cause fixed (here: the payload made a valid event again), the redrive publishes it.
+    assert_eq!(crate::helpers::execute(&app.db, fix, &poison).await, 1);
+    let none = omsctl_json(
+        &app,
+        &["outbox", "redrive", "--all", "--event-type", "Nope"],
+    )
+    .await;
+    assert_eq!(none["redriven"], 0, "the filter leaves it");
+    let redriven = omsctl_json(
+        &app,
+        &["outbox", "redrive", "--all", "--event-type", "OrderCreated"],
+    )
+    .await;
+    assert_eq!(redriven["redriven"], 1);
+    eventually(&app, &["outbox", "status"], |s| {
+        s["dead_letters"] == 0 && s["unpublished"] == 0
+    })
+    .await;
+    let all = omsctl_json(&app, &["outbox", "dead-letters", "--include-redriven"]).await;
+    assert!(
+        all[0]["redriven_at"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{all}"
+    );
+    app.stop().await;
+}
+
+/// Runs `omsctl --json ARGS` until `done` holds of its output (10 s at most).
+async fn eventually(
+    app: &TestApp,
+    args: &[&str],
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = omsctl_json(app, args).await;
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "omsctl {args:?} never got there: {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An order naming a payment provider that is not installed is INVALID_ARGUMENT on
+/// `payment.provider` at once (it used to wait out the step deadline and end PAYMENT_FAILED),
+/// the message lists the installed providers, and the key is not consumed.
+pub async fn an_unknown_payment_provider_is_refused_at_once(backend: TestBackend) {
+    let app = TestApp::spawn(backend).await;
+    let mut request = order_with("c-nopay", "DEMO-1", "tok_ok");
+    request.payment.as_mut().unwrap().provider = "paypaw".into();
+    let err = app
+        .try_create(crate::helpers::keyed(request.clone(), "key-nopay"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(crate::helpers::violated_fields(&err), ["payment.provider"]);
+    assert!(
+        err.message().contains("paypaw") && err.message().contains("fakepay"),
+        "names the provider and the installed ones: {}",
+        err.message()
+    );
+    // Corrected, the same key places the order.
+    request.payment.as_mut().unwrap().provider = "fakepay".into();
+    let order = app
+        .create(crate::helpers::keyed(request, "key-nopay"))
+        .await;
+    assert_eq!(settle(&app, &order.order_id).await.status(), S::Confirmed);
+    app.stop().await;
+}
