@@ -142,6 +142,9 @@ pub struct PluginsConfig {
     pub cache_dir: PathBuf,
     /// How often the directory is rescanned for new versions; 0 turns watching off.
     pub watch_interval_ms: u64,
+    /// How often the shared release set (uploads and rollbacks through any host process on
+    /// this database) is checked for changes to follow.
+    pub sync_interval_ms: u64,
     /// The inventory adapter plugin the sagas reserve stock with.
     pub inventory: String,
     /// Benchmark builds only (`--features native-adapters`): serve `fakepay` and
@@ -297,6 +300,7 @@ impl Default for Config {
                 dir: PathBuf::from("target/plugins"),
                 cache_dir: PathBuf::from("./data/plugin-cache"),
                 watch_interval_ms: 1000,
+                sync_interval_ms: 1000,
                 inventory: "local-stock".to_owned(),
                 #[cfg(feature = "native-adapters")]
                 native_adapters: false,
@@ -437,7 +441,8 @@ impl Config {
         let b = &self.broker;
         // `plugins.watch_interval_ms` and `saga.step_deadline_cap_ms` are absent on purpose:
         // for them 0 means "off" and "the step tables' own", as documented.
-        let positive: [(&'static str, u64); 20] = [
+        let positive: [(&'static str, u64); 21] = [
+            ("plugins.sync_interval_ms", self.plugins.sync_interval_ms),
             ("health.interval_ms", self.health.interval_ms),
             (
                 "admin.max_upload_bytes",

@@ -1,20 +1,53 @@
 //! Starts the plugin runtime for `serve`: the engine with its on-disk artifact cache, the
-//! `kv` capability backed by the host database, and the watched plugins directory.
+//! `kv` capability backed by the host database, and the plugins directory, scanned once here
+//! and then watched ([`watch`]) with every change published to the shared release set.
 
 use std::time::Duration;
 
 use anyhow::Context;
+use oms_application::ports::ReleaseAction;
 use oms_persistence::Database;
 use oms_plugin_runtime::engine::EngineOptions;
-use oms_plugin_runtime::{DirWatcher, PluginRuntime, RuntimeOptions, WatchHandle};
+use oms_plugin_runtime::{DirWatcher, PluginRuntime, RuntimeOptions};
+use tokio::sync::watch;
 use tracing::warn;
 
+use crate::adapters::RuntimeCatalog;
 use crate::config::PluginsConfig;
 
-/// The running runtime and, when watching is on, the handle that keeps the watcher alive.
+/// The running runtime and, when watching is on, the directory watcher for [`watch`].
 pub struct Plugins {
     pub runtime: PluginRuntime,
-    pub watcher: Option<WatchHandle>,
+    pub watcher: Option<DirWatcher>,
+}
+
+/// Rescans the plugins directory every `plugins.watch_interval_ms` until shutdown; what a
+/// scan installs (a changed file) is published as the plugin's release, so every process
+/// on the database follows it like an upload (`actor` names this process).
+pub async fn watch(
+    mut watcher: DirWatcher,
+    catalog: RuntimeCatalog,
+    config: PluginsConfig,
+    actor: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = Duration::from_millis(config.watch_interval_ms);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            r = shutdown.wait_for(|s| *s) => { let _ = r; return; }
+        }
+        let report = watcher.scan().await;
+        for (path, error) in &report.refused {
+            warn!(manifest = %path.display(), %error, "plugin refused");
+        }
+        if !report.installed.is_empty() {
+            let names: Vec<String> = report.installed.into_iter().map(|v| v.name).collect();
+            catalog
+                .publish_dir(&config.dir, Some(&names), ReleaseAction::Upload, &actor)
+                .await;
+        }
+    }
 }
 
 /// Builds the runtime and installs every plugin in the directory. Refused plugins are logged
@@ -40,7 +73,6 @@ pub async fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plug
     for (path, error) in &report.refused {
         warn!(manifest = %path.display(), %error, "plugin refused");
     }
-    let watcher = (config.watch_interval_ms > 0)
-        .then(|| watcher.spawn(Duration::from_millis(config.watch_interval_ms)));
+    let watcher = (config.watch_interval_ms > 0).then_some(watcher);
     Ok(Plugins { runtime, watcher })
 }

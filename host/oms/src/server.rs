@@ -9,6 +9,7 @@ use anyhow::Context;
 use oms_application::changes::OrderChanges;
 use oms_application::clock::SystemClock;
 use oms_application::operations::OutboxOperations;
+use oms_application::ports::ReleaseAction;
 use oms_application::saga::worker::{self, WorkerConfig};
 use oms_application::saga::{EngineConfig, SagaEngine, SagaOperations, SagaPorts};
 use oms_application::{InlinePlacement, OrderService, ServiceConfig};
@@ -65,7 +66,6 @@ impl RunningServer {
             }
         }
         // Only after every task stopped: in-flight calls may still have been writing.
-        drop(self.plugins.watcher);
         self.db.close().await;
         result
     }
@@ -118,7 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     check_grpc_limits(&config)?;
     let db = open_database(&config, config.database.max_connections).await?;
-    let plugins = crate::plugins::start(&config.plugins, &db).await?;
+    let mut plugins = crate::plugins::start(&config.plugins, &db).await?;
     let changes = OrderChanges::default();
     // Names this process's saga leases: its workers' and its inline placement's.
     let process = format!(
@@ -138,7 +138,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             watch_poll_interval: Duration::from_millis(config.watch.poll_interval_ms),
         },
     );
-    let catalog = Arc::new(RuntimeCatalog::new(plugins.runtime.clone()));
+    let catalog = Arc::new(RuntimeCatalog::new(
+        plugins.runtime.clone(),
+        db.plugin_releases(),
+    ));
+    // The directory seeds names the shared release set does not have; the set decides the
+    // rest, installed here before any order is served.
+    catalog
+        .publish_dir(
+            &config.plugins.dir,
+            None,
+            ReleaseAction::Seed,
+            &format!("seed:{process}"),
+        )
+        .await;
+    let mut applied = std::collections::HashMap::new();
+    catalog.catch_up(&mut applied).await;
     service = service.with_plugins(catalog.clone());
     // A process that runs no sagas (`saga.workers = 0`, an API-only replica) does not place
     // orders inline either.
@@ -152,6 +167,30 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let mut tasks = Vec::new();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let background = TaskWatch::default();
+    if let Some(watcher) = plugins.watcher.take() {
+        let watching = crate::plugins::watch(
+            watcher,
+            RuntimeCatalog::clone(&catalog),
+            config.plugins.clone(),
+            format!("dir:{process}"),
+            shutdown_rx.clone(),
+        );
+        tasks.push(
+            background.spawn("plugins directory watcher", &shutdown_rx, async move {
+                watching.await;
+                Ok(())
+            }),
+        );
+    }
+    let follow = RuntimeCatalog::clone(&catalog);
+    tasks.push(background.spawn("plugin release follower", &shutdown_rx, {
+        let interval = Duration::from_millis(config.plugins.sync_interval_ms);
+        let stop = shutdown_rx.clone();
+        async move {
+            follow.follow(applied, interval, stop).await;
+            Ok(())
+        }
+    }));
     spawn_saga_workers(
         &config,
         &db,

@@ -6,6 +6,7 @@ mod idempotency;
 mod orders;
 mod outbox;
 mod plugin_kv;
+mod plugin_releases;
 mod plugins;
 mod processed_events;
 mod sagas;
@@ -18,6 +19,9 @@ pub use idempotency::{BeginOutcome, IdempotencyStore};
 pub use orders::{OrderQuery, OrderStore, OrderWrite, SagaLease};
 pub use outbox::{Backlog, DeadLetter, OutboxRow, OutboxStore};
 pub use plugin_kv::PluginKvStore;
+pub use plugin_releases::{
+    AuditEntry, NewRelease, PluginRelease, PluginReleaseStore, ReleaseAction,
+};
 pub use plugins::{PAYMENT_WORLD, PluginBuild, PluginCatalog, PluginInfo};
 pub use processed_events::ProcessedEventStore;
 pub use sagas::{

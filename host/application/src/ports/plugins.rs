@@ -1,11 +1,14 @@
 //! The plugin catalog port: what operators see of the installed plugins and how they change
-//! them (the admin API). Implemented over the Wasm plugin runtime by the host binary.
+//! them (the admin API). Implemented over the Wasm plugin runtime and the shared release set
+//! ([`super::PluginReleaseStore`]) by the host binary: a change through one process reaches
+//! every process on the database.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use oms_domain::Timestamp;
 
+use super::AuditEntry;
 use crate::error::AppError;
 
 /// [`PluginInfo::kind`] of a payment provider.
@@ -54,15 +57,24 @@ pub trait PluginCatalog: Send + Sync {
     fn list(&self) -> Vec<PluginInfo>;
 
     /// Checks then installs the component `wasm` described by `manifest` (TOML) as the
-    /// current version of its plugin. `InvalidArgument` (field `manifest` or `wasm`) names
-    /// what is wrong when it is refused.
-    async fn install(&self, manifest: &str, wasm: Vec<u8>) -> Result<PluginInfo, AppError>;
+    /// current version of its plugin, here and (through the release set) in every process.
+    /// `InvalidArgument` (field `manifest` or `wasm`) names what is wrong when it is
+    /// refused. `actor` is recorded in the audit trail.
+    async fn install(
+        &self,
+        manifest: &str,
+        wasm: Vec<u8>,
+        actor: &str,
+    ) -> Result<PluginInfo, AppError>;
 
     /// Whether a payment provider plugin named `name` is installed: checked on every
     /// `CreateOrder`, so it must be cheap.
     fn has_payment_provider(&self, name: &str) -> bool;
 
-    /// Makes the previous version of `name` current again. `NotFound` for an unknown
-    /// plugin, `IllegalTransition` when there is nothing to roll back to.
-    fn rollback(&self, name: &str) -> Result<PluginInfo, AppError>;
+    /// Makes the previous version of `name` current again, everywhere. `NotFound` for an
+    /// unknown plugin, `IllegalTransition` when there is nothing to roll back to.
+    async fn rollback(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError>;
+
+    /// The latest changes of the plugin set, newest first (only `plugin`'s when given).
+    async fn history(&self, plugin: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, AppError>;
 }

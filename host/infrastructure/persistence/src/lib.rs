@@ -7,7 +7,7 @@
 //! store. Nothing outside this crate touches the pools or SQL.
 //!
 //! Each store is written once (`orders.rs`, `idempotency.rs`, `sagas.rs`, `outbox.rs`,
-//! `processed_events.rs`, `plugin_kv.rs`), generic over the small `sql::Dialect` trait that
+//! `processed_events.rs`, `plugin_kv.rs`, `plugin_releases.rs`), generic over the small `sql::Dialect` trait that
 //! holds what the two databases do differently (`sql/postgres.rs`, `sql/sqlite.rs`), including
 //! the one function per driver that classifies its errors into [`StoreError`]. The row mapping
 //! (`mapping`) is shared; the idempotency decision rules live in the application
@@ -19,6 +19,7 @@ mod mapping;
 mod orders;
 mod outbox;
 mod plugin_kv;
+mod plugin_releases;
 mod processed_events;
 mod sagas;
 mod sql;
@@ -29,7 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oms_application::ports::{
-    IdempotencyStore, OrderStore, OutboxStore, PluginKvStore, ProcessedEventStore, SagaStore,
+    IdempotencyStore, OrderStore, OutboxStore, PluginKvStore, PluginReleaseStore,
+    ProcessedEventStore, SagaStore,
 };
 use sqlx::{PgPool, Postgres, Sqlite};
 
@@ -43,6 +45,7 @@ use crate::idempotency::SqlIdempotencyStore;
 use crate::orders::SqlOrderStore;
 use crate::outbox::SqlOutboxStore;
 use crate::plugin_kv::SqlPluginKvStore;
+use crate::plugin_releases::SqlPluginReleaseStore;
 use crate::processed_events::SqlProcessedEventStore;
 use crate::sagas::SqlSagaStore;
 use crate::sql::postgres::{self, PostgresDialect};
@@ -99,6 +102,7 @@ pub struct Database {
     outbox: Arc<dyn OutboxStore>,
     processed_events: Arc<dyn ProcessedEventStore>,
     plugin_kv: Arc<dyn PluginKvStore>,
+    plugin_releases: Arc<dyn PluginReleaseStore>,
 }
 
 impl std::fmt::Debug for Database {
@@ -125,7 +129,8 @@ impl Database {
             sagas: Arc::new(SqlSagaStore::new(sql.clone())),
             outbox: Arc::new(SqlOutboxStore::new(sql.clone())),
             processed_events: Arc::new(SqlProcessedEventStore::new(sql.clone())),
-            plugin_kv: Arc::new(SqlPluginKvStore::new(sql)),
+            plugin_kv: Arc::new(SqlPluginKvStore::new(sql.clone())),
+            plugin_releases: Arc::new(SqlPluginReleaseStore::new(sql)),
         }
     }
 
@@ -155,6 +160,11 @@ impl Database {
     /// The plugins' durable key-value state.
     pub fn plugin_kv(&self) -> Arc<dyn PluginKvStore> {
         Arc::clone(&self.plugin_kv)
+    }
+
+    /// The plugin set every host process on this database serves.
+    pub fn plugin_releases(&self) -> Arc<dyn PluginReleaseStore> {
+        Arc::clone(&self.plugin_releases)
     }
 
     /// How many saga workers one process should run at most; `None` for no limit. SQLite

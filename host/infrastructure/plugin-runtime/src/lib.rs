@@ -32,7 +32,7 @@ pub use clients::{Called, InventoryPlugin, NotificationFormatter, PaymentPlugin}
 pub use engine::{CacheOutcome, EngineOptions};
 pub use error::{BreakerCause, CallError, CallErrorKind, LoadError, PluginError};
 pub use kv::KvError;
-pub use manifest::{CONTRACT_VERSION, Manifest, PluginKind};
+pub use manifest::{CONTRACT_VERSION, Manifest, PluginKind, manifest_digest};
 pub use registry::{PluginStatus, VersionInfo};
 pub use runtime::{DirReport, PluginRuntime, RuntimeOptions, SetupError};
 pub use watcher::{DirWatcher, WatchHandle};

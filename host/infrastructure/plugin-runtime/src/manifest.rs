@@ -15,6 +15,12 @@ use crate::limits::LimitsSpec;
 /// major.minor matches (0.x versions break on minor, per semver).
 pub const CONTRACT_VERSION: &str = "0.1.0";
 
+/// The identity of a manifest text (lower-case hex SHA-256), as [`Manifest::manifest_sha256`]
+/// records it.
+pub fn manifest_digest(text: &str) -> String {
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 /// Which world a plugin implements; decides which typed client can call it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -158,7 +164,7 @@ impl Manifest {
         };
         let mut m: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         m.path = path.to_path_buf();
-        m.manifest_sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        m.manifest_sha256 = manifest_digest(text);
         if !valid_name(&m.name) {
             return Err(invalid(format!(
                 "name {:?} must be 1-64 chars of a-z, 0-9, '-' or '_'",

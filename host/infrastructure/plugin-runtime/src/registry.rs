@@ -23,6 +23,9 @@ pub struct VersionInfo {
     pub kind: PluginKind,
     pub version: String,
     pub digest: String,
+    /// sha256 of its manifest text: the same component under another manifest (a grant, a
+    /// limit, config) is another version.
+    pub manifest_sha256: String,
     /// The contract (WIT package) version it implements.
     pub contract: String,
     pub loaded_at: SystemTime,
@@ -38,6 +41,7 @@ impl VersionInfo {
             kind: p.kind(),
             version: p.version().to_string(),
             digest: p.digest.to_string(),
+            manifest_sha256: p.manifest.manifest_sha256.clone(),
             contract: p.manifest.contract.clone(),
             loaded_at: p.loaded_at,
             limits: p.limits.clone(),

@@ -1,23 +1,176 @@
-//! [`PluginCatalog`] over the Wasm plugin runtime: what the admin API lists, installs and
-//! rolls back. Installs and rollbacks change this process's runtime.
+//! [`PluginCatalog`] over the Wasm plugin runtime and the release set shared by every host
+//! process on the database ([`PluginReleaseStore`]).
+//!
+//! An upload is checked and installed here first (a refusal changes nothing anywhere), then
+//! written as the plugin's release; a rollback is written first, then applied here. Every
+//! process follows the release set ([`RuntimeCatalog::follow`]): when a name's release
+//! changes (its generation moves), it installs that build, from the stored artifact unless
+//! it already holds it. A process starting up serves the release set, not its plugins
+//! directory, for every name that has a release; the directory seeds the names that have
+//! none.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use oms_application::AppError;
-use oms_application::FieldViolation;
-use oms_application::ports::{PluginBuild, PluginCatalog, PluginInfo};
+use oms_application::ports::{
+    AuditEntry, NewRelease, PluginBuild, PluginCatalog, PluginInfo, PluginRelease,
+    PluginReleaseStore, ReleaseAction, StoreError,
+};
+use oms_application::{AppError, FieldViolation};
 use oms_domain::Timestamp;
 use oms_plugin_runtime::breaker::BreakerState;
-use oms_plugin_runtime::{LoadError, PluginKind, PluginRuntime, PluginStatus, VersionInfo};
+use oms_plugin_runtime::{
+    LoadError, Manifest, PluginKind, PluginRuntime, PluginStatus, VersionInfo, manifest_digest,
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
 
-/// The plugin runtime as the admin API's catalog.
+/// The plugin runtime as the admin API's catalog, following the shared release set.
 #[derive(Clone)]
 pub struct RuntimeCatalog {
     runtime: PluginRuntime,
+    releases: Arc<dyn PluginReleaseStore>,
 }
 
 impl RuntimeCatalog {
-    pub fn new(runtime: PluginRuntime) -> Self {
-        Self { runtime }
+    pub fn new(runtime: PluginRuntime, releases: Arc<dyn PluginReleaseStore>) -> Self {
+        Self { runtime, releases }
+    }
+
+    /// Publishes what the plugins directory holds and this process installed from it, for
+    /// the plugins named in `only` (all when `None`): as a [`ReleaseAction::Seed`] (only for
+    /// names without a release: the startup scan) or an [`ReleaseAction::Upload`] (a file
+    /// changed while running). `actor` names this process in the audit trail. A plugin the
+    /// runtime refused publishes nothing.
+    pub async fn publish_dir(
+        &self,
+        dir: &Path,
+        only: Option<&[String]>,
+        action: ReleaseAction,
+        actor: &str,
+    ) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut manifests: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        manifests.sort();
+        for path in manifests {
+            let (Ok(manifest), Ok(text)) =
+                (Manifest::from_file(&path), std::fs::read_to_string(&path))
+            else {
+                continue;
+            };
+            if only.is_some_and(|names| !names.contains(&manifest.name)) {
+                continue;
+            }
+            let installed = self.runtime.status_of(&manifest.name).is_some_and(|s| {
+                s.current.digest == manifest.sha256
+                    && s.current.manifest_sha256 == manifest_digest(&text)
+            });
+            let wasm = std::fs::read(manifest.wasm_path());
+            let (true, Ok(wasm)) = (installed, wasm) else {
+                continue;
+            };
+            let release = NewRelease {
+                name: &manifest.name,
+                manifest: &text,
+                sha256: &manifest.sha256,
+                version: &manifest.version,
+                wasm: &wasm,
+                action,
+                actor,
+            };
+            match self.releases.release(release, Timestamp::now()).await {
+                Ok(Some(_)) => info!(plugin = %manifest.name, action = action.as_str(),
+                                     "plugin release published from the plugins directory"),
+                Ok(None) => {}
+                Err(e) => warn!(plugin = %manifest.name, error = %e,
+                                "publishing the plugin release failed"),
+            }
+        }
+    }
+
+    /// One round of following the release set: installs each release whose generation is
+    /// not in `applied` (all of them the first time, so that a starting process serves what
+    /// the others serve) and records it there.
+    pub async fn catch_up(&self, applied: &mut HashMap<String, i64>) {
+        let releases = match self.releases.releases().await {
+            Ok(releases) => releases,
+            Err(e) => {
+                warn!(error = %e, "reading the plugin releases failed");
+                return;
+            }
+        };
+        for r in releases {
+            if applied.get(&r.name) == Some(&r.generation) {
+                continue;
+            }
+            if let Err(e) = self.apply(&r).await {
+                // Retried at the next change, not every round: a build this process
+                // refuses (a capability it cannot grant) would be refused again.
+                warn!(plugin = %r.name, version = %r.version, error = %e,
+                      "following the plugin release failed");
+            }
+            applied.insert(r.name, r.generation);
+        }
+    }
+
+    /// [`Self::catch_up`] every `interval` until shutdown.
+    pub async fn follow(
+        self,
+        mut applied: HashMap<String, i64>,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                r = shutdown.wait_for(|s| *s) => { let _ = r; return; }
+            }
+            self.catch_up(&mut applied).await;
+        }
+    }
+
+    /// Makes `release` what this process serves, unless it already does: from the rollback
+    /// slot when that holds it (no compile), otherwise from the stored artifact.
+    async fn apply(&self, release: &PluginRelease) -> Result<(), AppError> {
+        let manifest_sha256 = manifest_digest(&release.manifest);
+        let same =
+            |v: &VersionInfo| v.digest == release.sha256 && v.manifest_sha256 == manifest_sha256;
+        if let Some(status) = self.runtime.status_of(&release.name) {
+            if same(&status.current) {
+                return Ok(());
+            }
+            if status.previous.as_ref().is_some_and(same) {
+                self.runtime
+                    .rollback(&release.name)
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
+                info!(plugin = %release.name, version = %release.version, "following the plugin release");
+                return Ok(());
+            }
+        }
+        let wasm = self
+            .releases
+            .artifact(&release.sha256)
+            .await?
+            .ok_or_else(|| {
+                AppError::Internal(format!(
+                    "no stored component with sha256 {}",
+                    release.sha256
+                ))
+            })?;
+        self.runtime
+            .install_bytes(&release.manifest, wasm)
+            .await
+            .map_err(|e| refused(&e))?;
+        info!(plugin = %release.name, version = %release.version, "following the plugin release");
+        Ok(())
     }
 
     fn info(&self, name: &str) -> Result<PluginInfo, AppError> {
@@ -105,12 +258,39 @@ impl PluginCatalog for RuntimeCatalog {
             .collect()
     }
 
-    async fn install(&self, manifest: &str, wasm: Vec<u8>) -> Result<PluginInfo, AppError> {
+    async fn install(
+        &self,
+        manifest: &str,
+        wasm: Vec<u8>,
+        actor: &str,
+    ) -> Result<PluginInfo, AppError> {
+        let before = self.runtime.status_of(
+            &Manifest::parse(manifest, Path::new("<uploaded manifest>"))
+                .map_err(|e| refused(&e))?
+                .name,
+        );
         let installed = self
             .runtime
-            .install_bytes(manifest, wasm)
+            .install_bytes(manifest, wasm.clone())
             .await
             .map_err(|e| refused(&e))?;
+        let release = NewRelease {
+            name: &installed.name,
+            manifest,
+            sha256: &installed.digest,
+            version: &installed.version,
+            wasm: &wasm,
+            action: ReleaseAction::Upload,
+            actor,
+        };
+        if let Err(e) = self.releases.release(release, Timestamp::now()).await {
+            // Not shared, so not kept here either: the processes must not drift apart.
+            let changed = before.is_none_or(|b| b.current != installed);
+            if changed && let Err(undo) = self.runtime.rollback(&installed.name) {
+                warn!(plugin = %installed.name, error = %undo, "undoing the local install failed");
+            }
+            return Err(e.into());
+        }
         self.info(&installed.name)
     }
 
@@ -118,16 +298,24 @@ impl PluginCatalog for RuntimeCatalog {
         self.runtime.kind_of(name) == Some(PluginKind::PaymentProvider)
     }
 
-    fn rollback(&self, name: &str) -> Result<PluginInfo, AppError> {
-        match self.runtime.rollback(name) {
-            Ok(_) => self.info(name),
-            Err(LoadError::NotInstalled { .. }) => {
-                Err(AppError::NotFound(format!("plugin {name:?}")))
+    async fn rollback(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError> {
+        let restored = match self.releases.rollback(name, actor, Timestamp::now()).await {
+            Ok(Some(release)) => release,
+            Ok(None) => {
+                return Err(AppError::IllegalTransition(format!(
+                    "plugin {name}: no previous version to roll back to"
+                )));
             }
-            Err(e @ LoadError::NothingToRollBack { .. }) => {
-                Err(AppError::IllegalTransition(e.to_string()))
+            Err(StoreError::NotFound) => {
+                return Err(AppError::NotFound(format!("plugin {name:?}")));
             }
-            Err(e) => Err(AppError::Internal(e.to_string())),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        self.apply(&restored).await?;
+        self.info(name)
+    }
+
+    async fn history(&self, plugin: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, AppError> {
+        Ok(self.releases.audit(plugin, limit).await?)
     }
 }

@@ -332,3 +332,117 @@ pub async fn an_unknown_payment_provider_is_refused_at_once(backend: TestBackend
     assert_eq!(settle(&app, &order.order_id).await.status(), S::Confirmed);
     app.stop().await;
 }
+
+/// Polls `host` until it serves `version` of fakepay (10 s).
+async fn serves(host: &oms::RunningServer, version: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let current = host.plugins().status_of("fakepay").unwrap().current.version;
+        if current == version {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other host still serves {current}, not {version}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A swap and a rollback through one host process reach another on the same database
+/// within seconds, a host started later serves the shared set rather than its directory,
+/// and every change is in the audit trail.
+pub async fn a_swap_through_one_host_reaches_every_host(backend: TestBackend) {
+    let app = TestApp::spawn(backend).await;
+    let (other, _other_cache) = app.another_host().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = fakepay_as(dir.path(), "0.1.1");
+
+    omsctl_json(
+        &app,
+        &["plugins", "swap", "fakepay", wasm.to_str().unwrap()],
+    )
+    .await;
+    serves(&other, "0.1.1").await;
+    omsctl_json(&app, &["plugins", "rollback", "fakepay"]).await;
+    serves(&other, "0.1.0").await;
+    omsctl_json(&app, &["plugins", "rollback", "fakepay"]).await;
+    serves(&other, "0.1.1").await;
+
+    // A host that starts now, with the bundled 0.1.0 in its directory, serves 0.1.1.
+    let (late, _late_cache) = app.another_host().await;
+    assert_eq!(
+        late.plugins().status_of("fakepay").unwrap().current.version,
+        "0.1.1"
+    );
+    let history = omsctl_json(&app, &["plugins", "history", "fakepay"]).await;
+    let changes: Vec<(String, String, String)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (s("action"), s("from_version"), s("to_version"))
+        })
+        .collect();
+    let expected = [
+        ("rollback", "0.1.0", "0.1.1"),
+        ("rollback", "0.1.1", "0.1.0"),
+        ("upload", "0.1.0", "0.1.1"),
+        ("seed", "", "0.1.0"),
+    ]
+    .map(|(a, f, t)| (a.to_owned(), f.to_owned(), t.to_owned()));
+    assert_eq!(changes, expected);
+    assert!(
+        history[2]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin@127.0.0.1:"),
+        "{history}"
+    );
+    late.stop().await.unwrap();
+    other.stop().await.unwrap();
+    app.stop().await;
+}
+
+/// A new build written into one host's watched plugins directory is published like an
+/// upload: another host on the same database (with its own directory) follows it.
+pub async fn a_file_dropped_in_a_watched_directory_reaches_every_host(backend: TestBackend) {
+    let dir = crate::helpers::plugins_with_testing(&[]);
+    let path = dir.path().to_owned();
+    let app = TestApp::spawn_with(backend, |c| {
+        c.plugins.dir = path;
+        c.plugins.watch_interval_ms = 100;
+    })
+    .await;
+    let (other, _other_cache) = {
+        let mut config = app.config.clone();
+        config.plugins.dir = built_plugins();
+        config.plugins.watch_interval_ms = 0;
+        let cache = tempfile::tempdir().unwrap();
+        config.plugins.cache_dir = cache.path().to_owned();
+        (oms::start(config).await.unwrap(), cache)
+    };
+    // The component first, then the manifest that names it (as docs/plugins.md says).
+    let staged = tempfile::tempdir().unwrap();
+    fakepay_as(staged.path(), "0.1.2");
+    std::fs::copy(
+        staged.path().join("fakepay.wasm"),
+        dir.path().join("fakepay.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(
+        staged.path().join("fakepay.toml"),
+        dir.path().join("fakepay.toml"),
+    )
+    .unwrap();
+    serves(&other, "0.1.2").await;
+    let history = omsctl_json(&app, &["plugins", "history", "fakepay", "--limit", "1"]).await;
+    assert_eq!(history[0]["action"], "upload");
+    assert!(
+        history[0]["actor"].as_str().unwrap().starts_with("dir:"),
+        "{history}"
+    );
+    other.stop().await.unwrap();
+    app.stop().await;
+}

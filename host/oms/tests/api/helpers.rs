@@ -15,6 +15,8 @@ pub struct TestApp {
     pub client: OrderServiceClient<Channel>,
     pub channel: Channel,
     pub db: TestDatabase,
+    /// The configuration it was started with, for another host on the same database.
+    pub config: Config,
     server: Option<oms::RunningServer>,
     _cache: tempfile::TempDir,
 }
@@ -83,8 +85,9 @@ impl TestApp {
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.admin.token = ADMIN_TOKEN.to_owned();
         config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+        config.plugins.sync_interval_ms = 100;
         adjust(&mut config);
-        let server = oms::start(config).await.expect("server starts");
+        let server = oms::start(config.clone()).await.expect("server starts");
         let channel = Channel::from_shared(format!("http://{}", server.addr))
             .unwrap()
             .connect()
@@ -94,9 +97,19 @@ impl TestApp {
             client: OrderServiceClient::new(channel.clone()),
             channel,
             db,
+            config,
             server: Some(server),
             _cache: cache,
         }
+    }
+
+    /// Another host process on the same database (as a replica would be), with its own
+    /// listeners and plugin cache. Stop it before [`TestApp::stop`].
+    pub async fn another_host(&self) -> (oms::RunningServer, tempfile::TempDir) {
+        let cache = tempfile::tempdir().expect("plugin cache dir");
+        let mut config = self.config.clone();
+        config.plugins.cache_dir = cache.path().to_owned();
+        (oms::start(config).await.expect("second host starts"), cache)
     }
 
     /// The running server, for what the API does not expose (plugins, operator operations).
@@ -505,8 +518,22 @@ pub fn renamed_plugin(dir: &Path, name: &str, new_name: &str, version: &str) -> 
 pub async fn break_fakepay(app: &TestApp) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let manifest = renamed_plugin(dir.path(), "trap", "fakepay", "0.2.0-broken");
-    let broken = app.server().plugins().install(manifest).await.unwrap();
-    assert_eq!(broken.version, "0.2.0-broken");
+    let wasm = dir.path().join("trap.wasm");
+    let out = omsctl(
+        app,
+        &[
+            "plugins",
+            "swap",
+            "fakepay",
+            wasm.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let current = app.server().plugins().status_of("fakepay").unwrap().current;
+    assert_eq!(current.version, "0.2.0-broken");
     dir
 }
 

@@ -98,6 +98,8 @@ on_both_backends!(
     refused_uploads_leave_the_serving_version,
     dead_letters_are_listed_and_redriven,
     an_unknown_payment_provider_is_refused_at_once,
+    a_swap_through_one_host_reaches_every_host,
+    a_file_dropped_in_a_watched_directory_reaches_every_host,
 );
 
 on_both_backends!(

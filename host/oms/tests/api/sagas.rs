@@ -241,7 +241,6 @@ pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Te
 
     // Hot-swap a broken build in as `fakepay`: every call traps.
     let _broken = break_fakepay(&app).await;
-    let plugins = app.server().plugins();
 
     // The cancellation cannot void the hold: it parks, and the order with it.
     app.cancel(&created.order_id, "").await;
@@ -263,8 +262,8 @@ pub async fn operator_retries_a_parked_cancellation_after_a_rollback(backend: Te
     assert!(ops.force_compensate(saga.id).await.is_err());
 
     // Fix the cause, then retry: the same saga finishes the cancellation.
-    let restored = plugins.rollback("fakepay").unwrap();
-    assert_eq!(restored.version, "0.1.0");
+    let restored = omsctl_json(&app, &["plugins", "rollback", "fakepay"]).await;
+    assert_eq!(restored["current"]["version"], "0.1.0");
     ops.retry(saga.id).await.unwrap();
     assert!(
         ops.retry(saga.id).await.is_err(),
@@ -544,7 +543,7 @@ pub async fn operations_during_a_cancellation_wait_for_it(backend: TestBackend) 
         );
     }
     // The provider comes back: the cancellation's next retry voids the hold.
-    app.server().plugins().rollback("fakepay").unwrap();
+    omsctl_json(&app, &["plugins", "rollback", "fakepay"]).await;
     drop(broken);
     let done = wait_until(&app, &order.order_id, Duration::from_secs(20), |o| {
         o.status() == S::Cancelled

@@ -43,7 +43,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Installed plugins: list, inspect, swap, roll back.
+    /// Installed plugins: list, inspect, swap, roll back, history.
     #[command(subcommand)]
     Plugins(PluginsCommand),
     /// Sagas: list, inspect, retry, force compensation.
@@ -71,6 +71,13 @@ enum PluginsCommand {
     },
     /// Makes the previous version of NAME current again.
     Rollback { name: String },
+    /// Every change of the plugin set (seed, upload, rollback), newest first.
+    History {
+        /// Only this plugin's changes.
+        name: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +196,14 @@ async fn plugins(admin: &mut Admin, out: &Output, command: PluginsCommand) -> an
                 .rollback_plugin(pb::RollbackPluginRequest { name })
                 .await?;
             out.plugin(&r.into_inner());
+        }
+        PluginsCommand::History { name, limit } => {
+            let request = pb::ListPluginChangesRequest {
+                plugin: name.unwrap_or_default(),
+                limit,
+            };
+            let r = admin.api.list_plugin_changes(request).await?;
+            out.plugin_changes(&r.into_inner().changes);
         }
     }
     Ok(())

@@ -62,6 +62,19 @@ fn plugin_json(p: &pb::Plugin) -> Value {
     })
 }
 
+fn change_json(c: &pb::PluginChange) -> Value {
+    json!({
+        "at": time(c.at.as_ref()),
+        "actor": c.actor,
+        "action": c.action,
+        "plugin": c.plugin,
+        "from_version": c.from_version,
+        "from_sha256": c.from_sha256,
+        "to_version": c.to_version,
+        "to_sha256": c.to_sha256,
+    })
+}
+
 fn saga_json(s: &pb::Saga) -> Value {
     json!({
         "saga_id": s.saga_id,
@@ -197,6 +210,25 @@ impl Output {
         ];
         for (k, v) in rows {
             t.add_row(vec![k.to_owned(), v]);
+        }
+        println!("{t}");
+    }
+
+    pub fn plugin_changes(&self, changes: &[pb::PluginChange]) {
+        if self.json {
+            return self.print_json(&Value::Array(changes.iter().map(change_json).collect()));
+        }
+        let mut t = table(&["AT", "PLUGIN", "ACTION", "FROM", "TO", "TO_SHA256", "ACTOR"]);
+        for c in changes {
+            t.add_row(vec![
+                time(c.at.as_ref()),
+                c.plugin.clone(),
+                c.action.clone(),
+                dash(&c.from_version).to_owned(),
+                c.to_version.clone(),
+                short(&c.to_sha256).to_owned(),
+                c.actor.clone(),
+            ]);
         }
         println!("{t}");
     }

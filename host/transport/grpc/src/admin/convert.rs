@@ -1,6 +1,6 @@
 //! Application values -> `oms.admin.v1` messages.
 
-use oms_application::ports::{DeadLetter, PluginBuild, PluginInfo, StepHistory};
+use oms_application::ports::{AuditEntry, DeadLetter, PluginBuild, PluginInfo, StepHistory};
 use oms_application::saga::SagaInstance;
 
 use crate::admin_pb as pb;
@@ -74,5 +74,18 @@ pub(super) fn dead_letter(d: &DeadLetter) -> pb::DeadLetter {
         last_error: d.last_error.clone(),
         failed_at: Some(timestamp(d.failed_at)),
         redriven_at: d.redriven_at.map(timestamp),
+    }
+}
+
+pub(super) fn plugin_change(c: &AuditEntry) -> pb::PluginChange {
+    pb::PluginChange {
+        at: Some(timestamp(c.at)),
+        actor: c.actor.clone(),
+        action: c.action.clone(),
+        plugin: c.plugin.clone(),
+        from_version: c.from_version.clone().unwrap_or_default(),
+        from_sha256: c.from_sha256.clone().unwrap_or_default(),
+        to_version: c.to_version.clone(),
+        to_sha256: c.to_sha256.clone(),
     }
 }

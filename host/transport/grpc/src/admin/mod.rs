@@ -79,6 +79,14 @@ fn limit(requested: u32) -> Result<u32, Status> {
     }
 }
 
+/// Who made a change, for the audit trail: the admin API has one token, so the caller is
+/// known by where it connected from.
+fn actor<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "admin".to_owned(), |peer| format!("admin@{peer}"))
+}
+
 fn saga_id(raw: &str) -> Result<SagaId, Status> {
     uuid::Uuid::parse_str(raw)
         .map(SagaId)
@@ -159,6 +167,7 @@ impl AdminService for AdminApi {
         request: Request<Streaming<pb::UploadPluginRequest>>,
     ) -> Result<Response<pb::Plugin>, Status> {
         use pb::upload_plugin_request::Part;
+        let actor = actor(&request);
         let mut parts = request.into_inner();
         let manifest = match parts.next().await.transpose()?.and_then(|m| m.part) {
             Some(Part::Manifest(m)) => m,
@@ -191,7 +200,7 @@ impl AdminService for AdminApi {
         if wasm.is_empty() {
             return Err(invalid("wasm", "no component bytes were sent"));
         }
-        let installed = self.plugins.install(&manifest, wasm).await;
+        let installed = self.plugins.install(&manifest, wasm, &actor).await;
         installed
             .map(|p| Response::new(convert::plugin(&p)))
             .map_err(|e| to_status(&e))
@@ -201,9 +210,30 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RollbackPluginRequest>,
     ) -> Result<Response<pb::Plugin>, Status> {
+        let actor = actor(&request);
         let name = request.into_inner().name;
-        let plugin = self.plugins.rollback(&name).map_err(|e| to_status(&e))?;
+        let plugin = self
+            .plugins
+            .rollback(&name, &actor)
+            .await
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(convert::plugin(&plugin)))
+    }
+
+    async fn list_plugin_changes(
+        &self,
+        request: Request<pb::ListPluginChangesRequest>,
+    ) -> Result<Response<pb::ListPluginChangesResponse>, Status> {
+        let r = request.into_inner();
+        let plugin = (!r.plugin.is_empty()).then_some(r.plugin.as_str());
+        let changes = self
+            .plugins
+            .history(plugin, limit(r.limit)?)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::ListPluginChangesResponse {
+            changes: changes.iter().map(convert::plugin_change).collect(),
+        }))
     }
 
     async fn list_sagas(

@@ -1,0 +1,98 @@
+//! The plugin release port: the plugin set every host process on a database serves
+//! (tables `plugin_releases`, `plugin_artifacts`, `plugin_audit`). An upload or a rollback
+//! through one process is written here; every process polls it and follows.
+
+use async_trait::async_trait;
+use oms_domain::Timestamp;
+
+use super::StoreError;
+
+/// What a name should serve now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRelease {
+    pub name: String,
+    /// The manifest text, as uploaded or read from the plugins directory.
+    pub manifest: String,
+    /// Lower-case hex SHA-256 of the component ([`PluginReleaseStore::artifact`]).
+    pub sha256: String,
+    pub version: String,
+    /// Bumped by every change of this name's release: what the polling processes compare.
+    pub generation: i64,
+}
+
+/// Why a release changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseAction {
+    /// From a plugins directory, for a name that had no release yet.
+    Seed,
+    /// Through the admin API.
+    Upload,
+}
+
+impl ReleaseAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Seed => "seed",
+            Self::Upload => "upload",
+        }
+    }
+}
+
+/// A release to make.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRelease<'a> {
+    pub name: &'a str,
+    pub manifest: &'a str,
+    pub sha256: &'a str,
+    pub version: &'a str,
+    pub wasm: &'a [u8],
+    pub action: ReleaseAction,
+    /// Who made the change (`admin@127.0.0.1:51234`, `seed:<host process>`).
+    pub actor: &'a str,
+}
+
+/// One change of the plugin set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    pub actor: String,
+    /// `seed`, `upload` or `rollback`.
+    pub action: String,
+    pub plugin: String,
+    pub from_version: Option<String>,
+    pub from_sha256: Option<String>,
+    pub to_version: String,
+    pub to_sha256: String,
+}
+
+/// The shared plugin set, its artifacts and its audit trail.
+#[async_trait]
+pub trait PluginReleaseStore: Send + Sync {
+    /// Makes `new` the release of its name, storing the component, and audits it; the
+    /// release it replaces becomes the rollback target. A [`ReleaseAction::Seed`] only
+    /// creates a release for a name that has none (`Ok(None)` and nothing written when it
+    /// has one).
+    async fn release(
+        &self,
+        new: NewRelease<'_>,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError>;
+
+    /// Swaps `name`'s release with its rollback target and audits it. `NotFound` when the
+    /// name has no release, `Ok(None)` when it has nothing to roll back to.
+    async fn rollback(
+        &self,
+        name: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError>;
+
+    /// Every release, by name.
+    async fn releases(&self) -> Result<Vec<PluginRelease>, StoreError>;
+
+    /// A stored component by digest.
+    async fn artifact(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The latest changes, newest first; only `plugin`'s when given.
+    async fn audit(&self, plugin: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+}

@@ -1,0 +1,271 @@
+//! [`PluginReleaseStore`]: the plugin set every host process serves (`plugin_releases`),
+//! the components by digest (`plugin_artifacts`) and every change (`plugin_audit`).
+
+use std::marker::PhantomData;
+
+use async_trait::async_trait;
+use oms_application::ports::{
+    AuditEntry, NewRelease, PluginRelease, PluginReleaseStore, ReleaseAction, StoreError,
+};
+use oms_domain::Timestamp;
+
+use crate::sql::{Args, ConnOf, Dialect, RowExt, RowOf, Sql};
+
+pub(crate) struct SqlPluginReleaseStore<D: Dialect> {
+    sql: Sql<D>,
+    dialect: PhantomData<D>,
+}
+
+impl<D: Dialect> SqlPluginReleaseStore<D> {
+    pub(crate) fn new(sql: Sql<D>) -> Self {
+        Self {
+            sql,
+            dialect: PhantomData,
+        }
+    }
+}
+
+const RELEASE_COLUMNS: &str = "name, manifest, sha256, version, generation";
+
+fn release<D: Dialect>(row: &RowOf<D>) -> Result<PluginRelease, sqlx::Error> {
+    Ok(PluginRelease {
+        name: row.col("name")?,
+        manifest: row.col("manifest")?,
+        sha256: row.col("sha256")?,
+        version: row.col("version")?,
+        generation: row.col("generation")?,
+    })
+}
+
+/// One `plugin_audit` row, inside the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+async fn audit<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    now: Timestamp,
+    actor: &str,
+    action: &str,
+    plugin: &str,
+    from: (Option<String>, Option<String>),
+    to: (&str, &str),
+) -> Result<(), StoreError> {
+    D::query(
+        "INSERT INTO plugin_audit (at, actor, action, plugin, from_version, from_sha256, \
+         to_version, to_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .arg(now.unix_millis())
+    .arg(actor)
+    .arg(action)
+    .arg(plugin)
+    .arg(from.0.as_deref())
+    .arg(from.1.as_deref())
+    .arg(to.0)
+    .arg(to.1)
+    .execute(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+    Ok(())
+}
+
+#[async_trait]
+impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
+    async fn release(
+        &self,
+        new: NewRelease<'_>,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError> {
+        let at = now.unix_millis();
+        let mut tx = self.sql.begin_write().await?;
+        D::query(
+            "INSERT INTO plugin_artifacts (sha256, wasm, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (sha256) DO NOTHING",
+        )
+        .arg(new.sha256)
+        .arg(new.wasm)
+        .arg(at)
+        .execute(D::on(&mut tx))
+        .await
+        .map_err(D::classify)?;
+        // The current release, if any, becomes the rollback target in the same statement
+        // (the right-hand sides read the row as it was).
+        let replaced = match new.action {
+            ReleaseAction::Seed => None,
+            ReleaseAction::Upload => D::query(
+                "UPDATE plugin_releases SET previous_manifest = manifest, \
+                 previous_sha256 = sha256, previous_version = version, manifest = $2, \
+                 sha256 = $3, version = $4, generation = generation + 1, updated_at = $5 \
+                 WHERE name = $1 RETURNING previous_version, previous_sha256, generation",
+            )
+            .arg(new.name)
+            .arg(new.manifest)
+            .arg(new.sha256)
+            .arg(new.version)
+            .arg(at)
+            .fetch_optional(D::on(&mut tx))
+            .await
+            .map_err(D::classify)?
+            .map(|row| -> Result<_, sqlx::Error> {
+                Ok((
+                    row.col::<Option<String>>("previous_version")?,
+                    row.col::<Option<String>>("previous_sha256")?,
+                    row.col::<i64>("generation")?,
+                ))
+            })
+            .transpose()
+            .map_err(D::classify)?,
+        };
+        let (from, generation) = match replaced {
+            Some((version, sha256, generation)) => ((version, sha256), generation),
+            None => {
+                let inserted = D::query(
+                    "INSERT INTO plugin_releases (name, manifest, sha256, version, \
+                     generation, updated_at) VALUES ($1, $2, $3, $4, 1, $5) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .arg(new.name)
+                .arg(new.manifest)
+                .arg(new.sha256)
+                .arg(new.version)
+                .arg(at)
+                .execute(D::on(&mut tx))
+                .await
+                .map_err(D::classify)?;
+                if D::rows_affected(&inserted) == 0 {
+                    // A seed for a name that has a release (or an upload that raced
+                    // another's first release: the caller retries it).
+                    tx.rollback().await.map_err(D::classify)?;
+                    return match new.action {
+                        ReleaseAction::Seed => Ok(None),
+                        ReleaseAction::Upload => Err(StoreError::Unavailable(
+                            "another release of this plugin was made at the same time".into(),
+                        )),
+                    };
+                }
+                ((None, None), 1)
+            }
+        };
+        audit::<D>(
+            &mut tx,
+            now,
+            new.actor,
+            new.action.as_str(),
+            new.name,
+            from,
+            (new.version, new.sha256),
+        )
+        .await?;
+        tx.commit().await.map_err(D::classify)?;
+        Ok(Some(PluginRelease {
+            name: new.name.to_owned(),
+            manifest: new.manifest.to_owned(),
+            sha256: new.sha256.to_owned(),
+            version: new.version.to_owned(),
+            generation,
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        name: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError> {
+        let mut tx = self.sql.begin_write().await?;
+        let swapped = D::query(
+            "UPDATE plugin_releases SET manifest = previous_manifest, sha256 = previous_sha256, \
+             version = previous_version, previous_manifest = manifest, \
+             previous_sha256 = sha256, previous_version = version, \
+             generation = generation + 1, updated_at = $2 \
+             WHERE name = $1 AND previous_sha256 IS NOT NULL \
+             RETURNING name, manifest, sha256, version, generation, previous_version, \
+             previous_sha256",
+        )
+        .arg(name)
+        .arg(now.unix_millis())
+        .fetch_optional(D::on(&mut tx))
+        .await
+        .map_err(D::classify)?;
+        let Some(row) = swapped else {
+            let exists = D::query("SELECT 1 FROM plugin_releases WHERE name = $1")
+                .arg(name)
+                .fetch_optional(D::on(&mut tx))
+                .await
+                .map_err(D::classify)?
+                .is_some();
+            tx.rollback().await.map_err(D::classify)?;
+            return if exists {
+                Ok(None)
+            } else {
+                Err(StoreError::NotFound)
+            };
+        };
+        let restored = release::<D>(&row).map_err(D::classify)?;
+        let from = (
+            row.col::<Option<String>>("previous_version")
+                .map_err(D::classify)?,
+            row.col::<Option<String>>("previous_sha256")
+                .map_err(D::classify)?,
+        );
+        audit::<D>(
+            &mut tx,
+            now,
+            actor,
+            "rollback",
+            name,
+            from,
+            (&restored.version, &restored.sha256),
+        )
+        .await?;
+        tx.commit().await.map_err(D::classify)?;
+        Ok(Some(restored))
+    }
+
+    async fn releases(&self) -> Result<Vec<PluginRelease>, StoreError> {
+        let sql = format!("SELECT {RELEASE_COLUMNS} FROM plugin_releases ORDER BY name");
+        let rows = D::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.sql.reader())
+            .await
+            .map_err(D::classify)?;
+        rows.iter()
+            .map(|r| release::<D>(r).map_err(D::classify))
+            .collect()
+    }
+
+    async fn artifact(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        D::query("SELECT wasm FROM plugin_artifacts WHERE sha256 = $1")
+            .arg(sha256)
+            .fetch_optional(self.sql.reader())
+            .await
+            .map_err(D::classify)?
+            .map(|r| r.col::<Vec<u8>>("wasm"))
+            .transpose()
+            .map_err(D::classify)
+    }
+
+    async fn audit(&self, plugin: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = D::query(
+            "SELECT at, actor, action, plugin, from_version, from_sha256, to_version, \
+             to_sha256 FROM plugin_audit WHERE ($1 IS NULL OR plugin = $1) \
+             ORDER BY id DESC LIMIT $2",
+        )
+        .arg(plugin)
+        .arg(i64::from(limit))
+        .fetch_all(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        rows.iter()
+            .map(|r| -> Result<AuditEntry, sqlx::Error> {
+                Ok(AuditEntry {
+                    at: Timestamp::from_unix_millis(r.col("at")?),
+                    actor: r.col("actor")?,
+                    action: r.col("action")?,
+                    plugin: r.col("plugin")?,
+                    from_version: r.col("from_version")?,
+                    from_sha256: r.col("from_sha256")?,
+                    to_version: r.col("to_version")?,
+                    to_sha256: r.col("to_sha256")?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(D::classify)
+    }
+}
