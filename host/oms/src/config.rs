@@ -66,6 +66,14 @@ pub struct AdminConfig {
 pub struct GrpcConfig {
     /// Address to listen on; port 0 picks a free port (tests).
     pub listen: SocketAddr,
+    /// Caller id -> bearer token. When any is set, every `oms.v1` call must carry one of the
+    /// tokens (`UNAUTHENTICATED` / `PERMISSION_DENIED` otherwise), and idempotency keys are
+    /// scoped per caller. Empty: the API is open (behind a trusted network).
+    #[serde(default)]
+    pub callers: std::collections::BTreeMap<String, String>,
+    /// Calls per second one connection may make (bursts up to as many); more are
+    /// `RESOURCE_EXHAUSTED` (`RATE_LIMITED`) with when to retry. `0`: unlimited.
+    pub max_calls_per_sec_per_connection: u32,
     /// Open connections at most; further ones are accepted and closed at once. Keep it well
     /// below the process's file-descriptor limit (`ulimit -n`).
     pub max_connections: usize,
@@ -265,6 +273,8 @@ impl Default for Config {
         Self {
             grpc: GrpcConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+                callers: std::collections::BTreeMap::new(),
+                max_calls_per_sec_per_connection: 0,
                 max_connections: 1024,
                 max_concurrent_streams: 100,
                 max_header_list_bytes: 16 * 1024,
@@ -394,10 +404,20 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Environment variables (after `OMS_`) whose values are secrets, read as text exactly as
-/// given, and the keys they set.
-const RAW_ENV: [&str; 1] = ["ADMIN__TOKEN"];
-const RAW_KEYS: [&str; 1] = ["admin.token"];
+/// The key an `OMS_*` variable (without the prefix) sets when its value is a secret, which is
+/// read as text exactly as given (figment would read `0123` as the number 123): the admin
+/// token and the callers' tokens (`OMS_GRPC__CALLERS__<CALLER>`, the caller id in lower case,
+/// as figment reads every key).
+fn secret_key(var: &str) -> Option<String> {
+    let upper = var.to_ascii_uppercase();
+    if upper == "ADMIN__TOKEN" {
+        return Some("admin.token".to_owned());
+    }
+    upper
+        .strip_prefix("GRPC__CALLERS__")
+        .filter(|caller| !caller.is_empty() && !caller.contains("__"))
+        .map(|caller| format!("grpc.callers.{}", caller.to_ascii_lowercase()))
+}
 
 impl Config {
     /// Defaults, then `file` (if given; it must exist), then `OMS_*` environment variables.
@@ -414,16 +434,12 @@ impl Config {
         // are not, and must not trip the unknown-key check.
         figment = figment.merge(
             Env::prefixed("OMS_")
-                .filter(|key| {
-                    let key = key.as_str();
-                    key.contains("__") && !RAW_ENV.iter().any(|raw| key.eq_ignore_ascii_case(raw))
-                })
+                .filter(|key| key.as_str().contains("__") && secret_key(key.as_str()).is_none())
                 .split("__"),
         );
-        // Secrets are taken verbatim: figment would read `0123` as the number 123.
-        for (var, key) in RAW_ENV.iter().zip(RAW_KEYS) {
-            if let Ok(value) = std::env::var(format!("OMS_{var}")) {
-                figment = figment.merge(Serialized::default(key, value));
+        for (var, value) in std::env::vars() {
+            if let Some(key) = var.strip_prefix("OMS_").and_then(secret_key) {
+                figment = figment.merge(Serialized::default(&key, value));
             }
         }
         let config: Self = figment
@@ -484,6 +500,9 @@ impl Config {
         copy.database.url = redact_url(&self.database.url);
         if !copy.admin.token.is_empty() {
             REDACTED.clone_into(&mut copy.admin.token);
+        }
+        for token in copy.grpc.callers.values_mut() {
+            REDACTED.clone_into(token);
         }
         for (key, value) in &mut copy.broker.properties {
             if is_secret_property(key) {
@@ -570,15 +589,30 @@ mod tests {
     }
 
     #[test]
-    fn the_admin_token_is_taken_verbatim_from_the_environment() {
+    fn tokens_are_taken_verbatim_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             // Read as a number, this would become 123 (or fail to be a string at all).
             jail.set_env("OMS_ADMIN__TOKEN", "0123");
-            let c = Config::load(None).map_err(|e| e.to_string())?;
+            jail.set_env("OMS_GRPC__CALLERS__SHOP_FRONT", "007");
+            jail.create_file("oms.toml", "[grpc.callers]\npos = \"from-file\"\n")?;
+            let c = Config::load(Some(Path::new("oms.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.admin.token, "0123");
+            assert_eq!(
+                c.grpc.callers.get("shop_front").map(String::as_str),
+                Some("007")
+            );
+            assert_eq!(
+                c.grpc.callers.get("pos").map(String::as_str),
+                Some("from-file")
+            );
             jail.set_env("OMS_ADMIN__TOKEN", "s3cret=with spaces");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.admin.token, "s3cret=with spaces");
+            let shown = toml::to_string_pretty(&c.redacted()).map_err(|e| e.to_string())?;
+            assert!(
+                !shown.contains("007") && !shown.contains("s3cret"),
+                "{shown}"
+            );
             Ok(())
         });
     }

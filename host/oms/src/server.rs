@@ -14,6 +14,7 @@ use oms_application::saga::worker::{self, WorkerConfig};
 use oms_application::saga::{EngineConfig, SagaEngine, SagaOperations, SagaPorts};
 use oms_application::{InlinePlacement, OrderService, ServiceConfig};
 use oms_grpc::admin::{AdminApi, BearerAuth};
+use oms_grpc::auth::CallerAuth;
 use oms_grpc::listener::{self, ConnectionLimits};
 use oms_grpc::metrics::RpcMetricsLayer;
 use oms_grpc::{ApiLimits, OrderApi};
@@ -278,7 +279,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(OrderApi::new(service.clone(), api_limits).into_server())
+        .add_service(OrderApi::new(service.clone(), api_limits).into_server(callers(&config)?))
         .serve_with_incoming_shutdown(
             listener::incoming(listener, connections),
             stopped(shutdown_rx.clone()),
@@ -411,6 +412,29 @@ fn api_in_flight(config: &Config) -> usize {
         .max(1);
     let room = usize::try_from(room).unwrap_or(usize::MAX);
     config.grpc.max_in_flight_requests.clamp(1, room)
+}
+
+/// The public API's admission: open without `grpc.callers`, otherwise their tokens; and the
+/// per-connection call rate.
+fn callers(config: &Config) -> anyhow::Result<CallerAuth> {
+    let callers = &config.grpc.callers;
+    let rate = config.grpc.max_calls_per_sec_per_connection;
+    if callers.is_empty() {
+        return Ok(CallerAuth::open().with_rate_limit(rate));
+    }
+    for (caller, token) in callers {
+        anyhow::ensure!(
+            !token.is_empty(),
+            "grpc.callers.{caller}: the token must not be empty"
+        );
+    }
+    let auth = BearerAuth::for_callers(callers.iter().map(|(c, t)| (c.as_str(), t.as_str())))
+        .context("grpc.callers")?;
+    info!(
+        callers = callers.len(),
+        "the public API requires a caller token"
+    );
+    Ok(CallerAuth::tokens(auth).with_rate_limit(rate))
 }
 
 /// Refuses limits that cannot work, before anything listens.

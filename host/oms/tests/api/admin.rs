@@ -446,3 +446,51 @@ pub async fn a_file_dropped_in_a_watched_directory_reaches_every_host(backend: T
     other.stop().await.unwrap();
     app.stop().await;
 }
+
+fn as_caller<T>(message: T, token: &str, key: &str) -> tonic::Request<T> {
+    let mut request = crate::helpers::keyed(message, key);
+    let value = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// With `grpc.callers` set, the public API needs a caller's token (health does not), and an
+/// idempotency key belongs to its caller: two callers' same key are two requests.
+pub async fn callers_authenticate_and_own_their_keys(backend: TestBackend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.grpc.callers.insert("shop".into(), "shop-token".into());
+        c.grpc.callers.insert("pos".into(), "pos-token".into());
+    })
+    .await;
+    let request = order_with("c-auth", "DEMO-1", "tok_ok");
+    let err = app
+        .try_create(crate::helpers::keyed(request.clone(), "k-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let err = app
+        .try_create(as_caller(request.clone(), "guess", "k-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(error_info(&err).0, "PERMISSION_DENIED");
+
+    let shop = app
+        .create(as_caller(request.clone(), "shop-token", "k-1"))
+        .await;
+    // The same key from another caller, with another body, is another request.
+    let mut other = request.clone();
+    other.customer_id = "c-auth-pos".into();
+    let pos = app.create(as_caller(other, "pos-token", "k-1")).await;
+    assert_ne!(shop.order_id, pos.order_id);
+    // Within one caller the key replays.
+    let again = app.create(as_caller(request, "shop-token", "k-1")).await;
+    assert_eq!(again.order_id, shop.order_id);
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let check = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    assert!(health.check(check).await.is_ok(), "health needs no token");
+    app.stop().await;
+}

@@ -412,3 +412,38 @@ pub async fn one_connection_has_a_bounded_number_of_streams(backend: TestBackend
     assert_eq!(client.current_max_send_streams(), 5);
     app.stop().await;
 }
+
+/// With a call rate per connection, the calls beyond it are RESOURCE_EXHAUSTED
+/// (`RATE_LIMITED`) with when to retry, and another connection is not affected.
+pub async fn a_connection_over_its_call_rate_is_slowed_down(backend: TestBackend) {
+    let app = TestApp::spawn_with(backend, |c| c.grpc.max_calls_per_sec_per_connection = 5).await;
+    let order = app
+        .create(crate::helpers::order_with("c-rate", "DEMO-1", "tok_ok"))
+        .await;
+    let mut limited = None;
+    for _ in 0..20 {
+        if let Err(status) = app.try_get(&order.order_id).await {
+            limited = Some(status);
+            break;
+        }
+    }
+    let status = limited.expect("a burst of 20 calls on one connection is limited at 5/s");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(crate::helpers::error_info(&status).0, "RATE_LIMITED");
+    let retry = tonic_types::StatusExt::get_details_retry_info(&status)
+        .and_then(|r| r.retry_delay)
+        .expect("says when to retry");
+    assert!(retry <= std::time::Duration::from_secs(1), "{retry:?}");
+    // A fresh connection has its own budget.
+    let fresh = tonic::transport::Channel::from_shared(format!("http://{}", app.server().addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = oms_grpc::pb::order_service_client::OrderServiceClient::new(fresh);
+    let request = oms_grpc::pb::GetOrderRequest {
+        order_id: order.order_id.clone(),
+    };
+    assert!(client.get_order(request).await.is_ok());
+    app.stop().await;
+}

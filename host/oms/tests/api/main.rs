@@ -89,6 +89,7 @@ on_both_backends!(
     connections_beyond_the_limit_are_closed,
     silent_connections_are_closed_after_the_idle_timeout,
     one_connection_has_a_bounded_number_of_streams,
+    a_connection_over_its_call_rate_is_slowed_down,
 );
 
 on_both_backends!(
@@ -100,6 +101,7 @@ on_both_backends!(
     an_unknown_payment_provider_is_refused_at_once,
     a_swap_through_one_host_reaches_every_host,
     a_file_dropped_in_a_watched_directory_reaches_every_host,
+    callers_authenticate_and_own_their_keys,
 );
 
 on_both_backends!(

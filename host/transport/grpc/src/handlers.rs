@@ -9,8 +9,10 @@ use oms_application::ports::OrderQuery;
 use oms_application::{AppError, FieldViolation, OrderService};
 use oms_domain::{CustomerId, Order};
 use tokio::sync::Semaphore;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::auth::CallerAuth;
 use crate::convert::{
     Violations, order_to_proto, parse_address, parse_expected_version, parse_money,
     parse_new_order, parse_order_id, parse_reason, parse_status_filter,
@@ -56,8 +58,11 @@ pub struct OrderApi {
     limits: ApiLimits,
 }
 
-/// The server as added to tonic: the generated service behind the framing check.
-pub type OrderServer = UnaryFraming<pb::order_service_server::OrderServiceServer<OrderApi>>;
+/// The server as added to tonic: the generated service behind the callers' authentication,
+/// behind the framing check.
+pub type OrderServer = UnaryFraming<
+    InterceptedService<pb::order_service_server::OrderServiceServer<OrderApi>, CallerAuth>,
+>;
 
 impl OrderApi {
     pub fn new(service: OrderService, limits: ApiLimits) -> Self {
@@ -68,14 +73,15 @@ impl OrderApi {
         }
     }
 
-    /// A tonic service ready to add to a server, with the message size limits applied.
-    pub fn into_server(self) -> OrderServer {
+    /// A tonic service ready to add to a server, with the message size limits applied and
+    /// `auth` checked on every call.
+    pub fn into_server(self, auth: CallerAuth) -> OrderServer {
         let limits = self.limits;
         let server = pb::order_service_server::OrderServiceServer::new(self)
             .max_decoding_message_size(limits.max_request_bytes)
             .max_encoding_message_size(limits.max_response_bytes);
         UnaryFraming::new(
-            server,
+            InterceptedService::new(server, auth),
             limits.max_request_bytes,
             limits.max_buffered_request_bytes,
         )

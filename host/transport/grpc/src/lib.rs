@@ -6,6 +6,7 @@
 //! place, [`status::to_status`].
 
 pub mod admin;
+pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod deadline;

@@ -43,11 +43,13 @@ pub enum ErrorReason {
     Unauthenticated,
     /// An admin API call with a token the server does not accept.
     PermissionDenied,
+    /// The connection sent more calls than `grpc.max_calls_per_sec_per_connection` allows.
+    RateLimited,
 }
 
 impl ErrorReason {
     /// Every reason, for documentation checks and clients' exhaustive tables.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::InvalidArgument,
         Self::CurrencyMismatch,
         Self::NotFound,
@@ -65,6 +67,7 @@ impl ErrorReason {
         Self::Internal,
         Self::Unauthenticated,
         Self::PermissionDenied,
+        Self::RateLimited,
     ];
 
     /// The `ErrorInfo.reason`: UPPER_SNAKE_CASE, stable forever.
@@ -87,6 +90,7 @@ impl ErrorReason {
             Self::Internal => "INTERNAL",
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::RateLimited => "RATE_LIMITED",
         }
     }
 
@@ -101,7 +105,7 @@ impl ErrorReason {
             | Self::OperationInProgress
             | Self::FulfillmentStarted
             | Self::IdempotencyKeyReused => Code::FailedPrecondition,
-            Self::MessageTooLarge | Self::ServerBusy => Code::ResourceExhausted,
+            Self::MessageTooLarge | Self::ServerBusy | Self::RateLimited => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Unavailable => Code::Unavailable,
             Self::Internal => Code::Internal,

@@ -151,6 +151,16 @@ pub fn unavailable(message: &str) -> Status {
     )
 }
 
+/// The connection is over its call rate: retry after `wait`.
+pub fn rate_limited(limit: u32, wait: Duration) -> Status {
+    status(
+        ErrorReason::RateLimited,
+        &format!("this connection sends more than {limit} calls per second; slow down"),
+        HashMap::from([("limit_per_sec".to_owned(), limit.to_string())]),
+        ErrorDetails::with_retry_info(Some(wait)),
+    )
+}
+
 /// An admin API call without credentials.
 pub fn unauthenticated(message: &str) -> Status {
     status(

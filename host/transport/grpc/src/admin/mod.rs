@@ -4,7 +4,6 @@
 //! -> response, errors through the one mapping ([`crate::status::to_status`]). Every call
 //! passes [`BearerAuth`] first.
 
-mod auth;
 mod convert;
 
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use auth::BearerAuth;
+pub use crate::auth::BearerAuth;
 
 use crate::admin_pb as pb;
 use crate::admin_pb::admin_service_server::{AdminService, AdminServiceServer};
