@@ -1,7 +1,11 @@
 //! `email-text`: formats customer-facing order events as plain-text e-mails.
 //!
-//! Handles `order.confirmed`, `order.shipped`, `order.delivered`, `order.cancelled` and
-//! `order.refunded`; every other event type yields no message. Configuration (all optional):
+//! Writes to the customer on what changes their order for them: `order.confirmed`,
+//! `order.fulfilled` (shipped), `order.rejected` (out of stock), `order.payment_failed`,
+//! `order.shipping_address_updated`, `order.cancelled` and `order.refunded`. The host's other
+//! events are steps on the way (`order.created` before the saga decides, requests for a
+//! cancellation, fulfillment or refund, an operator's `order.compensation_failed`) and yield
+//! no message: a customer is never told of an order a compensation can still undo. Configuration (all optional):
 //! `shop-name` (signature and subject prefix) and `support-email` (a line inviting replies).
 
 mod money;

@@ -32,8 +32,21 @@ pub fn wording(event_type: &str) -> Option<Wording> {
             "confirmed",
             "Thank you for your order. We have received your payment and are preparing it.",
         ),
-        "order.shipped" => ("shipped", "Good news: your order is on its way."),
-        "order.delivered" => ("delivered", "Your order has been delivered. Enjoy!"),
+        "order.fulfilled" => ("shipped", "Good news: your order is on its way."),
+        "order.rejected" => (
+            "could not be placed",
+            "We are sorry: an item of your order is out of stock, so we could not place it. \
+             Nothing was charged.",
+        ),
+        "order.payment_failed" => (
+            "could not be paid",
+            "We are sorry: your payment was not accepted, so we could not place your order. \
+             Nothing was charged.",
+        ),
+        "order.shipping_address_updated" => (
+            "address changed",
+            "We have updated the delivery address of your order, as below.",
+        ),
         "order.cancelled" => (
             "cancelled",
             "Your order has been cancelled. Any payment taken will be refunded.",

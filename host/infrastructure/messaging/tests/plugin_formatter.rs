@@ -1,4 +1,4 @@
-//! The plugin-backed formatter with the real bundled `webhook-json` plugin (built by
+//! The plugin-backed formatter with the real bundled `webhook-json` and `email-text` plugins (built by
 //! `scripts/build-plugins` into `target/plugins/`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -288,4 +288,88 @@ async fn an_instantiation_failure_is_retried_not_dead_lettered_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instantiation_failure_is_retried_not_dead_lettered_sqlite() {
     an_instantiation_failure_is_retried_not_dead_lettered(TestBackend::Sqlite).await;
+}
+
+/// Every event type the host emits, with whether the bundled `email-text` writes to the
+/// customer about it. The match makes a new event kind a compile error here until it is
+/// decided.
+fn every_event_type() -> Vec<(&'static str, bool)> {
+    use oms_domain::OrderEventKind as K;
+    use oms_domain::{Currency, Money, Reason};
+    let money = Money::new(100, Currency::parse("EUR").unwrap()).unwrap();
+    let kinds = [
+        K::Created,
+        K::ShippingAddressUpdated,
+        K::CancellationRequested,
+        K::Cancelled,
+        K::Confirmed,
+        K::Rejected,
+        K::PaymentFailed,
+        K::FulfillmentRequested,
+        K::Fulfilled,
+        K::RefundRequested {
+            amount: money,
+            reason: Reason::parse("").unwrap(),
+        },
+        K::Refunded { amount: money },
+        K::CompensationFailed,
+    ];
+    let mut all: Vec<(&'static str, bool)> = kinds
+        .iter()
+        .map(|k| {
+            let writes = match k {
+                K::ShippingAddressUpdated
+                | K::Cancelled
+                | K::Confirmed
+                | K::Rejected
+                | K::PaymentFailed
+                | K::Fulfilled
+                | K::Refunded { .. } => true,
+                // Steps on the way, and the operator's queue: nothing for the customer yet.
+                K::Created
+                | K::CancellationRequested
+                | K::FulfillmentRequested
+                | K::RefundRequested { .. }
+                | K::CompensationFailed => false,
+            };
+            (k.event_type(), writes)
+        })
+        .collect();
+    all.push((oms_application::outbox::SAGA_PARKED, false));
+    all
+}
+
+#[tokio::test]
+async fn email_text_writes_for_every_event_that_changes_an_order_for_its_customer() {
+    let runtime = PluginRuntime::new(RuntimeOptions::default(), None).unwrap();
+    runtime
+        .install(plugins_dir().join("email-text.toml"))
+        .await
+        .unwrap();
+    let formatter = PluginFormatter::new(runtime.notification("email-text"));
+    for (event_type, writes) in every_event_type() {
+        let mut e = event();
+        e.event_type = event_type.to_owned();
+        if let Some(order) = e.order.as_mut() {
+            order.shipping_address = Some(pb::Address {
+                recipient: "Ada".into(),
+                line1: "1 Main St".into(),
+                city: "Berlin".into(),
+                country: "DE".into(),
+                email: "ada@example.com".into(),
+                ..pb::Address::default()
+            });
+        }
+        let notes = formatter.format(&e).await.unwrap();
+        assert_eq!(notes.len(), usize::from(writes), "{event_type}: {notes:?}");
+        if let Some(n) = notes.first() {
+            assert_eq!(n.channel, ChannelKind::Email, "{event_type}");
+            assert_eq!(n.recipient, "ada@example.com");
+            assert!(
+                n.subject.as_deref().is_some_and(|s| s.contains("0190f1c2")),
+                "{event_type}: {:?}",
+                n.subject
+            );
+        }
+    }
 }
