@@ -57,6 +57,11 @@ pub struct AdminConfig {
     pub token: String,
     /// Largest plugin component an upload may carry.
     pub max_upload_bytes: usize,
+    /// TLS for the admin API, as for the public one (`grpc.tls_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// The public API listener and its limits against hostile or broken clients (docs/api.md,
@@ -71,6 +76,12 @@ pub struct GrpcConfig {
     /// scoped per caller. Empty: the API is open (behind a trusted network).
     #[serde(default)]
     pub callers: std::collections::BTreeMap<String, String>,
+    /// TLS for the public API: a PEM certificate chain and its PEM private key; both or
+    /// neither (plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
     /// Calls per second one connection may make (bursts up to as many); more are
     /// `RESOURCE_EXHAUSTED` (`RATE_LIMITED`) with when to retry. `0`: unlimited.
     pub max_calls_per_sec_per_connection: u32,
@@ -274,6 +285,8 @@ impl Default for Config {
             grpc: GrpcConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
                 callers: std::collections::BTreeMap::new(),
+                tls_cert_file: None,
+                tls_key_file: None,
                 max_calls_per_sec_per_connection: 0,
                 max_connections: 1024,
                 max_concurrent_streams: 100,
@@ -291,6 +304,8 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
                 token: String::new(),
                 max_upload_bytes: 64 * 1024 * 1024,
+                tls_cert_file: None,
+                tls_key_file: None,
             },
             database: DatabaseConfig {
                 url: "sqlite://./data/oms.db".to_owned(),

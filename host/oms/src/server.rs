@@ -269,21 +269,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         max_connections: g.max_connections,
         idle_timeout: ms(g.idle_timeout_ms),
     };
-    let grpc = tonic::transport::Server::builder()
-        .max_concurrent_streams(g.max_concurrent_streams)
-        .http2_max_header_list_size(g.max_header_list_bytes)
-        .http2_keepalive_interval(Some(ms(g.keepalive_interval_ms)))
-        .http2_keepalive_timeout(Some(ms(g.keepalive_timeout_ms)))
-        .timeout(ms(g.request_timeout_ms))
-        .layer(RpcMetricsLayer)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(OrderApi::new(service.clone(), api_limits).into_server(callers(&config)?))
-        .serve_with_incoming_shutdown(
-            listener::incoming(listener, connections),
-            stopped(shutdown_rx.clone()),
-        );
+    let grpc = with_tls(
+        tonic::transport::Server::builder(),
+        "grpc",
+        (g.tls_cert_file.as_deref(), g.tls_key_file.as_deref()),
+    )?
+    .max_concurrent_streams(g.max_concurrent_streams)
+    .http2_max_header_list_size(g.max_header_list_bytes)
+    .http2_keepalive_interval(Some(ms(g.keepalive_interval_ms)))
+    .http2_keepalive_timeout(Some(ms(g.keepalive_timeout_ms)))
+    .timeout(ms(g.request_timeout_ms))
+    .layer(RpcMetricsLayer)
+    .add_service(health_service)
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha)
+    .add_service(OrderApi::new(service.clone(), api_limits).into_server(callers(&config)?))
+    .serve_with_incoming_shutdown(
+        listener::incoming(listener, connections),
+        stopped(shutdown_rx.clone()),
+    );
     let grpc_task = tokio::spawn(async move {
         grpc.await.context("gRPC server failed")?;
         Ok(())
@@ -349,14 +353,19 @@ async fn serve_admin(
         .register_encoded_file_descriptor_set(oms_grpc::admin_pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building admin reflection")?;
-    let server = tonic::transport::Server::builder()
-        .layer(RpcMetricsLayer)
-        .add_service(reflection)
-        .add_service(admin.into_server(auth))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            stopped(shutdown.clone()),
-        );
+    let a = &config.admin;
+    let server = with_tls(
+        tonic::transport::Server::builder(),
+        "admin",
+        (a.tls_cert_file.as_deref(), a.tls_key_file.as_deref()),
+    )?
+    .layer(RpcMetricsLayer)
+    .add_service(reflection)
+    .add_service(admin.into_server(auth))
+    .serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        stopped(shutdown.clone()),
+    );
     tasks.push(background.spawn("admin API", shutdown, async move {
         server.await.context("admin server failed")?;
         Ok(())
@@ -412,6 +421,30 @@ fn api_in_flight(config: &Config) -> usize {
         .max(1);
     let room = usize::try_from(room).unwrap_or(usize::MAX);
     config.grpc.max_in_flight_requests.clamp(1, room)
+}
+
+/// `builder` serving TLS with the PEM certificate chain and key of `section`'s
+/// `tls_cert_file` / `tls_key_file` (both or neither; neither is plaintext).
+fn with_tls(
+    builder: tonic::transport::Server,
+    section: &str,
+    (cert, key): (Option<&std::path::Path>, Option<&std::path::Path>),
+) -> anyhow::Result<tonic::transport::Server> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(builder),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => anyhow::bail!("{section}.tls_cert_file and {section}.tls_key_file go together"),
+    };
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("{section}.{what}: reading {}", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(cert, "tls_cert_file")?,
+        read(key, "tls_key_file")?,
+    );
+    builder
+        .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+        .with_context(|| format!("{section}: TLS certificate and key"))
 }
 
 /// The public API's admission: open without `grpc.callers`, otherwise their tokens; and the

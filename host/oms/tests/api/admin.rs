@@ -494,3 +494,74 @@ pub async fn callers_authenticate_and_own_their_keys(backend: TestBackend) {
     assert!(health.check(check).await.is_ok(), "health needs no token");
     app.stop().await;
 }
+
+/// With `grpc.tls_*` and `admin.tls_*`, both listeners speak TLS only: a client that trusts
+/// the certificate gets answers (omsctl over `https://` with `--ca-cert`), a plaintext one
+/// does not.
+pub async fn both_listeners_serve_tls_when_configured(backend: TestBackend) {
+    let pki = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (pki.path().join("cert.pem"), pki.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (c, k) = (cert.clone(), key.clone());
+    let app = TestApp::spawn_with_tls(
+        backend,
+        move |config| {
+            config.grpc.tls_cert_file = Some(c.clone());
+            config.grpc.tls_key_file = Some(k.clone());
+            config.admin.tls_cert_file = Some(c);
+            config.admin.tls_key_file = Some(k);
+        },
+        &cert,
+    )
+    .await;
+    // The public API over TLS (TestApp's own client trusts the certificate).
+    let order = app.create(order_with("c-tls", "DEMO-1", "tok_ok")).await;
+    assert_eq!(settle(&app, &order.order_id).await.status(), S::Confirmed);
+    // A plaintext client gets nothing from it.
+    let plain = Channel::from_shared(format!("http://{}", app.server().addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let mut client = oms_grpc::pb::order_service_client::OrderServiceClient::new(plain);
+        let request = oms_grpc::pb::GetOrderRequest {
+            order_id: order.order_id.clone(),
+        };
+        assert!(
+            client.get_order(request).await.is_err(),
+            "no plaintext answers"
+        );
+    }
+    // The admin API over TLS, through omsctl.
+    let port = app.server().admin_addr.unwrap().port();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_omsctl"))
+        .args(["--json", "plugins", "list"])
+        .env("OMS_ADMIN_ADDR", format!("https://localhost:{port}"))
+        .env("OMS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("OMS_ADMIN_CA_CERT", &cert)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let plugins: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "fakepay")
+    );
+    // Without the certificate's CA, omsctl refuses the server.
+    let untrusted = tokio::process::Command::new(env!("CARGO_BIN_EXE_omsctl"))
+        .args(["plugins", "list"])
+        .env("OMS_ADMIN_ADDR", format!("https://localhost:{port}"))
+        .env("OMS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env_remove("OMS_ADMIN_CA_CERT")
+        .output()
+        .await
+        .unwrap();
+    assert!(!untrusted.status.success(), "{untrusted:?}");
+    app.stop().await;
+}

@@ -68,6 +68,24 @@ impl TestApp {
     /// deadlines (so a provider that never answers fails a saga in seconds, not minutes),
     /// then lets `adjust` change the configuration.
     pub async fn spawn_with(backend: TestBackend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_inner(backend, adjust, None).await
+    }
+
+    /// [`Self::spawn_with`] for a host whose public API serves TLS with a certificate for
+    /// `localhost` that `ca` (PEM) vouches for; the client trusts it.
+    pub async fn spawn_with_tls(
+        backend: TestBackend,
+        adjust: impl FnOnce(&mut Config),
+        ca: &Path,
+    ) -> TestApp {
+        Self::spawn_inner(backend, adjust, Some(ca)).await
+    }
+
+    async fn spawn_inner(
+        backend: TestBackend,
+        adjust: impl FnOnce(&mut Config),
+        ca: Option<&Path>,
+    ) -> TestApp {
         let db = TestDatabase::new(backend).await.unwrap_or_else(|e| {
             panic!("{backend:?} test database (PostgreSQL: 127.0.0.1:5432 or OMS_TEST_PG_URL): {e}")
         });
@@ -88,11 +106,21 @@ impl TestApp {
         config.plugins.sync_interval_ms = 100;
         adjust(&mut config);
         let server = oms::start(config.clone()).await.expect("server starts");
-        let channel = Channel::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("client connects");
+        let channel = match ca {
+            None => Channel::from_shared(format!("http://{}", server.addr)).unwrap(),
+            Some(ca) => {
+                let pem = std::fs::read(ca).unwrap();
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                Channel::from_shared(format!("https://localhost:{}", server.addr.port()))
+                    .unwrap()
+                    .tls_config(tls)
+                    .unwrap()
+            }
+        }
+        .connect()
+        .await
+        .expect("client connects");
         TestApp {
             client: OrderServiceClient::new(channel.clone()),
             channel,

@@ -102,6 +102,7 @@ on_both_backends!(
     a_swap_through_one_host_reaches_every_host,
     a_file_dropped_in_a_watched_directory_reaches_every_host,
     callers_authenticate_and_own_their_keys,
+    both_listeners_serve_tls_when_configured,
 );
 
 on_both_backends!(

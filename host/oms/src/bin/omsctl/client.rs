@@ -9,7 +9,7 @@ use oms_grpc::admin_pb::admin_service_client::AdminServiceClient;
 use tokio_stream::StreamExt as _;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 /// Bytes per upload message: well under tonic's 4 MiB message limit.
 const CHUNK: usize = 1024 * 1024;
@@ -24,9 +24,26 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn connect(addr: &str, token: &str) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(addr.to_owned())
-            .with_context(|| format!("{addr:?} is not a URL (e.g. http://127.0.0.1:50052)"))?
+    /// Connects to `addr`: `http://` in plaintext, `https://` over TLS, trusting `ca_cert`
+    /// (PEM) when given and the public web roots otherwise.
+    pub async fn connect(addr: &str, token: &str, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        let mut endpoint = Channel::from_shared(addr.to_owned())
+            .with_context(|| format!("{addr:?} is not a URL (e.g. http://127.0.0.1:50052)"))?;
+        if addr.starts_with("https://") {
+            let tls = match ca_cert {
+                Some(path) => {
+                    let pem = std::fs::read(path).with_context(|| {
+                        format!("reading the CA certificate {}", path.display())
+                    })?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_webpki_roots(),
+            };
+            endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+        } else if ca_cert.is_some() {
+            anyhow::bail!("--ca-cert needs an https:// address");
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("connecting to the admin API at {addr}"))?;

@@ -23,7 +23,7 @@ use crate::render::Output;
     about = "Operate an OMS host through its admin API"
 )]
 struct Cli {
-    /// The admin API's address.
+    /// The admin API's address: `http://` or, when the host serves TLS, `https://`.
     #[arg(
         long,
         global = true,
@@ -31,6 +31,10 @@ struct Cli {
         default_value = "http://127.0.0.1:50052"
     )]
     addr: String,
+    /// The CA certificate (PEM) that signed the admin API's TLS certificate, for an
+    /// `https://` address whose certificate is not from a public CA.
+    #[arg(long, global = true, env = "OMS_ADMIN_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// The bearer token (the host's `admin.token`).
     #[arg(long, global = true, env = "OMS_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -160,7 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let token = cli
         .token
         .context("no token: pass --token or set OMS_ADMIN_TOKEN (the host's admin.token)")?;
-    let mut admin = Admin::connect(&cli.addr, &token).await?;
+    let mut admin = Admin::connect(&cli.addr, &token, cli.ca_cert.as_deref()).await?;
     let out = Output::new(cli.json);
     match cli.command {
         Command::Plugins(c) => plugins(&mut admin, &out, c).await,
