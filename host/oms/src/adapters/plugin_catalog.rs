@@ -111,11 +111,20 @@ impl RuntimeCatalog {
             if applied.get(&r.name) == Some(&r.generation) {
                 continue;
             }
-            if let Err(e) = self.apply(&r).await {
-                // Retried at the next change, not every round: a build this process
-                // refuses (a capability it cannot grant) would be refused again.
-                warn!(plugin = %r.name, version = %r.version, error = %e,
-                      "following the plugin release failed");
+            match self.apply(&r).await {
+                Ok(()) => {}
+                // A build this process refuses (a capability it cannot grant) would be
+                // refused again: retried at the next change, not every round.
+                Err(e @ AppError::InvalidArgument(_)) => {
+                    warn!(plugin = %r.name, version = %r.version, error = %e,
+                          "this process refuses the plugin release; it keeps its current build");
+                }
+                // The database or the artifact could not be read: retried next round.
+                Err(e) => {
+                    warn!(plugin = %r.name, version = %r.version, error = %e,
+                          "following the plugin release failed; retrying");
+                    continue;
+                }
             }
             applied.insert(r.name, r.generation);
         }
