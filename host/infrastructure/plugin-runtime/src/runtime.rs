@@ -223,8 +223,8 @@ impl PluginRuntime {
     }
 }
 
-/// `*.toml` files of `dir`, sorted.
-pub(crate) fn manifests_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// `*.toml` files of `dir`, sorted: the manifests a plugins directory holds.
+pub fn manifests_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())

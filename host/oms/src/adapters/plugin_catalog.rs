@@ -24,6 +24,7 @@ use oms_domain::Timestamp;
 use oms_plugin_runtime::breaker::BreakerState;
 use oms_plugin_runtime::{
     LoadError, Manifest, PluginKind, PluginRuntime, PluginStatus, VersionInfo, manifest_digest,
+    manifests_in,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -52,14 +53,9 @@ impl RuntimeCatalog {
         action: ReleaseAction,
         actor: &str,
     ) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        let Ok(manifests) = manifests_in(dir) else {
             return;
         };
-        let mut manifests: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        manifests.sort();
         for path in manifests {
             let (Ok(manifest), Ok(text)) =
                 (Manifest::from_file(&path), std::fs::read_to_string(&path))
