@@ -85,6 +85,9 @@ pub struct GrpcConfig {
     /// Calls per second one connection may make (bursts up to as many); more are
     /// `RESOURCE_EXHAUSTED` (`RATE_LIMITED`) with when to retry. `0`: unlimited.
     pub max_calls_per_sec_per_connection: u32,
+    /// Calls one connection may have running at once (a `WatchOrder` stream counts until it
+    /// closes); more are `RESOURCE_EXHAUSTED` (`CONCURRENCY_LIMITED`). `0`: unlimited.
+    pub max_calls_per_connection: usize,
     /// Open connections at most; further ones are accepted and closed at once. Keep it well
     /// below the process's file-descriptor limit (`ulimit -n`).
     pub max_connections: usize,
@@ -148,6 +151,10 @@ pub struct IdempotencyConfig {
 pub struct WatchConfig {
     /// Re-read interval that catches changes committed by other host processes.
     pub poll_interval_ms: u64,
+    /// `WatchOrder` streams open at once on this host; more are `RESOURCE_EXHAUSTED`
+    /// (`CONCURRENCY_LIMITED`). Each costs a task, a read per poll interval and a look at
+    /// every change this host commits.
+    pub max_streams: usize,
 }
 
 /// Where plugins come from and which ones the sagas use.
@@ -288,6 +295,7 @@ impl Default for Config {
                 tls_cert_file: None,
                 tls_key_file: None,
                 max_calls_per_sec_per_connection: 0,
+                max_calls_per_connection: 0,
                 max_connections: 1024,
                 max_concurrent_streams: 100,
                 max_header_list_bytes: 16 * 1024,
@@ -320,6 +328,7 @@ impl Default for Config {
             },
             watch: WatchConfig {
                 poll_interval_ms: 1000,
+                max_streams: 1024,
             },
             plugins: PluginsConfig {
                 dir: PathBuf::from("target/plugins"),
@@ -472,7 +481,7 @@ impl Config {
         let b = &self.broker;
         // `plugins.watch_interval_ms` and `saga.step_deadline_cap_ms` are absent on purpose:
         // for them 0 means "off" and "the step tables' own", as documented.
-        let positive: [(&'static str, u64); 21] = [
+        let positive: [(&'static str, u64); 22] = [
             ("plugins.sync_interval_ms", self.plugins.sync_interval_ms),
             ("health.interval_ms", self.health.interval_ms),
             (
@@ -490,6 +499,10 @@ impl Config {
                 self.idempotency.sweep_interval_secs,
             ),
             ("watch.poll_interval_ms", self.watch.poll_interval_ms),
+            (
+                "watch.max_streams",
+                u64::try_from(self.watch.max_streams).unwrap_or(u64::MAX),
+            ),
             ("saga.batch", u64::from(self.saga.batch)),
             ("saga.poll_interval_ms", self.saga.poll_interval_ms),
             ("saga.lease_secs", self.saga.lease_secs),

@@ -264,6 +264,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         max_request_bytes: g.max_request_bytes,
         max_response_bytes: g.max_response_bytes,
         max_buffered_request_bytes: g.max_buffered_request_bytes,
+        max_calls_per_connection: g.max_calls_per_connection,
+        max_watch_streams: config.watch.max_streams,
     };
     let connections = ConnectionLimits {
         max_connections: g.max_connections,

@@ -447,3 +447,71 @@ pub async fn a_connection_over_its_call_rate_is_slowed_down(backend: TestBackend
     assert!(client.get_order(request).await.is_ok());
     app.stop().await;
 }
+
+/// A connection with its bound of calls running gets `CONCURRENCY_LIMITED` for one more,
+/// and its place back when one ends; another connection is not affected until the host's
+/// bound of `WatchOrder` streams is reached, which no connection passes.
+pub async fn concurrent_calls_are_bounded_per_connection_and_streams_per_host(
+    backend: TestBackend,
+) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.grpc.max_calls_per_connection = 2;
+        c.watch.max_streams = 3;
+    })
+    .await;
+    let order = app
+        .create(crate::helpers::order_with("c-conc", "DEMO-1", "tok_ok"))
+        .await;
+    // Settled, so that a stream stays open (a terminal order's stream ends after one item)
+    // only while the order is not terminal: a CONFIRMED order is not terminal.
+    let order = crate::helpers::settle(&app, &order.order_id).await;
+    assert_eq!(order.status, pb::OrderStatus::Confirmed as i32);
+    let watch = || pb::WatchOrderRequest {
+        order_id: order.order_id.clone(),
+    };
+    let refused = |status: tonic::Status, limit: &str| {
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        let (reason, metadata) = crate::helpers::error_info(&status);
+        assert_eq!(reason, "CONCURRENCY_LIMITED");
+        assert_eq!(metadata.get("limit").map(String::as_str), Some(limit));
+    };
+
+    // Two streams fill this connection: a third call of any kind is refused.
+    let first = app.watch(watch()).await;
+    let second = app.watch(watch()).await;
+    refused(app.try_get(&order.order_id).await.unwrap_err(), "2");
+    // One ends: its place is given back once the server has seen the stream close.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while let Err(status) = app.try_get(&order.order_id).await {
+        refused(status, "2");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed stream never gave its place back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Another connection: one more stream fits the host's bound of three, a fourth does not.
+    let fresh = tonic::transport::Channel::from_shared(format!("http://{}", app.server().addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut other = pb::order_service_client::OrderServiceClient::new(fresh);
+    let third = app.watch(watch()).await;
+    let fourth = other.watch_order(watch()).await.map(|r| r.into_inner());
+    let fourth = fourth.expect("the third stream on the host fits");
+    refused(other.watch_order(watch()).await.unwrap_err(), "3");
+    // Unary calls on the other connection still run.
+    assert!(
+        other
+            .get_order(pb::GetOrderRequest {
+                order_id: order.order_id.clone(),
+            })
+            .await
+            .is_ok()
+    );
+    drop((second, third, fourth));
+    app.stop().await;
+}

@@ -90,6 +90,7 @@ on_both_backends!(
     silent_connections_are_closed_after_the_idle_timeout,
     one_connection_has_a_bounded_number_of_streams,
     a_connection_over_its_call_rate_is_slowed_down,
+    concurrent_calls_are_bounded_per_connection_and_streams_per_host,
 );
 
 on_both_backends!(

@@ -13,6 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::CallerAuth;
+use crate::concurrency::PerConnectionLimit;
 use crate::convert::{
     Violations, order_to_proto, parse_address, parse_expected_version, parse_money,
     parse_new_order, parse_order_id, parse_reason, parse_status_filter,
@@ -37,6 +38,12 @@ pub struct ApiLimits {
     pub max_response_bytes: usize,
     /// Request bytes being received by all calls together (see [`UnaryFraming`]).
     pub max_buffered_request_bytes: usize,
+    /// Calls one connection may have running at once, `0` for unlimited (see
+    /// [`PerConnectionLimit`]).
+    pub max_calls_per_connection: usize,
+    /// `WatchOrder` streams open at once on this server; more are refused, not queued (a
+    /// stream lasts until its order is terminal, so a queue could wait for days).
+    pub max_watch_streams: usize,
 }
 
 impl Default for ApiLimits {
@@ -46,6 +53,8 @@ impl Default for ApiLimits {
             max_request_bytes: 256 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             max_buffered_request_bytes: 64 * 1024 * 1024,
+            max_calls_per_connection: 0,
+            max_watch_streams: 1024,
         }
     }
 }
@@ -55,13 +64,16 @@ impl Default for ApiLimits {
 pub struct OrderApi {
     service: OrderService,
     in_flight: Arc<Semaphore>,
+    watch_streams: Arc<Semaphore>,
     limits: ApiLimits,
 }
 
 /// The server as added to tonic: the generated service behind the callers' authentication,
-/// behind the framing check.
-pub type OrderServer = UnaryFraming<
-    InterceptedService<pb::order_service_server::OrderServiceServer<OrderApi>, CallerAuth>,
+/// behind the framing check, behind the per-connection bound of calls.
+pub type OrderServer = PerConnectionLimit<
+    UnaryFraming<
+        InterceptedService<pb::order_service_server::OrderServiceServer<OrderApi>, CallerAuth>,
+    >,
 >;
 
 impl OrderApi {
@@ -69,6 +81,9 @@ impl OrderApi {
         Self {
             service,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            watch_streams: Arc::new(Semaphore::new(
+                limits.max_watch_streams.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             limits,
         }
     }
@@ -80,10 +95,13 @@ impl OrderApi {
         let server = pb::order_service_server::OrderServiceServer::new(self)
             .max_decoding_message_size(limits.max_request_bytes)
             .max_encoding_message_size(limits.max_response_bytes);
-        UnaryFraming::new(
-            InterceptedService::new(server, auth),
-            limits.max_request_bytes,
-            limits.max_buffered_request_bytes,
+        PerConnectionLimit::new(
+            UnaryFraming::new(
+                InterceptedService::new(server, auth),
+                limits.max_request_bytes,
+                limits.max_buffered_request_bytes,
+            ),
+            limits.max_calls_per_connection,
         )
     }
 
@@ -247,6 +265,16 @@ impl OrderServiceApi for OrderApi {
         let mut v = Violations::default();
         let id = parse_order_id(&request.get_ref().order_id, "order_id", &mut v);
         let id = v.into_result(id).map_err(invalid)?;
+        // The stream's place among the host's streams, held until the stream is dropped.
+        let place = Arc::clone(&self.watch_streams)
+            .try_acquire_owned()
+            .map_err(|_| {
+                status::concurrency_limited(
+                    "this host",
+                    self.limits.max_watch_streams,
+                    "`WatchOrder` streams open (all callers together); retry when one ends",
+                )
+            })?;
         // An unknown order fails the call instead of opening a stream that errors at once;
         // the read that finds it is the stream's first update.
         let updates = self
@@ -257,7 +285,8 @@ impl OrderServiceApi for OrderApi {
                     .map_err(|e| status::to_status(&e))
             })
             .await?
-            .map(|r| {
+            .map(move |r| {
+                let _held = &place;
                 r.map(|o| order_to_proto(&o))
                     .map_err(|e| status::to_status(&e))
             });

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod codec;
+pub mod concurrency;
 pub mod convert;
 pub mod deadline;
 pub mod framing;

@@ -45,11 +45,14 @@ pub enum ErrorReason {
     PermissionDenied,
     /// The connection sent more calls than `grpc.max_calls_per_sec_per_connection` allows.
     RateLimited,
+    /// Too many calls at once: on the connection (`grpc.max_calls_per_connection`), or
+    /// `WatchOrder` streams on the host (`watch.max_streams`).
+    ConcurrencyLimited,
 }
 
 impl ErrorReason {
     /// Every reason, for documentation checks and clients' exhaustive tables.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::InvalidArgument,
         Self::CurrencyMismatch,
         Self::NotFound,
@@ -68,6 +71,7 @@ impl ErrorReason {
         Self::Unauthenticated,
         Self::PermissionDenied,
         Self::RateLimited,
+        Self::ConcurrencyLimited,
     ];
 
     /// The `ErrorInfo.reason`: UPPER_SNAKE_CASE, stable forever.
@@ -91,6 +95,7 @@ impl ErrorReason {
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::PermissionDenied => "PERMISSION_DENIED",
             Self::RateLimited => "RATE_LIMITED",
+            Self::ConcurrencyLimited => "CONCURRENCY_LIMITED",
         }
     }
 
@@ -105,7 +110,10 @@ impl ErrorReason {
             | Self::OperationInProgress
             | Self::FulfillmentStarted
             | Self::IdempotencyKeyReused => Code::FailedPrecondition,
-            Self::MessageTooLarge | Self::ServerBusy | Self::RateLimited => Code::ResourceExhausted,
+            Self::MessageTooLarge
+            | Self::ServerBusy
+            | Self::RateLimited
+            | Self::ConcurrencyLimited => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Unavailable => Code::Unavailable,
             Self::Internal => Code::Internal,

@@ -161,6 +161,17 @@ pub fn rate_limited(limit: u32, wait: Duration) -> Status {
     )
 }
 
+/// `scope` (this connection, this host) has `limit` calls or streams running: nothing was
+/// executed; the caller can retry once one of them ends.
+pub fn concurrency_limited(scope: &str, limit: usize, advice: &str) -> Status {
+    status(
+        ErrorReason::ConcurrencyLimited,
+        &format!("{scope} already has {limit} calls running, its limit; {advice}"),
+        HashMap::from([("limit".to_owned(), limit.to_string())]),
+        ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+    )
+}
+
 /// An admin API call without credentials.
 pub fn unauthenticated(message: &str) -> Status {
     status(
