@@ -266,6 +266,15 @@ pub struct NotificationsConfig {
     /// When notifications go to the log (no `file`): also log their recipient, subject and
     /// body. Off by default, since those carry personal data (names, addresses).
     pub log_bodies: bool,
+    /// Standard Webhooks signing secret (`whsec_` + base64); empty sends webhooks unsigned.
+    pub webhook_secret: String,
+    /// Let webhooks reach loopback, private and link-local addresses (an operator's own
+    /// receivers, tests). Metadata and multicast addresses stay refused.
+    pub webhook_allow_private: bool,
+    /// PEM file of CA certificates trusted for `https://` webhook receivers besides
+    /// Mozilla's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 /// Logging.
@@ -369,6 +378,9 @@ impl Default for Config {
                     formatters: vec!["email-text".to_owned()],
                     file: String::new(),
                     log_bodies: false,
+                    webhook_secret: String::new(),
+                    webhook_allow_private: false,
+                    webhook_ca_file: None,
                 },
                 properties: std::collections::BTreeMap::new(),
             },
@@ -430,12 +442,15 @@ pub fn redact_url(url: &str) -> String {
 
 /// The key an `OMS_*` variable (without the prefix) sets when its value is a secret, which is
 /// read as text exactly as given (figment would read `0123` as the number 123): the admin
-/// token and the callers' tokens (`OMS_GRPC__CALLERS__<CALLER>`, the caller id in lower case,
+/// token, the webhook signing secret and the callers' tokens (`OMS_GRPC__CALLERS__<CALLER>`, the caller id in lower case,
 /// as figment reads every key).
 fn secret_key(var: &str) -> Option<String> {
     let upper = var.to_ascii_uppercase();
     if upper == "ADMIN__TOKEN" {
         return Some("admin.token".to_owned());
+    }
+    if upper == "BROKER__NOTIFICATIONS__WEBHOOK_SECRET" {
+        return Some("broker.notifications.webhook_secret".to_owned());
     }
     upper
         .strip_prefix("GRPC__CALLERS__")
@@ -528,6 +543,10 @@ impl Config {
         copy.database.url = redact_url(&self.database.url);
         if !copy.admin.token.is_empty() {
             REDACTED.clone_into(&mut copy.admin.token);
+        }
+        let webhook_secret = &mut copy.broker.notifications.webhook_secret;
+        if !webhook_secret.is_empty() {
+            REDACTED.clone_into(webhook_secret);
         }
         for token in copy.grpc.callers.values_mut() {
             REDACTED.clone_into(token);
@@ -634,11 +653,19 @@ mod tests {
                 Some("from-file")
             );
             jail.set_env("OMS_ADMIN__TOKEN", "s3cret=with spaces");
+            jail.set_env(
+                "OMS_BROKER__NOTIFICATIONS__WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            );
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.admin.token, "s3cret=with spaces");
+            assert_eq!(
+                c.broker.notifications.webhook_secret,
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            );
             let shown = toml::to_string_pretty(&c.redacted()).map_err(|e| e.to_string())?;
             assert!(
-                !shown.contains("007") && !shown.contains("s3cret"),
+                !shown.contains("007") && !shown.contains("s3cret") && !shown.contains("whsec"),
                 "{shown}"
             );
             Ok(())

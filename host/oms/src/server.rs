@@ -597,6 +597,41 @@ fn spawn_saga_workers(
 /// Starts the outbox relay and the notification consumer (docs/outbox.md) on the configured
 /// broker; the relay wakes on every committed order change. Returns the relay, which a
 /// redrive wakes, and the notification consumer's counters, which the metrics export.
+/// The webhook channel as `broker.notifications.webhook_*` configure it; a bad secret or CA
+/// file stops the host at startup, naming the key.
+fn webhook_channel(
+    n: &crate::config::NotificationsConfig,
+) -> anyhow::Result<Arc<oms_messaging::notifications::WebhookChannel>> {
+    use oms_messaging::notifications::{SigningSecret, WebhookChannel, WebhookOptions};
+    let signing_secret = if n.webhook_secret.is_empty() {
+        None
+    } else {
+        Some(
+            SigningSecret::parse(&n.webhook_secret)
+                .context("broker.notifications.webhook_secret")?,
+        )
+    };
+    let extra_roots_pem = match &n.webhook_ca_file {
+        Some(path) => Some(std::fs::read(path).with_context(|| {
+            format!(
+                "broker.notifications.webhook_ca_file: reading {}",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    let channel = WebhookChannel::new(WebhookOptions {
+        egress: oms_egress::EgressPolicy {
+            allow_private: n.webhook_allow_private,
+        },
+        signing_secret,
+        extra_roots_pem,
+        ..WebhookOptions::default()
+    })
+    .context("broker.notifications.webhook_*")?;
+    Ok(Arc::new(channel))
+}
+
 fn spawn_messaging(
     config: &Config,
     db: &Database,
@@ -612,6 +647,11 @@ fn spawn_messaging(
     use oms_messaging::{broker, host, notifications, relay};
     let b = &config.broker;
     let ms = Duration::from_millis;
+    let webhook = if b.notifications.enabled {
+        Some(webhook_channel(&b.notifications)?)
+    } else {
+        None
+    };
     let settings = host::MessagingSettings {
         broker: match b.kind {
             crate::config::BrokerKind::InProcess => host::BrokerChoice::InProcess,
@@ -639,11 +679,11 @@ fn spawn_messaging(
             retention: Duration::from_secs(b.relay.retention_hours.saturating_mul(3600)),
             ..relay::RelayConfig::default()
         },
-        notifications: b.notifications.enabled.then(|| host::NotificationSettings {
+        notifications: webhook.map(|webhook| host::NotificationSettings {
             consumer: "oms-notifications".to_owned(),
             file: (!b.notifications.file.is_empty()).then(|| b.notifications.file.clone().into()),
             log_bodies: b.notifications.log_bodies,
-            webhook: notifications::WebhookOptions::default(),
+            webhook,
         }),
     };
     let formatters: Vec<Arc<dyn notifications::Formatter>> = b

@@ -19,7 +19,7 @@ use crate::broker::{Broker, Consumer, InProcessBroker, KafkaBroker, KafkaOptions
 use crate::error::BrokerError;
 use crate::notifications::{
     Channel, FileSink, Formatter, NotificationConfig, NotificationMetrics, NotificationService,
-    WebhookChannel, WebhookOptions,
+    WebhookChannel,
 };
 use crate::relay::{Relay, RelayConfig};
 
@@ -49,7 +49,8 @@ pub struct NotificationSettings {
     pub file: Option<PathBuf>,
     /// Whether logged notifications include recipient, subject and body (personal data).
     pub log_bodies: bool,
-    pub webhook: WebhookOptions,
+    /// Built by the caller, which reports a bad secret or CA file at startup.
+    pub webhook: Arc<WebhookChannel>,
 }
 
 /// The running messaging part of the host.
@@ -124,7 +125,7 @@ pub fn start(
         let consumer = broker.consumer(&group, &[settings.topics.events.as_str()])?;
         let channels: Vec<Arc<dyn Channel>> = vec![
             Arc::new(FileSink::new(n.file).log_bodies(n.log_bodies)),
-            Arc::new(WebhookChannel::new(n.webhook)),
+            n.webhook,
         ];
         let config = NotificationConfig {
             consumer: group.clone(),

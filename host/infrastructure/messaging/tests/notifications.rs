@@ -1,5 +1,5 @@
 //! The notification consumer with real databases and the in-process broker: dedup across
-//! redeliveries, poison events to the dead-letter topic, webhook retries.
+//! redeliveries, poison events to the dead-letter topic (webhooks: `webhooks.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,7 +14,7 @@ use oms_messaging::broker::{Broker, InProcessBroker, Topics};
 use oms_messaging::event::{headers, pb};
 use oms_messaging::notifications::{
     Channel, ChannelKind, FileSink, FormatFailure, Formatter, Handled, Notification,
-    NotificationConfig, NotificationService, WebhookChannel, WebhookOptions,
+    NotificationConfig, NotificationService,
 };
 use oms_messaging::relay::{Relay, RelayConfig};
 use oms_persistence::testing::TestBackend;
@@ -285,111 +285,4 @@ async fn batches_deduplicate_within_and_across_postgres() {
 #[tokio::test]
 async fn batches_deduplicate_within_and_across_sqlite() {
     batches_deduplicate_within_and_across(TestBackend::Sqlite).await;
-}
-
-/// A tiny HTTP server answering 503 to the first `failures` requests, then 204.
-async fn flaky_http(
-    failures: usize,
-) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (c, s) = (count.clone(), seen.clone());
-    tokio::spawn(async move {
-        loop {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 8192];
-            let mut got = Vec::new();
-            // Read until the body (Content-Length) is complete.
-            loop {
-                let n = sock.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length: ")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break;
-                    }
-                }
-            }
-            s.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&got).to_string());
-            let n = c.fetch_add(1, Ordering::SeqCst);
-            let status = if n < failures {
-                "503 Service Unavailable"
-            } else {
-                "204 No Content"
-            };
-            let _ = sock
-                .write_all(
-                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .as_bytes(),
-                )
-                .await;
-        }
-    });
-    (url, count, seen)
-}
-
-fn webhook_note(url: &str) -> Notification {
-    Notification {
-        event_id: "0190f1c2-0000-7000-8000-000000000001".into(),
-        event_type: "OrderConfirmed".into(),
-        formatter: "webhook-json".into(),
-        channel: ChannelKind::Webhook,
-        recipient: url.to_owned(),
-        subject: None,
-        body: r#"{"type":"order.confirmed"}"#.into(),
-        content_type: "application/json".into(),
-    }
-}
-
-#[tokio::test]
-async fn webhooks_retry_server_errors_then_succeed() {
-    let (url, count, seen) = flaky_http(2).await;
-    let channel = WebhookChannel::new(WebhookOptions {
-        backoff: oms_application::retry::RetryPolicy {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(5),
-        },
-        ..WebhookOptions::default()
-    });
-    channel.deliver(&webhook_note(&url)).await.unwrap();
-    assert_eq!(count.load(Ordering::SeqCst), 3);
-    let last = seen.lock().unwrap().last().unwrap().to_ascii_lowercase();
-    assert!(last.starts_with("post /hook"), "{last}");
-    assert!(
-        last.contains("idempotency-key: 0190f1c2-0000-7000-8000-000000000001"),
-        "{last}"
-    );
-    assert!(last.ends_with(r#"{"type":"order.confirmed"}"#), "{last}");
-}
-
-#[tokio::test]
-async fn webhooks_give_up_after_their_attempts() {
-    let (url, count, _) = flaky_http(usize::MAX).await;
-    let channel = WebhookChannel::new(WebhookOptions {
-        attempts: 3,
-        backoff: oms_application::retry::RetryPolicy {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(5),
-        },
-        ..WebhookOptions::default()
-    });
-    let err = channel.deliver(&webhook_note(&url)).await.unwrap_err();
-    assert!(err.to_string().contains("503"), "{err}");
-    assert_eq!(count.load(Ordering::SeqCst), 3);
 }

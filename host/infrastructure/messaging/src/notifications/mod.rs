@@ -29,7 +29,10 @@ use crate::error::MessagingError;
 use crate::event::{self, headers, pb};
 use oms_application::retry::RetryPolicy;
 
-pub use channels::{Channel, DeliveryError, FileSink, WebhookChannel, WebhookOptions};
+pub use channels::{
+    Channel, DeliveryError, FileSink, SigningSecret, WebhookChannel, WebhookOptions,
+    WebhookSetupError,
+};
 
 /// Where a notification goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,19 +1,21 @@
 //! Outbound HTTP through the standard `wasi:http/outgoing-handler`, deny by default.
 //!
 //! A request goes out only if (1) the manifest grants `[capabilities.http]`, (2) its
-//! `host:port` is on the allowlist exactly, and (3) every address the name resolves to is
-//! acceptable: never unspecified, multicast/broadcast or the cloud metadata addresses; never
-//! loopback, private, CGNAT or link-local unless the manifest sets `allow_private` (tests,
-//! local development). The host then connects to the address it checked, not to the name, so
-//! a DNS answer that changes between check and connect (rebinding) cannot redirect it. HTTPS
-//! verifies the allowlisted name against Mozilla's roots (`http_tls.rs`).
+//! `host:port` is on the allowlist exactly, and (3) every address the name resolves to passes
+//! the host's egress guard ([`oms_egress`], shared with the webhook channel): never
+//! unspecified, multicast/broadcast or the cloud metadata addresses; never loopback, private,
+//! CGNAT or link-local unless the manifest sets `allow_private` (tests, local development).
+//! The host then connects to the address it checked, not to the name, so a DNS answer that
+//! changes between check and connect (rebinding) cannot redirect it. HTTPS verifies the
+//! allowlisted name against Mozilla's roots (`http_tls.rs`).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::client::conn::http1;
+use oms_egress::{EgressError, EgressPolicy};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -27,7 +29,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpGrant {
     allow: Vec<(String, u16)>,
-    allow_private: bool,
+    egress: EgressPolicy,
 }
 
 impl HttpGrant {
@@ -49,7 +51,9 @@ impl HttpGrant {
             .collect::<Result<_, _>>()?;
         Ok(Some(Self {
             allow,
-            allow_private: spec.allow_private,
+            egress: EgressPolicy {
+                allow_private: spec.allow_private,
+            },
         }))
     }
 
@@ -60,15 +64,6 @@ impl HttpGrant {
             .iter()
             .any(|(h, p)| *p == port && h.eq_ignore_ascii_case(host))
     }
-
-    /// Whether a resolved address may be connected to.
-    pub fn address_allowed(&self, ip: IpAddr) -> bool {
-        match classify(ip) {
-            AddressClass::Public => true,
-            AddressClass::Private => self.allow_private,
-            AddressClass::Forbidden => false,
-        }
-    }
 }
 
 fn parse_host_port(entry: &str) -> Option<(String, u16)> {
@@ -78,65 +73,6 @@ fn parse_host_port(entry: &str) -> Option<(String, u16)> {
         return None;
     }
     Some((host.to_ascii_lowercase(), port.parse().ok()?))
-}
-
-/// What kind of destination an address is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddressClass {
-    /// Routable on the internet.
-    Public,
-    /// Loopback, RFC 1918, CGNAT, unique-local or link-local: only with `allow_private`.
-    Private,
-    /// Never: unspecified, multicast, broadcast, cloud metadata endpoints.
-    Forbidden,
-}
-
-/// Classifies an address; IPv4-mapped IPv6 addresses are judged as the IPv4 they carry.
-pub fn classify(ip: IpAddr) -> AddressClass {
-    match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => classify_v4(v4),
-            None => classify_v6(v6),
-        },
-    }
-}
-
-fn classify_v4(ip: Ipv4Addr) -> AddressClass {
-    let o = ip.octets();
-    // AWS/GCP/Azure/OpenStack metadata, Alibaba's, and the Azure wire server.
-    let metadata = [
-        Ipv4Addr::new(169, 254, 169, 254),
-        Ipv4Addr::new(100, 100, 100, 200),
-        Ipv4Addr::new(168, 63, 129, 16),
-    ];
-    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || metadata.contains(&ip) {
-        AddressClass::Forbidden
-    } else if ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || (o[0] == 100 && (64..128).contains(&o[1]))
-        || o[0] == 0
-    {
-        AddressClass::Private
-    } else {
-        AddressClass::Public
-    }
-}
-
-fn classify_v6(ip: Ipv6Addr) -> AddressClass {
-    let s = ip.segments();
-    // fd00:ec2::254 is the AWS metadata endpoint over IPv6.
-    if ip.is_unspecified()
-        || ip.is_multicast()
-        || ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-    {
-        AddressClass::Forbidden
-    } else if ip.is_loopback() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80 {
-        AddressClass::Private
-    } else {
-        AddressClass::Public
-    }
 }
 
 /// The `wasi:http` hooks of one call: every outgoing request passes through [`send_checked`].
@@ -185,24 +121,18 @@ async fn destination(
         tracing::warn!(plugin, %host, port, "plugin HTTP refused: not on the allowlist");
         return Err(Error::HttpRequestDenied);
     }
-    let lookup_host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((lookup_host.as_str(), port))
-        .await
-        .map_err(|e| Error::DnsError {
-            rcode: Some(e.to_string()),
+    match grant.egress.resolve(&host, port).await {
+        Ok(addrs) => addrs.first().copied().ok_or(Error::DestinationNotFound),
+        Err(EgressError::Prohibited { address, .. }) => {
+            tracing::warn!(plugin, %host, port, %address, "plugin HTTP refused: destination address not allowed");
+            Err(Error::DestinationIpProhibited)
+        }
+        Err(EgressError::Dns { source, .. }) => Err(Error::DnsError {
+            rcode: Some(source.to_string()),
             info_code: None,
-        })?
-        .collect();
-    // Refuse if *any* answer is forbidden: a name that can resolve to a metadata or private
-    // address is not trusted with the others either.
-    if let Some(bad) = addrs.iter().find(|a| !grant.address_allowed(a.ip())) {
-        tracing::warn!(plugin, %host, port, address = %bad.ip(), "plugin HTTP refused: destination address not allowed");
-        return Err(Error::DestinationIpProhibited);
+        }),
+        Err(EgressError::NotFound { .. }) => Err(Error::DestinationNotFound),
     }
-    addrs.first().copied().ok_or(Error::DestinationNotFound)
 }
 
 fn empty_body() -> WasiBody {
@@ -282,32 +212,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classifies_addresses() {
-        let c = |s: &str| classify(s.parse().unwrap());
-        assert_eq!(c("93.184.216.34"), AddressClass::Public);
-        assert_eq!(c("127.0.0.1"), AddressClass::Private);
-        assert_eq!(c("10.1.2.3"), AddressClass::Private);
-        assert_eq!(c("100.64.0.1"), AddressClass::Private);
-        assert_eq!(c("169.254.1.1"), AddressClass::Private);
-        assert_eq!(c("169.254.169.254"), AddressClass::Forbidden);
-        assert_eq!(c("0.0.0.0"), AddressClass::Forbidden);
-        assert_eq!(c("::1"), AddressClass::Private);
-        assert_eq!(c("::ffff:169.254.169.254"), AddressClass::Forbidden);
-        assert_eq!(c("fe80::1"), AddressClass::Private);
-        assert_eq!(c("fd00:ec2::254"), AddressClass::Forbidden);
-        assert_eq!(c("2606:4700::1111"), AddressClass::Public);
-    }
-
-    #[test]
     fn allowlist_is_exact_host_and_port() {
         let g = HttpGrant {
             allow: vec![parse_host_port("Stock.Example.com:8080").unwrap()],
-            allow_private: false,
+            egress: EgressPolicy::default(),
         };
         assert!(g.allows("stock.example.com", 8080));
         assert!(!g.allows("stock.example.com", 80));
         assert!(!g.allows("evil.example.com", 8080));
-        assert!(!g.address_allowed("127.0.0.1".parse().unwrap()));
         assert_eq!(parse_host_port("[::1]:80"), Some(("::1".into(), 80)));
         assert_eq!(parse_host_port("nohost"), None);
     }
