@@ -122,12 +122,19 @@ pub async fn metrics_show_the_traffic(backend: TestBackend) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let samples = loop {
         let samples = scrape(&app).await;
-        if value(&samples, "oms_outbox_published_total", &[]).unwrap_or(0.0) >= 2.0 {
+        let notified = value(
+            &samples,
+            "oms_notifications_total",
+            &[("outcome", "processed")],
+        );
+        if value(&samples, "oms_outbox_published_total", &[]).unwrap_or(0.0) >= 2.0
+            && notified.unwrap_or(0.0) >= 1.0
+        {
             break samples;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the relay never published"
+            "the relay never published, or the notification consumer never handled an event"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -189,6 +196,9 @@ pub async fn metrics_show_the_traffic(backend: TestBackend) {
         Some(0.0)
     );
     at_least("oms_outbox_commit_to_ack_seconds_count", &[], 2.0);
+    // The consumer's lag: the age of the newest event it handled, seconds after it happened.
+    let lag = value(&samples, "oms_notification_lag_seconds", &[]);
+    assert!(lag.is_some_and(|l| (0.0..60.0).contains(&l)), "lag {lag:?}");
     // Histograms come with their buckets, cumulative up to +Inf.
     let buckets: Vec<&Sample> = samples
         .iter()

@@ -297,7 +297,10 @@ impl NotificationService {
         let mut handled = Vec::with_capacity(batch.len());
         let mut delivered = Vec::new();
         let mut stopped = None;
+        // When the newest event handled here happened: the consumer's lag is its age.
+        let mut newest_ms = None;
         for (delivery, event) in batch.iter().zip(decoded) {
+            let occurred_ms = event.as_ref().ok().map(|(_, e)| e.occurred_at_ms);
             let outcome = match event {
                 Err(reason) => self.poison(delivery, reason).await,
                 Ok((id, _)) if seen.contains(&id) => {
@@ -314,12 +317,24 @@ impl NotificationService {
                 }
             };
             match outcome {
-                Ok(h) => handled.push(h),
+                Ok(h) => {
+                    handled.push(h);
+                    newest_ms = newest_ms.max(occurred_ms);
+                }
                 Err(e) => {
                     stopped = Some(e);
                     break;
                 }
             }
+        }
+        if let Some(occurred_ms) = newest_ms {
+            let age_ms = Timestamp::now()
+                .unix_millis()
+                .saturating_sub(occurred_ms)
+                .max(0);
+            // Milliseconds as f64: exact far beyond any lag worth reporting.
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("oms_notification_lag_seconds").set(age_ms as f64 / 1000.0);
         }
         if !delivered.is_empty() {
             if let Err(e) = self
