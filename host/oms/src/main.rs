@@ -1,6 +1,7 @@
 //! `oms`: the command-line entry point of the OMS host.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -28,6 +29,13 @@ enum Command {
     /// Print the effective configuration (defaults + file + environment) as TOML, secrets
     /// redacted.
     Config,
+    /// Ask the running host's public listener (`grpc.listen`, plaintext) whether it serves
+    /// (`grpc.health.v1`): exit 0 when SERVING, 1 otherwise. For container health checks.
+    Health {
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[tokio::main]
@@ -35,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Health { timeout } => health(&config, timeout).await,
         Command::Config => {
             // Secrets (database password, broker credentials) are shown as `***`.
             print!("{}", toml::to_string_pretty(&config.redacted())?);
@@ -52,6 +61,40 @@ async fn main() -> anyhow::Result<()> {
             server.wait().await.context("server stopped with an error")
         }
     }
+}
+
+/// `oms health`: one `grpc.health.v1.Health/Check` of the whole server.
+async fn health(config: &Config, timeout: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    anyhow::ensure!(
+        config.grpc.tls_cert_file.is_none(),
+        "`oms health` speaks plaintext and grpc.tls_* is set: probe with a TLS-capable client"
+    );
+    // A wildcard listen address is reached on loopback from inside the host or container.
+    let mut addr = config.grpc.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let response = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await?;
+        anyhow::Ok(response.into_inner().status())
+    };
+    let status = tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {timeout:?}"))?
+        .with_context(|| format!("asking {addr}"))?;
+    println!("{}", status.as_str_name());
+    anyhow::ensure!(status == ServingStatus::Serving, "not serving");
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -77,3 +77,99 @@ fn a_zero_duration_is_refused_naming_the_key() {
         "{stderr}"
     );
 }
+
+/// The `OMS_*` variables the Dockerfile (`ENV`) and docker-compose.yml (`environment:`) set,
+/// with their values; compose's `${VAR:-default}` substitutions become a sample value.
+fn container_variables() -> Vec<(String, String, &'static str)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let read = |name: &str| std::fs::read_to_string(root.join(name)).expect(name);
+    let mut vars = Vec::new();
+    let dockerfile = read("Dockerfile");
+    let mut in_env = false;
+    for line in dockerfile.lines() {
+        let trimmed = line.trim();
+        let body = if let Some(rest) = trimmed.strip_prefix("ENV ") {
+            rest
+        } else if in_env {
+            trimmed
+        } else {
+            continue;
+        };
+        in_env = body.ends_with('\\');
+        let body = body.trim_end_matches('\\').trim();
+        if let Some((key, value)) = body.split_once('=') {
+            vars.push((key.to_owned(), value.to_owned(), "Dockerfile"));
+        }
+    }
+    // Only the `environment:` blocks (build arguments are not configuration): the lines
+    // indented deeper than their `environment:` line.
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut block: Option<usize> = None;
+    for line in read("docker-compose.yml").lines() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        if block.is_some_and(|depth| indent(line) <= depth) {
+            block = None;
+        }
+        if line.trim() == "environment:" {
+            block = Some(indent(line));
+            continue;
+        }
+        if block.is_none() {
+            continue;
+        }
+        let Some((key, value)) = line.trim().split_once(": ") else {
+            panic!("docker-compose.yml: an environment entry that is not `KEY: value`: {line}");
+        };
+        if key.starts_with("OMS_") {
+            let value = if value.starts_with("${") {
+                "t0ken-from-compose"
+            } else {
+                value
+            };
+            vars.push((key.to_owned(), value.to_owned(), "docker-compose.yml"));
+        }
+    }
+    vars
+}
+
+/// CI cannot run Docker: this keeps the container files in step with the configuration.
+/// Every `OMS_*` variable they set is a configuration key the host accepts, with a value it
+/// accepts, and it shows in the effective configuration.
+#[test]
+fn container_files_set_only_configuration_keys() {
+    let vars = container_variables();
+    let from = |file: &str| vars.iter().filter(|(_, _, f)| *f == file).count();
+    assert!(
+        from("Dockerfile") >= 5,
+        "the image's defaults were not found: {vars:?}"
+    );
+    assert!(
+        from("docker-compose.yml") >= 3,
+        "compose's settings were not found: {vars:?}"
+    );
+    for file in ["Dockerfile", "docker-compose.yml"] {
+        // Compose runs the image: its variables come on top of the image's defaults.
+        let env: Vec<(&str, &str)> = vars
+            .iter()
+            .filter(|(_, _, f)| *f == file || file == "docker-compose.yml")
+            .map(|(k, v, _)| (k.as_str(), v.as_str()))
+            .collect();
+        let out = oms_config("", &env);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{file}: {stderr}");
+        for (key, value, _) in vars.iter().filter(|(_, _, f)| *f == file) {
+            let shown = if key.contains("TOKEN") || key.contains("DATABASE__URL") {
+                continue; // redacted or rewritten when printed
+            } else {
+                value.as_str()
+            };
+            assert!(
+                stdout.contains(&format!("\"{shown}\"")),
+                "{file}: {key}={value} does not show in the configuration:\n{stdout}"
+            );
+        }
+    }
+}
