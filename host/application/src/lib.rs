@@ -18,6 +18,7 @@ pub mod service;
 pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace_context;
 pub mod use_cases;
 
 pub use error::{AppError, FieldViolation, RunningOperation};

@@ -20,6 +20,9 @@ pub struct OutboxMessage {
     /// The event document: envelope fields plus the order snapshot after the change.
     pub payload: OutboxPayload,
     pub occurred_at: Timestamp,
+    /// Extra message headers: the trace context of the work that wrote the event
+    /// ([`crate::trace_context`]).
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// The event type of a saga parked for an operator. Not a domain event: the order may not
@@ -150,6 +153,7 @@ impl OutboxMessage {
                 order: OrderSnapshot::from(order),
             },
             occurred_at,
+            headers: crate::trace_context::current(),
         }
     }
 }

@@ -125,10 +125,12 @@ impl PlacementSlot {
     pub fn drive(self, saga: SagaInstance, order: Order) {
         let engine = Arc::clone(&self.placement.engine);
         let permit = self.permit;
-        tokio::spawn(async move {
+        // The request's span goes along: the saga's steps are part of its trace.
+        let drive = async move {
             engine.drive_started(saga, order).await;
             drop(permit);
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(drive));
     }
 }
 

@@ -24,7 +24,24 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub health: HealthConfig,
     pub metrics: MetricsConfig,
+    pub tracing: TracingConfig,
     pub log: LogConfig,
+}
+
+/// Traces (`crate::telemetry`): spans from each gRPC call through its saga steps and plugin
+/// calls, with W3C trace context taken from requests and written into the events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/HTTP endpoint spans are exported to (a collector's base URL, e.g.
+    /// `http://127.0.0.1:4318`); empty exports nothing, while trace context still flows
+    /// from requests into events.
+    pub otlp_endpoint: String,
+    /// Share of new traces recorded when exporting (0.0 to 1.0); a request whose
+    /// `traceparent` says sampled is always recorded.
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
 }
 
 /// The Prometheus endpoint (`crate::metrics`).
@@ -385,6 +402,11 @@ impl Default for Config {
                 properties: std::collections::BTreeMap::new(),
             },
             health: HealthConfig { interval_ms: 1000 },
+            tracing: TracingConfig {
+                otlp_endpoint: String::new(),
+                sample_ratio: 1.0,
+                service_name: "oms".to_owned(),
+            },
             metrics: MetricsConfig {
                 enabled: true,
                 listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
@@ -408,6 +430,8 @@ pub enum ConfigError {
     /// would spin, a zero batch never progresses). Named by its key, as in the file.
     #[error("invalid configuration: {key} must be greater than zero")]
     NotPositive { key: &'static str },
+    #[error("invalid configuration: tracing.sample_ratio must be between 0.0 and 1.0, not {0}")]
+    SampleRatio(f64),
 }
 
 /// What printed or logged secrets are replaced with.
@@ -529,10 +553,13 @@ impl Config {
             ("broker.relay.poll_interval_ms", b.relay.poll_interval_ms),
             ("broker.relay.retention_hours", b.relay.retention_hours),
         ];
-        match positive.iter().find(|(_, value)| *value == 0) {
-            Some(&(key, _)) => Err(ConfigError::NotPositive { key }),
-            None => Ok(()),
+        if let Some(&(key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::NotPositive { key });
         }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return Err(ConfigError::SampleRatio(self.tracing.sample_ratio));
+        }
+        Ok(())
     }
 
     /// A copy safe to print or log: the database password and every credential-like

@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            oms::telemetry::init(&config.log);
+            let _telemetry = oms::telemetry::init(&config.log, &config.tracing);
             let server = oms::start(config).await?;
             let stop = server.shutdown_handle();
             tokio::spawn(async move {

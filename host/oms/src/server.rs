@@ -282,6 +282,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     .http2_keepalive_timeout(Some(ms(g.keepalive_timeout_ms)))
     .timeout(ms(g.request_timeout_ms))
     .layer(RpcMetricsLayer)
+    .layer(crate::telemetry::RpcTraceLayer)
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha)
@@ -362,6 +363,7 @@ async fn serve_admin(
         (a.tls_cert_file.as_deref(), a.tls_key_file.as_deref()),
     )?
     .layer(RpcMetricsLayer)
+    .layer(crate::telemetry::RpcTraceLayer)
     .add_service(reflection)
     .add_service(admin.into_server(auth))
     .serve_with_incoming_shutdown(

@@ -114,12 +114,22 @@ impl Executor<'_> {
         key: &str,
     ) -> Result<Effect, GatewayFailure> {
         let started = std::time::Instant::now();
-        let result = self.call(op, saga, order, key).await;
+        // One span per step attempt; the plugin call it makes is its child.
+        let span = tracing::info_span!(
+            "saga.step",
+            saga.kind = saga.kind.as_str(),
+            saga.id = %saga.id,
+            operation = op.as_str(),
+            outcome = tracing::field::Empty,
+        );
+        let result =
+            tracing::Instrument::instrument(self.call(op, saga, order, key), span.clone()).await;
         // `oms_saga_step_duration_seconds{kind, operation, outcome}`: one sample per attempt.
         let outcome = match &result {
             Ok(_) => "ok",
             Err(f) => f.error.kind(),
         };
+        span.record("outcome", outcome);
         metrics::histogram!(
             "oms_saga_step_duration_seconds",
             "kind" => saga.kind.as_str(),

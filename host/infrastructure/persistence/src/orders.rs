@@ -356,6 +356,7 @@ async fn insert_outbox<D: Dialect>(
     let mut versions = Vec::with_capacity(n);
     let mut payloads = Vec::with_capacity(n);
     let mut occurred = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
     for m in messages {
         event_ids.push(m.event_id);
         aggregates.push(m.aggregate_id.as_uuid());
@@ -365,6 +366,7 @@ async fn insert_outbox<D: Dialect>(
         })?);
         payloads.push(json(&m.payload, "outbox payload")?);
         occurred.push(m.occurred_at.unix_millis());
+        headers.push(json(&m.headers, "outbox headers")?);
     }
     D::insert_rows(
         conn,
@@ -376,6 +378,7 @@ async fn insert_outbox<D: Dialect>(
                 "event_type",
                 "schema_version",
                 "payload",
+                "headers",
                 "occurred_at",
                 "created_at",
                 "next_attempt_at",
@@ -386,6 +389,7 @@ async fn insert_outbox<D: Dialect>(
                 Column::Text(types),
                 Column::Int(versions),
                 Column::Json(payloads),
+                Column::Json(headers),
                 Column::BigInt(occurred.clone()),
                 Column::BigInt(vec![order.updated_at().unix_millis(); n]),
                 // Due at once.

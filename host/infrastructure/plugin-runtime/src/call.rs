@@ -127,7 +127,25 @@ where
         store.data_mut().kv_txn = plugin.ctx.kv.transaction();
     }
     let deadline = plugin.limits.deadline;
-    let outcome = tokio::time::timeout(deadline + HOST_GRACE, f(&mut store, &plugin)).await;
+    let span = tracing::info_span!(
+        "plugin.call",
+        plugin = %plugin.ctx.name,
+        version = %plugin.ctx.version,
+        outcome = tracing::field::Empty,
+    );
+    let outcome = tracing::Instrument::instrument(
+        tokio::time::timeout(deadline + HOST_GRACE, f(&mut store, &plugin)),
+        span.clone(),
+    )
+    .await;
+    span.record(
+        "outcome",
+        match &outcome {
+            Ok(Ok(_)) => "returned",
+            Ok(Err(_)) => "failed",
+            Err(_) => "deadline",
+        },
+    );
     let writes = match (&outcome, store.data_mut().kv_txn.take()) {
         (Ok(Ok(_)), Some(txn)) => Arc::new(txn.into_changes()),
         _ => Arc::default(),

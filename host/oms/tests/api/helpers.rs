@@ -424,7 +424,7 @@ pub async fn execute(db: &TestDatabase, sql: &'static str, arg: &str) -> u64 {
     }
 }
 
-async fn fetch_for_order<T>(db: &TestDatabase, sql: &'static str, order_id: &str) -> Vec<T>
+pub async fn fetch_for_order<T>(db: &TestDatabase, sql: &'static str, order_id: &str) -> Vec<T>
 where
     T: Send
         + Unpin
@@ -665,13 +665,19 @@ pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl LogCapture {
     pub fn get() -> LogCapture {
-        static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+        // The telemetry handle lives as long as the process: dropping it would shut the
+        // tracer provider down, and spans would stop carrying trace context.
+        static CAPTURE: std::sync::OnceLock<(LogCapture, oms::telemetry::Telemetry)> =
+            std::sync::OnceLock::new();
         CAPTURE
             .get_or_init(|| {
                 let capture = LogCapture::default();
-                oms::telemetry::init_with_writer(&Config::default().log, capture.clone());
-                capture
+                let config = Config::default();
+                let telemetry =
+                    oms::telemetry::init_with_writer(&config.log, &config.tracing, capture.clone());
+                (capture, telemetry)
             })
+            .0
             .clone()
     }
 

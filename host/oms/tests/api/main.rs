@@ -114,6 +114,7 @@ on_both_backends!(
 on_both_backends!(
     scraped => metrics:
     metrics_show_the_traffic,
+    events_carry_the_callers_trace_context,
 );
 
 /// An embedded SQLite file does not go away: the database outage is PostgreSQL's.

@@ -211,3 +211,71 @@ pub async fn metrics_show_the_traffic(backend: TestBackend) {
     );
     app.stop().await;
 }
+
+/// The W3C trace context of a call reaches the events it writes: each outbox row of an order
+/// created with a `traceparent` carries the caller's trace id (with the host's own span ids,
+/// from the call's span and the saga's steps under it), the relay publishes it as a header,
+/// and a call without one starts a trace of its own.
+pub async fn events_carry_the_callers_trace_context(backend: TestBackend) {
+    // The process's subscriber, as `oms serve` sets it up (OpenTelemetry layer included).
+    crate::helpers::LogCapture::get();
+    let app = TestApp::spawn(backend).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let callers_span = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(order_with("c-traced", "DEMO-1", "tok_ok"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{callers_span}-01").parse().unwrap(),
+    );
+    let traced = app.create(request).await;
+    assert_eq!(settle(&app, &traced.order_id).await.status(), S::Confirmed);
+    let untraced = app
+        .create(order_with("c-untraced", "DEMO-1", "tok_ok"))
+        .await;
+    assert_eq!(
+        settle(&app, &untraced.order_id).await.status(),
+        S::Confirmed
+    );
+
+    let sql = "SELECT event_type, CAST(headers AS TEXT) FROM outbox \
+               WHERE CAST(aggregate_id AS TEXT) = $1 ORDER BY id";
+    let parents = |rows: Vec<(String, String)>| -> Vec<(String, [String; 4])> {
+        rows.into_iter()
+            .map(|(event, headers)| {
+                let headers: serde_json::Value = serde_json::from_str(&headers).unwrap();
+                let parent = headers["traceparent"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{event} has no traceparent: {headers}"));
+                let parts: Vec<String> = parent.split('-').map(str::to_owned).collect();
+                let parts: [String; 4] = parts.try_into().unwrap_or_else(|p| {
+                    panic!("{event}: {parent} is not version-trace-span-flags: {p:?}")
+                });
+                (event, parts)
+            })
+            .collect()
+    };
+    let rows = parents(crate::helpers::fetch_for_order(&app.db, sql, &traced.order_id).await);
+    let events: Vec<&str> = rows.iter().map(|(e, _)| e.as_str()).collect();
+    assert!(
+        events.contains(&"OrderCreated") && events.contains(&"OrderConfirmed"),
+        "{events:?}"
+    );
+    for (event, [version, trace, span, flags]) in &rows {
+        assert_eq!(version, "00", "{event}");
+        assert_eq!(trace, trace_id, "{event} is in the caller's trace");
+        assert_ne!(
+            span, callers_span,
+            "{event}: the host's own span, under the caller's"
+        );
+        assert_eq!(span.len(), 16, "{event}: {span}");
+        assert_eq!(flags, "01", "{event}: sampled, as the caller asked");
+    }
+    let rows = parents(crate::helpers::fetch_for_order(&app.db, sql, &untraced.order_id).await);
+    let (_, [_, own_trace, _, _]) = &rows[0];
+    assert_ne!(own_trace, trace_id);
+    assert!(
+        rows.iter().all(|(_, [_, t, _, _])| t == own_trace),
+        "one trace per call: {rows:?}"
+    );
+    app.stop().await;
+}

@@ -173,7 +173,19 @@ impl SagaEngine {
         self.drive_from(saga, Some(order)).await;
     }
 
-    async fn drive_from(&self, saga: SagaInstance, mut held: Option<Order>) {
+    async fn drive_from(&self, saga: SagaInstance, held: Option<Order>) {
+        // The saga's span: a child of the request's when the request drives it (placement
+        // on its own task), a root of its own when a worker resumes it.
+        let span = tracing::info_span!(
+            "saga",
+            saga.kind = saga.kind.as_str(),
+            saga.id = %saga.id,
+            order.id = %saga.order_id,
+        );
+        tracing::Instrument::instrument(self.drive_steps(saga, held), span).await;
+    }
+
+    async fn drive_steps(&self, saga: SagaInstance, mut held: Option<Order>) {
         // Whatever ends this loop, steps not committed yet are dropped with `run`: their
         // calls left nothing outside their pending writes (`StepCommit::WithNext`).
         let mut saga = Run::new(saga);
