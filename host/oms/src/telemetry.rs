@@ -185,9 +185,10 @@ where
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or(("unknown", "unknown"));
+        // Named as OpenTelemetry's RPC conventions say: `package.Service/Method`.
         let span = tracing::info_span!(
             "grpc",
-            otel.name = %path,
+            otel.name = %format_args!("{service}/{method}"),
             otel.kind = "server",
             rpc.system = "grpc",
             rpc.service = %service,

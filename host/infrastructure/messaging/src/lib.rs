@@ -20,5 +20,6 @@ pub mod event;
 pub mod host;
 pub mod notifications;
 pub mod relay;
+mod trace;
 
 pub use error::{BrokerError, EventError, MessagingError};

@@ -22,6 +22,7 @@ use oms_application::ports::ProcessedEventStore;
 use oms_domain::Timestamp;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::broker::{Consumer, Delivery, Message, Publisher};
@@ -308,7 +309,16 @@ impl NotificationService {
                     Ok(Handled::Duplicate)
                 }
                 Ok((id, event)) => {
-                    let outcome = self.notify(delivery, &event).await;
+                    // Handled in the trace of the work that wrote the event.
+                    let span = tracing::info_span!(
+                        "notification",
+                        otel.kind = "consumer",
+                        event.id = %id,
+                        event.type = %event.event_type,
+                    );
+                    let _ = span.set_parent(crate::trace::context_of(&delivery.message));
+                    let outcome =
+                        tracing::Instrument::instrument(self.notify(delivery, &event), span).await;
                     if let Ok(Handled::Processed(_)) = outcome {
                         seen.insert(id);
                         delivered.push(id);

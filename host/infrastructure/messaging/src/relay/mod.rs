@@ -28,6 +28,7 @@ use oms_application::retry::RetryPolicy;
 use oms_domain::Timestamp;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::broker::{Publisher, Topics};
 use crate::error::MessagingError;
@@ -197,7 +198,19 @@ impl Relay {
         }
 
         let started = Instant::now();
-        let results = self.publisher.publish(to_send).await;
+        // One span per batch, linked to the trace of each event in it (an event's own trace
+        // goes on in its consumers, through the message's `traceparent`).
+        let span = tracing::info_span!(
+            "outbox.publish",
+            otel.kind = "producer",
+            messaging.batch.message_count = to_send.len(),
+        );
+        for message in &to_send {
+            if let Some(link) = crate::trace::span_context_of(message) {
+                span.add_link(link);
+            }
+        }
+        let results = tracing::Instrument::instrument(self.publisher.publish(to_send), span).await;
         metrics::histogram!("oms_outbox_publish_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         let acked_at = Timestamp::now();
