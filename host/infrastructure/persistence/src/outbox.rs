@@ -189,10 +189,24 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
             tx.commit().await.map_err(D::classify)?;
             rows
         };
-        let mut rows = rows
-            .iter()
-            .map(|r| decode_row::<D>(r).map_err(D::classify))
-            .collect::<Result<Vec<_>, _>>()?;
+        // A row that does not decode (a SQLite `event_id` that is no UUID: written by hand or
+        // by a bug) must not fail the whole claim, or no order's events would flow again. It
+        // is set aside, never due, with the reason; its order's later events wait behind it
+        // (per-order order holds), and the backlog gauges show it to an operator.
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match decode_row::<D>(r) {
+                Ok(row) => claimed.push(row),
+                Err(e) => {
+                    let id: i64 = r.col("id").map_err(D::classify)?;
+                    let reason = format!("corrupt outbox row, set aside: {e}");
+                    tracing::error!(outbox_id = id, error = %e, "corrupt outbox row set aside; its order's events wait for an operator");
+                    self.mark_failed(id, &reason, Timestamp::from_unix_millis(i64::MAX))
+                        .await?;
+                }
+            }
+        }
+        let mut rows = claimed;
         // RETURNING has no defined order.
         rows.sort_by_key(|r| r.id);
         Ok(rows)

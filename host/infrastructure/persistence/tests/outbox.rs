@@ -1,4 +1,4 @@
-//! The outbox as the relay claims it, on PostgreSQL: what its plans must survive.
+//! The outbox as the relay claims it: what its plans and its rows must survive.
 #![allow(clippy::unwrap_used)]
 
 use oms_domain::Timestamp;
@@ -58,6 +58,57 @@ async fn claim_is_planned_for_the_backlog_it_finds() {
     // One row per order: each order's second event waits for its first.
     let orders: std::collections::HashSet<_> = claimed.iter().map(|r| r.aggregate_id).collect();
     assert_eq!(orders.len(), 100);
+    db.close().await;
+    test_db.cleanup().await.unwrap();
+}
+
+/// Regression: one row that does not decode (on SQLite, an `event_id` that is not a UUID)
+/// failed every claim, so no order's events were published any more. It is now set aside
+/// (never due, with the reason as `last_error`) and the other orders' events are claimed.
+#[tokio::test]
+async fn a_corrupt_row_is_set_aside_and_the_others_flow() {
+    use oms_persistence::testing::TestBackend;
+    let test_db = TestDatabase::new(TestBackend::Sqlite).await.unwrap();
+    let db = test_db.connect().await.unwrap();
+    let pool = &db.sqlite().unwrap().writer;
+    let good_order = uuid::Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, event_type, schema_version, payload, \
+         occurred_at, created_at, next_attempt_at) VALUES \
+         ('not-a-uuid', $1, 'OrderCreated', 1, '{}', 0, 0, 0), \
+         ($2, $3, 'OrderCreated', 1, '{}', 0, 0, 0)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&good_order)
+    .execute(pool)
+    .await
+    .unwrap();
+    let outbox = db.outbox();
+    let now = Timestamp::from_unix_millis(1_000);
+    let lease = Timestamp::from_unix_millis(60_000);
+    let claimed = outbox.claim(&[], now, now, lease, 100).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the good row is claimed: {claimed:?}");
+    assert_eq!(claimed[0].aggregate_id.to_string(), good_order);
+    let (error, due): (String, i64) = sqlx::query_as(
+        "SELECT last_error, next_attempt_at FROM outbox WHERE event_id = 'not-a-uuid'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(error.starts_with("corrupt outbox row"), "{error}");
+    assert_eq!(due, i64::MAX, "never due again");
+    // Later claims do not see it again.
+    let later = Timestamp::from_unix_millis(120_000);
+    let again = outbox
+        .claim(&[], later, later, Timestamp::from_unix_millis(180_000), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "only the good row, its lease lapsed: {again:?}"
+    );
     db.close().await;
     test_db.cleanup().await.unwrap();
 }
