@@ -99,13 +99,26 @@ impl OutboxOperations {
         Ok(done)
     }
 
-    /// Redrives the pending dead letters matching `filter`, up to [`REDRIVE_PAGE`] of the
-    /// newest pending ones per call; returns how many.
-    pub async fn redrive_matching(&self, filter: &DeadLetterFilter) -> Result<u32, AppError> {
+    /// Redrives up to `max` (at most [`REDRIVE_PAGE`]; `0` for that) of the pending dead
+    /// letters matching `filter`, among the [`REDRIVE_PAGE`] newest pending ones, and says how
+    /// many matching ones that page still holds: a caller repeats until none remain, which
+    /// also reaches the older ones beyond the page.
+    pub async fn redrive_matching(
+        &self,
+        filter: &DeadLetterFilter,
+        max: u32,
+    ) -> Result<BulkRedrive, AppError> {
+        let max = if max == 0 {
+            REDRIVE_PAGE
+        } else {
+            max.min(REDRIVE_PAGE)
+        };
         let pending = self.outbox.dead_letters(true, REDRIVE_PAGE).await?;
+        let matching: Vec<&DeadLetter> = pending.iter().filter(|d| filter.matches(d)).collect();
         let now = self.clock.now();
         let mut redriven = 0u32;
-        for d in pending.iter().filter(|d| filter.matches(d)) {
+        let batch = usize::try_from(max).unwrap_or(usize::MAX);
+        for d in matching.iter().take(batch) {
             match self.outbox.redrive(d.id, now).await {
                 Ok(true) => redriven += 1,
                 // Redriven meanwhile (another operator, another process): not this call's.
@@ -117,8 +130,20 @@ impl OutboxOperations {
             info!(redriven, ?filter, "dead letters redriven");
             (self.wake)();
         }
-        Ok(redriven)
+        let remaining = u32::try_from(matching.len().saturating_sub(batch)).unwrap_or(u32::MAX);
+        Ok(BulkRedrive {
+            redriven,
+            remaining,
+        })
     }
+}
+
+/// What one bulk redrive did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkRedrive {
+    pub redriven: u32,
+    /// Matching pending dead letters this call left (within the page it looked at).
+    pub remaining: u32,
 }
 
 #[cfg(test)]

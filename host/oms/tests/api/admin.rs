@@ -248,18 +248,34 @@ pub async fn dead_letters_are_listed_and_redriven(backend: TestBackend) {
              WHERE event_id = $1",
         )
     };
-    assert_eq!(crate::helpers::execute(&app.db, insert, &poison).await, 1);
+    // Three of them, so that a bulk redrive one per call (`--batch 1`) takes three calls.
+    let poisons = [
+        poison,
+        uuid::Uuid::now_v7().to_string(),
+        uuid::Uuid::now_v7().to_string(),
+    ];
+    for poison in &poisons {
+        assert_eq!(crate::helpers::execute(&app.db, insert, poison).await, 1);
+    }
     let dead = eventually(&app, &["outbox", "dead-letters"], |v| {
-        v.as_array().is_some_and(|a| !a.is_empty())
+        v.as_array().is_some_and(|a| a.len() == 3)
     })
     .await;
-    assert_eq!(dead[0]["event_id"], poison.as_str());
+    let listed: std::collections::HashSet<&str> = dead
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, poisons.iter().map(String::as_str).collect());
     assert_eq!(dead[0]["event_type"], "OrderNoted");
     let status = omsctl_json(&app, &["outbox", "status"]).await;
-    assert_eq!(status["dead_letters"], 1);
+    assert_eq!(status["dead_letters"], 3);
 
     // The cause fixed (here: the payload made a valid event again), the redrive publishes it.
-    assert_eq!(crate::helpers::execute(&app.db, fix, &poison).await, 1);
+    for poison in &poisons {
+        assert_eq!(crate::helpers::execute(&app.db, fix, poison).await, 1);
+    }
     let none = omsctl_json(
         &app,
         &["outbox", "redrive", "--all", "--event-type", "Nope"],
@@ -268,10 +284,18 @@ pub async fn dead_letters_are_listed_and_redriven(backend: TestBackend) {
     assert_eq!(none["redriven"], 0, "the filter leaves it");
     let redriven = omsctl_json(
         &app,
-        &["outbox", "redrive", "--all", "--event-type", "OrderCreated"],
+        &[
+            "outbox",
+            "redrive",
+            "--all",
+            "--event-type",
+            "OrderCreated",
+            "--batch",
+            "1",
+        ],
     )
     .await;
-    assert_eq!(redriven["redriven"], 1);
+    assert_eq!(redriven["redriven"], 3, "one per call until none remained");
     eventually(&app, &["outbox", "status"], |s| {
         s["dead_letters"] == 0 && s["unpublished"] == 0
     })

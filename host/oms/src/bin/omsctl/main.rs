@@ -146,6 +146,9 @@ struct Redrive {
     event_type: Option<String>,
     #[arg(long, requires = "all")]
     order: Option<String>,
+    /// Dead letters per call with --all (the progress bar advances by as many).
+    #[arg(long, default_value_t = 100, requires = "all")]
+    batch: u32,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -274,13 +277,33 @@ async fn outbox(admin: &mut Admin, out: &Output, command: OutboxCommand) -> anyh
                     order_id: r.order.unwrap_or_default(),
                 }),
             };
-            let spinner = out.spinner("redriving dead letters");
-            let request = pb::RedriveDeadLettersRequest {
-                target: Some(target),
-            };
-            let response = admin.api.redrive_dead_letters(request).await;
-            spinner.finish_and_clear();
-            out.redriven(response?.into_inner().redriven);
+            let single = matches!(target, Target::OutboxId(_));
+            // A bulk redrive runs in calls of `batch`, until none matching remain: the bar
+            // learns the total from the first answer.
+            let bar = out.progress("redriving dead letters");
+            let mut redriven = 0u32;
+            loop {
+                let request = pb::RedriveDeadLettersRequest {
+                    target: Some(target.clone()),
+                    max: r.batch,
+                };
+                let response = admin.api.redrive_dead_letters(request).await;
+                let done = match response {
+                    Ok(done) => done.into_inner(),
+                    Err(e) => {
+                        bar.abandon();
+                        return Err(e.into());
+                    }
+                };
+                redriven = redriven.saturating_add(done.redriven);
+                bar.set_length(u64::from(redriven) + u64::from(done.remaining));
+                bar.set_position(u64::from(redriven));
+                if single || done.remaining == 0 || done.redriven == 0 {
+                    break;
+                }
+            }
+            bar.finish_and_clear();
+            out.redriven(redriven);
         }
     }
     Ok(())

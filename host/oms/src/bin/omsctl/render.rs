@@ -133,13 +133,19 @@ impl Output {
         !self.json && std::io::stderr().is_terminal()
     }
 
-    pub fn spinner(&self, message: &'static str) -> ProgressBar {
+    /// A bar whose length is set as the work learns it (`set_length`).
+    pub fn progress(&self, message: &'static str) -> ProgressBar {
         if !self.interactive() {
             return ProgressBar::hidden();
         }
-        let spinner = ProgressBar::new_spinner().with_message(message);
-        spinner.enable_steady_tick(Duration::from_millis(100));
-        spinner
+        let bar = ProgressBar::new(0).with_message(message);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
     }
 
     fn print_json(&self, value: &Value) {

@@ -312,10 +312,11 @@ impl AdminService for AdminApi {
         request: Request<pb::RedriveDeadLettersRequest>,
     ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
         use pb::redrive_dead_letters_request::Target;
-        let redriven = match request.into_inner().target {
+        let request = request.into_inner();
+        let (redriven, remaining) = match request.target {
             Some(Target::OutboxId(id)) => {
                 let done = self.outbox.redrive(id).await.map_err(|e| to_status(&e))?;
-                u32::from(done)
+                (u32::from(done), 0)
             }
             Some(Target::Matching(f)) => {
                 let order_id = match f.order_id.as_str() {
@@ -329,13 +330,18 @@ impl AdminService for AdminApi {
                     event_type: (!f.event_type.is_empty()).then_some(f.event_type),
                     order_id,
                 };
-                self.outbox
-                    .redrive_matching(&filter)
+                let done = self
+                    .outbox
+                    .redrive_matching(&filter, request.max)
                     .await
-                    .map_err(|e| to_status(&e))?
+                    .map_err(|e| to_status(&e))?;
+                (done.redriven, done.remaining)
             }
             None => return Err(invalid("target", "name an outbox_id or a filter")),
         };
-        Ok(Response::new(pb::RedriveDeadLettersResponse { redriven }))
+        Ok(Response::new(pb::RedriveDeadLettersResponse {
+            redriven,
+            remaining,
+        }))
     }
 }
