@@ -1,6 +1,7 @@
 //! Traces exported over OTLP/HTTP from a real `oms serve` to a collector listening here: the
 //! spans of one order, from the caller's `traceparent` through the saga, its plugin calls, the
-//! relay's publish and the notification consumer, arrive as OTLP protobuf in one trace.
+//! relay's publish and the notification consumer, arrive as OTLP protobuf in one trace. The
+//! same host answers `oms health`, the container image's health check.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -152,6 +153,21 @@ async fn one_orders_trace_reaches_the_collector() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // `oms health`, the container's health check, asks the same listener.
+    let health = |listen: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oms"))
+            .arg("health")
+            .env("OMS_GRPC__LISTEN", listen)
+            .output()
+            .unwrap()
+    };
+    let serving = health(&addr);
+    assert!(serving.status.success(), "{serving:?}");
+    assert_eq!(String::from_utf8_lossy(&serving.stdout).trim(), "SERVING");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    assert!(!health(&nobody).status.success(), "nothing listens there");
     // A graceful stop flushes the spans still batched.
     let pid = child.id().unwrap().to_string();
     assert!(
