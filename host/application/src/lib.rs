@@ -15,6 +15,7 @@ pub mod ports;
 pub mod retry;
 pub mod saga;
 pub mod service;
+pub mod shutdown;
 pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;

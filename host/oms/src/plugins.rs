@@ -32,11 +32,7 @@ pub async fn watch(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = Duration::from_millis(config.watch_interval_ms);
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            r = shutdown.wait_for(|s| *s) => { let _ = r; return; }
-        }
+    while oms_application::shutdown::pause(every, &mut shutdown).await {
         let report = watcher.scan().await;
         for (path, error) in &report.refused {
             warn!(manifest = %path.display(), %error, "plugin refused");

@@ -214,9 +214,8 @@ async fn keep_consuming(
             wait_ms = wait.as_millis() as u64,
             "notification consumer stopped; restarting"
         );
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return; },
+        if !oms_application::shutdown::pause(wait, &mut shutdown).await {
+            return;
         }
         match restart() {
             Ok(c) => consumer = Some(c),

@@ -133,11 +133,7 @@ impl RuntimeCatalog {
         interval: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                r = shutdown.wait_for(|s| *s) => { let _ = r; return; }
-            }
+        while oms_application::shutdown::pause(interval, &mut shutdown).await {
             self.catch_up(&mut applied).await;
         }
     }
