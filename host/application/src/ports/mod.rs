@@ -22,7 +22,7 @@ pub use plugin_kv::PluginKvStore;
 pub use plugin_releases::{
     AuditEntry, NewRelease, PluginRelease, PluginReleaseStore, ReleaseAction,
 };
-pub use plugins::{PAYMENT_WORLD, PluginBuild, PluginCatalog, PluginInfo};
+pub use plugins::{DisabledPlugin, PAYMENT_WORLD, PluginBuild, PluginCatalog, PluginInfo};
 pub use processed_events::ProcessedEventStore;
 pub use sagas::{
     Fence, SagaCommit, SagaQuery, SagaStore, StepDirection, StepHistory, StepRecord, StepState,

@@ -18,6 +18,9 @@ pub struct PluginRelease {
     pub version: String,
     /// Bumped by every change of this name's release: what the polling processes compare.
     pub generation: i64,
+    /// Turned off by an operator: every process uninstalls it, and no plugins directory
+    /// seeds it back.
+    pub disabled: bool,
 }
 
 /// Why a release changed.
@@ -56,7 +59,7 @@ pub struct NewRelease<'a> {
 pub struct AuditEntry {
     pub at: Timestamp,
     pub actor: String,
-    /// `seed`, `upload` or `rollback`.
+    /// `seed`, `upload`, `rollback`, `disable` or `enable`.
     pub action: String,
     pub plugin: String,
     pub from_version: Option<String>,
@@ -68,8 +71,8 @@ pub struct AuditEntry {
 /// The shared plugin set, its artifacts and its audit trail.
 #[async_trait]
 pub trait PluginReleaseStore: Send + Sync {
-    /// Makes `new` the release of its name, storing the component, and audits it; the
-    /// release it replaces becomes the rollback target. A [`ReleaseAction::Seed`] only
+    /// Makes `new` the release of its name (enabled), storing the component, and audits it;
+    /// the release it replaces becomes the rollback target. A [`ReleaseAction::Seed`] only
     /// creates a release for a name that has none (`Ok(None)` and nothing written when it
     /// has one).
     async fn release(
@@ -83,6 +86,17 @@ pub trait PluginReleaseStore: Send + Sync {
     async fn rollback(
         &self,
         name: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError>;
+
+    /// Turns `name` off (`disabled`) or on again, and audits it; an upload or a rollback
+    /// turns it on too. `NotFound` when the name has no release, `Ok(None)` when it is
+    /// already in that state (nothing written).
+    async fn set_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
         actor: &str,
         now: Timestamp,
     ) -> Result<Option<PluginRelease>, StoreError>;

@@ -49,6 +49,15 @@ pub struct PluginInfo {
     pub last_error: Option<String>,
 }
 
+/// A plugin an operator turned off: in the release set, installed nowhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledPlugin {
+    pub name: String,
+    /// The build it would serve if enabled again.
+    pub version: String,
+    pub sha256: String,
+}
+
 /// The installed plugins, and installing or rolling one back. A refused install leaves the
 /// serving version serving.
 #[async_trait]
@@ -74,6 +83,17 @@ pub trait PluginCatalog: Send + Sync {
     /// Makes the previous version of `name` current again, everywhere. `NotFound` for an
     /// unknown plugin, `IllegalTransition` when there is nothing to roll back to.
     async fn rollback(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError>;
+
+    /// Turns `name` off in every process: uninstalled, and no plugins directory brings it
+    /// back. Already off is no error. `NotFound` for an unknown plugin.
+    async fn disable(&self, name: &str, actor: &str) -> Result<DisabledPlugin, AppError>;
+
+    /// Turns a disabled `name` on again in every process, with the build it had. Already on
+    /// is no error. `NotFound` for an unknown plugin.
+    async fn enable(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError>;
+
+    /// The plugins turned off, by name.
+    async fn disabled(&self) -> Result<Vec<DisabledPlugin>, AppError>;
 
     /// The latest changes of the plugin set, newest first (only `plugin`'s when given).
     async fn history(&self, plugin: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, AppError>;

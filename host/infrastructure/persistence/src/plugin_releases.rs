@@ -25,7 +25,7 @@ impl<D: Dialect> SqlPluginReleaseStore<D> {
     }
 }
 
-const RELEASE_COLUMNS: &str = "name, manifest, sha256, version, generation";
+const RELEASE_COLUMNS: &str = "name, manifest, sha256, version, generation, disabled_at";
 
 fn release<D: Dialect>(row: &RowOf<D>) -> Result<PluginRelease, sqlx::Error> {
     Ok(PluginRelease {
@@ -34,6 +34,7 @@ fn release<D: Dialect>(row: &RowOf<D>) -> Result<PluginRelease, sqlx::Error> {
         sha256: row.col("sha256")?,
         version: row.col("version")?,
         generation: row.col("generation")?,
+        disabled: row.col::<Option<i64>>("disabled_at")?.is_some(),
     })
 }
 
@@ -92,7 +93,8 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
             ReleaseAction::Upload => D::query(
                 "UPDATE plugin_releases SET previous_manifest = manifest, \
                  previous_sha256 = sha256, previous_version = version, manifest = $2, \
-                 sha256 = $3, version = $4, generation = generation + 1, updated_at = $5 \
+                 sha256 = $3, version = $4, generation = generation + 1, updated_at = $5, \
+                 disabled_at = NULL \
                  WHERE name = $1 RETURNING previous_version, previous_sha256, generation",
             )
             .arg(new.name)
@@ -160,6 +162,7 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
             sha256: new.sha256.to_owned(),
             version: new.version.to_owned(),
             generation,
+            disabled: false,
         }))
     }
 
@@ -174,10 +177,10 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
             "UPDATE plugin_releases SET manifest = previous_manifest, sha256 = previous_sha256, \
              version = previous_version, previous_manifest = manifest, \
              previous_sha256 = sha256, previous_version = version, \
-             generation = generation + 1, updated_at = $2 \
+             generation = generation + 1, updated_at = $2, disabled_at = NULL \
              WHERE name = $1 AND previous_sha256 IS NOT NULL \
-             RETURNING name, manifest, sha256, version, generation, previous_version, \
-             previous_sha256",
+             RETURNING name, manifest, sha256, version, generation, disabled_at, \
+             previous_version, previous_sha256",
         )
         .arg(name)
         .arg(now.unix_millis())
@@ -217,6 +220,58 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
         .await?;
         tx.commit().await.map_err(D::classify)?;
         Ok(Some(restored))
+    }
+
+    async fn set_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError> {
+        let mut tx = self.sql.begin_write().await?;
+        // Only a change of state is written (and audited).
+        let sql = if disabled {
+            "UPDATE plugin_releases SET disabled_at = $2, generation = generation + 1, \
+             updated_at = $2 WHERE name = $1 AND disabled_at IS NULL RETURNING "
+        } else {
+            "UPDATE plugin_releases SET disabled_at = NULL, generation = generation + 1, \
+             updated_at = $2 WHERE name = $1 AND disabled_at IS NOT NULL RETURNING "
+        };
+        let changed = D::query(sqlx::AssertSqlSafe(format!("{sql}{RELEASE_COLUMNS}")))
+            .arg(name)
+            .arg(now.unix_millis())
+            .fetch_optional(D::on(&mut tx))
+            .await
+            .map_err(D::classify)?;
+        let Some(row) = changed else {
+            let exists = D::query("SELECT 1 FROM plugin_releases WHERE name = $1")
+                .arg(name)
+                .fetch_optional(D::on(&mut tx))
+                .await
+                .map_err(D::classify)?
+                .is_some();
+            tx.rollback().await.map_err(D::classify)?;
+            return if exists {
+                Ok(None)
+            } else {
+                Err(StoreError::NotFound)
+            };
+        };
+        let release = release::<D>(&row).map_err(D::classify)?;
+        let build = (Some(release.version.clone()), Some(release.sha256.clone()));
+        audit::<D>(
+            &mut tx,
+            now,
+            actor,
+            if disabled { "disable" } else { "enable" },
+            name,
+            build,
+            (&release.version, &release.sha256),
+        )
+        .await?;
+        tx.commit().await.map_err(D::classify)?;
+        Ok(Some(release))
     }
 
     async fn releases(&self) -> Result<Vec<PluginRelease>, StoreError> {

@@ -119,3 +119,67 @@ async fn releases_follow_seeds_uploads_and_rollbacks(db: Database) {
     assert_eq!(store.audit(None, 2).await.unwrap().len(), 2);
 }
 on_both!(releases, releases_follow_seeds_uploads_and_rollbacks);
+
+/// Disabling keeps the release (so a later seed does not bring it back), bumps the
+/// generation every process follows, and is audited; enabling, an upload or a rollback turns
+/// it on again; asking for the state it is in writes nothing.
+async fn disabled_releases_stay_disabled_until_enabled(db: Database) {
+    let store = db.plugin_releases();
+    let at = Timestamp::from_unix_millis;
+    store
+        .release(new("0.1.0", "aa", b"one", ReleaseAction::Seed), at(1))
+        .await
+        .unwrap();
+    let off = store
+        .set_disabled("fakepay", true, "ops", at(2))
+        .await
+        .unwrap()
+        .expect("a change");
+    assert!(off.disabled);
+    assert_eq!((off.version.as_str(), off.generation), ("0.1.0", 2));
+    assert_eq!(
+        store.set_disabled("fakepay", true, "ops", at(3)).await,
+        Ok(None),
+        "already off"
+    );
+    // Another host's directory seeds nothing over it.
+    let seed = store
+        .release(new("0.1.0", "aa", b"one", ReleaseAction::Seed), at(4))
+        .await
+        .unwrap();
+    assert_eq!(seed, None);
+    assert!(store.releases().await.unwrap()[0].disabled);
+    assert_eq!(
+        store.set_disabled("nope", true, "ops", at(5)).await,
+        Err(StoreError::NotFound)
+    );
+
+    let on = store
+        .set_disabled("fakepay", false, "ops", at(6))
+        .await
+        .unwrap()
+        .expect("a change");
+    assert!(!on.disabled);
+    assert_eq!(on.generation, 3);
+    // An upload over a disabled release turns it on too.
+    store
+        .set_disabled("fakepay", true, "ops", at(7))
+        .await
+        .unwrap();
+    let uploaded = store
+        .release(new("0.1.1", "bb", b"two", ReleaseAction::Upload), at(8))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!uploaded.disabled && !store.releases().await.unwrap()[0].disabled);
+
+    let actions: Vec<String> = store
+        .audit(Some("fakepay"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["upload", "disable", "enable", "disable", "seed"]);
+}
+on_both!(disabling, disabled_releases_stay_disabled_until_enabled);

@@ -151,6 +151,17 @@ impl Registry {
         Ok(info)
     }
 
+    /// Removes `name` (current and rollback versions): later calls find it not installed;
+    /// calls already running finish on the version they hold. `None` when it was not there.
+    pub(crate) fn uninstall(&self, name: &str) -> Option<VersionInfo> {
+        let removed = self
+            .slots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)?;
+        Some(VersionInfo::of(&removed.current()))
+    }
+
     /// Remembers why an install of `name` was refused (the current version keeps serving).
     pub(crate) fn record_failure(&self, name: &str, error: &LoadError) {
         if let Some(slot) = self.slot(name) {

@@ -175,6 +175,14 @@ impl PluginRuntime {
         Ok(info)
     }
 
+    /// Uninstalls `name` (an operator disabled it): calls then fail as not installed, and an
+    /// install brings it back. `None` when it was not installed.
+    pub fn uninstall(&self, name: &str) -> Option<VersionInfo> {
+        let removed = self.inner.registry.uninstall(name)?;
+        tracing::info!(plugin = %removed.name, version = %removed.version, "plugin uninstalled");
+        Some(removed)
+    }
+
     /// Every installed plugin: current and previous version, breaker state, last refusal.
     pub fn list(&self) -> Vec<PluginStatus> {
         self.inner.registry.list()

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use oms_application::ports::{
-    AuditEntry, NewRelease, PluginBuild, PluginCatalog, PluginInfo, PluginRelease,
+    AuditEntry, DisabledPlugin, NewRelease, PluginBuild, PluginCatalog, PluginInfo, PluginRelease,
     PluginReleaseStore, ReleaseAction, StoreError,
 };
 use oms_application::{AppError, FieldViolation};
@@ -105,6 +105,14 @@ impl RuntimeCatalog {
         };
         for r in releases {
             if applied.get(&r.name) == Some(&r.generation) {
+                continue;
+            }
+            if r.disabled {
+                // Turned off by an operator: served nowhere, whatever this process loaded.
+                if self.runtime.uninstall(&r.name).is_some() {
+                    info!(plugin = %r.name, "following the plugin release: disabled");
+                }
+                applied.insert(r.name, r.generation);
                 continue;
             }
             match self.apply(&r).await {
@@ -314,6 +322,58 @@ impl PluginCatalog for RuntimeCatalog {
         };
         self.apply(&restored).await?;
         self.info(name)
+    }
+
+    async fn disable(&self, name: &str, actor: &str) -> Result<DisabledPlugin, AppError> {
+        match self
+            .releases
+            .set_disabled(name, true, actor, Timestamp::now())
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::NotFound) => {
+                return Err(AppError::NotFound(format!("plugin {name:?}")));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.runtime.uninstall(name);
+        self.disabled()
+            .await?
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| AppError::Unavailable(format!("plugin {name} was enabled meanwhile")))
+    }
+
+    async fn enable(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError> {
+        match self
+            .releases
+            .set_disabled(name, false, actor, Timestamp::now())
+            .await
+        {
+            Ok(Some(release)) => self.apply(&release).await?,
+            // Already on: it serves (or a follow round is about to install it).
+            Ok(None) => {}
+            Err(StoreError::NotFound) => {
+                return Err(AppError::NotFound(format!("plugin {name:?}")));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.info(name)
+    }
+
+    async fn disabled(&self) -> Result<Vec<DisabledPlugin>, AppError> {
+        Ok(self
+            .releases
+            .releases()
+            .await?
+            .into_iter()
+            .filter(|r| r.disabled)
+            .map(|r| DisabledPlugin {
+                name: r.name,
+                version: r.version,
+                sha256: r.sha256,
+            })
+            .collect())
     }
 
     async fn history(&self, plugin: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, AppError> {

@@ -361,16 +361,78 @@ pub async fn an_unknown_payment_provider_is_refused_at_once(backend: TestBackend
 async fn serves(host: &oms::RunningServer, version: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let current = host.plugins().status_of("fakepay").unwrap().current.version;
-        if current == version {
+        let current = host
+            .plugins()
+            .status_of("fakepay")
+            .map(|s| s.current.version);
+        if current.as_deref() == Some(version) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the other host still serves {current}, not {version}"
+            "the other host serves {current:?}, not {version}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Disabling a plugin through one host uninstalls it in every host: orders naming it are
+/// refused at once, a host starting later with it in its plugins directory does not serve
+/// it, and enabling brings the same build back everywhere. Both changes are audited.
+pub async fn a_disabled_plugin_is_served_nowhere_until_enabled(backend: TestBackend) {
+    let app = TestApp::spawn(backend).await;
+    let (other, _other_cache) = app.another_host().await;
+    let off = omsctl_json(&app, &["plugins", "disable", "fakepay"]).await;
+    assert_eq!(
+        (off["name"].as_str(), off["disabled"].as_bool()),
+        (Some("fakepay"), Some(true))
+    );
+    assert_eq!(off["version"], "0.1.0");
+    let refused = app
+        .try_create(order_with("c-off", "DEMO-1", "tok_ok"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while other.plugins().status_of("fakepay").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other host still serves fakepay"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = omsctl_json(&app, &["plugins", "list"]).await;
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "fakepay")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["disabled"], true, "{listed}");
+    // Disabling again changes nothing and is no error.
+    omsctl_json(&app, &["plugins", "disable", "fakepay"]).await;
+    // Its file is still in the plugins directory: a host starting now does not serve it.
+    let (late, _late_cache) = app.another_host().await;
+    assert!(late.plugins().status_of("fakepay").is_none());
+
+    let on = omsctl_json(&app, &["plugins", "enable", "fakepay"]).await;
+    assert_eq!(on["current"]["version"], "0.1.0", "{on}");
+    let order = app.create(order_with("c-on", "DEMO-1", "tok_ok")).await;
+    assert_eq!(settle(&app, &order.order_id).await.status(), S::Confirmed);
+    serves(&other, "0.1.0").await;
+    serves(&late, "0.1.0").await;
+    let history = omsctl_json(&app, &["plugins", "history", "fakepay"]).await;
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(actions, ["enable", "disable", "seed"]);
+    late.stop().await.unwrap();
+    other.stop().await.unwrap();
+    app.stop().await;
 }
 
 /// A swap and a rollback through one host process reach another on the same database

@@ -101,6 +101,7 @@ on_both_backends!(
     dead_letters_are_listed_and_redriven,
     an_unknown_payment_provider_is_refused_at_once,
     a_swap_through_one_host_reaches_every_host,
+    a_disabled_plugin_is_served_nowhere_until_enabled,
     a_file_dropped_in_a_watched_directory_reaches_every_host,
     callers_authenticate_and_own_their_keys,
     both_listeners_serve_tls_when_configured,

@@ -75,7 +75,12 @@ enum PluginsCommand {
     },
     /// Makes the previous version of NAME current again.
     Rollback { name: String },
-    /// Every change of the plugin set (seed, upload, rollback), newest first.
+    /// Turns NAME off in every host process (kept in the release set, so no plugins
+    /// directory brings it back).
+    Disable { name: String },
+    /// Turns a disabled NAME on again everywhere, with the build it had.
+    Enable { name: String },
+    /// Every change of the plugin set (seed, upload, rollback, disable, enable), newest first.
     History {
         /// Only this plugin's changes.
         name: Option<String>,
@@ -180,7 +185,8 @@ async fn plugins(admin: &mut Admin, out: &Output, command: PluginsCommand) -> an
     match command {
         PluginsCommand::List => {
             let r = admin.api.list_plugins(pb::ListPluginsRequest {}).await?;
-            out.plugins(&r.into_inner().plugins);
+            let r = r.into_inner();
+            out.plugins(&r.plugins, &r.disabled);
         }
         PluginsCommand::Show { name } => {
             let r = admin.api.get_plugin(pb::GetPluginRequest { name }).await?;
@@ -201,6 +207,20 @@ async fn plugins(admin: &mut Admin, out: &Output, command: PluginsCommand) -> an
             let r = admin
                 .api
                 .rollback_plugin(pb::RollbackPluginRequest { name })
+                .await?;
+            out.plugin(&r.into_inner());
+        }
+        PluginsCommand::Disable { name } => {
+            let r = admin
+                .api
+                .disable_plugin(pb::DisablePluginRequest { name })
+                .await?;
+            out.disabled_plugin(&r.into_inner());
+        }
+        PluginsCommand::Enable { name } => {
+            let r = admin
+                .api
+                .enable_plugin(pb::EnablePluginRequest { name })
                 .await?;
             out.plugin(&r.into_inner());
         }

@@ -44,9 +44,19 @@ fn version_json(v: Option<&pb::PluginVersion>) -> Value {
     })
 }
 
+fn disabled_json(d: &pb::DisabledPlugin) -> Value {
+    json!({
+        "name": d.name,
+        "disabled": true,
+        "version": d.version,
+        "sha256": d.sha256,
+    })
+}
+
 fn plugin_json(p: &pb::Plugin) -> Value {
     json!({
         "name": p.name,
+        "disabled": false,
         "kind": p.kind,
         "current": version_json(p.current.as_ref()),
         "previous": version_json(p.previous.as_ref()),
@@ -152,9 +162,14 @@ impl Output {
         println!("{value:#}");
     }
 
-    pub fn plugins(&self, plugins: &[pb::Plugin]) {
+    /// The installed plugins, then the disabled ones (`"disabled": true` in JSON).
+    pub fn plugins(&self, plugins: &[pb::Plugin], disabled: &[pb::DisabledPlugin]) {
         if self.json {
-            return self.print_json(&Value::Array(plugins.iter().map(plugin_json).collect()));
+            let all = plugins
+                .iter()
+                .map(plugin_json)
+                .chain(disabled.iter().map(disabled_json));
+            return self.print_json(&Value::Array(all.collect()));
         }
         let mut t = table(&[
             "NAME", "KIND", "VERSION", "SHA256", "PREVIOUS", "CIRCUIT", "CALLS", "ERRORS", "P99_US",
@@ -179,6 +194,30 @@ impl Output {
             ]);
         }
         println!("{t}");
+        if !disabled.is_empty() {
+            let mut t = table(&["DISABLED", "VERSION", "SHA256"]);
+            for d in disabled {
+                t.add_row(vec![
+                    d.name.clone(),
+                    d.version.clone(),
+                    short(&d.sha256).to_owned(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+
+    pub fn disabled_plugin(&self, d: &pb::DisabledPlugin) {
+        if self.json {
+            return self.print_json(&disabled_json(d));
+        }
+        println!(
+            "{} disabled everywhere (it had {} {}); `omsctl plugins enable {}` brings it back",
+            d.name,
+            d.version,
+            short(&d.sha256),
+            d.name
+        );
     }
 
     pub fn plugin(&self, p: &pb::Plugin) {

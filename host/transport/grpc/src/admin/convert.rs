@@ -1,6 +1,8 @@
 //! Application values -> `oms.admin.v1` messages.
 
-use oms_application::ports::{AuditEntry, DeadLetter, PluginBuild, PluginInfo, StepHistory};
+use oms_application::ports::{
+    AuditEntry, DeadLetter, DisabledPlugin, PluginBuild, PluginInfo, StepHistory,
+};
 use oms_application::saga::SagaInstance;
 
 use crate::admin_pb as pb;
@@ -30,6 +32,14 @@ pub(super) fn plugin(p: &PluginInfo) -> pb::Plugin {
         deadline_ms: p.deadline_ms,
         capabilities: p.capabilities.clone(),
         last_error: p.last_error.clone().unwrap_or_default(),
+    }
+}
+
+pub(super) fn disabled_plugin(d: &DisabledPlugin) -> pb::DisabledPlugin {
+    pb::DisabledPlugin {
+        name: d.name.clone(),
+        version: d.version.clone(),
+        sha256: d.sha256.clone(),
     }
 }
 

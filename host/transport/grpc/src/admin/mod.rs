@@ -146,7 +146,15 @@ impl AdminService for AdminApi {
         _: Request<pb::ListPluginsRequest>,
     ) -> Result<Response<pb::ListPluginsResponse>, Status> {
         let plugins = self.plugins.list().iter().map(convert::plugin).collect();
-        Ok(Response::new(pb::ListPluginsResponse { plugins }))
+        let disabled = self
+            .plugins
+            .disabled()
+            .await
+            .map_err(|e| to_status(&e))?
+            .iter()
+            .map(convert::disabled_plugin)
+            .collect();
+        Ok(Response::new(pb::ListPluginsResponse { plugins, disabled }))
     }
 
     async fn get_plugin(
@@ -214,6 +222,34 @@ impl AdminService for AdminApi {
         let plugin = self
             .plugins
             .rollback(&name, &actor)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(convert::plugin(&plugin)))
+    }
+
+    async fn disable_plugin(
+        &self,
+        request: Request<pb::DisablePluginRequest>,
+    ) -> Result<Response<pb::DisabledPlugin>, Status> {
+        let actor = actor(&request);
+        let name = request.into_inner().name;
+        let disabled = self
+            .plugins
+            .disable(&name, &actor)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(convert::disabled_plugin(&disabled)))
+    }
+
+    async fn enable_plugin(
+        &self,
+        request: Request<pb::EnablePluginRequest>,
+    ) -> Result<Response<pb::Plugin>, Status> {
+        let actor = actor(&request);
+        let name = request.into_inner().name;
+        let plugin = self
+            .plugins
+            .enable(&name, &actor)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(convert::plugin(&plugin)))
