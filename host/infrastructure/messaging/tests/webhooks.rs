@@ -133,14 +133,19 @@ const PRIVATE_OK: EgressPolicy = EgressPolicy {
     allow_private: true,
 };
 
-#[tokio::test]
-async fn server_errors_are_retried_then_delivered_once() {
-    let (addr, seen) = receiver(vec![503, 503, 204], None).await;
-    let channel = WebhookChannel::new(quick(WebhookOptions {
+/// A channel that may reach the receivers these tests run on loopback.
+fn local_channel() -> WebhookChannel {
+    WebhookChannel::new(quick(WebhookOptions {
         egress: PRIVATE_OK,
         ..WebhookOptions::default()
     }))
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_delivered_once() {
+    let (addr, seen) = receiver(vec![503, 503, 204], None).await;
+    let channel = local_channel();
     channel
         .deliver(&note(&format!("http://{addr}/hook")))
         .await
@@ -261,11 +266,7 @@ async fn private_and_metadata_targets_are_refused() {
         seen.lock().unwrap().is_empty(),
         "nothing reached the receiver"
     );
-    let allowing = WebhookChannel::new(quick(WebhookOptions {
-        egress: PRIVATE_OK,
-        ..WebhookOptions::default()
-    }))
-    .unwrap();
+    let allowing = local_channel();
     let err = allowing
         .deliver(&note("http://169.254.169.254/latest/meta-data"))
         .await
@@ -285,11 +286,7 @@ async fn private_and_metadata_targets_are_refused() {
 #[tokio::test]
 async fn redirects_are_not_followed() {
     let (addr, seen) = receiver(vec![302], None).await;
-    let channel = WebhookChannel::new(quick(WebhookOptions {
-        egress: PRIVATE_OK,
-        ..WebhookOptions::default()
-    }))
-    .unwrap();
+    let channel = local_channel();
     let err = channel
         .deliver(&note(&format!("http://{addr}/hook")))
         .await

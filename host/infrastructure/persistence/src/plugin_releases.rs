@@ -67,6 +67,26 @@ async fn audit<D: Dialect>(
     Ok(())
 }
 
+/// A conditional change of `name` that matched no row: `Ok(None)` when the release exists
+/// (it was not in the state the change needs), `NotFound` when it does not. Ends `tx`.
+async fn unchanged<D: Dialect>(
+    mut tx: sqlx::Transaction<'static, D::DB>,
+    name: &str,
+) -> Result<Option<PluginRelease>, StoreError> {
+    let exists = D::query("SELECT 1 FROM plugin_releases WHERE name = $1")
+        .arg(name)
+        .fetch_optional(D::on(&mut tx))
+        .await
+        .map_err(D::classify)?
+        .is_some();
+    tx.rollback().await.map_err(D::classify)?;
+    if exists {
+        Ok(None)
+    } else {
+        Err(StoreError::NotFound)
+    }
+}
+
 #[async_trait]
 impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
     async fn release(
@@ -188,18 +208,7 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
         .await
         .map_err(D::classify)?;
         let Some(row) = swapped else {
-            let exists = D::query("SELECT 1 FROM plugin_releases WHERE name = $1")
-                .arg(name)
-                .fetch_optional(D::on(&mut tx))
-                .await
-                .map_err(D::classify)?
-                .is_some();
-            tx.rollback().await.map_err(D::classify)?;
-            return if exists {
-                Ok(None)
-            } else {
-                Err(StoreError::NotFound)
-            };
+            return unchanged::<D>(tx, name).await;
         };
         let restored = release::<D>(&row).map_err(D::classify)?;
         let from = (
@@ -245,18 +254,7 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
             .await
             .map_err(D::classify)?;
         let Some(row) = changed else {
-            let exists = D::query("SELECT 1 FROM plugin_releases WHERE name = $1")
-                .arg(name)
-                .fetch_optional(D::on(&mut tx))
-                .await
-                .map_err(D::classify)?
-                .is_some();
-            tx.rollback().await.map_err(D::classify)?;
-            return if exists {
-                Ok(None)
-            } else {
-                Err(StoreError::NotFound)
-            };
+            return unchanged::<D>(tx, name).await;
         };
         let release = release::<D>(&row).map_err(D::classify)?;
         let build = (Some(release.version.clone()), Some(release.sha256.clone()));
