@@ -115,7 +115,7 @@ impl Executor<'_> {
     ) -> Result<Effect, GatewayFailure> {
         let started = std::time::Instant::now();
         // One span per step attempt; the plugin call it makes is its child.
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "saga.step",
             saga.kind = saga.kind.as_str(),
             saga.id = %saga.id,

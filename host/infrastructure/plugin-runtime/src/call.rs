@@ -127,7 +127,7 @@ where
         store.data_mut().kv_txn = plugin.ctx.kv.transaction();
     }
     let deadline = plugin.limits.deadline;
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "plugin.call",
         plugin = %plugin.ctx.name,
         version = %plugin.ctx.version,

@@ -176,7 +176,7 @@ impl SagaEngine {
     async fn drive_from(&self, saga: SagaInstance, held: Option<Order>) {
         // The saga's span: a child of the request's when the request drives it (placement
         // on its own task), a root of its own when a worker resumes it.
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "saga",
             saga.kind = saga.kind.as_str(),
             saga.id = %saga.id,

@@ -310,7 +310,7 @@ impl NotificationService {
                 }
                 Ok((id, event)) => {
                     // Handled in the trace of the work that wrote the event.
-                    let span = tracing::info_span!(
+                    let span = tracing::debug_span!(
                         "notification",
                         otel.kind = "consumer",
                         event.id = %id,

@@ -200,7 +200,7 @@ impl Relay {
         let started = Instant::now();
         // One span per batch, linked to the trace of each event in it (an event's own trace
         // goes on in its consumers, through the message's `traceparent`).
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "outbox.publish",
             otel.kind = "producer",
             messaging.batch.message_count = to_send.len(),
