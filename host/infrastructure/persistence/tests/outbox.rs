@@ -112,3 +112,30 @@ async fn a_corrupt_row_is_set_aside_and_the_others_flow() {
     db.close().await;
     test_db.cleanup().await.unwrap();
 }
+
+/// The same for the dead letters: one corrupt row used to fail the whole listing (and with
+/// it a bulk redrive); it is left out, and the others are listed.
+#[tokio::test]
+async fn a_corrupt_dead_letter_does_not_hide_the_others() {
+    use oms_persistence::testing::TestBackend;
+    let test_db = TestDatabase::new(TestBackend::Sqlite).await.unwrap();
+    let db = test_db.connect().await.unwrap();
+    let pool = &db.sqlite().unwrap().writer;
+    let good = uuid::Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO dead_letters (id, event_id, aggregate_id, event_type, schema_version, \
+         payload, occurred_at, attempts, last_error, failed_at) VALUES \
+         (1, 'not-a-uuid', $1, 'OrderCreated', 1, '{}', 0, 10, 'broker down', 5), \
+         (2, $2, $1, 'OrderCreated', 1, '{}', 0, 10, 'broker down', 4)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&good)
+    .execute(pool)
+    .await
+    .unwrap();
+    let listed = db.outbox().dead_letters(true, 10).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].event_id.to_string(), good);
+    db.close().await;
+    test_db.cleanup().await.unwrap();
+}
