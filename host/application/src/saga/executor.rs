@@ -114,11 +114,10 @@ impl Executor<'_> {
         key: &str,
     ) -> Result<Effect, GatewayFailure> {
         let started = std::time::Instant::now();
-        // One span per step attempt; the plugin call it makes is its child.
+        // One span per step attempt, under its saga's span (which names the saga); the
+        // plugin call it makes is its child.
         let span = tracing::debug_span!(
             "saga.step",
-            saga.kind = saga.kind.as_str(),
-            saga.id = %saga.id,
             operation = op.as_str(),
             outcome = tracing::field::Empty,
         );

@@ -239,6 +239,14 @@ fn plugin_info(s: PluginStatus, m: &oms_plugin_runtime::metrics::MetricsSnapshot
     }
 }
 
+fn disabled_plugin(r: PluginRelease) -> DisabledPlugin {
+    DisabledPlugin {
+        name: r.name,
+        version: r.version,
+        sha256: r.sha256,
+    }
+}
+
 /// A refused install, worded for the operator and attributed to the part of the upload
 /// that is wrong.
 fn refused(e: &LoadError) -> AppError {
@@ -325,23 +333,32 @@ impl PluginCatalog for RuntimeCatalog {
     }
 
     async fn disable(&self, name: &str, actor: &str) -> Result<DisabledPlugin, AppError> {
-        match self
+        let changed = match self
             .releases
             .set_disabled(name, true, actor, Timestamp::now())
             .await
         {
-            Ok(_) => {}
+            Ok(changed) => changed,
             Err(StoreError::NotFound) => {
                 return Err(AppError::NotFound(format!("plugin {name:?}")));
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         self.runtime.uninstall(name);
-        self.disabled()
-            .await?
-            .into_iter()
-            .find(|d| d.name == name)
-            .ok_or_else(|| AppError::Unavailable(format!("plugin {name} was enabled meanwhile")))
+        // The release the change returned; read the set only when it was off already.
+        let release = match changed {
+            Some(release) => release,
+            None => self
+                .releases
+                .releases()
+                .await?
+                .into_iter()
+                .find(|r| r.name == name && r.disabled)
+                .ok_or_else(|| {
+                    AppError::Unavailable(format!("plugin {name} was enabled meanwhile"))
+                })?,
+        };
+        Ok(disabled_plugin(release))
     }
 
     async fn enable(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError> {
@@ -368,11 +385,7 @@ impl PluginCatalog for RuntimeCatalog {
             .await?
             .into_iter()
             .filter(|r| r.disabled)
-            .map(|r| DisabledPlugin {
-                name: r.name,
-                version: r.version,
-                sha256: r.sha256,
-            })
+            .map(disabled_plugin)
             .collect())
     }
 
