@@ -20,6 +20,11 @@
 //! times that call reached the provider (replays included). Only tests turn it on: it shows a
 //! call that reached the provider but whose answer the host never recorded, so they can prove
 //! the host sends each saga step exactly once.
+//!
+//! With `[config] crash = "true"`, every call crashes (a Wasm trap), as a broken build of a
+//! provider would. Tests swap that manifest in over the same component to break the provider
+//! for orders placed before the swap: their follow-up calls are pinned to the component that
+//! made their hold, so a broken build of *another* component would not reach them.
 
 mod ledger;
 mod record;
@@ -73,6 +78,7 @@ impl Guest for FakePay {
     }
 
     fn get_payment(lookup: PaymentLookup) -> Result<Option<Payment>, PaymentError> {
+        crash_if_told();
         ledger::get_payment(lookup)
     }
 }
@@ -80,8 +86,17 @@ impl Guest for FakePay {
 /// Counts a call under `calls/<operation>/<key>` before acting on it, when the manifest asks
 /// for it (`[config] count-calls = "true"`); otherwise writes nothing.
 fn count_call(operation: &str, idempotency_key: &str) -> Result<(), PaymentError> {
+    crash_if_told();
     if config::get("count-calls").as_deref() != Some("true") {
         return Ok(());
     }
     store::bump(&format!("calls/{operation}/{idempotency_key}")).map(|_| ())
+}
+
+/// Traps when the manifest says `[config] crash = "true"`.
+fn crash_if_told() {
+    if config::get("crash").as_deref() == Some("true") {
+        // A panic aborts the instance: the host sees a trap, as from a broken build.
+        panic!("fakepay: crash = \"true\" in the manifest");
+    }
 }

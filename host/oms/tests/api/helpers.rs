@@ -541,12 +541,21 @@ pub fn renamed_plugin(dir: &Path, name: &str, new_name: &str, version: &str) -> 
     path
 }
 
-/// Hot-swaps a broken build in as `fakepay`: every call traps until `fakepay` is rolled back.
+/// Hot-swaps a broken build in as `fakepay`: the same component under a manifest that makes
+/// every call crash (`[config] crash = "true"`), so that the follow-up calls of orders placed
+/// before the swap, pinned to that component, crash too, until `fakepay` is rolled back.
 /// Keep the returned directory alive while it serves.
 pub async fn break_fakepay(app: &TestApp) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = renamed_plugin(dir.path(), "trap", "fakepay", "0.2.0-broken");
-    let wasm = dir.path().join("trap.wasm");
+    let built = built_plugins();
+    let wasm = dir.path().join("fakepay.wasm");
+    std::fs::copy(built.join("fakepay.wasm"), &wasm).unwrap();
+    let manifest = std::fs::read_to_string(built.join("fakepay.toml"))
+        .unwrap()
+        .replace("version = \"0.1.0\"", "version = \"0.2.0-broken\"")
+        .replace("[config]", "[config]\ncrash = \"true\"");
+    let manifest_path = dir.path().join("fakepay.toml");
+    std::fs::write(&manifest_path, manifest).unwrap();
     let out = omsctl(
         app,
         &[
@@ -555,7 +564,7 @@ pub async fn break_fakepay(app: &TestApp) -> tempfile::TempDir {
             "fakepay",
             wasm.to_str().unwrap(),
             "--manifest",
-            manifest.to_str().unwrap(),
+            manifest_path.to_str().unwrap(),
         ],
     )
     .await;
