@@ -449,6 +449,68 @@ async fn a_cancellation_whose_calls_stayed_in_the_host_commits_once() {
     .await;
 }
 
+/// The follow-up calls of each kind, with the placement call whose build they must reach.
+const FOLLOW_UPS: [(SagaKind, [(&str, &str); 2]); 2] = [
+    (
+        SagaKind::FulfillOrder,
+        [("commit", "reserve"), ("capture", "authorize")],
+    ),
+    (
+        SagaKind::CancelOrder,
+        [("release", "reserve"), ("void", "authorize")],
+    ),
+];
+
+#[tokio::test]
+async fn follow_up_calls_are_pinned_to_the_build_that_made_the_hold() {
+    for (kind, pairs) in FOLLOW_UPS {
+        let rig = Rig::new().await;
+        rig.gateways.swap_build("sha256:v1");
+        let saga = follow_placement(&rig, kind).await;
+        // A new version is installed between the placement and its follow-up.
+        rig.gateways.swap_build("sha256:v2");
+        rig.engine("w1").run_due(10).await.unwrap();
+        let ended = SagaStore::get(rig.store.as_ref(), saga.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended.status, SagaStatus::Succeeded, "{kind:?}");
+
+        let calls = rig.gateways.calls();
+        for (follow_up, made_by) in pairs {
+            let made = calls.iter().find(|c| c.operation == made_by).unwrap();
+            assert_eq!(made.pinned, None, "{made_by} starts on the current build");
+            let call = calls.iter().find(|c| c.operation == follow_up).unwrap();
+            assert_eq!(
+                call.pinned.as_deref(),
+                Some("sha256:v1"),
+                "{kind:?}: {follow_up} goes to the build that made the {made_by}"
+            );
+        }
+        // The history records the build that served each follow-up.
+        let served: Vec<String> = SagaStore::steps(rig.store.as_ref(), saga.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|s| s.plugin.map(|(_, _, digest)| digest))
+            .collect();
+        assert_eq!(served, ["sha256:v1", "sha256:v1"], "{kind:?}");
+        // Until the order ends, the builds it used are in use.
+        let in_use = SagaStore::plugin_builds_in_use(rig.store.as_ref())
+            .await
+            .unwrap();
+        assert!(
+            in_use.iter().all(|(_, digest)| digest == "sha256:v1"),
+            "{in_use:?}"
+        );
+        assert_eq!(
+            !in_use.is_empty(),
+            !rig.order().await.status().is_terminal(),
+            "{kind:?}: {in_use:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_cancellation_stopped_before_its_commit_undoes_again_with_the_same_keys() {
     let rig = Rig::new().await;

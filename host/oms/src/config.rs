@@ -190,12 +190,40 @@ pub struct PluginsConfig {
     pub sync_interval_ms: u64,
     /// The inventory adapter plugin the sagas reserve stock with.
     pub inventory: String,
+    /// When a canary is rolled back without an operator.
+    #[serde(default)]
+    pub canary: CanaryConfig,
     /// Benchmark builds only (`--features native-adapters`): serve `fakepay` and
     /// `local-stock` with their Rust ports in-process instead of the Wasm plugins, to measure
     /// what the sandbox costs (docs/benchmarks.md). Other builds refuse the key.
     #[cfg(feature = "native-adapters")]
     #[serde(default)]
     pub native_adapters: bool,
+}
+
+/// The automatic rollback of a canary (docs/operations.md, "Canary"): each host process
+/// watches the canaries it serves and aborts one, everywhere, when more than
+/// `max_failure_rate` of its calls in the last `window_secs` failed (sandbox faults, an open
+/// circuit, `transient` answers; declines and other refusals are answers, not failures), once
+/// it made at least `min_calls` calls in that window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// Above this share of failed calls (0 < rate <= 1; 1 never aborts), the canary ends.
+    pub max_failure_rate: f64,
+    pub window_secs: u64,
+    /// Fewer calls than this in the window decide nothing.
+    pub min_calls: u64,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        Self {
+            max_failure_rate: 0.1,
+            window_secs: 60,
+            min_calls: 20,
+        }
+    }
 }
 
 /// The saga workers.
@@ -362,6 +390,7 @@ impl Default for Config {
                 watch_interval_ms: 1000,
                 sync_interval_ms: 1000,
                 inventory: "local-stock".to_owned(),
+                canary: CanaryConfig::default(),
                 #[cfg(feature = "native-adapters")]
                 native_adapters: false,
             },
@@ -432,6 +461,10 @@ pub enum ConfigError {
     NotPositive { key: &'static str },
     #[error("invalid configuration: tracing.sample_ratio must be between 0.0 and 1.0, not {0}")]
     SampleRatio(f64),
+    #[error(
+        "invalid configuration: plugins.canary.max_failure_rate must be above 0.0 and at most 1.0, not {0}"
+    )]
+    FailureRate(f64),
 }
 
 /// What printed or logged secrets are replaced with.
@@ -520,8 +553,13 @@ impl Config {
         let b = &self.broker;
         // `plugins.watch_interval_ms` and `saga.step_deadline_cap_ms` are absent on purpose:
         // for them 0 means "off" and "the step tables' own", as documented.
-        let positive: [(&'static str, u64); 22] = [
+        let positive: [(&'static str, u64); 24] = [
             ("plugins.sync_interval_ms", self.plugins.sync_interval_ms),
+            (
+                "plugins.canary.window_secs",
+                self.plugins.canary.window_secs,
+            ),
+            ("plugins.canary.min_calls", self.plugins.canary.min_calls),
             ("health.interval_ms", self.health.interval_ms),
             (
                 "admin.max_upload_bytes",
@@ -558,6 +596,10 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
             return Err(ConfigError::SampleRatio(self.tracing.sample_ratio));
+        }
+        let rate = self.plugins.canary.max_failure_rate;
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err(ConfigError::FailureRate(rate));
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::adapters::{PluginInventory, PluginPayments, RuntimeCatalog};
+use crate::adapters::{CanaryGuard, PluginInventory, PluginPayments, RuntimeCatalog};
 use crate::config::Config;
 use crate::health::{self, TaskWatch};
 use crate::plugins::Plugins;
@@ -139,10 +139,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             watch_poll_interval: Duration::from_millis(config.watch.poll_interval_ms),
         },
     );
-    let catalog = Arc::new(RuntimeCatalog::new(
-        plugins.runtime.clone(),
-        db.plugin_releases(),
-    ));
+    let canary = &config.plugins.canary;
+    let catalog = Arc::new(
+        RuntimeCatalog::new(plugins.runtime.clone(), db.plugin_releases(), db.sagas())
+            .with_canary_guard(CanaryGuard {
+                max_failure_rate: canary.max_failure_rate,
+                window: Duration::from_secs(canary.window_secs),
+                min_calls: canary.min_calls,
+            }),
+    );
     // The directory seeds names the shared release set does not have; the set decides the
     // rest, installed here before any order is served.
     catalog
@@ -187,8 +192,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     tasks.push(background.spawn("plugin release follower", &shutdown_rx, {
         let interval = Duration::from_millis(config.plugins.sync_interval_ms);
         let stop = shutdown_rx.clone();
+        let actor = format!("auto-rollback:{process}");
         async move {
-            follow.follow(applied, interval, stop).await;
+            follow.follow(applied, interval, actor, stop).await;
             Ok(())
         }
     }));

@@ -268,6 +268,12 @@ pub enum ProviderPaymentState {
 pub type GatewayResult<T> = Result<(T, PluginCall), GatewayFailure>;
 
 /// Payment providers, addressed by the provider (plugin) name the order names.
+///
+/// `pinned` on a follow-up call (capture, void, refund; release and commit for inventory) is
+/// the component digest of the build that made the payment or reservation, as its
+/// [`PluginCall::digest`] recorded: the call runs on that build while it is still installed,
+/// so a newer version with another id format or ledger cannot break the orders taken before
+/// it; on the current build otherwise. The returned [`PluginCall`] says which build answered.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync {
     /// Holds `amount`. Idempotent per `idempotency_key`.
@@ -284,6 +290,7 @@ pub trait PaymentGateway: Send + Sync {
     async fn capture(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
@@ -293,6 +300,7 @@ pub trait PaymentGateway: Send + Sync {
     async fn void(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment>;
@@ -301,6 +309,7 @@ pub trait PaymentGateway: Send + Sync {
     async fn refund(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
@@ -327,11 +336,21 @@ pub trait InventoryGateway: Send + Sync {
         idempotency_key: &str,
     ) -> GatewayResult<String>;
 
-    /// Returns the stock. Idempotent per key.
-    async fn release(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()>;
+    /// Returns the stock. Idempotent per key. `pinned`: see [`PaymentGateway`].
+    async fn release(
+        &self,
+        pinned: Option<&str>,
+        reservation_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<()>;
 
     /// Allocates the stock at fulfillment. Idempotent per key.
-    async fn commit(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()>;
+    async fn commit(
+        &self,
+        pinned: Option<&str>,
+        reservation_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<()>;
 }
 
 #[cfg(test)]

@@ -20,9 +20,12 @@ pub use orders::{OrderQuery, OrderStore, OrderWrite, SagaLease};
 pub use outbox::{Backlog, DeadLetter, OutboxRow, OutboxStore};
 pub use plugin_kv::PluginKvStore;
 pub use plugin_releases::{
-    AuditEntry, NewRelease, PluginRelease, PluginReleaseStore, ReleaseAction,
+    AuditEntry, CanaryEnd, CanaryRelease, NewCanary, NewRelease, PluginRelease, PluginReleaseStore,
+    ReleaseAction,
 };
-pub use plugins::{DisabledPlugin, PAYMENT_WORLD, PluginBuild, PluginCatalog, PluginInfo};
+pub use plugins::{
+    CanaryInfo, DisabledPlugin, PAYMENT_WORLD, PluginBuild, PluginCatalog, PluginInfo,
+};
 pub use processed_events::ProcessedEventStore;
 pub use sagas::{
     Fence, SagaCommit, SagaQuery, SagaStore, StepDirection, StepHistory, StepRecord, StepState,

@@ -21,6 +21,39 @@ pub struct PluginRelease {
     /// Turned off by an operator: every process uninstalls it, and no plugins directory
     /// seeds it back.
     pub disabled: bool,
+    /// A build serving a share of new sagas beside this one, until promoted or aborted.
+    pub canary: Option<CanaryRelease>,
+}
+
+/// The canary of a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryRelease {
+    pub manifest: String,
+    pub sha256: String,
+    pub version: String,
+    /// Percent of new sagas it serves, 1..=99.
+    pub percent: u8,
+}
+
+/// A canary to start: a new build of a released plugin, for `percent` of new sagas.
+#[derive(Debug, Clone, Copy)]
+pub struct NewCanary<'a> {
+    pub name: &'a str,
+    pub manifest: &'a str,
+    pub sha256: &'a str,
+    pub version: &'a str,
+    pub wasm: &'a [u8],
+    pub percent: u8,
+    pub actor: &'a str,
+}
+
+/// How a canary ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanaryEnd {
+    /// It becomes the release; the release becomes the rollback target.
+    Promote,
+    /// It stops serving new sagas; the release goes on unchanged.
+    Abort,
 }
 
 /// Why a release changed.
@@ -59,7 +92,7 @@ pub struct NewRelease<'a> {
 pub struct AuditEntry {
     pub at: Timestamp,
     pub actor: String,
-    /// `seed`, `upload`, `rollback`, `disable` or `enable`.
+    /// `seed`, `upload`, `rollback`, `disable`, `enable`, `canary`, `promote` or `abort`.
     pub action: String,
     pub plugin: String,
     pub from_version: Option<String>,
@@ -71,8 +104,8 @@ pub struct AuditEntry {
 /// The shared plugin set, its artifacts and its audit trail.
 #[async_trait]
 pub trait PluginReleaseStore: Send + Sync {
-    /// Makes `new` the release of its name (enabled), storing the component, and audits it;
-    /// the release it replaces becomes the rollback target. A [`ReleaseAction::Seed`] only
+    /// Makes `new` the release of its name (enabled, no canary), storing the component, and
+    /// audits it; the release it replaces becomes the rollback target. A [`ReleaseAction::Seed`] only
     /// creates a release for a name that has none (`Ok(None)` and nothing written when it
     /// has one).
     async fn release(
@@ -97,6 +130,26 @@ pub trait PluginReleaseStore: Send + Sync {
         &self,
         name: &str,
         disabled: bool,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError>;
+
+    /// Starts `new` as the canary of its plugin's release (replacing a running canary), stores
+    /// its component and audits it (`canary`, from the release's build to the canary's).
+    /// `NotFound` when the name has no release, `Ok(None)` when the plugin is disabled.
+    async fn start_canary(
+        &self,
+        new: NewCanary<'_>,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError>;
+
+    /// Ends the canary of `name` as `end` says, and audits it (`promote`: from the release's
+    /// build to the canary's; `abort`: from the canary's back to the release's). `NotFound`
+    /// when the name has no release, `Ok(None)` when no canary runs.
+    async fn end_canary(
+        &self,
+        name: &str,
+        end: CanaryEnd,
         actor: &str,
         now: Timestamp,
     ) -> Result<Option<PluginRelease>, StoreError>;

@@ -34,6 +34,8 @@ pub struct PluginInfo {
     pub current: PluginBuild,
     /// What a rollback would restore.
     pub previous: Option<PluginBuild>,
+    /// Older builds kept loaded for the follow-up calls pinned to them, oldest first.
+    pub retained: Vec<PluginBuild>,
     /// `closed`, `open` or `half_open`.
     pub circuit: String,
     pub calls: u64,
@@ -47,6 +49,24 @@ pub struct PluginInfo {
     pub capabilities: Vec<String>,
     /// Why the last install of this name was refused, if it was.
     pub last_error: Option<String>,
+    /// The build running as a canary beside the current one, with its own figures.
+    pub canary: Option<CanaryInfo>,
+}
+
+/// A canary as an operator sees it: compare its figures with the current build's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryInfo {
+    pub build: PluginBuild,
+    /// Percent of new sagas it serves.
+    pub percent: u8,
+    pub circuit: String,
+    pub calls: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// Calls that failed (sandbox faults, open circuit, `transient`), not refusals: what
+    /// the automatic rollback watches.
+    pub failures: u64,
+    pub latency_p50_us: Option<u64>,
+    pub latency_p99_us: Option<u64>,
 }
 
 /// A plugin an operator turned off: in the release set, installed nowhere.
@@ -80,9 +100,26 @@ pub trait PluginCatalog: Send + Sync {
     /// `CreateOrder`, so it must be cheap.
     fn has_payment_provider(&self, name: &str) -> bool;
 
-    /// Makes the previous version of `name` current again, everywhere. `NotFound` for an
-    /// unknown plugin, `IllegalTransition` when there is nothing to roll back to.
+    /// Undoes the last rollout step of `name`, everywhere: ends its canary when one runs,
+    /// otherwise makes the previous version current again. `NotFound` for an unknown
+    /// plugin, `IllegalTransition` when there is nothing to roll back to.
     async fn rollback(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError>;
+
+    /// Checks the component `wasm` described by `manifest`, then runs it everywhere as the
+    /// canary of its (installed) plugin for `percent` (1..=99) of new sagas, beside the
+    /// current build. Refused like [`Self::install`]; `NotFound` when the plugin is not
+    /// installed.
+    async fn start_canary(
+        &self,
+        manifest: &str,
+        wasm: Vec<u8>,
+        percent: u8,
+        actor: &str,
+    ) -> Result<PluginInfo, AppError>;
+
+    /// Makes the canary of `name` its current build everywhere (the current one becomes
+    /// the rollback target). `IllegalTransition` when no canary runs.
+    async fn promote(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError>;
 
     /// Turns `name` off in every process: uninstalled, and no plugins directory brings it
     /// back. Already off is no error. `NotFound` for an unknown plugin.

@@ -124,6 +124,11 @@ pub trait SagaStore: Send + Sync {
     /// The step history of a saga (`saga_steps`): one entry per step and direction, as its
     /// last attempt left it, in the order the steps first ran.
     async fn steps(&self, id: SagaId) -> Result<Vec<StepHistory>, StoreError>;
+
+    /// The plugin builds, as `(plugin name, component digest)`, that served a step of a saga
+    /// of an order that is not terminal: the builds its later calls may be pinned to
+    /// (`PaymentGateway`'s `pinned`), which the runtime keeps loaded.
+    async fn plugin_builds_in_use(&self) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// Which sagas an operator lists.

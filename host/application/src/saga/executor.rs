@@ -148,6 +148,9 @@ impl Executor<'_> {
     ) -> Result<Effect, GatewayFailure> {
         let data: &SagaData = &saga.data;
         let provider = order.payment().provider.as_str();
+        // Follow-up calls go to the build that made the reservation or the payment.
+        let stock_build = data.reservation_build.as_deref();
+        let pay_build = data.payment_build.as_deref();
         match op {
             Operation::ReserveInventory => {
                 let (reservation_id, call) = self
@@ -177,7 +180,7 @@ impl Executor<'_> {
                     .reservation_id
                     .as_deref()
                     .ok_or_else(|| missing("reservation"))?;
-                let ((), call) = self.inventory.release(id, key).await?;
+                let ((), call) = self.inventory.release(stock_build, id, key).await?;
                 Ok(with_call(Change::Released, call))
             }
             Operation::CommitInventory => {
@@ -185,7 +188,7 @@ impl Executor<'_> {
                     .reservation_id
                     .as_deref()
                     .ok_or_else(|| missing("reservation"))?;
-                let ((), call) = self.inventory.commit(id, key).await?;
+                let ((), call) = self.inventory.commit(stock_build, id, key).await?;
                 Ok(with_call(Change::Committed, call))
             }
             Operation::AuthorizePayment => self.authorize(order, key).await,
@@ -197,7 +200,7 @@ impl Executor<'_> {
                     .payment_id
                     .as_deref()
                     .ok_or_else(|| missing("payment"))?;
-                let (_, call) = self.payments.void(provider, id, key).await?;
+                let (_, call) = self.payments.void(provider, pay_build, id, key).await?;
                 Ok(with_call(Change::Voided, call))
             }
             // Committed stock cannot be released (see below): voiding or refunding the money
@@ -215,7 +218,7 @@ impl Executor<'_> {
                         .payment_id
                         .as_deref()
                         .ok_or_else(|| missing("payment"))?;
-                    let (_, call) = self.payments.void(provider, id, key).await?;
+                    let (_, call) = self.payments.void(provider, pay_build, id, key).await?;
                     Ok(with_call(Change::Voided, call))
                 }
                 PaymentStatus::Captured
@@ -229,7 +232,10 @@ impl Executor<'_> {
                         .captured()
                         .checked_sub(&order.refunded())
                         .map_err(|e| missing(&e.to_string()))?;
-                    let (_, call) = self.payments.refund(provider, id, None, key).await?;
+                    let (_, call) = self
+                        .payments
+                        .refund(provider, pay_build, id, None, key)
+                        .await?;
                     Ok(with_call(Change::Refunded(refundable), call))
                 }
                 // A hold may or may not exist: nothing here can tell, so do not claim it undone.
@@ -250,7 +256,10 @@ impl Executor<'_> {
                     .total()
                     .checked_sub(&order.captured())
                     .map_err(|e| missing(&e.to_string()))?;
-                let (_, call) = self.payments.capture(provider, id, None, key).await?;
+                let (_, call) = self
+                    .payments
+                    .capture(provider, pay_build, id, None, key)
+                    .await?;
                 Ok(with_call(Change::Captured(remaining), call))
             }
             Operation::RefundPayment => {
@@ -266,7 +275,7 @@ impl Executor<'_> {
                 .map_err(|e| missing(&e.to_string()))?;
                 let (_, call) = self
                     .payments
-                    .refund(provider, id, Some(amount), key)
+                    .refund(provider, pay_build, id, Some(amount), key)
                     .await?;
                 Ok(with_call(Change::Refunded(amount), call))
             }

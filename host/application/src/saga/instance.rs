@@ -125,6 +125,14 @@ pub struct SagaData {
     /// The provider's payment id, once authorized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_id: Option<String>,
+    /// The component digest of the inventory plugin build that made the reservation: its
+    /// release and commit are pinned to that build (`InventoryGateway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation_build: Option<String>,
+    /// The digest of the payment plugin build that authorized: capture, void and refund
+    /// are pinned to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_build: Option<String>,
     /// Why the saga turned to compensation, for the order's failure reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,

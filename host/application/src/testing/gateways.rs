@@ -22,6 +22,8 @@ pub struct Call {
     /// `get-payment` (the reconciliation lookup), as the plugin contracts name them.
     pub operation: &'static str,
     pub idempotency_key: String,
+    /// The build the engine pinned the call to (`PaymentGateway`'s `pinned`).
+    pub pinned: Option<String>,
 }
 
 /// A scripted answer for the next call of an operation.
@@ -64,6 +66,8 @@ pub struct ScriptedGateways {
     before_call: Mutex<Option<Hook>>,
     holds: Mutex<Holds>,
     host_only: AtomicBool,
+    /// The digest its calls report ([`Self::swap_build`]); `sha256:scripted` by default.
+    build: Mutex<Option<String>>,
 }
 
 /// Why a scripted call failed, for [`Scripted::Fail`].
@@ -99,9 +103,9 @@ fn lost(operation: &str) -> GatewayError {
 
 /// What the script says about this call, once it is recorded.
 enum Answer {
-    /// Answers; the call's idempotency key.
-    Normal(String),
-    LostAnswer,
+    /// Answers; the call's idempotency key and the build it was pinned to.
+    Normal(String, Option<String>),
+    LostAnswer(Option<String>),
 }
 
 impl ScriptedGateways {
@@ -112,10 +116,21 @@ impl ScriptedGateways {
         self.host_only.store(true, Ordering::Relaxed);
     }
 
+    /// From now on calls report `digest` as the build that served them (a new version was
+    /// installed); a call pinned to another build still reports the pinned one, as the
+    /// runtime serves a pinned call on the build it names while that build is loaded.
+    pub fn swap_build(&self, digest: &str) {
+        *lock(&self.build) = Some(digest.to_owned());
+    }
+
     /// The build that served `operation`; with the call's effect as a pending KV write when
     /// it answered (`key`).
-    fn plugin_call(&self, operation: &str, key: Option<&str>) -> PluginCall {
+    fn plugin_call(&self, operation: &str, key: Option<&str>, pinned: Option<&str>) -> PluginCall {
         let plugin = scripted_plugin(operation);
+        let digest = pinned
+            .map(str::to_owned)
+            .or_else(|| lock(&self.build).clone())
+            .unwrap_or_else(|| "sha256:scripted".to_owned());
         let keys = key
             .map(|key| {
                 let change = KeyChange {
@@ -128,7 +143,7 @@ impl ScriptedGateways {
         PluginCall {
             plugin: plugin.to_owned(),
             version: "1.0.0".to_owned(),
-            digest: "sha256:scripted".to_owned(),
+            digest,
             kv: Arc::new(KvChanges {
                 namespace: plugin.to_owned(),
                 keys,
@@ -197,10 +212,16 @@ impl ScriptedGateways {
 
     /// Records the call, runs the hook, waits while it is held, and pops its scripted
     /// answer.
-    async fn enter(&self, operation: &'static str, key: &str) -> Result<Answer, GatewayFailure> {
+    async fn enter(
+        &self,
+        operation: &'static str,
+        key: &str,
+        pinned: Option<&str>,
+    ) -> Result<Answer, GatewayFailure> {
         let call = Call {
             operation,
             idempotency_key: key.to_owned(),
+            pinned: pinned.map(str::to_owned),
         };
         lock(&self.state).calls.push(call.clone());
         if let Some(hook) = lock(&self.before_call).as_ref() {
@@ -220,14 +241,14 @@ impl ScriptedGateways {
             .get_mut(operation)
             .and_then(VecDeque::pop_front);
         match next {
-            None => Ok(Answer::Normal(key.to_owned())),
-            Some(Scripted::LostAnswer) => Ok(Answer::LostAnswer),
+            None => Ok(Answer::Normal(key.to_owned(), call.pinned)),
+            Some(Scripted::LostAnswer) => Ok(Answer::LostAnswer(call.pinned)),
             Some(Scripted::Fail(error)) => {
                 // A call refused before it reached the plugin has no build to record.
                 let reached = !matches!(error, GatewayError::NotTried { .. });
                 Err(GatewayFailure {
                     error,
-                    call: reached.then(|| Box::new(self.plugin_call(operation, None))),
+                    call: reached.then(|| Box::new(self.plugin_call(operation, None, pinned))),
                 })
             }
         }
@@ -236,11 +257,18 @@ impl ScriptedGateways {
     /// The answer to a call that took effect: `value`, or the lost-answer error.
     fn answer<T>(&self, operation: &'static str, answer: Answer, value: T) -> GatewayResult<T> {
         match answer {
-            Answer::Normal(key) => Ok((value, self.plugin_call(operation, Some(&key)))),
+            Answer::Normal(key, pinned) => Ok((
+                value,
+                self.plugin_call(operation, Some(&key), pinned.as_deref()),
+            )),
             // What a stopped call wrote is dropped with it.
-            Answer::LostAnswer => Err(GatewayFailure {
+            Answer::LostAnswer(pinned) => Err(GatewayFailure {
                 error: lost(operation),
-                call: Some(Box::new(self.plugin_call(operation, None))),
+                call: Some(Box::new(self.plugin_call(
+                    operation,
+                    None,
+                    pinned.as_deref(),
+                ))),
             }),
         }
     }
@@ -265,7 +293,7 @@ impl ScriptedGateways {
                         format!("{operation}: no payment {payment_id}"),
                     ),
                 },
-                call: Some(Box::new(self.plugin_call(operation, None))),
+                call: Some(Box::new(self.plugin_call(operation, None, None))),
             })?;
         let whole = payment.authorized;
         match state {
@@ -288,7 +316,7 @@ impl PaymentGateway for ScriptedGateways {
         _token: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("authorize", idempotency_key).await?;
+        let answer = self.enter("authorize", idempotency_key, None).await?;
         let payment = {
             let mut state = lock(&self.state);
             let number = state.payments.len() + 1;
@@ -310,11 +338,12 @@ impl PaymentGateway for ScriptedGateways {
     async fn capture(
         &self,
         _provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("capture", idempotency_key).await?;
+        let answer = self.enter("capture", idempotency_key, pinned).await?;
         let payment = self.settle(
             "capture",
             payment_id,
@@ -327,10 +356,11 @@ impl PaymentGateway for ScriptedGateways {
     async fn void(
         &self,
         _provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("void", idempotency_key).await?;
+        let answer = self.enter("void", idempotency_key, pinned).await?;
         let payment = self.settle("void", payment_id, None, ProviderPaymentState::Voided)?;
         self.answer("void", answer, payment)
     }
@@ -338,11 +368,12 @@ impl PaymentGateway for ScriptedGateways {
     async fn refund(
         &self,
         _provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("refund", idempotency_key).await?;
+        let answer = self.enter("refund", idempotency_key, pinned).await?;
         let payment = self.settle("refund", payment_id, amount, ProviderPaymentState::Refunded)?;
         self.answer("refund", answer, payment)
     }
@@ -352,7 +383,7 @@ impl PaymentGateway for ScriptedGateways {
         _provider: &str,
         idempotency_key: &str,
     ) -> GatewayResult<Option<ProviderPayment>> {
-        let answer = self.enter("get-payment", idempotency_key).await?;
+        let answer = self.enter("get-payment", idempotency_key, None).await?;
         let found = lock(&self.state).payments.get(idempotency_key).cloned();
         self.answer("get-payment", answer, found)
     }
@@ -366,7 +397,7 @@ impl InventoryGateway for ScriptedGateways {
         _lines: &[LineItem],
         idempotency_key: &str,
     ) -> GatewayResult<String> {
-        let answer = self.enter("reserve", idempotency_key).await?;
+        let answer = self.enter("reserve", idempotency_key, None).await?;
         let id = {
             let mut state = lock(&self.state);
             let number = state.reservations.len() + 1;
@@ -379,13 +410,23 @@ impl InventoryGateway for ScriptedGateways {
         self.answer("reserve", answer, id)
     }
 
-    async fn release(&self, _reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
-        let answer = self.enter("release", idempotency_key).await?;
+    async fn release(
+        &self,
+        pinned: Option<&str>,
+        _reservation_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<()> {
+        let answer = self.enter("release", idempotency_key, pinned).await?;
         self.answer("release", answer, ())
     }
 
-    async fn commit(&self, _reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
-        let answer = self.enter("commit", idempotency_key).await?;
+    async fn commit(
+        &self,
+        pinned: Option<&str>,
+        _reservation_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<()> {
+        let answer = self.enter("commit", idempotency_key, pinned).await?;
         self.answer("commit", answer, ())
     }
 }

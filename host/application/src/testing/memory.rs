@@ -442,6 +442,26 @@ impl SagaStore for MemoryStore {
             })
             .collect())
     }
+
+    async fn plugin_builds_in_use(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let state = self.lock();
+        let mut builds: Vec<(String, String)> = state
+            .sagas
+            .values()
+            .filter(|row| {
+                state
+                    .orders
+                    .get(&row.saga.order_id)
+                    .is_some_and(|o| !o.status().is_terminal())
+            })
+            .flat_map(|row| state.steps.get(&row.saga.id).into_iter().flatten())
+            .filter_map(|s| s.call.as_ref())
+            .map(|c| (c.plugin.clone(), c.digest.clone()))
+            .collect();
+        builds.sort();
+        builds.dedup();
+        Ok(builds)
+    }
 }
 
 fn claim(scope: &IdempotencyScope, fingerprint: &Fingerprint, token: Uuid) -> BeginOutcome {

@@ -5,7 +5,8 @@ use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use oms_application::ports::{
-    AuditEntry, NewRelease, PluginRelease, PluginReleaseStore, ReleaseAction, StoreError,
+    AuditEntry, CanaryEnd, CanaryRelease, NewCanary, NewRelease, PluginRelease, PluginReleaseStore,
+    ReleaseAction, StoreError,
 };
 use oms_domain::Timestamp;
 
@@ -25,9 +26,32 @@ impl<D: Dialect> SqlPluginReleaseStore<D> {
     }
 }
 
-const RELEASE_COLUMNS: &str = "name, manifest, sha256, version, generation, disabled_at";
+const RELEASE_COLUMNS: &str = "name, manifest, sha256, version, generation, disabled_at, \
+     canary_manifest, canary_sha256, canary_version, canary_percent";
+
+/// What ends a canary, in an `UPDATE plugin_releases SET` list: an upload, a rollback and
+/// disabling the plugin replace the rollout.
+const NO_CANARY: &str =
+    "canary_manifest = NULL, canary_sha256 = NULL, canary_version = NULL, canary_percent = NULL";
 
 fn release<D: Dialect>(row: &RowOf<D>) -> Result<PluginRelease, sqlx::Error> {
+    let canary = match (
+        row.col::<Option<String>>("canary_manifest")?,
+        row.col::<Option<String>>("canary_sha256")?,
+        row.col::<Option<String>>("canary_version")?,
+        row.col::<Option<i32>>("canary_percent")?,
+    ) {
+        (Some(manifest), Some(sha256), Some(version), Some(percent)) => Some(CanaryRelease {
+            manifest,
+            sha256,
+            version,
+            percent: u8::try_from(percent).map_err(|e| sqlx::Error::ColumnDecode {
+                index: "canary_percent".into(),
+                source: Box::new(e),
+            })?,
+        }),
+        _ => None,
+    };
     Ok(PluginRelease {
         name: row.col("name")?,
         manifest: row.col("manifest")?,
@@ -35,7 +59,28 @@ fn release<D: Dialect>(row: &RowOf<D>) -> Result<PluginRelease, sqlx::Error> {
         version: row.col("version")?,
         generation: row.col("generation")?,
         disabled: row.col::<Option<i64>>("disabled_at")?.is_some(),
+        canary,
     })
+}
+
+/// Stores `wasm` under `sha256` unless it is there already, inside the caller's transaction.
+async fn store_artifact<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    sha256: &str,
+    wasm: &[u8],
+    at: i64,
+) -> Result<(), StoreError> {
+    D::query(
+        "INSERT INTO plugin_artifacts (sha256, wasm, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (sha256) DO NOTHING",
+    )
+    .arg(sha256)
+    .arg(wasm)
+    .arg(at)
+    .execute(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+    Ok(())
 }
 
 /// One `plugin_audit` row, inside the caller's transaction.
@@ -96,27 +141,18 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
     ) -> Result<Option<PluginRelease>, StoreError> {
         let at = now.unix_millis();
         let mut tx = self.sql.begin_write().await?;
-        D::query(
-            "INSERT INTO plugin_artifacts (sha256, wasm, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (sha256) DO NOTHING",
-        )
-        .arg(new.sha256)
-        .arg(new.wasm)
-        .arg(at)
-        .execute(D::on(&mut tx))
-        .await
-        .map_err(D::classify)?;
+        store_artifact::<D>(&mut tx, new.sha256, new.wasm, at).await?;
         // The current release, if any, becomes the rollback target in the same statement
         // (the right-hand sides read the row as it was).
         let replaced = match new.action {
             ReleaseAction::Seed => None,
-            ReleaseAction::Upload => D::query(
+            ReleaseAction::Upload => D::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE plugin_releases SET previous_manifest = manifest, \
                  previous_sha256 = sha256, previous_version = version, manifest = $2, \
                  sha256 = $3, version = $4, generation = generation + 1, updated_at = $5, \
-                 disabled_at = NULL \
-                 WHERE name = $1 RETURNING previous_version, previous_sha256, generation",
-            )
+                 disabled_at = NULL, {NO_CANARY} \
+                 WHERE name = $1 RETURNING previous_version, previous_sha256, generation"
+            )))
             .arg(new.name)
             .arg(new.manifest)
             .arg(new.sha256)
@@ -183,6 +219,7 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
             version: new.version.to_owned(),
             generation,
             disabled: false,
+            canary: None,
         }))
     }
 
@@ -193,15 +230,14 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
         now: Timestamp,
     ) -> Result<Option<PluginRelease>, StoreError> {
         let mut tx = self.sql.begin_write().await?;
-        let swapped = D::query(
+        let swapped = D::query(sqlx::AssertSqlSafe(format!(
             "UPDATE plugin_releases SET manifest = previous_manifest, sha256 = previous_sha256, \
              version = previous_version, previous_manifest = manifest, \
              previous_sha256 = sha256, previous_version = version, \
-             generation = generation + 1, updated_at = $2, disabled_at = NULL \
+             generation = generation + 1, updated_at = $2, disabled_at = NULL, {NO_CANARY} \
              WHERE name = $1 AND previous_sha256 IS NOT NULL \
-             RETURNING name, manifest, sha256, version, generation, disabled_at, \
-             previous_version, previous_sha256",
-        )
+             RETURNING {RELEASE_COLUMNS}, previous_version, previous_sha256"
+        )))
         .arg(name)
         .arg(now.unix_millis())
         .fetch_optional(D::on(&mut tx))
@@ -240,12 +276,16 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
     ) -> Result<Option<PluginRelease>, StoreError> {
         let mut tx = self.sql.begin_write().await?;
         // Only a change of state is written (and audited).
+        // Off means off: a canary does not survive it.
         let sql = if disabled {
-            "UPDATE plugin_releases SET disabled_at = $2, generation = generation + 1, \
-             updated_at = $2 WHERE name = $1 AND disabled_at IS NULL RETURNING "
+            format!(
+                "UPDATE plugin_releases SET disabled_at = $2, generation = generation + 1, \
+                 updated_at = $2, {NO_CANARY} WHERE name = $1 AND disabled_at IS NULL RETURNING "
+            )
         } else {
             "UPDATE plugin_releases SET disabled_at = NULL, generation = generation + 1, \
              updated_at = $2 WHERE name = $1 AND disabled_at IS NOT NULL RETURNING "
+                .to_owned()
         };
         let changed = D::query(sqlx::AssertSqlSafe(format!("{sql}{RELEASE_COLUMNS}")))
             .arg(name)
@@ -268,6 +308,122 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
             (&release.version, &release.sha256),
         )
         .await?;
+        tx.commit().await.map_err(D::classify)?;
+        Ok(Some(release))
+    }
+
+    async fn start_canary(
+        &self,
+        new: NewCanary<'_>,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError> {
+        let at = now.unix_millis();
+        let mut tx = self.sql.begin_write().await?;
+        store_artifact::<D>(&mut tx, new.sha256, new.wasm, at).await?;
+        let started = D::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE plugin_releases SET canary_manifest = $2, canary_sha256 = $3, \
+             canary_version = $4, canary_percent = $5, generation = generation + 1, \
+             updated_at = $6 WHERE name = $1 AND disabled_at IS NULL RETURNING {RELEASE_COLUMNS}"
+        )))
+        .arg(new.name)
+        .arg(new.manifest)
+        .arg(new.sha256)
+        .arg(new.version)
+        .arg(i32::from(new.percent))
+        .arg(at)
+        .fetch_optional(D::on(&mut tx))
+        .await
+        .map_err(D::classify)?;
+        let Some(row) = started else {
+            return unchanged::<D>(tx, new.name).await;
+        };
+        let release = release::<D>(&row).map_err(D::classify)?;
+        audit::<D>(
+            &mut tx,
+            now,
+            new.actor,
+            "canary",
+            new.name,
+            (Some(release.version.clone()), Some(release.sha256.clone())),
+            (new.version, new.sha256),
+        )
+        .await?;
+        tx.commit().await.map_err(D::classify)?;
+        Ok(Some(release))
+    }
+
+    async fn end_canary(
+        &self,
+        name: &str,
+        end: CanaryEnd,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<PluginRelease>, StoreError> {
+        let mut tx = self.sql.begin_write().await?;
+        let running = D::query(
+            "SELECT canary_version, canary_sha256 FROM plugin_releases \
+             WHERE name = $1 AND canary_sha256 IS NOT NULL",
+        )
+        .arg(name)
+        .fetch_optional(D::on(&mut tx))
+        .await
+        .map_err(D::classify)?;
+        let Some(running) = running else {
+            return unchanged::<D>(tx, name).await;
+        };
+        let canary: (String, String) = (
+            running.col("canary_version").map_err(D::classify)?,
+            running.col("canary_sha256").map_err(D::classify)?,
+        );
+        // The right-hand sides read the row as it was: the canary's build before it is
+        // cleared. Only the canary just read is ended (another change may have replaced it).
+        let set = match end {
+            CanaryEnd::Promote => {
+                "previous_manifest = manifest, previous_sha256 = sha256, \
+                 previous_version = version, manifest = canary_manifest, \
+                 sha256 = canary_sha256, version = canary_version, "
+            }
+            CanaryEnd::Abort => "",
+        };
+        let ended = D::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE plugin_releases SET {set}{NO_CANARY}, generation = generation + 1, \
+             updated_at = $2 WHERE name = $1 AND canary_sha256 = $3 RETURNING {RELEASE_COLUMNS}"
+        )))
+        .arg(name)
+        .arg(now.unix_millis())
+        .arg(canary.1.as_str())
+        .fetch_optional(D::on(&mut tx))
+        .await
+        .map_err(D::classify)?;
+        let Some(row) = ended else {
+            return unchanged::<D>(tx, name).await;
+        };
+        let release = release::<D>(&row).map_err(D::classify)?;
+        let serving = (release.version.clone(), release.sha256.clone());
+        let (action, from, to) = match end {
+            // From the build that served before to the canary's, which serves now.
+            CanaryEnd::Promote => {
+                let before = D::query(
+                    "SELECT previous_version, previous_sha256 FROM plugin_releases WHERE name = $1",
+                )
+                .arg(name)
+                .fetch_one(D::on(&mut tx))
+                .await
+                .map_err(D::classify)?;
+                let before = (
+                    before
+                        .col::<Option<String>>("previous_version")
+                        .map_err(D::classify)?,
+                    before
+                        .col::<Option<String>>("previous_sha256")
+                        .map_err(D::classify)?,
+                );
+                ("promote", before, serving)
+            }
+            // From the canary's build back to the release's.
+            CanaryEnd::Abort => ("abort", (Some(canary.0), Some(canary.1)), serving),
+        };
+        audit::<D>(&mut tx, now, actor, action, name, from, (&to.0, &to.1)).await?;
         tx.commit().await.map_err(D::classify)?;
         Ok(Some(release))
     }

@@ -11,7 +11,7 @@ use oms_application::ports::{
     StoreError,
 };
 use oms_application::saga::{SagaId, SagaInstance};
-use oms_domain::{OrderId, Timestamp, Version};
+use oms_domain::{OrderId, OrderStatus, Timestamp, Version};
 use sqlx::AssertSqlSafe;
 
 use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
@@ -401,5 +401,30 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         rows.iter()
             .map(|r| step_history::<D>(r).map_err(D::classify))
             .collect()
+    }
+
+    async fn plugin_builds_in_use(&self) -> Result<Vec<(String, String)>, StoreError> {
+        // Through `orders_status_id_idx` and the saga indexes: only open orders are read.
+        let sql = format!(
+            "SELECT DISTINCT st.plugin_name, st.plugin_digest \
+             FROM orders o \
+             JOIN saga_instances si ON si.order_id = o.id \
+             JOIN saga_steps st ON st.saga_id = si.id \
+             WHERE o.status {} AND st.plugin_name IS NOT NULL AND st.plugin_digest IS NOT NULL \
+             ORDER BY st.plugin_name, st.plugin_digest",
+            D::in_list("$1")
+        );
+        let open = OrderStatus::ALL
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| s.as_str().to_owned());
+        let rows = D::bind_list(D::query(AssertSqlSafe(sql)), Column::Text(open.collect()))
+            .fetch_all(self.sql.reader())
+            .await
+            .map_err(D::classify)?;
+        rows.iter()
+            .map(|r| Ok((r.col("plugin_name")?, r.col("plugin_digest")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(D::classify)
     }
 }

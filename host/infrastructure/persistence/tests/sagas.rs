@@ -9,6 +9,7 @@ use common::{
     Stores, address, execute, lease, new_order, outbox, outbox_rows, place_with_saga, saga_for,
     step_rows, ts,
 };
+use oms_application::outbox::OutboxMessage;
 use oms_application::ports::{
     Fence, OrderWrite, PluginCall, SagaCommit, StepDirection, StepRecord, StepState, StoreError,
 };
@@ -328,6 +329,57 @@ async fn steps_record_attempts_and_plugin_builds(db: Stores) {
 }
 on_all!(step_upsert, steps_record_attempts_and_plugin_builds);
 
+/// The builds that served steps of open orders are in use (their follow-up calls are pinned
+/// to them); once the order is terminal they are not.
+async fn builds_of_open_orders_are_in_use(db: Stores) {
+    let (mut order, saga) = placed_and_claimed(&db, "w1").await;
+    assert_eq!(db.sagas().plugin_builds_in_use().await.unwrap(), []);
+    let mut next = advanced(&saga, 3_000);
+    db.sagas()
+        .commit(SagaCommit {
+            saga: &next,
+            expected_version: saga.version,
+            fence: Fence::Lease("w1"),
+            lease_until: ts(100_000),
+            steps: &[record(StepState::Succeeded, 1, Some("1.0.0"), 3_000)],
+            order: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        db.sagas().plugin_builds_in_use().await.unwrap(),
+        [("fake-inventory".to_owned(), "sha256:1.0.0".to_owned())]
+    );
+
+    // The order is rejected: terminal, nothing more will be called for it.
+    let base = order.version();
+    let event = order.reject("out of stock", ts(4_000)).unwrap();
+    let outbox = [OutboxMessage::for_event(&order, &event)];
+    let previous = next.version;
+    next.version += 1;
+    next.status = SagaStatus::Compensated;
+    db.sagas()
+        .commit(SagaCommit {
+            saga: &next,
+            expected_version: previous,
+            fence: Fence::Lease("w1"),
+            lease_until: ts(100_000),
+            steps: &[],
+            order: Some(OrderWrite {
+                order: &order,
+                expected_version: Some(base),
+                outbox: &outbox,
+                idempotency: None,
+                start_saga: None,
+                lease_saga_to: None,
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(db.sagas().plugin_builds_in_use().await.unwrap(), []);
+}
+on_all!(builds_in_use, builds_of_open_orders_are_in_use);
+
 async fn saga_data_round_trips(db: Stores) {
     let (order, event) = new_order("cust-1", ts(1_000));
     let mut saga = saga_for(&order, 1_000);
@@ -339,6 +391,8 @@ async fn saga_data_round_trips(db: Stores) {
     saga.data = SagaData {
         reservation_id: Some("res-\"quoted\"-ü".into()),
         payment_id: Some("pay-1".into()),
+        reservation_build: Some("sha-res".into()),
+        payment_build: Some("sha-pay".into()),
         failure: Some("declined".into()),
         failed_step: Some(1),
         parked_while: Some(Direction::Compensating),

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use crate::breaker::CircuitBreaker;
 use crate::error::{BreakerCause, CallError, CallErrorKind};
 use crate::kv::KvChanges;
+use crate::metrics::PluginMetrics;
 use crate::plugin::LoadedPlugin;
-use crate::registry::Slot;
+use crate::registry::{Picked, Route};
 use crate::runtime::Inner;
 use crate::state::HostState;
 
@@ -80,10 +82,12 @@ impl Verdict {
     };
 }
 
-/// Runs `f` against a fresh store of the current version of `name`.
+/// Runs `f` against a fresh store of the build of `name` that `route` picks ([`Slot::pick`]):
+/// the current one unless the call is pinned or a canary takes it.
 pub(crate) async fn run<R, F>(
     rt: &Inner,
     name: &str,
+    route: &Route,
     expected: crate::manifest::PluginKind,
     judge: fn(&R) -> Verdict,
     kv: KvMode,
@@ -101,7 +105,12 @@ where
     let Some(slot) = rt.registry.slot(name) else {
         return Err(fail(None, CallErrorKind::NotInstalled));
     };
-    let plugin = slot.current();
+    let Picked { plugin, canary } = slot.pick(route);
+    // A canary's calls count against its own breaker and figures.
+    let (breaker, metrics) = match &canary {
+        Some(c) => (&c.breaker, &c.metrics),
+        None => (&slot.breaker, &slot.metrics),
+    };
     if plugin.kind() != expected {
         return Err(fail(
             None,
@@ -111,8 +120,8 @@ where
             },
         ));
     }
-    if let Err(cause) = slot.breaker.try_acquire() {
-        slot.metrics.record(Duration::ZERO, 0, Some("circuit_open"));
+    if let Err(cause) = breaker.try_acquire() {
+        metrics.record(Duration::ZERO, 0, Some("circuit_open"));
         return Err(fail(
             None,
             CallErrorKind::CircuitOpen {
@@ -175,11 +184,11 @@ where
             deadline_ms: millis(deadline),
         }),
     };
-    finish(&slot, &plugin, result, info, judge)
+    finish((breaker, metrics), &plugin, result, info, judge)
 }
 
 fn finish<R>(
-    slot: &Slot,
+    (breaker, metrics): (&CircuitBreaker, &PluginMetrics),
     plugin: &LoadedPlugin,
     result: Result<R, CallErrorKind>,
     info: CallInfo,
@@ -188,20 +197,16 @@ fn finish<R>(
     match result {
         Ok(value) => {
             let verdict = judge(&value);
-            slot.metrics.record(info.elapsed, info.fuel, verdict.error);
+            metrics.record(info.elapsed, info.fuel, verdict.error);
             match verdict.failure {
-                None => slot.breaker.record_success(),
-                Some(message) => slot
-                    .breaker
-                    .record_failure(BreakerCause::Transient(message)),
+                None => breaker.record_success(),
+                Some(message) => breaker.record_failure(BreakerCause::Transient(message)),
             }
             Ok((value, info))
         }
         Err(kind) => {
-            slot.metrics
-                .record(info.elapsed, info.fuel, Some(kind.label()));
-            slot.breaker
-                .record_failure(BreakerCause::Call(kind.clone()));
+            metrics.record(info.elapsed, info.fuel, Some(kind.label()));
+            breaker.record_failure(BreakerCause::Call(kind.clone()));
             tracing::warn!(
                 plugin = plugin.name(),
                 version = plugin.version(),

@@ -73,6 +73,9 @@ pub enum LoadError {
 
     #[error("plugin {plugin}: not installed")]
     NotInstalled { plugin: String },
+
+    #[error("plugin {plugin}: no canary is running")]
+    NoCanary { plugin: String },
 }
 
 /// What stopped a call inside the sandbox (as opposed to the plugin's own typed answer).

@@ -3,8 +3,9 @@
 //!
 //! The runtime reads them (the admin API's plugin list, its quantiles); each call is also
 //! recorded through the `metrics` facade for Prometheus: `oms_plugin_calls_total{plugin,
-//! outcome}` (`ok` or the error kind), `oms_plugin_call_duration_seconds{plugin}` and
-//! `oms_plugin_fuel_consumed_total{plugin}`.
+//! release, outcome}` (`ok` or the error kind), `oms_plugin_call_duration_seconds{plugin,
+//! release}` and `oms_plugin_fuel_consumed_total{plugin, release}`, where `release` is
+//! `stable` or, for a canary's calls, `canary`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -22,6 +23,8 @@ pub const LATENCY_BUCKETS_US: [u64; 18] = [
 pub struct PluginMetrics {
     /// The `plugin` label of the exported series.
     name: String,
+    /// The `release` label: `stable` or `canary`.
+    release: &'static str,
     calls: AtomicU64,
     fuel: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -43,7 +46,21 @@ pub struct MetricsSnapshot {
     pub latency_buckets: Vec<u64>,
 }
 
+/// Answers that are the plugin saying no to a request (a decline, an invalid request, no
+/// stock), not the plugin failing: they never count as a canary's failures.
+const REFUSALS: [&str; 3] = ["declined", "invalid", "out_of_stock"];
+
 impl MetricsSnapshot {
+    /// Calls that failed: sandbox faults (trap, deadline, memory...), an open circuit, and
+    /// `transient` answers; refusals are answers, not failures.
+    pub fn failures(&self) -> u64 {
+        self.errors
+            .iter()
+            .filter(|(kind, _)| !REFUSALS.contains(kind))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Upper bound (µs) of the bucket holding quantile `q` (0..=1); `None` with no calls or
     /// when it falls in the unbounded bucket.
     pub fn latency_quantile_us(&self, q: f64) -> Option<u64> {
@@ -68,6 +85,16 @@ impl PluginMetrics {
     pub fn named(name: &str) -> Self {
         Self {
             name: name.to_owned(),
+            release: "stable",
+            ..Self::default()
+        }
+    }
+
+    /// The counters of the canary of plugin `name`.
+    pub fn canary(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            release: "canary",
             ..Self::default()
         }
     }
@@ -75,11 +102,13 @@ impl PluginMetrics {
     /// Records one finished call; `error` is its error kind, if any.
     pub fn record(&self, latency: Duration, fuel: u64, error: Option<&'static str>) {
         let plugin = self.name.clone();
-        metrics::counter!("oms_plugin_calls_total", "plugin" => plugin.clone(), "outcome" => error.unwrap_or("ok"))
+        let release = self.release;
+        metrics::counter!("oms_plugin_calls_total", "plugin" => plugin.clone(), "release" => release, "outcome" => error.unwrap_or("ok"))
             .increment(1);
-        metrics::histogram!("oms_plugin_call_duration_seconds", "plugin" => plugin.clone())
+        metrics::histogram!("oms_plugin_call_duration_seconds", "plugin" => plugin.clone(), "release" => release)
             .record(latency.as_secs_f64());
-        metrics::counter!("oms_plugin_fuel_consumed_total", "plugin" => plugin).increment(fuel);
+        metrics::counter!("oms_plugin_fuel_consumed_total", "plugin" => plugin, "release" => release)
+            .increment(fuel);
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.fuel.fetch_add(fuel, Ordering::Relaxed);
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);

@@ -4,8 +4,22 @@
 //! current `Arc<LoadedPlugin>` when it starts and keeps it to the end, so swapping the slot
 //! (a pointer swap under a short write lock) never disturbs calls in flight: they finish on
 //! the version they started with, and the old version is freed when its last call ends.
+//!
+//! Versions older than the rollback target stay loaded as *retained* builds while sagas may
+//! still need them: a saga's follow-up calls for a payment or a reservation (capture, void,
+//! refund, release, commit) are pinned to the build that made it ([`Slot::pick`]), so a new
+//! version that changes its id format or its ledger cannot break the orders taken before it.
+//! The runtime's owner drops the retained builds no open order refers to
+//! ([`Registry::release_unreferenced`]).
+//!
+//! A name may also run a *canary*: a new build serving a share of new sagas (chosen by a
+//! stable hash of the order, so an order's retries stay on one build), with its own circuit
+//! breaker and metrics beside the current build's, until it is promoted to current or
+//! aborted. An aborted canary is retained like a displaced build: the holds it made are
+//! released, captured or refunded by it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -56,14 +70,63 @@ pub struct PluginStatus {
     pub current: VersionInfo,
     /// What `rollback` would restore.
     pub previous: Option<VersionInfo>,
+    /// Older builds kept loaded for the follow-up calls pinned to them, oldest first.
+    pub retained: Vec<VersionInfo>,
+    /// The build running as a canary, if any.
+    pub canary: Option<CanaryStatus>,
     pub breaker: BreakerState,
     /// The last refused install of this name (cleared by a successful one).
     pub last_error: Option<String>,
 }
 
+/// Most builds of one name kept loaded beyond the current and the rollback target: each
+/// holds its compiled code (megabytes), so a burst of uploads cannot grow memory without
+/// bound. The oldest goes first; a call pinned to it is then served by the current build.
+pub const MAX_RETAINED: usize = 8;
+
+/// A canary as `list` reports it: its build, its share, and its own figures.
+#[derive(Debug, Clone)]
+pub struct CanaryStatus {
+    pub build: VersionInfo,
+    /// Percent of new sagas it serves (1..=99).
+    pub percent: u8,
+    pub breaker: BreakerState,
+    pub metrics: crate::metrics::MetricsSnapshot,
+}
+
+/// Which build a call runs on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The current build.
+    #[default]
+    Current,
+    /// The build with this component digest while it is loaded, else the current one.
+    Pinned(Arc<str>),
+    /// A new saga's first call, by a stable hash of its order: the canary for its share of
+    /// hashes while one runs, else the current build.
+    Split(u64),
+}
+
+/// A build serving a share of new sagas, with its own breaker and figures (a failing canary
+/// must not open the circuit of the build that serves everyone else).
+pub(crate) struct Canary {
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    percent: AtomicU8,
+    pub(crate) breaker: CircuitBreaker,
+    pub(crate) metrics: PluginMetrics,
+}
+
+/// The build a call runs on, and the canary's breaker and figures when it is the canary.
+pub(crate) struct Picked {
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) canary: Option<Arc<Canary>>,
+}
+
 pub(crate) struct Slot {
     current: RwLock<Arc<LoadedPlugin>>,
     previous: RwLock<Option<Arc<LoadedPlugin>>>,
+    retained: RwLock<Vec<Arc<LoadedPlugin>>>,
+    canary: RwLock<Option<Arc<Canary>>>,
     last_error: RwLock<Option<String>>,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) metrics: PluginMetrics,
@@ -77,6 +140,79 @@ fn read<T: Clone>(lock: &RwLock<T>) -> T {
 impl Slot {
     pub(crate) fn current(&self) -> Arc<LoadedPlugin> {
         read(&self.current)
+    }
+
+    /// The build a call runs on ([`Route`]). A pinned call finds its build among the
+    /// current one, the canary, the rollback target and the retained ones.
+    pub(crate) fn pick(&self, route: &Route) -> Picked {
+        let current = self.current();
+        let stable = |plugin| Picked {
+            plugin,
+            canary: None,
+        };
+        let canary = read(&self.canary);
+        match route {
+            Route::Current => stable(current),
+            Route::Split(hash) => match canary {
+                Some(c) if hash % 100 < u64::from(c.percent.load(Ordering::Relaxed)) => Picked {
+                    plugin: c.plugin.clone(),
+                    canary: Some(c),
+                },
+                _ => stable(current),
+            },
+            Route::Pinned(pin) if *pin == current.digest => stable(current),
+            Route::Pinned(pin) => {
+                if let Some(c) = canary.filter(|c| c.plugin.digest == *pin) {
+                    return Picked {
+                        plugin: c.plugin.clone(),
+                        canary: Some(c),
+                    };
+                }
+                if let Some(previous) = read(&self.previous).filter(|p| p.digest == *pin) {
+                    return stable(previous);
+                }
+                let retained = self
+                    .retained
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .rev()
+                    .find(|p| p.digest == *pin)
+                    .cloned();
+                stable(retained.unwrap_or(current))
+            }
+        }
+    }
+
+    /// Ends the canary, if one runs: its build is retained (the holds it made are still
+    /// served by it). Returns it.
+    fn end_canary(&self) -> Option<Arc<LoadedPlugin>> {
+        let canary = self
+            .canary
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        self.retain(canary.plugin.clone());
+        Some(canary.plugin.clone())
+    }
+
+    /// Keeps `old` loaded as a retained build unless a loaded build has its digest already.
+    fn retain(&self, old: Arc<LoadedPlugin>) {
+        let current = self.current();
+        let previous = read(&self.previous);
+        let canary = read(&self.canary);
+        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        retained.retain(|p| p.digest != old.digest);
+        if old.digest == current.digest
+            || previous.is_some_and(|p| p.digest == old.digest)
+            || canary.is_some_and(|c| c.plugin.digest == old.digest)
+        {
+            return;
+        }
+        retained.push(old);
+        if retained.len() > MAX_RETAINED {
+            retained.remove(0);
+        }
     }
 }
 
@@ -102,7 +238,8 @@ impl Registry {
             .cloned()
     }
 
-    /// Makes `plugin` current; the replaced version becomes the rollback target.
+    /// Makes `plugin` current; the replaced version becomes the rollback target. A canary
+    /// of that name ends (a new release replaces the rollout).
     pub(crate) fn install(&self, plugin: LoadedPlugin) -> VersionInfo {
         let info = VersionInfo::of(&plugin);
         let plugin = Arc::new(plugin);
@@ -113,7 +250,15 @@ impl Registry {
                     let mut cur = slot.current.write().unwrap_or_else(|e| e.into_inner());
                     std::mem::replace(&mut *cur, plugin)
                 };
-                *slot.previous.write().unwrap_or_else(|e| e.into_inner()) = Some(old);
+                let displaced = slot
+                    .previous
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .replace(old);
+                if let Some(displaced) = displaced {
+                    slot.retain(displaced);
+                }
+                slot.end_canary();
                 *slot.last_error.write().unwrap_or_else(|e| e.into_inner()) = None;
                 slot.breaker.reset();
             }
@@ -123,6 +268,8 @@ impl Registry {
                     Arc::new(Slot {
                         current: RwLock::new(plugin),
                         previous: RwLock::new(None),
+                        retained: RwLock::new(Vec::new()),
+                        canary: RwLock::new(None),
                         last_error: RwLock::new(None),
                         breaker: CircuitBreaker::new(self.breaker),
                         metrics: PluginMetrics::named(&info.name),
@@ -162,6 +309,107 @@ impl Registry {
         Some(VersionInfo::of(&removed.current()))
     }
 
+    /// Runs `plugin` as the canary of its name for `percent` of new sagas, replacing any
+    /// canary of another build (retained); the same build only changes its share.
+    pub(crate) fn start_canary(
+        &self,
+        plugin: LoadedPlugin,
+        percent: u8,
+    ) -> Result<VersionInfo, LoadError> {
+        let info = VersionInfo::of(&plugin);
+        let slot = self
+            .slot(&info.name)
+            .ok_or_else(|| LoadError::NotInstalled {
+                plugin: info.name.clone(),
+            })?;
+        if let Some(running) = read(&slot.canary).filter(|c| c.plugin.digest == plugin.digest) {
+            running.percent.store(percent, Ordering::Relaxed);
+            return Ok(VersionInfo::of(&running.plugin));
+        }
+        slot.end_canary();
+        let plugin = Arc::new(plugin);
+        // A build that was retained is the canary now, not both.
+        slot.retained
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| p.digest != plugin.digest);
+        *slot.canary.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Canary {
+            plugin,
+            percent: AtomicU8::new(percent),
+            breaker: CircuitBreaker::new(self.breaker),
+            metrics: PluginMetrics::canary(&info.name),
+        }));
+        Ok(info)
+    }
+
+    /// Makes the canary of `name` current: the current build becomes the rollback target.
+    pub(crate) fn promote(&self, name: &str) -> Result<VersionInfo, LoadError> {
+        let slot = self.slot(name).ok_or_else(|| LoadError::NotInstalled {
+            plugin: name.to_string(),
+        })?;
+        let canary = slot
+            .canary
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| LoadError::NoCanary {
+                plugin: name.to_string(),
+            })?;
+        let info = VersionInfo::of(&canary.plugin);
+        let old = {
+            let mut cur = slot.current.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *cur, canary.plugin.clone())
+        };
+        let displaced = slot
+            .previous
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(old);
+        if let Some(displaced) = displaced {
+            slot.retain(displaced);
+        }
+        slot.breaker.reset();
+        Ok(info)
+    }
+
+    /// Ends the canary of `name` without promoting it; `None` when none runs.
+    pub(crate) fn abort_canary(&self, name: &str) -> Option<VersionInfo> {
+        let ended = self.slot(name)?.end_canary()?;
+        Some(VersionInfo::of(&ended))
+    }
+
+    /// Drops the retained builds whose `(name, digest)` is not in `in_use`; returns them.
+    pub(crate) fn release_unreferenced(
+        &self,
+        in_use: &std::collections::HashSet<(String, String)>,
+    ) -> Vec<VersionInfo> {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        let mut released = Vec::new();
+        for (name, slot) in slots.iter() {
+            let mut retained = slot.retained.write().unwrap_or_else(|e| e.into_inner());
+            retained.retain(|p| {
+                let keep = in_use.contains(&(name.clone(), p.digest.to_string()));
+                if !keep {
+                    released.push(VersionInfo::of(p));
+                }
+                keep
+            });
+        }
+        released
+    }
+
+    /// Whether any name holds a retained build (when not, nothing needs releasing).
+    pub(crate) fn retains_any(&self) -> bool {
+        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots.values().any(|slot| {
+            !slot
+                .retained
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        })
+    }
+
     /// Remembers why an install of `name` was refused (the current version keeps serving).
     pub(crate) fn record_failure(&self, name: &str, error: &LoadError) {
         if let Some(slot) = self.slot(name) {
@@ -176,6 +424,16 @@ impl Registry {
             .map(|slot| PluginStatus {
                 current: VersionInfo::of(&slot.current()),
                 previous: read(&slot.previous).as_deref().map(VersionInfo::of),
+                retained: read(&slot.retained)
+                    .iter()
+                    .map(|p| VersionInfo::of(p))
+                    .collect(),
+                canary: read(&slot.canary).map(|c| CanaryStatus {
+                    build: VersionInfo::of(&c.plugin),
+                    percent: c.percent.load(Ordering::Relaxed),
+                    breaker: c.breaker.state(),
+                    metrics: c.metrics.snapshot(),
+                }),
                 breaker: slot.breaker.state(),
                 last_error: read(&slot.last_error),
             })

@@ -155,6 +155,79 @@ impl PluginRuntime {
         Ok(info)
     }
 
+    /// Loads and checks a build from a manifest's text and the component's bytes, then runs
+    /// it as the canary of its plugin for `percent` (1..=99) of new sagas, beside the
+    /// current build (which keeps serving everyone else and every pinned follow-up). The
+    /// plugin must be installed, and the build must be of the same kind and not the
+    /// current one.
+    pub async fn start_canary_bytes(
+        &self,
+        manifest_toml: &str,
+        wasm: Vec<u8>,
+        percent: u8,
+    ) -> Result<VersionInfo, LoadError> {
+        let manifest = Manifest::parse(manifest_toml, Path::new("<uploaded manifest>"))?;
+        let path = manifest.path.clone();
+        let name = manifest.name.clone();
+        if !(1..=99).contains(&percent) {
+            return Err(LoadError::ManifestInvalid {
+                path,
+                reason: format!("a canary serves 1 to 99 percent of new sagas, not {percent}"),
+            });
+        }
+        let Some(slot) = self.inner.registry.slot(&name) else {
+            return Err(LoadError::NotInstalled { plugin: name });
+        };
+        let inner = self.inner.clone();
+        let plugin = blocking(move || {
+            LoadedPlugin::from_parts(
+                &inner.engine,
+                &inner.linker,
+                manifest,
+                &wasm,
+                inner.kv.clone(),
+            )
+        })
+        .await?;
+        let current = slot.current();
+        if current.kind() != plugin.kind() {
+            return Err(LoadError::ManifestInvalid {
+                path,
+                reason: format!(
+                    "plugin {name} implements {}; a canary cannot implement {}",
+                    current.kind(),
+                    plugin.kind()
+                ),
+            });
+        }
+        if current.digest == plugin.digest {
+            return Err(LoadError::ManifestInvalid {
+                path,
+                reason: format!("this component is the current build of {name}, not a new one"),
+            });
+        }
+        let info = self.inner.registry.start_canary(plugin, percent)?;
+        tracing::info!(plugin = %info.name, version = %info.version, digest = %info.digest,
+                       percent, "plugin canary started");
+        Ok(info)
+    }
+
+    /// Makes the canary of `name` its current build (the current one becomes the rollback
+    /// target).
+    pub fn promote_canary(&self, name: &str) -> Result<VersionInfo, LoadError> {
+        let info = self.inner.registry.promote(name)?;
+        tracing::info!(plugin = %info.name, version = %info.version, "plugin canary promoted");
+        Ok(info)
+    }
+
+    /// Ends the canary of `name` without promoting it; its build stays loaded while open
+    /// orders refer to it. `None` when none runs.
+    pub fn abort_canary(&self, name: &str) -> Option<VersionInfo> {
+        let info = self.inner.registry.abort_canary(name)?;
+        tracing::info!(plugin = %info.name, version = %info.version, "plugin canary ended");
+        Some(info)
+    }
+
     /// Installs every `*.toml` manifest in `dir` (sorted by file name). One refused plugin
     /// does not stop the others.
     pub async fn load_dir(&self, dir: impl AsRef<Path>) -> std::io::Result<DirReport> {
@@ -188,6 +261,25 @@ impl PluginRuntime {
         self.inner.registry.list()
     }
 
+    /// Drops the retained builds (older than the rollback target, kept for pinned
+    /// follow-up calls) whose `(name, digest)` is not in `in_use`, and returns them.
+    pub fn release_unreferenced(
+        &self,
+        in_use: &std::collections::HashSet<(String, String)>,
+    ) -> Vec<VersionInfo> {
+        let released = self.inner.registry.release_unreferenced(in_use);
+        for v in &released {
+            tracing::info!(plugin = %v.name, version = %v.version, digest = %v.digest,
+                           "retained plugin build unloaded: no open order refers to it");
+        }
+        released
+    }
+
+    /// Whether any plugin keeps a build loaded beyond its rollback target.
+    pub fn retains_any(&self) -> bool {
+        self.inner.registry.retains_any()
+    }
+
     /// Status of one plugin.
     pub fn status_of(&self, name: &str) -> Option<PluginStatus> {
         self.list().into_iter().find(|s| s.current.name == name)
@@ -210,6 +302,7 @@ impl PluginRuntime {
             rt: self.inner.clone(),
             name: name.into(),
             kv: KvMode::Direct,
+            route: crate::registry::Route::Current,
         }
     }
 
@@ -219,6 +312,7 @@ impl PluginRuntime {
             rt: self.inner.clone(),
             name: name.into(),
             kv: KvMode::Direct,
+            route: crate::registry::Route::Current,
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::*;
+use oms_plugin_runtime::clients::payment::PaymentLookup;
 use oms_plugin_runtime::kv::{BatchOutcome, BoundedAdd, MemoryKvStore, PluginKvStore, Swap};
 use oms_plugin_runtime::{CacheOutcome, DirWatcher, KvError};
 use tokio::sync::{Notify, watch};
@@ -149,6 +150,55 @@ async fn hot_swap_with_100_calls_in_flight_then_rollback() {
     assert_eq!(&*after.info.version, "1.0.0");
     // Rolling back again rolls forward.
     assert_eq!(rt.rollback("fakepay").unwrap().version, "2.0.0");
+}
+
+/// Which build answered a lookup made through `pay` (a call with no effect).
+async fn served_by(pay: &oms_plugin_runtime::PaymentPlugin) -> String {
+    let called = pay
+        .get_payment(PaymentLookup::AuthorizeKey("nobody".into()))
+        .await
+        .unwrap();
+    called.info.digest.to_string()
+}
+
+#[tokio::test]
+async fn pinned_calls_reach_the_build_they_name_while_it_is_loaded() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut builds = Vec::new();
+    for (version, tag) in [("1.0.0", "one"), ("2.0.0", "two"), ("3.0.0", "three")] {
+        let sub = dir.path().join(tag);
+        std::fs::create_dir(&sub).unwrap();
+        let (manifest, digest) = rebuilt(&sub, "fakepay", version, tag);
+        rt.install(&manifest).await.unwrap();
+        builds.push(digest);
+    }
+    let [one, two, three] = <[String; 3]>::try_from(builds).unwrap();
+    let pay = rt.payment("fakepay");
+
+    // Current, rollback target, retained; an unknown pin falls back to the current build.
+    assert_eq!(served_by(&pay).await, three);
+    assert_eq!(served_by(&pay.clone().pinned(Some(&three))).await, three);
+    assert_eq!(served_by(&pay.clone().pinned(Some(&two))).await, two);
+    assert_eq!(served_by(&pay.clone().pinned(Some(&one))).await, one);
+    assert_eq!(served_by(&pay.clone().pinned(Some("f00d"))).await, three);
+
+    let status = rt.status_of("fakepay").unwrap();
+    assert_eq!(status.previous.unwrap().digest, two);
+    let retained: Vec<_> = status.retained.iter().map(|v| v.digest.clone()).collect();
+    assert_eq!(retained, std::slice::from_ref(&one));
+
+    // Kept while an open order refers to it, unloaded once none does.
+    let in_use = std::collections::HashSet::from([("fakepay".to_owned(), one.clone())]);
+    assert!(rt.release_unreferenced(&in_use).is_empty());
+    assert_eq!(served_by(&pay.clone().pinned(Some(&one))).await, one);
+    let released = rt.release_unreferenced(&std::collections::HashSet::new());
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].digest, one);
+    assert!(!rt.retains_any());
+    assert_eq!(served_by(&pay.clone().pinned(Some(&one))).await, three);
+    // The rollback target is never released that way: a rollback must stay instant.
+    assert_eq!(served_by(&pay.clone().pinned(Some(&two))).await, two);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

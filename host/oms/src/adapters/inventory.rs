@@ -97,8 +97,10 @@ impl InventoryGateway for PluginInventory {
         lines: &[LineItem],
         idempotency_key: &str,
     ) -> GatewayResult<String> {
+        // A new reservation: a canary of the adapter takes its share of orders.
         let called = self
             .plugin()
+            .split_by(&order_id.to_string())
             .reserve(
                 order_id.to_string(),
                 wit_lines(lines),
@@ -109,18 +111,30 @@ impl InventoryGateway for PluginInventory {
         Ok((called.value, plugin_call(&called.info)))
     }
 
-    async fn release(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
+    async fn release(
+        &self,
+        pinned: Option<&str>,
+        reservation_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<()> {
         let called = self
             .plugin()
+            .pinned(pinned)
             .release(reservation_id.to_owned(), idempotency_key.to_owned())
             .await
             .map_err(inventory_failure)?;
         Ok(((), plugin_call(&called.info)))
     }
 
-    async fn commit(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
+    async fn commit(
+        &self,
+        pinned: Option<&str>,
+        reservation_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<()> {
         let called = self
             .plugin()
+            .pinned(pinned)
             .commit(reservation_id.to_owned(), idempotency_key.to_owned())
             .await
             .map_err(inventory_failure)?;

@@ -14,7 +14,7 @@ mod plugin_catalog;
 
 pub use inventory::PluginInventory;
 pub use payments::PluginPayments;
-pub use plugin_catalog::RuntimeCatalog;
+pub use plugin_catalog::{CanaryGuard, RuntimeCatalog};
 
 use oms_application::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, PluginCall,

@@ -157,8 +157,10 @@ impl PaymentGateway for PluginPayments {
         token: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
+        // A new hold: a canary of the provider takes its share of orders.
         answered(
             self.plugin(provider)
+                .split_by(&order_id.to_string())
                 .authorize(authorize_request(order_id, amount, token, idempotency_key))
                 .await,
         )
@@ -167,12 +169,14 @@ impl PaymentGateway for PluginPayments {
     async fn capture(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         answered(
             self.plugin(provider)
+                .pinned(pinned)
                 .capture(
                     payment_id.to_owned(),
                     amount.map(to_wit),
@@ -185,11 +189,13 @@ impl PaymentGateway for PluginPayments {
     async fn void(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         answered(
             self.plugin(provider)
+                .pinned(pinned)
                 .void(payment_id.to_owned(), idempotency_key.to_owned())
                 .await,
         )
@@ -198,12 +204,14 @@ impl PaymentGateway for PluginPayments {
     async fn refund(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         answered(
             self.plugin(provider)
+                .pinned(pinned)
                 .refund(
                     payment_id.to_owned(),
                     amount.map(to_wit),

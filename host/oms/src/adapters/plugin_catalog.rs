@@ -8,16 +8,25 @@
 //! it already holds it. A process starting up serves the release set, not its plugins
 //! directory, for every name that has a release; the directory seeds the names that have
 //! none.
+//!
+//! A build that a new release displaces stays loaded while open orders refer to it: their
+//! follow-up calls are pinned to the build that made their payment or reservation
+//! (`PaymentGateway`'s `pinned`). The follower unloads it once no open order does.
+//!
+//! A canary is part of the release too: every process serves it for the same share of new
+//! sagas. Each process watches the canaries it serves ([`CanaryGuard`]) and aborts one,
+//! everywhere, when its failure rate crosses the configured bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use oms_application::ports::{
-    AuditEntry, DisabledPlugin, NewRelease, PluginBuild, PluginCatalog, PluginInfo, PluginRelease,
-    PluginReleaseStore, ReleaseAction, StoreError,
+    AuditEntry, CanaryEnd, CanaryInfo, DisabledPlugin, NewCanary, NewRelease, PluginBuild,
+    PluginCatalog, PluginInfo, PluginRelease, PluginReleaseStore, ReleaseAction, SagaStore,
+    StoreError,
 };
 use oms_application::{AppError, FieldViolation};
 use oms_domain::Timestamp;
@@ -34,11 +43,138 @@ use tracing::{info, warn};
 pub struct RuntimeCatalog {
     runtime: PluginRuntime,
     releases: Arc<dyn PluginReleaseStore>,
+    /// Which builds open orders refer to, so that retained builds are unloaded in time.
+    sagas: Arc<dyn SagaStore>,
+    guard: CanaryGuard,
 }
 
+/// When a canary is aborted without an operator (`plugins.canary`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanaryGuard {
+    /// Above this share of failed calls in the window, the canary ends.
+    pub max_failure_rate: f64,
+    pub window: Duration,
+    /// Fewer calls than this in the window decide nothing.
+    pub min_calls: u64,
+}
+
+impl Default for CanaryGuard {
+    fn default() -> Self {
+        Self {
+            max_failure_rate: 0.1,
+            window: Duration::from_secs(60),
+            min_calls: 20,
+        }
+    }
+}
+
+/// A canary's call and failure counts as the follower saw them, oldest first; the counts of
+/// a canary start at zero with it.
+type Samples = HashMap<(String, String), VecDeque<(Instant, u64, u64)>>;
+
+impl CanaryGuard {
+    /// Adds this round's counts of each canary to `samples` and returns the canaries whose
+    /// failure rate over the window crossed the bound, with what was seen:
+    /// `(name, failures, calls)`.
+    fn tripped(&self, runtime: &PluginRuntime, samples: &mut Samples) -> Vec<(String, u64, u64)> {
+        let now = Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        let mut tripped = Vec::new();
+        for status in runtime.list() {
+            let Some(canary) = status.canary else {
+                continue;
+            };
+            let key = (status.current.name.clone(), canary.build.digest.clone());
+            seen.insert(key.clone());
+            let window = samples.entry(key).or_insert_with(|| {
+                // First seen now: its counts so far are all since it started.
+                VecDeque::from([(now, 0, 0)])
+            });
+            window.push_back((now, canary.metrics.calls, canary.metrics.failures()));
+            // Keep one sample at or before the window's start as the baseline.
+            while window.len() > 2 && now.duration_since(window[1].0) >= self.window {
+                window.pop_front();
+            }
+            let (Some(first), Some(last)) = (window.front(), window.back()) else {
+                continue;
+            };
+            let calls = last.1.saturating_sub(first.1);
+            let failures = last.2.saturating_sub(first.2);
+            #[allow(clippy::cast_precision_loss)] // call counts are far below 2^52
+            let rate = failures as f64 / calls.max(1) as f64;
+            if calls >= self.min_calls && rate > self.max_failure_rate {
+                tripped.push((status.current.name, failures, calls));
+            }
+        }
+        samples.retain(|key, _| seen.contains(key));
+        tripped
+    }
+}
+
+/// How often the follower asks which retained builds open orders still refer to (only while
+/// some are loaded): the query reads every open order's saga steps, too much for every round.
+const RETAINED_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 impl RuntimeCatalog {
-    pub fn new(runtime: PluginRuntime, releases: Arc<dyn PluginReleaseStore>) -> Self {
-        Self { runtime, releases }
+    pub fn new(
+        runtime: PluginRuntime,
+        releases: Arc<dyn PluginReleaseStore>,
+        sagas: Arc<dyn SagaStore>,
+    ) -> Self {
+        Self {
+            runtime,
+            releases,
+            sagas,
+            guard: CanaryGuard::default(),
+        }
+    }
+
+    /// The same catalog with `guard` deciding when a canary is aborted automatically.
+    #[must_use]
+    pub fn with_canary_guard(mut self, guard: CanaryGuard) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// Aborts, everywhere, each canary this process saw fail too often. `actor` names this
+    /// process in the audit trail.
+    async fn guard_canaries(&self, samples: &mut Samples, actor: &str) {
+        for (name, failures, calls) in self.guard.tripped(&self.runtime, samples) {
+            warn!(plugin = %name, failures, calls, window_secs = self.guard.window.as_secs(),
+                  max_failure_rate = self.guard.max_failure_rate,
+                  "plugin canary failing: rolling it back");
+            metrics::counter!("oms_plugin_canary_aborts_total", "plugin" => name.clone())
+                .increment(1);
+            match self
+                .releases
+                .end_canary(&name, CanaryEnd::Abort, actor, Timestamp::now())
+                .await
+            {
+                Ok(Some(release)) => {
+                    if let Err(e) = self.apply(&release).await {
+                        warn!(plugin = %name, error = %e, "applying the canary's rollback failed");
+                    }
+                }
+                // Ended meanwhile by someone else: the next round follows that.
+                Ok(None) | Err(StoreError::NotFound) => {}
+                Err(e) => warn!(plugin = %name, error = %e, "rolling the canary back failed"),
+            }
+        }
+    }
+
+    /// Unloads the retained builds no open order refers to; keeps them all when the
+    /// database cannot say (a pinned call must not lose its build to an outage).
+    pub async fn release_unreferenced(&self) {
+        if !self.runtime.retains_any() {
+            return;
+        }
+        match self.sagas.plugin_builds_in_use().await {
+            Ok(in_use) => {
+                self.runtime
+                    .release_unreferenced(&in_use.into_iter().collect());
+            }
+            Err(e) => warn!(error = %e, "reading the plugin builds open orders use failed"),
+        }
     }
 
     /// Publishes what the plugins directory holds and this process installed from it, for
@@ -134,26 +270,85 @@ impl RuntimeCatalog {
         }
     }
 
-    /// [`Self::catch_up`] every `interval` until shutdown.
+    /// [`Self::catch_up`] every `interval` until shutdown, watching the canaries this
+    /// process serves (`actor` names it when it aborts one) and unloading retained builds
+    /// no open order needs.
     pub async fn follow(
         self,
         mut applied: HashMap<String, i64>,
         interval: Duration,
+        actor: String,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut swept = Instant::now();
+        let mut samples = Samples::new();
         while oms_application::shutdown::pause(interval, &mut shutdown).await {
             self.catch_up(&mut applied).await;
+            self.guard_canaries(&mut samples, &actor).await;
+            if swept.elapsed() >= RETAINED_SWEEP_EVERY {
+                self.release_unreferenced().await;
+                swept = Instant::now();
+            }
         }
     }
 
-    /// Makes `release` what this process serves, unless it already does: from the rollback
-    /// slot when that holds it (no compile), otherwise from the stored artifact.
+    /// Makes `release` (its build and its canary) what this process serves.
     async fn apply(&self, release: &PluginRelease) -> Result<(), AppError> {
+        self.apply_build(release).await?;
+        self.apply_canary(release).await
+    }
+
+    /// Makes the canary of `release` the one this process runs, or ends the one it runs.
+    async fn apply_canary(&self, release: &PluginRelease) -> Result<(), AppError> {
+        let running = self.runtime.status_of(&release.name).and_then(|s| s.canary);
+        let Some(canary) = &release.canary else {
+            if running.is_some() && self.runtime.abort_canary(&release.name).is_some() {
+                info!(plugin = %release.name, "following the plugin release: canary ended");
+            }
+            return Ok(());
+        };
+        let manifest_sha256 = manifest_digest(&canary.manifest);
+        if running.is_some_and(|r| {
+            r.build.digest == canary.sha256
+                && r.build.manifest_sha256 == manifest_sha256
+                && r.percent == canary.percent
+        }) {
+            return Ok(());
+        }
+        let wasm = self.stored(&canary.sha256).await?;
+        self.runtime
+            .start_canary_bytes(&canary.manifest, wasm, canary.percent)
+            .await
+            .map_err(|e| refused(&e))?;
+        info!(plugin = %release.name, version = %canary.version, percent = canary.percent,
+              "following the plugin release: canary");
+        Ok(())
+    }
+
+    /// A stored component by digest.
+    async fn stored(&self, sha256: &str) -> Result<Vec<u8>, AppError> {
+        self.releases
+            .artifact(sha256)
+            .await?
+            .ok_or_else(|| AppError::Internal(format!("no stored component with sha256 {sha256}")))
+    }
+
+    /// Makes the build of `release` current here, unless it already is: from the canary or
+    /// the rollback slot when one holds it (no compile), otherwise from the stored artifact.
+    async fn apply_build(&self, release: &PluginRelease) -> Result<(), AppError> {
         let manifest_sha256 = manifest_digest(&release.manifest);
         let same =
             |v: &VersionInfo| v.digest == release.sha256 && v.manifest_sha256 == manifest_sha256;
         if let Some(status) = self.runtime.status_of(&release.name) {
             if same(&status.current) {
+                return Ok(());
+            }
+            if status.canary.as_ref().is_some_and(|c| same(&c.build)) {
+                self.runtime
+                    .promote_canary(&release.name)
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
+                info!(plugin = %release.name, version = %release.version,
+                      "following the plugin release: canary promoted");
                 return Ok(());
             }
             if status.previous.as_ref().is_some_and(same) {
@@ -164,16 +359,7 @@ impl RuntimeCatalog {
                 return Ok(());
             }
         }
-        let wasm = self
-            .releases
-            .artifact(&release.sha256)
-            .await?
-            .ok_or_else(|| {
-                AppError::Internal(format!(
-                    "no stored component with sha256 {}",
-                    release.sha256
-                ))
-            })?;
+        let wasm = self.stored(&release.sha256).await?;
         self.runtime
             .install_bytes(&release.manifest, wasm)
             .await
@@ -218,25 +404,45 @@ fn plugin_info(s: PluginStatus, m: &oms_plugin_runtime::metrics::MetricsSnapshot
         kind: c.kind.world().to_owned(),
         current: build(c),
         previous: s.previous.as_ref().map(build),
-        circuit: match s.breaker {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        }
-        .to_owned(),
+        retained: s.retained.iter().map(build).collect(),
+        circuit: circuit(s.breaker),
         calls: m.calls,
-        errors: m
-            .errors
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), *v))
-            .collect(),
+        errors: errors(m),
         latency_p50_us: m.latency_quantile_us(0.5),
         latency_p99_us: m.latency_quantile_us(0.99),
         max_memory_bytes: c.limits.memory_bytes,
         deadline_ms: u64::try_from(c.limits.deadline.as_millis()).unwrap_or(u64::MAX),
         capabilities: c.capabilities.clone(),
         last_error: s.last_error,
+        canary: s.canary.map(|c| CanaryInfo {
+            build: build(&c.build),
+            percent: c.percent,
+            circuit: circuit(c.breaker),
+            calls: c.metrics.calls,
+            errors: errors(&c.metrics),
+            failures: c.metrics.failures(),
+            latency_p50_us: c.metrics.latency_quantile_us(0.5),
+            latency_p99_us: c.metrics.latency_quantile_us(0.99),
+        }),
     }
+}
+
+fn circuit(state: BreakerState) -> String {
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
+    }
+    .to_owned()
+}
+
+fn errors(
+    m: &oms_plugin_runtime::metrics::MetricsSnapshot,
+) -> std::collections::BTreeMap<String, u64> {
+    m.errors
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), *v))
+        .collect()
 }
 
 fn disabled_plugin(r: PluginRelease) -> DisabledPlugin {
@@ -300,13 +506,18 @@ impl PluginCatalog for RuntimeCatalog {
             action: ReleaseAction::Upload,
             actor,
         };
-        if let Err(e) = self.releases.release(release, Timestamp::now()).await {
-            // Not shared, so not kept here either: the processes must not drift apart.
-            let changed = before.is_none_or(|b| b.current != installed);
-            if changed && let Err(undo) = self.runtime.rollback(&installed.name) {
-                warn!(plugin = %installed.name, error = %undo, "undoing the local install failed");
+        match self.releases.release(release, Timestamp::now()).await {
+            // An upload ends a canary: here at once, elsewhere at the next round.
+            Ok(Some(release)) => self.apply_canary(&release).await?,
+            Ok(None) => {}
+            Err(e) => {
+                // Not shared, so not kept here either: the processes must not drift apart.
+                let changed = before.is_none_or(|b| b.current != installed);
+                if changed && let Err(undo) = self.runtime.rollback(&installed.name) {
+                    warn!(plugin = %installed.name, error = %undo, "undoing the local install failed");
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
         }
         self.info(&installed.name)
     }
@@ -316,6 +527,22 @@ impl PluginCatalog for RuntimeCatalog {
     }
 
     async fn rollback(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError> {
+        // A running canary is the last rollout step: rolling back ends it.
+        match self
+            .releases
+            .end_canary(name, CanaryEnd::Abort, actor, Timestamp::now())
+            .await
+        {
+            Ok(Some(release)) => {
+                self.apply(&release).await?;
+                return self.info(name);
+            }
+            Ok(None) => {}
+            Err(StoreError::NotFound) => {
+                return Err(AppError::NotFound(format!("plugin {name:?}")));
+            }
+            Err(e) => return Err(e.into()),
+        }
         let restored = match self.releases.rollback(name, actor, Timestamp::now()).await {
             Ok(Some(release)) => release,
             Ok(None) => {
@@ -329,6 +556,79 @@ impl PluginCatalog for RuntimeCatalog {
             Err(e) => return Err(e.into()),
         };
         self.apply(&restored).await?;
+        self.info(name)
+    }
+
+    async fn start_canary(
+        &self,
+        manifest: &str,
+        wasm: Vec<u8>,
+        percent: u8,
+        actor: &str,
+    ) -> Result<PluginInfo, AppError> {
+        let name = Manifest::parse(manifest, Path::new("<uploaded manifest>"))
+            .map_err(|e| refused(&e))?
+            .name;
+        // Checked and started here first: a refused build changes nothing anywhere.
+        let started = match self
+            .runtime
+            .start_canary_bytes(manifest, wasm.clone(), percent)
+            .await
+        {
+            Ok(started) => started,
+            Err(LoadError::NotInstalled { .. }) => {
+                return Err(AppError::NotFound(format!("plugin {name:?}")));
+            }
+            Err(e) => return Err(refused(&e)),
+        };
+        let canary = NewCanary {
+            name: &name,
+            manifest,
+            sha256: &started.digest,
+            version: &started.version,
+            wasm: &wasm,
+            percent,
+            actor,
+        };
+        let outcome = self.releases.start_canary(canary, Timestamp::now()).await;
+        let release = match outcome {
+            Ok(Some(release)) => release,
+            // Not shared, so not kept here either.
+            Ok(None) => {
+                self.runtime.abort_canary(&name);
+                return Err(AppError::IllegalTransition(format!(
+                    "plugin {name} is disabled; enable it before a canary"
+                )));
+            }
+            Err(e) => {
+                self.runtime.abort_canary(&name);
+                return Err(match e {
+                    StoreError::NotFound => AppError::NotFound(format!("plugin {name:?}")),
+                    e => e.into(),
+                });
+            }
+        };
+        self.apply(&release).await?;
+        self.info(&name)
+    }
+
+    async fn promote(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError> {
+        match self
+            .releases
+            .end_canary(name, CanaryEnd::Promote, actor, Timestamp::now())
+            .await
+        {
+            Ok(Some(release)) => self.apply(&release).await?,
+            Ok(None) => {
+                return Err(AppError::IllegalTransition(format!(
+                    "plugin {name}: no canary is running"
+                )));
+            }
+            Err(StoreError::NotFound) => {
+                return Err(AppError::NotFound(format!("plugin {name:?}")));
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.info(name)
     }
 

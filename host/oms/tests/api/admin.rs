@@ -12,7 +12,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::helpers::{
-    ADMIN_TOKEN, TestApp, built_plugins, error_info, omsctl, omsctl_json, order_with, settle,
+    ADMIN_TOKEN, TestApp, built_plugins, error_info, fetch_for_order, omsctl, omsctl_json,
+    order_with, renamed_plugin, settle, wait_until,
 };
 
 async fn admin_client(app: &TestApp) -> AdminServiceClient<Channel> {
@@ -191,9 +192,11 @@ pub async fn refused_uploads_leave_the_serving_version(backend: TestBackend) {
         let messages = vec![
             pb::UploadPluginRequest {
                 part: Some(pb::upload_plugin_request::Part::Manifest(manifest)),
+                canary_percent: 0,
             },
             pb::UploadPluginRequest {
                 part: Some(pb::upload_plugin_request::Part::Chunk(wasm)),
+                canary_percent: 0,
             },
         ];
         let mut request = tonic::Request::new(tokio_stream::iter(messages));
@@ -649,5 +652,261 @@ pub async fn both_listeners_serve_tls_when_configured(backend: TestBackend) {
         .await
         .unwrap();
     assert!(!untrusted.status.success(), "{untrusted:?}");
+    app.stop().await;
+}
+
+/// `fakepay` as another build: the same code with a custom section appended (another
+/// digest), staged in `dir` as `fakepay.wasm` and `fakepay.toml` with `version`.
+fn fakepay_build(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let wasm_path = fakepay_as(dir, version);
+    let mut wasm = std::fs::read(&wasm_path).unwrap();
+    // A custom section (id 0): size, name length, name; no payload.
+    let name = format!("oms-test-{version}");
+    let size = u8::try_from(name.len() + 1).unwrap();
+    assert!(size < 0x80, "one LEB128 byte");
+    wasm.extend([0, size, size - 1]);
+    wasm.extend_from_slice(name.as_bytes());
+    std::fs::write(&wasm_path, &wasm).unwrap();
+    let manifest_path = dir.join("fakepay.toml");
+    let manifest: String = std::fs::read_to_string(&manifest_path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("sha256 = ") {
+                format!("sha256 = \"{}\"", hex::encode(Sha256::digest(&wasm)))
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(manifest_path, manifest).unwrap();
+    wasm_path
+}
+
+/// Whether a canary of `percent` takes the order: the host's rule (the first eight bytes of
+/// the SHA-256 of the order id, big-endian, modulo 100, below the percent), written out
+/// again here so that the test checks the rule, not only that some orders moved.
+fn canary_takes(order_id: &str, percent: u64) -> bool {
+    let digest = Sha256::digest(order_id.as_bytes());
+    let first: [u8; 8] = digest[..8].try_into().unwrap();
+    u64::from_be_bytes(first) % 100 < percent
+}
+
+/// The fakepay build (version) of each of an order's payment steps, `step -> version`, as
+/// the saga history recorded them.
+async fn payment_builds(app: &TestApp, order_id: &str) -> Vec<(String, String)> {
+    let sql = "SELECT st.step, st.plugin_version FROM saga_steps st \
+               JOIN saga_instances si ON si.id = st.saga_id \
+               WHERE CAST(si.order_id AS TEXT) = $1 AND st.plugin_name = 'fakepay' \
+               ORDER BY st.started_at, st.step";
+    fetch_for_order(&app.db, sql, order_id).await
+}
+
+fn build_of<'a>(builds: &'a [(String, String)], step: &str) -> &'a str {
+    builds
+        .iter()
+        .find(|(s, _)| s == step)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {step} step: {builds:?}"))
+}
+
+/// `omsctl plugins canary` sends exactly the orders the hash rule picks to the new build,
+/// with its own figures; `rollback` ends it, and the orders it took are still captured by it
+/// (pinned follow-ups) while the others are captured by the current build; a second canary
+/// of the same build is promoted; the history tells the whole rollout.
+pub async fn a_canary_takes_its_share_and_each_order_stays_on_its_build(backend: TestBackend) {
+    let app = TestApp::spawn(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = fakepay_build(dir.path(), "0.2.0-canary");
+    let wasm = wasm.to_str().unwrap();
+    let started = omsctl_json(
+        &app,
+        &["plugins", "canary", "fakepay", wasm, "--percent", "50"],
+    )
+    .await;
+    assert_eq!(started["current"]["version"], "0.1.0");
+    assert_eq!(started["canary"]["build"]["version"], "0.2.0-canary");
+    assert_eq!(started["canary"]["percent"], 50);
+
+    // Orders until each build has taken two (bounded: 2^-60 odds of running out).
+    let (mut on_canary, mut on_stable) = (Vec::new(), Vec::new());
+    for n in 0..60 {
+        if on_canary.len() >= 2 && on_stable.len() >= 2 {
+            break;
+        }
+        let order = app
+            .create(order_with(&format!("c-canary-{n}"), "DEMO-1", "tok_ok"))
+            .await;
+        assert_eq!(settle(&app, &order.order_id).await.status(), S::Confirmed);
+        let builds = payment_builds(&app, &order.order_id).await;
+        let expected = if canary_takes(&order.order_id, 50) {
+            on_canary.push(order.order_id.clone());
+            "0.2.0-canary"
+        } else {
+            on_stable.push(order.order_id.clone());
+            "0.1.0"
+        };
+        assert_eq!(
+            build_of(&builds, "authorize-payment"),
+            expected,
+            "order {}",
+            order.order_id
+        );
+    }
+    assert!(on_canary.len() >= 2 && on_stable.len() >= 2);
+    let shown = omsctl_json(&app, &["plugins", "show", "fakepay"]).await;
+    assert!(
+        shown["canary"]["calls"].as_u64().unwrap() >= on_canary.len() as u64,
+        "{shown}"
+    );
+    assert_eq!(shown["canary"]["failures"], 0);
+    let table = omsctl(&app, &["plugins", "list"]).await;
+    let stdout = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("fakepay") && l.contains("0.2.0-canary") && l.contains("50%")),
+        "{stdout}"
+    );
+
+    // Rolling back ends the canary; its orders keep their build for what follows.
+    let ended = omsctl_json(&app, &["plugins", "rollback", "fakepay"]).await;
+    assert_eq!(ended["canary"], serde_json::Value::Null);
+    assert_eq!(ended["current"]["version"], "0.1.0");
+    let retained: Vec<&str> = ended["retained"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(retained, ["0.2.0-canary"]);
+    for (order_id, build) in [(&on_canary[0], "0.2.0-canary"), (&on_stable[0], "0.1.0")] {
+        app.fulfill(order_id).await;
+        let done = wait_until(&app, order_id, Duration::from_secs(20), |o| {
+            o.status() == S::Fulfilled
+        })
+        .await;
+        assert_eq!(done.status(), S::Fulfilled);
+        let builds = payment_builds(&app, order_id).await;
+        assert_eq!(build_of(&builds, "capture-payment"), build, "{builds:?}");
+    }
+    // New orders all go to the current build again.
+    let after = app.create(order_with("c-after", "DEMO-1", "tok_ok")).await;
+    assert_eq!(settle(&app, &after.order_id).await.status(), S::Confirmed);
+    let builds = payment_builds(&app, &after.order_id).await;
+    assert_eq!(build_of(&builds, "authorize-payment"), "0.1.0");
+
+    // The same build as a canary again, promoted.
+    omsctl_json(
+        &app,
+        &["plugins", "canary", "fakepay", wasm, "--percent", "10"],
+    )
+    .await;
+    let promoted = omsctl_json(&app, &["plugins", "promote", "fakepay"]).await;
+    assert_eq!(promoted["current"]["version"], "0.2.0-canary");
+    assert_eq!(promoted["previous"]["version"], "0.1.0");
+    assert_eq!(promoted["canary"], serde_json::Value::Null);
+    let again = omsctl(&app, &["plugins", "promote", "fakepay"]).await;
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no canary is running"),
+        "{again:?}"
+    );
+
+    let history = omsctl_json(&app, &["plugins", "history", "fakepay"]).await;
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["promote", "canary", "abort", "canary", "seed"]);
+    app.stop().await;
+}
+
+/// A canary that crashes on every call is rolled back by the host by itself once it failed
+/// more than `plugins.canary.max_failure_rate` of `min_calls` calls; orders placed after that
+/// are served by the current build.
+pub async fn a_failing_canary_is_rolled_back_by_the_host(backend: TestBackend) {
+    let app = TestApp::spawn_with(backend, |config| {
+        config.plugins.canary.min_calls = 2;
+        config.plugins.sync_interval_ms = 200;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = renamed_plugin(dir.path(), "trap", "fakepay", "0.2.0-trap");
+    let wasm = dir.path().join("trap.wasm");
+    let started = omsctl_json(
+        &app,
+        &[
+            "plugins",
+            "canary",
+            "fakepay",
+            wasm.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--percent",
+            "99",
+        ],
+    )
+    .await;
+    assert_eq!(started["canary"]["build"]["version"], "0.2.0-trap");
+
+    // Orders until the canary failed often enough to be rolled back.
+    let mut placed = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let aborted = loop {
+        let history = omsctl_json(&app, &["plugins", "history", "fakepay"]).await;
+        let abort = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["action"] == "abort")
+            .cloned();
+        if let Some(abort) = abort {
+            break abort;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failing canary was not rolled back: {history}"
+        );
+        let order = app
+            .create(order_with(
+                &format!("c-trap-{}", placed.len()),
+                "DEMO-1",
+                "tok_ok",
+            ))
+            .await;
+        placed.push(order.order_id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        aborted["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("auto-rollback:"),
+        "{aborted}"
+    );
+    assert_eq!(aborted["from_version"], "0.2.0-trap");
+    assert_eq!(aborted["to_version"], "0.1.0");
+    let shown = omsctl_json(&app, &["plugins", "show", "fakepay"]).await;
+    assert_eq!(shown["canary"], serde_json::Value::Null);
+    assert_eq!(shown["current"]["version"], "0.1.0");
+    // Every order placed meanwhile ends (its retries after the rollback reach the current
+    // build), and a new one is served by the current build.
+    for id in &placed {
+        let done = settle(&app, id).await;
+        assert!(
+            matches!(done.status(), S::Confirmed | S::PaymentFailed),
+            "{done:?}"
+        );
+    }
+    let after = app
+        .create(order_with("c-after-trap", "DEMO-1", "tok_ok"))
+        .await;
+    assert_eq!(settle(&app, &after.order_id).await.status(), S::Confirmed);
+    let builds = payment_builds(&app, &after.order_id).await;
+    assert_eq!(build_of(&builds, "authorize-payment"), "0.1.0");
     app.stop().await;
 }

@@ -105,6 +105,8 @@ on_both_backends!(
     a_file_dropped_in_a_watched_directory_reaches_every_host,
     callers_authenticate_and_own_their_keys,
     both_listeners_serve_tls_when_configured,
+    a_canary_takes_its_share_and_each_order_stays_on_its_build,
+    a_failing_canary_is_rolled_back_by_the_host,
 );
 
 on_both_backends!(

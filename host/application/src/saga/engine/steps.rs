@@ -154,13 +154,20 @@ impl SagaEngine {
     async fn inherit_references(&self, saga: &mut SagaInstance) -> Result<(), AppError> {
         let earlier = self.ports.sagas.for_order(saga.order_id).await?;
         for other in earlier.iter().rev().filter(|s| s.id != saga.id) {
+            // An id and the build that made it come from the same saga.
             if saga.data.reservation_id.is_none() {
                 saga.data
                     .reservation_id
                     .clone_from(&other.data.reservation_id);
+                saga.data
+                    .reservation_build
+                    .clone_from(&other.data.reservation_build);
             }
             if saga.data.payment_id.is_none() {
                 saga.data.payment_id.clone_from(&other.data.payment_id);
+                saga.data
+                    .payment_build
+                    .clone_from(&other.data.payment_build);
             }
         }
         Ok(())
@@ -283,12 +290,16 @@ impl SagaEngine {
     }
 }
 
-/// Copies what an effect taught into the saga's data.
+/// Copies what an effect taught into the saga's data: a new reservation or payment id, and
+/// the plugin build that made it (its follow-up calls are pinned to that build).
 fn absorb(saga: &mut SagaInstance, effect: &Effect) {
+    let build = effect.call.as_ref().map(|c| c.digest.clone());
     if let Some(id) = &effect.reservation_id {
         saga.data.reservation_id = Some(id.clone());
+        saga.data.reservation_build.clone_from(&build);
     }
     if let Some(id) = &effect.payment_id {
         saga.data.payment_id = Some(id.clone());
+        saga.data.payment_build = build;
     }
 }

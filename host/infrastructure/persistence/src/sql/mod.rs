@@ -89,6 +89,7 @@ pub(crate) trait SqlDb:
     + for<'t> Bind<'t, &'t [u8]>
     + for<'t> Bind<'t, Json<Box<RawValue>>>
     + Get<i32>
+    + Get<Option<i32>>
     + Get<i64>
     + Get<Option<i64>>
     + Get<String>

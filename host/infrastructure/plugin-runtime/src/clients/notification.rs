@@ -41,6 +41,7 @@ impl NotificationFormatter {
         let (r, info) = call::run(
             &self.rt,
             &self.name,
+            &crate::registry::Route::Current,
             PluginKind::NotificationFormatter,
             judge,
             call::KvMode::Direct,

@@ -23,6 +23,8 @@ pub struct PaymentPlugin {
     pub(crate) rt: Arc<Inner>,
     pub(crate) name: Arc<str>,
     pub(crate) kv: call::KvMode,
+    /// Which build its calls run on ([`Self::pinned`], [`Self::split_by`]).
+    pub(crate) route: crate::registry::Route,
 }
 
 impl PaymentError {
@@ -47,6 +49,7 @@ macro_rules! payment_call {
         let (r, info) = call::run(
             &$self.rt,
             &$self.name,
+            &$self.route,
             PluginKind::PaymentProvider,
             judge,
             $self.kv,
@@ -76,6 +79,27 @@ impl PaymentPlugin {
     #[must_use]
     pub fn with_kv(mut self, mode: crate::KvMode) -> Self {
         self.kv = mode;
+        self
+    }
+
+    /// This handle's calls run on the build whose component digest is `digest` (the one
+    /// that made the hold or reservation they act on) while that build is still loaded,
+    /// and on the current build otherwise; `None` keeps the current build. Each call's
+    /// [`crate::CallInfo`] says which build answered.
+    #[must_use]
+    pub fn pinned(mut self, digest: Option<&str>) -> Self {
+        self.route = digest.map_or(crate::registry::Route::Current, |d| {
+            crate::registry::Route::Pinned(Arc::from(d))
+        });
+        self
+    }
+
+    /// This handle's calls start something new for `key` (an order): while a canary of the
+    /// plugin runs, a stable hash of `key` decides whether the canary serves them, so every
+    /// retry for that key reaches the same build.
+    #[must_use]
+    pub fn split_by(mut self, key: &str) -> Self {
+        self.route = crate::registry::Route::Split(super::route_hash(key));
         self
     }
 

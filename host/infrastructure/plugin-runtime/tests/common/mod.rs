@@ -102,3 +102,34 @@ pub fn authorize_request(token: &str, key: &str) -> AuthorizeRequest {
         idempotency_key: key.into(),
     }
 }
+
+/// Plugin `name` as another build: its component with a custom section naming `tag`
+/// appended (the same code under another digest), staged in `dir` with `version` and the new
+/// digest in its manifest. Returns the manifest's path and the digest.
+pub fn rebuilt(dir: &Path, name: &str, version: &str, tag: &str) -> (PathBuf, String) {
+    use sha2::{Digest, Sha256};
+    let path = staged(dir, name, |t| {
+        set_line(&t, "version", &format!("\"{version}\""))
+    });
+    let text = std::fs::read_to_string(&path).unwrap();
+    let wasm_name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("wasm = "))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap();
+    let wasm_path = dir.join(wasm_name);
+    let mut wasm = std::fs::read(&wasm_path).unwrap();
+    // A custom section (id 0): size, then a name and no payload. Sizes here fit one LEB128
+    // byte.
+    let section_name = format!("oms-test-{tag}");
+    let size = u8::try_from(section_name.len() + 1).unwrap();
+    assert!(size < 0x80);
+    wasm.push(0);
+    wasm.push(size);
+    wasm.push(size - 1);
+    wasm.extend_from_slice(section_name.as_bytes());
+    std::fs::write(&wasm_path, &wasm).unwrap();
+    let digest = hex::encode(Sha256::digest(&wasm));
+    std::fs::write(&path, set_line(&text, "sha256", &format!("\"{digest}\""))).unwrap();
+    (path, digest)
+}

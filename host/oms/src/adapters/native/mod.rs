@@ -171,13 +171,14 @@ impl PaymentGateway for NativePayments {
     async fn capture(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
-                .capture(provider, payment_id, amount, idempotency_key)
+                .capture(provider, pinned, payment_id, amount, idempotency_key)
                 .await;
         };
         answered(
@@ -190,13 +191,14 @@ impl PaymentGateway for NativePayments {
     async fn void(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return self
                 .plugins
-                .void(provider, payment_id, idempotency_key)
+                .void(provider, pinned, payment_id, idempotency_key)
                 .await;
         };
         answered(fakepay.void(payment_id, idempotency_key).await)
@@ -205,13 +207,14 @@ impl PaymentGateway for NativePayments {
     async fn refund(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
-                .refund(provider, payment_id, amount, idempotency_key)
+                .refund(provider, pinned, payment_id, amount, idempotency_key)
                 .await;
         };
         answered(
@@ -269,7 +272,13 @@ impl InventoryGateway for NativeInventory {
         Ok((called.value, plugin_call(&called.info)))
     }
 
-    async fn release(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
+    // One build, compiled in: nothing to pin to.
+    async fn release(
+        &self,
+        _pinned: Option<&str>,
+        reservation_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<()> {
         let called = self
             .local_stock
             .release(reservation_id, idempotency_key)
@@ -278,7 +287,13 @@ impl InventoryGateway for NativeInventory {
         Ok(((), plugin_call(&called.info)))
     }
 
-    async fn commit(&self, reservation_id: &str, idempotency_key: &str) -> GatewayResult<()> {
+    // One build, compiled in: nothing to pin to.
+    async fn commit(
+        &self,
+        _pinned: Option<&str>,
+        reservation_id: &str,
+        idempotency_key: &str,
+    ) -> GatewayResult<()> {
         let called = self
             .local_stock
             .commit(reservation_id, idempotency_key)

@@ -63,11 +63,14 @@ impl Admin {
     }
 
     /// Streams the manifest then the component in chunks, with a progress bar when `show`.
+    /// Streams FILE.wasm with its manifest: as the new current build, or with
+    /// `canary_percent` 1..=99 as a canary.
     pub async fn upload(
         &mut self,
         name: &str,
         wasm: &Path,
         manifest: &Path,
+        canary_percent: u32,
         show: bool,
     ) -> anyhow::Result<pb::Plugin> {
         use pb::upload_plugin_request::Part;
@@ -96,9 +99,11 @@ impl Admin {
         );
         let mut messages = vec![pb::UploadPluginRequest {
             part: Some(Part::Manifest(manifest_text)),
+            canary_percent,
         }];
         messages.extend(bytes.chunks(CHUNK).map(|c| pb::UploadPluginRequest {
             part: Some(Part::Chunk(c.to_vec())),
+            canary_percent: 0,
         }));
         let progress = bar.clone();
         // The bar moves as tonic takes each message off the stream to send it.

@@ -47,7 +47,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Installed plugins: list, inspect, swap, roll back, history.
+    /// Installed plugins: list, inspect, swap, canary, promote, roll back, history.
     #[command(subcommand)]
     Plugins(PluginsCommand),
     /// Sagas: list, inspect, retry, force compensation.
@@ -73,14 +73,32 @@ enum PluginsCommand {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
-    /// Makes the previous version of NAME current again.
+    /// Starts FILE.wasm as a canary of NAME for PERCENT of new orders, in every host process,
+    /// beside the current version; `plugins show NAME` compares their figures. Promote it
+    /// with `plugins promote NAME`, end it with `plugins rollback NAME` (a host process ends
+    /// it by itself when it fails too often: `plugins.canary` in the configuration).
+    Canary {
+        name: String,
+        wasm: PathBuf,
+        /// Percent of new orders the canary serves (1..99).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=99))]
+        percent: u32,
+        /// The manifest; by default FILE.wasm's path with `.toml`.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Makes the canary of NAME its current version everywhere.
+    Promote { name: String },
+    /// Undoes the last rollout step of NAME: ends its canary if one runs, otherwise makes
+    /// the previous version current again.
     Rollback { name: String },
     /// Turns NAME off in every host process (kept in the release set, so no plugins
     /// directory brings it back).
     Disable { name: String },
     /// Turns a disabled NAME on again everywhere, with the build it had.
     Enable { name: String },
-    /// Every change of the plugin set (seed, upload, rollback, disable, enable), newest first.
+    /// Every change of the plugin set (seed, upload, rollback, disable, enable, canary,
+    /// promote, abort), newest first.
     History {
         /// Only this plugin's changes.
         name: Option<String>,
@@ -199,9 +217,28 @@ async fn plugins(admin: &mut Admin, out: &Output, command: PluginsCommand) -> an
         } => {
             let manifest = manifest.unwrap_or_else(|| wasm.with_extension("toml"));
             let plugin = admin
-                .upload(&name, &wasm, &manifest, out.interactive())
+                .upload(&name, &wasm, &manifest, 0, out.interactive())
                 .await?;
             out.plugin(&plugin);
+        }
+        PluginsCommand::Canary {
+            name,
+            wasm,
+            percent,
+            manifest,
+        } => {
+            let manifest = manifest.unwrap_or_else(|| wasm.with_extension("toml"));
+            let plugin = admin
+                .upload(&name, &wasm, &manifest, percent, out.interactive())
+                .await?;
+            out.plugin(&plugin);
+        }
+        PluginsCommand::Promote { name } => {
+            let r = admin
+                .api
+                .promote_canary(pb::PromoteCanaryRequest { name })
+                .await?;
+            out.plugin(&r.into_inner());
         }
         PluginsCommand::Rollback { name } => {
             let r = admin

@@ -53,6 +53,27 @@ fn disabled_json(d: &pb::DisabledPlugin) -> Value {
     })
 }
 
+/// A canary in one line, its figures beside the ones the current version shows above.
+fn canary_line(canary: Option<&pb::Canary>) -> String {
+    canary.map_or("-".to_owned(), |c| {
+        let build = c.build.clone().unwrap_or_default();
+        let errors: Vec<String> = c.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "{} ({}) for {}% of new orders: circuit {}, {} calls, {} failed, errors {}, \
+             p50/p99 {} us / {} us",
+            build.version,
+            short(&build.sha256),
+            c.percent,
+            c.circuit,
+            c.calls,
+            c.failures,
+            dash(&errors.join(" ")),
+            c.latency_p50_us,
+            c.latency_p99_us
+        )
+    })
+}
+
 fn plugin_json(p: &pb::Plugin) -> Value {
     json!({
         "name": p.name,
@@ -60,6 +81,17 @@ fn plugin_json(p: &pb::Plugin) -> Value {
         "kind": p.kind,
         "current": version_json(p.current.as_ref()),
         "previous": version_json(p.previous.as_ref()),
+        "retained": p.retained.iter().map(|v| version_json(Some(v))).collect::<Vec<_>>(),
+        "canary": p.canary.as_ref().map_or(Value::Null, |c| json!({
+            "build": version_json(c.build.as_ref()),
+            "percent": c.percent,
+            "circuit": c.circuit,
+            "calls": c.calls,
+            "errors": c.errors,
+            "failures": c.failures,
+            "latency_p50_us": c.latency_p50_us,
+            "latency_p99_us": c.latency_p99_us,
+        })),
         "circuit": p.circuit,
         "calls": p.calls,
         "errors": p.errors,
@@ -194,6 +226,29 @@ impl Output {
             ]);
         }
         println!("{t}");
+        let canaries: Vec<_> = plugins
+            .iter()
+            .filter_map(|p| p.canary.as_ref().map(|c| (p, c)))
+            .collect();
+        if !canaries.is_empty() {
+            let mut t = table(&[
+                "CANARY", "VERSION", "SHA256", "PERCENT", "CIRCUIT", "CALLS", "FAILURES", "P99_US",
+            ]);
+            for (p, c) in canaries {
+                let build = c.build.clone().unwrap_or_default();
+                t.add_row(vec![
+                    p.name.clone(),
+                    build.version,
+                    short(&build.sha256).to_owned(),
+                    format!("{}%", c.percent),
+                    c.circuit.clone(),
+                    c.calls.to_string(),
+                    c.failures.to_string(),
+                    c.latency_p99_us.to_string(),
+                ]);
+            }
+            println!("{t}");
+        }
         if !disabled.is_empty() {
             let mut t = table(&["DISABLED", "VERSION", "SHA256"]);
             for d in disabled {
@@ -241,6 +296,17 @@ impl Output {
                     format!("{} ({})", v.version, short(&v.sha256))
                 }),
             ),
+            (
+                "retained",
+                dash(
+                    &p.retained
+                        .iter()
+                        .map(|v| format!("{} ({})", v.version, short(&v.sha256)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+                .to_owned(),
+            ),
             ("circuit", p.circuit.clone()),
             ("calls", p.calls.to_string()),
             ("errors", dash(&errors.join(" ")).to_owned()),
@@ -252,6 +318,7 @@ impl Output {
             ("deadline", format!("{} ms", p.deadline_ms)),
             ("capabilities", dash(&p.capabilities.join(" ")).to_owned()),
             ("last refusal", dash(&p.last_error).to_owned()),
+            ("canary", canary_line(p.canary.as_ref())),
         ];
         for (k, v) in rows {
             t.add_row(vec![k.to_owned(), v]);

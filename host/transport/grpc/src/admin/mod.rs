@@ -176,7 +176,9 @@ impl AdminService for AdminApi {
         use pb::upload_plugin_request::Part;
         let actor = actor(&request);
         let mut parts = request.into_inner();
-        let manifest = match parts.next().await.transpose()?.and_then(|m| m.part) {
+        let first = parts.next().await.transpose()?;
+        let canary_percent = first.as_ref().map_or(0, |m| m.canary_percent);
+        let manifest = match first.and_then(|m| m.part) {
             Some(Part::Manifest(m)) => m,
             _ => {
                 return Err(invalid(
@@ -187,6 +189,12 @@ impl AdminService for AdminApi {
         };
         let mut wasm = Vec::new();
         while let Some(message) = parts.next().await.transpose()? {
+            if message.canary_percent != 0 {
+                return Err(invalid(
+                    "canary_percent",
+                    "only the first message may carry it",
+                ));
+            }
             match message.part {
                 Some(Part::Chunk(bytes)) => {
                     if wasm.len().saturating_add(bytes.len()) > self.max_upload_bytes {
@@ -207,10 +215,38 @@ impl AdminService for AdminApi {
         if wasm.is_empty() {
             return Err(invalid("wasm", "no component bytes were sent"));
         }
-        let installed = self.plugins.install(&manifest, wasm, &actor).await;
+        let installed = match canary_percent {
+            0 => self.plugins.install(&manifest, wasm, &actor).await,
+            percent @ 1..=99 => {
+                let percent = u8::try_from(percent).unwrap_or(99);
+                (self.plugins)
+                    .start_canary(&manifest, wasm, percent, &actor)
+                    .await
+            }
+            other => {
+                return Err(invalid(
+                    "canary_percent",
+                    format!("a canary serves 1 to 99 percent of new sagas, not {other}"),
+                ));
+            }
+        };
         installed
             .map(|p| Response::new(convert::plugin(&p)))
             .map_err(|e| to_status(&e))
+    }
+
+    async fn promote_canary(
+        &self,
+        request: Request<pb::PromoteCanaryRequest>,
+    ) -> Result<Response<pb::Plugin>, Status> {
+        let actor = actor(&request);
+        let name = request.into_inner().name;
+        let plugin = self
+            .plugins
+            .promote(&name, &actor)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(convert::plugin(&plugin)))
     }
 
     async fn rollback_plugin(
