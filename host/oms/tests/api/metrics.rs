@@ -199,6 +199,15 @@ pub async fn metrics_show_the_traffic(backend: TestBackend) {
     // The consumer's lag: the age of the newest event it handled, seconds after it happened.
     let lag = value(&samples, "oms_notification_lag_seconds", &[]);
     assert!(lag.is_some_and(|l| (0.0..60.0).contains(&l)), "lag {lag:?}");
+    // The notification group's offset lag (the tests of this process share the recorder,
+    // so only its presence and range are this test's to check; its arithmetic is the
+    // broker's unit test).
+    let backlog = value(
+        &samples,
+        "oms_broker_consumer_lag_messages",
+        &[("group", "oms-notifications")],
+    );
+    assert!(backlog.is_some_and(|b| b >= 0.0), "backlog {backlog:?}");
     // Histograms come with their buckets, cumulative up to +Inf.
     let buckets: Vec<&Sample> = samples
         .iter()

@@ -46,6 +46,44 @@ struct State {
     topics: HashMap<String, Vec<Partition>>,
     /// (group, topic, partition) -> next offset to consume.
     committed: HashMap<(String, String, i32), i64>,
+    /// The topics each consumer group reads, for its lag.
+    groups: HashMap<String, Vec<String>>,
+}
+
+impl State {
+    /// Each consumer group's lag: the messages on its topics' partitions after its committed
+    /// offsets (what Kafka calls the consumer lag).
+    fn lags(&self) -> Vec<(&str, i64)> {
+        self.groups
+            .iter()
+            .map(|(group, topics)| {
+                let mut lag = 0i64;
+                for topic in topics {
+                    for (i, p) in self.topics.get(topic).into_iter().flatten().enumerate() {
+                        let end = p.start + p.log.len() as i64;
+                        let committed = self
+                            .committed
+                            .get(&(group.clone(), topic.clone(), i as i32))
+                            .copied()
+                            .unwrap_or(0)
+                            .max(p.start);
+                        lag += (end - committed).max(0);
+                    }
+                }
+                (group.as_str(), lag)
+            })
+            .collect()
+    }
+
+    /// Sets `oms_broker_consumer_lag_messages{group}` from [`Self::lags`]. Called on every
+    /// publish and commit, so it moves while a consumer is stuck too.
+    fn report_lag(&self) {
+        for (group, lag) in self.lags() {
+            #[allow(clippy::cast_precision_loss)] // far below 2^52 messages
+            metrics::gauge!("oms_broker_consumer_lag_messages", "group" => group.to_owned())
+                .set(lag as f64);
+        }
+    }
 }
 
 struct Inner {
@@ -144,6 +182,7 @@ impl Publisher for InProcessBroker {
                     p.start += 1;
                 }
             }
+            state.report_lag();
         }
         self.inner.published.notify_waiters();
         vec![Ok(()); n]
@@ -156,6 +195,10 @@ impl Broker for InProcessBroker {
     }
 
     fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, BrokerError> {
+        self.inner.lock().groups.insert(
+            group.to_owned(),
+            topics.iter().map(|t| (*t).to_owned()).collect(),
+        );
         Ok(Box::new(InProcessConsumer {
             inner: Arc::clone(&self.inner),
             group: group.to_owned(),
@@ -253,6 +296,7 @@ impl Consumer for InProcessConsumer {
         let entry = state.committed.entry(key).or_insert(0);
         // Commits only move forward, like Kafka's for one consumer.
         *entry = (*entry).max(next);
+        state.report_lag();
         Ok(())
     }
 }
@@ -304,6 +348,34 @@ mod tests {
         for (_, ns) in seen {
             assert!(ns.windows(2).all(|w| w[0] < w[1]), "per-key order kept");
         }
+    }
+
+    #[tokio::test]
+    async fn a_groups_lag_is_what_it_has_not_committed() {
+        let broker = InProcessBroker::default();
+        let mut c = broker.consumer("g", &["t"]).expect("consumer");
+        let lag = |b: &InProcessBroker| {
+            let state = b.inner.lock();
+            state
+                .lags()
+                .into_iter()
+                .map(|(g, n)| (g.to_owned(), n))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lag(&broker), [("g".to_owned(), 0)]);
+        let batch: Vec<_> = (0..10).map(|n| msg(&format!("k{n}"), n)).collect();
+        broker.publish(batch).await;
+        assert_eq!(lag(&broker), [("g".to_owned(), 10)]);
+        // Received is not committed: only commits move the lag.
+        let mut received = Vec::new();
+        for _ in 0..4 {
+            received.push(c.recv().await.expect("recv"));
+        }
+        assert_eq!(lag(&broker), [("g".to_owned(), 10)]);
+        for d in &received {
+            c.commit(d).await.expect("commit");
+        }
+        assert_eq!(lag(&broker), [("g".to_owned(), 6)]);
     }
 
     #[tokio::test]

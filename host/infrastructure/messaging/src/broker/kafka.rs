@@ -10,12 +10,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
 
 use super::{Broker, Consumer, Delivery, Message, Publisher};
 use crate::error::BrokerError;
@@ -136,17 +137,30 @@ impl Broker for KafkaBroker {
     }
 
     fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, BrokerError> {
+        Ok(Box::new(self.kafka_consumer(group, topics)?))
+    }
+}
+
+impl KafkaBroker {
+    fn kafka_consumer(&self, group: &str, topics: &[&str]) -> Result<KafkaConsumer, BrokerError> {
         let mut config = base_config(&self.options);
         config
             .set("group.id", group)
             // Offsets move only when the application commits after processing.
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka's statistics carry the group's offset lag (`LagContext`).
+            .set("statistics.interval.ms", "5000");
         apply_properties(&mut config, &self.options);
-        let consumer: StreamConsumer = config.create().map_err(config_error)?;
+        let consumer: StreamConsumer<LagContext> = config
+            .create_with_context(LagContext {
+                group: group.to_owned(),
+                lag: std::sync::atomic::AtomicI64::new(-1),
+            })
+            .map_err(config_error)?;
         consumer.subscribe(topics).map_err(config_error)?;
-        Ok(Box::new(KafkaConsumer { consumer }))
+        Ok(KafkaConsumer { consumer })
     }
 }
 
@@ -241,8 +255,42 @@ async fn publish_with(
     results
 }
 
+/// Publishes the consumer group's offset lag from librdkafka's statistics (every
+/// `statistics.interval.ms`, 5 s, served while the consumer polls, which it does whenever
+/// it waits for events): `oms_broker_consumer_lag_messages{group}`, the sum over this
+/// consumer's assigned partitions of the high watermark minus the committed offset.
+struct LagContext {
+    group: String,
+    /// The last figure, -1 until librdkafka knows one (the gauge shows the same).
+    lag: std::sync::atomic::AtomicI64,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        // librdkafka reports -1 for what it does not know yet (no commit, no fetch) and
+        // lists partitions this consumer is not assigned (also -1), and partition -1 is
+        // its internal "unassigned" queue.
+        let lags: Vec<i64> = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|(id, p)| **id >= 0 && p.consumer_lag >= 0)
+            .map(|(_, p)| p.consumer_lag)
+            .collect();
+        if !lags.is_empty() {
+            let lag = lags.iter().sum::<i64>();
+            self.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
+            #[allow(clippy::cast_precision_loss)] // far below 2^52 messages
+            metrics::gauge!("oms_broker_consumer_lag_messages", "group" => self.group.clone())
+                .set(lag as f64);
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
 struct KafkaConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
 }
 
 #[async_trait]
@@ -340,5 +388,52 @@ mod tests {
         for (key, seq) in per_key {
             assert!(seq.windows(2).all(|w| w[0] < w[1]), "{key}: {seq:?}");
         }
+    }
+
+    /// The group's offset lag from librdkafka's statistics: what was published and not
+    /// committed, received or not.
+    #[tokio::test]
+    async fn the_groups_offset_lag_is_what_it_has_not_committed() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("events", 1, 1).expect("topic");
+        let broker = KafkaBroker::new(KafkaOptions {
+            bootstrap_servers: cluster.bootstrap_servers(),
+            delivery_timeout: Duration::from_secs(10),
+            // Statistics every 100 ms instead of 5 s.
+            properties: [("statistics.interval.ms".to_owned(), "100".to_owned())].into(),
+        })
+        .expect("broker");
+        let batch: Vec<Message> = (0..10)
+            .map(|i| Message {
+                topic: "events".into(),
+                key: "order-1".into(),
+                payload: vec![i],
+                headers: vec![],
+            })
+            .collect();
+        let results = broker.publisher().expect("publisher").publish(batch).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let mut consumer = broker.kafka_consumer("g", &["events"]).expect("consumer");
+        let mut received = Vec::new();
+        for _ in 0..4 {
+            let d = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+                .await
+                .expect("in time")
+                .expect("message");
+            received.push(d);
+        }
+        consumer
+            .commit(received.last().expect("four"))
+            .await
+            .expect("commit");
+        let context = consumer.consumer.context().clone();
+        let lag = || context.lag.load(std::sync::atomic::Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Statistics are served while the consumer polls: keep receiving (the six left,
+        // never committed) until the one after the commit arrives.
+        while lag() != 6 && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        }
+        assert_eq!(lag(), 6, "10 published, 4 committed");
     }
 }
