@@ -102,9 +102,9 @@ pub(crate) enum Route {
     Current,
     /// The build with this component digest while it is loaded, else the current one.
     Pinned(Arc<str>),
-    /// A new saga's first call, by a stable hash of its order: the canary for its share of
-    /// hashes while one runs, else the current build.
-    Split(u64),
+    /// A new saga's first call, keyed by its order: the canary for its share of keys (by a
+    /// stable hash, computed only while a canary runs) while one runs, else the current build.
+    Split(Arc<str>),
 }
 
 /// A build serving a share of new sagas, with its own breaker and figures (a failing canary
@@ -153,11 +153,16 @@ impl Slot {
         let canary = read(&self.canary);
         match route {
             Route::Current => stable(current),
-            Route::Split(hash) => match canary {
-                Some(c) if hash % 100 < u64::from(c.percent.load(Ordering::Relaxed)) => Picked {
-                    plugin: c.plugin.clone(),
-                    canary: Some(c),
-                },
+            Route::Split(key) => match canary {
+                Some(c)
+                    if crate::clients::route_hash(key) % 100
+                        < u64::from(c.percent.load(Ordering::Relaxed)) =>
+                {
+                    Picked {
+                        plugin: c.plugin.clone(),
+                        canary: Some(c),
+                    }
+                }
                 _ => stable(current),
             },
             Route::Pinned(pin) if *pin == current.digest => stable(current),

@@ -99,7 +99,7 @@ impl PaymentPlugin {
     /// retry for that key reaches the same build.
     #[must_use]
     pub fn split_by(mut self, key: &str) -> Self {
-        self.route = crate::registry::Route::Split(super::route_hash(key));
+        self.route = crate::registry::Route::Split(Arc::from(key));
         self
     }
 
