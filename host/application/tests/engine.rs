@@ -629,6 +629,40 @@ async fn an_unresolved_authorization_is_reconciled_before_anything_is_resent() {
     assert_eq!(rig.saga().await.data.payment_id.as_deref(), Some("pay-1"));
 }
 
+/// The build that may have taken a hold is asked about it, and finishes it, even after a new
+/// build (or the end of a canary) made another one current; a host-only call that failed
+/// left nothing, so its retry is not pinned.
+#[tokio::test]
+async fn an_unresolved_authorization_is_reconciled_by_the_build_that_may_have_acted() {
+    for host_only in [false, true] {
+        let rig = Rig::new().await;
+        if host_only {
+            rig.gateways.host_only();
+        }
+        rig.gateways.swap_build("sha256:canary");
+        rig.gateways.script("authorize", [Scripted::LostAnswer]);
+        let engine = rig.engine("w1");
+        engine.run_due(10).await.unwrap();
+        rig.gateways.swap_build("sha256:current");
+        rig.run_to_rest(&engine).await;
+
+        let calls = rig.gateways.calls();
+        let lookup = calls.iter().find(|c| c.operation == "get-payment").unwrap();
+        let expected = (!host_only).then(|| "sha256:canary".to_owned());
+        assert_eq!(lookup.pinned, expected, "host_only={host_only}");
+        assert_eq!(
+            rig.saga().await.data.payment_build.as_deref(),
+            Some(if host_only {
+                "sha256:current"
+            } else {
+                "sha256:canary"
+            }),
+            "follow-ups go to the build that answered the reconciliation"
+        );
+        assert_eq!(rig.order().await.status(), OrderStatus::Confirmed);
+    }
+}
+
 #[tokio::test]
 async fn an_unresolved_authorization_that_never_happened_is_sent_again_with_the_same_key() {
     let rig = Rig::new().await;

@@ -133,21 +133,22 @@ async fn script(side: &Side, order: OrderId) -> Vec<String> {
         }};
     }
 
-    let held = step!(inv.reserve(order, &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]), "r1")).unwrap();
-    step!(inv.reserve(order, &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]), "r1")).unwrap();
-    step!(inv.reserve(order, &lines(&[("DEMO-1", 3)]), "r1")).unwrap_err();
-    step!(inv.reserve(order, &lines(&[("NO-SUCH-SKU", 1)]), "r2")).unwrap_err();
-    step!(inv.reserve(order, &lines(&[("LIMITED-100", 101)]), "r3")).unwrap_err();
-    step!(inv.reserve(order, &lines(&[("LIMITED-100", 101)]), "r3")).unwrap_err();
-    step!(inv.reserve(order, &lines(&[("LIMITED-100", 100)]), "r4")).unwrap();
+    let held =
+        step!(inv.reserve(None, order, &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]), "r1")).unwrap();
+    step!(inv.reserve(None, order, &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]), "r1")).unwrap();
+    step!(inv.reserve(None, order, &lines(&[("DEMO-1", 3)]), "r1")).unwrap_err();
+    step!(inv.reserve(None, order, &lines(&[("NO-SUCH-SKU", 1)]), "r2")).unwrap_err();
+    step!(inv.reserve(None, order, &lines(&[("LIMITED-100", 101)]), "r3")).unwrap_err();
+    step!(inv.reserve(None, order, &lines(&[("LIMITED-100", 101)]), "r3")).unwrap_err();
+    step!(inv.reserve(None, order, &lines(&[("LIMITED-100", 100)]), "r4")).unwrap();
     step!(inv.release(None, &held, "x1")).unwrap();
     step!(inv.release(None, &held, "x2")).unwrap();
     step!(inv.commit(None, &held, "x3")).unwrap_err();
     step!(inv.commit(None, "rsv-unknown", "x4")).unwrap_err();
 
-    let paid = step!(pay.authorize("fakepay", order, eur(1500), "tok_ok", "a1")).unwrap();
-    step!(pay.authorize("fakepay", order, eur(1500), "tok_ok", "a1")).unwrap();
-    step!(pay.authorize("fakepay", order, eur(9), "tok_ok", "a1")).unwrap_err();
+    let paid = step!(pay.authorize("fakepay", None, order, eur(1500), "tok_ok", "a1")).unwrap();
+    step!(pay.authorize("fakepay", None, order, eur(1500), "tok_ok", "a1")).unwrap();
+    step!(pay.authorize("fakepay", None, order, eur(9), "tok_ok", "a1")).unwrap_err();
     let id = paid.payment_id;
     step!(pay.capture("fakepay", None, &id, Some(eur(1000)), "c1")).unwrap();
     step!(pay.capture("fakepay", None, &id, Some(eur(1000)), "c2")).unwrap_err();
@@ -156,16 +157,16 @@ async fn script(side: &Side, order: OrderId) -> Vec<String> {
     step!(pay.refund("fakepay", None, &id, Some(eur(200)), "f1")).unwrap();
     step!(pay.refund("fakepay", None, &id, None, "f2")).unwrap();
     step!(pay.void("fakepay", None, &id, "v1")).unwrap_err();
-    step!(pay.find_by_authorize_key("fakepay", "a1")).unwrap();
-    step!(pay.find_by_authorize_key("fakepay", "nobody")).unwrap();
+    step!(pay.find_by_authorize_key("fakepay", None, "a1")).unwrap();
+    step!(pay.find_by_authorize_key("fakepay", None, "nobody")).unwrap();
 
-    let held = step!(pay.authorize("fakepay", order, eur(700), "tok_ok", "a2")).unwrap();
+    let held = step!(pay.authorize("fakepay", None, order, eur(700), "tok_ok", "a2")).unwrap();
     step!(pay.void("fakepay", None, &held.payment_id, "v2")).unwrap();
     step!(pay.void("fakepay", None, &held.payment_id, "v3")).unwrap();
-    step!(pay.authorize("fakepay", order, eur(700), "tok_decline", "a3")).unwrap_err();
-    step!(pay.authorize("fakepay", order, eur(700), "tok_nonsense", "a4")).unwrap_err();
+    step!(pay.authorize("fakepay", None, order, eur(700), "tok_decline", "a3")).unwrap_err();
+    step!(pay.authorize("fakepay", None, order, eur(700), "tok_nonsense", "a4")).unwrap_err();
     for _ in 0..3 {
-        let _ = step!(pay.authorize("fakepay", order, eur(700), "tok_flaky", "a5"));
+        let _ = step!(pay.authorize("fakepay", None, order, eur(700), "tok_flaky", "a5"));
     }
     step!(pay.capture("fakepay", None, "fp_nobody", None, "c4")).unwrap_err();
     log

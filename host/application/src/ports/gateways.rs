@@ -276,10 +276,13 @@ pub type GatewayResult<T> = Result<(T, PluginCall), GatewayFailure>;
 /// it; on the current build otherwise. The returned [`PluginCall`] says which build answered.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync {
-    /// Holds `amount`. Idempotent per `idempotency_key`.
+    /// Holds `amount`. Idempotent per `idempotency_key`. `pinned`: the build an earlier
+    /// attempt reached (its outcome unknown), so a resend reaches the same ledger; `None`
+    /// for a first attempt, which a canary of the provider may take.
     async fn authorize(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         order_id: OrderId,
         amount: Money,
         token: &str,
@@ -320,6 +323,7 @@ pub trait PaymentGateway: Send + Sync {
     async fn find_by_authorize_key(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         idempotency_key: &str,
     ) -> GatewayResult<Option<ProviderPayment>>;
 }
@@ -328,9 +332,11 @@ pub trait PaymentGateway: Send + Sync {
 #[async_trait]
 pub trait InventoryGateway: Send + Sync {
     /// Reserves every line or none; `Permanent` when out of stock (the reason names SKUs).
-    /// Returns the adapter's reservation id. Idempotent per key.
+    /// Returns the adapter's reservation id. Idempotent per key. `pinned`: as for
+    /// [`PaymentGateway::authorize`].
     async fn reserve(
         &self,
+        pinned: Option<&str>,
         order_id: OrderId,
         lines: &[LineItem],
         idempotency_key: &str,

@@ -126,7 +126,8 @@ pub trait SagaStore: Send + Sync {
     async fn steps(&self, id: SagaId) -> Result<Vec<StepHistory>, StoreError>;
 
     /// The plugin builds, as `(plugin name, component digest)`, that served a step of a saga
-    /// of an order that is not terminal: the builds its later calls may be pinned to
+    /// of an order that is not terminal, or of a saga not finished: the builds later calls
+    /// may be pinned to
     /// (`PaymentGateway`'s `pinned`), which the runtime keeps loaded.
     async fn plugin_builds_in_use(&self) -> Result<Vec<(String, String)>, StoreError>;
 }

@@ -155,7 +155,7 @@ impl Executor<'_> {
             Operation::ReserveInventory => {
                 let (reservation_id, call) = self
                     .inventory
-                    .reserve(order.id(), order.items(), key)
+                    .reserve(stock_build, order.id(), order.items(), key)
                     .await?;
                 Ok(Effect {
                     reservation_id: Some(reservation_id),
@@ -191,7 +191,7 @@ impl Executor<'_> {
                 let ((), call) = self.inventory.commit(stock_build, id, key).await?;
                 Ok(with_call(Change::Committed, call))
             }
-            Operation::AuthorizePayment => self.authorize(order, key).await,
+            Operation::AuthorizePayment => self.authorize(order, pay_build, key).await,
             Operation::VoidPayment => {
                 if order.payment_status() != PaymentStatus::Authorized {
                     return Ok(local(Change::None));
@@ -288,10 +288,21 @@ impl Executor<'_> {
     /// Authorises, or, when an earlier attempt's outcome is unknown (UNRESOLVED), first asks
     /// the provider what that attempt did: the same key either found a payment (done) or
     /// nothing (safe to send again).
-    async fn authorize(&self, order: &Order, key: &str) -> Result<Effect, GatewayFailure> {
+    ///
+    /// `build` is the build an earlier attempt reached, if any: the lookup and a resend go to
+    /// it, since a hold it made may be known to its ledger only (a canary's).
+    async fn authorize(
+        &self,
+        order: &Order,
+        build: Option<&str>,
+        key: &str,
+    ) -> Result<Effect, GatewayFailure> {
         let provider = order.payment().provider.as_str();
         if order.payment_status() == PaymentStatus::Unresolved {
-            let (found, call) = self.payments.find_by_authorize_key(provider, key).await?;
+            let (found, call) = self
+                .payments
+                .find_by_authorize_key(provider, build, key)
+                .await?;
             if let Some(payment) = found {
                 return match payment.state {
                     ProviderPaymentState::Declined => Err(GatewayFailure {
@@ -314,6 +325,7 @@ impl Executor<'_> {
             .payments
             .authorize(
                 provider,
+                build,
                 order.id(),
                 order.total(),
                 &order.payment().token,

@@ -311,12 +311,13 @@ impl PaymentGateway for ScriptedGateways {
     async fn authorize(
         &self,
         _provider: &str,
+        pinned: Option<&str>,
         _order_id: OrderId,
         amount: Money,
         _token: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("authorize", idempotency_key, None).await?;
+        let answer = self.enter("authorize", idempotency_key, pinned).await?;
         let payment = {
             let mut state = lock(&self.state);
             let number = state.payments.len() + 1;
@@ -381,9 +382,10 @@ impl PaymentGateway for ScriptedGateways {
     async fn find_by_authorize_key(
         &self,
         _provider: &str,
+        pinned: Option<&str>,
         idempotency_key: &str,
     ) -> GatewayResult<Option<ProviderPayment>> {
-        let answer = self.enter("get-payment", idempotency_key, None).await?;
+        let answer = self.enter("get-payment", idempotency_key, pinned).await?;
         let found = lock(&self.state).payments.get(idempotency_key).cloned();
         self.answer("get-payment", answer, found)
     }
@@ -393,11 +395,12 @@ impl PaymentGateway for ScriptedGateways {
 impl InventoryGateway for ScriptedGateways {
     async fn reserve(
         &self,
+        pinned: Option<&str>,
         _order_id: OrderId,
         _lines: &[LineItem],
         idempotency_key: &str,
     ) -> GatewayResult<String> {
-        let answer = self.enter("reserve", idempotency_key, None).await?;
+        let answer = self.enter("reserve", idempotency_key, pinned).await?;
         let id = {
             let mut state = lock(&self.state);
             let number = state.reservations.len() + 1;

@@ -449,10 +449,12 @@ impl SagaStore for MemoryStore {
             .sagas
             .values()
             .filter(|row| {
-                state
-                    .orders
-                    .get(&row.saga.order_id)
-                    .is_some_and(|o| !o.status().is_terminal())
+                row.saga.status.is_active()
+                    || row.saga.status == SagaStatus::CompensationFailed
+                    || state
+                        .orders
+                        .get(&row.saga.order_id)
+                        .is_some_and(|o| !o.status().is_terminal())
             })
             .flat_map(|row| state.steps.get(&row.saga.id).into_iter().flatten())
             .filter_map(|s| s.call.as_ref())

@@ -145,6 +145,7 @@ async fn an_instantiation_failure_is_retried_not_dead_lettered(backend: TestBack
                 failure_threshold: 1000,
                 ..BreakerConfig::default()
             },
+            ..RuntimeOptions::default()
         },
         None,
     )

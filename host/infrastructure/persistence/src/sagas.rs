@@ -10,7 +10,7 @@ use oms_application::ports::{
     Fence, SagaCommit, SagaLease, SagaQuery, SagaStore, StepHistory, StepRecord, StepState,
     StoreError,
 };
-use oms_application::saga::{SagaId, SagaInstance};
+use oms_application::saga::{SagaId, SagaInstance, SagaStatus};
 use oms_domain::{OrderId, OrderStatus, Timestamp, Version};
 use sqlx::AssertSqlSafe;
 
@@ -404,21 +404,33 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
     }
 
     async fn plugin_builds_in_use(&self) -> Result<Vec<(String, String)>, StoreError> {
-        // Through `orders_status_id_idx` and the saga indexes: only open orders are read.
+        // Through `orders_status_id_idx` and the saga indexes: only open orders (and the
+        // sagas still running on terminal ones: a compensation may outlive its order's
+        // status) are read.
         let sql = format!(
             "SELECT DISTINCT st.plugin_name, st.plugin_digest \
              FROM orders o \
              JOIN saga_instances si ON si.order_id = o.id \
              JOIN saga_steps st ON st.saga_id = si.id \
-             WHERE o.status {} AND st.plugin_name IS NOT NULL AND st.plugin_digest IS NOT NULL \
+             WHERE (o.status {} OR si.status {}) \
+             AND st.plugin_name IS NOT NULL AND st.plugin_digest IS NOT NULL \
              ORDER BY st.plugin_name, st.plugin_digest",
-            D::in_list("$1")
+            D::in_list("$1"),
+            D::in_list("$2")
         );
         let open = OrderStatus::ALL
             .iter()
             .filter(|s| !s.is_terminal())
             .map(|s| s.as_str().to_owned());
-        let rows = D::bind_list(D::query(AssertSqlSafe(sql)), Column::Text(open.collect()))
+        let unfinished = [
+            SagaStatus::Running,
+            SagaStatus::Compensating,
+            SagaStatus::CompensationFailed,
+        ]
+        .iter()
+        .map(|s| s.as_str().to_owned());
+        let query = D::bind_list(D::query(AssertSqlSafe(sql)), Column::Text(open.collect()));
+        let rows = D::bind_list(query, Column::Text(unfinished.collect()))
             .fetch_all(self.sql.reader())
             .await
             .map_err(D::classify)?;

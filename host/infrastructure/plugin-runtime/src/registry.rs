@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
+use std::time::{Duration, Instant};
 
 use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::error::LoadError;
@@ -84,6 +85,13 @@ pub struct PluginStatus {
 /// bound. The oldest goes first; a call pinned to it is then served by the current build.
 pub const MAX_RETAINED: usize = 8;
 
+/// The default of [`crate::RuntimeOptions::retain_at_least`]: how long a retained build
+/// stays loaded whatever the database says. Longer than a step's retries (30 s for a
+/// placement step) plus a lease (30 s), so that an attempt that reached it and has not
+/// committed its step yet (and so is not in the database) still finds it; compensations
+/// commit every attempt, so their builds are in the database.
+pub const RETAIN_AT_LEAST: Duration = Duration::from_secs(5 * 60);
+
 /// A canary as `list` reports it: its build, its share, and its own figures.
 #[derive(Debug, Clone)]
 pub struct CanaryStatus {
@@ -125,7 +133,10 @@ pub(crate) struct Picked {
 pub(crate) struct Slot {
     current: RwLock<Arc<LoadedPlugin>>,
     previous: RwLock<Option<Arc<LoadedPlugin>>>,
-    retained: RwLock<Vec<Arc<LoadedPlugin>>>,
+    /// With when each was retained: a build is never unloaded sooner than
+    /// `retain_at_least` after (a call that started on it may not have committed its step
+    /// yet).
+    retained: RwLock<Vec<(Arc<LoadedPlugin>, Instant)>>,
     canary: RwLock<Option<Arc<Canary>>>,
     last_error: RwLock<Option<String>>,
     pub(crate) breaker: CircuitBreaker,
@@ -182,8 +193,8 @@ impl Slot {
                     .unwrap_or_else(|e| e.into_inner())
                     .iter()
                     .rev()
-                    .find(|p| p.digest == *pin)
-                    .cloned();
+                    .find(|(p, _)| p.digest == *pin)
+                    .map(|(p, _)| p.clone());
                 stable(retained.unwrap_or(current))
             }
         }
@@ -207,14 +218,14 @@ impl Slot {
         let previous = read(&self.previous);
         let canary = read(&self.canary);
         let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
-        retained.retain(|p| p.digest != old.digest);
+        retained.retain(|(p, _)| p.digest != old.digest);
         if old.digest == current.digest
             || previous.is_some_and(|p| p.digest == old.digest)
             || canary.is_some_and(|c| c.plugin.digest == old.digest)
         {
             return;
         }
-        retained.push(old);
+        retained.push((old, Instant::now()));
         if retained.len() > MAX_RETAINED {
             retained.remove(0);
         }
@@ -337,7 +348,7 @@ impl Registry {
         slot.retained
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| p.digest != plugin.digest);
+            .retain(|(p, _)| p.digest != plugin.digest);
         *slot.canary.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Canary {
             plugin,
             percent: AtomicU8::new(percent),
@@ -383,17 +394,20 @@ impl Registry {
         Some(VersionInfo::of(&ended))
     }
 
-    /// Drops the retained builds whose `(name, digest)` is not in `in_use`; returns them.
+    /// Drops the retained builds whose `(name, digest)` is not in `in_use` and that were
+    /// retained at least `at_least` ago; returns them.
     pub(crate) fn release_unreferenced(
         &self,
         in_use: &std::collections::HashSet<(String, String)>,
+        at_least: Duration,
     ) -> Vec<VersionInfo> {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
         let mut released = Vec::new();
         for (name, slot) in slots.iter() {
             let mut retained = slot.retained.write().unwrap_or_else(|e| e.into_inner());
-            retained.retain(|p| {
-                let keep = in_use.contains(&(name.clone(), p.digest.to_string()));
+            retained.retain(|(p, since)| {
+                let keep = since.elapsed() < at_least
+                    || in_use.contains(&(name.clone(), p.digest.to_string()));
                 if !keep {
                     released.push(VersionInfo::of(p));
                 }
@@ -431,7 +445,7 @@ impl Registry {
                 previous: read(&slot.previous).as_deref().map(VersionInfo::of),
                 retained: read(&slot.retained)
                     .iter()
-                    .map(|p| VersionInfo::of(p))
+                    .map(|(p, _)| VersionInfo::of(p))
                     .collect(),
                 canary: read(&slot.canary).map(|c| CanaryStatus {
                     build: VersionInfo::of(&c.plugin),

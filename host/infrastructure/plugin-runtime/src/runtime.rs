@@ -24,6 +24,10 @@ use crate::state::{HostState, build_linker};
 pub struct RuntimeOptions {
     pub engine: EngineOptions,
     pub breaker: BreakerConfig,
+    /// How long a build displaced by a newer one stays loaded at least, whatever
+    /// [`PluginRuntime::release_unreferenced`] is told ([`crate::RETAIN_AT_LEAST`] when
+    /// `None`).
+    pub retain_at_least: Option<std::time::Duration>,
 }
 
 /// The engine or linker could not be built (a host misconfiguration, not a plugin problem).
@@ -36,6 +40,7 @@ pub(crate) struct Inner {
     pub(crate) linker: Linker<HostState>,
     pub(crate) kv: Option<Arc<dyn PluginKvStore>>,
     pub(crate) registry: Registry,
+    retain_at_least: std::time::Duration,
 }
 
 /// What loading a directory did.
@@ -66,6 +71,9 @@ impl PluginRuntime {
                 linker,
                 kv,
                 registry: Registry::new(options.breaker),
+                retain_at_least: options
+                    .retain_at_least
+                    .unwrap_or(crate::registry::RETAIN_AT_LEAST),
             }),
         })
     }
@@ -262,12 +270,16 @@ impl PluginRuntime {
     }
 
     /// Drops the retained builds (older than the rollback target, kept for pinned
-    /// follow-up calls) whose `(name, digest)` is not in `in_use`, and returns them.
+    /// follow-up calls) whose `(name, digest)` is not in `in_use` and that have been retained
+    /// for [`RuntimeOptions::retain_at_least`], and returns them.
     pub fn release_unreferenced(
         &self,
         in_use: &std::collections::HashSet<(String, String)>,
     ) -> Vec<VersionInfo> {
-        let released = self.inner.registry.release_unreferenced(in_use);
+        let released = self
+            .inner
+            .registry
+            .release_unreferenced(in_use, self.inner.retain_at_least);
         for v in &released {
             tracing::info!(plugin = %v.name, version = %v.version, digest = %v.digest,
                            "retained plugin build unloaded: no open order refers to it");

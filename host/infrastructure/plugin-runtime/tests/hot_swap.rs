@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use common::*;
 use oms_plugin_runtime::clients::payment::PaymentLookup;
 use oms_plugin_runtime::kv::{BatchOutcome, BoundedAdd, MemoryKvStore, PluginKvStore, Swap};
-use oms_plugin_runtime::{CacheOutcome, DirWatcher, KvError};
+use oms_plugin_runtime::{CacheOutcome, DirWatcher, KvError, PluginRuntime, RuntimeOptions};
 use tokio::sync::{Notify, watch};
 
 /// A KV store that holds every operation while the gate is closed, so that calls can be kept
@@ -163,7 +163,12 @@ async fn served_by(pay: &oms_plugin_runtime::PaymentPlugin) -> String {
 
 #[tokio::test]
 async fn pinned_calls_reach_the_build_they_name_while_it_is_loaded() {
-    let rt = runtime();
+    // No minimum stay: released as soon as no open order refers to it.
+    let options = RuntimeOptions {
+        retain_at_least: Some(std::time::Duration::ZERO),
+        ..RuntimeOptions::default()
+    };
+    let rt = PluginRuntime::new(options, Some(Arc::new(MemoryKvStore::new()))).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut builds = Vec::new();
     for (version, tag) in [("1.0.0", "one"), ("2.0.0", "two"), ("3.0.0", "three")] {

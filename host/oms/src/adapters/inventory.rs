@@ -93,14 +93,18 @@ pub(super) fn inventory_failure(e: PluginError<InventoryError>) -> GatewayFailur
 impl InventoryGateway for PluginInventory {
     async fn reserve(
         &self,
+        pinned: Option<&str>,
         order_id: OrderId,
         lines: &[LineItem],
         idempotency_key: &str,
     ) -> GatewayResult<String> {
-        // A new reservation: a canary of the adapter takes its share of orders.
-        let called = self
-            .plugin()
-            .split_by(&order_id.to_string())
+        // A first attempt: a canary of the adapter takes its share of orders; a resend after
+        // an unknown outcome goes to the build that may have acted.
+        let plugin = match pinned {
+            Some(build) => self.plugin().pinned(Some(build)),
+            None => self.plugin().split_by(&order_id.to_string()),
+        };
+        let called = plugin
             .reserve(
                 order_id.to_string(),
                 wit_lines(lines),

@@ -152,15 +152,20 @@ impl PaymentGateway for PluginPayments {
     async fn authorize(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         order_id: OrderId,
         amount: Money,
         token: &str,
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
-        // A new hold: a canary of the provider takes its share of orders.
+        // A first attempt: a canary of the provider takes its share of orders. A resend
+        // after an unknown outcome goes to the build that may have acted.
+        let plugin = match pinned {
+            Some(build) => self.plugin(provider).pinned(Some(build)),
+            None => self.plugin(provider).split_by(&order_id.to_string()),
+        };
         answered(
-            self.plugin(provider)
-                .split_by(&order_id.to_string())
+            plugin
                 .authorize(authorize_request(order_id, amount, token, idempotency_key))
                 .await,
         )
@@ -224,11 +229,13 @@ impl PaymentGateway for PluginPayments {
     async fn find_by_authorize_key(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         idempotency_key: &str,
     ) -> GatewayResult<Option<ProviderPayment>> {
         found(
             self.runtime
                 .payment(provider)
+                .pinned(pinned)
                 .get_payment(PaymentLookup::AuthorizeKey(idempotency_key.to_owned()))
                 .await,
         )

@@ -316,10 +316,15 @@ impl RuntimeCatalog {
             return Ok(());
         }
         let wasm = self.stored(&canary.sha256).await?;
-        self.runtime
+        if let Err(e) = self
+            .runtime
             .start_canary_bytes(&canary.manifest, wasm, canary.percent)
             .await
-            .map_err(|e| refused(&e))?;
+        {
+            // Not the canary the release names: none rather than an older one.
+            self.runtime.abort_canary(&release.name);
+            return Err(refused(&e));
+        }
         info!(plugin = %release.name, version = %canary.version, percent = canary.percent,
               "following the plugin release: canary");
         Ok(())
@@ -576,8 +581,21 @@ impl PluginCatalog for RuntimeCatalog {
             .await
         {
             Ok(started) => started,
+            // Disabling uninstalls: a disabled plugin is in the release set, not here.
             Err(LoadError::NotInstalled { .. }) => {
-                return Err(AppError::NotFound(format!("plugin {name:?}")));
+                let disabled = self
+                    .releases
+                    .releases()
+                    .await?
+                    .iter()
+                    .any(|r| r.name == name && r.disabled);
+                return Err(if disabled {
+                    AppError::IllegalTransition(format!(
+                        "plugin {name} is disabled; enable it before a canary"
+                    ))
+                } else {
+                    AppError::NotFound(format!("plugin {name:?}"))
+                });
             }
             Err(e) => return Err(refused(&e)),
         };

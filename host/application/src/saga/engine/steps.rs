@@ -8,10 +8,12 @@ use super::outcome::{Failure, Mark};
 use super::run::Run;
 use super::{Next, SagaEngine, StepError};
 use crate::error::AppError;
-use crate::ports::{GatewayError, GatewayFailure, StepDirection, StepRecord, StepState};
+use crate::ports::{
+    GatewayError, GatewayFailure, PluginCall, StepDirection, StepRecord, StepState,
+};
 use crate::saga::definition::{OnFailure, Operation, SagaDefinition, StepCommit};
 use crate::saga::executor::{Change, Effect, Executor};
-use crate::saga::instance::{SagaInstance, SagaKind, SagaStatus};
+use crate::saga::instance::{SagaData, SagaInstance, SagaKind, SagaStatus};
 
 impl SagaEngine {
     fn executor(&self) -> Executor<'_> {
@@ -110,6 +112,9 @@ impl SagaEngine {
             }
             Err(GatewayFailure { error, call }) => {
                 let call = call.map(|c| *c);
+                if matches!(error, GatewayError::Unknown { .. }) {
+                    remember_build(&mut saga.data, step.forward, call.as_ref());
+                }
                 let retryable = !matches!(error, GatewayError::Permanent { .. });
                 let reason = error.to_string();
                 // A refusal that never called (open circuit) fails nothing by itself: past
@@ -287,6 +292,25 @@ impl SagaEngine {
                 Ok(Next::Stop)
             }
         }
+    }
+}
+
+/// Keeps the build that an attempt to take a hold or a reservation reached when its outcome
+/// is unknown (and none is known yet): the next attempt's reconciliation and resend must ask
+/// the build that may have acted (a new build may not read an older one's ids or records),
+/// as must the compensation that undoes it. A host-only call that failed left nothing
+/// anywhere (its writes were dropped with it), so the next attempt is free to go elsewhere.
+fn remember_build(data: &mut SagaData, op: Operation, call: Option<&PluginCall>) {
+    let Some(call) = call.filter(|c| !c.host_only) else {
+        return;
+    };
+    let build = match op {
+        Operation::AuthorizePayment => &mut data.payment_build,
+        Operation::ReserveInventory => &mut data.reservation_build,
+        _ => return,
+    };
+    if build.is_none() {
+        *build = Some(call.digest.clone());
     }
 }
 

@@ -151,6 +151,7 @@ impl PaymentGateway for NativePayments {
     async fn authorize(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         order_id: OrderId,
         amount: Money,
         token: &str,
@@ -158,7 +159,7 @@ impl PaymentGateway for NativePayments {
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
-                .authorize(provider, order_id, amount, token, idempotency_key)
+                .authorize(provider, pinned, order_id, amount, token, idempotency_key)
                 .await;
         };
         answered(
@@ -227,11 +228,12 @@ impl PaymentGateway for NativePayments {
     async fn find_by_authorize_key(
         &self,
         provider: &str,
+        pinned: Option<&str>,
         idempotency_key: &str,
     ) -> GatewayResult<Option<ProviderPayment>> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
-                .find_by_authorize_key(provider, idempotency_key)
+                .find_by_authorize_key(provider, pinned, idempotency_key)
                 .await;
         };
         found(
@@ -258,8 +260,10 @@ impl NativeInventory {
 
 #[async_trait]
 impl InventoryGateway for NativeInventory {
+    // One build, compiled in: nothing to pin to.
     async fn reserve(
         &self,
+        _pinned: Option<&str>,
         order_id: OrderId,
         lines: &[LineItem],
         idempotency_key: &str,
