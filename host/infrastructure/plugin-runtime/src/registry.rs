@@ -1,9 +1,10 @@
 //! Installed plugins by name, with hot swap and rollback.
 //!
-//! Each name has a slot holding the current version and the previous one. A call clones the
-//! current `Arc<LoadedPlugin>` when it starts and keeps it to the end, so swapping the slot
-//! (a pointer swap under a short write lock) never disturbs calls in flight: they finish on
-//! the version they started with, and the old version is freed when its last call ends.
+//! Each name has a slot holding the current version and the previous one (with the retained
+//! builds and the canary: one snapshot, replaced as a whole). A call clones the build it runs
+//! on when it starts and keeps it to the end, so replacing the snapshot (a pointer swap under
+//! a short write lock) never disturbs calls in flight: they finish on the version they started
+//! with, and the old version is freed when its last call ends.
 //!
 //! Versions older than the rollback target stay loaded as *retained* builds while sagas may
 //! still need them: a saga's follow-up calls for a payment or a reservation (capture, void,
@@ -130,14 +131,62 @@ pub(crate) struct Picked {
     pub(crate) canary: Option<Arc<Canary>>,
 }
 
-pub(crate) struct Slot {
-    current: RwLock<Arc<LoadedPlugin>>,
-    previous: RwLock<Option<Arc<LoadedPlugin>>>,
+/// What a slot serves, replaced as a whole: a call reads one consistent snapshot, so a
+/// change (an install, a promotion, the end of a canary) never shows a build half-moved, as
+/// absent from every place.
+#[derive(Clone)]
+struct Builds {
+    current: Arc<LoadedPlugin>,
+    previous: Option<Arc<LoadedPlugin>>,
     /// With when each was retained: a build is never unloaded sooner than
     /// `retain_at_least` after (a call that started on it may not have committed its step
     /// yet).
-    retained: RwLock<Vec<(Arc<LoadedPlugin>, Instant)>>,
-    canary: RwLock<Option<Arc<Canary>>>,
+    retained: Vec<(Arc<LoadedPlugin>, Instant)>,
+    canary: Option<Arc<Canary>>,
+}
+
+impl Builds {
+    /// Keeps `old` loaded as a retained build unless a loaded build has its digest already.
+    fn retain(&mut self, old: Arc<LoadedPlugin>) {
+        self.retained.retain(|(p, _)| p.digest != old.digest);
+        if old.digest == self.current.digest
+            || self
+                .previous
+                .as_ref()
+                .is_some_and(|p| p.digest == old.digest)
+            || self
+                .canary
+                .as_ref()
+                .is_some_and(|c| c.plugin.digest == old.digest)
+        {
+            return;
+        }
+        self.retained.push((old, Instant::now()));
+        if self.retained.len() > MAX_RETAINED {
+            self.retained.remove(0);
+        }
+    }
+
+    /// Makes `new` current; the current build becomes the rollback target, the rollback
+    /// target is retained.
+    fn replace_current(&mut self, new: Arc<LoadedPlugin>) {
+        let old = std::mem::replace(&mut self.current, new);
+        if let Some(displaced) = self.previous.replace(old) {
+            self.retain(displaced);
+        }
+    }
+
+    /// Ends the canary, if one runs: its build is retained (the holds it made are still
+    /// served by it). Returns it.
+    fn end_canary(&mut self) -> Option<Arc<LoadedPlugin>> {
+        let canary = self.canary.take()?;
+        self.retain(canary.plugin.clone());
+        Some(canary.plugin.clone())
+    }
+}
+
+pub(crate) struct Slot {
+    builds: RwLock<Arc<Builds>>,
     last_error: RwLock<Option<String>>,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) metrics: PluginMetrics,
@@ -149,85 +198,58 @@ fn read<T: Clone>(lock: &RwLock<T>) -> T {
 }
 
 impl Slot {
+    fn builds(&self) -> Arc<Builds> {
+        read(&self.builds)
+    }
+
+    /// Changes the builds as `change` says, as one step; returns what `change` returns.
+    fn change<T>(&self, change: impl FnOnce(&mut Builds) -> T) -> T {
+        let mut guard = self.builds.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = Builds::clone(&guard);
+        let out = change(&mut next);
+        *guard = Arc::new(next);
+        out
+    }
+
     pub(crate) fn current(&self) -> Arc<LoadedPlugin> {
-        read(&self.current)
+        self.builds().current.clone()
     }
 
     /// The build a call runs on ([`Route`]). A pinned call finds its build among the
     /// current one, the canary, the rollback target and the retained ones.
     pub(crate) fn pick(&self, route: &Route) -> Picked {
-        let current = self.current();
-        let stable = |plugin| Picked {
-            plugin,
+        let builds = self.builds();
+        let stable = |plugin: &Arc<LoadedPlugin>| Picked {
+            plugin: plugin.clone(),
             canary: None,
         };
-        let canary = read(&self.canary);
+        let on_canary = |c: &Arc<Canary>| Picked {
+            plugin: c.plugin.clone(),
+            canary: Some(c.clone()),
+        };
         match route {
-            Route::Current => stable(current),
-            Route::Split(key) => match canary {
+            Route::Current => stable(&builds.current),
+            Route::Split(key) => match &builds.canary {
                 Some(c)
                     if crate::clients::route_hash(key) % 100
                         < u64::from(c.percent.load(Ordering::Relaxed)) =>
                 {
-                    Picked {
-                        plugin: c.plugin.clone(),
-                        canary: Some(c),
-                    }
+                    on_canary(c)
                 }
-                _ => stable(current),
+                _ => stable(&builds.current),
             },
-            Route::Pinned(pin) if *pin == current.digest => stable(current),
+            Route::Pinned(pin) if *pin == builds.current.digest => stable(&builds.current),
             Route::Pinned(pin) => {
-                if let Some(c) = canary.filter(|c| c.plugin.digest == *pin) {
-                    return Picked {
-                        plugin: c.plugin.clone(),
-                        canary: Some(c),
-                    };
+                if let Some(c) = builds.canary.as_ref().filter(|c| c.plugin.digest == *pin) {
+                    return on_canary(c);
                 }
-                if let Some(previous) = read(&self.previous).filter(|p| p.digest == *pin) {
-                    return stable(previous);
-                }
-                let retained = self
-                    .retained
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
+                let older = builds
+                    .previous
                     .iter()
-                    .rev()
-                    .find(|(p, _)| p.digest == *pin)
-                    .map(|(p, _)| p.clone());
-                stable(retained.unwrap_or(current))
+                    .chain(builds.retained.iter().rev().map(|(p, _)| p))
+                    .find(|p| p.digest == *pin);
+                stable(older.unwrap_or(&builds.current))
             }
-        }
-    }
-
-    /// Ends the canary, if one runs: its build is retained (the holds it made are still
-    /// served by it). Returns it.
-    fn end_canary(&self) -> Option<Arc<LoadedPlugin>> {
-        let canary = self
-            .canary
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        self.retain(canary.plugin.clone());
-        Some(canary.plugin.clone())
-    }
-
-    /// Keeps `old` loaded as a retained build unless a loaded build has its digest already.
-    fn retain(&self, old: Arc<LoadedPlugin>) {
-        let current = self.current();
-        let previous = read(&self.previous);
-        let canary = read(&self.canary);
-        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
-        retained.retain(|(p, _)| p.digest != old.digest);
-        if old.digest == current.digest
-            || previous.is_some_and(|p| p.digest == old.digest)
-            || canary.is_some_and(|c| c.plugin.digest == old.digest)
-        {
-            return;
-        }
-        retained.push((old, Instant::now()));
-        if retained.len() > MAX_RETAINED {
-            retained.remove(0);
         }
     }
 }
@@ -262,19 +284,10 @@ impl Registry {
         let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
         match slots.get(&info.name) {
             Some(slot) => {
-                let old = {
-                    let mut cur = slot.current.write().unwrap_or_else(|e| e.into_inner());
-                    std::mem::replace(&mut *cur, plugin)
-                };
-                let displaced = slot
-                    .previous
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .replace(old);
-                if let Some(displaced) = displaced {
-                    slot.retain(displaced);
-                }
-                slot.end_canary();
+                slot.change(|b| {
+                    b.replace_current(plugin);
+                    b.end_canary();
+                });
                 *slot.last_error.write().unwrap_or_else(|e| e.into_inner()) = None;
                 slot.breaker.reset();
             }
@@ -282,10 +295,12 @@ impl Registry {
                 slots.insert(
                     info.name.clone(),
                     Arc::new(Slot {
-                        current: RwLock::new(plugin),
-                        previous: RwLock::new(None),
-                        retained: RwLock::new(Vec::new()),
-                        canary: RwLock::new(None),
+                        builds: RwLock::new(Arc::new(Builds {
+                            current: plugin,
+                            previous: None,
+                            retained: Vec::new(),
+                            canary: None,
+                        })),
                         last_error: RwLock::new(None),
                         breaker: CircuitBreaker::new(self.breaker),
                         metrics: PluginMetrics::named(&info.name),
@@ -301,15 +316,15 @@ impl Registry {
         let slot = self.slot(name).ok_or_else(|| LoadError::NotInstalled {
             plugin: name.to_string(),
         })?;
-        let mut prev = slot.previous.write().unwrap_or_else(|e| e.into_inner());
-        let Some(previous) = prev.take() else {
-            return Err(LoadError::NothingToRollBack {
-                plugin: name.to_string(),
-            });
-        };
-        let info = VersionInfo::of(&previous);
-        let mut cur = slot.current.write().unwrap_or_else(|e| e.into_inner());
-        *prev = Some(std::mem::replace(&mut *cur, previous));
+        let info = slot.change(|b| {
+            let previous = b.previous.take()?;
+            let info = VersionInfo::of(&previous);
+            b.previous = Some(std::mem::replace(&mut b.current, previous));
+            Some(info)
+        });
+        let info = info.ok_or_else(|| LoadError::NothingToRollBack {
+            plugin: name.to_string(),
+        })?;
         slot.breaker.reset();
         Ok(info)
     }
@@ -338,23 +353,26 @@ impl Registry {
             .ok_or_else(|| LoadError::NotInstalled {
                 plugin: info.name.clone(),
             })?;
-        if let Some(running) = read(&slot.canary).filter(|c| c.plugin.digest == plugin.digest) {
+        let same = |c: &Arc<Canary>| {
+            c.plugin.digest == plugin.digest
+                && c.plugin.manifest.manifest_sha256 == plugin.manifest.manifest_sha256
+        };
+        if let Some(running) = slot.builds().canary.clone().filter(same) {
             running.percent.store(percent, Ordering::Relaxed);
             return Ok(VersionInfo::of(&running.plugin));
         }
-        slot.end_canary();
-        let plugin = Arc::new(plugin);
-        // A build that was retained is the canary now, not both.
-        slot.retained
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(p, _)| p.digest != plugin.digest);
-        *slot.canary.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Canary {
-            plugin,
+        let canary = Arc::new(Canary {
+            plugin: Arc::new(plugin),
             percent: AtomicU8::new(percent),
             breaker: CircuitBreaker::new(self.breaker),
             metrics: PluginMetrics::canary(&info.name),
-        }));
+        });
+        slot.change(|b| {
+            b.end_canary();
+            // A build that was retained is the canary now, not both.
+            b.retained.retain(|(p, _)| p.digest != canary.plugin.digest);
+            b.canary = Some(canary);
+        });
         Ok(info)
     }
 
@@ -363,34 +381,21 @@ impl Registry {
         let slot = self.slot(name).ok_or_else(|| LoadError::NotInstalled {
             plugin: name.to_string(),
         })?;
-        let canary = slot
-            .canary
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| LoadError::NoCanary {
-                plugin: name.to_string(),
-            })?;
-        let info = VersionInfo::of(&canary.plugin);
-        let old = {
-            let mut cur = slot.current.write().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut *cur, canary.plugin.clone())
-        };
-        let displaced = slot
-            .previous
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(old);
-        if let Some(displaced) = displaced {
-            slot.retain(displaced);
-        }
+        let promoted = slot.change(|b| {
+            let canary = b.canary.take()?;
+            b.replace_current(canary.plugin.clone());
+            Some(VersionInfo::of(&canary.plugin))
+        });
+        let info = promoted.ok_or_else(|| LoadError::NoCanary {
+            plugin: name.to_string(),
+        })?;
         slot.breaker.reset();
         Ok(info)
     }
 
     /// Ends the canary of `name` without promoting it; `None` when none runs.
     pub(crate) fn abort_canary(&self, name: &str) -> Option<VersionInfo> {
-        let ended = self.slot(name)?.end_canary()?;
+        let ended = self.slot(name)?.change(Builds::end_canary)?;
         Some(VersionInfo::of(&ended))
     }
 
@@ -404,14 +409,18 @@ impl Registry {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
         let mut released = Vec::new();
         for (name, slot) in slots.iter() {
-            let mut retained = slot.retained.write().unwrap_or_else(|e| e.into_inner());
-            retained.retain(|(p, since)| {
-                let keep = since.elapsed() < at_least
-                    || in_use.contains(&(name.clone(), p.digest.to_string()));
-                if !keep {
-                    released.push(VersionInfo::of(p));
-                }
-                keep
+            if slot.builds().retained.is_empty() {
+                continue;
+            }
+            slot.change(|b| {
+                b.retained.retain(|(p, since)| {
+                    let keep = since.elapsed() < at_least
+                        || in_use.contains(&(name.clone(), p.digest.to_string()));
+                    if !keep {
+                        released.push(VersionInfo::of(p));
+                    }
+                    keep
+                });
             });
         }
         released
@@ -420,13 +429,9 @@ impl Registry {
     /// Whether any name holds a retained build (when not, nothing needs releasing).
     pub(crate) fn retains_any(&self) -> bool {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
-        slots.values().any(|slot| {
-            !slot
-                .retained
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-        })
+        slots
+            .values()
+            .any(|slot| !slot.builds().retained.is_empty())
     }
 
     /// Remembers why an install of `name` was refused (the current version keeps serving).
@@ -440,21 +445,25 @@ impl Registry {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
         slots
             .values()
-            .map(|slot| PluginStatus {
-                current: VersionInfo::of(&slot.current()),
-                previous: read(&slot.previous).as_deref().map(VersionInfo::of),
-                retained: read(&slot.retained)
-                    .iter()
-                    .map(|(p, _)| VersionInfo::of(p))
-                    .collect(),
-                canary: read(&slot.canary).map(|c| CanaryStatus {
-                    build: VersionInfo::of(&c.plugin),
-                    percent: c.percent.load(Ordering::Relaxed),
-                    breaker: c.breaker.state(),
-                    metrics: c.metrics.snapshot(),
-                }),
-                breaker: slot.breaker.state(),
-                last_error: read(&slot.last_error),
+            .map(|slot| {
+                let builds = slot.builds();
+                PluginStatus {
+                    current: VersionInfo::of(&builds.current),
+                    previous: builds.previous.as_deref().map(VersionInfo::of),
+                    retained: builds
+                        .retained
+                        .iter()
+                        .map(|(p, _)| VersionInfo::of(p))
+                        .collect(),
+                    canary: builds.canary.as_ref().map(|c| CanaryStatus {
+                        build: VersionInfo::of(&c.plugin),
+                        percent: c.percent.load(Ordering::Relaxed),
+                        breaker: c.breaker.state(),
+                        metrics: c.metrics.snapshot(),
+                    }),
+                    breaker: slot.breaker.state(),
+                    last_error: read(&slot.last_error),
+                }
             })
             .collect()
     }
