@@ -144,12 +144,15 @@ pub trait PluginReleaseStore: Send + Sync {
     ) -> Result<Option<PluginRelease>, StoreError>;
 
     /// Ends the canary of `name` as `end` says, and audits it (`promote`: from the release's
-    /// build to the canary's; `abort`: from the canary's back to the release's). `NotFound`
-    /// when the name has no release, `Ok(None)` when no canary runs.
+    /// build to the canary's; `abort`: from the canary's back to the release's); with `only`,
+    /// only while the canary is that component (a decision about one build must not end
+    /// another that replaced it meanwhile). `NotFound` when the name has no release,
+    /// `Ok(None)` when no canary (or not that one) runs.
     async fn end_canary(
         &self,
         name: &str,
         end: CanaryEnd,
+        only: Option<&str>,
         actor: &str,
         now: Timestamp,
     ) -> Result<Option<PluginRelease>, StoreError>;

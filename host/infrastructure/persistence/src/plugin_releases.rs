@@ -356,15 +356,18 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
         &self,
         name: &str,
         end: CanaryEnd,
+        only: Option<&str>,
         actor: &str,
         now: Timestamp,
     ) -> Result<Option<PluginRelease>, StoreError> {
         let mut tx = self.sql.begin_write().await?;
         let running = D::query(
             "SELECT canary_version, canary_sha256 FROM plugin_releases \
-             WHERE name = $1 AND canary_sha256 IS NOT NULL",
+             WHERE name = $1 AND canary_sha256 IS NOT NULL \
+             AND ($2 IS NULL OR canary_sha256 = $2)",
         )
         .arg(name)
+        .arg(only)
         .fetch_optional(D::on(&mut tx))
         .await
         .map_err(D::classify)?;

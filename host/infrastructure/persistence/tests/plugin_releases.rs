@@ -240,7 +240,7 @@ async fn canaries_start_promote_abort_and_end_with_other_changes(db: Database) {
     );
 
     let promoted = store
-        .end_canary("fakepay", CanaryEnd::Promote, "ops", at(4))
+        .end_canary("fakepay", CanaryEnd::Promote, None, "ops", at(4))
         .await
         .unwrap()
         .unwrap();
@@ -251,7 +251,7 @@ async fn canaries_start_promote_abort_and_end_with_other_changes(db: Database) {
     assert_eq!(promoted.canary, None);
     assert_eq!(
         store
-            .end_canary("fakepay", CanaryEnd::Promote, "ops", at(5))
+            .end_canary("fakepay", CanaryEnd::Promote, None, "ops", at(5))
             .await,
         Ok(None),
         "no canary any more"
@@ -268,8 +268,27 @@ async fn canaries_start_promote_abort_and_end_with_other_changes(db: Database) {
         .start_canary(canary("0.4.0", "dd", b"four", 50), at(7))
         .await
         .unwrap();
+    // A decision about another build ends nothing.
+    assert_eq!(
+        store
+            .end_canary(
+                "fakepay",
+                CanaryEnd::Abort,
+                Some("cc"),
+                "auto-rollback:h1",
+                at(8)
+            )
+            .await,
+        Ok(None)
+    );
     let aborted = store
-        .end_canary("fakepay", CanaryEnd::Abort, "auto-rollback:h1", at(8))
+        .end_canary(
+            "fakepay",
+            CanaryEnd::Abort,
+            Some("dd"),
+            "auto-rollback:h1",
+            at(8),
+        )
         .await
         .unwrap()
         .unwrap();

@@ -68,15 +68,20 @@ impl Default for CanaryGuard {
     }
 }
 
-/// A canary's call and failure counts as the follower saw them, oldest first; the counts of
-/// a canary start at zero with it.
-type Samples = HashMap<(String, String), VecDeque<(Instant, u64, u64)>>;
+/// A canary's call and failure counts as the follower saw them, oldest first, by plugin,
+/// component and load time (a canary started again is another run whose counts start at
+/// zero).
+type Samples = HashMap<(String, String, std::time::SystemTime), VecDeque<(Instant, u64, u64)>>;
 
 impl CanaryGuard {
     /// Adds this round's counts of each canary to `samples` and returns the canaries whose
     /// failure rate over the window crossed the bound, with what was seen:
-    /// `(name, failures, calls)`.
-    fn tripped(&self, runtime: &PluginRuntime, samples: &mut Samples) -> Vec<(String, u64, u64)> {
+    /// `(name, component digest, failures, calls)`.
+    fn tripped(
+        &self,
+        runtime: &PluginRuntime,
+        samples: &mut Samples,
+    ) -> Vec<(String, String, u64, u64)> {
         let now = Instant::now();
         let mut seen = std::collections::HashSet::new();
         let mut tripped = Vec::new();
@@ -84,7 +89,11 @@ impl CanaryGuard {
             let Some(canary) = status.canary else {
                 continue;
             };
-            let key = (status.current.name.clone(), canary.build.digest.clone());
+            let key = (
+                status.current.name.clone(),
+                canary.build.digest.clone(),
+                canary.build.loaded_at,
+            );
             seen.insert(key.clone());
             let window = samples.entry(key).or_insert_with(|| {
                 // First seen now: its counts so far are all since it started.
@@ -103,7 +112,7 @@ impl CanaryGuard {
             #[allow(clippy::cast_precision_loss)] // call counts are far below 2^52
             let rate = failures as f64 / calls.max(1) as f64;
             if calls >= self.min_calls && rate > self.max_failure_rate {
-                tripped.push((status.current.name, failures, calls));
+                tripped.push((status.current.name, canary.build.digest, failures, calls));
             }
         }
         samples.retain(|key, _| seen.contains(key));
@@ -139,7 +148,7 @@ impl RuntimeCatalog {
     /// Aborts, everywhere, each canary this process saw fail too often. `actor` names this
     /// process in the audit trail.
     async fn guard_canaries(&self, samples: &mut Samples, actor: &str) {
-        for (name, failures, calls) in self.guard.tripped(&self.runtime, samples) {
+        for (name, digest, failures, calls) in self.guard.tripped(&self.runtime, samples) {
             warn!(plugin = %name, failures, calls, window_secs = self.guard.window.as_secs(),
                   max_failure_rate = self.guard.max_failure_rate,
                   "plugin canary failing: rolling it back");
@@ -147,7 +156,13 @@ impl RuntimeCatalog {
                 .increment(1);
             match self
                 .releases
-                .end_canary(&name, CanaryEnd::Abort, actor, Timestamp::now())
+                .end_canary(
+                    &name,
+                    CanaryEnd::Abort,
+                    Some(&digest),
+                    actor,
+                    Timestamp::now(),
+                )
                 .await
             {
                 Ok(Some(release)) => {
@@ -535,7 +550,7 @@ impl PluginCatalog for RuntimeCatalog {
         // A running canary is the last rollout step: rolling back ends it.
         match self
             .releases
-            .end_canary(name, CanaryEnd::Abort, actor, Timestamp::now())
+            .end_canary(name, CanaryEnd::Abort, None, actor, Timestamp::now())
             .await
         {
             Ok(Some(release)) => {
@@ -633,7 +648,7 @@ impl PluginCatalog for RuntimeCatalog {
     async fn promote(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError> {
         match self
             .releases
-            .end_canary(name, CanaryEnd::Promote, actor, Timestamp::now())
+            .end_canary(name, CanaryEnd::Promote, None, actor, Timestamp::now())
             .await
         {
             Ok(Some(release)) => self.apply(&release).await?,
