@@ -107,8 +107,19 @@ impl PluginRuntime {
     ) -> Result<VersionInfo, LoadError> {
         let manifest = Manifest::parse(manifest_toml, Path::new("<uploaded manifest>"))?;
         let name = manifest.name.clone();
+        let result = self.load_parts(manifest, wasm).await;
+        self.finish_install(result, Some(&name))
+    }
+
+    /// Loads and checks a component from its parsed manifest and bytes, without installing
+    /// it (compilation runs on a blocking thread).
+    async fn load_parts(
+        &self,
+        manifest: Manifest,
+        wasm: Vec<u8>,
+    ) -> Result<LoadedPlugin, LoadError> {
         let inner = self.inner.clone();
-        let result = blocking(move || {
+        blocking(move || {
             LoadedPlugin::from_parts(
                 &inner.engine,
                 &inner.linker,
@@ -117,8 +128,7 @@ impl PluginRuntime {
                 inner.kv.clone(),
             )
         })
-        .await;
-        self.finish_install(result, Some(&name))
+        .await
     }
 
     fn finish_install(
@@ -186,17 +196,7 @@ impl PluginRuntime {
         let Some(slot) = self.inner.registry.slot(&name) else {
             return Err(LoadError::NotInstalled { plugin: name });
         };
-        let inner = self.inner.clone();
-        let plugin = blocking(move || {
-            LoadedPlugin::from_parts(
-                &inner.engine,
-                &inner.linker,
-                manifest,
-                &wasm,
-                inner.kv.clone(),
-            )
-        })
-        .await?;
+        let plugin = self.load_parts(manifest, wasm).await?;
         let current = slot.current();
         if current.kind() != plugin.kind() {
             return Err(LoadError::ManifestInvalid {
