@@ -138,17 +138,26 @@ pub(crate) struct Picked {
 struct Builds {
     current: Arc<LoadedPlugin>,
     previous: Option<Arc<LoadedPlugin>>,
-    /// With when each was retained: a build is never unloaded sooner than
-    /// `retain_at_least` after (a call that started on it may not have committed its step
-    /// yet).
-    retained: Vec<(Arc<LoadedPlugin>, Instant)>,
+    retained: Vec<Retained>,
     canary: Option<Arc<Canary>>,
+}
+
+/// A build kept loaded for the calls pinned to it.
+#[derive(Clone)]
+struct Retained {
+    plugin: Arc<LoadedPlugin>,
+    /// A build is never unloaded sooner than `retain_at_least` after this (a call that
+    /// started on it may not have committed its step yet).
+    since: Instant,
+    /// An ended canary keeps its own breaker and figures: its orders' follow-ups failing
+    /// must not open the circuit of the build that serves everyone else.
+    own: Option<Arc<Canary>>,
 }
 
 impl Builds {
     /// Keeps `old` loaded as a retained build unless a loaded build has its digest already.
-    fn retain(&mut self, old: Arc<LoadedPlugin>) {
-        self.retained.retain(|(p, _)| p.digest != old.digest);
+    fn retain(&mut self, old: Arc<LoadedPlugin>, own: Option<Arc<Canary>>) {
+        self.retained.retain(|r| r.plugin.digest != old.digest);
         if old.digest == self.current.digest
             || self
                 .previous
@@ -161,7 +170,11 @@ impl Builds {
         {
             return;
         }
-        self.retained.push((old, Instant::now()));
+        self.retained.push(Retained {
+            plugin: old,
+            since: Instant::now(),
+            own,
+        });
         if self.retained.len() > MAX_RETAINED {
             self.retained.remove(0);
         }
@@ -172,7 +185,7 @@ impl Builds {
     fn replace_current(&mut self, new: Arc<LoadedPlugin>) {
         let old = std::mem::replace(&mut self.current, new);
         if let Some(displaced) = self.previous.replace(old) {
-            self.retain(displaced);
+            self.retain(displaced, None);
         }
     }
 
@@ -180,8 +193,9 @@ impl Builds {
     /// served by it). Returns it.
     fn end_canary(&mut self) -> Option<Arc<LoadedPlugin>> {
         let canary = self.canary.take()?;
-        self.retain(canary.plugin.clone());
-        Some(canary.plugin.clone())
+        let plugin = canary.plugin.clone();
+        self.retain(plugin.clone(), Some(canary));
+        Some(plugin)
     }
 }
 
@@ -243,12 +257,21 @@ impl Slot {
                 if let Some(c) = builds.canary.as_ref().filter(|c| c.plugin.digest == *pin) {
                     return on_canary(c);
                 }
-                let older = builds
-                    .previous
+                if let Some(previous) = builds.previous.as_ref().filter(|p| p.digest == *pin) {
+                    return stable(previous);
+                }
+                match builds
+                    .retained
                     .iter()
-                    .chain(builds.retained.iter().rev().map(|(p, _)| p))
-                    .find(|p| p.digest == *pin);
-                stable(older.unwrap_or(&builds.current))
+                    .rev()
+                    .find(|r| r.plugin.digest == *pin)
+                {
+                    Some(r) => Picked {
+                        plugin: r.plugin.clone(),
+                        canary: r.own.clone(),
+                    },
+                    None => stable(&builds.current),
+                }
             }
         }
     }
@@ -370,7 +393,8 @@ impl Registry {
         slot.change(|b| {
             b.end_canary();
             // A build that was retained is the canary now, not both.
-            b.retained.retain(|(p, _)| p.digest != canary.plugin.digest);
+            b.retained
+                .retain(|r| r.plugin.digest != canary.plugin.digest);
             b.canary = Some(canary);
         });
         Ok(info)
@@ -413,11 +437,11 @@ impl Registry {
                 continue;
             }
             slot.change(|b| {
-                b.retained.retain(|(p, since)| {
-                    let keep = since.elapsed() < at_least
-                        || in_use.contains(&(name.clone(), p.digest.to_string()));
+                b.retained.retain(|r| {
+                    let keep = r.since.elapsed() < at_least
+                        || in_use.contains(&(name.clone(), r.plugin.digest.to_string()));
                     if !keep {
-                        released.push(VersionInfo::of(p));
+                        released.push(VersionInfo::of(&r.plugin));
                     }
                     keep
                 });
@@ -453,7 +477,7 @@ impl Registry {
                     retained: builds
                         .retained
                         .iter()
-                        .map(|(p, _)| VersionInfo::of(p))
+                        .map(|r| VersionInfo::of(&r.plugin))
                         .collect(),
                     canary: builds.canary.as_ref().map(|c| CanaryStatus {
                         build: VersionInfo::of(&c.plugin),

@@ -206,6 +206,34 @@ async fn pinned_calls_reach_the_build_they_name_while_it_is_loaded() {
     assert_eq!(served_by(&pay.clone().pinned(Some(&two))).await, two);
 }
 
+/// A canary that crashes is ended; the follow-ups of the orders it took still go to it (pinned)
+/// and keep failing there, against its own breaker: the circuit of the build that serves
+/// everyone else stays closed.
+#[tokio::test]
+async fn an_ended_canary_fails_against_its_own_breaker() {
+    let rt = runtime();
+    rt.install(manifest("fakepay")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let trap = staged(dir.path(), "testing/trap", |t| set_line(&t, "name", "\"fakepay\""));
+    let text = std::fs::read_to_string(&trap).unwrap();
+    let wasm = std::fs::read(dir.path().join("trap.wasm")).unwrap();
+    let canary = rt.start_canary_bytes(&text, wasm, 99).await.unwrap();
+    assert!(rt.abort_canary("fakepay").is_some());
+
+    let pinned = rt.payment("fakepay").pinned(Some(&canary.digest));
+    for _ in 0..10 {
+        let failed = pinned
+            .get_payment(PaymentLookup::AuthorizeKey("k".into()))
+            .await;
+        assert!(failed.is_err(), "the ended canary still serves its pinned calls");
+    }
+    let status = rt.status_of("fakepay").unwrap();
+    assert_eq!(status.breaker, oms_plugin_runtime::breaker::BreakerState::Closed);
+    assert!(status.canary.is_none());
+    assert_eq!(status.retained[0].digest, canary.digest);
+    assert_eq!(served_by(&rt.payment("fakepay")).await, status.current.digest);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watched_directory_installs_changes_and_survives_a_bad_drop() {
     let rt = runtime();
