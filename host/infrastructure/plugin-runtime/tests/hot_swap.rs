@@ -214,7 +214,9 @@ async fn an_ended_canary_fails_against_its_own_breaker() {
     let rt = runtime();
     rt.install(manifest("fakepay")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let trap = staged(dir.path(), "testing/trap", |t| set_line(&t, "name", "\"fakepay\""));
+    let trap = staged(dir.path(), "testing/trap", |t| {
+        set_line(&t, "name", "\"fakepay\"")
+    });
     let text = std::fs::read_to_string(&trap).unwrap();
     let wasm = std::fs::read(dir.path().join("trap.wasm")).unwrap();
     let canary = rt.start_canary_bytes(&text, wasm, 99).await.unwrap();
@@ -225,13 +227,22 @@ async fn an_ended_canary_fails_against_its_own_breaker() {
         let failed = pinned
             .get_payment(PaymentLookup::AuthorizeKey("k".into()))
             .await;
-        assert!(failed.is_err(), "the ended canary still serves its pinned calls");
+        assert!(
+            failed.is_err(),
+            "the ended canary still serves its pinned calls"
+        );
     }
     let status = rt.status_of("fakepay").unwrap();
-    assert_eq!(status.breaker, oms_plugin_runtime::breaker::BreakerState::Closed);
+    assert_eq!(
+        status.breaker,
+        oms_plugin_runtime::breaker::BreakerState::Closed
+    );
     assert!(status.canary.is_none());
     assert_eq!(status.retained[0].digest, canary.digest);
-    assert_eq!(served_by(&rt.payment("fakepay")).await, status.current.digest);
+    assert_eq!(
+        served_by(&rt.payment("fakepay")).await,
+        status.current.digest
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
