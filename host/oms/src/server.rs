@@ -140,14 +140,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         },
     );
     let canary = &config.plugins.canary;
-    let catalog = Arc::new(
-        RuntimeCatalog::new(plugins.runtime.clone(), db.plugin_releases(), db.sagas())
-            .with_canary_guard(CanaryGuard {
-                max_failure_rate: canary.max_failure_rate,
-                window: Duration::from_secs(canary.window_secs),
-                min_calls: canary.min_calls,
-            }),
-    );
+    let catalog = Arc::new(RuntimeCatalog::new(
+        plugins.runtime.clone(),
+        db.plugin_releases(),
+        db.sagas(),
+        CanaryGuard {
+            max_failure_rate: canary.max_failure_rate,
+            window: Duration::from_secs(canary.window_secs),
+            min_calls: canary.min_calls,
+        },
+    ));
     // The directory seeds names the shared release set does not have; the set decides the
     // rest, installed here before any order is served.
     catalog

@@ -116,6 +116,23 @@ pub(crate) enum Route {
     Split(Arc<str>),
 }
 
+impl Route {
+    /// The build `digest` names, or the current one without a digest.
+    pub(crate) fn pinned(digest: Option<&str>) -> Self {
+        digest.map_or(Self::Current, |d| Self::Pinned(Arc::from(d)))
+    }
+
+    /// A call that starts something new for `key` (an order): on the build an earlier
+    /// attempt reached when one is known (`pinned`), else split by `key` between the current
+    /// build and a canary.
+    pub(crate) fn starting(key: &str, pinned: Option<&str>) -> Self {
+        match pinned {
+            Some(_) => Self::pinned(pinned),
+            None => Self::Split(Arc::from(key)),
+        }
+    }
+}
+
 /// A build serving a share of new sagas, with its own breaker and figures (a failing canary
 /// must not open the circuit of the build that serves everyone else).
 pub(crate) struct Canary {

@@ -100,11 +100,9 @@ impl InventoryGateway for PluginInventory {
     ) -> GatewayResult<String> {
         // A first attempt: a canary of the adapter takes its share of orders; a resend after
         // an unknown outcome goes to the build that may have acted.
-        let plugin = match pinned {
-            Some(build) => self.plugin().pinned(Some(build)),
-            None => self.plugin().split_by(&order_id.to_string()),
-        };
-        let called = plugin
+        let called = self
+            .plugin()
+            .starting(&order_id.to_string(), pinned)
             .reserve(
                 order_id.to_string(),
                 wit_lines(lines),

@@ -160,12 +160,9 @@ impl PaymentGateway for PluginPayments {
     ) -> GatewayResult<ProviderPayment> {
         // A first attempt: a canary of the provider takes its share of orders. A resend
         // after an unknown outcome goes to the build that may have acted.
-        let plugin = match pinned {
-            Some(build) => self.plugin(provider).pinned(Some(build)),
-            None => self.plugin(provider).split_by(&order_id.to_string()),
-        };
         answered(
-            plugin
+            self.plugin(provider)
+                .starting(&order_id.to_string(), pinned)
                 .authorize(authorize_request(order_id, amount, token, idempotency_key))
                 .await,
         )

@@ -58,16 +58,6 @@ pub struct CanaryGuard {
     pub min_calls: u64,
 }
 
-impl Default for CanaryGuard {
-    fn default() -> Self {
-        Self {
-            max_failure_rate: 0.1,
-            window: Duration::from_secs(60),
-            min_calls: 20,
-        }
-    }
-}
-
 /// A canary's call and failure counts as the follower saw them, oldest first, by plugin,
 /// component and load time (a canary started again is another run whose counts start at
 /// zero).
@@ -125,24 +115,20 @@ impl CanaryGuard {
 const RETAINED_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 impl RuntimeCatalog {
+    /// `guard` decides when a canary is aborted automatically (its values come from
+    /// `plugins.canary`, which holds the defaults).
     pub fn new(
         runtime: PluginRuntime,
         releases: Arc<dyn PluginReleaseStore>,
         sagas: Arc<dyn SagaStore>,
+        guard: CanaryGuard,
     ) -> Self {
         Self {
             runtime,
             releases,
             sagas,
-            guard: CanaryGuard::default(),
+            guard,
         }
-    }
-
-    /// The same catalog with `guard` deciding when a canary is aborted automatically.
-    #[must_use]
-    pub fn with_canary_guard(mut self, guard: CanaryGuard) -> Self {
-        self.guard = guard;
-        self
     }
 
     /// Aborts, everywhere, each canary this process saw fail too often. `actor` names this
@@ -598,12 +584,7 @@ impl PluginCatalog for RuntimeCatalog {
             Ok(started) => started,
             // Disabling uninstalls: a disabled plugin is in the release set, not here.
             Err(LoadError::NotInstalled { .. }) => {
-                let disabled = self
-                    .releases
-                    .releases()
-                    .await?
-                    .iter()
-                    .any(|r| r.name == name && r.disabled);
+                let disabled = self.disabled().await?.iter().any(|d| d.name == name);
                 return Err(if disabled {
                     AppError::IllegalTransition(format!(
                         "plugin {name} is disabled; enable it before a canary"

@@ -21,7 +21,7 @@ pub struct InventoryPlugin {
     pub(crate) rt: Arc<Inner>,
     pub(crate) name: Arc<str>,
     pub(crate) kv: call::KvMode,
-    /// Which build its calls run on ([`Self::pinned`], [`Self::split_by`]).
+    /// Which build its calls run on ([`Self::pinned`], [`Self::starting`]).
     pub(crate) route: crate::registry::Route,
 }
 
@@ -85,18 +85,17 @@ impl InventoryPlugin {
     /// [`crate::CallInfo`] says which build answered.
     #[must_use]
     pub fn pinned(mut self, digest: Option<&str>) -> Self {
-        self.route = digest.map_or(crate::registry::Route::Current, |d| {
-            crate::registry::Route::Pinned(Arc::from(d))
-        });
+        self.route = crate::registry::Route::pinned(digest);
         self
     }
 
-    /// This handle's calls start something new for `key` (an order): while a canary of the
-    /// plugin runs, a stable hash of `key` decides whether the canary serves them, so every
-    /// retry for that key reaches the same build.
+    /// This handle's calls start something new for `key` (an order). With `pinned` (the
+    /// build an earlier attempt whose outcome is unknown reached) they run on that build, as
+    /// [`Self::pinned`]; without, while a canary of the plugin runs, a stable hash of `key`
+    /// decides whether the canary serves them.
     #[must_use]
-    pub fn split_by(mut self, key: &str) -> Self {
-        self.route = crate::registry::Route::Split(Arc::from(key));
+    pub fn starting(mut self, key: &str, pinned: Option<&str>) -> Self {
+        self.route = crate::registry::Route::starting(key, pinned);
         self
     }
 
