@@ -280,6 +280,7 @@ pub enum BrokerKind {
 #[serde(deny_unknown_fields)]
 pub struct BrokerTopicsConfig {
     pub events: String,
+    pub plugin_changes: String,
     pub dead_letters: String,
     pub notification_dead_letters: String,
 }
@@ -408,6 +409,7 @@ impl Default for Config {
                 delivery_timeout_ms: 30_000,
                 topics: BrokerTopicsConfig {
                     events: "oms.order-events.v1".to_owned(),
+                    plugin_changes: "oms.plugin-changes.v1".to_owned(),
                     dead_letters: "oms.order-events.dlq.v1".to_owned(),
                     notification_dead_letters: "oms.notifications.dlq.v1".to_owned(),
                 },

@@ -162,6 +162,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await;
     let mut applied = std::collections::HashMap::new();
     catalog.catch_up(&mut applied).await;
+    // Older builds that open orders are pinned to, before their follow-ups run here.
+    catalog.restore_pinned_builds().await;
     service = service.with_plugins(catalog.clone());
     // A process that runs no sagas (`saga.workers = 0`, an API-only replica) does not place
     // orders inline either.
@@ -673,6 +675,7 @@ fn spawn_messaging(
         },
         topics: broker::Topics {
             events: b.topics.events.clone(),
+            plugin_changes: b.topics.plugin_changes.clone(),
             dead_letters: b.topics.dead_letters.clone(),
             notification_dead_letters: b.topics.notification_dead_letters.clone(),
         },

@@ -34,7 +34,7 @@ pub struct DeadLetterFilter {
 impl DeadLetterFilter {
     fn matches(&self, d: &DeadLetter) -> bool {
         self.event_type.as_ref().is_none_or(|t| *t == d.event_type)
-            && self.order_id.is_none_or(|o| o == d.aggregate_id)
+            && self.order_id.is_none_or(|o| d.order_id() == Some(o))
     }
 }
 
@@ -152,12 +152,14 @@ mod tests {
     use uuid::Uuid;
 
     use super::{DeadLetter, DeadLetterFilter};
+    use crate::ports::AggregateType;
 
     fn dead(event_type: &str, order: OrderId) -> DeadLetter {
         DeadLetter {
             id: 1,
             event_id: Uuid::now_v7(),
-            aggregate_id: order,
+            aggregate_type: AggregateType::Order,
+            aggregate_id: order.as_uuid(),
             event_type: event_type.to_owned(),
             attempts: 10,
             last_error: "broker down".to_owned(),

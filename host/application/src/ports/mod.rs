@@ -17,11 +17,11 @@ pub use gateways::{
 };
 pub use idempotency::{BeginOutcome, IdempotencyStore};
 pub use orders::{OrderQuery, OrderStore, OrderWrite, SagaLease};
-pub use outbox::{Backlog, DeadLetter, OutboxRow, OutboxStore};
+pub use outbox::{AggregateType, Backlog, DeadLetter, OutboxRow, OutboxStore};
 pub use plugin_kv::PluginKvStore;
 pub use plugin_releases::{
     AuditEntry, CanaryEnd, CanaryRelease, NewCanary, NewRelease, PluginRelease, PluginReleaseStore,
-    ReleaseAction,
+    ReleaseAction, StoredBuild,
 };
 pub use plugins::{
     CanaryInfo, DisabledPlugin, PAYMENT_WORLD, PluginBuild, PluginCatalog, PluginInfo,

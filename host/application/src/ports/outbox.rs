@@ -1,5 +1,6 @@
 //! The outbox port, relay side. Rows are written by [`super::OrderStore::save`] (in the
-//! order's transaction); this port is everything that happens to them afterwards: the relay
+//! order's transaction) and by every change of the plugin set
+//! ([`super::PluginReleaseStore`], in the transaction that audits it); this port is everything that happens to them afterwards: the relay
 //! leases, publishes, retries, dead-letters and prunes them, and an operator redrives dead
 //! letters.
 //!
@@ -8,8 +9,9 @@
 //! rows until the lease ends. No transaction stays open while the broker is called.
 //!
 //! Per-order ordering: a row is claimable only when no earlier unpublished row of the same
-//! order exists. A failed row therefore blocks its order's later rows until it is published
-//! or dead-lettered, and two relays can never publish one order's events out of order.
+//! aggregate (order, or plugin) exists. A failed row therefore blocks its order's later rows
+//! until it is published or dead-lettered, and two relays can never publish one order's
+//! events out of order.
 
 use std::sync::Arc;
 
@@ -20,12 +22,45 @@ use uuid::Uuid;
 
 use super::StoreError;
 
+/// What an outbox row is about (the `aggregate_type` column): it decides the row's topic, its
+/// message key and the contract its payload is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AggregateType {
+    /// An order event ([`crate::outbox::OutboxPayload`] -> `oms.events.v1.OrderEvent`),
+    /// `aggregate_id` the order id.
+    Order,
+    /// A change of the plugin set ([`crate::outbox::PluginChangedPayload`] ->
+    /// `oms.events.v1.PluginChanged`), `aggregate_id` the name's
+    /// [`crate::outbox::plugin_aggregate_id`].
+    Plugin,
+}
+
+impl AggregateType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Plugin => "plugin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "order" => Some(Self::Order),
+            "plugin" => Some(Self::Plugin),
+            _ => None,
+        }
+    }
+}
+
 /// One claimed outbox row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
     pub id: i64,
     pub event_id: Uuid,
-    pub aggregate_id: OrderId,
+    pub aggregate_type: AggregateType,
+    /// The order id, or the plugin's [`crate::outbox::plugin_aggregate_id`]: rows of one
+    /// aggregate are published in id order.
+    pub aggregate_id: Uuid,
     pub event_type: String,
     pub schema_version: u32,
     /// The stored document, as written ([`crate::outbox::OutboxPayload`]) unless the row was
@@ -46,12 +81,21 @@ pub struct DeadLetter {
     /// The row's id in the outbox, which redrive restores.
     pub id: i64,
     pub event_id: Uuid,
-    pub aggregate_id: OrderId,
+    pub aggregate_type: AggregateType,
+    pub aggregate_id: Uuid,
     pub event_type: String,
     pub attempts: u32,
     pub last_error: String,
     pub failed_at: Timestamp,
     pub redriven_at: Option<Timestamp>,
+}
+
+impl DeadLetter {
+    /// The order the event is about, for an order event.
+    pub fn order_id(&self) -> Option<OrderId> {
+        (self.aggregate_type == AggregateType::Order)
+            .then_some(OrderId::from_uuid(self.aggregate_id))
+    }
 }
 
 /// Outbox lag and dead-letter size.

@@ -25,6 +25,13 @@ pub struct PluginRelease {
     pub canary: Option<CanaryRelease>,
 }
 
+/// A build as stored: what a process needs to load it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBuild {
+    pub manifest: String,
+    pub wasm: Vec<u8>,
+}
+
 /// The canary of a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanaryRelease {
@@ -162,6 +169,10 @@ pub trait PluginReleaseStore: Send + Sync {
 
     /// A stored component by digest.
     async fn artifact(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// A build `plugin` was ever released or canaried with: the manifest it was last
+    /// released with and the component. `Ok(None)` when the plugin never had that build.
+    async fn build(&self, plugin: &str, sha256: &str) -> Result<Option<StoredBuild>, StoreError>;
 
     /// The latest changes, newest first; only `plugin`'s when given.
     async fn audit(&self, plugin: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;

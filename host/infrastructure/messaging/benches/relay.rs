@@ -141,6 +141,7 @@ async fn main() {
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let topics = Topics {
         events: format!("bench-events-{tag}"),
+        plugin_changes: format!("bench-plugins-{tag}"),
         dead_letters: format!("bench-dlq-{tag}"),
         notification_dead_letters: format!("bench-ndlq-{tag}"),
     };

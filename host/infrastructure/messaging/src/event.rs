@@ -1,7 +1,8 @@
 //! The event contract on the wire: `oms.events.v1.OrderEvent` as protobuf bytes, keyed by
-//! order id, with CloudEvents-style headers (see `proto/oms/events/v1/events.proto`).
+//! order id, and `oms.events.v1.PluginChanged`, keyed by plugin name, with CloudEvents-style
+//! headers (see `proto/oms/events/v1/events.proto`).
 
-use oms_application::outbox::OutboxPayload;
+use oms_application::outbox::{BuildDoc, OutboxPayload, PluginChangedPayload};
 use oms_application::snapshot::MoneyDoc;
 use prost::Message as _;
 use serde::Deserialize;
@@ -22,7 +23,7 @@ pub mod headers {
     /// Always [`super::SPEC_VERSION`].
     pub const SPEC_VERSION: &str = "ce_specversion";
     pub const SOURCE: &str = "ce_source";
-    /// The order id (also the key).
+    /// The order id or plugin name (also the key).
     pub const SUBJECT: &str = "ce_subject";
     /// The event type's schema version (decimal).
     pub const SCHEMA_VERSION: &str = "ce_dataschemaversion";
@@ -52,7 +53,45 @@ pub fn encode_payload(payload: &serde_json::Value) -> Result<Vec<u8>, EventError
     Ok(to_proto(doc).encode_to_vec())
 }
 
-/// Decodes a message value.
+/// Encodes a plugin-change row's JSON payload (a [`PluginChangedPayload`], unless it was
+/// tampered with) as the protobuf `PluginChanged`; also returns the plugin name, the key.
+pub fn encode_plugin_changed(payload: &serde_json::Value) -> Result<(Vec<u8>, String), EventError> {
+    let doc = PluginChangedPayload::deserialize(payload)
+        .map_err(|e| EventError::Payload(e.to_string()))?;
+    if doc.plugin.is_empty() {
+        return Err(EventError::Payload("the plugin name is empty".into()));
+    }
+    let build = |b: BuildDoc| pb::PluginBuild {
+        version: b.version,
+        sha256: b.sha256,
+    };
+    let key = doc.plugin.clone();
+    let event = pb::PluginChanged {
+        event_id: doc.event_id,
+        event_type: doc.event_type,
+        schema_version: doc.schema_version,
+        plugin: doc.plugin,
+        action: doc.action,
+        actor: doc.actor,
+        occurred_at_ms: doc.occurred_at_ms,
+        from: doc.from.map(build),
+        to: Some(build(doc.to)),
+    };
+    Ok((event.encode_to_vec(), key))
+}
+
+/// Decodes a `PluginChanged` message value.
+pub fn decode_plugin_changed(bytes: &[u8]) -> Result<pb::PluginChanged, EventError> {
+    let event = pb::PluginChanged::decode(bytes).map_err(|e| EventError::Decode(e.to_string()))?;
+    if event.event_id.is_empty() || event.plugin.is_empty() || event.to.is_none() {
+        return Err(EventError::Decode(
+            "event id, plugin and target build are required".into(),
+        ));
+    }
+    Ok(event)
+}
+
+/// Decodes an `OrderEvent` message value.
 pub fn decode(bytes: &[u8]) -> Result<pb::OrderEvent, EventError> {
     let event = pb::OrderEvent::decode(bytes).map_err(|e| EventError::Decode(e.to_string()))?;
     if event.event_id.is_empty() || event.order_id.is_empty() || event.order.is_none() {
@@ -176,5 +215,62 @@ mod tests {
         assert_eq!(saga.step, "capture-payment");
         assert_eq!(saga.saga_id, "0190d1c0-0000-7000-8000-000000000003");
         assert_eq!(event.order.unwrap().version, 4);
+    }
+
+    #[test]
+    fn a_plugin_change_reaches_the_wire_keyed_by_plugin_name() {
+        let message = oms_application::outbox::PluginChangedMessage::new(
+            "fakepay",
+            "promote",
+            "admin@127.0.0.1:5000",
+            Some(BuildDoc {
+                version: "1.0.0".into(),
+                sha256: "aa".into(),
+            }),
+            BuildDoc {
+                version: "1.1.0".into(),
+                sha256: "bb".into(),
+            },
+            oms_domain::Timestamp::from_unix_millis(1_700_000_000_000),
+        );
+        let payload = serde_json::to_value(&message.payload).unwrap();
+        let (bytes, key) = encode_plugin_changed(&payload).unwrap();
+        assert_eq!(key, "fakepay");
+        let event = decode_plugin_changed(&bytes).unwrap();
+        assert_eq!(event.event_id, message.event_id.to_string());
+        assert_eq!(event.event_type, "PluginChanged");
+        assert_eq!(
+            (event.action.as_str(), event.actor.as_str()),
+            ("promote", "admin@127.0.0.1:5000")
+        );
+        assert_eq!(event.from.unwrap().version, "1.0.0");
+        assert_eq!(event.to.unwrap().sha256, "bb");
+        assert_eq!(event.occurred_at_ms, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn a_plugin_change_without_a_plugin_name_breaks_the_contract() {
+        let mut payload = serde_json::to_value(
+            oms_application::outbox::PluginChangedMessage::new(
+                "fakepay",
+                "seed",
+                "seed:host",
+                None,
+                BuildDoc {
+                    version: "1".into(),
+                    sha256: "aa".into(),
+                },
+                oms_domain::Timestamp::from_unix_millis(1),
+            )
+            .payload,
+        )
+        .unwrap();
+        payload["plugin"] = serde_json::json!("");
+        assert!(matches!(
+            encode_plugin_changed(&payload),
+            Err(EventError::Payload(_))
+        ));
+        // An order event's document is not a plugin change either.
+        assert!(encode_plugin_changed(&saga_parked_payload()).is_err());
     }
 }

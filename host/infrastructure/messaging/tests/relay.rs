@@ -104,6 +104,88 @@ async fn every_change_is_relayed_once_in_order_sqlite() {
     every_change_is_relayed_once_in_order(TestBackend::Sqlite).await;
 }
 
+/// A change of the plugin set goes to its own topic, keyed by the plugin name, as a
+/// `PluginChanged`; the order events beside it stay on theirs.
+async fn plugin_changes_go_to_their_topic_keyed_by_name(backend: TestBackend) {
+    use oms_application::ports::{NewRelease, ReleaseAction};
+
+    let (test_db, db) = database(backend).await;
+    let svc = service(&db);
+    let broker = InProcessBroker::default();
+    let topics = Topics::default();
+    let relay = Relay::new(
+        db.outbox(),
+        broker.publisher_arc(),
+        topics.clone(),
+        fast_config(),
+    );
+    let release = |version: &'static str, sha256: &'static str, action| NewRelease {
+        name: "fakepay",
+        manifest: "name = \"fakepay\"",
+        sha256,
+        version,
+        wasm: b"component",
+        action,
+        actor: "admin@127.0.0.1:5000",
+    };
+    let plugins = db.plugin_releases();
+    plugins
+        .release(
+            release("1.0.0", "aa", ReleaseAction::Seed),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let order = svc.create_order(new_order("cust-pl"), None).await.unwrap();
+    plugins
+        .release(
+            release("1.1.0", "bb", ReleaseAction::Upload),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
+    drain(&relay, &db).await;
+    let changes = broker.messages(&topics.plugin_changes);
+    assert_eq!(changes.len(), 2);
+    let events: Vec<_> = changes
+        .iter()
+        .map(|m| oms_messaging::event::decode_plugin_changed(&m.payload).unwrap())
+        .collect();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.action.as_str(), e.to.as_ref().unwrap().version.as_str()))
+            .collect::<Vec<_>>(),
+        [("seed", "1.0.0"), ("upload", "1.1.0")]
+    );
+    assert_eq!(events[1].from.as_ref().unwrap().sha256, "aa");
+    assert_eq!(events[1].actor, "admin@127.0.0.1:5000");
+    for (m, e) in changes.iter().zip(&events) {
+        assert_eq!(m.key, "fakepay");
+        assert_eq!(m.header(headers::SUBJECT), Some("fakepay"));
+        assert_eq!(m.header(headers::TYPE), Some("PluginChanged"));
+        assert_eq!(m.header(headers::ID), Some(e.event_id.as_str()));
+    }
+    let order_events = broker.messages(&topics.events);
+    assert_eq!(order_events.len(), 1);
+    assert_eq!(order_events[0].key, order.id().to_string());
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn plugin_changes_go_to_their_topic_keyed_by_name_postgres() {
+    plugin_changes_go_to_their_topic_keyed_by_name(TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn plugin_changes_go_to_their_topic_keyed_by_name_sqlite() {
+    plugin_changes_go_to_their_topic_keyed_by_name(TestBackend::Sqlite).await;
+}
+
 async fn poison_row_blocks_its_order_then_dead_letters_and_redrives(backend: TestBackend) {
     let (test_db, db) = database(backend).await;
     let svc = service(&db);
@@ -365,7 +447,7 @@ async fn a_claim_marks_the_previous_round_and_claims_the_next_rows(backend: Test
     let lease = now.saturating_add(Duration::from_secs(60));
     let first = outbox.claim(&[], now, now, lease, 10).await.unwrap();
     assert_eq!(first.len(), 1, "the order's second row waits for its first");
-    assert_eq!(first[0].aggregate_id, order.id());
+    assert_eq!(first[0].aggregate_id, order.id().as_uuid());
     let second = outbox
         .claim(&[first[0].id], now, now, lease, 10)
         .await

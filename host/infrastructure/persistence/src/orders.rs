@@ -1,4 +1,5 @@
-//! [`OrderStore`]: orders, their lines, and the outbox rows written with them.
+//! [`OrderStore`]: orders, their lines, and the outbox rows written with them (through
+//! [`crate::outbox::write_outbox`]).
 
 use std::fmt::Write as _;
 use std::marker::PhantomData;
@@ -6,7 +7,9 @@ use std::marker::PhantomData;
 use async_trait::async_trait;
 use oms_application::idempotency::IdempotencyCompletion;
 use oms_application::outbox::OutboxMessage;
-use oms_application::ports::{OrderQuery, OrderStore, OrderWrite, SagaLease, StoreError};
+use oms_application::ports::{
+    AggregateType, OrderQuery, OrderStore, OrderWrite, SagaLease, StoreError,
+};
 use oms_application::saga::SagaInstance;
 use oms_domain::{Order, OrderId, Timestamp, Version};
 use sqlx::AssertSqlSafe;
@@ -16,6 +19,7 @@ use crate::mapping::{
     ItemRow, OrderRow, decode_item, decode_order, item_columns, order_columns, order_from_rows,
     orders_from_rows,
 };
+use crate::outbox::{NewOutboxRow, write_outbox};
 use crate::sagas::insert_saga;
 use crate::sql::{Args, Column, ConnOf, Dialect, RowOf, Rows, Sql, current_version, json, work};
 
@@ -346,59 +350,20 @@ async fn insert_outbox<D: Dialect>(
     messages: &[OutboxMessage],
     order: &Order,
 ) -> Result<(), StoreError> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let n = messages.len();
-    let mut event_ids = Vec::with_capacity(n);
-    let mut aggregates = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut occurred = Vec::with_capacity(n);
-    let mut headers = Vec::with_capacity(n);
-    for m in messages {
-        event_ids.push(m.event_id);
-        aggregates.push(m.aggregate_id.as_uuid());
-        types.push(m.event_type.to_owned());
-        versions.push(i32::try_from(m.schema_version).map_err(|_| {
-            StoreError::Corrupt(format!("schema version {} out of range", m.schema_version))
-        })?);
-        payloads.push(json(&m.payload, "outbox payload")?);
-        occurred.push(m.occurred_at.unix_millis());
-        headers.push(json(&m.headers, "outbox headers")?);
-    }
-    D::insert_rows(
-        conn,
-        Rows {
-            table: "outbox",
-            columns: &[
-                "event_id",
-                "aggregate_id",
-                "event_type",
-                "schema_version",
-                "payload",
-                "headers",
-                "occurred_at",
-                "created_at",
-                "next_attempt_at",
-            ],
-            values: vec![
-                Column::Id(event_ids),
-                Column::Id(aggregates),
-                Column::Text(types),
-                Column::Int(versions),
-                Column::Json(payloads),
-                Column::Json(headers),
-                Column::BigInt(occurred.clone()),
-                Column::BigInt(vec![order.updated_at().unix_millis(); n]),
-                // Due at once.
-                Column::BigInt(occurred),
-            ],
-            on_conflict: "",
-        },
-    )
-    .await
-    .map_err(D::classify)?;
-    Ok(())
+    let rows = messages
+        .iter()
+        .map(|m| {
+            Ok(NewOutboxRow {
+                event_id: m.event_id,
+                aggregate_type: AggregateType::Order,
+                aggregate_id: m.aggregate_id.as_uuid(),
+                event_type: m.event_type,
+                schema_version: m.schema_version,
+                payload: json(&m.payload, "outbox payload")?,
+                headers: json(&m.headers, "outbox headers")?,
+                occurred_at: m.occurred_at,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    write_outbox::<D>(conn, rows, order.updated_at()).await
 }

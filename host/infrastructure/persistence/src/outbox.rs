@@ -1,20 +1,107 @@
-//! [`OutboxStore`]: the outbox as the relay sees it (rows are written by `orders.rs`) and the
-//! dead letters. The port documents the lease and the per-order ordering.
+//! [`OutboxStore`]: the outbox as the relay sees it and the dead letters; and
+//! [`write_outbox`], the one way rows get in (order events from `orders.rs`, plugin changes
+//! from `plugin_releases.rs`, each in the transaction of the change it announces). The port
+//! documents the lease and the per-aggregate ordering.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use oms_application::ports::{Backlog, DeadLetter, OutboxRow, OutboxStore, StoreError};
+use oms_application::ports::{
+    AggregateType, Backlog, DeadLetter, OutboxRow, OutboxStore, StoreError,
+};
 use oms_domain::{OrderId, Timestamp, Version};
+use serde_json::value::RawValue;
 use sqlx::AssertSqlSafe;
+use sqlx::types::Json;
 use tokio::sync::watch;
 use tracing::debug;
+use uuid::Uuid;
 
-use crate::sql::{Args, Column, Dialect, RowExt, RowOf, Sql, lenient_json};
+use crate::sql::{Args, Column, ConnOf, Dialect, RowExt, RowOf, Rows, Sql, lenient_json};
+
+/// A row to write into the outbox.
+pub(crate) struct NewOutboxRow {
+    pub(crate) event_id: Uuid,
+    pub(crate) aggregate_type: AggregateType,
+    pub(crate) aggregate_id: Uuid,
+    pub(crate) event_type: &'static str,
+    pub(crate) schema_version: u32,
+    pub(crate) payload: Json<Box<RawValue>>,
+    pub(crate) headers: Json<Box<RawValue>>,
+    pub(crate) occurred_at: Timestamp,
+}
+
+/// Writes `rows` in one statement inside the caller's transaction, due at once; the relay
+/// publishes them in the order given (id order follows insertion order).
+pub(crate) async fn write_outbox<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    rows: Vec<NewOutboxRow>,
+    created_at: Timestamp,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = rows.len();
+    let mut event_ids = Vec::with_capacity(n);
+    let mut aggregate_types = Vec::with_capacity(n);
+    let mut aggregates = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
+    for r in rows {
+        event_ids.push(r.event_id);
+        aggregate_types.push(r.aggregate_type.as_str().to_owned());
+        aggregates.push(r.aggregate_id);
+        types.push(r.event_type.to_owned());
+        versions.push(i32::try_from(r.schema_version).map_err(|_| {
+            StoreError::Corrupt(format!("schema version {} out of range", r.schema_version))
+        })?);
+        payloads.push(r.payload);
+        occurred.push(r.occurred_at.unix_millis());
+        headers.push(r.headers);
+    }
+    D::insert_rows(
+        conn,
+        Rows {
+            table: "outbox",
+            columns: &[
+                "event_id",
+                "aggregate_type",
+                "aggregate_id",
+                "event_type",
+                "schema_version",
+                "payload",
+                "headers",
+                "occurred_at",
+                "created_at",
+                "next_attempt_at",
+            ],
+            values: vec![
+                Column::Id(event_ids),
+                Column::Text(aggregate_types),
+                Column::Id(aggregates),
+                Column::Text(types),
+                Column::Int(versions),
+                Column::Json(payloads),
+                Column::Json(headers),
+                Column::BigInt(occurred.clone()),
+                Column::BigInt(vec![created_at.unix_millis(); n]),
+                // Due at once.
+                Column::BigInt(occurred),
+            ],
+            on_conflict: "",
+        },
+    )
+    .await
+    .map_err(D::classify)?;
+    Ok(())
+}
 
 /// The PostgreSQL channel on which relays announce published order events, one notification
-/// per event with the payload `<order id> <version>` ([`published_hint`]).
+/// per order event with the payload `<order id> <version>` ([`published_hint`]).
 pub const CHANGES_CHANNEL: &str = "oms_order_changes";
 
 /// The `RETURNING` expression of the statements that mark rows published on PostgreSQL: one
@@ -25,8 +112,8 @@ pub const CHANGES_CHANNEL: &str = "oms_order_changes";
 /// version skip the read.
 fn published_hint() -> String {
     format!(
-        "pg_notify('{CHANGES_CHANNEL}', \
-         aggregate_id::text || ' ' || coalesce(payload->'order'->>'version', ''))"
+        "CASE WHEN aggregate_type = 'order' THEN pg_notify('{CHANGES_CHANNEL}', \
+         aggregate_id::text || ' ' || coalesce(payload->'order'->>'version', '')) END"
     )
 }
 
@@ -37,8 +124,8 @@ fn parse_hint(payload: &str) -> Option<(OrderId, Version)> {
     Some((OrderId::from_uuid(id), Version(version.parse().ok()?)))
 }
 
-const COLUMNS: &str = "id, event_id, aggregate_id, event_type, schema_version, payload, headers, \
-                       occurred_at, created_at, attempts";
+const COLUMNS: &str = "id, event_id, aggregate_type, aggregate_id, event_type, schema_version, \
+                       payload, headers, occurred_at, created_at, attempts";
 
 /// Due, unpublished, not in `published` (the list parameter of rows being marked published
 /// by the same statement), and the oldest unpublished row of its order.
@@ -76,6 +163,12 @@ impl<D: Dialect> SqlOutboxStore<D> {
     }
 }
 
+fn aggregate_type<D: Dialect>(row: &RowOf<D>) -> Result<AggregateType, sqlx::Error> {
+    let raw: String = row.col("aggregate_type")?;
+    AggregateType::parse(&raw)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown aggregate type {raw:?}").into()))
+}
+
 fn count(value: i32, what: &str) -> Result<u32, sqlx::Error> {
     u32::try_from(value).map_err(|_| sqlx::Error::Decode(format!("negative {what}").into()))
 }
@@ -84,7 +177,8 @@ fn decode_row<D: Dialect>(row: &RowOf<D>) -> Result<OutboxRow, sqlx::Error> {
     Ok(OutboxRow {
         id: row.col("id")?,
         event_id: D::uuid(row.col("event_id")?),
-        aggregate_id: OrderId::from_uuid(D::uuid(row.col("aggregate_id")?)),
+        aggregate_type: aggregate_type::<D>(row)?,
+        aggregate_id: D::uuid(row.col("aggregate_id")?),
         event_type: row.col("event_type")?,
         schema_version: count(row.col("schema_version")?, "schema version")?,
         // Leniently: a payload that is not even JSON must reach the relay, which dead-letters
@@ -101,7 +195,8 @@ fn decode_dead_letter<D: Dialect>(row: &RowOf<D>) -> Result<DeadLetter, sqlx::Er
     Ok(DeadLetter {
         id: row.col("id")?,
         event_id: D::uuid(row.col("event_id")?),
-        aggregate_id: OrderId::from_uuid(D::uuid(row.col("aggregate_id")?)),
+        aggregate_type: aggregate_type::<D>(row)?,
+        aggregate_id: D::uuid(row.col("aggregate_id")?),
         event_type: row.col("event_type")?,
         attempts: count(row.col("attempts")?, "attempts")?,
         last_error: row.col("last_error")?,
@@ -261,10 +356,10 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
     ) -> Result<(), StoreError> {
         let mut tx = self.sql.begin_write().await?;
         D::query(
-            "INSERT INTO dead_letters (id, event_id, aggregate_id, event_type, \
+            "INSERT INTO dead_letters (id, event_id, aggregate_type, aggregate_id, event_type, \
              schema_version, payload, headers, occurred_at, attempts, last_error, failed_at) \
-             SELECT id, event_id, aggregate_id, event_type, schema_version, payload, headers, \
-             occurred_at, $1, $2, $3 FROM outbox WHERE id = $4 \
+             SELECT id, event_id, aggregate_type, aggregate_id, event_type, schema_version, \
+             payload, headers, occurred_at, $1, $2, $3 FROM outbox WHERE id = $4 \
              ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts, \
              last_error = excluded.last_error, failed_at = excluded.failed_at, \
              redriven_at = NULL",
@@ -296,10 +391,12 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
             return Err(StoreError::NotFound);
         }
         let inserted = D::query(
-            "INSERT INTO outbox (id, event_id, aggregate_id, event_type, schema_version, \
-             payload, headers, occurred_at, created_at, attempts, next_attempt_at) \
-             SELECT id, event_id, aggregate_id, event_type, schema_version, payload, headers, \
-             occurred_at, $1, 0, $1 FROM dead_letters WHERE id = $2 AND redriven_at IS NULL",
+            "INSERT INTO outbox (id, event_id, aggregate_type, aggregate_id, event_type, \
+             schema_version, payload, headers, occurred_at, created_at, attempts, \
+             next_attempt_at) \
+             SELECT id, event_id, aggregate_type, aggregate_id, event_type, schema_version, \
+             payload, headers, occurred_at, $1, 0, $1 FROM dead_letters \
+             WHERE id = $2 AND redriven_at IS NULL",
         )
         .arg(now.unix_millis())
         .arg(id)
@@ -325,8 +422,9 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
         limit: u32,
     ) -> Result<Vec<DeadLetter>, StoreError> {
         let sql = format!(
-            "SELECT id, event_id, aggregate_id, event_type, attempts, last_error, failed_at, \
-             redriven_at FROM dead_letters {} ORDER BY failed_at DESC, id DESC LIMIT $1",
+            "SELECT id, event_id, aggregate_type, aggregate_id, event_type, attempts, \
+             last_error, failed_at, redriven_at FROM dead_letters {} \
+             ORDER BY failed_at DESC, id DESC LIMIT $1",
             if pending_only {
                 "WHERE redriven_at IS NULL"
             } else {

@@ -1,16 +1,19 @@
 //! [`PluginReleaseStore`]: the plugin set every host process serves (`plugin_releases`),
-//! the components by digest (`plugin_artifacts`) and every change (`plugin_audit`).
+//! the components by digest (`plugin_artifacts`) and every change (`plugin_audit`, and the
+//! `PluginChanged` event in the outbox beside it).
 
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
+use oms_application::outbox::{BuildDoc, PLUGIN_CHANGED, PluginChangedMessage};
 use oms_application::ports::{
-    AuditEntry, CanaryEnd, CanaryRelease, NewCanary, NewRelease, PluginRelease, PluginReleaseStore,
-    ReleaseAction, StoreError,
+    AggregateType, AuditEntry, CanaryEnd, CanaryRelease, NewCanary, NewRelease, PluginRelease,
+    PluginReleaseStore, ReleaseAction, StoreError, StoredBuild,
 };
 use oms_domain::Timestamp;
 
-use crate::sql::{Args, ConnOf, Dialect, RowExt, RowOf, Sql};
+use crate::outbox::{NewOutboxRow, write_outbox};
+use crate::sql::{Args, ConnOf, Dialect, RowExt, RowOf, Sql, json};
 
 pub(crate) struct SqlPluginReleaseStore<D: Dialect> {
     sql: Sql<D>,
@@ -63,10 +66,14 @@ fn release<D: Dialect>(row: &RowOf<D>) -> Result<PluginRelease, sqlx::Error> {
     })
 }
 
-/// Stores `wasm` under `sha256` unless it is there already, inside the caller's transaction.
-async fn store_artifact<D: Dialect>(
+/// Stores `wasm` under `sha256` unless it is there already, and records it as a build of
+/// `plugin` released with `manifest` (the latest manifest wins), inside the caller's
+/// transaction.
+async fn store_build<D: Dialect>(
     conn: &mut ConnOf<D>,
+    plugin: &str,
     sha256: &str,
+    manifest: &str,
     wasm: &[u8],
     at: i64,
 ) -> Result<(), StoreError> {
@@ -80,10 +87,23 @@ async fn store_artifact<D: Dialect>(
     .execute(D::on(conn))
     .await
     .map_err(D::classify)?;
+    D::query(
+        "INSERT INTO plugin_builds (plugin, sha256, manifest, released_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (plugin, sha256) \
+         DO UPDATE SET manifest = excluded.manifest, released_at = excluded.released_at",
+    )
+    .arg(plugin)
+    .arg(sha256)
+    .arg(manifest)
+    .arg(at)
+    .execute(D::on(conn))
+    .await
+    .map_err(D::classify)?;
     Ok(())
 }
 
-/// One `plugin_audit` row, inside the caller's transaction.
+/// One `plugin_audit` row and its `PluginChanged` outbox row, inside the caller's
+/// transaction: the broker hears of exactly the changes the audit trail holds.
 #[allow(clippy::too_many_arguments)]
 async fn audit<D: Dialect>(
     conn: &mut ConnOf<D>,
@@ -109,7 +129,26 @@ async fn audit<D: Dialect>(
     .execute(D::on(conn))
     .await
     .map_err(D::classify)?;
-    Ok(())
+    let from = match from {
+        (Some(version), Some(sha256)) => Some(BuildDoc { version, sha256 }),
+        _ => None,
+    };
+    let to = BuildDoc {
+        version: to.0.to_owned(),
+        sha256: to.1.to_owned(),
+    };
+    let event = PluginChangedMessage::new(plugin, action, actor, from, to, now);
+    let row = NewOutboxRow {
+        event_id: event.event_id,
+        aggregate_type: AggregateType::Plugin,
+        aggregate_id: event.aggregate_id,
+        event_type: PLUGIN_CHANGED,
+        schema_version: event.payload.schema_version,
+        payload: json(&event.payload, "plugin change payload")?,
+        headers: json(&event.headers, "plugin change headers")?,
+        occurred_at: event.occurred_at,
+    };
+    write_outbox::<D>(conn, vec![row], now).await
 }
 
 /// A conditional change of `name` that matched no row: `Ok(None)` when the release exists
@@ -141,7 +180,7 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
     ) -> Result<Option<PluginRelease>, StoreError> {
         let at = now.unix_millis();
         let mut tx = self.sql.begin_write().await?;
-        store_artifact::<D>(&mut tx, new.sha256, new.wasm, at).await?;
+        store_build::<D>(&mut tx, new.name, new.sha256, new.manifest, new.wasm, at).await?;
         // The current release, if any, becomes the rollback target in the same statement
         // (the right-hand sides read the row as it was).
         let replaced = match new.action {
@@ -319,7 +358,7 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
     ) -> Result<Option<PluginRelease>, StoreError> {
         let at = now.unix_millis();
         let mut tx = self.sql.begin_write().await?;
-        store_artifact::<D>(&mut tx, new.sha256, new.wasm, at).await?;
+        store_build::<D>(&mut tx, new.name, new.sha256, new.manifest, new.wasm, at).await?;
         let started = D::query(sqlx::AssertSqlSafe(format!(
             "UPDATE plugin_releases SET canary_manifest = $2, canary_sha256 = $3, \
              canary_version = $4, canary_percent = $5, generation = generation + 1, \
@@ -451,6 +490,27 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
             .map(|r| r.col::<Vec<u8>>("wasm"))
             .transpose()
             .map_err(D::classify)
+    }
+
+    async fn build(&self, plugin: &str, sha256: &str) -> Result<Option<StoredBuild>, StoreError> {
+        let row = D::query(
+            "SELECT b.manifest, a.wasm FROM plugin_builds b \
+             JOIN plugin_artifacts a ON a.sha256 = b.sha256 \
+             WHERE b.plugin = $1 AND b.sha256 = $2",
+        )
+        .arg(plugin)
+        .arg(sha256)
+        .fetch_optional(self.sql.reader())
+        .await
+        .map_err(D::classify)?;
+        row.map(|r| -> Result<StoredBuild, sqlx::Error> {
+            Ok(StoredBuild {
+                manifest: r.col("manifest")?,
+                wasm: r.col("wasm")?,
+            })
+        })
+        .transpose()
+        .map_err(D::classify)
     }
 
     async fn audit(&self, plugin: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {

@@ -375,3 +375,219 @@ on_both!(
     canaries,
     canaries_start_promote_abort_and_end_with_other_changes
 );
+
+/// Drains the outbox as one relay would (each round marks the previous round's rows
+/// published), returning the rows in the order they were claimed.
+async fn drain_outbox(db: &Database) -> Vec<oms_application::ports::OutboxRow> {
+    let outbox = db.outbox();
+    let now = Timestamp::now();
+    let lease = now.saturating_add(std::time::Duration::from_secs(60));
+    let mut published: Vec<i64> = Vec::new();
+    let mut all = Vec::new();
+    loop {
+        let rows = outbox
+            .claim(&published, now, now, lease, 100)
+            .await
+            .unwrap();
+        if rows.is_empty() {
+            return all;
+        }
+        published = rows.iter().map(|r| r.id).collect();
+        all.extend(rows);
+    }
+}
+
+/// Every change of the plugin set is an outbox row of aggregate type `plugin`, written with
+/// its audit row (so a change that did not happen writes none), claimed in the order the
+/// changes were made, and carrying what the audit trail says.
+async fn every_change_goes_to_the_outbox_beside_its_audit_row(db: Database) {
+    use oms_application::outbox::{PluginChangedPayload, plugin_aggregate_id};
+    use oms_application::ports::AggregateType;
+
+    let store = db.plugin_releases();
+    let at = Timestamp::from_unix_millis;
+    store
+        .release(new("0.1.0", "aa", b"one", ReleaseAction::Seed), at(1))
+        .await
+        .unwrap()
+        .unwrap();
+    // Changes that do not happen: a seed over a release, a canary of an unknown plugin.
+    assert_eq!(
+        store
+            .release(new("0.0.9", "ff", b"old", ReleaseAction::Seed), at(2))
+            .await
+            .unwrap(),
+        None
+    );
+    let mut unknown = canary("9.9.9", "ee", b"x", 5);
+    unknown.name = "nope";
+    assert!(store.start_canary(unknown, at(2)).await.is_err());
+    store
+        .release(new("0.2.0", "bb", b"two", ReleaseAction::Upload), at(3))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .start_canary(canary("0.3.0", "cc", b"three", 10), at(4))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .end_canary("fakepay", CanaryEnd::Abort, None, "auto-rollback:h1", at(5))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .set_disabled("fakepay", true, "ops", at(6))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let rows = drain_outbox(&db).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.aggregate_type == AggregateType::Plugin
+                && r.aggregate_id == plugin_aggregate_id("fakepay")
+                && r.event_type == "PluginChanged"),
+        "{rows:?}"
+    );
+    let events: Vec<PluginChangedPayload> = rows
+        .iter()
+        .map(|r| serde_json::from_value(r.payload.clone()).unwrap())
+        .collect();
+    let seen: Vec<(&str, &str, Option<&str>, &str, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.action.as_str(),
+                e.actor.as_str(),
+                e.from.as_ref().map(|b| b.version.as_str()),
+                e.to.version.as_str(),
+                e.occurred_at_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("seed", "test", None, "0.1.0", 1),
+            ("upload", "test", Some("0.1.0"), "0.2.0", 3),
+            ("canary", "ops", Some("0.2.0"), "0.3.0", 4),
+            ("abort", "auto-rollback:h1", Some("0.3.0"), "0.2.0", 5),
+            ("disable", "ops", Some("0.2.0"), "0.2.0", 6),
+        ]
+    );
+    assert!(
+        events
+            .iter()
+            .zip(&rows)
+            .all(|(e, r)| e.event_id == r.event_id.to_string()
+                && e.plugin == "fakepay"
+                && e.schema_version == 1)
+    );
+    // The audit trail holds the same five changes.
+    assert_eq!(store.audit(Some("fakepay"), 10).await.unwrap().len(), 5);
+    assert_eq!(store.audit(Some("nope"), 10).await.unwrap().len(), 0);
+}
+on_both!(
+    changes_in_the_outbox,
+    every_change_goes_to_the_outbox_beside_its_audit_row
+);
+
+/// A plugin change that exhausted its attempts is listed as such (no order id) and a redrive
+/// puts it back with its aggregate type, so it goes to the plugin-changes topic again.
+async fn a_dead_lettered_plugin_change_keeps_its_type(db: Database) {
+    use oms_application::ports::AggregateType;
+
+    db.plugin_releases()
+        .release(
+            new("0.1.0", "aa", b"one", ReleaseAction::Seed),
+            Timestamp::from_unix_millis(1),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let outbox = db.outbox();
+    let now = Timestamp::now();
+    let lease = now.saturating_add(std::time::Duration::from_secs(60));
+    let row = outbox
+        .claim(&[], now, now, lease, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    outbox
+        .dead_letter(row.id, 10, "broker down", now)
+        .await
+        .unwrap();
+    let letters = outbox.dead_letters(true, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].aggregate_type, AggregateType::Plugin);
+    assert_eq!(letters[0].order_id(), None);
+    assert!(outbox.redrive(row.id, now).await.unwrap());
+    let again = outbox.claim(&[], now, now, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (
+            again[0].aggregate_type,
+            again[0].aggregate_id,
+            &again[0].payload
+        ),
+        (AggregateType::Plugin, row.aggregate_id, &row.payload)
+    );
+}
+on_both!(
+    plugin_dead_letters,
+    a_dead_lettered_plugin_change_keeps_its_type
+);
+
+/// Every build a plugin was released or canaried with stays loadable by name and digest,
+/// with the manifest it was last released with; a change that did not happen records none.
+async fn every_released_build_stays_loadable(db: Database) {
+    let store = db.plugin_releases();
+    let at = Timestamp::from_unix_millis;
+    store
+        .release(new("0.1.0", "aa", b"one", ReleaseAction::Seed), at(1))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .release(new("0.2.0", "bb", b"two", ReleaseAction::Upload), at(2))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .start_canary(canary("0.3.0", "cc", b"three", 10), at(3))
+        .await
+        .unwrap()
+        .unwrap();
+    // Two more uploads: "aa" is neither current, previous nor canary any more.
+    store
+        .release(new("0.4.0", "dd", b"four", ReleaseAction::Upload), at(4))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .release(new("0.5.0", "ee", b"five", ReleaseAction::Upload), at(5))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let one = store.build("fakepay", "aa").await.unwrap().unwrap();
+    assert_eq!(
+        (one.manifest.as_str(), one.wasm.as_slice()),
+        ("name = \"fakepay\"", &b"one"[..])
+    );
+    let three = store.build("fakepay", "cc").await.unwrap().unwrap();
+    assert_eq!(three.manifest, "name = \"fakepay\" # canary");
+    // Another plugin never had these builds; a seed that did not happen recorded nothing.
+    assert_eq!(store.build("other", "aa").await.unwrap(), None);
+    assert_eq!(
+        store
+            .release(new("0.0.9", "ff", b"old", ReleaseAction::Seed), at(6))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.build("fakepay", "ff").await.unwrap(), None);
+}
+on_both!(builds, every_released_build_stays_loadable);

@@ -417,6 +417,19 @@ impl Registry {
         Ok(info)
     }
 
+    /// Keeps `plugin`, an older build of an installed name, loaded as a retained build
+    /// (unless a loaded build has its digest already).
+    pub(crate) fn retain(&self, plugin: LoadedPlugin) -> Result<VersionInfo, LoadError> {
+        let info = VersionInfo::of(&plugin);
+        let slot = self
+            .slot(&info.name)
+            .ok_or_else(|| LoadError::NotInstalled {
+                plugin: info.name.clone(),
+            })?;
+        slot.change(|b| b.retain(Arc::new(plugin), None));
+        Ok(info)
+    }
+
     /// Makes the canary of `name` current: the current build becomes the rollback target.
     pub(crate) fn promote(&self, name: &str) -> Result<VersionInfo, LoadError> {
         let slot = self.slot(name).ok_or_else(|| LoadError::NotInstalled {

@@ -220,6 +220,40 @@ impl PluginRuntime {
         Ok(info)
     }
 
+    /// Loads an older build of an installed plugin from its manifest's text and the
+    /// component's bytes and keeps it loaded for the follow-up calls pinned to it (a process
+    /// that started after the swaps that displaced it), like a build a swap displaced: it
+    /// serves no new saga and is unloaded once no open order refers to it
+    /// ([`Self::release_unreferenced`]). A build already loaded is not loaded twice.
+    pub async fn retain_bytes(
+        &self,
+        manifest_toml: &str,
+        wasm: Vec<u8>,
+    ) -> Result<VersionInfo, LoadError> {
+        let manifest = Manifest::parse(manifest_toml, Path::new("<stored manifest>"))?;
+        let path = manifest.path.clone();
+        let name = manifest.name.clone();
+        let Some(slot) = self.inner.registry.slot(&name) else {
+            return Err(LoadError::NotInstalled { plugin: name });
+        };
+        let plugin = self.load_parts(manifest, wasm).await?;
+        let current = slot.current();
+        if current.kind() != plugin.kind() {
+            return Err(LoadError::ManifestInvalid {
+                path,
+                reason: format!(
+                    "plugin {name} implements {}; an older build cannot implement {}",
+                    current.kind(),
+                    plugin.kind()
+                ),
+            });
+        }
+        let info = self.inner.registry.retain(plugin)?;
+        tracing::info!(plugin = %info.name, version = %info.version, digest = %info.digest,
+                       "older plugin build loaded for the orders pinned to it");
+        Ok(info)
+    }
+
     /// Makes the canary of `name` its current build (the current one becomes the rollback
     /// target).
     pub fn promote_canary(&self, name: &str) -> Result<VersionInfo, LoadError> {

@@ -206,6 +206,66 @@ async fn pinned_calls_reach_the_build_they_name_while_it_is_loaded() {
     assert_eq!(served_by(&pay.clone().pinned(Some(&two))).await, two);
 }
 
+/// A process that starts after swaps loads an older build for the calls pinned to it
+/// (`retain_bytes`, from the stored manifest and component): it serves those calls only and
+/// is released like any retained build.
+#[tokio::test]
+async fn an_older_build_loaded_from_bytes_serves_only_its_pinned_calls() {
+    let options = RuntimeOptions {
+        retain_at_least: Some(std::time::Duration::ZERO),
+        ..RuntimeOptions::default()
+    };
+    let rt = PluginRuntime::new(options, Some(Arc::new(MemoryKvStore::new()))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut builds = Vec::new();
+    for (version, tag) in [("1.0.0", "one"), ("2.0.0", "two")] {
+        let sub = dir.path().join(tag);
+        std::fs::create_dir(&sub).unwrap();
+        builds.push((sub.clone(), rebuilt(&sub, "fakepay", version, tag)));
+    }
+    let (one_dir, (one_manifest, one)) = builds.remove(0);
+    let (_, (two_manifest, two)) = builds.remove(0);
+    rt.install(&two_manifest).await.unwrap();
+    let text = std::fs::read_to_string(&one_manifest).unwrap();
+    let wasm_name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("wasm = "))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .unwrap();
+    let wasm = std::fs::read(one_dir.join(wasm_name)).unwrap();
+
+    let info = rt.retain_bytes(&text, wasm.clone()).await.unwrap();
+    assert_eq!(
+        (info.digest.as_str(), info.version.as_str()),
+        (one.as_str(), "1.0.0")
+    );
+    let pay = rt.payment("fakepay");
+    assert_eq!(
+        served_by(&pay).await,
+        two,
+        "new work stays on the current build"
+    );
+    assert_eq!(served_by(&pay.clone().pinned(Some(&one))).await, one);
+    // Loaded once however often it is asked for; not a rollback target.
+    rt.retain_bytes(&text, wasm.clone()).await.unwrap();
+    let status = rt.status_of("fakepay").unwrap();
+    assert_eq!(status.retained.len(), 1);
+    assert!(status.previous.is_none());
+    // Released once no open order refers to it.
+    assert_eq!(
+        rt.release_unreferenced(&std::collections::HashSet::new())
+            .len(),
+        1
+    );
+    assert_eq!(served_by(&pay.clone().pinned(Some(&one))).await, two);
+    // Only an installed plugin has older builds.
+    let ghost = text.replace("name = \"fakepay\"", "name = \"ghost\"");
+    assert!(matches!(
+        rt.retain_bytes(&ghost, wasm).await,
+        Err(oms_plugin_runtime::LoadError::NotInstalled { .. })
+    ));
+}
+
 /// A canary that crashes is ended; the follow-ups of the orders it took still go to it (pinned)
 /// and keep failing there, against its own breaker: the circuit of the build that serves
 /// everyone else stays closed.

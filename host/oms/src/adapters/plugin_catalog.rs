@@ -11,7 +11,9 @@
 //!
 //! A build that a new release displaces stays loaded while open orders refer to it: their
 //! follow-up calls are pinned to the build that made their payment or reservation
-//! (`PaymentGateway`'s `pinned`). The follower unloads it once no open order does.
+//! (`PaymentGateway`'s `pinned`). The follower unloads it once no open order does. A
+//! process that starts later loads those builds from the database
+//! ([`RuntimeCatalog::restore_pinned_builds`]).
 //!
 //! A canary is part of the release too: every process serves it for the same share of new
 //! sagas. Each process watches the canaries it serves ([`CanaryGuard`]) and aborts one,
@@ -175,6 +177,49 @@ impl RuntimeCatalog {
                     .release_unreferenced(&in_use.into_iter().collect());
             }
             Err(e) => warn!(error = %e, "reading the plugin builds open orders use failed"),
+        }
+    }
+
+    /// Loads the builds that open orders are pinned to and this process does not hold (it
+    /// started after the swaps that displaced them) from the stored builds, so that their
+    /// follow-up calls run on the build that made their holds; they are unloaded like any
+    /// retained build once no open order refers to them. A build the database does not hold
+    /// (stored before migration 0013) or that this process refuses is named in the log and
+    /// left out: its calls run on the current build.
+    pub async fn restore_pinned_builds(&self) {
+        let in_use = match self.sagas.plugin_builds_in_use().await {
+            Ok(in_use) => in_use,
+            Err(e) => {
+                warn!(error = %e, "reading the plugin builds open orders use failed");
+                return;
+            }
+        };
+        for (name, sha256) in in_use {
+            let Some(status) = self.runtime.status_of(&name) else {
+                continue;
+            };
+            let loaded = std::iter::once(&status.current)
+                .chain(status.previous.as_ref())
+                .chain(status.canary.as_ref().map(|c| &c.build))
+                .chain(&status.retained)
+                .any(|b| b.digest == sha256);
+            if loaded {
+                continue;
+            }
+            match self.releases.build(&name, &sha256).await {
+                Ok(Some(build)) => {
+                    if let Err(e) = self.runtime.retain_bytes(&build.manifest, build.wasm).await {
+                        warn!(plugin = %name, sha256 = %sha256, error = %e,
+                              "an older build open orders are pinned to was refused; \
+                               their calls run on the current build");
+                    }
+                }
+                Ok(None) => warn!(plugin = %name, sha256 = %sha256,
+                                  "open orders are pinned to a build the database does not \
+                                   hold; their calls run on the current build"),
+                Err(e) => warn!(plugin = %name, sha256 = %sha256, error = %e,
+                                "reading an older build open orders are pinned to failed"),
+            }
         }
     }
 

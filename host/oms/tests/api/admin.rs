@@ -908,5 +908,108 @@ pub async fn a_failing_canary_is_rolled_back_by_the_host(backend: TestBackend) {
     assert_eq!(settle(&app, &after.order_id).await.status(), S::Confirmed);
     let builds = payment_builds(&app, &after.order_id).await;
     assert_eq!(build_of(&builds, "authorize-payment"), "0.1.0");
+
+    // Both changes reached the broker: outbox rows of the plugin's aggregate, written with
+    // their audit rows, published by the relay in the order they were made.
+    let plugin = oms_application::outbox::plugin_aggregate_id("fakepay").to_string();
+    let sql = "SELECT CAST(payload AS TEXT), published_at FROM outbox \
+               WHERE aggregate_type = 'plugin' AND CAST(aggregate_id AS TEXT) = $1 ORDER BY id";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let changes = loop {
+        let rows: Vec<(String, Option<i64>)> = fetch_for_order(&app.db, sql, &plugin).await;
+        if rows.len() >= 3 && rows.iter().all(|(_, published)| published.is_some()) {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "plugin changes not published: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let changes: Vec<serde_json::Value> = changes
+        .iter()
+        .map(|(payload, _)| serde_json::from_str(payload).unwrap())
+        .collect();
+    let actions: Vec<&str> = changes
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["seed", "canary", "abort"], "{changes:?}");
+    assert_eq!(changes[2]["actor"], aborted["actor"]);
+    assert_eq!(changes[2]["from"]["version"], "0.2.0-trap");
+    app.stop().await;
+}
+
+/// A host process that starts after swaps loads, besides the current build (and its
+/// directory's), the build an open order was authorised by, and not the one in between that
+/// no order needs; it captures that order on it once it is the only host left.
+pub async fn a_host_started_after_swaps_loads_the_builds_open_orders_need(backend: TestBackend) {
+    let mut app = TestApp::spawn(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let swap = |version: &'static str| {
+        let sub = dir.path().join(version);
+        std::fs::create_dir(&sub).unwrap();
+        fakepay_build(&sub, version)
+    };
+    let swap_to = async |app: &TestApp, wasm: std::path::PathBuf| {
+        omsctl_json(app, &["plugins", "swap", "fakepay", wasm.to_str().unwrap()]).await;
+    };
+    swap_to(&app, swap("0.2.0")).await;
+    let order = app.create(order_with("c-pinned", "DEMO-1", "tok_ok")).await;
+    assert_eq!(settle(&app, &order.order_id).await.status(), S::Confirmed);
+    let builds = payment_builds(&app, &order.order_id).await;
+    assert_eq!(build_of(&builds, "authorize-payment"), "0.2.0");
+    swap_to(&app, swap("0.3.0")).await;
+    swap_to(&app, swap("0.4.0")).await;
+
+    // Its directory holds the bundled 0.1.0, which it loads first and the release replaces.
+    let (late, _late_cache) = app.another_host().await;
+    let status = late.plugins().status_of("fakepay").unwrap();
+    assert_eq!(status.current.version, "0.4.0");
+    let retained: Vec<&str> = status.retained.iter().map(|v| v.version.as_str()).collect();
+    assert_eq!(retained, ["0.2.0"], "{status:?}");
+    assert_ne!(
+        status.previous.as_ref().map(|p| p.version.as_str()),
+        Some("0.3.0"),
+        "no open order needs 0.3.0"
+    );
+
+    // Only the late host runs sagas now: the capture runs there, on the build that
+    // authorised the payment.
+    app.stop_host().await;
+    let mut client = oms_grpc::pb::order_service_client::OrderServiceClient::connect(format!(
+        "http://{}",
+        late.addr
+    ))
+    .await
+    .unwrap();
+    client
+        .fulfill_order(oms_grpc::pb::FulfillOrderRequest {
+            order_id: order.order_id.clone(),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = client
+            .get_order(oms_grpc::pb::GetOrderRequest {
+                order_id: order.order_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if now.status() == S::Fulfilled {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not fulfilled: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let builds = payment_builds(&app, &order.order_id).await;
+    assert_eq!(build_of(&builds, "capture-payment"), "0.2.0", "{builds:?}");
+    late.stop().await.unwrap();
     app.stop().await;
 }

@@ -145,6 +145,14 @@ impl TestApp {
         self.server.as_ref().expect("server running")
     }
 
+    /// Stops this host (its database stays), for a test that goes on with another host;
+    /// [`Self::stop`] then only drops the database.
+    pub async fn stop_host(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("server stops cleanly");
+        }
+    }
+
     /// Stops the server and drops the database. Call at the end of each test.
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {

@@ -107,6 +107,7 @@ on_both_backends!(
     both_listeners_serve_tls_when_configured,
     a_canary_takes_its_share_and_each_order_stays_on_its_build,
     a_failing_canary_is_rolled_back_by_the_host,
+    a_host_started_after_swaps_loads_the_builds_open_orders_need,
 );
 
 on_both_backends!(

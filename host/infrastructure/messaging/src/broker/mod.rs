@@ -82,7 +82,9 @@ pub trait Broker: Send + Sync + 'static {
 pub struct Topics {
     /// Order events (`oms.events.v1.OrderEvent`).
     pub events: String,
-    /// Outbox rows that exhausted their publish attempts.
+    /// Changes of the plugin set (`oms.events.v1.PluginChanged`).
+    pub plugin_changes: String,
+    /// Outbox rows that exhausted their publish attempts (of both aggregate types).
     pub dead_letters: String,
     /// Events the notification consumer could not process (poison events).
     pub notification_dead_letters: String,
@@ -92,6 +94,7 @@ impl Default for Topics {
     fn default() -> Self {
         Self {
             events: "oms.order-events.v1".into(),
+            plugin_changes: "oms.plugin-changes.v1".into(),
             dead_letters: "oms.order-events.dlq.v1".into(),
             notification_dead_letters: "oms.notifications.dlq.v1".into(),
         }

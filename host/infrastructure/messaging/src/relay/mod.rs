@@ -187,7 +187,7 @@ impl Relay {
         let mut sent_rows = Vec::with_capacity(rows.len());
         let mut failures: Vec<(&OutboxRow, String, bool)> = Vec::new();
         for row in &rows {
-            match message::event_message(row, &self.topics.events) {
+            match message::event_message(row, &self.topics) {
                 Ok(m) => {
                     to_send.push(m);
                     sent_rows.push(row);
@@ -241,7 +241,8 @@ impl Relay {
                 continue;
             }
             let delay = self.config.backoff.jittered(attempts);
-            warn!(outbox_id = row.id, event_id = %row.event_id, order_id = %row.aggregate_id,
+            warn!(outbox_id = row.id, event_id = %row.event_id,
+                  aggregate_type = row.aggregate_type.as_str(), aggregate_id = %row.aggregate_id,
                   attempts, error = %error, retry_in_ms = delay.as_millis() as u64,
                   "outbox publish failed; will retry");
             self.outbox
@@ -271,7 +272,8 @@ impl Relay {
             .dead_letter(row.id, attempts, error, Timestamp::now())
             .await?;
         metrics::counter!("oms_outbox_dead_lettered_total").increment(1);
-        warn!(outbox_id = row.id, event_id = %row.event_id, order_id = %row.aggregate_id,
+        warn!(outbox_id = row.id, event_id = %row.event_id,
+              aggregate_type = row.aggregate_type.as_str(), aggregate_id = %row.aggregate_id,
               event_type = %row.event_type, attempts, error = %error,
               "outbox row dead-lettered");
         Ok(true)
@@ -311,7 +313,7 @@ impl Relay {
         // the same statement, so a relay kept busy by commits pays one write per round, not
         // two. They wait at most `mark_delay`; until then they stay leased to this relay.
         let mut acked = Acked::default();
-        info!(topic = %self.topics.events, batch = self.config.batch_size, "outbox relay started");
+        info!(topic = %self.topics.events, plugin_changes = %self.topics.plugin_changes, batch = self.config.batch_size, "outbox relay started");
         loop {
             if *shutdown.borrow() {
                 break;

@@ -35,6 +35,7 @@ pub fn unique_topics() -> Topics {
     let tag = uuid::Uuid::now_v7().simple().to_string();
     Topics {
         events: format!("t-events-{tag}"),
+        plugin_changes: format!("t-plugins-{tag}"),
         dead_letters: format!("t-dlq-{tag}"),
         notification_dead_letters: format!("t-ndlq-{tag}"),
     }
@@ -47,6 +48,7 @@ pub async fn create_topics(brokers: &str, topics: &Topics, partitions: i32) {
         .expect("admin client");
     let names = [
         &topics.events,
+        &topics.plugin_changes,
         &topics.dead_letters,
         &topics.notification_dead_letters,
     ];

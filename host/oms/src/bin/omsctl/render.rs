@@ -151,6 +151,7 @@ fn dead_letter_json(d: &pb::DeadLetter) -> Value {
     json!({
         "outbox_id": d.outbox_id,
         "event_id": d.event_id,
+        "aggregate_type": d.aggregate_type,
         "order_id": d.order_id,
         "event_type": d.event_type,
         "attempts": d.attempts,
@@ -443,7 +444,7 @@ impl Output {
             t.add_row(vec![
                 d.outbox_id.to_string(),
                 d.event_type.clone(),
-                d.order_id.clone(),
+                dash(&d.order_id).to_owned(),
                 d.attempts.to_string(),
                 time(d.failed_at.as_ref()),
                 dash(&time(d.redriven_at.as_ref())).to_owned(),

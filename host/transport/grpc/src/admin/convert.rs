@@ -89,7 +89,8 @@ pub(super) fn dead_letter(d: &DeadLetter) -> pb::DeadLetter {
     pb::DeadLetter {
         outbox_id: d.id,
         event_id: d.event_id.to_string(),
-        order_id: d.aggregate_id.to_string(),
+        order_id: d.order_id().map(|o| o.to_string()).unwrap_or_default(),
+        aggregate_type: d.aggregate_type.as_str().to_owned(),
         event_type: d.event_type.clone(),
         attempts: d.attempts,
         last_error: d.last_error.clone(),
