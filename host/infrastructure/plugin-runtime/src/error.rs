@@ -76,6 +76,16 @@ pub enum LoadError {
 
     #[error("plugin {plugin}: no canary is running")]
     NoCanary { plugin: String },
+
+    #[error(
+        "plugin {plugin}: {path} declares the name that {first} declares already; one name, \
+         one manifest: remove or rename one of them"
+    )]
+    DuplicateName {
+        plugin: String,
+        path: PathBuf,
+        first: PathBuf,
+    },
 }
 
 /// What stopped a call inside the sandbox (as opposed to the plugin's own typed answer).

@@ -34,5 +34,5 @@ pub use error::{BreakerCause, CallError, CallErrorKind, LoadError, PluginError};
 pub use kv::KvError;
 pub use manifest::{CONTRACT_VERSION, Manifest, PluginKind, manifest_digest};
 pub use registry::{CanaryStatus, MAX_RETAINED, PluginStatus, RETAIN_AT_LEAST, VersionInfo};
-pub use runtime::{DirReport, PluginRuntime, RuntimeOptions, SetupError, manifests_in};
+pub use runtime::{PluginRuntime, RuntimeOptions, SetupError, manifests_in};
 pub use watcher::{DirWatcher, WatchHandle};

@@ -91,6 +91,12 @@ impl LoadedPlugin {
                 actual,
             });
         }
+        if let Some(reason) = not_a_component(wasm) {
+            return Err(LoadError::Compile {
+                plugin: manifest.name.clone(),
+                reason: reason.to_owned(),
+            });
+        }
         let (component, cache) = engine
             .compile(wasm, &actual)
             .map_err(|e| LoadError::Compile {
@@ -145,6 +151,35 @@ impl LoadedPlugin {
     }
 }
 
+/// Why `wasm` cannot be a component, from its 8-byte preamble, in the integrator's terms;
+/// `None` when it looks like one (the compiler then checks the rest). Without this, random
+/// bytes were refused with the text parser's "input bytes aren't valid utf-8", and a core
+/// module with a type error about a missing world.
+fn not_a_component(wasm: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[u8] = b"\0asm";
+    // Version 13 (0x0d) and layer 1: the component-model binary format.
+    const COMPONENT: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
+    // Version 1, layer 0: a core module.
+    const MODULE: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
+    if wasm.len() < 8 || &wasm[..4] != MAGIC {
+        return Some(
+            "the file is not WebAssembly (it does not start with the Wasm magic bytes \
+             `\\0asm`): check that the manifest names the built .wasm file",
+        );
+    }
+    match <[u8; 4]>::try_from(&wasm[4..8]) {
+        Ok(COMPONENT) => None,
+        Ok(MODULE) => Some(
+            "the file is a core Wasm module, not a component: build it for wasm32-wasip2, \
+             or wrap the module with `wasm-tools component new` (docs/plugins.md, section 7)",
+        ),
+        _ => Some(
+            "the file is WebAssembly of a binary-format version this host does not read \
+             (it reads components: version 0x0d, layer 1)",
+        ),
+    }
+}
+
 fn check_size(manifest: &Manifest, size: u64, limits: &Limits) -> Result<(), LoadError> {
     if size > limits.max_wasm_bytes {
         return Err(LoadError::TooLarge {
@@ -155,4 +190,34 @@ fn check_size(manifest: &Manifest, size: u64, limits: &Limits) -> Result<(), Loa
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_a_component;
+
+    #[test]
+    fn a_file_that_is_no_component_is_named_for_what_it_is() {
+        let random = [0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0, 0, 0];
+        assert!(
+            not_a_component(&random)
+                .unwrap()
+                .contains("not WebAssembly")
+        );
+        assert!(
+            not_a_component(b"\0as")
+                .unwrap()
+                .contains("not WebAssembly")
+        );
+        let module = [0, b'a', b's', b'm', 1, 0, 0, 0];
+        assert!(
+            not_a_component(&module)
+                .unwrap()
+                .contains("core Wasm module")
+        );
+        let future = [0, b'a', b's', b'm', 0x0e, 0, 1, 0];
+        assert!(not_a_component(&future).unwrap().contains("version"));
+        let component = [0, b'a', b's', b'm', 0x0d, 0, 1, 0, 0];
+        assert_eq!(not_a_component(&component), None);
+    }
 }

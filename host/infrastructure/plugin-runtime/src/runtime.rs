@@ -43,13 +43,6 @@ pub(crate) struct Inner {
     retain_at_least: std::time::Duration,
 }
 
-/// What loading a directory did.
-#[derive(Debug, Default)]
-pub struct DirReport {
-    pub installed: Vec<VersionInfo>,
-    pub refused: Vec<(PathBuf, LoadError)>,
-}
-
 /// The plugin runtime; cheap to clone (shared state).
 #[derive(Clone)]
 pub struct PluginRuntime {
@@ -268,19 +261,6 @@ impl PluginRuntime {
         let info = self.inner.registry.abort_canary(name)?;
         tracing::info!(plugin = %info.name, version = %info.version, "plugin canary ended");
         Some(info)
-    }
-
-    /// Installs every `*.toml` manifest in `dir` (sorted by file name). One refused plugin
-    /// does not stop the others.
-    pub async fn load_dir(&self, dir: impl AsRef<Path>) -> std::io::Result<DirReport> {
-        let mut report = DirReport::default();
-        for path in manifests_in(dir.as_ref())? {
-            match self.install(&path).await {
-                Ok(info) => report.installed.push(info),
-                Err(e) => report.refused.push((path, e)),
-            }
-        }
-        Ok(report)
     }
 
     /// Makes the previous version current again (and the current one the rollback target).

@@ -10,6 +10,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings::caps::oms::plugins as caps;
 use crate::capabilities::PluginContext;
 use crate::capabilities::http::HttpHooks;
+use crate::capabilities::stdio::{GuestOutput, Stream};
 use crate::kv::KvTransaction;
 use crate::limits::{Limits, MemoryCap};
 
@@ -51,10 +52,17 @@ impl HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         // The WASI context grants nothing: no preopened directories, no environment, no args,
-        // no sockets, stdio closed. A wasm32-wasip2 guest imports these interfaces anyway;
-        // they link, and every call through them finds nothing to reach.
+        // no sockets, no stdin. A wasm32-wasip2 guest imports these interfaces anyway; they
+        // link, and every call through them finds nothing to reach. What the guest prints
+        // reaches the host log as the plugin's records, within its log policy.
+        let ctx = &self.ctx;
         WasiCtxView {
-            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
+            ctx: self.wasi.get_or_insert_with(|| {
+                WasiCtx::builder()
+                    .stdout(GuestOutput::new(ctx.clone(), Stream::Stdout))
+                    .stderr(GuestOutput::new(ctx.clone(), Stream::Stderr))
+                    .build()
+            }),
             table: &mut self.table,
         }
     }

@@ -5,6 +5,10 @@
 //!
 //! Half-copied files are harmless: a component that does not match its manifest's digest is
 //! refused (the current version keeps serving) and retried when either file changes again.
+//!
+//! A name is declared by one manifest: when two files declare the same name, the first in
+//! file-name order is the plugin and the other is refused, naming both files (it used to be
+//! installed over the first, silently, so the last file loaded won).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,13 +70,43 @@ impl DirWatcher {
                 return report;
             }
         };
-        for path in manifests {
-            let wasm = Manifest::from_file(&path).ok().map(|m| m.wasm_path());
-            let fp = (stat(&path), wasm.as_deref().and_then(stat));
-            if self.seen.get(&path) == Some(&fp) {
+        let parsed: Vec<(PathBuf, Option<Manifest>)> = manifests
+            .into_iter()
+            .map(|path| {
+                let manifest = Manifest::from_file(&path).ok();
+                (path, manifest)
+            })
+            .collect();
+        // The file that owns each name: the first in file-name order.
+        let mut owners: HashMap<&str, &Path> = HashMap::new();
+        for (path, manifest) in &parsed {
+            if let Some(m) = manifest {
+                owners.entry(m.name.as_str()).or_insert(path.as_path());
+            }
+        }
+        let mut installs = Vec::new();
+        for (path, manifest) in &parsed {
+            let wasm = manifest.as_ref().map(Manifest::wasm_path);
+            let fp = (stat(path), wasm.as_deref().and_then(stat));
+            if self.seen.get(path) == Some(&fp) {
                 continue;
             }
             self.seen.insert(path.clone(), fp);
+            match manifest.as_ref().map(|m| (m, owners.get(m.name.as_str()))) {
+                Some((m, Some(first))) if *first != path.as_path() => {
+                    report.refused.push((
+                        path.clone(),
+                        LoadError::DuplicateName {
+                            plugin: m.name.clone(),
+                            path: path.clone(),
+                            first: first.to_path_buf(),
+                        },
+                    ));
+                }
+                _ => installs.push(path.clone()),
+            }
+        }
+        for path in installs {
             match self.runtime.install(&path).await {
                 Ok(info) => report.installed.push(info),
                 Err(e) => report.refused.push((path, e)),

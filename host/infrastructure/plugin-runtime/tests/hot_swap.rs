@@ -347,6 +347,37 @@ async fn watched_directory_installs_changes_and_survives_a_bad_drop() {
     assert_eq!(&*r.info.version, "1.1.0");
 }
 
+/// Two manifests declaring one name: the first in file-name order is the plugin, the other
+/// is refused with both files named (the last one loaded used to win, silently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_manifest_of_one_name_is_refused_naming_both_files() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let first = staged(dir.path(), "fakepay", |t| {
+        set_line(&t, "version", "\"1.0.0\"")
+    });
+    let text = std::fs::read_to_string(&first).unwrap();
+    let second = dir.path().join("zz-fakepay-copy.toml");
+    std::fs::write(&second, set_line(&text, "version", "\"9.9.9\"")).unwrap();
+
+    let mut watcher = DirWatcher::new(rt.clone(), dir.path());
+    let report = watcher.scan().await;
+    assert_eq!(report.installed.len(), 1, "{:?}", report.refused);
+    assert_eq!(rt.status_of("fakepay").unwrap().current.version, "1.0.0");
+    assert_eq!(report.refused.len(), 1);
+    let (path, error) = &report.refused[0];
+    assert_eq!(path, &second);
+    let message = error.to_string();
+    assert!(
+        message.contains("zz-fakepay-copy.toml") && message.contains("fakepay.toml"),
+        "{message}"
+    );
+    assert!(matches!(
+        error,
+        oms_plugin_runtime::LoadError::DuplicateName { .. }
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_loads_the_cached_artifact() {
     let cache = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use crate::manifest::Manifest;
 use crate::state::HostState;
 
 /// Longest message kept; the rest is cut (on a char boundary) and marked.
-const MAX_MESSAGE_BYTES: usize = 4096;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 4096;
 /// Most fields kept per record.
 const MAX_FIELDS: usize = 32;
 
@@ -98,7 +98,7 @@ fn level_of(l: wit::Level) -> Level {
     }
 }
 
-fn truncate(mut s: String) -> String {
+pub(crate) fn truncate(mut s: String) -> String {
     if s.len() > MAX_MESSAGE_BYTES {
         let mut cut = MAX_MESSAGE_BYTES;
         while !s.is_char_boundary(cut) {

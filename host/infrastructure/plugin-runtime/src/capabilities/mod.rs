@@ -7,6 +7,7 @@
 //! - its own unit tests.
 //!
 //! Log, config/secrets and clock are always granted; kv and HTTP only when the manifest says so.
+//! A guest's stdout and stderr go to the log like `log` records ([`stdio`]).
 
 pub mod clock;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod http;
 mod http_tls;
 pub mod kv;
 pub mod log;
+pub(crate) mod stdio;
 
 use std::sync::Arc;
 
