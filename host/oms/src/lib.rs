@@ -5,6 +5,7 @@ pub mod adapters;
 pub mod config;
 pub mod health;
 pub mod metrics;
+pub mod plugin_kit;
 pub mod plugins;
 pub mod server;
 pub mod telemetry;

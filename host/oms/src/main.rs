@@ -36,20 +36,44 @@ enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Tools for plugin authors; they need no database and no Rust toolchain.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run every check the host makes before it loads a plugin (manifest, contract version,
+    /// size, digest, component, world, grants) and report each one; exit 1 if any fails.
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Its manifest; default: `FILE` with `.toml` for `.wasm`, else `manifest.toml`
+        /// beside it.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref())?;
+    // The plugin tools read no host configuration.
+    let load = || Config::load(cli.config.as_deref());
     match cli.command {
-        Command::Health { timeout } => health(&config, timeout).await,
+        Command::Health { timeout } => health(&load()?, timeout).await,
+        Command::Plugin {
+            command: PluginCommand::Check { file, manifest },
+        } => plugin_check(&file, manifest).await,
         Command::Config => {
             // Secrets (database password, broker credentials) are shown as `***`.
-            print!("{}", toml::to_string_pretty(&config.redacted())?);
+            print!("{}", toml::to_string_pretty(&load()?.redacted())?);
             Ok(())
         }
         Command::Serve => {
+            let config = load()?;
             let _telemetry = oms::telemetry::init(&config.log, &config.tracing);
             let server = oms::start(config).await?;
             let stop = server.shutdown_handle();
@@ -61,6 +85,28 @@ async fn main() -> anyhow::Result<()> {
             server.wait().await.context("server stopped with an error")
         }
     }
+}
+
+/// `oms plugin check`: one line per check, then the verdict.
+async fn plugin_check(file: &std::path::Path, manifest: Option<PathBuf>) -> anyhow::Result<()> {
+    use oms::plugin_kit::{self, Outcome};
+    let manifest = manifest.unwrap_or_else(|| plugin_kit::default_manifest(file));
+    println!("checking {} with {}", file.display(), manifest.display());
+    let report = plugin_kit::check(file, &manifest).await;
+    for (name, outcome) in &report.checks {
+        match outcome {
+            Outcome::Passed(detail) => println!("  pass  {name:<9}  {detail}"),
+            Outcome::Failed(why) => println!("  FAIL  {name:<9}  {why}"),
+            Outcome::Skipped => println!("  skip  {name:<9}  (not run: an earlier check failed)"),
+        }
+    }
+    anyhow::ensure!(
+        report.passed(),
+        "{} would be refused by the host",
+        file.display()
+    );
+    println!("{} passes every load check", file.display());
+    Ok(())
 }
 
 /// `oms health`: one `grpc.health.v1.Health/Check` of the whole server.

@@ -80,6 +80,19 @@ impl PluginRuntime {
             .await
     }
 
+    /// Loads and checks a build from its manifest's text (`manifest_path` resolves its paths
+    /// and names it in errors) and the component's bytes, without installing it: every
+    /// check an install makes, for `oms plugin check`.
+    pub async fn check_bytes(
+        &self,
+        manifest_toml: &str,
+        manifest_path: &Path,
+        wasm: Vec<u8>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let manifest = Manifest::parse(manifest_toml, manifest_path)?;
+        self.load_parts(manifest, wasm).await
+    }
+
     /// Loads, checks, then atomically makes current the plugin of `manifest_path`. On any
     /// error the version that was serving keeps serving. Installing the same component with
     /// the same manifest as the current one changes nothing.

@@ -1,0 +1,167 @@
+//! `oms plugin check` through the built binary, on the bundled plugins and on broken copies
+//! of them: each broken file fails at the check the host would refuse it at.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+fn built_plugins() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins");
+    assert!(
+        dir.join("fakepay.wasm").is_file(),
+        "{} has no built plugins: run scripts/build-plugins first",
+        dir.display()
+    );
+    dir
+}
+
+fn check(args: &[&Path]) -> (Output, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oms"));
+    cmd.args(["plugin", "check"]);
+    for (i, arg) in args.iter().enumerate() {
+        if i == 1 {
+            cmd.arg("--manifest");
+        }
+        cmd.arg(arg);
+    }
+    let out = cmd.output().expect("run oms plugin check");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, stdout)
+}
+
+/// The line of check `name`.
+fn line<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("no {name} line:\n{stdout}"))
+}
+
+/// `fakepay`'s manifest with its digest (and optionally its name) replaced.
+fn fakepay_manifest(sha256: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(built_plugins().join("fakepay.toml")).unwrap();
+    text.lines()
+        .map(|l| {
+            if l.starts_with("sha256 = ") {
+                format!("sha256 = \"{sha256}\"")
+            } else if l.starts_with("name = ") {
+                format!("name = \"{name}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn every_bundled_plugin_passes_every_check() {
+    for name in [
+        "fakepay",
+        "fakepay-strict",
+        "local-stock",
+        "email-text",
+        "webhook-json",
+    ] {
+        let (out, stdout) = check(&[&built_plugins().join(format!("{name}.wasm"))]);
+        assert!(out.status.success(), "{name}: {stdout}");
+        assert_eq!(
+            stdout
+                .lines()
+                .filter(|l| l.trim_start().starts_with("pass "))
+                .count(),
+            7,
+            "{name}: {stdout}"
+        );
+        assert!(stdout.contains("passes every load check"), "{stdout}");
+    }
+}
+
+#[test]
+fn a_broken_plugin_fails_at_the_check_the_host_refuses_it_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let fakepay = built_plugins().join("fakepay.wasm");
+    let garbage = vec![0x5a_u8; 4096];
+    let garbage_sha = hex::encode(Sha256::digest(&garbage));
+    let garbage_path = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage_path, &garbage).unwrap();
+    let local_stock = built_plugins().join("local-stock.wasm");
+    let local_stock_sha = hex::encode(Sha256::digest(std::fs::read(&local_stock).unwrap()));
+
+    let cases: [(&str, &Path, String, &str, &str); 4] = [
+        (
+            "digest",
+            &fakepay,
+            fakepay_manifest(&"1".repeat(64), "fakepay"),
+            "digest mismatch",
+            "component",
+        ),
+        (
+            "component",
+            &garbage_path,
+            fakepay_manifest(&garbage_sha, "fakepay"),
+            "is not WebAssembly",
+            "world",
+        ),
+        (
+            "world",
+            &local_stock,
+            fakepay_manifest(&local_stock_sha, "fakepay"),
+            "payment-provider",
+            "grants",
+        ),
+        (
+            "manifest",
+            &fakepay,
+            "name = ".to_owned(),
+            "invalid",
+            "contract",
+        ),
+    ];
+    for (failing, wasm, manifest, says, skipped) in cases {
+        let manifest_path = dir.path().join(format!("{failing}.toml"));
+        std::fs::write(&manifest_path, manifest).unwrap();
+        let (out, stdout) = check(&[wasm, &manifest_path]);
+        assert!(!out.status.success(), "{failing}: {stdout}");
+        let failed = line(&stdout, failing);
+        assert!(
+            failed.trim_start().starts_with("FAIL") && failed.contains(says),
+            "{failing}: {stdout}"
+        );
+        assert!(
+            line(&stdout, skipped).trim_start().starts_with("skip"),
+            "{failing}: {stdout}"
+        );
+        assert_eq!(
+            stdout
+                .lines()
+                .filter(|l| l.trim_start().starts_with("FAIL"))
+                .count(),
+            1,
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn the_manifest_beside_the_component_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("plugin.wasm");
+    std::fs::copy(built_plugins().join("fakepay.wasm"), &wasm).unwrap();
+    // No manifest: the run fails at the manifest, naming the file it looked for.
+    let (out, stdout) = check(&[&wasm]);
+    assert!(!out.status.success());
+    assert!(
+        line(&stdout, "manifest").contains("manifest.toml"),
+        "{stdout}"
+    );
+    std::fs::copy(
+        built_plugins().join("fakepay.toml"),
+        dir.path().join("plugin.toml"),
+    )
+    .unwrap();
+    let (out, stdout) = check(&[&wasm]);
+    assert!(out.status.success(), "{stdout}");
+}
