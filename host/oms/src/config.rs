@@ -183,6 +183,9 @@ pub struct PluginsConfig {
     pub dir: PathBuf,
     /// Where precompiled plugins are cached, so a restart does not recompile.
     pub cache_dir: PathBuf,
+    /// Most MiB of precompiled plugins kept in `cache_dir`; the least recently used are
+    /// deleted beyond it.
+    pub cache_max_mib: u64,
     /// How often the directory is rescanned for new versions; 0 turns watching off.
     pub watch_interval_ms: u64,
     /// How often the shared release set (uploads and rollbacks through any host process on
@@ -388,6 +391,7 @@ impl Default for Config {
             plugins: PluginsConfig {
                 dir: PathBuf::from("target/plugins"),
                 cache_dir: PathBuf::from("./data/plugin-cache"),
+                cache_max_mib: 1024,
                 watch_interval_ms: 1000,
                 sync_interval_ms: 1000,
                 inventory: "local-stock".to_owned(),
@@ -555,8 +559,9 @@ impl Config {
         let b = &self.broker;
         // `plugins.watch_interval_ms` and `saga.step_deadline_cap_ms` are absent on purpose:
         // for them 0 means "off" and "the step tables' own", as documented.
-        let positive: [(&'static str, u64); 24] = [
+        let positive: [(&'static str, u64); 25] = [
             ("plugins.sync_interval_ms", self.plugins.sync_interval_ms),
+            ("plugins.cache_max_mib", self.plugins.cache_max_mib),
             (
                 "plugins.canary.window_secs",
                 self.plugins.canary.window_secs,

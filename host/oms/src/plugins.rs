@@ -37,6 +37,11 @@ pub async fn watch(
         for (path, error) in &report.refused {
             warn!(manifest = %path.display(), %error, "plugin refused");
         }
+        for (path, name) in &report.removed {
+            warn!(manifest = %path.display(), plugin = name.as_deref().unwrap_or("?"),
+                  "plugin files removed from the plugins directory; the plugin keeps serving \
+                   from the shared release set (omsctl plugins disable NAME stops it)");
+        }
         if !report.installed.is_empty() {
             let names: Vec<String> = report.installed.into_iter().map(|v| v.name).collect();
             catalog
@@ -54,6 +59,7 @@ pub async fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plug
     let options = RuntimeOptions {
         engine: EngineOptions {
             cache_dir: Some(config.cache_dir.clone()),
+            cache_max_bytes: config.cache_max_mib.saturating_mul(1 << 20),
             ..EngineOptions::default()
         },
         ..RuntimeOptions::default()

@@ -27,13 +27,17 @@ type Fingerprint = (Option<(SystemTime, u64)>, Option<(SystemTime, u64)>);
 pub struct ScanReport {
     pub installed: Vec<VersionInfo>,
     pub refused: Vec<(PathBuf, LoadError)>,
+    /// Manifests seen by an earlier scan and gone now, with the plugin each named. Nothing
+    /// is uninstalled for it: the caller decides (the host keeps serving the release set).
+    pub removed: Vec<(PathBuf, Option<String>)>,
 }
 
 /// Watches one directory; drive it with [`DirWatcher::scan`] or [`DirWatcher::spawn`].
 pub struct DirWatcher {
     runtime: PluginRuntime,
     dir: PathBuf,
-    seen: HashMap<PathBuf, Fingerprint>,
+    /// Each manifest's fingerprint at the last scan and the plugin name it declared.
+    seen: HashMap<PathBuf, (Fingerprint, Option<String>)>,
 }
 
 /// Stops the polling task when dropped.
@@ -77,6 +81,17 @@ impl DirWatcher {
                 (path, manifest)
             })
             .collect();
+        let present: std::collections::HashSet<&PathBuf> = parsed.iter().map(|(p, _)| p).collect();
+        let gone: Vec<PathBuf> = self
+            .seen
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            let name = self.seen.remove(&path).and_then(|(_, name)| name);
+            report.removed.push((path, name));
+        }
         // The file that owns each name: the first in file-name order.
         let mut owners: HashMap<&str, &Path> = HashMap::new();
         for (path, manifest) in &parsed {
@@ -88,10 +103,11 @@ impl DirWatcher {
         for (path, manifest) in &parsed {
             let wasm = manifest.as_ref().map(Manifest::wasm_path);
             let fp = (stat(path), wasm.as_deref().and_then(stat));
-            if self.seen.get(path) == Some(&fp) {
+            if self.seen.get(path).is_some_and(|(seen, _)| *seen == fp) {
                 continue;
             }
-            self.seen.insert(path.clone(), fp);
+            let name = manifest.as_ref().map(|m| m.name.clone());
+            self.seen.insert(path.clone(), (fp, name));
             match manifest.as_ref().map(|m| (m, owners.get(m.name.as_str()))) {
                 Some((m, Some(first))) if *first != path.as_path() => {
                     report.refused.push((

@@ -345,6 +345,14 @@ async fn watched_directory_installs_changes_and_survives_a_bad_drop() {
         .await
         .unwrap();
     assert_eq!(&*r.info.version, "1.1.0");
+
+    // Deleting the files is reported by name and uninstalls nothing (the host decides).
+    let manifest = dir.path().join("fakepay.toml");
+    std::fs::remove_file(&manifest).unwrap();
+    let gone = watcher.scan().await;
+    assert_eq!(gone.removed, [(manifest, Some("fakepay".to_owned()))]);
+    assert_eq!(rt.status_of("fakepay").unwrap().current.version, "1.1.0");
+    assert!(watcher.scan().await.removed.is_empty(), "reported once");
 }
 
 /// Two manifests declaring one name: the first in file-name order is the plugin, the other

@@ -2,10 +2,17 @@
 //! recompile. An artifact is named by the component's sha256 and by the engine's compatibility
 //! hash (wasmtime version, target, compiler settings): an artifact built by another engine
 //! configuration is never even looked at.
+//!
+//! The directory is bounded: an artifact is several times the size of its component (about
+//! 40 MB for an 18 MB Python component), and every upload adds one. After each store, the
+//! least recently used artifacts are deleted until the directory is within its bound, those
+//! of other engine configurations (left by an older host version, never loadable here) first;
+//! a hit refreshes an artifact's modification time, which is how use is recorded.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -27,11 +34,14 @@ pub enum CacheOutcome {
 pub struct ArtifactCache {
     dir: PathBuf,
     engine_hash: String,
+    /// Most bytes of artifacts kept; the one just stored is kept whatever its size.
+    max_bytes: u64,
 }
 
 impl ArtifactCache {
-    /// Uses (and creates) `dir`, which must be writable only by this service.
-    pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+    /// Uses (and creates) `dir`, which must be writable only by this service, keeping at
+    /// most `max_bytes` of artifacts in it.
+    pub fn open(dir: &Path, engine: &Engine, max_bytes: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -39,6 +49,7 @@ impl ArtifactCache {
         Ok(Self {
             dir: dir.to_path_buf(),
             engine_hash,
+            max_bytes,
         })
     }
 
@@ -59,9 +70,21 @@ impl ArtifactCache {
             return Ok((component, CacheOutcome::Hit));
         }
         let bytes = engine.precompile_component(wasm)?;
-        if let Err(e) = store_atomically(&path, &bytes) {
+        match store_atomically(&path, &bytes) {
+            Ok(()) => match evict(&self.dir, &self.engine_hash, self.max_bytes, &path) {
+                Ok(evicted) => {
+                    for old in evicted {
+                        tracing::info!(path = %old.display(), "plugin artifact evicted from the cache");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot bound the plugin artifact cache");
+                }
+            },
             // A read-only or full disk costs a recompile next time, nothing else.
-            tracing::warn!(path = %path.display(), error = %e, "cannot store plugin artifact");
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot store plugin artifact");
+            }
         }
         // The bytes were produced just above by this very engine.
         Ok((deserialize(engine, &bytes)?, CacheOutcome::Miss))
@@ -75,7 +98,14 @@ impl ArtifactCache {
             return None;
         }
         match deserialize(engine, &bytes) {
-            Ok(component) => Some(component),
+            Ok(component) => {
+                // Records the use for eviction; a failure only makes it look older.
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                Some(component)
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "stale plugin artifact; recompiling");
                 None
@@ -95,6 +125,51 @@ impl ArtifactCache {
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
     unsafe { Component::deserialize(engine, bytes) }
+}
+
+/// Deletes artifacts of `dir` (with their checksums) until at most `max_bytes` of them are
+/// left: those of other engine configurations (not named with `engine_hash`) first, then the
+/// least recently used. `keep`, the artifact just stored, is never deleted. Returns what was
+/// deleted.
+fn evict(
+    dir: &Path,
+    engine_hash: &str,
+    max_bytes: u64,
+    keep: &Path,
+) -> std::io::Result<Vec<PathBuf>> {
+    let mut artifacts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("cwasm") {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        let ours = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|s| s.ends_with(engine_hash));
+        let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        artifacts.push((ours, used, meta.len(), path));
+    }
+    let mut total: u64 = artifacts.iter().map(|a| a.2).sum();
+    // Other engines' first (`false` sorts first), then the least recently used.
+    artifacts.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut evicted = Vec::new();
+    for (_, _, len, path) in artifacts {
+        if total <= max_bytes {
+            break;
+        }
+        if path == keep {
+            continue;
+        }
+        std::fs::remove_file(&path)?;
+        // The checksum alone is harmless (it is only read beside its artifact).
+        let _ = std::fs::remove_file(checksum_path(&path));
+        total = total.saturating_sub(len);
+        evicted.push(path);
+    }
+    Ok(evicted)
 }
 
 fn checksum_path(artifact: &Path) -> PathBuf {
@@ -129,5 +204,52 @@ impl Hasher for Sha256Hasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// An artifact of `len` bytes last used `age` ago.
+    fn artifact(dir: &Path, name: &str, len: usize, age: Duration) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0_u8; len]).unwrap();
+        std::fs::write(checksum_path(&path), "x").unwrap();
+        let used = SystemTime::now() - age;
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(used)
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn other_engines_then_the_least_recently_used_go_first_and_the_new_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let hour = Duration::from_secs(3600);
+        let stale = artifact(d, "aa-otherengine.cwasm", 100, Duration::ZERO);
+        let old = artifact(d, "bb-ourengine.cwasm", 100, 3 * hour);
+        let recent = artifact(d, "cc-ourengine.cwasm", 100, hour);
+        let new = artifact(d, "dd-ourengine.cwasm", 250, Duration::ZERO);
+        std::fs::write(d.join("notes.txt"), vec![0_u8; 1000]).unwrap();
+
+        // 550 bytes of artifacts, bound 400: the other engine's, then the oldest of ours.
+        let evicted = evict(d, "ourengine", 400, &new).unwrap();
+        assert_eq!(evicted, [stale.clone(), old.clone()]);
+        assert!(!stale.exists() && !checksum_path(&stale).exists());
+        assert!(!old.exists() && recent.exists() && new.exists());
+        assert!(d.join("notes.txt").exists(), "only artifacts are evicted");
+
+        // Within the bound: nothing goes. Over it with only the new one left: it stays.
+        assert!(evict(d, "ourengine", 400, &new).unwrap().is_empty());
+        assert_eq!(evict(d, "ourengine", 10, &new).unwrap(), [recent]);
+        assert!(new.exists());
     }
 }

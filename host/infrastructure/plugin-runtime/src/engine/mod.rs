@@ -35,7 +35,13 @@ pub struct EngineOptions {
     pub epoch_tick: Duration,
     /// Where precompiled artifacts are kept; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes of artifacts kept in `cache_dir`; the least recently used go first.
+    pub cache_max_bytes: u64,
 }
+
+/// The default of [`EngineOptions::cache_max_bytes`]: 1 GiB, room for a few dozen builds of
+/// small plugins or a handful of Python and JavaScript ones.
+pub const CACHE_MAX_BYTES: u64 = 1 << 30;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -44,6 +50,7 @@ impl Default for EngineOptions {
             fuel_metering: true,
             epoch_tick: Duration::from_millis(1),
             cache_dir: None,
+            cache_max_bytes: CACHE_MAX_BYTES,
         }
     }
 }
@@ -96,7 +103,7 @@ impl PluginEngine {
 
         let engine = Engine::new(&config)?;
         let cache = match &options.cache_dir {
-            Some(dir) => Some(ArtifactCache::open(dir, &engine)?),
+            Some(dir) => Some(ArtifactCache::open(dir, &engine, options.cache_max_bytes)?),
             None => None,
         };
         let ticker_stop = Arc::new(AtomicBool::new(false));
