@@ -55,6 +55,25 @@ enum PluginCommand {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
+    /// Call one function of a plugin locally (an in-memory KV store, no database) and print
+    /// its answer as JSON on stdout and its logs and output on stderr. Exit 0 when the
+    /// plugin answered (a value or its own typed error), 1 when it did not (a trap, the
+    /// deadline, a limit) or the input does not fit.
+    Run {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// `authorize`, `capture`, `void`, `refund`, `get-payment` (payment); `reserve`,
+        /// `release`, `commit` (inventory); `format` (notification).
+        function: String,
+        /// The function's parameters by their WIT names in snake_case as JSON, or the one
+        /// record it takes; variant cases by their CamelCase name. E.g. `void`:
+        /// `{"id":"p-1","idempotency_key":"k"}`.
+        #[arg(long)]
+        input: String,
+        /// Its manifest; default as for `check`.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -67,6 +86,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Plugin {
             command: PluginCommand::Check { file, manifest },
         } => plugin_check(&file, manifest).await,
+        Command::Plugin {
+            command:
+                PluginCommand::Run {
+                    file,
+                    function,
+                    input,
+                    manifest,
+                },
+        } => plugin_run(&file, &function, &input, manifest).await,
         Command::Config => {
             // Secrets (database password, broker credentials) are shown as `***`.
             print!("{}", toml::to_string_pretty(&load()?.redacted())?);
@@ -106,6 +134,34 @@ async fn plugin_check(file: &std::path::Path, manifest: Option<PathBuf>) -> anyh
         file.display()
     );
     println!("{} passes every load check", file.display());
+    Ok(())
+}
+
+/// `oms plugin run`: the answer on stdout, the plugin's records on stderr.
+async fn plugin_run(
+    file: &std::path::Path,
+    function: &str,
+    input: &str,
+    manifest: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use oms::plugin_kit::{self, Answer};
+    // The plugin's log records and printed output, all levels its manifest lets through;
+    // the host's own only when something goes wrong.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("error,plugin=trace"))
+        .init();
+    let manifest = manifest.unwrap_or_else(|| plugin_kit::default_manifest(file));
+    match plugin_kit::run(file, &manifest, function, input).await? {
+        Answer::Ok(value) => println!("{}", serde_json::json!({ "ok": value })),
+        Answer::Rejected(error) => println!("{}", serde_json::json!({ "rejected": error })),
+        Answer::Failed { kind, message } => {
+            let failed = serde_json::json!({ "failed": { "kind": kind, "message": message } });
+            println!("{failed}");
+            anyhow::bail!("the plugin did not answer ({kind})");
+        }
+    }
     Ok(())
 }
 

@@ -158,3 +158,228 @@ pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
             .collect(),
     }
 }
+
+/// Why `oms plugin run` could not call the function.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the plugin was refused: {0}")]
+    Refused(#[from] LoadError),
+    #[error("the plugin runtime did not start: {0}")]
+    Runtime(String),
+    #[error(
+        "a {kind} plugin has no function {function:?}; it has: {}",
+        functions.join(", ")
+    )]
+    UnknownFunction {
+        kind: &'static str,
+        function: String,
+        functions: &'static [&'static str],
+    },
+    #[error("--input does not fit {function}: {reason} (expected, e.g.: {example})")]
+    Input {
+        function: String,
+        reason: String,
+        example: &'static str,
+    },
+}
+
+/// What one call answered: the plugin's value or its own typed error (both as JSON), or why
+/// the sandbox stopped it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Ok(serde_json::Value),
+    /// The plugin's typed error (declined, out of stock...): a legitimate answer.
+    Rejected(serde_json::Value),
+    /// A trap, the deadline, a limit: the plugin did not answer. `kind` is the runtime's
+    /// stable label (`trap`, `deadline`, `memory_limit`...), `message` its first line (a
+    /// trap's Wasm backtrace stays out; the plugin's own panic message is in its logs).
+    Failed {
+        kind: &'static str,
+        message: String,
+    },
+}
+
+/// The functions of each world `run` can call, with an example input each.
+const PAYMENT: &[&str] = &["authorize", "capture", "void", "refund", "get-payment"];
+const INVENTORY: &[&str] = &["reserve", "release", "commit"];
+const NOTIFICATION: &[&str] = &["format"];
+
+fn example(function: &str) -> &'static str {
+    match function {
+        "authorize" => {
+            r#"{"order_id":"o-1","amount":{"amount_minor":1250,"currency":"EUR"},"payment_token":"tok_ok","idempotency_key":"k-1"}"#
+        }
+        "capture" | "refund" => {
+            r#"{"id":"p-1","amount":{"amount_minor":1250,"currency":"EUR"},"idempotency_key":"k-2"}"#
+        }
+        "void" => r#"{"id":"p-1","idempotency_key":"k-2"}"#,
+        "get-payment" => r#"{"AuthorizeKey":"k-1"}"#,
+        "reserve" => {
+            r#"{"order_id":"o-1","lines":[{"sku":"DEMO-1","quantity":1}],"idempotency_key":"k-1"}"#
+        }
+        "release" | "commit" => r#"{"reservation_id":"r-1","idempotency_key":"k-2"}"#,
+        _ => r#"{"event_type":"OrderConfirmed", ...}"#,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentIdArgs {
+    id: String,
+    #[serde(default)]
+    amount: Option<oms_plugin_runtime::clients::payment::Money>,
+    idempotency_key: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveArgs {
+    order_id: String,
+    lines: Vec<oms_plugin_runtime::clients::inventory::Line>,
+    idempotency_key: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReservationArgs {
+    reservation_id: String,
+    idempotency_key: String,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(function: &str, input: &str) -> Result<T, RunError> {
+    serde_json::from_str(input).map_err(|e| RunError::Input {
+        function: function.to_owned(),
+        reason: e.to_string(),
+        example: example(function),
+    })
+}
+
+fn answer<T, E>(
+    result: Result<oms_plugin_runtime::Called<T>, oms_plugin_runtime::PluginError<E>>,
+) -> Answer
+where
+    T: serde::Serialize,
+    E: serde::Serialize + std::fmt::Debug + std::fmt::Display,
+{
+    match result {
+        Ok(called) => Answer::Ok(to_json(&called.value)),
+        Err(oms_plugin_runtime::PluginError::Rejected { error, .. }) => {
+            Answer::Rejected(to_json(&error))
+        }
+        Err(oms_plugin_runtime::PluginError::Runtime(e)) => Answer::Failed {
+            kind: e.kind.label(),
+            message: first_line(&e.kind.to_string()),
+        },
+    }
+}
+
+/// The first line of a runtime error, without the lead-in to a Wasm backtrace.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    line.trim_end_matches("error while executing at wasm backtrace:")
+        .trim_end_matches([':', ' '])
+        .to_owned()
+}
+
+/// The generated types serialize infallibly; a failure is shown, not lost.
+fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value)
+        .unwrap_or_else(|e| serde_json::Value::String(format!("(unprintable: {e})")))
+}
+
+/// Loads `wasm` with `manifest` into a runtime of its own (an in-memory KV store, no
+/// database) and calls `function` once with `input`: JSON of the function's parameters by
+/// their WIT names in snake_case, or of the one record or variant it takes (`authorize`,
+/// `get-payment`, `format`); variant cases by their CamelCase name.
+pub async fn run(
+    wasm: &Path,
+    manifest: &Path,
+    function: &str,
+    input: &str,
+) -> Result<Answer, RunError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| RunError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let text = String::from_utf8_lossy(&read(manifest)?).into_owned();
+    let bytes = read(wasm)?;
+    let store: Arc<dyn oms_plugin_runtime::kv::PluginKvStore> = Arc::new(MemoryKvStore::new());
+    let options = RuntimeOptions {
+        engine: EngineOptions {
+            pool_instances: 4,
+            cache_dir: None,
+            ..EngineOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    let runtime =
+        PluginRuntime::new(options, Some(store)).map_err(|e| RunError::Runtime(e.to_string()))?;
+    let info = runtime.install_bytes(&text, bytes).await?;
+    let name = info.name.as_str();
+    let unknown = |kind: &'static str, functions: &'static [&'static str]| {
+        Err(RunError::UnknownFunction {
+            kind,
+            function: function.to_owned(),
+            functions,
+        })
+    };
+    use oms_plugin_runtime::PluginKind as K;
+    Ok(match info.kind {
+        K::PaymentProvider => {
+            let pay = runtime.payment(name);
+            match function {
+                "authorize" => answer(pay.authorize(parse(function, input)?).await),
+                "capture" => {
+                    let a: PaymentIdArgs = parse(function, input)?;
+                    answer(pay.capture(a.id, a.amount, a.idempotency_key).await)
+                }
+                "void" => {
+                    let a: PaymentIdArgs = parse(function, input)?;
+                    answer(pay.void(a.id, a.idempotency_key).await)
+                }
+                "refund" => {
+                    let a: PaymentIdArgs = parse(function, input)?;
+                    answer(pay.refund(a.id, a.amount, a.idempotency_key).await)
+                }
+                "get-payment" => answer(pay.get_payment(parse(function, input)?).await),
+                _ => return unknown("payment-provider", PAYMENT),
+            }
+        }
+        K::InventoryAdapter => {
+            let inv = runtime.inventory(name);
+            match function {
+                "reserve" => {
+                    let a: ReserveArgs = parse(function, input)?;
+                    answer(inv.reserve(a.order_id, a.lines, a.idempotency_key).await)
+                }
+                "release" => {
+                    let a: ReservationArgs = parse(function, input)?;
+                    answer(inv.release(a.reservation_id, a.idempotency_key).await)
+                }
+                "commit" => {
+                    let a: ReservationArgs = parse(function, input)?;
+                    answer(inv.commit(a.reservation_id, a.idempotency_key).await)
+                }
+                _ => return unknown("inventory-adapter", INVENTORY),
+            }
+        }
+        K::NotificationFormatter => match function {
+            "format" => {
+                let formatted = runtime
+                    .notification(name)
+                    .format(parse(function, input)?)
+                    .await;
+                answer(formatted)
+            }
+            _ => return unknown("notification-formatter", NOTIFICATION),
+        },
+    })
+}

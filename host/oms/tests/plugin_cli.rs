@@ -165,3 +165,85 @@ fn the_manifest_beside_the_component_is_found() {
     let (out, stdout) = check(&[&wasm]);
     assert!(out.status.success(), "{stdout}");
 }
+
+/// `oms plugin run FILE FUNCTION --input JSON`: (exit status, stdout as JSON, stderr).
+fn run(wasm: &Path, function: &str, input: &str) -> (bool, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_oms"))
+        .args(["plugin", "run"])
+        .arg(wasm)
+        .args([function, "--input", input])
+        .output()
+        .expect("run oms plugin run");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+    (out.status.success(), json, stderr)
+}
+
+fn authorize(token: &str) -> String {
+    format!(
+        r#"{{"order_id":"o-1","amount":{{"amount_minor":1250,"currency":"EUR"}},"payment_token":"{token}","idempotency_key":"k-1"}}"#
+    )
+}
+
+#[test]
+fn a_function_runs_locally_and_answers_in_json() {
+    let fakepay = built_plugins().join("fakepay.wasm");
+    let (ok, answer, stderr) = run(&fakepay, "authorize", &authorize("tok_ok"));
+    assert!(ok, "{stderr}");
+    assert_eq!(answer["ok"]["status"], "Authorized", "{answer}");
+    assert_eq!(answer["ok"]["authorized"]["amount_minor"], 1250, "{answer}");
+    let id = answer["ok"]["id"].as_str().unwrap().to_owned();
+
+    // The plugin's own typed error is an answer too.
+    let (ok, answer, _) = run(&fakepay, "authorize", &authorize("tok_decline"));
+    assert!(ok);
+    assert!(answer["rejected"]["Declined"].is_string(), "{answer}");
+
+    // Parameters by their WIT names; each run starts from an empty store.
+    let (ok, answer, _) = run(
+        &fakepay,
+        "void",
+        &format!(r#"{{"id":"{id}","idempotency_key":"k-2"}}"#),
+    );
+    assert!(ok);
+    assert!(
+        answer["rejected"]["Invalid"].is_string(),
+        "unknown in a fresh store: {answer}"
+    );
+
+    let stock = built_plugins().join("local-stock.wasm");
+    let reserve =
+        r#"{"order_id":"o-1","lines":[{"sku":"DEMO-1","quantity":2}],"idempotency_key":"r-1"}"#;
+    let (ok, answer, stderr) = run(&stock, "reserve", reserve);
+    assert!(ok, "{stderr}");
+    assert!(answer["ok"].is_string(), "a reservation id: {answer}");
+}
+
+#[test]
+fn a_plugin_that_does_not_answer_or_a_bad_call_exits_1_and_says_why() {
+    // A trap: no answer, and the plugin's panic message is in its logs on stderr.
+    let trap = built_plugins().join("testing/trap.wasm");
+    let (ok, answer, stderr) = run(&trap, "authorize", &authorize("tok_ok"));
+    assert!(!ok);
+    assert_eq!(answer["failed"]["kind"], "trap", "{answer}");
+    assert!(
+        !answer["failed"]["message"].as_str().unwrap().contains('\n'),
+        "{answer}"
+    );
+    assert!(stderr.contains("deliberate panic in authorize"), "{stderr}");
+
+    let fakepay = built_plugins().join("fakepay.wasm");
+    let (ok, _, stderr) = run(&fakepay, "reserve", "{}");
+    assert!(!ok);
+    assert!(
+        stderr.contains("authorize, capture, void, refund, get-payment"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&fakepay, "void", r#"{"payment":"p-1"}"#);
+    assert!(!ok);
+    assert!(
+        stderr.contains("does not fit void") && stderr.contains("idempotency_key"),
+        "{stderr}"
+    );
+}

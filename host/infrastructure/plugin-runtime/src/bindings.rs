@@ -1,6 +1,7 @@
 //! Host bindings generated from `wit/` (package `oms:plugins@0.1.0`). The capability
 //! interfaces are generated once (world `capabilities`) and shared by the three plugin worlds
-//! through `with`, so each capability has exactly one host implementation. The `http-*`
+//! through `with`, so each capability has exactly one host implementation. Every type is
+//! (de)serializable for `oms plugin run`, which takes and prints them as JSON. The `http-*`
 //! variants of the worlds need no bindings of their own: they differ only by importing
 //! `wasi:http`, which the linker always provides (and the HTTP policy guards).
 
@@ -9,7 +10,7 @@ pub mod caps {
     wasmtime::component::bindgen!({
         world: "oms:plugins/capabilities",
         path: "../../../wit",
-        additional_derives: [PartialEq],
+        additional_derives: [PartialEq, serde::Serialize, serde::Deserialize],
         imports: { default: async | trappable },
     });
 }
@@ -19,7 +20,7 @@ pub mod payment {
     wasmtime::component::bindgen!({
         world: "oms:plugins/payment-provider",
         path: "../../../wit",
-        additional_derives: [PartialEq],
+        additional_derives: [PartialEq, serde::Serialize, serde::Deserialize],
         imports: { default: async | trappable },
         exports: { default: async },
         with: {
@@ -36,7 +37,7 @@ pub mod inventory {
     wasmtime::component::bindgen!({
         world: "oms:plugins/inventory-adapter",
         path: "../../../wit",
-        additional_derives: [PartialEq],
+        additional_derives: [PartialEq, serde::Serialize, serde::Deserialize],
         imports: { default: async | trappable },
         exports: { default: async },
         with: {
@@ -54,7 +55,7 @@ pub mod notification {
     wasmtime::component::bindgen!({
         world: "oms:plugins/notification-formatter",
         path: "../../../wit",
-        additional_derives: [PartialEq],
+        additional_derives: [PartialEq, serde::Serialize, serde::Deserialize],
         imports: { default: async | trappable },
         exports: { default: async },
         with: {
