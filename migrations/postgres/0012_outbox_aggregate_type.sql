@@ -4,8 +4,12 @@
 -- `aggregatetype`): 'order' rows are `oms.events.v1.OrderEvent` keyed by order id, 'plugin'
 -- rows are `oms.events.v1.PluginChanged` keyed by plugin name, whose `aggregate_id` is the
 -- name's UUIDv5 (so the relay keeps one plugin's changes in order as it does one order's).
--- A constant default: PostgreSQL adds the column without rewriting the table.
-ALTER TABLE outbox ADD COLUMN aggregate_type TEXT NOT NULL DEFAULT 'order'
-    CHECK (aggregate_type IN ('order', 'plugin'));
-ALTER TABLE dead_letters ADD COLUMN aggregate_type TEXT NOT NULL DEFAULT 'order'
-    CHECK (aggregate_type IN ('order', 'plugin'));
+-- A constant default: PostgreSQL adds the column without rewriting the table. The checks are
+-- NOT VALID so that adding them does not scan the tables under the exclusive lock (every
+-- existing row holds the default, which passes); new rows are checked all the same.
+ALTER TABLE outbox ADD COLUMN aggregate_type TEXT NOT NULL DEFAULT 'order';
+ALTER TABLE outbox ADD CONSTRAINT outbox_aggregate_type_check
+    CHECK (aggregate_type IN ('order', 'plugin')) NOT VALID;
+ALTER TABLE dead_letters ADD COLUMN aggregate_type TEXT NOT NULL DEFAULT 'order';
+ALTER TABLE dead_letters ADD CONSTRAINT dead_letters_aggregate_type_check
+    CHECK (aggregate_type IN ('order', 'plugin')) NOT VALID;

@@ -239,6 +239,13 @@ struct PaymentIdArgs {
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+struct VoidArgs {
+    id: String,
+    idempotency_key: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReserveArgs {
     order_id: String,
     lines: Vec<oms_plugin_runtime::clients::inventory::Line>,
@@ -342,7 +349,7 @@ pub async fn run(
                     answer(pay.capture(a.id, a.amount, a.idempotency_key).await)
                 }
                 "void" => {
-                    let a: PaymentIdArgs = parse(function, input)?;
+                    let a: VoidArgs = parse(function, input)?;
                     answer(pay.void(a.id, a.idempotency_key).await)
                 }
                 "refund" => {

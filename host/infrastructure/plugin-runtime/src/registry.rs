@@ -166,8 +166,9 @@ struct Retained {
     /// A build is never unloaded sooner than `retain_at_least` after this (a call that
     /// started on it may not have committed its step yet).
     since: Instant,
-    /// An ended canary keeps its own breaker and figures: its orders' follow-ups failing
-    /// must not open the circuit of the build that serves everyone else.
+    /// An ended canary, and an older build a starting process loaded, keep their own
+    /// breaker (and, for a canary, figures): their orders' follow-ups failing must not open
+    /// the circuit of the build that serves everyone else.
     own: Option<Arc<Canary>>,
 }
 
@@ -418,7 +419,8 @@ impl Registry {
     }
 
     /// Keeps `plugin`, an older build of an installed name, loaded as a retained build
-    /// (unless a loaded build has its digest already).
+    /// (unless a loaded build has its digest already), with a breaker of its own: it may
+    /// be a canary that was aborted for failing, and nothing here says it was not.
     pub(crate) fn retain(&self, plugin: LoadedPlugin) -> Result<VersionInfo, LoadError> {
         let info = VersionInfo::of(&plugin);
         let slot = self
@@ -426,7 +428,15 @@ impl Registry {
             .ok_or_else(|| LoadError::NotInstalled {
                 plugin: info.name.clone(),
             })?;
-        slot.change(|b| b.retain(Arc::new(plugin), None));
+        let plugin = Arc::new(plugin);
+        let own = Arc::new(Canary {
+            plugin: plugin.clone(),
+            // Serves no share of new sagas: only the calls pinned to it.
+            percent: AtomicU8::new(0),
+            breaker: CircuitBreaker::new(self.breaker),
+            metrics: PluginMetrics::named(&info.name),
+        });
+        slot.change(|b| b.retain(plugin, Some(own)));
         Ok(info)
     }
 

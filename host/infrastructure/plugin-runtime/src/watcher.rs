@@ -6,9 +6,10 @@
 //! Half-copied files are harmless: a component that does not match its manifest's digest is
 //! refused (the current version keeps serving) and retried when either file changes again.
 //!
-//! A name is declared by one manifest: when two files declare the same name, the first in
-//! file-name order is the plugin and the other is refused, naming both files (it used to be
-//! installed over the first, silently, so the last file loaded won).
+//! A name is declared by one manifest. The file that declared it first owns it (at the first
+//! scan, the first in file-name order) for as long as it declares it; any other file
+//! declaring it is refused, naming both files, and reconsidered when the owner goes (it used
+//! to be installed over the first, silently, so the last file loaded won).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,19 @@ pub struct ScanReport {
 pub struct DirWatcher {
     runtime: PluginRuntime,
     dir: PathBuf,
-    /// Each manifest's fingerprint at the last scan and the plugin name it declared.
-    seen: HashMap<PathBuf, (Fingerprint, Option<String>)>,
+    /// Each manifest as the last scan left it.
+    seen: HashMap<PathBuf, Seen>,
+    /// The file that owns each plugin name.
+    owners: HashMap<String, PathBuf>,
+}
+
+/// A manifest as the last scan saw it.
+struct Seen {
+    fingerprint: Fingerprint,
+    /// The plugin name it declared.
+    name: Option<String>,
+    /// Refused because this other file owned its name.
+    refused_for: Option<PathBuf>,
 }
 
 /// Stops the polling task when dropped.
@@ -61,6 +73,7 @@ impl DirWatcher {
             runtime,
             dir: dir.into(),
             seen: HashMap::new(),
+            owners: HashMap::new(),
         }
     }
 
@@ -89,36 +102,57 @@ impl DirWatcher {
             .cloned()
             .collect();
         for path in gone {
-            let name = self.seen.remove(&path).and_then(|(_, name)| name);
+            let name = self.seen.remove(&path).and_then(|seen| seen.name);
             report.removed.push((path, name));
         }
-        // The file that owns each name: the first in file-name order.
-        let mut owners: HashMap<&str, &Path> = HashMap::new();
+        // An owner keeps its name while it still declares it; a free name goes to the first
+        // file (in file-name order) that declares it.
+        let declared: HashMap<&PathBuf, &str> = parsed
+            .iter()
+            .filter_map(|(p, m)| m.as_ref().map(|m| (p, m.name.as_str())))
+            .collect();
+        self.owners
+            .retain(|name, owner| declared.get(owner).is_some_and(|n| n == name));
         for (path, manifest) in &parsed {
             if let Some(m) = manifest {
-                owners.entry(m.name.as_str()).or_insert(path.as_path());
+                self.owners
+                    .entry(m.name.clone())
+                    .or_insert_with(|| path.clone());
             }
         }
         let mut installs = Vec::new();
         for (path, manifest) in &parsed {
             let wasm = manifest.as_ref().map(Manifest::wasm_path);
-            let fp = (stat(path), wasm.as_deref().and_then(stat));
-            if self.seen.get(path).is_some_and(|(seen, _)| *seen == fp) {
+            let fingerprint = (stat(path), wasm.as_deref().and_then(stat));
+            let name = manifest.as_ref().map(|m| m.name.clone());
+            let refused_for = manifest
+                .as_ref()
+                .and_then(|m| self.owners.get(&m.name))
+                .filter(|owner| *owner != path)
+                .cloned();
+            let unchanged = self.seen.get(path).is_some_and(|seen| {
+                seen.fingerprint == fingerprint && seen.refused_for == refused_for
+            });
+            self.seen.insert(
+                path.clone(),
+                Seen {
+                    fingerprint,
+                    name: name.clone(),
+                    refused_for: refused_for.clone(),
+                },
+            );
+            if unchanged {
                 continue;
             }
-            let name = manifest.as_ref().map(|m| m.name.clone());
-            self.seen.insert(path.clone(), (fp, name));
-            match manifest.as_ref().map(|m| (m, owners.get(m.name.as_str()))) {
-                Some((m, Some(first))) if *first != path.as_path() => {
-                    report.refused.push((
-                        path.clone(),
-                        LoadError::DuplicateName {
-                            plugin: m.name.clone(),
-                            path: path.clone(),
-                            first: first.to_path_buf(),
-                        },
-                    ));
-                }
+            match (name, refused_for) {
+                (Some(plugin), Some(first)) => report.refused.push((
+                    path.clone(),
+                    LoadError::DuplicateName {
+                        plugin,
+                        path: path.clone(),
+                        first,
+                    },
+                )),
                 _ => installs.push(path.clone()),
             }
         }

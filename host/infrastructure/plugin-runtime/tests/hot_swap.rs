@@ -305,6 +305,38 @@ async fn an_ended_canary_fails_against_its_own_breaker() {
     );
 }
 
+/// An older build loaded by a starting process may be a canary that was aborted for
+/// failing: its pinned calls fail against a breaker of its own, never the current build's.
+#[tokio::test]
+async fn an_older_build_loaded_from_bytes_fails_against_its_own_breaker() {
+    let rt = runtime();
+    rt.install(manifest("fakepay")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let trap = staged(dir.path(), "testing/trap", |t| {
+        set_line(&t, "name", "\"fakepay\"")
+    });
+    let text = std::fs::read_to_string(&trap).unwrap();
+    let wasm = std::fs::read(dir.path().join("trap.wasm")).unwrap();
+    let older = rt.retain_bytes(&text, wasm).await.unwrap();
+
+    let pinned = rt.payment("fakepay").pinned(Some(&older.digest));
+    for _ in 0..10 {
+        let failed = pinned
+            .get_payment(PaymentLookup::AuthorizeKey("k".into()))
+            .await;
+        assert!(failed.is_err(), "the older build serves its pinned calls");
+    }
+    let status = rt.status_of("fakepay").unwrap();
+    assert_eq!(
+        status.breaker,
+        oms_plugin_runtime::breaker::BreakerState::Closed
+    );
+    assert_eq!(
+        served_by(&rt.payment("fakepay")).await,
+        status.current.digest
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watched_directory_installs_changes_and_survives_a_bad_drop() {
     let rt = runtime();
@@ -384,6 +416,27 @@ async fn a_second_manifest_of_one_name_is_refused_naming_both_files() {
         error,
         oms_plugin_runtime::LoadError::DuplicateName { .. }
     ));
+    assert!(watcher.scan().await.refused.is_empty(), "reported once");
+
+    // A newcomer whose file name sorts first does not take the name from its owner.
+    let newcomer = dir.path().join("aa-fakepay.toml");
+    std::fs::write(&newcomer, set_line(&text, "version", "\"5.0.0\"")).unwrap();
+    let report = watcher.scan().await;
+    assert_eq!(report.refused.len(), 1, "{:?}", report.refused);
+    assert_eq!(report.refused[0].0, newcomer);
+    assert_eq!(rt.status_of("fakepay").unwrap().current.version, "1.0.0");
+
+    // When the owner goes, the name passes to the first remaining file, which is installed.
+    std::fs::remove_file(&first).unwrap();
+    let report = watcher.scan().await;
+    assert_eq!(report.removed.len(), 1);
+    assert_eq!(report.installed.len(), 1, "{:?}", report.refused);
+    assert_eq!(rt.status_of("fakepay").unwrap().current.version, "5.0.0");
+    assert!(
+        report.refused.iter().any(|(p, _)| *p == second),
+        "the other copy is refused in favour of the new owner: {:?}",
+        report.refused
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

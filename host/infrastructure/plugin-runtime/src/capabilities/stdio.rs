@@ -59,7 +59,16 @@ impl Lines {
         }
         pending.extend_from_slice(bytes);
         if pending.len() >= MAX_MESSAGE_BYTES {
+            // Cut at a character boundary: a multi-byte character split across the cut
+            // would show as two replacement characters.
+            let cut = match std::str::from_utf8(&pending) {
+                Ok(_) => pending.len(),
+                Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+                Err(_) => pending.len(),
+            };
+            let rest = pending.split_off(cut);
             self.emit(&mut pending);
+            *pending = rest;
         }
     }
 
@@ -251,5 +260,20 @@ mod tests {
         });
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(ctx.log.dropped(), 2);
+    }
+
+    #[test]
+    fn a_long_line_is_cut_between_characters() {
+        let ctx = context(100);
+        let lines = logged(|| {
+            let mut out = GuestOutput::new(ctx.clone(), Stream::Stdout);
+            let mut long = vec![b'a'; MAX_MESSAGE_BYTES - 1];
+            long.push(0xC3); // the first byte of "é"
+            OutputStream::write(&mut out, Bytes::from(long)).unwrap();
+            OutputStream::write(&mut out, Bytes::from_static(b"\xA9t\xC3\xA9\n")).unwrap();
+        });
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].contains(" été "), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains('\u{FFFD}')), "{lines:?}");
     }
 }

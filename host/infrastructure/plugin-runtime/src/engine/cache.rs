@@ -7,11 +7,15 @@
 //! 40 MB for an 18 MB Python component), and every upload adds one. After each store, the
 //! least recently used artifacts are deleted until the directory is within its bound, those
 //! of other engine configurations (left by an older host version, never loadable here) first;
-//! a hit refreshes an artifact's modification time, which is how use is recorded.
+//! a hit refreshes an artifact's modification time, which is how use is recorded. An
+//! artifact this process loaded or stored is never deleted by it (a build loaded long ago
+//! and serving still looks old by its time).
 
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
@@ -34,8 +38,10 @@ pub enum CacheOutcome {
 pub struct ArtifactCache {
     dir: PathBuf,
     engine_hash: String,
-    /// Most bytes of artifacts kept; the one just stored is kept whatever its size.
+    /// Most bytes of artifacts kept; the ones this process uses are kept whatever their size.
     max_bytes: u64,
+    /// The artifacts this process loaded or stored: never evicted by it.
+    used: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl ArtifactCache {
@@ -50,6 +56,7 @@ impl ArtifactCache {
             dir: dir.to_path_buf(),
             engine_hash,
             max_bytes,
+            used: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -67,20 +74,24 @@ impl ArtifactCache {
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let path = self.artifact_path(digest);
         if let Some(component) = self.try_load(engine, &path) {
+            self.mark_used(&path);
             return Ok((component, CacheOutcome::Hit));
         }
         let bytes = engine.precompile_component(wasm)?;
         match store_atomically(&path, &bytes) {
-            Ok(()) => match evict(&self.dir, &self.engine_hash, self.max_bytes, &path) {
-                Ok(evicted) => {
-                    for old in evicted {
-                        tracing::info!(path = %old.display(), "plugin artifact evicted from the cache");
+            Ok(()) => {
+                let used = self.mark_used(&path);
+                match evict(&self.dir, &self.engine_hash, self.max_bytes, &used) {
+                    Ok(evicted) => {
+                        for old in evicted {
+                            tracing::info!(path = %old.display(), "plugin artifact evicted from the cache");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "cannot bound the plugin artifact cache");
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot bound the plugin artifact cache");
-                }
-            },
+            }
             // A read-only or full disk costs a recompile next time, nothing else.
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot store plugin artifact");
@@ -88,6 +99,13 @@ impl ArtifactCache {
         }
         // The bytes were produced just above by this very engine.
         Ok((deserialize(engine, &bytes)?, CacheOutcome::Miss))
+    }
+
+    /// Records that this process uses the artifact at `path`; returns every one it uses.
+    fn mark_used(&self, path: &Path) -> HashSet<PathBuf> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.insert(path.to_path_buf());
+        used.clone()
     }
 
     fn try_load(&self, engine: &Engine, path: &Path) -> Option<Component> {
@@ -129,13 +147,13 @@ fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
 
 /// Deletes artifacts of `dir` (with their checksums) until at most `max_bytes` of them are
 /// left: those of other engine configurations (not named with `engine_hash`) first, then the
-/// least recently used. `keep`, the artifact just stored, is never deleted. Returns what was
-/// deleted.
+/// least recently used. Those in `keep` (this process uses them) are never deleted. Returns
+/// what was deleted.
 fn evict(
     dir: &Path,
     engine_hash: &str,
     max_bytes: u64,
-    keep: &Path,
+    keep: &HashSet<PathBuf>,
 ) -> std::io::Result<Vec<PathBuf>> {
     let mut artifacts = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -160,10 +178,15 @@ fn evict(
         if total <= max_bytes {
             break;
         }
-        if path == keep {
+        if keep.contains(&path) {
             continue;
         }
-        std::fs::remove_file(&path)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            // Another process evicted it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         // The checksum alone is harmless (it is only read beside its artifact).
         let _ = std::fs::remove_file(checksum_path(&path));
         total = total.saturating_sub(len);
@@ -241,15 +264,16 @@ mod tests {
         std::fs::write(d.join("notes.txt"), vec![0_u8; 1000]).unwrap();
 
         // 550 bytes of artifacts, bound 400: the other engine's, then the oldest of ours.
-        let evicted = evict(d, "ourengine", 400, &new).unwrap();
+        let keep = HashSet::from([new.clone()]);
+        let evicted = evict(d, "ourengine", 400, &keep).unwrap();
         assert_eq!(evicted, [stale.clone(), old.clone()]);
         assert!(!stale.exists() && !checksum_path(&stale).exists());
         assert!(!old.exists() && recent.exists() && new.exists());
         assert!(d.join("notes.txt").exists(), "only artifacts are evicted");
 
         // Within the bound: nothing goes. Over it with only the new one left: it stays.
-        assert!(evict(d, "ourengine", 400, &new).unwrap().is_empty());
-        assert_eq!(evict(d, "ourengine", 10, &new).unwrap(), [recent]);
+        assert!(evict(d, "ourengine", 400, &keep).unwrap().is_empty());
+        assert_eq!(evict(d, "ourengine", 10, &keep).unwrap(), [recent]);
         assert!(new.exists());
     }
 }
