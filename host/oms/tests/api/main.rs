@@ -7,6 +7,7 @@ mod edge;
 mod health;
 mod helpers;
 mod metrics;
+mod races;
 mod sagas;
 mod scenarios;
 
@@ -126,3 +127,9 @@ on_both_backends!(
 async fn health_follows_the_database() {
     health::health_follows_the_database().await;
 }
+
+on_both_backends!(
+    racing => races:
+    racing_operations_on_one_order_end_in_one_outcome,
+    concurrent_refunds_never_exceed_the_capture,
+);
