@@ -78,6 +78,21 @@ pub fn default_manifest(wasm: &Path) -> PathBuf {
         .join("manifest.toml")
 }
 
+/// A runtime of the tools' own: an in-memory KV store (a `kv` grant resolves, nothing is
+/// kept), a small instance pool, no artifact cache.
+fn local_runtime() -> Result<PluginRuntime, oms_plugin_runtime::SetupError> {
+    let store: Arc<dyn oms_plugin_runtime::kv::PluginKvStore> = Arc::new(MemoryKvStore::new());
+    let options = RuntimeOptions {
+        engine: EngineOptions {
+            pool_instances: 4,
+            cache_dir: None,
+            ..EngineOptions::default()
+        },
+        ..RuntimeOptions::default()
+    };
+    PluginRuntime::new(options, Some(store))
+}
+
 /// Which check a load error belongs to.
 fn check_of(e: &LoadError) -> usize {
     match e {
@@ -110,17 +125,7 @@ pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
         }
     };
     let size = bytes.len();
-    let store: Arc<dyn oms_plugin_runtime::kv::PluginKvStore> = Arc::new(MemoryKvStore::new());
-    // Nothing runs: a small instance pool, no artifact cache.
-    let options = RuntimeOptions {
-        engine: EngineOptions {
-            pool_instances: 4,
-            cache_dir: None,
-            ..EngineOptions::default()
-        },
-        ..RuntimeOptions::default()
-    };
-    let runtime = match PluginRuntime::new(options, Some(store)) {
+    let runtime = match local_runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             let message = format!("the plugin runtime did not start: {e}");
@@ -318,17 +323,7 @@ pub async fn run(
     };
     let text = String::from_utf8_lossy(&read(manifest)?).into_owned();
     let bytes = read(wasm)?;
-    let store: Arc<dyn oms_plugin_runtime::kv::PluginKvStore> = Arc::new(MemoryKvStore::new());
-    let options = RuntimeOptions {
-        engine: EngineOptions {
-            pool_instances: 4,
-            cache_dir: None,
-            ..EngineOptions::default()
-        },
-        ..RuntimeOptions::default()
-    };
-    let runtime =
-        PluginRuntime::new(options, Some(store)).map_err(|e| RunError::Runtime(e.to_string()))?;
+    let runtime = local_runtime().map_err(|e| RunError::Runtime(e.to_string()))?;
     let info = runtime.install_bytes(&text, bytes).await?;
     let name = info.name.as_str();
     let unknown = |kind: &'static str, functions: &'static [&'static str]| {

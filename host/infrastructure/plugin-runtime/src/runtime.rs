@@ -137,6 +137,33 @@ impl PluginRuntime {
         .await
     }
 
+    /// Loads another build of an installed plugin (`what`: "a canary", "an older build") to
+    /// run beside its current build, which must implement the same world; returns both.
+    async fn load_beside_current(
+        &self,
+        manifest: Manifest,
+        wasm: Vec<u8>,
+        what: &str,
+    ) -> Result<(LoadedPlugin, Arc<LoadedPlugin>), LoadError> {
+        let (path, name) = (manifest.path.clone(), manifest.name.clone());
+        let Some(slot) = self.inner.registry.slot(&name) else {
+            return Err(LoadError::NotInstalled { plugin: name });
+        };
+        let plugin = self.load_parts(manifest, wasm).await?;
+        let current = slot.current();
+        if current.kind() != plugin.kind() {
+            return Err(LoadError::ManifestInvalid {
+                path,
+                reason: format!(
+                    "plugin {name} implements {}; {what} cannot implement {}",
+                    current.kind(),
+                    plugin.kind()
+                ),
+            });
+        }
+        Ok((plugin, current))
+    }
+
     fn finish_install(
         &self,
         result: Result<LoadedPlugin, LoadError>,
@@ -199,21 +226,7 @@ impl PluginRuntime {
                 reason: format!("a canary serves 1 to 99 percent of new sagas, not {percent}"),
             });
         }
-        let Some(slot) = self.inner.registry.slot(&name) else {
-            return Err(LoadError::NotInstalled { plugin: name });
-        };
-        let plugin = self.load_parts(manifest, wasm).await?;
-        let current = slot.current();
-        if current.kind() != plugin.kind() {
-            return Err(LoadError::ManifestInvalid {
-                path,
-                reason: format!(
-                    "plugin {name} implements {}; a canary cannot implement {}",
-                    current.kind(),
-                    plugin.kind()
-                ),
-            });
-        }
+        let (plugin, current) = self.load_beside_current(manifest, wasm, "a canary").await?;
         if current.digest == plugin.digest {
             return Err(LoadError::ManifestInvalid {
                 path,
@@ -237,23 +250,9 @@ impl PluginRuntime {
         wasm: Vec<u8>,
     ) -> Result<VersionInfo, LoadError> {
         let manifest = Manifest::parse(manifest_toml, Path::new("<stored manifest>"))?;
-        let path = manifest.path.clone();
-        let name = manifest.name.clone();
-        let Some(slot) = self.inner.registry.slot(&name) else {
-            return Err(LoadError::NotInstalled { plugin: name });
-        };
-        let plugin = self.load_parts(manifest, wasm).await?;
-        let current = slot.current();
-        if current.kind() != plugin.kind() {
-            return Err(LoadError::ManifestInvalid {
-                path,
-                reason: format!(
-                    "plugin {name} implements {}; an older build cannot implement {}",
-                    current.kind(),
-                    plugin.kind()
-                ),
-            });
-        }
+        let (plugin, _) = self
+            .load_beside_current(manifest, wasm, "an older build")
+            .await?;
         let info = self.inner.registry.retain(plugin)?;
         tracing::info!(plugin = %info.name, version = %info.version, digest = %info.digest,
                        "older plugin build loaded for the orders pinned to it");
