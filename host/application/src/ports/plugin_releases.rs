@@ -112,9 +112,11 @@ pub struct AuditEntry {
 #[async_trait]
 pub trait PluginReleaseStore: Send + Sync {
     /// Makes `new` the release of its name (enabled, no canary), storing the component, and
-    /// audits it; the release it replaces becomes the rollback target. A [`ReleaseAction::Seed`] only
-    /// creates a release for a name that has none (`Ok(None)` and nothing written when it
-    /// has one).
+    /// audits it; the release it replaces becomes the rollback target. A
+    /// [`ReleaseAction::Seed`] only creates a release for a name that has none (`Ok(None)`
+    /// and nothing written when it has one). An [`ReleaseAction::Upload`] of the build that
+    /// serves already (same component and manifest, enabled, no canary) is `Ok(None)` with
+    /// nothing written: the rollback target stays, and no change is audited or published.
     async fn release(
         &self,
         new: NewRelease<'_>,

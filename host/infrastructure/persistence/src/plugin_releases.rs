@@ -180,6 +180,24 @@ impl<D: Dialect> PluginReleaseStore for SqlPluginReleaseStore<D> {
     ) -> Result<Option<PluginRelease>, StoreError> {
         let at = now.unix_millis();
         let mut tx = self.sql.begin_write().await?;
+        if new.action == ReleaseAction::Upload {
+            // The build that serves already (enabled, no canary): nothing would change but
+            // the rollback target, which must not become this same build.
+            let serving = D::query(
+                "SELECT 1 FROM plugin_releases WHERE name = $1 AND sha256 = $2 \
+                 AND manifest = $3 AND disabled_at IS NULL AND canary_sha256 IS NULL",
+            )
+            .arg(new.name)
+            .arg(new.sha256)
+            .arg(new.manifest)
+            .fetch_optional(D::on(&mut tx))
+            .await
+            .map_err(D::classify)?;
+            if serving.is_some() {
+                tx.rollback().await.map_err(D::classify)?;
+                return Ok(None);
+            }
+        }
         store_build::<D>(&mut tx, new.name, new.sha256, new.manifest, new.wasm, at).await?;
         // The current release, if any, becomes the rollback target in the same statement
         // (the right-hand sides read the row as it was).

@@ -50,6 +50,17 @@ async fn releases_follow_seeds_uploads_and_rollbacks(db: Database) {
         .unwrap()
         .unwrap();
     assert_eq!((uploaded.sha256.as_str(), uploaded.generation), ("bb", 2));
+    // The same build again (a file touched or re-added in a plugins directory) changes
+    // nothing: "aa" stays the rollback target and no change is audited.
+    assert_eq!(
+        store
+            .release(new("0.1.1", "bb", b"two", ReleaseAction::Upload), at(3))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.releases().await.unwrap()[0].generation, 2);
+    assert_eq!(store.audit(Some("fakepay"), 10).await.unwrap().len(), 2);
     assert_eq!(
         store.artifact("bb").await.unwrap().as_deref(),
         Some(&b"two"[..])
