@@ -38,9 +38,8 @@ async fn drain(relay: &Relay, db: &oms_persistence::Database) {
     .await;
 }
 
-async fn every_change_is_relayed_once_in_order(backend: TestBackend) {
-    let (test_db, db) = database(backend).await;
-    let svc = service(&db);
+/// A relay of `db`'s outbox to an in-process broker with the default topics.
+fn in_process_relay(db: &oms_persistence::Database) -> (InProcessBroker, Topics, Relay) {
     let broker = InProcessBroker::default();
     let topics = Topics::default();
     let relay = Relay::new(
@@ -49,6 +48,13 @@ async fn every_change_is_relayed_once_in_order(backend: TestBackend) {
         topics.clone(),
         fast_config(),
     );
+    (broker, topics, relay)
+}
+
+async fn every_change_is_relayed_once_in_order(backend: TestBackend) {
+    let (test_db, db) = database(backend).await;
+    let svc = service(&db);
+    let (broker, topics, relay) = in_process_relay(&db);
 
     let order = svc.create_order(new_order("cust-1"), None).await.unwrap();
     let v1 = order.version();
@@ -111,14 +117,7 @@ async fn plugin_changes_go_to_their_topic_keyed_by_name(backend: TestBackend) {
 
     let (test_db, db) = database(backend).await;
     let svc = service(&db);
-    let broker = InProcessBroker::default();
-    let topics = Topics::default();
-    let relay = Relay::new(
-        db.outbox(),
-        broker.publisher_arc(),
-        topics.clone(),
-        fast_config(),
-    );
+    let (broker, topics, relay) = in_process_relay(&db);
     let release = |version: &'static str, sha256: &'static str, action| NewRelease {
         name: "fakepay",
         manifest: "name = \"fakepay\"",

@@ -271,6 +271,19 @@ async fn an_older_build_loaded_from_bytes_serves_only_its_pinned_calls() {
 /// everyone else stays closed.
 #[tokio::test]
 async fn an_ended_canary_fails_against_its_own_breaker() {
+    let (rt, _dir, text, wasm) = fakepay_and_a_trapping_build().await;
+    let canary = rt.start_canary_bytes(&text, wasm, 99).await.unwrap();
+    assert!(rt.abort_canary("fakepay").is_some());
+
+    fails_without_opening_the_current_circuit(&rt, &canary.digest).await;
+    let status = rt.status_of("fakepay").unwrap();
+    assert!(status.canary.is_none());
+    assert_eq!(status.retained[0].digest, canary.digest);
+}
+
+/// A runtime serving fakepay, and the trap plugin staged as another build of fakepay: its
+/// manifest text and component (the directory holds the files).
+async fn fakepay_and_a_trapping_build() -> (PluginRuntime, tempfile::TempDir, String, Vec<u8>) {
     let rt = runtime();
     rt.install(manifest("fakepay")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -279,26 +292,24 @@ async fn an_ended_canary_fails_against_its_own_breaker() {
     });
     let text = std::fs::read_to_string(&trap).unwrap();
     let wasm = std::fs::read(dir.path().join("trap.wasm")).unwrap();
-    let canary = rt.start_canary_bytes(&text, wasm, 99).await.unwrap();
-    assert!(rt.abort_canary("fakepay").is_some());
+    (rt, dir, text, wasm)
+}
 
-    let pinned = rt.payment("fakepay").pinned(Some(&canary.digest));
+/// Ten calls pinned to `digest` (a trapping build) all fail, and the circuit of fakepay's
+/// current build stays closed: new work is still served by it.
+async fn fails_without_opening_the_current_circuit(rt: &PluginRuntime, digest: &str) {
+    let pinned = rt.payment("fakepay").pinned(Some(digest));
     for _ in 0..10 {
         let failed = pinned
             .get_payment(PaymentLookup::AuthorizeKey("k".into()))
             .await;
-        assert!(
-            failed.is_err(),
-            "the ended canary still serves its pinned calls"
-        );
+        assert!(failed.is_err(), "the build still serves its pinned calls");
     }
     let status = rt.status_of("fakepay").unwrap();
     assert_eq!(
         status.breaker,
         oms_plugin_runtime::breaker::BreakerState::Closed
     );
-    assert!(status.canary.is_none());
-    assert_eq!(status.retained[0].digest, canary.digest);
     assert_eq!(
         served_by(&rt.payment("fakepay")).await,
         status.current.digest
@@ -309,32 +320,9 @@ async fn an_ended_canary_fails_against_its_own_breaker() {
 /// failing: its pinned calls fail against a breaker of its own, never the current build's.
 #[tokio::test]
 async fn an_older_build_loaded_from_bytes_fails_against_its_own_breaker() {
-    let rt = runtime();
-    rt.install(manifest("fakepay")).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let trap = staged(dir.path(), "testing/trap", |t| {
-        set_line(&t, "name", "\"fakepay\"")
-    });
-    let text = std::fs::read_to_string(&trap).unwrap();
-    let wasm = std::fs::read(dir.path().join("trap.wasm")).unwrap();
+    let (rt, _dir, text, wasm) = fakepay_and_a_trapping_build().await;
     let older = rt.retain_bytes(&text, wasm).await.unwrap();
-
-    let pinned = rt.payment("fakepay").pinned(Some(&older.digest));
-    for _ in 0..10 {
-        let failed = pinned
-            .get_payment(PaymentLookup::AuthorizeKey("k".into()))
-            .await;
-        assert!(failed.is_err(), "the older build serves its pinned calls");
-    }
-    let status = rt.status_of("fakepay").unwrap();
-    assert_eq!(
-        status.breaker,
-        oms_plugin_runtime::breaker::BreakerState::Closed
-    );
-    assert_eq!(
-        served_by(&rt.payment("fakepay")).await,
-        status.current.digest
-    );
+    fails_without_opening_the_current_circuit(&rt, &older.digest).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
