@@ -43,9 +43,10 @@ impl CheckReport {
             .all(|(_, o)| matches!(o, Outcome::Passed(_)))
     }
 
-    /// One failure at check `failed`: the ones before it passed (the host stops at the
-    /// first failure).
-    fn failure(wasm: &Path, manifest: &Path, failed: usize, message: String) -> Self {
+    /// One failure at check `failed` (one of [`CHECKS`]): the ones before it passed (the
+    /// host stops at the first failure).
+    fn failure(wasm: &Path, manifest: &Path, failed: &str, message: String) -> Self {
+        let failed = CHECKS.iter().position(|c| *c == failed).unwrap_or(0);
         let checks = CHECKS
             .iter()
             .enumerate()
@@ -93,17 +94,17 @@ fn local_runtime() -> Result<PluginRuntime, oms_plugin_runtime::SetupError> {
     PluginRuntime::new(options, Some(store))
 }
 
-/// Which check a load error belongs to.
-fn check_of(e: &LoadError) -> usize {
+/// Which of [`CHECKS`] a load error belongs to.
+fn check_of(e: &LoadError) -> &'static str {
     match e {
-        LoadError::ManifestInvalid { .. } | LoadError::Io { .. } => 0,
-        LoadError::UnsupportedContract { .. } => 1,
-        LoadError::TooLarge { .. } => 2,
-        LoadError::DigestMismatch { .. } => 3,
-        LoadError::WrongWorld { .. } => 5,
-        LoadError::Capability { .. } => 6,
+        LoadError::ManifestInvalid { .. } | LoadError::Io { .. } => "manifest",
+        LoadError::UnsupportedContract { .. } => "contract",
+        LoadError::TooLarge { .. } => "size",
+        LoadError::DigestMismatch { .. } => "digest",
+        LoadError::WrongWorld { .. } => "world",
+        LoadError::Capability { .. } => "grants",
         // Compile, and what an install (not a check) refuses.
-        _ => 4,
+        _ => "component",
     }
 }
 
@@ -114,14 +115,14 @@ pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
         Ok(text) => text,
         Err(e) => {
             let message = format!("cannot read {}: {e}", manifest.display());
-            return CheckReport::failure(wasm, manifest, 0, message);
+            return CheckReport::failure(wasm, manifest, "manifest", message);
         }
     };
     let bytes = match std::fs::read(wasm) {
         Ok(bytes) => bytes,
         Err(e) => {
             let message = format!("cannot read {}: {e}", wasm.display());
-            return CheckReport::failure(wasm, manifest, 2, message);
+            return CheckReport::failure(wasm, manifest, "size", message);
         }
     };
     let size = bytes.len();
@@ -129,7 +130,7 @@ pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
         Ok(runtime) => runtime,
         Err(e) => {
             let message = format!("the plugin runtime did not start: {e}");
-            return CheckReport::failure(wasm, manifest, 4, message);
+            return CheckReport::failure(wasm, manifest, "component", message);
         }
     };
     let plugin = match runtime.check_bytes(&text, manifest, bytes).await {
@@ -138,7 +139,13 @@ pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
     };
     let m = &plugin.manifest;
     let world = m.kind.world();
-    let grants = m.capabilities.granted();
+    // The clock is always granted: listed with log and config, not again when declared.
+    let grants: Vec<String> = m
+        .capabilities
+        .granted()
+        .into_iter()
+        .filter(|g| g != "clock")
+        .collect();
     let grants = if grants.is_empty() {
         "nothing beyond log, config and clock".to_owned()
     } else {
@@ -229,7 +236,9 @@ fn example(function: &str) -> &'static str {
             r#"{"order_id":"o-1","lines":[{"sku":"DEMO-1","quantity":1}],"idempotency_key":"k-1"}"#
         }
         "release" | "commit" => r#"{"reservation_id":"r-1","idempotency_key":"k-2"}"#,
-        _ => r#"{"event_type":"OrderConfirmed", ...}"#,
+        _ => {
+            r#"{"event_type":"order.confirmed","schema_version":1,"event_id":"e-1","occurred_at_ms":0,"order":{"id":"o-1","customer":{"id":"c-1","email":"ada@example.com"},"status":"confirmed","items":[],"total":{"amount_minor":1250,"currency":"EUR"},"created_at_ms":0},"metadata":[]}"#
+        }
     }
 }
 

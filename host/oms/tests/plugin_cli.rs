@@ -218,6 +218,15 @@ fn a_function_runs_locally_and_answers_in_json() {
     let (ok, answer, stderr) = run(&stock, "reserve", reserve);
     assert!(ok, "{stderr}");
     assert!(answer["ok"].is_string(), "a reservation id: {answer}");
+
+    // The example input `run` shows for `format` is one a formatter accepts.
+    let event = r#"{"event_type":"order.confirmed","schema_version":1,"event_id":"e-1","occurred_at_ms":0,"order":{"id":"o-1","customer":{"id":"c-1","email":"ada@example.com"},"status":"confirmed","items":[],"total":{"amount_minor":1250,"currency":"EUR"},"created_at_ms":0},"metadata":[]}"#;
+    let (ok, answer, stderr) = run(&built_plugins().join("email-text.wasm"), "format", event);
+    assert!(ok, "{stderr}");
+    assert_eq!(answer["ok"][0]["channel"], "Email", "{answer}");
+    let (ok, _, stderr) = run(&built_plugins().join("email-text.wasm"), "format", "{}");
+    assert!(!ok);
+    assert!(stderr.contains(event), "the example is shown: {stderr}");
 }
 
 #[test]
