@@ -324,6 +324,9 @@ pub struct NotificationsConfig {
     /// Mozilla's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_ca_file: Option<PathBuf>,
+    /// The consumer's Kafka `group.instance.id` (static membership), unique per host and
+    /// stable across its restarts (a StatefulSet pod name); empty for dynamic membership.
+    pub group_instance_id: String,
 }
 
 /// Logging.
@@ -433,6 +436,7 @@ impl Default for Config {
                     webhook_secret: String::new(),
                     webhook_allow_private: false,
                     webhook_ca_file: None,
+                    group_instance_id: String::new(),
                 },
                 properties: std::collections::BTreeMap::new(),
             },

@@ -671,6 +671,8 @@ fn spawn_messaging(
                 bootstrap_servers: b.bootstrap_servers.clone(),
                 delivery_timeout: ms(b.delivery_timeout_ms),
                 properties: b.properties.clone(),
+                group_instance_id: Some(b.notifications.group_instance_id.clone())
+                    .filter(|id| !id.is_empty()),
             }),
         },
         topics: broker::Topics {

@@ -33,6 +33,11 @@ pub struct KafkaOptions {
     /// `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`,
     /// `ssl.ca.location = "/etc/ssl/ca.pem"`.
     pub properties: BTreeMap<String, String>,
+    /// The consumers' `group.instance.id` (static membership, KIP-345), or `None` for
+    /// dynamic membership. A host restarted under the same id takes its partitions back at
+    /// once instead of waiting out the old member's session and a rebalance; two live
+    /// processes must never share one.
+    pub group_instance_id: Option<String>,
 }
 
 impl Default for KafkaOptions {
@@ -41,6 +46,7 @@ impl Default for KafkaOptions {
             bootstrap_servers: "127.0.0.1:9092".into(),
             delivery_timeout: Duration::from_secs(30),
             properties: BTreeMap::new(),
+            group_instance_id: None,
         }
     }
 }
@@ -142,7 +148,8 @@ impl Broker for KafkaBroker {
 }
 
 impl KafkaBroker {
-    fn kafka_consumer(&self, group: &str, topics: &[&str]) -> Result<KafkaConsumer, BrokerError> {
+    /// A consumer's configuration in `group`.
+    fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut config = base_config(&self.options);
         config
             .set("group.id", group)
@@ -152,8 +159,16 @@ impl KafkaBroker {
             .set("enable.partition.eof", "false")
             // librdkafka's statistics carry the group's offset lag (`LagContext`).
             .set("statistics.interval.ms", "5000");
+        if let Some(id) = &self.options.group_instance_id {
+            config.set("group.instance.id", id);
+        }
         apply_properties(&mut config, &self.options);
-        let consumer: StreamConsumer<LagContext> = config
+        config
+    }
+
+    fn kafka_consumer(&self, group: &str, topics: &[&str]) -> Result<KafkaConsumer, BrokerError> {
+        let consumer: StreamConsumer<LagContext> = self
+            .consumer_config(group)
             .create_with_context(LagContext {
                 group: group.to_owned(),
                 lag: std::sync::atomic::AtomicI64::new(-1),
@@ -350,6 +365,22 @@ mod tests {
         ));
     }
 
+    /// Static membership is what the option says: the consumers' `group.instance.id`, or
+    /// none (dynamic membership) by default.
+    #[test]
+    fn consumers_join_under_the_configured_instance_id() {
+        let dynamic = KafkaBroker::new(KafkaOptions::default()).expect("broker");
+        assert_eq!(dynamic.consumer_config("g").get("group.instance.id"), None);
+        let static_member = KafkaBroker::new(KafkaOptions {
+            group_instance_id: Some("oms-0".to_owned()),
+            ..KafkaOptions::default()
+        })
+        .expect("broker");
+        let config = static_member.consumer_config("g");
+        assert_eq!(config.get("group.instance.id"), Some("oms-0"));
+        assert_eq!(config.get("group.id"), Some("g"));
+    }
+
     /// librdkafka's in-process mock cluster: key, payload and headers survive the trip and
     /// one key's messages keep their order.
     #[tokio::test]
@@ -360,6 +391,7 @@ mod tests {
             bootstrap_servers: cluster.bootstrap_servers(),
             delivery_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
+            group_instance_id: None,
         })
         .expect("broker");
         let batch: Vec<Message> = (0..20)
@@ -401,6 +433,7 @@ mod tests {
             delivery_timeout: Duration::from_secs(10),
             // Statistics every 100 ms instead of 5 s.
             properties: [("statistics.interval.ms".to_owned(), "100".to_owned())].into(),
+            group_instance_id: None,
         })
         .expect("broker");
         let batch: Vec<Message> = (0..10)
