@@ -151,8 +151,14 @@ impl Host {
         // Keep draining the log so the child never blocks on a full pipe, noting group sizes.
         let largest_group = Arc::new(AtomicU64::new(0));
         let largest = Arc::clone(&largest_group);
+        let echo_warnings = std::env::var("HOST_LOG").is_ok_and(|v| v == "1");
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
+                // HOST_LOG=1 echoes the host's warnings and errors, for reading a failed
+                // run (not OMS_…: the host would read it as configuration).
+                if echo_warnings && (line.contains("\"WARN\"") || line.contains("\"ERROR\"")) {
+                    eprintln!("host: {line}");
+                }
                 if !line.contains("group committed") {
                     continue;
                 }
@@ -238,6 +244,11 @@ impl Host {
         accepted
     }
 
+    /// A client of this host's gRPC API.
+    pub fn client(&self) -> OrderServiceClient<Channel> {
+        self.client.clone()
+    }
+
     /// The most jobs one of this host's group commits carried so far.
     pub fn largest_group(&self) -> u64 {
         self.largest_group.load(Ordering::Relaxed)
@@ -284,8 +295,7 @@ impl Host {
             order_id: order_id.into(),
         });
         call.set_timeout(Duration::from_secs(5));
-        self.client
-            .clone()
+        self.client()
             .get_order(call)
             .await
             .expect("GetOrder")
@@ -298,8 +308,7 @@ impl Host {
         call.metadata_mut()
             .insert("idempotency-key", key.parse().unwrap());
         call.set_timeout(Duration::from_secs(5));
-        self.client
-            .clone()
+        self.client()
             .create_order(call)
             .await
             .expect("CreateOrder")
@@ -322,10 +331,14 @@ impl Host {
         }
     }
 
-    /// SIGKILL: no shutdown hook runs, in-flight transactions die with the process.
-    pub async fn kill(mut self) {
-        self.child.start_kill().expect("kill host");
+    /// SIGKILL: no shutdown hook runs, in-flight transactions die with the process. Returns
+    /// whether the host was still running (false: it had exited on its own before).
+    pub async fn kill(mut self) -> bool {
+        let running = matches!(self.child.try_wait(), Ok(None));
+        // A child that already exited is only reaped.
+        let _ = self.child.start_kill();
         self.child.wait().await.expect("reap host");
+        running
     }
 
     /// SIGTERM and wait: the graceful path.

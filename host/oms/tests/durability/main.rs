@@ -71,7 +71,7 @@ async fn crash_and_recover(backend: TestBackend) {
             .await;
         let group = host.largest_group();
         largest_group = largest_group.max(group);
-        host.kill().await;
+        assert!(host.kill().await, "the host exited before it was killed");
         let active = invariants::active_sagas(db.url()).await;
         interrupted += active;
         println!(
@@ -117,7 +117,7 @@ async fn crash_and_recover(backend: TestBackend) {
         let host = Host::start(db.url(), &plugins).await;
         let kill_after = Duration::from_millis(rng.random_range(100..400));
         host.fulfill_until(&mut to_fulfill, kill_after).await;
-        host.kill().await;
+        assert!(host.kill().await, "the host exited before it was killed");
     }
     let host = Host::start(db.url(), &plugins).await;
     host.fulfill_until(&mut to_fulfill, Duration::from_secs(60))
@@ -197,7 +197,7 @@ async fn resumed_saga_keeps_its_step_budget(backend: TestBackend) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    first.kill().await;
+    assert!(first.kill().await, "the host exited before it was killed");
     let saga = invariants::only_saga(db.url()).await.unwrap();
     assert_eq!(
         // Step 1 of `place_order` is `authorize-payment`.
