@@ -678,6 +678,61 @@ async fn an_unresolved_authorization_that_never_happened_is_sent_again_with_the_
     assert_eq!(rig.order().await.status(), OrderStatus::Confirmed);
 }
 
+/// Regression (found by the fault-injection harness): a cancellation while an authorisation's
+/// outcome was unknown released the stock and ended the order CANCELLED with its payment
+/// still UNRESOLVED, never asking the provider: a hold the provider took stayed on the card.
+#[tokio::test]
+async fn a_cancellation_while_an_authorization_is_unresolved_voids_the_hold_it_finds() {
+    let rig = Rig::new().await;
+    rig.gateways.script("authorize", [Scripted::LostAnswer]);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+    assert_eq!(
+        rig.order().await.payment_status(),
+        PaymentStatus::Unresolved
+    );
+    rig.cancel_order().await;
+    rig.run_to_rest(&engine).await;
+
+    let calls = rig.gateways.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.operation).collect::<Vec<_>>(),
+        ["reserve", "authorize", "get-payment", "void", "release"],
+        "the provider was asked by the authorise key and the hold it found voided"
+    );
+    assert_eq!(calls[1].idempotency_key, calls[2].idempotency_key);
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.payment_status(), PaymentStatus::Voided);
+    assert_eq!(order.reservation_status(), ReservationStatus::Released);
+    assert_eq!(rig.saga().await.status, SagaStatus::Compensated);
+}
+
+/// The same, when the unknown authorisation took nothing: the order records that nothing was
+/// authorised instead of staying UNRESOLVED.
+#[tokio::test]
+async fn a_cancellation_while_an_authorization_is_unresolved_records_nothing_held() {
+    let rig = Rig::new().await;
+    rig.gateways.fail("authorize", [unknown()]);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+    assert_eq!(
+        rig.order().await.payment_status(),
+        PaymentStatus::Unresolved
+    );
+    rig.cancel_order().await;
+    rig.run_to_rest(&engine).await;
+
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "authorize", "get-payment", "release"]
+    );
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.payment_status(), PaymentStatus::AuthFailed);
+    assert_eq!(order.reservation_status(), ReservationStatus::Released);
+}
+
 #[tokio::test]
 async fn a_cancellation_during_placement_undoes_every_step_in_reverse() {
     let rig = Rig::new().await;

@@ -31,6 +31,8 @@ pub(crate) enum Change {
     Released,
     Committed,
     Authorized,
+    /// An unresolved authorisation held nothing.
+    AuthorizationFailed,
     Voided,
     Captured(oms_domain::Money),
     Refunded(oms_domain::Money),
@@ -52,6 +54,9 @@ impl Change {
             Change::Released => order.record_release(now).map(|()| None)?,
             Change::Committed => order.record_commit(now).map(|()| None)?,
             Change::Authorized => order.record_authorization(now).map(|()| None)?,
+            Change::AuthorizationFailed => {
+                order.record_authorization_failure(now).map(|()| None)?
+            }
             Change::Voided => order.record_void(now).map(|()| None)?,
             Change::Captured(amount) => order.record_capture(*amount, now).map(|()| None)?,
             Change::Refunded(amount) => Some(order.refund(*amount, now)?),
@@ -192,6 +197,11 @@ impl Executor<'_> {
                 Ok(with_call(Change::Committed, call))
             }
             Operation::AuthorizePayment => self.authorize(order, pay_build, key).await,
+            // The last authorisation attempt's outcome is unknown: a hold may exist at the
+            // provider. Ask before undoing, or it would be left on the customer's card.
+            Operation::VoidPayment if order.payment_status() == PaymentStatus::Unresolved => {
+                self.void_unresolved(saga, order, pay_build, key).await
+            }
             Operation::VoidPayment => {
                 if order.payment_status() != PaymentStatus::Authorized {
                     return Ok(local(Change::None));
@@ -282,6 +292,53 @@ impl Executor<'_> {
             Operation::ConfirmOrder => Ok(local(Change::Confirmed)),
             Operation::FinishCancellation => Ok(local(Change::CancellationFinished)),
             Operation::MarkFulfilled => Ok(local(Change::Fulfilled)),
+        }
+    }
+
+    /// Undoes an authorisation whose outcome is unknown: asks the provider what the authorise
+    /// key did, and voids a hold it finds (the order's payment becomes VOIDED) or records that
+    /// nothing is held (AUTH_FAILED).
+    async fn void_unresolved(
+        &self,
+        saga: &SagaInstance,
+        order: &Order,
+        build: Option<&str>,
+        key: &str,
+    ) -> Result<Effect, GatewayFailure> {
+        let provider = order.payment().provider.as_str();
+        let authorize_key =
+            saga.idempotency_key("authorize-payment", Operation::AuthorizePayment.as_str());
+        let (found, call) = self
+            .payments
+            .find_by_authorize_key(provider, build, &authorize_key)
+            .await?;
+        let Some(payment) = found else {
+            return Ok(with_call(Change::AuthorizationFailed, call));
+        };
+        match payment.state {
+            ProviderPaymentState::Declined => Ok(with_call(Change::AuthorizationFailed, call)),
+            ProviderPaymentState::Voided => Ok(Effect {
+                payment_id: Some(payment.payment_id),
+                ..with_call(Change::Voided, call)
+            }),
+            ProviderPaymentState::Authorized => {
+                let (_, call) = self
+                    .payments
+                    .void(provider, build, &payment.payment_id, key)
+                    .await?;
+                Ok(Effect {
+                    payment_id: Some(payment.payment_id),
+                    ..with_call(Change::Voided, call)
+                })
+            }
+            // Money moved on a payment this saga never saw authorised: not for a void to
+            // undo; park for the operator.
+            ProviderPaymentState::PartiallyCaptured
+            | ProviderPaymentState::Captured
+            | ProviderPaymentState::PartiallyRefunded
+            | ProviderPaymentState::Refunded => Err(refused(
+                "the unresolved authorisation was captured at the provider; it cannot be voided",
+            )),
         }
     }
 

@@ -435,6 +435,14 @@ impl Order {
         Ok(())
     }
 
+    /// An unresolved authorisation turned out to hold nothing (the provider has no payment
+    /// for its key, or declined it).
+    pub fn record_authorization_failure(&mut self, now: Timestamp) -> Result<(), DomainError> {
+        self.move_payment(PaymentTransition::FailAuthorization, "fail authorization")?;
+        self.bump(now);
+        Ok(())
+    }
+
     /// A payment call timed out: its outcome is unknown until reconciled with the provider.
     pub fn mark_payment_unresolved(&mut self, now: Timestamp) -> Result<(), DomainError> {
         self.move_payment(PaymentTransition::MarkUnresolved, "become unresolved")?;

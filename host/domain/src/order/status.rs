@@ -164,7 +164,8 @@ impl PaymentStatus {
                 Some(S::PartiallyCaptured)
             }
             (S::Authorized | S::PartiallyCaptured, T::Capture) => Some(S::Captured),
-            (S::Authorized, T::Void) => Some(S::Voided),
+            // An unresolved authorisation found held at the provider and voided at once.
+            (S::Authorized | S::Unresolved, T::Void) => Some(S::Voided),
             (S::Captured | S::PartiallyCaptured | S::PartiallyRefunded, T::RefundPartially) => {
                 Some(S::PartiallyRefunded)
             }

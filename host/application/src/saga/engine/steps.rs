@@ -210,7 +210,17 @@ impl SagaEngine {
                 )
                 .await;
         }
-        let next = saga.turn_back(reason, now);
+        let mut next = saga.turn_back(reason, now);
+        // The step turned back at has no outcome to undo, except an authorisation whose last
+        // attempt's outcome is unknown (UNRESOLVED): the provider may hold the money, so its
+        // compensation runs first and asks (`void` of an unresolved payment reconciles).
+        let unresolved_authorization = order.payment_status() == PaymentStatus::Unresolved
+            && definition
+                .step(saga.step)
+                .is_some_and(|s| s.forward == Operation::AuthorizePayment);
+        if unresolved_authorization {
+            next.step = saga.step + 1;
+        }
         let order = self
             .commit(saga, next, record, order, &Change::None, None, now)
             .await?;
