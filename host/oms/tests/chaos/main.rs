@@ -91,6 +91,13 @@ impl Hosts {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         overrides.push(("OMS_BROKER__NOTIFICATIONS__GROUP_INSTANCE_ID", &instance));
+        // The second host shares the database, the sagas and the relay, but runs no
+        // notification consumer: tansu 0.6 also strands partitions of a group with two
+        // members when one dies (its sync ignores new assignments), so one consumer, always
+        // restarted under its id, is what this broker can be trusted with.
+        if slot == 1 {
+            overrides.push(("OMS_BROKER__NOTIFICATIONS__ENABLED", "false"));
+        }
         let host = Host::start_with(&self.url, &self.dirs, &overrides).await;
         self.shared.add_endpoint(slot, host.client()).await;
         self.slots[slot] = Some(host);
@@ -311,13 +318,8 @@ async fn promises_hold_under_faults() {
             hosts.start(slot).await;
         }
     }
-    // Both identities come back: tansu never expires a static member, so the partitions of
-    // a second host that stayed down would wait for it.
     if hosts.slots[0].is_none() {
         hosts.start(0).await;
-    }
-    if faults.second_host_runs > 0 && hosts.slots[1].is_none() {
-        hosts.start(1).await;
     }
 
     // The last fault is over: the clients finish their calls, the system settles.
