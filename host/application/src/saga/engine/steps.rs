@@ -189,6 +189,7 @@ impl SagaEngine {
         record: Option<&StepRecord>,
     ) -> Result<Next, StepError> {
         let now = self.clock.now();
+        let cancelled = matches!(failure, Failure::Cancelled);
         let (reason, park) = match failure {
             // A cancellation is not a failure of the step: undo everything, then cancel.
             Failure::Cancelled => ("cancelled while placing".to_owned(), false),
@@ -211,10 +212,13 @@ impl SagaEngine {
                 .await;
         }
         let mut next = saga.turn_back(reason, now);
-        // The step turned back at has no outcome to undo, except an authorisation whose last
-        // attempt's outcome is unknown (UNRESOLVED): the provider may hold the money, so its
-        // compensation runs first and asks (`void` of an unresolved payment reconciles).
-        let unresolved_authorization = order.payment_status() == PaymentStatus::Unresolved
+        // The step turned back at has no outcome to undo, except, under a cancellation, an
+        // authorisation whose last attempt's outcome is unknown (UNRESOLVED): the provider may
+        // hold the money, so its compensation runs first and asks (`void` of an unresolved
+        // payment reconciles). A step that ran out of time ends PAYMENT_FAILED without asking,
+        // as a provider that crashes or never answers could not be asked either.
+        let unresolved_authorization = cancelled
+            && order.payment_status() == PaymentStatus::Unresolved
             && definition
                 .step(saga.step)
                 .is_some_and(|s| s.forward == Operation::AuthorizePayment);
