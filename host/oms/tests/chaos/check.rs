@@ -278,12 +278,13 @@ async fn check_broker(brokers: &str, events: &[(String, String)]) -> (usize, Vec
     let mut first_order: HashMap<String, Vec<String>> = HashMap::new();
     let mut redelivered = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while expected.iter().any(|e| !seen.contains(*e)) {
+    while expected.iter().any(|e| !seen.contains(*e)) && tokio::time::Instant::now() < deadline {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let delivery = match tokio::time::timeout(left, consumer.recv()).await {
             Err(_) => break,
             Ok(Err(e)) => {
                 eprintln!("chaos check: consumer error (retrying): {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
             Ok(Ok(d)) => d,

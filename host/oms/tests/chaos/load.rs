@@ -40,6 +40,8 @@ pub struct Tally {
     pub answers: HashMap<(&'static str, String), u64>,
     /// Calls that ran out of tries.
     pub given_up: u64,
+    /// Answers retried, by code (hosts killed or cut off, keys held by a killed request).
+    pub retried: HashMap<String, u64>,
     /// Answers no fault excuses (`INTERNAL`; a create key answered with two order ids).
     pub violations: Vec<String>,
 }
@@ -190,6 +192,13 @@ pub async fn client(shared: Arc<Shared>, id: usize, seed: u64) {
                     break;
                 }
                 Err(status) if retryable(&status) => {
+                    *shared
+                        .tally
+                        .lock()
+                        .await
+                        .retried
+                        .entry(format!("{:?}", status.code()))
+                        .or_default() += 1;
                     tokio::time::sleep(Duration::from_millis(rng.random_range(20..120))).await;
                 }
                 Err(status) => {
@@ -198,21 +207,30 @@ pub async fn client(shared: Arc<Shared>, id: usize, seed: u64) {
                 }
             }
         }
+        // An acknowledged create sent again under its key (a client that lost the answer)
+        // must be answered with the same order, whichever host answers.
+        if let (Op::Create, Some(Ok(order))) = (op, &answer) {
+            let mut api = shared.pick(&mut rng).await;
+            if let Ok(replayed) = call(&mut api, op, &key, "", &create, part).await
+                && replayed.order_id != order.order_id
+            {
+                shared.tally.lock().await.violations.push(format!(
+                    "key {key} answered with orders {} and {}",
+                    order.order_id, replayed.order_id
+                ));
+            }
+        }
         let mut tally = shared.tally.lock().await;
         match answer {
             None => tally.given_up += 1,
             Some(Ok(order)) => {
                 *tally.answers.entry((op.name(), "OK".into())).or_default() += 1;
                 if let Op::Create = op {
-                    let mut acked = shared.acknowledged.lock().await;
-                    if let Some(earlier) = acked.insert(key.clone(), order.order_id.clone())
-                        && earlier != order.order_id
-                    {
-                        tally.violations.push(format!(
-                            "key {key} acknowledged with orders {earlier} and {}",
-                            order.order_id
-                        ));
-                    }
+                    shared
+                        .acknowledged
+                        .lock()
+                        .await
+                        .insert(key.clone(), order.order_id.clone());
                     shared.ids.lock().await.push(order.order_id);
                 }
             }

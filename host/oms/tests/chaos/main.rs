@@ -119,10 +119,18 @@ impl Hosts {
         }
     }
 
+    /// SIGTERM; a host that had exited on its own (during the settling) is a violation.
     async fn stop(&mut self, slot: usize) {
         self.shared.remove_endpoint(slot).await;
-        if let Some(host) = self.slots[slot].take() {
-            host.stop().await;
+        if let Some(host) = self.slots[slot].take()
+            && !host.stop().await
+        {
+            self.shared
+                .tally
+                .lock()
+                .await
+                .violations
+                .push(format!("host {slot} exited before it was stopped"));
         }
     }
 
@@ -338,8 +346,10 @@ async fn promises_hold_under_faults() {
     violations.extend(report.violations.iter().cloned());
     let mut answers: Vec<_> = tally.answers.iter().collect();
     answers.sort();
+    let mut retried: Vec<_> = tally.retried.iter().collect();
+    retried.sort();
     println!(
-        "chaos: answers {answers:?}, {} calls gave up",
+        "chaos: answers {answers:?}, {} calls gave up, retried {retried:?}",
         tally.given_up
     );
     for violation in &violations {

@@ -341,8 +341,9 @@ impl Host {
         running
     }
 
-    /// SIGTERM and wait: the graceful path.
-    pub async fn stop(mut self) {
+    /// SIGTERM and wait: the graceful path. Returns whether the host was still running.
+    pub async fn stop(mut self) -> bool {
+        let running = matches!(self.child.try_wait(), Ok(None));
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .arg("-TERM")
@@ -350,5 +351,6 @@ impl Host {
                 .status();
         }
         let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+        running
     }
 }

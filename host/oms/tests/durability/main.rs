@@ -94,7 +94,7 @@ async fn crash_and_recover(backend: TestBackend) {
     assert!(pending.is_empty(), "every order was accepted eventually");
     host.wait_for_quiet_sagas(db.url(), Duration::from_secs(90))
         .await;
-    host.stop().await;
+    assert!(host.stop().await, "the host exited before it was stopped");
 
     let snapshot = Snapshot::read(db.url()).await;
     assert_eq!(
@@ -128,7 +128,7 @@ async fn crash_and_recover(backend: TestBackend) {
     );
     host.wait_for_quiet_sagas(db.url(), Duration::from_secs(90))
         .await;
-    host.stop().await;
+    assert!(host.stop().await, "the host exited before it was stopped");
     Snapshot::read(db.url())
         .await
         .assert_fulfillment_invariants(&confirmed);
@@ -234,7 +234,7 @@ async fn resumed_saga_keeps_its_step_budget(backend: TestBackend) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    second.stop().await;
+    assert!(second.stop().await, "the host exited before it was stopped");
     assert_eq!(
         placed.status(),
         pb::OrderStatus::Confirmed,
@@ -292,8 +292,8 @@ async fn two_hosts_share_the_work_without_doubling_a_step() {
     assert!(pending_a.is_empty() && pending_b.is_empty());
     a.wait_for_quiet_sagas(db.url(), Duration::from_secs(120))
         .await;
-    a.stop().await;
-    b.stop().await;
+    assert!(a.stop().await, "the host exited before it was stopped");
+    assert!(b.stop().await, "the host exited before it was stopped");
 
     let snapshot = Snapshot::read(db.url()).await;
     assert_eq!(snapshot.orders.len(), 500);
