@@ -286,3 +286,108 @@ async fn batches_deduplicate_within_and_across_postgres() {
 async fn batches_deduplicate_within_and_across_sqlite() {
     batches_deduplicate_within_and_across(TestBackend::Sqlite).await;
 }
+
+/// The processed-events store of [`a_database_outage_never_dead_letters_an_event`]: its
+/// first `failures` reads fail as a database that is down does, then it is the real store.
+struct DownForAWhile {
+    store: Arc<dyn oms_application::ports::ProcessedEventStore>,
+    failures: AtomicUsize,
+}
+
+#[async_trait]
+impl oms_application::ports::ProcessedEventStore for DownForAWhile {
+    async fn processed_among(
+        &self,
+        consumer: &str,
+        event_ids: &[uuid::Uuid],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, oms_application::ports::StoreError> {
+        let left = self.failures.load(Ordering::Relaxed);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::Relaxed);
+            return Err(oms_application::ports::StoreError::Unavailable(
+                "connection refused".into(),
+            ));
+        }
+        self.store.processed_among(consumer, event_ids).await
+    }
+
+    async fn record_all(
+        &self,
+        consumer: &str,
+        event_ids: &[uuid::Uuid],
+        now: oms_domain::Timestamp,
+    ) -> Result<(), oms_application::ports::StoreError> {
+        self.store.record_all(consumer, event_ids, now).await
+    }
+}
+
+/// Regression (found by the fault-injection harness): while the database was down, each
+/// event's failures counted toward `max_attempts` and the event was dead-lettered after ~2 s,
+/// so a short outage sent healthy events to the dead-letter topic, never to be applied. The
+/// consumer now waits the outage out: every event is applied, none dead-lettered.
+#[tokio::test]
+async fn a_database_outage_never_dead_letters_an_event() {
+    let (test_db, db) = database(TestBackend::Sqlite).await;
+    let svc = service(&db);
+    let broker = InProcessBroker::default();
+    let topics = Topics::default();
+    let relay = Relay::new(
+        db.outbox(),
+        broker.publisher_arc(),
+        topics.clone(),
+        RelayConfig::default(),
+    );
+    write_orders(&svc, 2, 1, 2).await; // 4 events
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    let config = NotificationConfig {
+        dead_letter_topic: topics.notification_dead_letters.clone(),
+        // Three times the attempts that dead-letter a failing event, quickly.
+        max_attempts: 3,
+        backoff: oms_application::retry::RetryPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        },
+        ..NotificationConfig::default()
+    };
+    let store = Arc::new(DownForAWhile {
+        store: db.processed_events(),
+        failures: AtomicUsize::new(9),
+    });
+    let service = NotificationService::new(
+        store.clone(),
+        config.clone(),
+        vec![Arc::new(TestFormatter {
+            crash_on_order: None,
+            calls: AtomicUsize::new(0),
+        })],
+        vec![Arc::new(FileSink::new(None)) as Arc<dyn Channel>],
+        broker.publisher_arc(),
+    );
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer = broker
+        .consumer(&config.consumer, &[topics.events.as_str()])
+        .unwrap();
+    let worker = tokio::spawn(service.clone().run(consumer, stop_rx));
+    let metrics = service.metrics();
+    eventually(Duration::from_secs(20), "all events applied", || async {
+        metrics.processed.load(Ordering::Relaxed) + metrics.dead_lettered.load(Ordering::Relaxed)
+            >= 4
+    })
+    .await;
+    stop.send(true).unwrap();
+    worker.await.unwrap();
+    assert_eq!(
+        store.failures.load(Ordering::Relaxed),
+        0,
+        "the outage happened"
+    );
+    assert_eq!(metrics.dead_lettered.load(Ordering::Relaxed), 0);
+    assert_eq!(metrics.processed.load(Ordering::Relaxed), 4);
+    assert!(
+        broker
+            .messages(&topics.notification_dead_letters)
+            .is_empty()
+    );
+    drop(db);
+    test_db.cleanup().await.unwrap();
+}

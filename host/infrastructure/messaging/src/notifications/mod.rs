@@ -224,7 +224,10 @@ impl NotificationService {
 
     /// [`Self::handle_batch`], retrying transient failures with backoff from the event that
     /// failed on (the ones before it are done and recorded); after `max_attempts` that event
-    /// is dead-lettered. Errs only when even the dead-letter publish keeps failing.
+    /// is dead-lettered. A database failure is retried for as long as it lasts and never
+    /// dead-letters: it is about the consumer's own store, not the event (a database outage
+    /// of a few seconds used to send healthy events to the dead-letter topic). Errs only when
+    /// even the dead-letter publish keeps failing.
     async fn handle_with_retries(
         &self,
         batch: &[Delivery],
@@ -240,9 +243,10 @@ impl NotificationService {
             done.extend(handled);
             let Some(error) = error else { continue };
             let head = batch.get(done.len()).unwrap_or(head);
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             warn!(error = %error, attempt, offset = head.offset, "event processing failed");
-            if attempt >= self.config.max_attempts {
+            let store_down = matches!(error, MessagingError::Store(_));
+            if !store_down && attempt >= self.config.max_attempts {
                 let reason = format!("gave up after {attempt} attempts: {error}");
                 match self.dead_letter(head, &reason).await {
                     Ok(()) => {
