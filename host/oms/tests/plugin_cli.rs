@@ -145,6 +145,40 @@ fn a_broken_plugin_fails_at_the_check_the_host_refuses_it_at() {
     }
 }
 
+/// A file over the manifest's size limit fails the size check from its length alone: a
+/// 4 GiB sparse file (nothing on disk) is refused by a check whose data segment may not
+/// exceed 1 GiB (`ulimit -d`), so reading the file first would abort it.
+#[test]
+fn an_oversized_file_is_refused_without_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.wasm");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let manifest = dir.path().join("huge.toml");
+    std::fs::write(&manifest, fakepay_manifest(&"1".repeat(64), "fakepay")).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -d 1048576 && exec \"$0\" plugin check \"$1\" --manifest \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_oms"))
+        .arg(&huge)
+        .arg(&manifest)
+        .output()
+        .expect("run oms plugin check");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let size = line(&stdout, "size");
+    assert!(
+        size.trim_start().starts_with("FAIL") && size.contains("4294967296 bytes, over the"),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, "digest").trim_start().starts_with("skip"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn the_manifest_beside_the_component_is_found() {
     let dir = tempfile::tempdir().unwrap();
