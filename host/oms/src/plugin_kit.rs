@@ -121,19 +121,11 @@ pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
     // The size first, from the file's metadata, as an install checks it: an oversized file
     // is refused without being read into memory. (A manifest that does not parse is
     // reported by the full check below.)
-    if let Ok(parsed) = oms_plugin_runtime::Manifest::parse(&text, manifest) {
-        let limit = parsed.limits.resolve().max_wasm_bytes;
-        if let Ok(meta) = std::fs::metadata(wasm)
-            && meta.len() > limit
-        {
-            let too_large = LoadError::TooLarge {
-                plugin: parsed.name,
-                path: wasm.to_path_buf(),
-                size: meta.len(),
-                limit,
-            };
-            return CheckReport::failure(wasm, manifest, "size", too_large.to_string());
-        }
+    if let Ok(parsed) = oms_plugin_runtime::Manifest::parse(&text, manifest)
+        && let Err(too_large @ LoadError::TooLarge { .. }) =
+            oms_plugin_runtime::plugin::check_file_size(&parsed, wasm)
+    {
+        return CheckReport::failure(wasm, manifest, "size", too_large.to_string());
     }
     let bytes = match std::fs::read(wasm) {
         Ok(bytes) => bytes,

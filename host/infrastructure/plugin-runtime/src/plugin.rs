@@ -58,16 +58,12 @@ impl LoadedPlugin {
     ) -> Result<Self, LoadError> {
         let manifest = Manifest::from_file(manifest_path)?;
         let wasm_path = manifest.wasm_path();
-        let limits = manifest.limits.resolve();
-        let io = |source| LoadError::Io {
+        check_file_size(&manifest, &wasm_path)?;
+        let wasm = std::fs::read(&wasm_path).map_err(|source| LoadError::Io {
             plugin: manifest.name.clone(),
             path: wasm_path.clone(),
             source,
-        };
-        // Check the size before reading, so an oversized file is never pulled into memory.
-        let size = std::fs::metadata(&wasm_path).map_err(io)?.len();
-        check_size(&manifest, size, &limits)?;
-        let wasm = std::fs::read(&wasm_path).map_err(io)?;
+        })?;
         Self::from_parts(engine, linker, manifest, &wasm, kv)
     }
 
@@ -81,7 +77,7 @@ impl LoadedPlugin {
         kv: Option<Arc<dyn PluginKvStore>>,
     ) -> Result<Self, LoadError> {
         let limits = manifest.limits.resolve();
-        check_size(&manifest, wasm.len() as u64, &limits)?;
+        check_size(&manifest, &manifest.wasm_path(), wasm.len() as u64, &limits)?;
         let actual = hex::encode(Sha256::digest(wasm));
         if actual != manifest.sha256 {
             return Err(LoadError::DigestMismatch {
@@ -180,11 +176,30 @@ fn not_a_component(wasm: &[u8]) -> Option<&'static str> {
     }
 }
 
-fn check_size(manifest: &Manifest, size: u64, limits: &Limits) -> Result<(), LoadError> {
+/// Refuses the component file at `path` when it is over `manifest`'s size limit, from its
+/// length alone: checked before reading, so an oversized file is never pulled into memory
+/// (by an install, or by `oms plugin check`, which names a file other than the manifest's).
+pub fn check_file_size(manifest: &Manifest, path: &Path) -> Result<(), LoadError> {
+    let size = std::fs::metadata(path)
+        .map_err(|source| LoadError::Io {
+            plugin: manifest.name.clone(),
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    check_size(manifest, path, size, &manifest.limits.resolve())
+}
+
+fn check_size(
+    manifest: &Manifest,
+    path: &Path,
+    size: u64,
+    limits: &Limits,
+) -> Result<(), LoadError> {
     if size > limits.max_wasm_bytes {
         return Err(LoadError::TooLarge {
             plugin: manifest.name.clone(),
-            path: manifest.wasm_path(),
+            path: path.to_path_buf(),
             size,
             limit: limits.max_wasm_bytes,
         });
