@@ -678,13 +678,9 @@ async fn an_unresolved_authorization_that_never_happened_is_sent_again_with_the_
     assert_eq!(rig.order().await.status(), OrderStatus::Confirmed);
 }
 
-/// Regression (found by the fault-injection harness): a cancellation while an authorisation's
-/// outcome was unknown released the stock and ended the order CANCELLED with its payment
-/// still UNRESOLVED, never asking the provider: a hold the provider took stayed on the card.
-#[tokio::test]
-async fn a_cancellation_while_an_authorization_is_unresolved_voids_the_hold_it_finds() {
-    let rig = Rig::new().await;
-    rig.gateways.script("authorize", [Scripted::LostAnswer]);
+/// Runs the placement until its authorisation is UNRESOLVED (as `rig`'s gateways are
+/// scripted), cancels the order, and runs the saga to rest.
+async fn cancel_while_unresolved(rig: &Rig) {
     let engine = rig.engine("w1");
     engine.run_due(10).await.unwrap();
     assert_eq!(
@@ -693,6 +689,16 @@ async fn a_cancellation_while_an_authorization_is_unresolved_voids_the_hold_it_f
     );
     rig.cancel_order().await;
     rig.run_to_rest(&engine).await;
+}
+
+/// Regression (found by the fault-injection harness): a cancellation while an authorisation's
+/// outcome was unknown released the stock and ended the order CANCELLED with its payment
+/// still UNRESOLVED, never asking the provider: a hold the provider took stayed on the card.
+#[tokio::test]
+async fn a_cancellation_while_an_authorization_is_unresolved_voids_the_hold_it_finds() {
+    let rig = Rig::new().await;
+    rig.gateways.script("authorize", [Scripted::LostAnswer]);
+    cancel_while_unresolved(&rig).await;
 
     let calls = rig.gateways.calls();
     assert_eq!(
@@ -714,14 +720,7 @@ async fn a_cancellation_while_an_authorization_is_unresolved_voids_the_hold_it_f
 async fn a_cancellation_while_an_authorization_is_unresolved_records_nothing_held() {
     let rig = Rig::new().await;
     rig.gateways.fail("authorize", [unknown()]);
-    let engine = rig.engine("w1");
-    engine.run_due(10).await.unwrap();
-    assert_eq!(
-        rig.order().await.payment_status(),
-        PaymentStatus::Unresolved
-    );
-    rig.cancel_order().await;
-    rig.run_to_rest(&engine).await;
+    cancel_while_unresolved(&rig).await;
 
     assert_eq!(
         rig.gateways.operations(),

@@ -9,6 +9,15 @@ use oms_messaging::broker::{Broker, KafkaBroker, KafkaOptions};
 use sqlx::PgPool;
 
 use crate::broker::EVENTS;
+use crate::invariants::initial_stock;
+
+/// Outbox rows not yet published.
+pub const UNPUBLISHED: &str = "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL";
+
+/// Order events the notification consumer has not recorded as processed.
+pub const UNAPPLIED: &str = "SELECT COUNT(*) FROM outbox o WHERE o.aggregate_type = 'order' \
+     AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.consumer = 'oms-notifications' \
+     AND p.event_id = o.event_id)";
 
 pub struct Report {
     pub orders: usize,
@@ -27,14 +36,6 @@ struct Order {
     reservation_status: String,
     captured_minor: i64,
     refunded_minor: i64,
-}
-
-/// Units each SKU started with (local-stock's bundled catalogue).
-fn initial_stock(sku: &str) -> i64 {
-    match sku {
-        "DEMO-1" | "DEMO-2" => 1_000_000,
-        _ => 0,
-    }
 }
 
 /// The (payment, reservation) states each final order state allows.
@@ -221,11 +222,10 @@ pub async fn run(url: &str, brokers: &str, acknowledged: &HashMap<String, String
     .fetch_all(&pool)
     .await
     .expect("outbox");
-    let (unpublished,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&pool)
-            .await
-            .expect("unpublished");
+    let (unpublished,): (i64,) = sqlx::query_as(UNPUBLISHED)
+        .fetch_one(&pool)
+        .await
+        .expect("unpublished");
     if unpublished > 0 {
         v.push(format!("{unpublished} outbox rows never published"));
     }
@@ -236,14 +236,10 @@ pub async fn run(url: &str, brokers: &str, acknowledged: &HashMap<String, String
     if dead > 0 {
         v.push(format!("{dead} events dead-lettered"));
     }
-    let (unapplied,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM outbox o WHERE o.aggregate_type = 'order' AND NOT EXISTS \
-         (SELECT 1 FROM processed_events p WHERE p.consumer = 'oms-notifications' \
-         AND p.event_id = o.event_id)",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("processed events");
+    let (unapplied,): (i64,) = sqlx::query_as(UNAPPLIED)
+        .fetch_one(&pool)
+        .await
+        .expect("processed events");
     if unapplied > 0 {
         v.push(format!(
             "{unapplied} events never applied by the notification consumer"

@@ -62,6 +62,11 @@ impl Shared {
         self.endpoints.write().await.retain(|(s, _)| *s != slot);
     }
 
+    /// Records a broken promise that no fault excuses.
+    pub async fn violation(&self, what: String) {
+        self.tally.lock().await.violations.push(what);
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -131,19 +136,9 @@ fn placement(key: &str, rng: &mut StdRng) -> pb::CreateOrderRequest {
         82..=84 => ("DEMO-1", "tok_unknown"),
         _ => ("OUT-OF-STOCK", "tok_ok"),
     };
-    pb::CreateOrderRequest {
-        customer_id: key.into(),
-        items: vec![pb::LineItem {
-            sku: sku.into(),
-            quantity: rng.random_range(1..=3),
-            unit_price: Some(money(999)),
-        }],
-        payment: Some(pb::PaymentMethod {
-            provider: "fakepay".into(),
-            token: token.into(),
-        }),
-        shipping_address: Some(address("Berlin")),
-    }
+    let mut request = crate::host::order(key, sku, token);
+    request.items[0].quantity = rng.random_range(1..=3);
+    request
 }
 
 /// A transport failure, a host going away or a key still held by a killed host's request:
@@ -214,10 +209,11 @@ pub async fn client(shared: Arc<Shared>, id: usize, seed: u64) {
             if let Ok(replayed) = call(&mut api, op, &key, "", &create, part).await
                 && replayed.order_id != order.order_id
             {
-                shared.tally.lock().await.violations.push(format!(
+                let what = format!(
                     "key {key} answered with orders {} and {}",
                     order.order_id, replayed.order_id
-                ));
+                );
+                shared.violation(what).await;
             }
         }
         let mut tally = shared.tally.lock().await;

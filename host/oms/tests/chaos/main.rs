@@ -110,12 +110,8 @@ impl Hosts {
         if let Some(host) = self.slots[slot].take()
             && !host.kill().await
         {
-            self.shared
-                .tally
-                .lock()
-                .await
-                .violations
-                .push(format!("host {slot} exited before it was killed"));
+            let what = format!("host {slot} exited before it was killed");
+            self.shared.violation(what).await;
         }
     }
 
@@ -125,12 +121,8 @@ impl Hosts {
         if let Some(host) = self.slots[slot].take()
             && !host.stop().await
         {
-            self.shared
-                .tally
-                .lock()
-                .await
-                .violations
-                .push(format!("host {slot} exited before it was stopped"));
+            let what = format!("host {slot} exited before it was stopped");
+            self.shared.violation(what).await;
         }
     }
 
@@ -174,18 +166,8 @@ async fn settle(url: &str, within: Duration) -> Vec<String> {
             "SELECT COUNT(*) FROM saga_instances WHERE status IN ('RUNNING', 'COMPENSATING')",
         )
         .await;
-        let unpublished = count(
-            &pool,
-            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
-        )
-        .await;
-        let unapplied = count(
-            &pool,
-            "SELECT COUNT(*) FROM outbox o WHERE o.aggregate_type = 'order' AND NOT EXISTS \
-             (SELECT 1 FROM processed_events p WHERE p.consumer = 'oms-notifications' \
-             AND p.event_id = o.event_id)",
-        )
-        .await;
+        let unpublished = count(&pool, check::UNPUBLISHED).await;
+        let unapplied = count(&pool, check::UNAPPLIED).await;
         if active + unpublished + unapplied == 0 {
             pool.close().await;
             return Vec::new();

@@ -109,7 +109,7 @@ pub async fn only_saga(url: &str) -> Option<SagaRow> {
 }
 
 /// Units each SKU started with, from local-stock's manifest catalogue.
-fn initial_stock(sku: &str) -> i64 {
+pub fn initial_stock(sku: &str) -> i64 {
     match sku {
         "DEMO-1" | "DEMO-2" => 1_000_000,
         _ => 0,
