@@ -1,7 +1,10 @@
 //! Per-plugin circuit breaker. After `failure_threshold` consecutive failures (sandbox
 //! failures or the plugin's own `transient` errors; a `declined` payment is a success here) the
 //! circuit opens and calls fail fast with `CircuitOpen` for `open_for`; then one probe call is
-//! let through (half-open): its success closes the circuit, its failure re-opens it.
+//! let through (half-open): its success closes the circuit, its failure re-opens it. A probe
+//! whose caller goes away before it finishes (its future dropped: a cancelled request, a
+//! timeout around the call) hands the probe back ([`Admission`]); otherwise the circuit would
+//! wait for that outcome for ever and refuse every call until a restart.
 //!
 //! An open breaker remembers the failure that opened it and hands it out with every refusal:
 //! "circuit open" alone hides whether the plugin traps, hangs or runs out of memory, and the
@@ -51,6 +54,35 @@ enum Inner {
     },
 }
 
+/// A call the breaker let through. When it is the half-open probe, dropping it before
+/// [`Self::settle`] (the call's future dropped mid-call) hands the probe back.
+#[derive(Debug)]
+#[must_use = "settle it once the call's outcome is recorded"]
+pub struct Admission<'a> {
+    probe: Option<&'a CircuitBreaker>,
+}
+
+impl Admission<'_> {
+    /// Whether this call is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// The call's outcome is recorded (`record_success`/`record_failure`): nothing to hand
+    /// back.
+    pub fn settle(mut self) {
+        self.probe = None;
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.probe.take() {
+            breaker.abandon_probe();
+        }
+    }
+}
+
 /// One plugin's breaker.
 #[derive(Debug)]
 pub struct CircuitBreaker {
@@ -72,22 +104,34 @@ impl CircuitBreaker {
     }
 
     /// Whether a call may go ahead now; `Err` means fail fast, with the failure that opened
-    /// the circuit.
-    pub fn try_acquire(&self) -> Result<(), BreakerCause> {
+    /// the circuit. The caller records the call's outcome, then [`Admission::settle`]s.
+    pub fn try_acquire(&self) -> Result<Admission<'_>, BreakerCause> {
         self.try_acquire_at(Instant::now())
     }
 
-    fn try_acquire_at(&self, now: Instant) -> Result<(), BreakerCause> {
+    fn try_acquire_at(&self, now: Instant) -> Result<Admission<'_>, BreakerCause> {
         let mut inner = self.lock();
         match &*inner {
-            Inner::Closed { .. } => Ok(()),
+            Inner::Closed { .. } => Ok(Admission { probe: None }),
             Inner::Open { until, cause } if now >= *until => {
                 *inner = Inner::HalfOpen {
                     cause: cause.clone(),
                 };
-                Ok(())
+                Ok(Admission { probe: Some(self) })
             }
             Inner::Open { cause, .. } | Inner::HalfOpen { cause } => Err(cause.clone()),
+        }
+    }
+
+    /// A probe ended without an outcome: the circuit stays open, and the next call may probe
+    /// at once (the abandoned one told nothing about the plugin).
+    fn abandon_probe(&self) {
+        let mut inner = self.lock();
+        if let Inner::HalfOpen { cause } = &*inner {
+            *inner = Inner::Open {
+                until: Instant::now(),
+                cause: cause.clone(),
+            };
         }
     }
 
@@ -159,28 +203,56 @@ mod tests {
         b.record_failure_at(trap(), t0);
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(
-            b.try_acquire_at(t0),
-            Err(trap()),
+            b.try_acquire_at(t0).map(|a| a.is_probe()).unwrap_err(),
+            trap(),
             "the refusal names the failure that opened the circuit"
         );
         let later = t0 + Duration::from_secs(2);
-        assert_eq!(b.try_acquire_at(later), Ok(()));
+        let probe = b.try_acquire_at(later).unwrap();
+        assert!(probe.is_probe());
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert_eq!(
-            b.try_acquire_at(later),
-            Err(trap()),
+            b.try_acquire_at(later).map(|a| a.is_probe()).unwrap_err(),
+            trap(),
             "only one probe at a time"
         );
         b.record_failure_at(deadline(), later);
+        probe.settle();
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(
-            b.try_acquire_at(later),
-            Err(deadline()),
+            b.try_acquire_at(later).map(|a| a.is_probe()).unwrap_err(),
+            deadline(),
             "a failed probe re-opens with its own cause"
         );
         let much_later = later + Duration::from_secs(2);
-        assert_eq!(b.try_acquire_at(much_later), Ok(()));
+        let probe = b.try_acquire_at(much_later).unwrap();
         b.record_success();
+        probe.settle();
+        assert_eq!(b.state(), BreakerState::Closed);
+        let normal = b.try_acquire_at(much_later).unwrap();
+        assert!(!normal.is_probe());
+        normal.settle();
+    }
+
+    /// A probe whose call was dropped before it finished (its caller went away) told nothing:
+    /// the next call probes instead of the circuit refusing everything for good.
+    #[test]
+    fn an_abandoned_probe_is_handed_back() {
+        let b = CircuitBreaker::new(BreakerConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_secs(1),
+        });
+        let t0 = Instant::now();
+        b.record_failure_at(trap(), t0);
+        let later = t0 + Duration::from_secs(2);
+        let probe = b.try_acquire_at(later).unwrap();
+        assert!(probe.is_probe());
+        drop(probe);
+        assert_eq!(b.state(), BreakerState::Open);
+        let next = b.try_acquire_at(later).unwrap();
+        assert!(next.is_probe(), "the next call is the probe");
+        b.record_success();
+        next.settle();
         assert_eq!(b.state(), BreakerState::Closed);
     }
 }

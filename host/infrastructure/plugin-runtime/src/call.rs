@@ -120,15 +120,20 @@ where
             },
         ));
     }
-    if let Err(cause) = breaker.try_acquire() {
-        metrics.record(Duration::ZERO, 0, Some("circuit_open"));
-        return Err(fail(
-            None,
-            CallErrorKind::CircuitOpen {
-                cause: Box::new(cause),
-            },
-        ));
-    }
+    // Held across the call: if this future is dropped mid-call, a half-open probe is handed
+    // back instead of leaving the circuit waiting for its outcome.
+    let admission = match breaker.try_acquire() {
+        Ok(admission) => admission,
+        Err(cause) => {
+            metrics.record(Duration::ZERO, 0, Some("circuit_open"));
+            return Err(fail(
+                None,
+                CallErrorKind::CircuitOpen {
+                    cause: Box::new(cause),
+                },
+            ));
+        }
+    };
 
     let started = Instant::now();
     let mut store = new_store(rt, &plugin, started);
@@ -184,7 +189,9 @@ where
             deadline_ms: millis(deadline),
         }),
     };
-    finish((breaker, metrics), &plugin, result, info, judge)
+    let finished = finish((breaker, metrics), &plugin, result, info, judge);
+    admission.settle();
+    finished
 }
 
 fn finish<R>(
