@@ -22,7 +22,8 @@
 //! the host sends each saga step exactly once.
 //!
 //! With `[config] crash = "true"`, every call crashes (a Wasm trap), as a broken build of a
-//! provider would. Tests swap that manifest in over the same component to break the provider
+//! provider would; with `[config] memory-bomb = "true"`, every call tries to take 1 GiB, which
+//! the host's memory limit refuses (the failed allocation aborts the call). Tests swap that manifest in over the same component to break the provider
 //! for orders placed before the swap: their follow-up calls are pinned to the component that
 //! made their hold, so a broken build of *another* component would not reach them.
 
@@ -78,7 +79,7 @@ impl Guest for FakePay {
     }
 
     fn get_payment(lookup: PaymentLookup) -> Result<Option<Payment>, PaymentError> {
-        crash_if_told();
+        misbehave_if_told();
         ledger::get_payment(lookup)
     }
 }
@@ -86,17 +87,32 @@ impl Guest for FakePay {
 /// Counts a call under `calls/<operation>/<key>` before acting on it, when the manifest asks
 /// for it (`[config] count-calls = "true"`); otherwise writes nothing.
 fn count_call(operation: &str, idempotency_key: &str) -> Result<(), PaymentError> {
-    crash_if_told();
+    misbehave_if_told();
     if config::get("count-calls").as_deref() != Some("true") {
         return Ok(());
     }
     store::bump(&format!("calls/{operation}/{idempotency_key}")).map(|_| ())
 }
 
-/// Traps when the manifest says `[config] crash = "true"`.
-fn crash_if_told() {
+/// Misbehaves as the manifest says: traps (`[config] crash = "true"`) or runs into the
+/// host's memory limit (`[config] memory-bomb = "true"`), as a broken build would.
+fn misbehave_if_told() {
     if config::get("crash").as_deref() == Some("true") {
         // A panic aborts the instance: the host sees a trap, as from a broken build.
         panic!("fakepay: crash = \"true\" in the manifest");
     }
+    if config::get("memory-bomb").as_deref() == Some("true") {
+        // Infallible and touched page by page: the allocation the limit refuses aborts the
+        // call, so the host must report the limit, not an anonymous trap.
+        let mut memory = vec![0u8; MEMORY_BOMB_BYTES];
+        for offset in (0..MEMORY_BOMB_BYTES).step_by(WASM_PAGE) {
+            memory[offset] = 1;
+        }
+        core::hint::black_box(&memory);
+        panic!("fakepay: the host let a memory bomb through its limit");
+    }
 }
+
+/// Far above any memory limit a manifest may set for fakepay.
+const MEMORY_BOMB_BYTES: usize = 1 << 30;
+const WASM_PAGE: usize = 64 * 1024;

@@ -5,8 +5,14 @@
 mod common;
 
 use common::*;
-use oms_plugin_runtime::clients::payment::PaymentError;
-use oms_plugin_runtime::{BreakerCause, CallErrorKind, LoadError, PluginError, PluginRuntime};
+use oms_plugin_runtime::clients::payment::{PaymentError, PaymentLookup};
+use std::sync::Arc;
+
+use oms_plugin_runtime::breaker::BreakerConfig;
+use oms_plugin_runtime::kv::MemoryKvStore;
+use oms_plugin_runtime::{
+    BreakerCause, CallErrorKind, LoadError, PluginError, PluginRuntime, RuntimeOptions,
+};
 
 async fn good_call_still_works(rt: &PluginRuntime, key: &str) {
     let ok = rt
@@ -105,6 +111,43 @@ async fn memory_bomb_hits_the_cap() {
         other => panic!("expected the guest's own error, got {other:?}"),
     }
     good_call_still_works(&rt, "after-bomb").await;
+}
+
+/// The fault-injection harness breaks fakepay through its manifest (`[config] crash` and
+/// `memory-bomb`): each must reach the host as what it is, on every operation including the
+/// lookups that reconcile an unknown outcome, while the same component under its bundled
+/// manifest keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fakepay_broken_by_its_manifest_traps_or_hits_its_memory_limit() {
+    for (setting, limit) in [("crash", None), ("memory-bomb", Some(32u64 << 20))] {
+        let rt = runtime();
+        rt.install(manifest("fakepay")).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let broken = staged(dir.path(), "fakepay", |t| {
+            t.replace("name = \"fakepay\"", "name = \"broken\"")
+                .replace("[config]", &format!("[config]\n{setting} = \"true\""))
+        });
+        rt.install(broken).await.unwrap();
+        let fakepay = rt.payment("broken");
+        let authorize = runtime_kind(fakepay.authorize(authorize_request("tok_ok", "b1")).await);
+        let lookup = runtime_kind(
+            fakepay
+                .get_payment(PaymentLookup::AuthorizeKey("b1".into()))
+                .await,
+        );
+        for kind in [authorize, lookup] {
+            match limit {
+                None => assert!(matches!(kind, CallErrorKind::Trapped { .. }), "{kind:?}"),
+                Some(limit_bytes) => assert_eq!(
+                    kind,
+                    CallErrorKind::MemoryLimitExceeded { limit_bytes },
+                    "{setting}"
+                ),
+            }
+        }
+        // The same component under its bundled manifest keeps serving.
+        good_call_still_works(&rt, "after").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,5 +317,60 @@ async fn breaker_opens_after_repeated_traps() {
     assert_eq!(
         rt.status_of("trap").unwrap().breaker,
         oms_plugin_runtime::breaker::BreakerState::Open
+    );
+}
+
+/// A half-open probe whose caller goes away mid-call (a cancelled request, a timeout around
+/// the call) must not leave the circuit waiting for its outcome for good: before the fix,
+/// every later call was refused as `CircuitOpen` until the host restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_dropped_mid_call_does_not_wedge_the_circuit() {
+    let options = RuntimeOptions {
+        breaker: BreakerConfig {
+            failure_threshold: 1,
+            open_for: std::time::Duration::from_millis(100),
+        },
+        ..RuntimeOptions::default()
+    };
+    let rt = PluginRuntime::new(options, Some(Arc::new(MemoryKvStore::new()))).unwrap();
+    rt.install(manifest("fakepay")).await.unwrap();
+    let fakepay = rt.payment("fakepay");
+    // One transient failure opens the circuit.
+    assert!(matches!(
+        fakepay
+            .authorize(authorize_request("tok_flaky", "open"))
+            .await,
+        Err(PluginError::Rejected {
+            error: PaymentError::Transient(_),
+            ..
+        })
+    ));
+    // Once the circuit lets a probe through, the probe spins (tok_slow) and its caller
+    // gives up after 300 ms, dropping the call.
+    let mut dropped = false;
+    for _ in 0..100 {
+        let slow = fakepay.authorize(authorize_request("tok_slow", "probe"));
+        match tokio::time::timeout(std::time::Duration::from_millis(300), slow).await {
+            Err(_elapsed) => {
+                dropped = true;
+                break;
+            }
+            Ok(refused) => {
+                let kind = runtime_kind(refused);
+                assert!(
+                    matches!(kind, CallErrorKind::CircuitOpen { .. }),
+                    "{kind:?}"
+                );
+                // Still open: ask again shortly (polling for the half-open moment).
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert!(dropped, "the circuit never let a probe through");
+    // The next call is the new probe, and succeeds.
+    good_call_still_works(&rt, "after-dropped-probe").await;
+    assert_eq!(
+        rt.status_of("fakepay").unwrap().breaker,
+        oms_plugin_runtime::breaker::BreakerState::Closed
     );
 }
