@@ -238,6 +238,17 @@ impl RuntimeCatalog {
         let Ok(manifests) = manifests_in(dir) else {
             return;
         };
+        // At startup the shared set wins over the directory; a file that differs from it
+        // (changed while no process watched the directory) is not served, and says so.
+        let served: HashMap<String, PluginRelease> = match action {
+            ReleaseAction::Seed => self
+                .releases
+                .releases()
+                .await
+                .map(|all| all.into_iter().map(|r| (r.name.clone(), r)).collect())
+                .unwrap_or_default(),
+            _ => HashMap::new(),
+        };
         for path in manifests {
             let (Ok(manifest), Ok(text)) =
                 (Manifest::from_file(&path), std::fs::read_to_string(&path))
@@ -267,7 +278,19 @@ impl RuntimeCatalog {
             match self.releases.release(release, Timestamp::now()).await {
                 Ok(Some(_)) => info!(plugin = %manifest.name, action = action.as_str(),
                                      "plugin release published from the plugins directory"),
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(set) = served.get(&manifest.name).filter(|r| {
+                        r.sha256 != manifest.sha256
+                            || manifest_digest(&r.manifest) != manifest_digest(&text)
+                    }) {
+                        warn!(plugin = %manifest.name, file = %path.display(),
+                              file_version = %manifest.version, served_version = %set.version,
+                              "the plugins directory holds another build than the shared \
+                               release set; this process serves the shared one (publish the \
+                               file with `omsctl plugins swap`, or rewrite it while a host \
+                               watches the directory)");
+                    }
+                }
                 Err(e) => warn!(plugin = %manifest.name, error = %e,
                                 "publishing the plugin release failed"),
             }

@@ -443,9 +443,10 @@ pub async fn a_disabled_plugin_is_served_nowhere_until_enabled(backend: TestBack
 }
 
 /// A swap and a rollback through one host process reach another on the same database
-/// within seconds, a host started later serves the shared set rather than its directory,
-/// and every change is in the audit trail.
+/// within seconds, a host started later serves the shared set rather than its directory
+/// (and warns that its directory differs), and every change is in the audit trail.
 pub async fn a_swap_through_one_host_reaches_every_host(backend: TestBackend) {
+    let logs = crate::helpers::LogCapture::get();
     let app = TestApp::spawn(backend).await;
     let (other, _other_cache) = app.another_host().await;
     let dir = tempfile::tempdir().unwrap();
@@ -462,12 +463,19 @@ pub async fn a_swap_through_one_host_reaches_every_host(backend: TestBackend) {
     omsctl_json(&app, &["plugins", "rollback", "fakepay"]).await;
     serves(&other, "0.1.1").await;
 
-    // A host that starts now, with the bundled 0.1.0 in its directory, serves 0.1.1.
+    // A host that starts now, with the bundled 0.1.0 in its directory, serves 0.1.1, and
+    // says that the file it does not serve differs (a change nobody watched is not silent).
     let (late, _late_cache) = app.another_host().await;
     assert_eq!(
         late.plugins().status_of("fakepay").unwrap().current.version,
         "0.1.1"
     );
+    let warned = logs.text().lines().any(|line| {
+        line.contains("holds another build than the shared release set")
+            && line.contains("fakepay")
+            && line.contains("0.1.1")
+    });
+    assert!(warned, "no warning that the directory differs from the set");
     let history = omsctl_json(&app, &["plugins", "history", "fakepay"]).await;
     let changes: Vec<(String, String, String)> = history
         .as_array()
