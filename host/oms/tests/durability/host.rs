@@ -86,6 +86,8 @@ pub fn order(customer: &str, sku: &str, token: &str) -> pb::CreateOrderRequest {
 
 pub struct Host {
     child: Child,
+    /// The gRPC address it serves on (`host:port`).
+    addr: String,
     client: OrderServiceClient<Channel>,
     /// The most jobs one group commit carried, from the host's debug log of its commit
     /// lanes (see `sql::group`); 0 until a group with more than one job was logged.
@@ -176,6 +178,7 @@ impl Host {
             .expect("connect to host");
         Host {
             child,
+            addr,
             client: OrderServiceClient::new(channel),
             largest_group,
         }
@@ -287,6 +290,16 @@ impl Host {
                 }
             }
         }
+    }
+
+    /// The gRPC address it serves on (`host:port`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The process id (the host is running).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the host is running")
     }
 
     /// The order as the API reports it.

@@ -3,6 +3,8 @@
 //! are checked in the database and in the plugins' own records (their KV state).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// Shared with the chaos and edge_memory tests, which use helpers this binary does not.
+#[allow(dead_code)]
 mod host;
 mod invariants;
 
