@@ -1,10 +1,15 @@
-//! The harness's own Kafka-protocol broker: a tansu process (memory storage) that advertises
-//! the address of a [`FaultProxy`] in front of it, so every client, after bootstrapping, talks
-//! to the broker through the proxy and a broker outage is one `cut`. The process itself is
-//! never stopped: its memory storage would lose what it had acknowledged, which no real
-//! cluster does and which would make "every event on the broker" uncheckable.
+//! The harness's own Kafka-protocol broker: a tansu process that advertises the address of a
+//! [`FaultProxy`] in front of it, so every client, after bootstrapping, talks to the broker
+//! through the proxy and a network outage is one `cut`.
+//!
+//! Its storage is a SQLite file (tansu's `libsql` feature, which `.ci/run` installs), so the
+//! harness can also SIGKILL the broker process and start it again with everything it had
+//! acknowledged. A tansu built without that feature falls back to memory storage (after a
+//! loud message); that broker is never restarted, since it would lose what it acknowledged,
+//! which no real cluster does and which would make "every event on the broker" uncheckable.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -20,7 +25,16 @@ pub const TOPICS: [&str; 4] = [
 pub const EVENTS: &str = TOPICS[0];
 
 pub struct Broker {
-    child: Child,
+    /// The running process (none between a kill and its restart).
+    child: Option<Child>,
+    direct: SocketAddr,
+    /// The storage engine URL: a SQLite file when the process may be restarted.
+    storage: String,
+    log: PathBuf,
+    /// The broker's working directory, where its SQLite storage lives.
+    dir: tempfile::TempDir,
+    /// Whether the process may be killed and restarted (its storage is durable).
+    pub restartable: bool,
     pub proxy: FaultProxy,
 }
 
@@ -48,28 +62,31 @@ impl Broker {
             .port();
         let direct: SocketAddr = ([127, 0, 0, 1], port).into();
         let proxy = FaultProxy::start(direct).await;
-        let log = std::env::temp_dir().join(format!("oms-chaos-tansu-{port}.log"));
-        let child = Command::new("tansu")
-            .arg("broker")
-            .args(["--listener-url", &format!("tcp://{direct}")])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://{}", proxy.addr()),
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("tansu log file"))
-            .spawn()
-            .expect("spawn tansu");
-        let broker = Broker { child, proxy };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(direct).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "tansu did not listen within 20 s (log {})",
-                log.display()
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut broker = Broker {
+            child: None,
+            direct,
+            // tansu reads a SQLite URL's path relative to its working directory (the
+            // temporary one, below).
+            storage: "sqlite://tansu.db".to_owned(),
+            log: dir.path().join("tansu.log"),
+            restartable: true,
+            proxy,
+            dir,
+        };
+        if !broker.launch().await {
+            eprintln!(
+                "\n!!!!! chaos: this tansu has no SQLite storage (cargo install tansu \
+                 --features dynostore,libsql): memory storage, the broker is never restarted, \
+                 only cut off !!!!!\n"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            broker.storage = "memory://tansu/".to_owned();
+            broker.restartable = false;
+            assert!(
+                broker.launch().await,
+                "tansu did not start (log {})",
+                broker.log.display()
+            );
         }
         for topic in TOPICS {
             let status = Command::new("tansu")
@@ -84,15 +101,75 @@ impl Broker {
         Some(broker)
     }
 
+    /// Starts the broker process on its storage; false if it exited before listening.
+    async fn launch(&mut self) -> bool {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("tansu log file");
+        let child = self.child.insert(
+            Command::new("tansu")
+                .arg("broker")
+                .args(["--listener-url", &format!("tcp://{}", self.direct)])
+                .args([
+                    "--advertised-listener-url",
+                    &format!("tcp://{}", self.proxy.addr()),
+                ])
+                .args(["--storage-engine", &self.storage])
+                .current_dir(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn tansu"),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(self.direct).await.is_err() {
+            if child.try_wait().ok().flatten().is_some() {
+                self.child = None;
+                return false;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tansu did not listen within 20 s (log {})",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// SIGKILLs the broker process; [`Self::restart`] brings it back on the same storage.
+    pub fn kill(&mut self) {
+        assert!(self.restartable, "a memory-storage broker is never killed");
+        self.stop();
+    }
+
+    pub async fn restart(&mut self) {
+        assert!(
+            self.launch().await,
+            "tansu did not restart on its storage (log {})",
+            self.log.display()
+        );
+    }
+
     /// The bootstrap address clients use (the proxy's).
     pub fn address(&self) -> String {
         self.proxy.addr().to_string()
     }
 }
 
+impl Broker {
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

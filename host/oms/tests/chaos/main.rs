@@ -3,11 +3,15 @@
 //! faults injected at moments drawn from a seed it prints:
 //! - SIGKILL of a host and its restart (`CHAOS_KILLS`, default 20; 100 in the long form),
 //!   with a second host sharing the database part of the time (and killed too);
-//! - PostgreSQL and the broker taken away and given back (connections cut and refused by a
-//!   [`proxy::FaultProxy`], the servers' data intact);
+//! - PostgreSQL and the broker taken away and given back: their connections cut and refused by
+//!   a [`proxy::FaultProxy`], or their processes crashed and started again (the harness's own
+//!   PostgreSQL cluster, [`postgres::Cluster`], stopped in immediate mode and recovered from
+//!   its WAL; the broker SIGKILLed and restarted on its SQLite storage);
 //! - plugins misbehaving: transient failures (`tok_flaky`), calls the host's deadline must
-//!   stop (`tok_slow`), unknown tokens, and fakepay hot-swapped mid-load (a new manifest
-//!   version the hosts' watchers pick up while calls are in flight).
+//!   stop (`tok_slow`), unknown tokens, fakepay hot-swapped mid-load (a new manifest version
+//!   the hosts' watchers pick up while calls are in flight), and for a while a broken fakepay
+//!   whose every call traps or runs into its memory limit (`[config] crash`/`memory-bomb`),
+//!   follow-up calls of earlier orders included.
 //!
 //! After the last fault it lets the system settle and checks the invariants ([`check`]): every
 //! acknowledged order exists, one order per key, every saga finished and none parked, each
@@ -31,6 +35,7 @@ mod host;
 #[path = "../durability/invariants.rs"]
 mod invariants;
 mod load;
+mod postgres;
 mod proxy;
 
 use std::sync::Arc;
@@ -64,8 +69,11 @@ struct Faults {
     kills: u64,
     second_host_runs: u64,
     db_outages: u64,
+    db_crashes: u64,
     broker_outages: u64,
+    broker_restarts: u64,
     swaps: u64,
+    plugin_breaks: u64,
 }
 
 /// The running hosts by slot (0 is always restarted after a kill, 1 comes and goes) and how
@@ -131,22 +139,56 @@ impl Hosts {
     }
 }
 
-/// Rewrites fakepay's manifest with a new version: the hosts' watchers load it as a new
-/// build of the provider while calls are in flight.
-fn swap_fakepay(dirs: &PluginDirs, n: u64) {
+/// Rewrites fakepay's manifest with a new version, broken by `broken` (a `[config]` setting
+/// of fakepay's: `crash` or `memory-bomb`) or healthy: the hosts' watchers load it as a new
+/// build of the provider while calls are in flight. Same component: the follow-up calls of
+/// earlier orders, pinned to it, get the new configuration too.
+fn swap_fakepay(dirs: &PluginDirs, n: u64, broken: Option<&str>) {
     let path = dirs.plugins.path().join("fakepay.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let swapped: Vec<String> = text
-        .lines()
-        .map(|line| {
-            if line.starts_with("version = ") {
-                format!("version = \"0.1.{n}\"")
-            } else {
-                line.to_owned()
+    let mut swapped: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("version = ") {
+            swapped.push(format!("version = \"0.1.{n}\""));
+        } else if line.starts_with("crash = ") || line.starts_with("memory-bomb = ") {
+            // The last break's setting goes; this swap's, if any, comes below.
+        } else {
+            swapped.push(line.to_owned());
+            if line == "[config]"
+                && let Some(setting) = broken
+            {
+                swapped.push(format!("{setting} = \"true\""));
             }
-        })
-        .collect();
+        }
+    }
     std::fs::write(&path, swapped.join("\n") + "\n").unwrap();
+}
+
+/// Waits until the shared release set serves fakepay `0.1.{n}` (a host's watcher published
+/// the swapped manifest); false after 30 s. The harness waits before its next fault, as an
+/// operator would check: a file rewritten just before the only watching host is killed is
+/// not published by the restarted host (it serves the shared set and warns that its
+/// directory differs, docs/operations.md).
+async fn published(url: &str, n: u64) -> bool {
+    let pool = PgPool::connect(url).await.unwrap();
+    let version = format!("0.1.{n}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let served: Option<(String,)> =
+            sqlx::query_as("SELECT version FROM plugin_releases WHERE name = 'fakepay'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        if served.is_some_and(|(v,)| v == version) {
+            break true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    pool.close().await;
+    found
 }
 
 /// A count from the database (directly, not through the proxy).
@@ -196,7 +238,7 @@ fn through(url: &str, proxy: &FaultProxy) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promises_hold_under_faults() {
-    let Some(broker) = broker::Broker::start().await else {
+    let Some(mut broker) = broker::Broker::start().await else {
         return;
     };
     let seed = env_u64("CHAOS_SEED").unwrap_or_else(rand::random);
@@ -204,11 +246,24 @@ async fn promises_hold_under_faults() {
     println!("chaos: seed {seed}, {kills} kills (replay: CHAOS_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let db = TestDatabase::new(TestBackend::Postgres)
-        .await
-        .expect("PostgreSQL test database");
+    // The harness's own PostgreSQL, which it may crash; the machine's shared server (never
+    // crashed, only cut off) where no server programs are installed.
+    let cluster = postgres::Cluster::start().await;
+    let shared_db = match cluster {
+        Some(_) => None,
+        None => Some(
+            TestDatabase::new(TestBackend::Postgres)
+                .await
+                .expect("PostgreSQL test database"),
+        ),
+    };
+    let db_url = match (&cluster, &shared_db) {
+        (Some(cluster), _) => cluster.url(),
+        (None, Some(db)) => db.url().to_owned(),
+        (None, None) => unreachable!("one database or the other"),
+    };
     let server: std::net::SocketAddr = {
-        let options: sqlx::postgres::PgConnectOptions = db.url().parse().unwrap();
+        let options: sqlx::postgres::PgConnectOptions = db_url.parse().unwrap();
         tokio::net::lookup_host((options.get_host(), options.get_port()))
             .await
             .unwrap()
@@ -239,7 +294,7 @@ async fn promises_hold_under_faults() {
     let shared = Arc::new(Shared::default());
     let mut hosts = Hosts {
         slots: [None, None],
-        url: through(db.url(), &pg_proxy),
+        url: through(&db_url, &pg_proxy),
         dirs: PluginDirs::new(),
         overrides: overrides
             .iter()
@@ -252,8 +307,8 @@ async fn promises_hold_under_faults() {
         .map(|id| tokio::spawn(load::client(Arc::clone(&shared), id, rng.random())))
         .collect();
 
-    // CHAOS_SKIP=db,broker,swap,second leaves those faults out (kills always happen): for
-    // telling which fault a violation needs.
+    // CHAOS_SKIP=db,broker,swap,second,plugin leaves those faults out (kills always happen):
+    // for telling which fault a violation needs.
     let skip = std::env::var("CHAOS_SKIP").unwrap_or_default();
     let skipped: Vec<u32> = skip
         .split(',')
@@ -262,6 +317,7 @@ async fn promises_hold_under_faults() {
             "broker" => vec![2, 3],
             "swap" => vec![4],
             "second" => vec![5],
+            "plugin" => vec![6, 7],
             _ => vec![],
         })
         .collect();
@@ -271,27 +327,62 @@ async fn promises_hold_under_faults() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..900))).await;
         // ...then maybe one more fault...
         // (drawn even when skipped, so the rest of the schedule stays that of the seed)
-        let extra = rng.random_range(0..10);
+        let extra = rng.random_range(0..12);
+        let down = Duration::from_millis(rng.random_range(500..3000));
         match if skipped.contains(&extra) {
             u32::MAX
         } else {
             extra
         } {
+            1 if cluster.is_some() => {
+                let cluster = cluster.as_ref().unwrap();
+                cluster.crash().await;
+                tokio::time::sleep(down).await;
+                cluster.up().await;
+                faults.db_crashes += 1;
+            }
             0 | 1 => {
                 pg_proxy.cut();
-                tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
+                tokio::time::sleep(down).await;
                 pg_proxy.restore();
                 faults.db_outages += 1;
             }
+            3 if broker.restartable => {
+                broker.kill();
+                tokio::time::sleep(down).await;
+                broker.restart().await;
+                faults.broker_restarts += 1;
+            }
             2 | 3 => {
                 broker.proxy.cut();
-                tokio::time::sleep(Duration::from_millis(rng.random_range(500..4000))).await;
+                tokio::time::sleep(down).await;
                 broker.proxy.restore();
                 faults.broker_outages += 1;
             }
             4 => {
                 faults.swaps += 1;
-                swap_fakepay(&hosts.dirs, faults.swaps);
+                swap_fakepay(&hosts.dirs, faults.swaps, None);
+                if !published(&db_url, faults.swaps).await {
+                    shared
+                        .violation(format!("swap {} never published", faults.swaps))
+                        .await;
+                }
+            }
+            // A broken build for a while, then a healthy one: every call in between, new
+            // authorisations and earlier orders' captures, voids and lookups alike, fails.
+            6 | 7 => {
+                let setting = if extra == 6 { "crash" } else { "memory-bomb" };
+                faults.swaps += 1;
+                swap_fakepay(&hosts.dirs, faults.swaps, Some(setting));
+                tokio::time::sleep(down).await;
+                faults.swaps += 1;
+                swap_fakepay(&hosts.dirs, faults.swaps, None);
+                if !published(&db_url, faults.swaps).await {
+                    shared
+                        .violation(format!("swap {} never published", faults.swaps))
+                        .await;
+                }
+                faults.plugin_breaks += 1;
             }
             5 if hosts.slots[1].is_none() => {
                 hosts.start(1).await;
@@ -317,12 +408,12 @@ async fn promises_hold_under_faults() {
     for client in clients {
         client.await.unwrap();
     }
-    let mut violations = settle(db.url(), SETTLE).await;
+    let mut violations = settle(&db_url, SETTLE).await;
     hosts.stop(1).await;
     hosts.stop(0).await;
 
     let acknowledged = shared.acknowledged.lock().await.clone();
-    let report = check::run(db.url(), &broker.address(), &acknowledged).await;
+    let report = check::run(&db_url, &broker.address(), &acknowledged).await;
     let tally = shared.tally.lock().await;
     violations.extend(tally.violations.iter().cloned());
     violations.extend(report.violations.iter().cloned());
@@ -338,14 +429,17 @@ async fn promises_hold_under_faults() {
         println!("chaos: VIOLATION {violation}");
     }
     println!(
-        "chaos summary: seed={seed} kills={} second-host-runs={} db-outages={} \
-         broker-outages={} plugin-swaps={} calls={} orders={} acknowledged={} \
-         events-checked={} redelivered={} violations={}",
+        "chaos summary: seed={seed} kills={} second-host-runs={} db-outages={} db-crashes={} \
+         broker-outages={} broker-restarts={} plugin-swaps={} plugin-breaks={} calls={} \
+         orders={} acknowledged={} events-checked={} redelivered={} violations={}",
         faults.kills,
         faults.second_host_runs,
         faults.db_outages,
+        faults.db_crashes,
         faults.broker_outages,
+        faults.broker_restarts,
         faults.swaps,
+        faults.plugin_breaks,
         tally.calls(),
         report.orders,
         acknowledged.len(),
