@@ -165,11 +165,11 @@ fn swap_fakepay(dirs: &PluginDirs, n: u64, broken: Option<&str>) {
 }
 
 /// Waits until the shared release set serves fakepay `0.1.{n}` (a host's watcher published
-/// the swapped manifest); false after 30 s. The harness waits before its next fault, as an
-/// operator would check: a file rewritten just before the only watching host is killed is
-/// not published by the restarted host (it serves the shared set and warns that its
-/// directory differs, docs/operations.md).
-async fn published(url: &str, n: u64) -> bool {
+/// the swapped manifest), at most 30 s; longer is a violation. The harness waits before its
+/// next fault, as an operator would check: a file rewritten just before the only watching
+/// host is killed is not published by the restarted host (it serves the shared set and
+/// warns that its directory differs, docs/operations.md).
+async fn await_published(url: &str, n: u64, shared: &Shared) {
     let pool = PgPool::connect(url).await.unwrap();
     let version = format!("0.1.{n}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -188,7 +188,9 @@ async fn published(url: &str, n: u64) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     pool.close().await;
-    found
+    if !found {
+        shared.violation(format!("swap {n} never published")).await;
+    }
 }
 
 /// A count from the database (directly, not through the proxy).
@@ -362,11 +364,7 @@ async fn promises_hold_under_faults() {
             4 => {
                 faults.swaps += 1;
                 swap_fakepay(&hosts.dirs, faults.swaps, None);
-                if !published(&db_url, faults.swaps).await {
-                    shared
-                        .violation(format!("swap {} never published", faults.swaps))
-                        .await;
-                }
+                await_published(&db_url, faults.swaps, &shared).await;
             }
             // A broken build for a while, then a healthy one: every call in between, new
             // authorisations and earlier orders' captures, voids and lookups alike, fails.
@@ -377,11 +375,7 @@ async fn promises_hold_under_faults() {
                 tokio::time::sleep(down).await;
                 faults.swaps += 1;
                 swap_fakepay(&hosts.dirs, faults.swaps, None);
-                if !published(&db_url, faults.swaps).await {
-                    shared
-                        .violation(format!("swap {} never published", faults.swaps))
-                        .await;
-                }
+                await_published(&db_url, faults.swaps, &shared).await;
                 faults.plugin_breaks += 1;
             }
             5 if hosts.slots[1].is_none() => {
