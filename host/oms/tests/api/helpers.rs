@@ -654,6 +654,28 @@ pub async fn settle(app: &TestApp, order_id: &str) -> pb::Order {
     .await
 }
 
+/// Waits until no saga of the order is running or compensating, then returns the order.
+pub async fn quiet(app: &TestApp, order_id: &str) -> pb::Order {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: Vec<(String,)> = fetch_for_order(
+            &app.db,
+            "SELECT CAST(id AS TEXT) FROM saga_instances WHERE CAST(order_id AS TEXT) = $1 \
+             AND status IN ('RUNNING', 'COMPENSATING')",
+            order_id,
+        )
+        .await;
+        if running.is_empty() {
+            return app.get(order_id).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sagas still running: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn order_with(customer: &str, sku: &str, token: &str) -> pb::CreateOrderRequest {
     let mut request = valid_order(customer);
     request.items.truncate(1);

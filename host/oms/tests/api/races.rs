@@ -7,29 +7,7 @@ use oms_grpc::pb::OrderStatus as S;
 use oms_persistence::testing::TestBackend;
 use tonic::Code;
 
-use crate::helpers::{TestApp, address, fetch_for_order, money, order_with, settle};
-
-/// Waits until no saga of the order is running or compensating, then returns the order.
-async fn quiet(app: &TestApp, order_id: &str) -> oms_grpc::pb::Order {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let running: Vec<(String,)> = fetch_for_order(
-            &app.db,
-            "SELECT CAST(id AS TEXT) FROM saga_instances WHERE CAST(order_id AS TEXT) = $1 \
-             AND status IN ('RUNNING', 'COMPENSATING')",
-            order_id,
-        )
-        .await;
-        if running.is_empty() {
-            return app.get(order_id).await;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sagas still running: {running:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::helpers::{TestApp, address, fetch_for_order, money, order_with, quiet, settle};
 
 /// The steps of the order's sagas that completed forward, by name.
 async fn completed_steps(app: &TestApp, order_id: &str) -> Vec<String> {
