@@ -23,9 +23,10 @@
 //!
 //! With `[config] crash = "true"`, every call crashes (a Wasm trap), as a broken build of a
 //! provider would; with `[config] memory-bomb = "true"`, every call tries to take 1 GiB, which
-//! the host's memory limit refuses (the failed allocation aborts the call). Tests swap that manifest in over the same component to break the provider
-//! for orders placed before the swap: their follow-up calls are pinned to the component that
-//! made their hold, so a broken build of *another* component would not reach them.
+//! the host's memory limit refuses (the failed allocation aborts the call). Tests swap such a
+//! manifest in over the same component to break the provider for orders placed before the
+//! swap: their follow-up calls are pinned to the component that made their hold, so a broken
+//! build of *another* component would not reach them.
 
 mod ledger;
 mod record;

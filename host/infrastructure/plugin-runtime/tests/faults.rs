@@ -5,11 +5,8 @@
 mod common;
 
 use common::*;
-use oms_plugin_runtime::clients::payment::{PaymentError, PaymentLookup};
-use std::sync::Arc;
-
 use oms_plugin_runtime::breaker::BreakerConfig;
-use oms_plugin_runtime::kv::MemoryKvStore;
+use oms_plugin_runtime::clients::payment::{PaymentError, PaymentLookup};
 use oms_plugin_runtime::{
     BreakerCause, CallErrorKind, LoadError, PluginError, PluginRuntime, RuntimeOptions,
 };
@@ -332,7 +329,7 @@ async fn a_probe_dropped_mid_call_does_not_wedge_the_circuit() {
         },
         ..RuntimeOptions::default()
     };
-    let rt = PluginRuntime::new(options, Some(Arc::new(MemoryKvStore::new()))).unwrap();
+    let rt = runtime_from(options);
     rt.install(manifest("fakepay")).await.unwrap();
     let fakepay = rt.payment("fakepay");
     // One transient failure opens the circuit.

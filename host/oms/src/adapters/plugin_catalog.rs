@@ -279,10 +279,10 @@ impl RuntimeCatalog {
                 Ok(Some(_)) => info!(plugin = %manifest.name, action = action.as_str(),
                                      "plugin release published from the plugins directory"),
                 Ok(None) => {
-                    if let Some(set) = served.get(&manifest.name).filter(|r| {
-                        r.sha256 != manifest.sha256
-                            || manifest_digest(&r.manifest) != manifest_digest(&text)
-                    }) {
+                    if let Some(set) = served
+                        .get(&manifest.name)
+                        .filter(|r| r.sha256 != manifest.sha256 || r.manifest != text)
+                    {
                         warn!(plugin = %manifest.name, file = %path.display(),
                               file_version = %manifest.version, served_version = %set.version,
                               "the plugins directory holds another build than the shared \

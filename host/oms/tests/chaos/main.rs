@@ -251,18 +251,14 @@ async fn promises_hold_under_faults() {
     // The harness's own PostgreSQL, which it may crash; the machine's shared server (never
     // crashed, only cut off) where no server programs are installed.
     let cluster = postgres::Cluster::start().await;
-    let shared_db = match cluster {
-        Some(_) => None,
-        None => Some(
-            TestDatabase::new(TestBackend::Postgres)
+    let (db_url, _shared_db) = match &cluster {
+        Some(cluster) => (cluster.url(), None),
+        None => {
+            let db = TestDatabase::new(TestBackend::Postgres)
                 .await
-                .expect("PostgreSQL test database"),
-        ),
-    };
-    let db_url = match (&cluster, &shared_db) {
-        (Some(cluster), _) => cluster.url(),
-        (None, Some(db)) => db.url().to_owned(),
-        (None, None) => unreachable!("one database or the other"),
+                .expect("PostgreSQL test database");
+            (db.url().to_owned(), Some(db))
+        }
     };
     let server: std::net::SocketAddr = {
         let options: sqlx::postgres::PgConnectOptions = db_url.parse().unwrap();
@@ -335,45 +331,45 @@ async fn promises_hold_under_faults() {
         // (drawn even when skipped, so the rest of the schedule stays that of the seed)
         let extra = rng.random_range(0..12);
         let down = Duration::from_millis(rng.random_range(500..3000));
-        match if skipped.contains(&extra) {
+        let fault = if skipped.contains(&extra) {
             u32::MAX
         } else {
             extra
-        } {
-            1 if cluster.is_some() => {
-                let cluster = cluster.as_ref().unwrap();
+        };
+        match (fault, &cluster) {
+            (1, Some(cluster)) => {
                 cluster.crash().await;
                 tokio::time::sleep(down).await;
                 cluster.up().await;
                 faults.db_crashes += 1;
             }
-            0 | 1 => {
+            (0 | 1, _) => {
                 pg_proxy.cut();
                 tokio::time::sleep(down).await;
                 pg_proxy.restore();
                 faults.db_outages += 1;
             }
-            3 if broker.restartable && restart_broker => {
+            (3, _) if broker.restartable && restart_broker => {
                 broker.kill();
                 tokio::time::sleep(down).await;
                 broker.restart().await;
                 faults.broker_restarts += 1;
             }
-            2 | 3 => {
+            (2 | 3, _) => {
                 broker.proxy.cut();
                 tokio::time::sleep(down).await;
                 broker.proxy.restore();
                 faults.broker_outages += 1;
             }
-            4 => {
+            (4, _) => {
                 faults.swaps += 1;
                 swap_fakepay(&hosts.dirs, faults.swaps, None);
                 await_published(&db_url, faults.swaps, &shared).await;
             }
             // A broken build for a while, then a healthy one: every call in between, new
             // authorisations and earlier orders' captures, voids and lookups alike, fails.
-            6 | 7 => {
-                let setting = if extra == 6 { "crash" } else { "memory-bomb" };
+            (6 | 7, _) => {
+                let setting = if fault == 6 { "crash" } else { "memory-bomb" };
                 faults.swaps += 1;
                 swap_fakepay(&hosts.dirs, faults.swaps, Some(setting));
                 tokio::time::sleep(down).await;
@@ -382,7 +378,7 @@ async fn promises_hold_under_faults() {
                 await_published(&db_url, faults.swaps, &shared).await;
                 faults.plugin_breaks += 1;
             }
-            5 if hosts.slots[1].is_none() => {
+            (5, _) if hosts.slots[1].is_none() => {
                 hosts.start(1).await;
                 faults.second_host_runs += 1;
             }

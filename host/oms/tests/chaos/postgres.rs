@@ -182,17 +182,21 @@ impl Cluster {
         .await;
     }
 
-    async fn run(&self, program: &str, args: &[&str]) {
+    /// `program` of the server's, run as the cluster's user.
+    fn command(&self, program: &str) -> std::process::Command {
         let path = self.bin.join(program);
-        let mut command = match self.user {
+        match self.user {
             Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&path);
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(path);
                 c
             }
-            None => Command::new(&path),
-        };
-        let out = command
+            None => std::process::Command::new(path),
+        }
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) {
+        let out = Command::from(self.command(program))
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -211,16 +215,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Synchronous: drop may run outside the runtime. The directory goes with `dir`.
-        let pg_ctl = self.bin.join("pg_ctl");
         let data = self.data();
-        let args = ["stop", "-w", "-m", "immediate", "-D", data.as_str()];
-        let _ = match self.user {
-            Some(user) => std::process::Command::new("runuser")
-                .args(["-u", user, "--"])
-                .arg(&pg_ctl)
-                .args(args)
-                .output(),
-            None => std::process::Command::new(&pg_ctl).args(args).output(),
-        };
+        let _ = self
+            .command("pg_ctl")
+            .args(["stop", "-w", "-m", "immediate", "-D", data.as_str()])
+            .output();
     }
 }

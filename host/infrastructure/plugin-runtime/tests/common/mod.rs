@@ -33,12 +33,17 @@ pub fn manifest(name: &str) -> PathBuf {
     path
 }
 
+/// A runtime with `options` over an in-memory KV.
+pub fn runtime_from(options: RuntimeOptions) -> PluginRuntime {
+    PluginRuntime::new(options, Some(Arc::new(MemoryKvStore::new()))).unwrap()
+}
+
 pub fn runtime_with(kv: Arc<dyn PluginKvStore>) -> PluginRuntime {
     PluginRuntime::new(RuntimeOptions::default(), Some(kv)).unwrap()
 }
 
 pub fn runtime() -> PluginRuntime {
-    runtime_with(Arc::new(MemoryKvStore::new()))
+    runtime_from(RuntimeOptions::default())
 }
 
 pub fn runtime_cached(cache: &Path) -> PluginRuntime {
@@ -49,7 +54,7 @@ pub fn runtime_cached(cache: &Path) -> PluginRuntime {
         },
         ..RuntimeOptions::default()
     };
-    PluginRuntime::new(options, Some(Arc::new(MemoryKvStore::new()))).unwrap()
+    runtime_from(options)
 }
 
 /// Copies plugin `name`'s component into `dir` and writes its manifest there after `edit`
