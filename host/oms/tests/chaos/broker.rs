@@ -62,7 +62,16 @@ impl Broker {
             .port();
         let direct: SocketAddr = ([127, 0, 0, 1], port).into();
         let proxy = FaultProxy::start(direct).await;
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut dir = tempfile::tempdir().expect("temporary directory");
+        // CHAOS_TANSU_LOG=<filter> runs tansu with that RUST_LOG and keeps its directory
+        // (storage and log) after the run, for reading what the broker did.
+        if let Ok(filter) = std::env::var("CHAOS_TANSU_LOG") {
+            dir.disable_cleanup(true);
+            eprintln!(
+                "chaos: tansu log {} (RUST_LOG={filter}), kept after the run",
+                dir.path().join("tansu.log").display()
+            );
+        }
         let mut broker = Broker {
             child: None,
             direct,
@@ -117,8 +126,13 @@ impl Broker {
                     &format!("tcp://{}", self.proxy.addr()),
                 ])
                 .args(["--storage-engine", &self.storage])
+                .envs(std::env::var("CHAOS_TANSU_LOG").map(|f| ("RUST_LOG", f)))
                 .current_dir(self.dir.path())
-                .stdout(Stdio::null())
+                // tansu's tracing goes to stdout: into the log when asked for.
+                .stdout(match std::env::var("CHAOS_TANSU_LOG") {
+                    Ok(_) => Stdio::from(log.try_clone().expect("tansu log file")),
+                    Err(_) => Stdio::null(),
+                })
                 .stderr(log)
                 .spawn()
                 .expect("spawn tansu"),

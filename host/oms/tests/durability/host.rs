@@ -136,7 +136,7 @@ impl Host {
         let mut child = command.spawn().expect("oms binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        let addr = tokio::time::timeout(Duration::from_secs(180), async {
             while let Some(line) = lines.next_line().await.expect("read host log") {
                 if line.contains("oms serving gRPC") {
                     let value: serde_json::Value = serde_json::from_str(&line).expect("json log");
@@ -149,16 +149,20 @@ impl Host {
             panic!("host exited before serving");
         })
         .await
-        .expect("host serves within 60 s");
+        .expect("host serves within 180 s (plugins compile before it serves; a Python component takes ~40 s)");
         // Keep draining the log so the child never blocks on a full pipe, noting group sizes.
         let largest_group = Arc::new(AtomicU64::new(0));
         let largest = Arc::clone(&largest_group);
         let echo_warnings = std::env::var("HOST_LOG").is_ok_and(|v| v == "1");
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                // HOST_LOG=1 echoes the host's warnings and errors, for reading a failed
-                // run (not OMS_…: the host would read it as configuration).
-                if echo_warnings && (line.contains("\"WARN\"") || line.contains("\"ERROR\"")) {
+                // HOST_LOG=1 echoes the host's warnings and errors, and its consumer's
+                // rebalances, for reading a failed run (not OMS_…: the host would read it as
+                // configuration).
+                let notable = line.contains("\"WARN\"")
+                    || line.contains("\"ERROR\"")
+                    || line.contains("consumer group");
+                if echo_warnings && notable {
                     eprintln!("host: {line}");
                 }
                 if !line.contains("group committed") {

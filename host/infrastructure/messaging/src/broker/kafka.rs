@@ -10,7 +10,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -302,7 +304,34 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+/// Rebalances are logged: a consumer left without partitions consumes nothing while the
+/// group's lag grows, and these lines are how an operator tells that from an idle topic.
+impl ConsumerContext for LagContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(
+                group = %self.group,
+                partitions = %partitions(tpl),
+                "consumer group assigned partitions"
+            ),
+            Rebalance::Revoke(tpl) => tracing::info!(
+                group = %self.group,
+                partitions = %partitions(tpl),
+                "consumer group revoked partitions"
+            ),
+            Rebalance::Error(e) => {
+                tracing::warn!(group = %self.group, error = %e, "consumer group rebalance failed")
+            }
+        }
+    }
+}
 
 struct KafkaConsumer {
     consumer: StreamConsumer<LagContext>,
