@@ -45,6 +45,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Write a new plugin project: the contract's WIT, a manifest, an implementation that
+    /// passes `oms plugin test`, a `build.sh` and a README with the exact commands.
+    New {
+        /// The plugin's name (a-z, 0-9, '-'): the project directory, the manifest's name.
+        name: String,
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        #[arg(long, value_enum)]
+        lang: LangArg,
+        /// Where the project directory is created.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Run every check the host makes before it loads a plugin (manifest, contract version,
     /// size, digest, component, world, grants) and report each one; exit 1 if any fails.
     Check {
@@ -54,6 +67,32 @@ enum PluginCommand {
         /// beside it.
         #[arg(long)]
         manifest: Option<PathBuf>,
+    },
+    /// Run the load checks, then the conformance suite of the plugin's kind (idempotency,
+    /// typed errors, amounts, every call the sagas make) in the host's runtime with an
+    /// in-memory KV store; one line per check, exit 1 if any fails.
+    Test {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Its manifest; default as for `check`.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// The kind the plugin must be (`payment`, `inventory`, `notification`); default:
+        /// the manifest's.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// Payment: a token `authorize` accepts.
+        #[arg(long, default_value = "tok_ok")]
+        token_ok: String,
+        /// Payment: a token `authorize` declines.
+        #[arg(long, default_value = "tok_decline")]
+        token_decline: String,
+        /// Inventory: a SKU with at least 10 units in stock.
+        #[arg(long, default_value = "DEMO-1")]
+        sku_in_stock: String,
+        /// Inventory: a SKU with none.
+        #[arg(long, default_value = "OUT-OF-STOCK")]
+        sku_out_of_stock: String,
     },
     /// Call one function of a plugin locally (an in-memory KV store, no database) and print
     /// its answer as JSON on stdout and its logs and output on stderr. Exit 0 when the
@@ -76,8 +115,46 @@ enum PluginCommand {
     },
 }
 
+/// A plugin kind as `oms plugin test --kind` names it (the manifest's `kind` values).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    Payment,
+    Inventory,
+    Notification,
+}
+
+/// A language `oms plugin new` writes a project in.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LangArg {
+    Rust,
+    Python,
+    Js,
+}
+
+impl From<KindArg> for oms_plugin_runtime::PluginKind {
+    fn from(kind: KindArg) -> Self {
+        match kind {
+            KindArg::Payment => Self::PaymentProvider,
+            KindArg::Inventory => Self::InventoryAdapter,
+            KindArg::Notification => Self::NotificationFormatter,
+        }
+    }
+}
+
+/// Errors are printed as their chain of causes, never with a backtrace: they are expected
+/// outcomes (a plugin that fails its checks, a configuration error), not crashes.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The plugin tools read no host configuration.
     let load = || Config::load(cli.config.as_deref());
@@ -86,6 +163,35 @@ async fn main() -> anyhow::Result<()> {
         Command::Plugin {
             command: PluginCommand::Check { file, manifest },
         } => plugin_check(&file, manifest).await,
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    kind,
+                    lang,
+                    dir,
+                },
+        } => plugin_new(&dir, &name, kind, lang),
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    file,
+                    manifest,
+                    kind,
+                    token_ok,
+                    token_decline,
+                    sku_in_stock,
+                    sku_out_of_stock,
+                },
+        } => {
+            let fixtures = oms::plugin_kit::Fixtures {
+                token_ok,
+                token_decline,
+                sku_in_stock,
+                sku_out_of_stock,
+            };
+            plugin_test(&file, manifest, kind.map(Into::into), &fixtures).await
+        }
         Command::Plugin {
             command:
                 PluginCommand::Run {
@@ -134,6 +240,92 @@ async fn plugin_check(file: &std::path::Path, manifest: Option<PathBuf>) -> anyh
         file.display()
     );
     println!("{} passes every load check", file.display());
+    Ok(())
+}
+
+/// `oms plugin new`: the project, and what to do next.
+fn plugin_new(
+    dir: &std::path::Path,
+    name: &str,
+    kind: KindArg,
+    lang: LangArg,
+) -> anyhow::Result<()> {
+    use oms::plugin_kit::scaffold::{self, Kind, Lang};
+    let kind = match kind {
+        KindArg::Payment => Kind::Payment,
+        KindArg::Inventory => Kind::Inventory,
+        KindArg::Notification => Kind::Notification,
+    };
+    let lang = match lang {
+        LangArg::Rust => Lang::Rust,
+        LangArg::Python => Lang::Python,
+        LangArg::Js => Lang::Js,
+    };
+    let project = scaffold::new_project(dir, name, kind, lang)?;
+    println!("wrote {}", project.display());
+    println!(
+        "next: cd {} && ./build.sh && oms plugin test dist/{name}.wasm",
+        project.display()
+    );
+    Ok(())
+}
+
+/// `oms plugin test`: one line per load check and per conformance check, then the verdict.
+async fn plugin_test(
+    file: &std::path::Path,
+    manifest: Option<PathBuf>,
+    expected: Option<oms_plugin_runtime::PluginKind>,
+    fixtures: &oms::plugin_kit::Fixtures,
+) -> anyhow::Result<()> {
+    use oms::plugin_kit::{self, Outcome};
+    // What the plugin logs at warn and above (and its printed output) explains a failure.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("error,plugin=warn"))
+        .init();
+    let manifest = manifest.unwrap_or_else(|| plugin_kit::default_manifest(file));
+    println!("testing {} with {}", file.display(), manifest.display());
+    let report = plugin_kit::test(file, &manifest, fixtures).await;
+    let line = |outcome: &Outcome, name: &str, extra: &str| match outcome {
+        Outcome::Passed(detail) => println!("  pass  {name}{extra}: {detail}"),
+        Outcome::Failed(why) => println!("  FAIL  {name}{extra}: {why}"),
+        Outcome::Skipped => println!("  skip  {name}{extra} (an earlier check failed)"),
+    };
+    for (name, outcome) in &report.load.checks {
+        line(outcome, &format!("load: {name}"), "");
+    }
+    for f in &report.findings {
+        line(&f.outcome, f.name, &format!(" [{}]", f.used_by));
+    }
+    if let (Some(expected), Some(actual)) = (expected, report.kind) {
+        anyhow::ensure!(
+            expected == actual,
+            "{} is a {actual} plugin, not a {expected} one",
+            file.display()
+        );
+    }
+    let failed = report
+        .load
+        .checks
+        .iter()
+        .filter(|(_, o)| !matches!(o, Outcome::Passed(_)))
+        .count()
+        + report
+            .findings
+            .iter()
+            .filter(|f| !matches!(f.outcome, Outcome::Passed(_)))
+            .count();
+    anyhow::ensure!(
+        report.passed(),
+        "{} fails conformance: {failed} check(s) failed or were not run",
+        file.display()
+    );
+    println!(
+        "{} passes every load check and all {} conformance checks",
+        file.display(),
+        report.findings.len()
+    );
     Ok(())
 }
 

@@ -5,8 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use oms_plugin_runtime::breaker::BreakerConfig;
 use oms_plugin_runtime::kv::MemoryKvStore;
+use oms_plugin_runtime::plugin::LoadedPlugin;
 use oms_plugin_runtime::{EngineOptions, LoadError, PluginRuntime, RuntimeOptions};
+
+mod conformance;
+pub mod scaffold;
+pub use conformance::{Finding, Fixtures, TestReport};
 
 /// The load checks, in the order the host makes them (`docs/plugins.md`, section 5).
 pub const CHECKS: [&str; 7] = [
@@ -80,7 +86,8 @@ pub fn default_manifest(wasm: &Path) -> PathBuf {
 }
 
 /// A runtime of the tools' own: an in-memory KV store (a `kv` grant resolves, nothing is
-/// kept), a small instance pool, no artifact cache.
+/// kept), a small instance pool, no artifact cache, and no circuit breaker (each call is
+/// reported for what it did, not refused because earlier ones failed).
 fn local_runtime() -> Result<PluginRuntime, oms_plugin_runtime::SetupError> {
     let store: Arc<dyn oms_plugin_runtime::kv::PluginKvStore> = Arc::new(MemoryKvStore::new());
     let options = RuntimeOptions {
@@ -88,6 +95,10 @@ fn local_runtime() -> Result<PluginRuntime, oms_plugin_runtime::SetupError> {
             pool_instances: 4,
             cache_dir: None,
             ..EngineOptions::default()
+        },
+        breaker: BreakerConfig {
+            failure_threshold: u32::MAX,
+            ..BreakerConfig::default()
         },
         ..RuntimeOptions::default()
     };
@@ -111,11 +122,31 @@ fn check_of(e: &LoadError) -> &'static str {
 /// Runs every load check on `wasm` with the manifest at `manifest` (its `wasm` key is not
 /// read: the file checked is `wasm`). A `kv` grant is checked against an in-memory store.
 pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
+    match local_runtime() {
+        Ok(runtime) => check_in(&runtime, wasm, manifest).await.0,
+        Err(e) => {
+            let message = format!("the plugin runtime did not start: {e}");
+            CheckReport::failure(wasm, manifest, "component", message)
+        }
+    }
+}
+
+/// [`check`] in `runtime`, and the plugin when every check passed (compiled once, for
+/// [`test`] to install).
+async fn check_in(
+    runtime: &PluginRuntime,
+    wasm: &Path,
+    manifest: &Path,
+) -> (CheckReport, Option<LoadedPlugin>) {
+    let fail =
+        |check: &str, message: String| (CheckReport::failure(wasm, manifest, check, message), None);
     let text = match std::fs::read_to_string(manifest) {
         Ok(text) => text,
         Err(e) => {
-            let message = format!("cannot read {}: {e}", manifest.display());
-            return CheckReport::failure(wasm, manifest, "manifest", message);
+            return fail(
+                "manifest",
+                format!("cannot read {}: {e}", manifest.display()),
+            );
         }
     };
     // The size first, from the file's metadata, as an install checks it: an oversized file
@@ -125,26 +156,16 @@ pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
         && let Err(too_large @ LoadError::TooLarge { .. }) =
             oms_plugin_runtime::plugin::check_file_size(&parsed, wasm)
     {
-        return CheckReport::failure(wasm, manifest, "size", too_large.to_string());
+        return fail("size", too_large.to_string());
     }
     let bytes = match std::fs::read(wasm) {
         Ok(bytes) => bytes,
-        Err(e) => {
-            let message = format!("cannot read {}: {e}", wasm.display());
-            return CheckReport::failure(wasm, manifest, "size", message);
-        }
+        Err(e) => return fail("size", format!("cannot read {}: {e}", wasm.display())),
     };
     let size = bytes.len();
-    let runtime = match local_runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let message = format!("the plugin runtime did not start: {e}");
-            return CheckReport::failure(wasm, manifest, "component", message);
-        }
-    };
     let plugin = match runtime.check_bytes(&text, manifest, bytes).await {
         Ok(plugin) => plugin,
-        Err(e) => return CheckReport::failure(wasm, manifest, check_of(&e), e.to_string()),
+        Err(e) => return fail(check_of(&e), e.to_string()),
     };
     let m = &plugin.manifest;
     let world = m.kind.world();
@@ -169,7 +190,7 @@ pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
         format!("exports the {world} world; every import links"),
         grants,
     ];
-    CheckReport {
+    let report = CheckReport {
         wasm: wasm.to_owned(),
         manifest: manifest.to_owned(),
         checks: CHECKS
@@ -177,6 +198,54 @@ pub async fn check(wasm: &Path, manifest: &Path) -> CheckReport {
             .zip(passed)
             .map(|(name, detail)| (name, Outcome::Passed(detail)))
             .collect(),
+    };
+    (report, Some(plugin))
+}
+
+/// Runs the load checks, then the conformance suite of the plugin's kind (`docs/plugins.md`,
+/// section 8) in a runtime of its own with an empty in-memory KV store.
+pub async fn test(wasm: &Path, manifest: &Path, fixtures: &Fixtures) -> TestReport {
+    let runtime = match local_runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let message = format!("the plugin runtime did not start: {e}");
+            return TestReport {
+                load: CheckReport::failure(wasm, manifest, "component", message),
+                kind: None,
+                findings: Vec::new(),
+            };
+        }
+    };
+    let (load, plugin) = check_in(&runtime, wasm, manifest).await;
+    let Some(plugin) = plugin else {
+        return TestReport {
+            load,
+            kind: None,
+            findings: Vec::new(),
+        };
+    };
+    let kind = plugin.kind();
+    let info = match runtime.install_loaded(plugin) {
+        Ok(info) => info,
+        Err(e) => {
+            return TestReport {
+                load: CheckReport::failure(wasm, manifest, check_of(&e), e.to_string()),
+                kind: Some(kind),
+                findings: Vec::new(),
+            };
+        }
+    };
+    use oms_plugin_runtime::PluginKind as K;
+    let name = info.name.as_str();
+    let findings = match kind {
+        K::PaymentProvider => conformance::payment(&runtime.payment(name), fixtures).await,
+        K::InventoryAdapter => conformance::inventory(&runtime.inventory(name), fixtures).await,
+        K::NotificationFormatter => conformance::notification(&runtime.notification(name)).await,
+    };
+    TestReport {
+        load,
+        kind: Some(kind),
+        findings,
     }
 }
 

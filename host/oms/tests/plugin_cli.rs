@@ -290,3 +290,156 @@ fn a_plugin_that_does_not_answer_or_a_bad_call_exits_1_and_says_why() {
         "{stderr}"
     );
 }
+
+/// `oms plugin test FILE [ARGS]`: its exit status and stdout.
+fn conformance(wasm: &Path, args: &[&str]) -> (Output, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_oms"))
+        .args(["plugin", "test"])
+        .arg(wasm)
+        .args(args)
+        .output()
+        .expect("run oms plugin test");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, stdout)
+}
+
+/// The conformance lines that start with `verdict` (`pass`, `FAIL`, `skip`).
+fn findings<'a>(stdout: &'a str, verdict: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with(verdict) && !l.contains(" load: "))
+        .collect()
+}
+
+/// The bundled plugins, and the example plugins in three languages that `oms plugin new`
+/// scaffolds from (`scripts/build-example-plugins`).
+#[test]
+fn every_bundled_and_example_plugin_passes_the_conformance_suite() {
+    let examples = built_plugins().join("../plugins-examples");
+    for (dir, name, kind, checks) in [
+        (built_plugins(), "fakepay", "payment", 11),
+        (built_plugins(), "fakepay-strict", "payment", 11),
+        (built_plugins(), "local-stock", "inventory", 6),
+        (built_plugins(), "email-text", "notification", 2),
+        (built_plugins(), "webhook-json", "notification", 2),
+        (examples.clone(), "rust-pay", "payment", 11),
+        (examples.clone(), "python-pay", "payment", 11),
+        (examples.clone(), "js-pay", "payment", 11),
+    ] {
+        let wasm = dir.join(format!("{name}.wasm"));
+        assert!(
+            wasm.is_file(),
+            "{} is missing: run scripts/build-plugins and scripts/build-example-plugins",
+            wasm.display()
+        );
+        let (out, stdout) = conformance(&wasm, &["--kind", kind]);
+        assert!(out.status.success(), "{name}: {stdout}");
+        assert_eq!(findings(&stdout, "pass ").len(), checks, "{name}: {stdout}");
+        assert!(
+            stdout.contains(&format!("all {checks} conformance checks")),
+            "{name}: {stdout}"
+        );
+    }
+}
+
+/// Each misbehaving test plugin fails, at the check and with the reason its misbehaviour
+/// gives.
+#[test]
+fn each_misbehaving_plugin_fails_with_its_finding() {
+    let testing = built_plugins().join("testing");
+    for (name, failing, says) in [
+        ("trap", "authorize holds the amount", "(trap)"),
+        ("infinite-loop", "authorize holds the amount", "(deadline)"),
+        ("memory-bomb", "authorize holds the amount", "memory"),
+        ("formatter-trap", "formats an order event", "(trap)"),
+        // Declared without a kv grant, it links (the host denies each call) and says so.
+        ("ungranted-kv", "authorize holds the amount", "kv denied"),
+        ("ungranted-http", "reserve takes stock", "HttpRequestDenied"),
+        ("wrong-world", "load: world", "payment-provider"),
+    ] {
+        let (out, stdout) = conformance(&testing.join(format!("{name}.wasm")), &[]);
+        assert!(!out.status.success(), "{name}: {stdout}");
+        let failed = stdout
+            .lines()
+            .map(str::trim_start)
+            .find(|l| l.starts_with("FAIL"))
+            .unwrap_or_else(|| panic!("{name}: no failure\n{stdout}"));
+        assert!(
+            failed.contains(failing) && failed.contains(says),
+            "{name}: first failure {failed:?}, expected {failing:?} saying {says:?}\n{stdout}"
+        );
+    }
+    // A plugin of another kind than `--kind` asks for is refused.
+    let (out, stdout) = conformance(
+        &built_plugins().join("local-stock.wasm"),
+        &["--kind", "payment"],
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a payment-provider"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `oms plugin new` as an integrator runs it: the Rust project it writes builds with its own
+/// `build.sh` and passes `oms plugin test` under its new name. (The Python and JavaScript
+/// templates are `plugins/examples/python-pay` and `js-pay` with the name replaced, which the
+/// conformance test above and `tests/example_plugins.rs` exercise.)
+#[test]
+fn a_scaffolded_rust_plugin_builds_and_passes_the_suite() {
+    let parent = tempfile::tempdir().unwrap();
+    let new = Command::new(env!("CARGO_BIN_EXE_oms"))
+        .args([
+            "plugin", "new", "acme-pay", "--kind", "payment", "--lang", "rust", "--dir",
+        ])
+        .arg(parent.path())
+        .output()
+        .unwrap();
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    let project = parent.path().join("acme-pay");
+    // The guests' cargo target directory when one is set (CI's cache), else the project's.
+    let mut build = Command::new(project.join("build.sh"));
+    build.env_remove("CARGO_TARGET_DIR");
+    if let Ok(dir) = std::env::var("OMS_PLUGINS_TARGET_DIR") {
+        build.env("CARGO_TARGET_DIR", dir);
+    }
+    let built = build.output().unwrap();
+    assert!(
+        built.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let wasm = project.join("dist/acme-pay.wasm");
+    let (out, stdout) = conformance(&wasm, &["--kind", "payment"]);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("acme-pay 0.1.0, a payment-provider"),
+        "{stdout}"
+    );
+    assert_eq!(findings(&stdout, "pass ").len(), 11, "{stdout}");
+
+    // The name is checked, and an existing project is never overwritten.
+    for (name, says) in [
+        ("Acme_Pay", "not a plugin name"),
+        ("acme-pay", "already exists"),
+    ] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_oms"))
+            .args([
+                "plugin", "new", name, "--kind", "payment", "--lang", "rust", "--dir",
+            ])
+            .arg(parent.path())
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains(says),
+            "{name}"
+        );
+    }
+}

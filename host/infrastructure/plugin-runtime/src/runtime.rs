@@ -117,6 +117,13 @@ impl PluginRuntime {
         self.finish_install(result, Some(&name))
     }
 
+    /// Makes current a plugin [`Self::check_bytes`] loaded (compiled once), as
+    /// [`Self::install_bytes`] would.
+    pub fn install_loaded(&self, plugin: LoadedPlugin) -> Result<VersionInfo, LoadError> {
+        let name = plugin.name().to_owned();
+        self.finish_install(Ok(plugin), Some(&name))
+    }
+
     /// Loads and checks a component from its parsed manifest and bytes, without installing
     /// it (compilation runs on a blocking thread).
     async fn load_parts(
