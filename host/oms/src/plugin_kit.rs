@@ -300,7 +300,7 @@ const PAYMENT: &[&str] = &["authorize", "capture", "void", "refund", "get-paymen
 const INVENTORY: &[&str] = &["reserve", "release", "commit"];
 const NOTIFICATION: &[&str] = &["format"];
 
-fn example(function: &str) -> &'static str {
+pub(crate) fn example(function: &str) -> &'static str {
     match function {
         "authorize" => {
             r#"{"order_id":"o-1","amount":{"amount_minor":1250,"currency":"EUR"},"payment_token":"tok_ok","idempotency_key":"k-1"}"#

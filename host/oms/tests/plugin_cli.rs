@@ -383,59 +383,64 @@ fn each_misbehaving_plugin_fails_with_its_finding() {
     );
 }
 
-/// `oms plugin new` as an integrator runs it: the Rust project it writes builds with its own
-/// `build.sh` and passes `oms plugin test` under its new name. (The Python and JavaScript
-/// templates are `plugins/examples/python-pay` and `js-pay` with the name replaced, which the
-/// conformance test above and `tests/example_plugins.rs` exercise.)
+/// `oms plugin new` as an integrator runs it: the Rust project it writes for each kind
+/// builds with its own `build.sh` and passes `oms plugin test` under its new name. (The
+/// Python and JavaScript payment templates are `plugins/examples/python-pay` and `js-pay`
+/// with the name replaced, which the conformance test above and `tests/example_plugins.rs`
+/// exercise.)
 #[test]
-fn a_scaffolded_rust_plugin_builds_and_passes_the_suite() {
+fn a_scaffolded_rust_plugin_of_each_kind_builds_and_passes_the_suite() {
     let parent = tempfile::tempdir().unwrap();
-    let new = Command::new(env!("CARGO_BIN_EXE_oms"))
-        .args([
-            "plugin", "new", "acme-pay", "--kind", "payment", "--lang", "rust", "--dir",
-        ])
-        .arg(parent.path())
-        .output()
-        .unwrap();
-    assert!(
-        new.status.success(),
-        "{}",
-        String::from_utf8_lossy(&new.stderr)
-    );
-    let project = parent.path().join("acme-pay");
-    // The guests' cargo target directory when one is set (CI's cache), else the project's.
-    let mut build = Command::new(project.join("build.sh"));
-    build.env_remove("CARGO_TARGET_DIR");
-    if let Ok(dir) = std::env::var("OMS_PLUGINS_TARGET_DIR") {
-        build.env("CARGO_TARGET_DIR", dir);
-    }
-    let built = build.output().unwrap();
-    assert!(
-        built.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let wasm = project.join("dist/acme-pay.wasm");
-    let (out, stdout) = conformance(&wasm, &["--kind", "payment"]);
-    assert!(out.status.success(), "{stdout}");
-    assert!(
-        stdout.contains("acme-pay 0.1.0, a payment-provider"),
-        "{stdout}"
-    );
-    assert_eq!(findings(&stdout, "pass ").len(), 11, "{stdout}");
-
-    // The name is checked, and an existing project is never overwritten.
-    for (name, says) in [
-        ("Acme_Pay", "not a plugin name"),
-        ("acme-pay", "already exists"),
-    ] {
-        let refused = Command::new(env!("CARGO_BIN_EXE_oms"))
+    let new = |name: &str, kind: &str, lang: &str| {
+        Command::new(env!("CARGO_BIN_EXE_oms"))
             .args([
-                "plugin", "new", name, "--kind", "payment", "--lang", "rust", "--dir",
+                "plugin", "new", name, "--kind", kind, "--lang", lang, "--dir",
             ])
             .arg(parent.path())
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for (kind, checks) in [("payment", 11), ("inventory", 6), ("notification", 2)] {
+        let name = format!("acme-{kind}");
+        let made = new(&name, kind, "rust");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let project = parent.path().join(&name);
+        // The guests' cargo target directory when one is set (CI's cache), else the project's.
+        let mut build = Command::new(project.join("build.sh"));
+        build.env_remove("CARGO_TARGET_DIR");
+        if let Ok(dir) = std::env::var("OMS_PLUGINS_TARGET_DIR") {
+            build.env("CARGO_TARGET_DIR", dir);
+        }
+        let built = build.output().unwrap();
+        assert!(
+            built.status.success(),
+            "{name}: build.sh: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let wasm = project.join(format!("dist/{name}.wasm"));
+        let (out, stdout) = conformance(&wasm, &["--kind", kind]);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains(&format!("{name} 0.1.0, a ")), "{stdout}");
+        assert_eq!(findings(&stdout, "pass ").len(), checks, "{stdout}");
+    }
+
+    // The name is checked, an existing project is never overwritten, and a kind without a
+    // template in a language says so.
+    for (name, kind, lang, says) in [
+        ("Acme_Pay", "payment", "rust", "not a plugin name"),
+        ("acme-payment", "payment", "rust", "already exists"),
+        (
+            "acme-stock",
+            "inventory",
+            "python",
+            "no Python template for inventory",
+        ),
+    ] {
+        let refused = new(name, kind, lang);
         assert!(!refused.status.success());
         assert!(
             String::from_utf8_lossy(&refused.stderr).contains(says),

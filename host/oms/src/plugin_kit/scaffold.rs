@@ -13,6 +13,26 @@ pub enum Kind {
     Notification,
 }
 
+impl Kind {
+    /// The manifest's word for the kind.
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Payment => "payment",
+            Kind::Inventory => "inventory",
+            Kind::Notification => "notification",
+        }
+    }
+
+    /// The function a README shows being called by hand.
+    fn example_function(self) -> &'static str {
+        match self {
+            Kind::Payment => "authorize",
+            Kind::Inventory => "reserve",
+            Kind::Notification => "format",
+        }
+    }
+}
+
 /// The languages `new` scaffolds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
@@ -28,10 +48,10 @@ pub enum ScaffoldError {
     Name(String),
     #[error("{0} already exists; choose another name or directory")]
     Exists(PathBuf),
-    #[error("no {lang:?} template for {kind:?} plugins yet; {hint}")]
+    #[error("no {lang} template for {kind} plugins yet; {hint}")]
     NoTemplate {
-        kind: Kind,
-        lang: Lang,
+        kind: &'static str,
+        lang: &'static str,
         hint: &'static str,
     },
     #[error("writing {path}: {source}")]
@@ -122,6 +142,65 @@ const RUST_PAY: Template = Template {
     needs: "a Rust toolchain (rustup), which adds the `wasm32-wasip2` target",
 };
 
+/// rust-pay's Cargo.toml: a project of its own (no workspace inheritance), which the other
+/// Rust templates share with their name and description replaced.
+const RUST_CARGO: &str = include_str!("../../../../plugins/examples/rust-pay/Cargo.toml");
+/// The description line of [`RUST_CARGO`], replaced per kind.
+const RUST_PAY_DESCRIPTION: &str =
+    "description = \"Example payment provider: the contract's bookkeeping on the host's KV store\"";
+
+/// The bundled `local-stock`, as a standalone project.
+const RUST_INVENTORY: Template = Template {
+    name: "local-stock",
+    files: &[
+        ("Cargo.toml", RUST_CARGO),
+        (
+            "src/lib.rs",
+            include_str!("../../../../plugins/local-stock/src/lib.rs"),
+        ),
+        (
+            "src/catalogue.rs",
+            include_str!("../../../../plugins/local-stock/src/catalogue.rs"),
+        ),
+        (
+            "src/reservations.rs",
+            include_str!("../../../../plugins/local-stock/src/reservations.rs"),
+        ),
+        (
+            "manifest.toml",
+            include_str!("../../../../plugins/local-stock/manifest.toml"),
+        ),
+    ],
+    build: RUST_PAY.build,
+    needs: RUST_PAY.needs,
+};
+
+/// The bundled `email-text`, as a standalone project.
+const RUST_NOTIFICATION: Template = Template {
+    name: "email-text",
+    files: &[
+        ("Cargo.toml", RUST_CARGO),
+        (
+            "src/lib.rs",
+            include_str!("../../../../plugins/email-text/src/lib.rs"),
+        ),
+        (
+            "src/money.rs",
+            include_str!("../../../../plugins/email-text/src/money.rs"),
+        ),
+        (
+            "src/template.rs",
+            include_str!("../../../../plugins/email-text/src/template.rs"),
+        ),
+        (
+            "manifest.toml",
+            include_str!("../../../../plugins/email-text/manifest.toml"),
+        ),
+    ],
+    build: RUST_PAY.build,
+    needs: RUST_PAY.needs,
+};
+
 const PYTHON_PAY: Template = Template {
     name: "python-pay",
     files: &[
@@ -173,11 +252,17 @@ fn template(kind: Kind, lang: Lang) -> Result<&'static Template, ScaffoldError> 
         (Kind::Payment, Lang::Rust) => Ok(&RUST_PAY),
         (Kind::Payment, Lang::Python) => Ok(&PYTHON_PAY),
         (Kind::Payment, Lang::Js) => Ok(&JS_PAY),
+        (Kind::Inventory, Lang::Rust) => Ok(&RUST_INVENTORY),
+        (Kind::Notification, Lang::Rust) => Ok(&RUST_NOTIFICATION),
         _ => Err(ScaffoldError::NoTemplate {
-            kind,
-            lang,
-            hint: "start from the bundled plugins in the repository's plugins/ \
-                   (local-stock: inventory, email-text: notification; both Rust)",
+            kind: kind.word(),
+            lang: match lang {
+                Lang::Rust => "Rust",
+                Lang::Python => "Python",
+                Lang::Js => "JavaScript",
+            },
+            hint: "inventory adapters and notification formatters have Rust templates; \
+                   plugins/examples/python-pay and js-pay show the other languages",
         }),
     }
 }
@@ -212,11 +297,20 @@ fn build_script(t: &Template, name: &str) -> String {
 }
 
 fn readme(t: &Template, name: &str, kind: Kind) -> String {
-    let kind = match kind {
-        Kind::Payment => "payment",
-        Kind::Inventory => "inventory",
-        Kind::Notification => "notification",
+    let function = kind.example_function();
+    let input = super::example(function);
+    let usage = match kind {
+        Kind::Payment => format!(
+            "An order names the payment plugin: `CreateOrder` with `payment.provider = \"{name}\"`."
+        ),
+        Kind::Inventory => format!(
+            "The host uses one inventory adapter: `plugins.inventory = \"{name}\"` in its configuration."
+        ),
+        Kind::Notification => format!(
+            "The notification consumer runs the formatters `broker.notifications.formatters` names: add `\"{name}\"` to it."
+        ),
     };
+    let kind = kind.word();
     format!(
         "# {name}\n\n\
          A {kind} plugin for the OMS host, scaffolded by `oms plugin new` from the example\n\
@@ -231,10 +325,9 @@ fn readme(t: &Template, name: &str, kind: Kind) -> String {
          ```\n\n\
          Call one function by hand, with what the plugin logs and prints on stderr:\n\n\
          ```sh\n\
-         oms plugin run dist/{name}.wasm authorize --input \\\n\
-         \x20 '{{\"order_id\":\"o-1\",\"amount\":{{\"amount_minor\":1250,\"currency\":\"EUR\"}},\"payment_token\":\"tok_ok\",\"idempotency_key\":\"k-1\"}}'\n\
+         oms plugin run dist/{name}.wasm {function} --input '{input}'\n\
          ```\n\n\
-         An order names the payment plugin: `CreateOrder` with `payment_provider = \"{name}\"`.\n",
+         {usage}\n",
         example = t.name,
         needs = t.needs,
     )
@@ -264,10 +357,15 @@ pub fn new_project(
             .and_then(|()| std::fs::write(&path, content));
         written.map_err(|source| ScaffoldError::Write { path, source })
     };
+    let description = format!("description = \"An OMS {} plugin\"", kind.word());
     for (relative, content) in t.files {
-        // The example's paths to the repository's WIT become the project's own `wit/`.
+        // The templates' paths to the repository's WIT become the project's own `wit/`, and
+        // their names (the shared Cargo.toml's too) the new plugin's.
         let content = content
             .replace("../../../wit", "wit")
+            .replace("\"../../wit\"", "\"wit\"")
+            .replace(RUST_PAY_DESCRIPTION, &description)
+            .replace(RUST_PAY.name, name)
             .replace(t.name, name)
             .replace(&t.name.replace('-', "_"), &name.replace('-', "_"));
         write(relative, &content)?;
