@@ -326,6 +326,10 @@ fn every_bundled_and_example_plugin_passes_the_conformance_suite() {
         (examples.clone(), "rust-pay", "payment", 11),
         (examples.clone(), "python-pay", "payment", 11),
         (examples.clone(), "js-pay", "payment", 11),
+        (examples.clone(), "python-stock", "inventory", 6),
+        (examples.clone(), "js-stock", "inventory", 6),
+        (examples.clone(), "python-notify", "notification", 2),
+        (examples.clone(), "js-notify", "notification", 2),
     ] {
         let wasm = dir.join(format!("{name}.wasm"));
         assert!(
@@ -385,9 +389,9 @@ fn each_misbehaving_plugin_fails_with_its_finding() {
 
 /// `oms plugin new` as an integrator runs it: the Rust project it writes for each kind
 /// builds with its own `build.sh` and passes `oms plugin test` under its new name. (The
-/// Python and JavaScript payment templates are `plugins/examples/python-pay` and `js-pay`
-/// with the name replaced, which the conformance test above and `tests/example_plugins.rs`
-/// exercise.)
+/// Python and JavaScript templates are `plugins/examples/python-*` and `js-*` with the name
+/// replaced, which the conformance test above runs, and whose payment plugins
+/// `tests/example_plugins.rs` places orders with.)
 #[test]
 fn a_scaffolded_rust_plugin_of_each_kind_builds_and_passes_the_suite() {
     let parent = tempfile::tempdir().unwrap();
@@ -428,17 +432,10 @@ fn a_scaffolded_rust_plugin_of_each_kind_builds_and_passes_the_suite() {
         assert_eq!(findings(&stdout, "pass ").len(), checks, "{stdout}");
     }
 
-    // The name is checked, an existing project is never overwritten, and a kind without a
-    // template in a language says so.
+    // The name is checked, and an existing project is never overwritten.
     for (name, kind, lang, says) in [
         ("Acme_Pay", "payment", "rust", "not a plugin name"),
-        ("acme-payment", "payment", "rust", "already exists"),
-        (
-            "acme-stock",
-            "inventory",
-            "python",
-            "no Python template for inventory",
-        ),
+        ("acme-payment", "payment", "python", "already exists"),
     ] {
         let refused = new(name, kind, lang);
         assert!(!refused.status.success());

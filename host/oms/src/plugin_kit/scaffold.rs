@@ -48,12 +48,6 @@ pub enum ScaffoldError {
     Name(String),
     #[error("{0} already exists; choose another name or directory")]
     Exists(PathBuf),
-    #[error("no {lang} template for {kind} plugins yet; {hint}")]
-    NoTemplate {
-        kind: &'static str,
-        lang: &'static str,
-        hint: &'static str,
-    },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -114,10 +108,58 @@ const WIT: &[(&str, &str)] = &[
 struct Template {
     name: &'static str,
     files: &'static [(&'static str, &'static str)],
-    /// The commands of `build.sh` that leave the component at `dist/NAME.wasm`.
-    build: &'static str,
+    build: Build,
+}
+
+/// How a project's `build.sh` leaves the component at `dist/NAME.wasm`.
+enum Build {
+    Rust,
+    /// componentize-py on `app.py`, for `world`.
+    Python {
+        world: &'static str,
+    },
+    /// componentize-js on `entry`, for `world`.
+    Js {
+        world: &'static str,
+        entry: &'static str,
+    },
+}
+
+impl Build {
+    /// The commands, with `$name` the plugin's name.
+    fn commands(&self) -> String {
+        match self {
+            Build::Rust => "rustup target add wasm32-wasip2\n\
+                 cargo build --release --target wasm32-wasip2\n\
+                 cp \"${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/${name//-/_}.wasm\" \"dist/$name.wasm\"\n"
+                .to_owned(),
+            Build::Python { world } => format!(
+                "[ -x .venv/bin/componentize-py ] || {{\n\
+                 \x20   python3 -m venv .venv\n\
+                 \x20   .venv/bin/pip install --quiet componentize-py==0.25.1\n\
+                 }}\n\
+                 .venv/bin/componentize-py -d wit -w {world} componentize app -o \"dist/$name.wasm\"\n"
+            ),
+            Build::Js { world, entry } => format!(
+                "npm ci --no-audit --no-fund\n\
+                 npx componentize-js --wit wit --world-name {world} --disable http fetch-event \\\n\
+                 \x20   --out \"dist/$name.wasm\" {entry}\n"
+            ),
+        }
+    }
+
     /// What the build needs installed, for the README.
-    needs: &'static str,
+    fn needs(&self) -> &'static str {
+        match self {
+            Build::Rust => "a Rust toolchain (rustup), which adds the `wasm32-wasip2` target",
+            Build::Python { .. } => {
+                "Python 3.10 or later with venv and pip (componentize-py 0.25.1 is installed into .venv)"
+            }
+            Build::Js { .. } => {
+                "Node.js 20 or later with npm (componentize-js is installed by `npm ci`)"
+            }
+        }
+    }
 }
 
 const RUST_PAY: Template = Template {
@@ -136,10 +178,7 @@ const RUST_PAY: Template = Template {
             include_str!("../../../../plugins/examples/rust-pay/manifest.toml"),
         ),
     ],
-    build: "rustup target add wasm32-wasip2\n\
-            cargo build --release --target wasm32-wasip2\n\
-            cp \"${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/${name//-/_}.wasm\" \"dist/$name.wasm\"\n",
-    needs: "a Rust toolchain (rustup), which adds the `wasm32-wasip2` target",
+    build: Build::Rust,
 };
 
 /// rust-pay's Cargo.toml: a project of its own (no workspace inheritance), which the other
@@ -171,8 +210,7 @@ const RUST_INVENTORY: Template = Template {
             include_str!("../../../../plugins/local-stock/manifest.toml"),
         ),
     ],
-    build: RUST_PAY.build,
-    needs: RUST_PAY.needs,
+    build: Build::Rust,
 };
 
 /// The bundled `email-text`, as a standalone project.
@@ -197,8 +235,7 @@ const RUST_NOTIFICATION: Template = Template {
             include_str!("../../../../plugins/email-text/manifest.toml"),
         ),
     ],
-    build: RUST_PAY.build,
-    needs: RUST_PAY.needs,
+    build: Build::Rust,
 };
 
 const PYTHON_PAY: Template = Template {
@@ -213,12 +250,9 @@ const PYTHON_PAY: Template = Template {
             include_str!("../../../../plugins/examples/python-pay/manifest.toml"),
         ),
     ],
-    build: "[ -x .venv/bin/componentize-py ] || {\n\
-            \x20   python3 -m venv .venv\n\
-            \x20   .venv/bin/pip install --quiet componentize-py==0.25.1\n\
-            }\n\
-            .venv/bin/componentize-py -d wit -w payment-provider componentize app -o \"dist/$name.wasm\"\n",
-    needs: "Python 3.10 or later with venv and pip (componentize-py 0.25.1 is installed into .venv)",
+    build: Build::Python {
+        world: "payment-provider",
+    },
 };
 
 const JS_PAY: Template = Template {
@@ -241,29 +275,109 @@ const JS_PAY: Template = Template {
             include_str!("../../../../plugins/examples/js-pay/manifest.toml"),
         ),
     ],
-    build: "npm ci --no-audit --no-fund\n\
-            npx componentize-js --wit wit --world-name payment-provider --disable http fetch-event \\\n\
-            \x20   --out \"dist/$name.wasm\" pay.js\n",
-    needs: "Node.js 20 or later with npm (componentize-js is installed by `npm ci`)",
+    build: Build::Js {
+        world: "payment-provider",
+        entry: "pay.js",
+    },
 };
 
-fn template(kind: Kind, lang: Lang) -> Result<&'static Template, ScaffoldError> {
+const PYTHON_STOCK: Template = Template {
+    name: "python-stock",
+    files: &[
+        (
+            "app.py",
+            include_str!("../../../../plugins/examples/python-stock/app.py"),
+        ),
+        (
+            "manifest.toml",
+            include_str!("../../../../plugins/examples/python-stock/manifest.toml"),
+        ),
+    ],
+    build: Build::Python {
+        world: "inventory-adapter",
+    },
+};
+
+const PYTHON_NOTIFY: Template = Template {
+    name: "python-notify",
+    files: &[
+        (
+            "app.py",
+            include_str!("../../../../plugins/examples/python-notify/app.py"),
+        ),
+        (
+            "manifest.toml",
+            include_str!("../../../../plugins/examples/python-notify/manifest.toml"),
+        ),
+    ],
+    build: Build::Python {
+        world: "notification-formatter",
+    },
+};
+
+const JS_STOCK: Template = Template {
+    name: "js-stock",
+    files: &[
+        (
+            "stock.js",
+            include_str!("../../../../plugins/examples/js-stock/stock.js"),
+        ),
+        (
+            "package.json",
+            include_str!("../../../../plugins/examples/js-stock/package.json"),
+        ),
+        (
+            "package-lock.json",
+            include_str!("../../../../plugins/examples/js-stock/package-lock.json"),
+        ),
+        (
+            "manifest.toml",
+            include_str!("../../../../plugins/examples/js-stock/manifest.toml"),
+        ),
+    ],
+    build: Build::Js {
+        world: "inventory-adapter",
+        entry: "stock.js",
+    },
+};
+
+const JS_NOTIFY: Template = Template {
+    name: "js-notify",
+    files: &[
+        (
+            "notify.js",
+            include_str!("../../../../plugins/examples/js-notify/notify.js"),
+        ),
+        (
+            "package.json",
+            include_str!("../../../../plugins/examples/js-notify/package.json"),
+        ),
+        (
+            "package-lock.json",
+            include_str!("../../../../plugins/examples/js-notify/package-lock.json"),
+        ),
+        (
+            "manifest.toml",
+            include_str!("../../../../plugins/examples/js-notify/manifest.toml"),
+        ),
+    ],
+    build: Build::Js {
+        world: "notification-formatter",
+        entry: "notify.js",
+    },
+};
+
+fn template(kind: Kind, lang: Lang) -> &'static Template {
     match (kind, lang) {
-        (Kind::Payment, Lang::Rust) => Ok(&RUST_PAY),
-        (Kind::Payment, Lang::Python) => Ok(&PYTHON_PAY),
-        (Kind::Payment, Lang::Js) => Ok(&JS_PAY),
-        (Kind::Inventory, Lang::Rust) => Ok(&RUST_INVENTORY),
-        (Kind::Notification, Lang::Rust) => Ok(&RUST_NOTIFICATION),
-        _ => Err(ScaffoldError::NoTemplate {
-            kind: kind.word(),
-            lang: match lang {
-                Lang::Rust => "Rust",
-                Lang::Python => "Python",
-                Lang::Js => "JavaScript",
-            },
-            hint: "inventory adapters and notification formatters have Rust templates; \
-                   plugins/examples/python-pay and js-pay show the other languages",
-        }),
+        (Kind::Payment, Lang::Rust) => &RUST_PAY,
+        (Kind::Payment, Lang::Python) => &PYTHON_PAY,
+        (Kind::Payment, Lang::Js) => &JS_PAY,
+        (Kind::Inventory, Lang::Rust) => &RUST_INVENTORY,
+        (Kind::Inventory, Lang::Python) => &PYTHON_STOCK,
+        (Kind::Inventory, Lang::Js) => &JS_STOCK,
+        (Kind::Notification, Lang::Rust) => &RUST_NOTIFICATION,
+        (Kind::Notification, Lang::Python) => &PYTHON_NOTIFY,
+        (Kind::Notification, Lang::Js) => &JS_NOTIFY,
     }
 }
 
@@ -292,7 +406,7 @@ fn build_script(t: &Template, name: &str) -> String {
          \x20   cat manifest.toml\n\
          }} >\"dist/$name.toml\"\n\
          echo \"built dist/$name.wasm; next: oms plugin test dist/$name.wasm\"\n",
-        build = t.build
+        build = t.build.commands()
     )
 }
 
@@ -329,7 +443,7 @@ fn readme(t: &Template, name: &str, kind: Kind) -> String {
          ```\n\n\
          {usage}\n",
         example = t.name,
-        needs = t.needs,
+        needs = t.build.needs(),
     )
 }
 
@@ -344,7 +458,7 @@ pub fn new_project(
     if !valid(name) {
         return Err(ScaffoldError::Name(name.to_owned()));
     }
-    let t = template(kind, lang)?;
+    let t = template(kind, lang);
     let dir = parent.join(name);
     if dir.exists() {
         return Err(ScaffoldError::Exists(dir));

@@ -167,6 +167,15 @@ impl Broker {
         );
     }
 
+    /// How the broker process ended, if it ended without being killed here (a broker crash
+    /// no fault excuses, which would look like an endless outage to every client). Its
+    /// directory, log included, is then kept for reading.
+    pub fn exited_by_itself(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.dir.disable_cleanup(true);
+        Some(format!("{status} (log {})", self.log.display()))
+    }
+
     /// The bootstrap address clients use (the proxy's).
     pub fn address(&self) -> String {
         self.proxy.addr().to_string()

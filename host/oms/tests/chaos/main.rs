@@ -407,6 +407,9 @@ async fn promises_hold_under_faults() {
         client.await.unwrap();
     }
     let mut violations = settle(&db_url, SETTLE).await;
+    if let Some(how) = broker.exited_by_itself() {
+        violations.push(format!("the broker process exited by itself: {how}"));
+    }
     hosts.stop(1).await;
     hosts.stop(0).await;
 
