@@ -176,6 +176,24 @@ impl Broker {
         Some(format!("{status} (log {})", self.log.display()))
     }
 
+    /// Whether the broker process and the proxy in front of it each accept a connection
+    /// now: tells a broker that stopped serving from a proxy that stopped forwarding.
+    pub async fn reachable(&self) -> String {
+        let accepts = |addr: SocketAddr| async move {
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_secs(5), connect).await {
+                Ok(Ok(_)) => "accepts",
+                Ok(Err(_)) => "refuses",
+                Err(_) => "does not answer",
+            }
+        };
+        format!(
+            "the broker {} connections directly, its proxy {}",
+            accepts(self.direct).await,
+            accepts(self.proxy.addr()).await
+        )
+    }
+
     /// The bootstrap address clients use (the proxy's).
     pub fn address(&self) -> String {
         self.proxy.addr().to_string()

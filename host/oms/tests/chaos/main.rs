@@ -410,6 +410,8 @@ async fn promises_hold_under_faults() {
     if let Some(how) = broker.exited_by_itself() {
         violations.push(format!("the broker process exited by itself: {how}"));
     }
+    // Said with every run: when events never reach the broker, which side stopped.
+    println!("chaos: at the check, {}", broker.reachable().await);
     hosts.stop(1).await;
     hosts.stop(0).await;
 

@@ -25,8 +25,16 @@ impl FaultProxy {
         let state = up.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    continue;
+                let inbound = match listener.accept().await {
+                    Ok((inbound, _)) => inbound,
+                    // Said, not swallowed: a proxy that stops accepting looks like an
+                    // endless outage of what it fronts. Paced, so a lasting error (out of
+                    // file descriptors) neither spins nor floods.
+                    Err(e) => {
+                        eprintln!("chaos: fault proxy for {upstream} could not accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 if !*state.borrow() {
                     drop(inbound);
