@@ -53,7 +53,7 @@ enum PluginCommand {
         #[arg(long, value_enum)]
         kind: KindArg,
         #[arg(long, value_enum)]
-        lang: LangArg,
+        lang: oms::plugin_kit::scaffold::Lang,
         /// Where the project directory is created.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -115,20 +115,12 @@ enum PluginCommand {
     },
 }
 
-/// A plugin kind as `oms plugin test --kind` names it (the manifest's `kind` values).
+/// A plugin kind as `oms plugin new` and `test --kind` name it (the manifest's `kind` values).
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum KindArg {
     Payment,
     Inventory,
     Notification,
-}
-
-/// A language `oms plugin new` writes a project in.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LangArg {
-    Rust,
-    Python,
-    Js,
 }
 
 impl From<KindArg> for oms_plugin_runtime::PluginKind {
@@ -171,7 +163,7 @@ async fn run() -> anyhow::Result<()> {
                     lang,
                     dir,
                 },
-        } => plugin_new(&dir, &name, kind, lang),
+        } => plugin_new(&dir, &name, kind.into(), lang),
         Command::Plugin {
             command:
                 PluginCommand::Test {
@@ -243,25 +235,26 @@ async fn plugin_check(file: &std::path::Path, manifest: Option<PathBuf>) -> anyh
     Ok(())
 }
 
+/// Sends the plugin's log records and printed output from `level` up to stderr, for the
+/// plugin tools; the host's own records only when something goes wrong.
+fn plugin_records_to_stderr(level: &str) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "error,plugin={level}"
+        )))
+        .init();
+}
+
 /// `oms plugin new`: the project, and what to do next.
 fn plugin_new(
     dir: &std::path::Path,
     name: &str,
-    kind: KindArg,
-    lang: LangArg,
+    kind: oms_plugin_runtime::PluginKind,
+    lang: oms::plugin_kit::scaffold::Lang,
 ) -> anyhow::Result<()> {
-    use oms::plugin_kit::scaffold::{self, Kind, Lang};
-    let kind = match kind {
-        KindArg::Payment => Kind::Payment,
-        KindArg::Inventory => Kind::Inventory,
-        KindArg::Notification => Kind::Notification,
-    };
-    let lang = match lang {
-        LangArg::Rust => Lang::Rust,
-        LangArg::Python => Lang::Python,
-        LangArg::Js => Lang::Js,
-    };
-    let project = scaffold::new_project(dir, name, kind, lang)?;
+    let project = oms::plugin_kit::scaffold::new_project(dir, name, kind, lang)?;
     println!("wrote {}", project.display());
     println!(
         "next: cd {} && ./build.sh && oms plugin test dist/{name}.wasm",
@@ -279,11 +272,7 @@ async fn plugin_test(
 ) -> anyhow::Result<()> {
     use oms::plugin_kit::{self, Outcome};
     // What the plugin logs at warn and above (and its printed output) explains a failure.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::new("error,plugin=warn"))
-        .init();
+    plugin_records_to_stderr("warn");
     let manifest = manifest.unwrap_or_else(|| plugin_kit::default_manifest(file));
     println!("testing {} with {}", file.display(), manifest.display());
     let report = plugin_kit::test(file, &manifest, fixtures).await;
@@ -305,19 +294,9 @@ async fn plugin_test(
             file.display()
         );
     }
-    let failed = report
-        .load
-        .checks
-        .iter()
-        .filter(|(_, o)| !matches!(o, Outcome::Passed(_)))
-        .count()
-        + report
-            .findings
-            .iter()
-            .filter(|f| !matches!(f.outcome, Outcome::Passed(_)))
-            .count();
+    let failed = report.not_passed();
     anyhow::ensure!(
-        report.passed(),
+        failed == 0,
         "{} fails conformance: {failed} check(s) failed or were not run",
         file.display()
     );
@@ -337,13 +316,8 @@ async fn plugin_run(
     manifest: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use oms::plugin_kit::{self, Answer};
-    // The plugin's log records and printed output, all levels its manifest lets through;
-    // the host's own only when something goes wrong.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::new("error,plugin=trace"))
-        .init();
+    // The plugin's log records and printed output, all levels its manifest lets through.
+    plugin_records_to_stderr("trace");
     let manifest = manifest.unwrap_or_else(|| plugin_kit::default_manifest(file));
     match plugin_kit::run(file, &manifest, function, input).await? {
         Answer::Ok(value) => println!("{}", serde_json::json!({ "ok": value })),

@@ -60,12 +60,13 @@ pub struct TestReport {
 }
 
 impl TestReport {
-    pub fn passed(&self) -> bool {
-        self.load.passed()
-            && self
-                .findings
-                .iter()
-                .all(|f| matches!(f.outcome, Outcome::Passed(_)))
+    /// How many load and conformance checks failed or were not run.
+    pub fn not_passed(&self) -> usize {
+        let load = self.load.checks.iter().map(|(_, outcome)| outcome);
+        let findings = self.findings.iter().map(|f| &f.outcome);
+        load.chain(findings)
+            .filter(|o| !matches!(o, Outcome::Passed(_)))
+            .count()
     }
 }
 
@@ -95,13 +96,27 @@ impl Suite {
         value
     }
 
-    /// A check that needs what an earlier one failed to produce.
-    fn skip(&mut self, name: &'static str, used_by: &'static str) {
-        self.findings.push(Finding {
-            name,
-            used_by,
-            outcome: Outcome::Skipped,
-        });
+    /// [`Self::check`] of what needs `input`, an earlier check's value: recorded as skipped,
+    /// not run, when that check failed.
+    async fn check_after<I, T, F>(
+        &mut self,
+        input: Option<I>,
+        name: &'static str,
+        used_by: &'static str,
+        check: impl FnOnce(I) -> F,
+    ) -> Option<T>
+    where
+        F: Future<Output = Result<(T, String), String>>,
+    {
+        let Some(input) = input else {
+            self.findings.push(Finding {
+                name,
+                used_by,
+                outcome: Outcome::Skipped,
+            });
+            return None;
+        };
+        self.check(name, used_by, check(input)).await
     }
 }
 
@@ -218,44 +233,42 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
         })
         .await;
 
-    match &held {
-        Some(first) => {
-            s.check("authorize replays its key", PLACE, async {
-                let again = value(
-                    pay.authorize(authorize("ct-o1", &fx.token_ok, "ct-a1", 1250))
-                        .await,
-                )?;
-                if again.id != first.id {
-                    return Err(format!(
-                        "a retry with the same key made a second payment ({} then {}): \
-                         a retried saga step would hold the money twice",
-                        first.id, again.id
-                    ));
-                }
-                Ok(((), "the same key returned the same payment".to_owned()))
-            })
-            .await;
-            s.check(
-                "get-payment finds an authorization by its key",
-                RECONCILE,
-                async {
-                    let found = value(
-                        pay.get_payment(PaymentLookup::AuthorizeKey("ct-a1".to_owned()))
-                            .await,
-                    )?;
-                    match found {
-                        Some(p) if p.id == first.id => Ok(((), format!("found {}", p.id))),
-                        other => Err(format!("expected payment {}, got {other:?}", first.id)),
-                    }
-                },
-            )
-            .await;
-        }
-        None => {
-            s.skip("authorize replays its key", PLACE);
-            s.skip("get-payment finds an authorization by its key", RECONCILE);
-        }
-    }
+    s.check_after(
+        held.as_ref(),
+        "authorize replays its key",
+        PLACE,
+        |first| async move {
+            let again = value(
+                pay.authorize(authorize("ct-o1", &fx.token_ok, "ct-a1", 1250))
+                    .await,
+            )?;
+            if again.id != first.id {
+                return Err(format!(
+                    "a retry with the same key made a second payment ({} then {}): \
+                     a retried saga step would hold the money twice",
+                    first.id, again.id
+                ));
+            }
+            Ok(((), "the same key returned the same payment".to_owned()))
+        },
+    )
+    .await;
+    s.check_after(
+        held.as_ref(),
+        "get-payment finds an authorization by its key",
+        RECONCILE,
+        |first| async move {
+            let found = value(
+                pay.get_payment(PaymentLookup::AuthorizeKey("ct-a1".to_owned()))
+                    .await,
+            )?;
+            match found {
+                Some(p) if p.id == first.id => Ok(((), format!("found {}", p.id))),
+                other => Err(format!("expected payment {}, got {other:?}", first.id)),
+            }
+        },
+    )
+    .await;
 
     s.check(
         "get-payment answers none for an unknown key",
@@ -328,9 +341,12 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
     .await;
 
     // Capture and refund run on one payment, in the order a fulfilled then refunded order has.
-    let captured = match &held {
-        Some(p) => {
-            s.check("capture takes part, then the rest", FULFIL, async {
+    let captured = s
+        .check_after(
+            held.as_ref(),
+            "capture takes part, then the rest",
+            FULFIL,
+            |p| async move {
                 let part = value(
                     pay.capture(p.id.clone(), Some(eur(500)), "ct-c1".into())
                         .await,
@@ -366,61 +382,53 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
                     "500 then the remaining 750; the replay and an over-capture moved nothing"
                         .to_owned(),
                 ))
-            })
-            .await
-        }
-        None => {
-            s.skip("capture takes part, then the rest", FULFIL);
-            None
-        }
-    };
-    match &captured {
-        Some(p) => {
-            s.check("void after a capture is invalid", CANCEL, async {
-                expect_invalid("void", pay.void(p.id.clone(), "ct-v0".into()).await)?;
-                Ok(((), "refused: the money was captured".to_owned()))
-            })
-            .await;
-            s.check(
-                "refund returns part, then the rest, never more",
-                REFUND,
-                async {
-                    let part = value(
-                        pay.refund(p.id.clone(), Some(eur(300)), "ct-r1".into())
-                            .await,
-                    )?;
-                    expect_payment(&part, PaymentStatus::PartiallyRefunded, 1250, 1250, 300)?;
-                    let replay = value(
-                        pay.refund(p.id.clone(), Some(eur(300)), "ct-r1".into())
-                            .await,
-                    )?;
-                    expect_payment(&replay, PaymentStatus::PartiallyRefunded, 1250, 1250, 300)
-                        .map_err(|e| format!("a replayed refund moved money: {e}"))?;
-                    expect_invalid(
-                        "refunding more than remains captured",
-                        pay.refund(p.id.clone(), Some(eur(5000)), "ct-r2".into())
-                            .await,
-                    )?;
-                    let rest = value(pay.refund(p.id.clone(), None, "ct-r3".into()).await)?;
-                    expect_payment(&rest, PaymentStatus::Refunded, 1250, 1250, 1250)?;
-                    expect_invalid(
-                        "refunding a refunded payment",
-                        pay.refund(p.id.clone(), Some(eur(1)), "ct-r4".into()).await,
-                    )?;
-                    Ok((
-                        (),
-                        "300 then the remaining 950; the replay and over-refunds moved nothing"
-                            .to_owned(),
-                    ))
-                },
-            )
-            .await;
-        }
-        None => {
-            s.skip("void after a capture is invalid", CANCEL);
-            s.skip("refund returns part, then the rest, never more", REFUND);
-        }
-    }
+            },
+        )
+        .await;
+    s.check_after(
+        captured.as_ref(),
+        "void after a capture is invalid",
+        CANCEL,
+        |p| async move {
+            expect_invalid("void", pay.void(p.id.clone(), "ct-v0".into()).await)?;
+            Ok(((), "refused: the money was captured".to_owned()))
+        },
+    )
+    .await;
+    s.check_after(
+        captured.as_ref(),
+        "refund returns part, then the rest, never more",
+        REFUND,
+        |p| async move {
+            let part = value(
+                pay.refund(p.id.clone(), Some(eur(300)), "ct-r1".into())
+                    .await,
+            )?;
+            expect_payment(&part, PaymentStatus::PartiallyRefunded, 1250, 1250, 300)?;
+            let replay = value(
+                pay.refund(p.id.clone(), Some(eur(300)), "ct-r1".into())
+                    .await,
+            )?;
+            expect_payment(&replay, PaymentStatus::PartiallyRefunded, 1250, 1250, 300)
+                .map_err(|e| format!("a replayed refund moved money: {e}"))?;
+            expect_invalid(
+                "refunding more than remains captured",
+                pay.refund(p.id.clone(), Some(eur(5000)), "ct-r2".into())
+                    .await,
+            )?;
+            let rest = value(pay.refund(p.id.clone(), None, "ct-r3".into()).await)?;
+            expect_payment(&rest, PaymentStatus::Refunded, 1250, 1250, 1250)?;
+            expect_invalid(
+                "refunding a refunded payment",
+                pay.refund(p.id.clone(), Some(eur(1)), "ct-r4".into()).await,
+            )?;
+            Ok((
+                (),
+                "300 then the remaining 950; the replay and over-refunds moved nothing".to_owned(),
+            ))
+        },
+    )
+    .await;
 
     s.check("void releases a hold, once", CANCEL, async {
         let p = value(
@@ -524,18 +532,18 @@ pub(super) async fn inventory(inv: &InventoryPlugin, fx: &Fixtures) -> Vec<Findi
     })
     .await;
 
-    match &reserved {
-        Some(id) => {
-            s.check("release frees a reservation, once", RELEASE, async {
-                value(inv.release(id.clone(), key("ct-l1")).await)?;
-                value(inv.release(id.clone(), key("ct-l1")).await)
-                    .map_err(|e| format!("replaying the release: {e}"))?;
-                Ok(((), format!("{id} released; the replay answered the same")))
-            })
-            .await;
-        }
-        None => s.skip("release frees a reservation, once", RELEASE),
-    }
+    s.check_after(
+        reserved.as_ref(),
+        "release frees a reservation, once",
+        RELEASE,
+        |id| async move {
+            value(inv.release(id.clone(), key("ct-l1")).await)?;
+            value(inv.release(id.clone(), key("ct-l1")).await)
+                .map_err(|e| format!("replaying the release: {e}"))?;
+            Ok(((), format!("{id} released; the replay answered the same")))
+        },
+    )
+    .await;
 
     s.check("commit allocates a reservation, once", COMMIT, async {
         let id = value(

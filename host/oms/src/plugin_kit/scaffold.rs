@@ -5,36 +5,28 @@
 
 use std::path::{Path, PathBuf};
 
-/// The plugin kinds `new` scaffolds (the manifest's `kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Payment,
-    Inventory,
-    Notification,
-}
+use oms_plugin_runtime::PluginKind;
 
-impl Kind {
-    /// The manifest's word for the kind.
-    fn word(self) -> &'static str {
-        match self {
-            Kind::Payment => "payment",
-            Kind::Inventory => "inventory",
-            Kind::Notification => "notification",
-        }
-    }
-
-    /// The function a README shows being called by hand.
-    fn example_function(self) -> &'static str {
-        match self {
-            Kind::Payment => "authorize",
-            Kind::Inventory => "reserve",
-            Kind::Notification => "format",
-        }
+/// The manifest's word for a kind.
+fn word(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::PaymentProvider => "payment",
+        PluginKind::InventoryAdapter => "inventory",
+        PluginKind::NotificationFormatter => "notification",
     }
 }
 
-/// The languages `new` scaffolds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The function a README shows being called by hand.
+fn example_function(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::PaymentProvider => "authorize",
+        PluginKind::InventoryAdapter => "reserve",
+        PluginKind::NotificationFormatter => "format",
+    }
+}
+
+/// The languages `new` scaffolds (`--lang`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
     Rust,
     Python,
@@ -367,17 +359,17 @@ const JS_NOTIFY: Template = Template {
     },
 };
 
-fn template(kind: Kind, lang: Lang) -> &'static Template {
+fn template(kind: PluginKind, lang: Lang) -> &'static Template {
     match (kind, lang) {
-        (Kind::Payment, Lang::Rust) => &RUST_PAY,
-        (Kind::Payment, Lang::Python) => &PYTHON_PAY,
-        (Kind::Payment, Lang::Js) => &JS_PAY,
-        (Kind::Inventory, Lang::Rust) => &RUST_INVENTORY,
-        (Kind::Inventory, Lang::Python) => &PYTHON_STOCK,
-        (Kind::Inventory, Lang::Js) => &JS_STOCK,
-        (Kind::Notification, Lang::Rust) => &RUST_NOTIFICATION,
-        (Kind::Notification, Lang::Python) => &PYTHON_NOTIFY,
-        (Kind::Notification, Lang::Js) => &JS_NOTIFY,
+        (PluginKind::PaymentProvider, Lang::Rust) => &RUST_PAY,
+        (PluginKind::PaymentProvider, Lang::Python) => &PYTHON_PAY,
+        (PluginKind::PaymentProvider, Lang::Js) => &JS_PAY,
+        (PluginKind::InventoryAdapter, Lang::Rust) => &RUST_INVENTORY,
+        (PluginKind::InventoryAdapter, Lang::Python) => &PYTHON_STOCK,
+        (PluginKind::InventoryAdapter, Lang::Js) => &JS_STOCK,
+        (PluginKind::NotificationFormatter, Lang::Rust) => &RUST_NOTIFICATION,
+        (PluginKind::NotificationFormatter, Lang::Python) => &PYTHON_NOTIFY,
+        (PluginKind::NotificationFormatter, Lang::Js) => &JS_NOTIFY,
     }
 }
 
@@ -410,21 +402,21 @@ fn build_script(t: &Template, name: &str) -> String {
     )
 }
 
-fn readme(t: &Template, name: &str, kind: Kind) -> String {
-    let function = kind.example_function();
+fn readme(t: &Template, name: &str, kind: PluginKind) -> String {
+    let function = example_function(kind);
     let input = super::example(function);
     let usage = match kind {
-        Kind::Payment => format!(
+        PluginKind::PaymentProvider => format!(
             "An order names the payment plugin: `CreateOrder` with `payment.provider = \"{name}\"`."
         ),
-        Kind::Inventory => format!(
+        PluginKind::InventoryAdapter => format!(
             "The host uses one inventory adapter: `plugins.inventory = \"{name}\"` in its configuration."
         ),
-        Kind::Notification => format!(
+        PluginKind::NotificationFormatter => format!(
             "The notification consumer runs the formatters `broker.notifications.formatters` names: add `\"{name}\"` to it."
         ),
     };
-    let kind = kind.word();
+    let kind = word(kind);
     format!(
         "# {name}\n\n\
          A {kind} plugin for the OMS host, scaffolded by `oms plugin new` from the example\n\
@@ -452,7 +444,7 @@ fn readme(t: &Template, name: &str, kind: Kind) -> String {
 pub fn new_project(
     parent: &Path,
     name: &str,
-    kind: Kind,
+    kind: PluginKind,
     lang: Lang,
 ) -> Result<PathBuf, ScaffoldError> {
     if !valid(name) {
@@ -471,7 +463,7 @@ pub fn new_project(
             .and_then(|()| std::fs::write(&path, content));
         written.map_err(|source| ScaffoldError::Write { path, source })
     };
-    let description = format!("description = \"An OMS {} plugin\"", kind.word());
+    let description = format!("description = \"An OMS {} plugin\"", word(kind));
     for (relative, content) in t.files {
         // The templates' paths to the repository's WIT become the project's own `wit/`, and
         // their names (the shared Cargo.toml's too) the new plugin's.
@@ -527,8 +519,13 @@ mod tests {
     #[test]
     fn a_project_carries_its_name_everywhere_and_the_contract() {
         let parent = tempfile::tempdir().expect("tempdir");
-        let dir =
-            new_project(parent.path(), "acme-pay", Kind::Payment, Lang::Rust).expect("scaffold");
+        let dir = new_project(
+            parent.path(),
+            "acme-pay",
+            PluginKind::PaymentProvider,
+            Lang::Rust,
+        )
+        .expect("scaffold");
         let read = |p: &str| std::fs::read_to_string(dir.join(p)).expect(p);
         assert!(read("manifest.toml").contains("name = \"acme-pay\""));
         assert!(read("Cargo.toml").contains("name = \"acme-pay\""));
@@ -542,7 +539,12 @@ mod tests {
             include_str!("../../../../wit/payment.wit")
         );
         assert!(matches!(
-            new_project(parent.path(), "acme-pay", Kind::Payment, Lang::Rust),
+            new_project(
+                parent.path(),
+                "acme-pay",
+                PluginKind::PaymentProvider,
+                Lang::Rust
+            ),
             Err(ScaffoldError::Exists(_))
         ));
     }
