@@ -127,7 +127,12 @@ impl Host {
             .env("OMS_DATABASE__MAX_COMMIT_GROUP", "64")
             .env("OMS_LOG__FORMAT", "json")
             // The commit lanes log each group's size at debug (`Host::largest_group`).
-            .env("OMS_LOG__FILTER", "info,oms_persistence::sql::group=debug")
+            .env(
+                "OMS_LOG__FILTER",
+                // HOST_LOG_FILTER widens it for reading a failed run (with HOST_LOG_DIR).
+                std::env::var("HOST_LOG_FILTER")
+                    .unwrap_or_else(|_| "info,oms_persistence::sql::group=debug".to_owned()),
+            )
             .env_remove("RUST_LOG")
             .envs(overrides.iter().copied())
             .stdout(Stdio::piped())
@@ -154,8 +159,19 @@ impl Host {
         let largest_group = Arc::new(AtomicU64::new(0));
         let largest = Arc::clone(&largest_group);
         let echo_warnings = std::env::var("HOST_LOG").is_ok_and(|v| v == "1");
+        // HOST_LOG_DIR=DIR keeps every line of every host's log, one file per process.
+        let mut keep = std::env::var_os("HOST_LOG_DIR").map(|dir| {
+            let path = std::path::Path::new(&dir)
+                .join(format!("oms-{}.jsonl", child.id().unwrap_or_default()));
+            std::fs::File::create(&path)
+                .unwrap_or_else(|e| panic!("HOST_LOG_DIR: create {}: {e}", path.display()))
+        });
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(file) = keep.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
                 // HOST_LOG=1 echoes the host's warnings and errors, and its consumer's
                 // rebalances, for reading a failed run (not OMS_…: the host would read it as
                 // configuration).

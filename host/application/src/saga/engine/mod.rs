@@ -226,6 +226,18 @@ impl SagaEngine {
                 Some(order) => order,
                 None => self.load_order(saga).await?,
             };
+            // What a step starts from, for reading a run (off unless the filter asks).
+            debug!(
+                saga.version = saga.version,
+                saga.status = saga.status.as_str(),
+                saga.step = saga.step,
+                saga.unflushed = saga.unflushed.as_ref().map_or(0, |u| u.records().count()),
+                order.version = order.version().0,
+                order.status = %order.status(),
+                order.reservation = order.reservation_status().as_str(),
+                order.payment = %order.payment_status(),
+                "saga step starts"
+            );
             let result = match saga.status {
                 SagaStatus::Running => self.forward(definition, saga, order).await,
                 SagaStatus::Compensating => self.backward(definition, saga, order).await,

@@ -234,6 +234,16 @@ impl SagaEngine {
                 }),
             })
             .await;
+        debug!(
+            saga.version = next.version,
+            saga.status = next.status.as_str(),
+            saga.step = next.step,
+            steps = steps.len(),
+            order.base = base.0,
+            order.version = order.version().0,
+            outcome = ?result,
+            "saga commit"
+        );
         match result {
             Ok(()) => {
                 if saga.status.is_active() && !next.status.is_active() {
