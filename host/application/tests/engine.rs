@@ -840,6 +840,56 @@ async fn a_worker_that_lost_its_lease_stops_after_the_first_rejected_commit() {
     assert_eq!(rig.store.lease(saga.id).0.as_deref(), Some("w2"));
 }
 
+#[tokio::test]
+async fn a_stale_worker_stops_at_its_refused_commit_even_when_the_order_moved_too() {
+    // Found by the fault-injection harness: while w1's call outlived its lease, w2 claimed
+    // the saga and the order moved on. w1's commit was refused by the order's version (the
+    // order is written before the saga), w1 took that for "the order moved", and ran its
+    // steps again from its stale copy of the saga: provider calls for nothing, and domain
+    // refusals ("cannot change its reservation that way") logged as failed steps.
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    let store = rig.store.clone();
+    let clock = rig.clock.clone();
+    let saga_id = rig.saga.id;
+    let order_id = rig.order;
+    rig.gateways.before_each(move |call| {
+        if call.operation == "authorize" && store.lease(saga_id).0.as_deref() == Some("w1") {
+            clock.advance(LEASE + Duration::from_secs(1));
+            let now = clock.now();
+            let claimed = futures::executor::block_on(store.claim_due(
+                "w2",
+                now,
+                now.saturating_add(LEASE),
+                10,
+            ))
+            .unwrap();
+            assert_eq!(claimed.len(), 1, "w2 takes over the abandoned saga");
+            futures::executor::block_on(async {
+                let mut order = OrderStore::get(store.as_ref(), order_id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let base = order.version();
+                let address = order.shipping_address().clone();
+                let event = order.update_shipping_address(address, now).unwrap();
+                save(&store, &order, Some(base), &event, None).await;
+            });
+        }
+    });
+    let w1 = rig.engine("w1");
+    w1.run_due(10).await.unwrap();
+
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "authorize"],
+        "w1 stopped at its first refused commit instead of running its steps again"
+    );
+    assert_eq!(rig.saga().await, rig.saga, "nothing of w1's was committed");
+    assert_eq!(rig.store.lease(rig.saga.id).0.as_deref(), Some("w2"));
+    assert!(rig.committed_effects().await.is_empty());
+}
+
 /// Places an order with its placement saga, due `now`.
 async fn place(store: &MemoryStore, now: Timestamp) -> SagaInstance {
     let (order, event) = Order::place(sample_order(), OrderId::generate(), now);

@@ -342,16 +342,29 @@ impl SagaStore for MemoryStore {
 
     async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError> {
         self.transaction(|state| {
-            if let Some(order) = &commit.order {
-                write_order(state, order)?;
-            }
             let saga = commit.saga;
+            let fenced_in = |state: &State| {
+                state.sagas.get(&saga.id).is_some_and(|row| {
+                    row.saga.version == commit.expected_version
+                        && match commit.fence {
+                            Fence::Lease(owner) => row.lease_owner.as_deref() == Some(owner),
+                            Fence::Parked => row.saga.status == SagaStatus::CompensationFailed,
+                        }
+                })
+            };
+            if let Some(order) = &commit.order {
+                match write_order(state, order) {
+                    // As the SQL store: a worker whose saga is stale hears that first.
+                    Err(StoreError::VersionConflict { .. })
+                        if matches!(commit.fence, Fence::Lease(_)) && !fenced_in(state) =>
+                    {
+                        return Err(StoreError::LeaseLost);
+                    }
+                    other => other?,
+                }
+            }
             let row = state.sagas.get(&saga.id).ok_or(StoreError::NotFound)?;
-            let fenced_in = row.saga.version == commit.expected_version
-                && match commit.fence {
-                    Fence::Lease(owner) => row.lease_owner.as_deref() == Some(owner),
-                    Fence::Parked => row.saga.status == SagaStatus::CompensationFailed,
-                };
+            let fenced_in = fenced_in(state);
             if !fenced_in {
                 return Err(match commit.fence {
                     // Moved on or leased to another worker since the claim: this worker no

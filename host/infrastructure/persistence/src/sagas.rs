@@ -228,7 +228,20 @@ async fn commit_saga<D: Dialect>(
     // The order first, the saga second: the same lock order as an order write that starts
     // a saga (order row, then the one-active index), so the two cannot deadlock.
     if let Some(order) = order {
-        write_order::<D>(conn, &order.borrow()).await?;
+        match write_order::<D>(conn, &order.borrow()).await {
+            // The order moved, but so may have the saga: a worker whose copy of the saga is
+            // stale (another worker took it over while its step ran long, or its own last
+            // commit landed though its answer was lost) must hear that it no longer owns
+            // the saga. Told "the order moved", it would lay its stale steps onto an order
+            // that already has them, and call the provider again for nothing.
+            Err(StoreError::VersionConflict { .. })
+                if owner.is_some()
+                    && !holds_lease::<D>(conn, saga, expected_version, owner).await? =>
+            {
+                return Err(StoreError::LeaseLost);
+            }
+            other => other?,
+        }
     }
     let query = D::query(
         "UPDATE saga_instances SET status = $4, step_index = $5, attempts = $6, \
@@ -265,6 +278,26 @@ async fn commit_saga<D: Dialect>(
     // until the commit, so it is written as late as possible.
     let calls = steps.iter().filter_map(|r| r.call.as_ref());
     crate::plugin_kv::apply_changes::<D>(conn, calls.map(|call| call.kv.as_ref())).await
+}
+
+/// Whether the saga is still at `expected_version` and leased to `owner`: the fence of
+/// [`commit_saga`], read without writing.
+async fn holds_lease<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    saga: &SagaInstance,
+    expected_version: i64,
+    owner: Option<&str>,
+) -> Result<bool, StoreError> {
+    let held = D::query(
+        "SELECT 1 AS held FROM saga_instances WHERE id = $1 AND version = $2 AND lease_owner = $3",
+    )
+    .arg(D::id(saga.id.0))
+    .arg(expected_version)
+    .arg(owner)
+    .fetch_optional(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+    Ok(held.is_some())
 }
 
 #[async_trait]

@@ -205,14 +205,24 @@ async fn commit_is_fenced_by_version_and_lease(db: Stores) {
         (Some("w1".into()), Some(50_000)),
         "the commit extends the lease"
     );
-    // A replay of the same commit (a worker that missed the answer) is refused, by the
-    // order's version first (the order is written before the saga).
+    // A replay of the same commit (a worker that missed the answer) is refused. The order's
+    // version fails first (the order is written before the saga), but the worker hears that
+    // its saga is stale: told that the order moved, it would lay the same step onto the
+    // order again, which already has it.
     assert_eq!(
         db.sagas().commit(commit(1, "w1")).await.unwrap_err(),
-        StoreError::VersionConflict {
-            current: Version(2)
-        }
+        StoreError::LeaseLost
     );
+    // So does a worker that lost the saga to another one while the order moved too.
+    db.sagas()
+        .claim_due("w2", ts(60_000), ts(100_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.sagas().commit(commit(2, "w1")).await.unwrap_err(),
+        StoreError::LeaseLost
+    );
+    assert_eq!(db.sagas().get(saga.id).await.unwrap(), Some(next.clone()));
 }
 on_all!(fenced_commit, commit_is_fenced_by_version_and_lease);
 
