@@ -265,6 +265,12 @@ pub struct BrokerConfig {
     pub topics: BrokerTopicsConfig,
     pub relay: RelayConfig,
     pub notifications: NotificationsConfig,
+    /// Consumers read every partition of their topics, assigned by themselves, instead of
+    /// joining their group's rebalancing (offsets are still committed under the group): for
+    /// a deployment with one notification consumer, or a broker whose group coordination
+    /// fails (tansu 0.6, docs/reliability.md). One such consumer per group: two would both
+    /// read every event.
+    pub assign_all_partitions: bool,
     /// librdkafka properties passed through unchanged (TLS, SASL, tuning), e.g.
     /// `"security.protocol" = "SASL_SSL"`.
     pub properties: std::collections::BTreeMap<String, String>,
@@ -438,6 +444,7 @@ impl Default for Config {
                     webhook_ca_file: None,
                     group_instance_id: String::new(),
                 },
+                assign_all_partitions: false,
                 properties: std::collections::BTreeMap::new(),
             },
             health: HealthConfig { interval_ms: 1000 },

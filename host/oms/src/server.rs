@@ -673,6 +673,7 @@ fn spawn_messaging(
                 properties: b.properties.clone(),
                 group_instance_id: Some(b.notifications.group_instance_id.clone())
                     .filter(|id| !id.is_empty()),
+                assign_all_partitions: b.assign_all_partitions,
             }),
         },
         topics: broker::Topics {

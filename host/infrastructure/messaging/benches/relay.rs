@@ -155,7 +155,7 @@ async fn main() {
         bootstrap_servers: brokers.clone(),
         delivery_timeout: Duration::from_secs(30),
         properties: Default::default(),
-        group_instance_id: None,
+        ..KafkaOptions::default()
     })
     .unwrap();
     let publisher = kafka.publisher().unwrap();

@@ -265,6 +265,7 @@ async fn check_broker(brokers: &str, events: &[(String, String)]) -> (usize, Vec
         delivery_timeout: Duration::from_secs(5),
         properties: Default::default(),
         group_instance_id: None,
+        assign_all_partitions: false,
     })
     .expect("kafka client");
     let group = format!("chaos-check-{}", uuid::Uuid::now_v7().simple());

@@ -88,21 +88,20 @@ struct Hosts {
 
 impl Hosts {
     async fn start(&mut self, slot: usize) {
-        // Each slot is one host identity, restarted under the same consumer instance id
-        // (static membership): tansu 0.6 leaves a dynamic group without partitions for good
-        // when a member dies without leaving and its replacement joins before the dead
-        // member's session expires, a broker defect that real Kafka does not have.
-        let instance = format!("chaos-host-{slot}");
+        // The consumers assign every partition to themselves instead of joining their
+        // group's rebalancing (`broker.assign_all_partitions`): tansu 0.6 strands consumer
+        // groups under churn (a dead member kept as leader, docs/reliability.md), with
+        // static membership too, and in groups of two when one member dies. The offsets are
+        // still committed under the group, and each restart resumes from them.
         let mut overrides: Vec<(&str, &str)> = self
             .overrides
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        overrides.push(("OMS_BROKER__NOTIFICATIONS__GROUP_INSTANCE_ID", &instance));
+        overrides.push(("OMS_BROKER__ASSIGN_ALL_PARTITIONS", "true"));
         // The second host shares the database, the sagas and the relay, but runs no
-        // notification consumer: tansu 0.6 also strands partitions of a group with two
-        // members when one dies (its sync ignores new assignments), so one consumer, always
-        // restarted under its id, is what this broker can be trusted with.
+        // notification consumer: self-assigned, two consumers would both read every event, and
+        // a group that rebalances between hosts is left to a real Kafka.
         if slot == 1 {
             overrides.push(("OMS_BROKER__NOTIFICATIONS__ENABLED", "false"));
         }

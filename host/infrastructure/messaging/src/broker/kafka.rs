@@ -40,6 +40,12 @@ pub struct KafkaOptions {
     /// once instead of waiting out the old member's session and a rebalance; two live
     /// processes must never share one.
     pub group_instance_id: Option<String>,
+    /// Each consumer reads every partition of its topics, assigned by itself, instead of
+    /// joining its group's rebalancing; offsets are still committed (and resumed from)
+    /// under the group. For a deployment that runs one notification consumer, and for a
+    /// broker whose group coordination cannot be relied on (docs/reliability.md: tansu).
+    /// Two processes consuming one group this way would both read every event.
+    pub assign_all_partitions: bool,
 }
 
 impl Default for KafkaOptions {
@@ -49,6 +55,7 @@ impl Default for KafkaOptions {
             delivery_timeout: Duration::from_secs(30),
             properties: BTreeMap::new(),
             group_instance_id: None,
+            assign_all_partitions: false,
         }
     }
 }
@@ -176,9 +183,63 @@ impl KafkaBroker {
                 lag: std::sync::atomic::AtomicI64::new(-1),
             })
             .map_err(config_error)?;
-        consumer.subscribe(topics).map_err(config_error)?;
-        Ok(KafkaConsumer { consumer })
+        let unassigned = if self.options.assign_all_partitions {
+            // Assigned at the first `recv`: the partitions must be read from the broker,
+            // which may be down while the host starts.
+            Some(topics.iter().map(|t| (*t).to_owned()).collect())
+        } else {
+            consumer.subscribe(topics).map_err(config_error)?;
+            None
+        };
+        Ok(KafkaConsumer {
+            consumer: Arc::new(consumer),
+            unassigned,
+        })
     }
+}
+
+/// `topic/partition` of each element, comma-separated, for the assignment log lines.
+fn partition_names(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How long one metadata request for the self-assigned partitions may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Assigns every partition of `topics` to `consumer`, each from its group's committed offset
+/// (`auto.offset.reset` where none is). Blocking: librdkafka's metadata call waits.
+fn assign_all(
+    consumer: &StreamConsumer<LagContext>,
+    topics: &[String],
+) -> Result<TopicPartitionList, BrokerError> {
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|e| classify(&e))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect::<Vec<_>>();
+        if partitions.is_empty() {
+            return Err(BrokerError::Unavailable(format!(
+                "topic {topic} has no partitions yet"
+            )));
+        }
+        for partition in partitions {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Stored)
+                .map_err(|e| classify(&e))?;
+        }
+    }
+    consumer.assign(&assignment).map_err(|e| classify(&e))?;
+    Ok(assignment)
 }
 
 /// The shared idempotent producer.
@@ -308,13 +369,7 @@ impl ClientContext for LagContext {
 /// group's lag grows, and these lines are how an operator tells that from an idle topic.
 impl ConsumerContext for LagContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = |tpl: &TopicPartitionList| {
-            tpl.elements()
-                .iter()
-                .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let partitions = partition_names;
         match rebalance {
             Rebalance::Assign(tpl) => tracing::info!(
                 group = %self.group,
@@ -334,12 +389,27 @@ impl ConsumerContext for LagContext {
 }
 
 struct KafkaConsumer {
-    consumer: StreamConsumer<LagContext>,
+    consumer: Arc<StreamConsumer<LagContext>>,
+    /// The topics still to assign to itself ([`KafkaOptions::assign_all_partitions`]).
+    unassigned: Option<Vec<String>>,
 }
 
 #[async_trait]
 impl Consumer for KafkaConsumer {
     async fn recv(&mut self) -> Result<Delivery, BrokerError> {
+        if let Some(topics) = self.unassigned.clone() {
+            let consumer = Arc::clone(&self.consumer);
+            let assigned = tokio::task::spawn_blocking(move || assign_all(&consumer, &topics))
+                .await
+                .map_err(|e| BrokerError::Unavailable(format!("assigning partitions: {e}")))??;
+            // The line an operator reads instead of a rebalance's (`post_rebalance`).
+            tracing::info!(
+                group = %self.consumer.context().group,
+                partitions = %partition_names(&assigned),
+                "consumer group not joined: the consumer assigned every partition to itself"
+            );
+            self.unassigned = None;
+        }
         let m = self.consumer.recv().await.map_err(|e| classify(&e))?;
         let headers = m
             .headers()
@@ -421,6 +491,7 @@ mod tests {
             delivery_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
             group_instance_id: None,
+            assign_all_partitions: false,
         })
         .expect("broker");
         let batch: Vec<Message> = (0..20)
@@ -451,6 +522,93 @@ mod tests {
         }
     }
 
+    /// `assign_all_partitions`: a consumer reads every partition without joining its group,
+    /// commits under the group, and a successor resumes from those commits (not from the
+    /// start, as `auto.offset.reset` would).
+    #[tokio::test]
+    async fn a_self_assigned_consumer_reads_every_partition_and_resumes_from_its_commits() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("events", 3, 1).expect("topic");
+        let broker = KafkaBroker::new(KafkaOptions {
+            bootstrap_servers: cluster.bootstrap_servers(),
+            delivery_timeout: Duration::from_secs(10),
+            properties: BTreeMap::new(),
+            group_instance_id: None,
+            assign_all_partitions: true,
+        })
+        .expect("broker");
+        let publish = |range: std::ops::Range<u8>| {
+            let batch: Vec<Message> = range
+                .map(|i| Message {
+                    topic: "events".into(),
+                    key: format!("order-{i}"),
+                    payload: vec![i],
+                    headers: vec![],
+                })
+                .collect();
+            let publisher = broker.publisher().expect("publisher");
+            async move { publisher.publish(batch).await }
+        };
+        let results = publish(0..30).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+        let mut first = broker.kafka_consumer("g", &["events"]).expect("consumer");
+        let mut partitions = std::collections::BTreeSet::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let d = tokio::time::timeout(Duration::from_secs(30), first.recv())
+                .await
+                .expect("in time")
+                .expect("message");
+            partitions.insert(d.partition);
+            seen.insert(d.message.payload[0]);
+            first.commit(&d).await.expect("commit");
+        }
+        assert_eq!(partitions.len(), 3, "every partition, without a group");
+        assert_eq!(seen.len(), 30);
+        assert_eq!(first.consumer.assignment().expect("assignment").count(), 3);
+        // Commits are asynchronous: wait until the group holds all 30.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let committed = first
+                .consumer
+                .committed(Duration::from_secs(5))
+                .expect("committed offsets");
+            let total: i64 = committed
+                .elements()
+                .iter()
+                .filter_map(|e| e.offset().to_raw())
+                .filter(|o| *o > 0)
+                .sum();
+            if total == 30 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "committed {total} of 30"
+            );
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+
+        let results = publish(30..36).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let mut second = broker.kafka_consumer("g", &["events"]).expect("consumer");
+        let mut resumed = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let d = tokio::time::timeout(Duration::from_secs(30), second.recv())
+                .await
+                .expect("in time")
+                .expect("message");
+            resumed.insert(d.message.payload[0]);
+        }
+        assert_eq!(
+            resumed,
+            (30..36).collect(),
+            "only what the first did not commit"
+        );
+    }
+
     /// The group's offset lag from librdkafka's statistics: what was published and not
     /// committed, received or not.
     #[tokio::test]
@@ -463,6 +621,7 @@ mod tests {
             // Statistics every 100 ms instead of 5 s.
             properties: [("statistics.interval.ms".to_owned(), "100".to_owned())].into(),
             group_instance_id: None,
+            assign_all_partitions: false,
         })
         .expect("broker");
         let batch: Vec<Message> = (0..10)

@@ -77,7 +77,7 @@ pub fn kafka(brokers: &str) -> KafkaBroker {
         bootstrap_servers: brokers.to_owned(),
         delivery_timeout: Duration::from_secs(5),
         properties: [("reconnect.backoff.max.ms".to_owned(), "500".to_owned())].into(),
-        group_instance_id: None,
+        ..KafkaOptions::default()
     })
     .expect("kafka broker")
 }
