@@ -480,20 +480,23 @@ mod tests {
         assert_eq!(config.get("group.id"), Some("g"));
     }
 
+    /// A broker on librdkafka's in-process mock cluster at `bootstrap`, with `options`.
+    fn mock_broker(bootstrap: String, options: KafkaOptions) -> KafkaBroker {
+        KafkaBroker::new(KafkaOptions {
+            bootstrap_servers: bootstrap,
+            delivery_timeout: Duration::from_secs(10),
+            ..options
+        })
+        .expect("broker")
+    }
+
     /// librdkafka's in-process mock cluster: key, payload and headers survive the trip and
     /// one key's messages keep their order.
     #[tokio::test]
     async fn publishes_and_consumes_through_a_mock_cluster() {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic("events", 3, 1).expect("topic");
-        let broker = KafkaBroker::new(KafkaOptions {
-            bootstrap_servers: cluster.bootstrap_servers(),
-            delivery_timeout: Duration::from_secs(10),
-            properties: BTreeMap::new(),
-            group_instance_id: None,
-            assign_all_partitions: false,
-        })
-        .expect("broker");
+        let broker = mock_broker(cluster.bootstrap_servers(), KafkaOptions::default());
         let batch: Vec<Message> = (0..20)
             .map(|i| Message {
                 topic: "events".into(),
@@ -529,14 +532,13 @@ mod tests {
     async fn a_self_assigned_consumer_reads_every_partition_and_resumes_from_its_commits() {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic("events", 3, 1).expect("topic");
-        let broker = KafkaBroker::new(KafkaOptions {
-            bootstrap_servers: cluster.bootstrap_servers(),
-            delivery_timeout: Duration::from_secs(10),
-            properties: BTreeMap::new(),
-            group_instance_id: None,
-            assign_all_partitions: true,
-        })
-        .expect("broker");
+        let broker = mock_broker(
+            cluster.bootstrap_servers(),
+            KafkaOptions {
+                assign_all_partitions: true,
+                ..KafkaOptions::default()
+            },
+        );
         let publish = |range: std::ops::Range<u8>| {
             let batch: Vec<Message> = range
                 .map(|i| Message {
@@ -615,15 +617,14 @@ mod tests {
     async fn the_groups_offset_lag_is_what_it_has_not_committed() {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic("events", 1, 1).expect("topic");
-        let broker = KafkaBroker::new(KafkaOptions {
-            bootstrap_servers: cluster.bootstrap_servers(),
-            delivery_timeout: Duration::from_secs(10),
-            // Statistics every 100 ms instead of 5 s.
-            properties: [("statistics.interval.ms".to_owned(), "100".to_owned())].into(),
-            group_instance_id: None,
-            assign_all_partitions: false,
-        })
-        .expect("broker");
+        let broker = mock_broker(
+            cluster.bootstrap_servers(),
+            KafkaOptions {
+                // Statistics every 100 ms instead of 5 s.
+                properties: [("statistics.interval.ms".to_owned(), "100".to_owned())].into(),
+                ..KafkaOptions::default()
+            },
+        );
         let batch: Vec<Message> = (0..10)
             .map(|i| Message {
                 topic: "events".into(),
