@@ -890,48 +890,6 @@ async fn a_stale_worker_stops_at_its_refused_commit_even_when_the_order_moved_to
     assert!(rig.committed_effects().await.is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_call_that_outlasts_the_lease_keeps_it_by_heartbeat() {
-    // Found by the fault-injection harness: a drive longer than the lease was claimed by
-    // another worker meanwhile, whose drive then also outlasted a lease, and so on until the
-    // step's deadline parked the saga. The worker now renews its lease while a call runs.
-    let rig = Rig::new().await;
-    let release = rig.gateways.hold(&rig.saga.id.to_string());
-    let w1 = Arc::new(rig.engine("w1"));
-    let driving = tokio::spawn({
-        let w1 = Arc::clone(&w1);
-        async move { w1.run_due(10).await.unwrap() }
-    });
-    while rig.gateways.calls().is_empty() {
-        tokio::task::yield_now().await;
-    }
-    // Two leases pass while the reservation hangs; each third of a lease (Tokio's paused
-    // clock) the worker renews from the store's clock.
-    for _ in 0..4 {
-        rig.clock.advance(LEASE / 2);
-        tokio::time::sleep(LEASE / 3 + Duration::from_millis(1)).await;
-        assert_eq!(
-            rig.store.lease(rig.saga.id),
-            (
-                Some("w1".to_owned()),
-                Some(rig.clock.now().saturating_add(LEASE))
-            ),
-            "renewed while the call runs"
-        );
-        let now = rig.clock.now();
-        let taken = rig
-            .store
-            .claim_due("w2", now, now.saturating_add(LEASE), 10)
-            .await
-            .unwrap();
-        assert!(taken.is_empty(), "no other worker takes the saga over");
-    }
-    release.notify_one();
-    driving.await.unwrap();
-    assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
-    assert_eq!(rig.gateways.operations(), ["reserve", "authorize"]);
-}
-
 /// Places an order with its placement saga, due `now`.
 async fn place(store: &MemoryStore, now: Timestamp) -> SagaInstance {
     let (order, event) = Order::place(sample_order(), OrderId::generate(), now);

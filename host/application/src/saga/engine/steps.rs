@@ -9,7 +9,7 @@ use super::run::Run;
 use super::{Next, SagaEngine, StepError};
 use crate::error::AppError;
 use crate::ports::{
-    GatewayError, GatewayFailure, PluginCall, StepDirection, StepRecord, StepState, StoreError,
+    GatewayError, GatewayFailure, PluginCall, StepDirection, StepRecord, StepState,
 };
 use crate::saga::definition::{OnFailure, Operation, SagaDefinition, StepCommit};
 use crate::saga::executor::{Change, Effect, Executor};
@@ -42,41 +42,6 @@ impl SagaEngine {
         } else {
             self.commit(saga, next, Some(record), order, &effect.change, None, now)
                 .await
-        }
-    }
-
-    /// Runs a step's `call` while renewing this worker's lease every third of its length,
-    /// so that a call outlasting the lease is not taken over by another worker meanwhile
-    /// (each would otherwise lose its commit to the next, until the step's deadline ran
-    /// out). When the lease is lost all the same the call is dropped: its plugin writes were
-    /// never applied, and the new owner runs it again with the same key.
-    async fn heartbeat<T>(
-        &self,
-        saga: &SagaInstance,
-        call: impl std::future::Future<Output = T>,
-    ) -> Result<T, StepError> {
-        let (id, version) = (saga.id, saga.version);
-        let every = self.config.lease / 3;
-        let mut call = std::pin::pin!(call);
-        loop {
-            tokio::select! {
-                out = &mut call => return Ok(out),
-                () = tokio::time::sleep(every) => {
-                    let until = self.clock.now().saturating_add(self.config.lease);
-                    match self
-                        .ports
-                        .sagas
-                        .renew_lease(id, &self.config.worker, version, until)
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(StoreError::LeaseLost) => return Err(StepError::LeaseLost),
-                        // The database is away: the call goes on, and its commit tells
-                        // whether the lease held.
-                        Err(e) => debug!(saga = %id, error = %e, "renewing the saga's lease failed"),
-                    }
-                }
-            }
         }
     }
 
@@ -122,9 +87,7 @@ impl SagaEngine {
             last_error,
             at: now,
         };
-        let executor = self.executor();
-        let call = executor.run(step.forward, saga, &order, &key);
-        match self.heartbeat(saga, call).await? {
+        match self.executor().run(step.forward, saga, &order, &key).await {
             Ok(effect) => {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let mut next = saga.advance(definition.steps.len(), now);
@@ -309,9 +272,7 @@ impl SagaEngine {
             last_error,
             at: now,
         };
-        let executor = self.executor();
-        let call = executor.run(op, saga, &order, &key);
-        match self.heartbeat(saga, call).await? {
+        match self.executor().run(op, saga, &order, &key).await {
             Ok(effect) => {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let next = saga.undo_step(index, now);
