@@ -369,16 +369,15 @@ impl ClientContext for LagContext {
 /// group's lag grows, and these lines are how an operator tells that from an idle topic.
 impl ConsumerContext for LagContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = partition_names;
         match rebalance {
             Rebalance::Assign(tpl) => tracing::info!(
                 group = %self.group,
-                partitions = %partitions(tpl),
+                partitions = %partition_names(tpl),
                 "consumer group assigned partitions"
             ),
             Rebalance::Revoke(tpl) => tracing::info!(
                 group = %self.group,
-                partitions = %partitions(tpl),
+                partitions = %partition_names(tpl),
                 "consumer group revoked partitions"
             ),
             Rebalance::Error(e) => {
@@ -480,6 +479,14 @@ mod tests {
         assert_eq!(config.get("group.id"), Some("g"));
     }
 
+    /// The next delivery, within 30 s.
+    async fn next(consumer: &mut dyn Consumer) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("in time")
+            .expect("message")
+    }
+
     /// A broker on librdkafka's in-process mock cluster at `bootstrap`, with `options`.
     fn mock_broker(bootstrap: String, options: KafkaOptions) -> KafkaBroker {
         KafkaBroker::new(KafkaOptions {
@@ -511,10 +518,7 @@ mod tests {
         let mut consumer = broker.consumer("g", &["events"]).expect("consumer");
         let mut per_key: std::collections::HashMap<String, Vec<u8>> = Default::default();
         for _ in 0..20 {
-            let d = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-                .await
-                .expect("in time")
-                .expect("message");
+            let d = next(consumer.as_mut()).await;
             let i = d.message.payload[0];
             assert_eq!(d.message.header("ce_id"), Some(format!("e{i}").as_str()));
             per_key.entry(d.message.key.clone()).or_default().push(i);
@@ -558,10 +562,7 @@ mod tests {
         let mut partitions = std::collections::BTreeSet::new();
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..30 {
-            let d = tokio::time::timeout(Duration::from_secs(30), first.recv())
-                .await
-                .expect("in time")
-                .expect("message");
+            let d = next(&mut first).await;
             partitions.insert(d.partition);
             seen.insert(d.message.payload[0]);
             first.commit(&d).await.expect("commit");
@@ -598,10 +599,7 @@ mod tests {
         let mut second = broker.kafka_consumer("g", &["events"]).expect("consumer");
         let mut resumed = std::collections::BTreeSet::new();
         for _ in 0..6 {
-            let d = tokio::time::timeout(Duration::from_secs(30), second.recv())
-                .await
-                .expect("in time")
-                .expect("message");
+            let d = next(&mut second).await;
             resumed.insert(d.message.payload[0]);
         }
         assert_eq!(
@@ -638,10 +636,7 @@ mod tests {
         let mut consumer = broker.kafka_consumer("g", &["events"]).expect("consumer");
         let mut received = Vec::new();
         for _ in 0..4 {
-            let d = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-                .await
-                .expect("in time")
-                .expect("message");
+            let d = next(&mut consumer).await;
             received.push(d);
         }
         consumer
