@@ -29,6 +29,8 @@ use oms_domain::{
 const T0: i64 = 1_000_000;
 /// The engine's lease (the default of `saga.lease_secs`).
 const LEASE: Duration = Duration::from_secs(30);
+/// How long a worker renews its lease while a step's call runs.
+const HEARTBEAT_LIMIT: Duration = Duration::from_secs(120);
 /// The placement table's per-step deadline.
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -73,6 +75,7 @@ impl Rig {
             EngineConfig {
                 worker: name.to_owned(),
                 lease: LEASE,
+                heartbeat_limit: HEARTBEAT_LIMIT,
                 deadline_cap: None,
             },
             Arc::new(|| 0.0),
@@ -888,6 +891,90 @@ async fn a_stale_worker_stops_at_its_refused_commit_even_when_the_order_moved_to
     assert_eq!(rig.saga().await, rig.saga, "nothing of w1's was committed");
     assert_eq!(rig.store.lease(rig.saga.id).0.as_deref(), Some("w2"));
     assert!(rig.committed_effects().await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_outlasts_the_lease_keeps_it_by_heartbeat() {
+    // Found by the fault-injection harness: a drive longer than the lease was claimed by
+    // another worker meanwhile, whose drive then also outlasted a lease, and so on until the
+    // step's deadline parked the saga. The worker now renews its lease while a call runs.
+    let rig = Rig::new().await;
+    let release = rig.gateways.hold(&rig.saga.id.to_string());
+    let w1 = Arc::new(rig.engine("w1"));
+    let driving = tokio::spawn({
+        let w1 = Arc::clone(&w1);
+        async move { w1.run_due(10).await.unwrap() }
+    });
+    while rig.gateways.calls().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    // Two leases pass while the reservation hangs; each third of a lease (Tokio's paused
+    // clock) the worker renews from the store's clock.
+    for _ in 0..4 {
+        rig.clock.advance(LEASE / 2);
+        tokio::time::sleep(LEASE / 3 + Duration::from_millis(1)).await;
+        assert_eq!(
+            rig.store.lease(rig.saga.id),
+            (
+                Some("w1".to_owned()),
+                Some(rig.clock.now().saturating_add(LEASE))
+            ),
+            "renewed while the call runs"
+        );
+        let now = rig.clock.now();
+        let taken = rig
+            .store
+            .claim_due("w2", now, now.saturating_add(LEASE), 10)
+            .await
+            .unwrap();
+        assert!(taken.is_empty(), "no other worker takes the saga over");
+    }
+    release.notify_one();
+    driving.await.unwrap();
+    assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
+    assert_eq!(rig.gateways.operations(), ["reserve", "authorize"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_never_returns_keeps_the_lease_no_longer_than_the_heartbeat_limit() {
+    // The heartbeat is bounded: a drive stuck for longer than any step's calls can take
+    // must not keep its saga from the other workers for good.
+    let rig = Rig::new().await;
+    let _never = rig.gateways.hold(&rig.saga.id.to_string());
+    let w1 = Arc::new(rig.engine("w1"));
+    let driving = tokio::spawn({
+        let w1 = Arc::clone(&w1);
+        async move { w1.run_due(10).await.unwrap() }
+    });
+    while rig.gateways.calls().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let tick = LEASE / 3;
+    let mut waited = Duration::ZERO;
+    while waited < HEARTBEAT_LIMIT {
+        rig.clock.advance(tick);
+        tokio::time::sleep(tick).await;
+        waited += tick;
+        let now = rig.clock.now();
+        let taken = rig
+            .store
+            .claim_due("w2", now, now.saturating_add(LEASE), 10)
+            .await
+            .unwrap();
+        assert!(taken.is_empty(), "held by its heartbeat after {waited:?}");
+    }
+    // No renewal after the limit: one lease later the saga is anyone's.
+    let lapse = LEASE + Duration::from_millis(1);
+    rig.clock.advance(lapse);
+    tokio::time::sleep(lapse).await;
+    let now = rig.clock.now();
+    let taken = rig
+        .store
+        .claim_due("w2", now, now.saturating_add(LEASE), 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "the lease lapsed after the heartbeat limit");
+    driving.abort();
 }
 
 /// Places an order with its placement saga, due `now`.

@@ -38,6 +38,7 @@ fn rig(slots: usize) -> Rig {
         EngineConfig {
             worker: "host-a-inline".into(),
             lease: Duration::from_secs(30),
+            heartbeat_limit: Duration::from_secs(120),
             deadline_cap: None,
         },
         Arc::new(|| 0.0),

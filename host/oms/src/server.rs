@@ -563,6 +563,8 @@ fn saga_engine(
         EngineConfig {
             worker,
             lease: Duration::from_secs(config.saga.lease_secs),
+            // A step makes at most two plugin calls (a reconciliation, then the call).
+            heartbeat_limit: 2 * oms_plugin_runtime::limits::LONGEST_CALL,
             deadline_cap: (config.saga.step_deadline_cap_ms > 0)
                 .then(|| Duration::from_millis(config.saga.step_deadline_cap_ms)),
         },

@@ -106,12 +106,24 @@ pub trait SagaStore: Send + Sync {
     /// Applies `commit` atomically. Under [`Fence::Lease`], `LeaseLost` when the saga is not
     /// at `expected_version` or another worker holds it; under [`Fence::Parked`],
     /// `VersionConflict` when the saga moved on or is no longer parked. The order write fails
-    /// as in [`super::OrderStore::save`] (checked first, as the SQL stores do). The step's
+    /// as in [`super::OrderStore::save`] (checked first, as the SQL stores do), except that a
+    /// leased worker whose saga is stale hears `LeaseLost` whatever the order did. The step's
     /// plugin call's key-value writes (`step.call.kv`) are applied last, in the same
     /// transaction, each key's condition checked as it is written (`KvConflict` when one
     /// fails); last, so that a hot key (a flash sale's stock counter) stays locked for as
     /// short a time as the commit allows.
     async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError>;
+
+    /// Extends `owner`'s lease of saga `id` to `until`, while the saga is still at
+    /// `version` and leased to `owner`: the heartbeat of a worker whose step's call runs
+    /// long. `LeaseLost` otherwise.
+    async fn renew_lease(
+        &self,
+        id: SagaId,
+        owner: &str,
+        version: i64,
+        until: Timestamp,
+    ) -> Result<(), StoreError>;
 
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError>;
 

@@ -400,6 +400,25 @@ impl SagaStore for MemoryStore {
         })
     }
 
+    async fn renew_lease(
+        &self,
+        id: SagaId,
+        owner: &str,
+        version: i64,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        match state.sagas.get_mut(&id) {
+            Some(row)
+                if row.saga.version == version && row.lease_owner.as_deref() == Some(owner) =>
+            {
+                row.lease_until = Some(until);
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost),
+        }
+    }
+
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError> {
         Ok(self.lock().sagas.get(&id).map(|row| row.saga.clone()))
     }

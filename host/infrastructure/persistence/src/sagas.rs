@@ -342,6 +342,35 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         Ok(sagas)
     }
 
+    async fn renew_lease(
+        &self,
+        id: SagaId,
+        owner: &str,
+        version: i64,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        // A plain statement, not a group-commit job: a heartbeat changes who may commit and
+        // until when, which a crash may forget (the lease then just runs out sooner).
+        let renewed = self
+            .sql
+            .write(
+                D::query(
+                    "UPDATE saga_instances SET lease_until = $4 \
+                     WHERE id = $1 AND version = $2 AND lease_owner = $3",
+                )
+                .arg(D::id(id.0))
+                .arg(version)
+                .arg(owner)
+                .arg(until.unix_millis()),
+            )
+            .await?;
+        if D::rows_affected(&renewed) == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost)
+        }
+    }
+
     async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError> {
         // Committed with whatever other writes are queued (`sql::group`): the job owns what it
         // writes.

@@ -67,6 +67,7 @@ impl Rig {
             EngineConfig {
                 worker: "worker-1".into(),
                 lease: LEASE,
+                heartbeat_limit: Duration::from_secs(120),
                 // The tables' own deadlines: 30 s per placement step.
                 deadline_cap: None,
             },

@@ -226,6 +226,43 @@ async fn commit_is_fenced_by_version_and_lease(db: Stores) {
 }
 on_all!(fenced_commit, commit_is_fenced_by_version_and_lease);
 
+async fn a_lease_is_renewed_only_by_its_holder_at_its_version(db: Stores) {
+    let (_, saga) = placed_and_claimed(&db, "w1").await;
+    db.sagas()
+        .renew_lease(saga.id, "w1", saga.version, ts(150_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        lease(&db, saga.id).await,
+        (Some("w1".into()), Some(150_000))
+    );
+    assert_eq!(
+        db.sagas()
+            .renew_lease(saga.id, "w2", saga.version, ts(200_000))
+            .await
+            .unwrap_err(),
+        StoreError::LeaseLost,
+        "another worker's heartbeat"
+    );
+    assert_eq!(
+        db.sagas()
+            .renew_lease(saga.id, "w1", saga.version + 1, ts(200_000))
+            .await
+            .unwrap_err(),
+        StoreError::LeaseLost,
+        "a heartbeat from a stale copy of the saga"
+    );
+    assert_eq!(
+        lease(&db, saga.id).await,
+        (Some("w1".into()), Some(150_000))
+    );
+    assert_eq!(db.sagas().get(saga.id).await.unwrap(), Some(saga));
+}
+on_all!(
+    renew_lease,
+    a_lease_is_renewed_only_by_its_holder_at_its_version
+);
+
 async fn order_conflict_rolls_back_the_step(db: Stores) {
     let (order, saga) = placed_and_claimed(&db, "w1").await;
     // Someone else changes the order after the worker loaded it.

@@ -21,10 +21,6 @@ use crate::state::HostState;
 /// Fuel given to a store when metering is on. Effectively unlimited: fuel measures work, the
 /// deadline bounds it.
 const FUEL_BUDGET: u64 = u64::MAX / 4;
-/// Extra wall-clock time beyond the deadline before the host gives up on a call that is
-/// blocked in a host function (KV, HTTP) rather than running guest code, which the epoch
-/// deadline interrupts by itself.
-const HOST_GRACE: Duration = Duration::from_millis(50);
 
 /// Who answered a call: recorded with every result so a saga step can store the exact
 /// version it used.
@@ -148,7 +144,7 @@ where
         outcome = tracing::field::Empty,
     );
     let outcome = tracing::Instrument::instrument(
-        tokio::time::timeout(deadline + HOST_GRACE, f(&mut store, &plugin)),
+        tokio::time::timeout(deadline + crate::limits::HOST_GRACE, f(&mut store, &plugin)),
         span.clone(),
     )
     .await;

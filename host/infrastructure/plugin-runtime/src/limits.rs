@@ -17,6 +17,15 @@ pub const MAX_MEMORY_MIB: u64 = 512;
 pub const DEFAULT_DEADLINE_MS: u64 = 2_000;
 /// Ceiling for `deadline_ms`.
 pub const MAX_DEADLINE_MS: u64 = 60_000;
+/// Extra wall-clock time beyond the deadline before the host gives up on a call that is
+/// blocked in a host function (KV, HTTP) rather than running guest code, which the epoch
+/// deadline interrupts by itself.
+pub const HOST_GRACE: Duration = Duration::from_millis(50);
+
+/// The longest one call of any plugin can take, whatever its manifest says: the deadline
+/// ceiling and the host's grace. A saga step's lease heartbeat is bounded by it.
+pub const LONGEST_CALL: Duration =
+    Duration::from_millis(MAX_DEADLINE_MS).saturating_add(HOST_GRACE);
 /// Largest component accepted by default. A Rust plugin is ~50 KB; componentize-py output is
 /// ~18 MB, so the default leaves room for it.
 pub const DEFAULT_MAX_WASM_MIB: u64 = 32;

@@ -80,6 +80,11 @@ pub struct EngineConfig {
     /// How long a claim lasts without a commit; a crashed worker's sagas are picked up by
     /// others after this.
     pub lease: Duration,
+    /// How long a step's worker keeps renewing its lease while the step's calls run (see
+    /// the heartbeat in [`steps`]): the longest those calls can take, after which the lease
+    /// lapses as a crashed worker's would. The host sets it from the plugin runtime's
+    /// ceiling on a call's deadline.
+    pub heartbeat_limit: Duration,
     /// Caps every step's and compensation's retry deadline (the tables' values otherwise):
     /// for tests, and for operators who prefer failing fast over waiting out an outage.
     pub deadline_cap: Option<Duration>,

@@ -9,7 +9,7 @@ use super::run::Run;
 use super::{Next, SagaEngine, StepError};
 use crate::error::AppError;
 use crate::ports::{
-    GatewayError, GatewayFailure, PluginCall, StepDirection, StepRecord, StepState,
+    GatewayError, GatewayFailure, PluginCall, StepDirection, StepRecord, StepState, StoreError,
 };
 use crate::saga::definition::{OnFailure, Operation, SagaDefinition, StepCommit};
 use crate::saga::executor::{Change, Effect, Executor};
@@ -42,6 +42,53 @@ impl SagaEngine {
         } else {
             self.commit(saga, next, Some(record), order, &effect.change, None, now)
                 .await
+        }
+    }
+
+    /// Runs a step's `call` while renewing this worker's lease every third of its length, so
+    /// that a call outlasting the lease is not taken over by another worker meanwhile (each
+    /// would otherwise lose its commit to the next, until the step's deadline ran out).
+    ///
+    /// The renewals run beside the call, never in its way: a renewal stuck on a database
+    /// that went away does not hold the call up. They stop after
+    /// [`EngineConfig::heartbeat_limit`](super::EngineConfig) (the longest a step's calls can
+    /// take), so a drive that never comes back cannot keep its saga from other workers for
+    /// good: its lease then lapses as a crashed worker's would. When the lease is lost all
+    /// the same the call is dropped: its plugin writes were never applied, and the new owner
+    /// runs it again with the same key.
+    async fn heartbeat<T>(
+        &self,
+        saga: &SagaInstance,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, StepError> {
+        let (id, version) = (saga.id, saga.version);
+        let every = self.config.lease / 3;
+        let stop_at = tokio::time::Instant::now() + self.config.heartbeat_limit;
+        let renew = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if tokio::time::Instant::now() >= stop_at {
+                    debug!(saga = %id, "a step's calls outlasted the heartbeat limit; the lease lapses");
+                    return std::future::pending().await;
+                }
+                let until = self.clock.now().saturating_add(self.config.lease);
+                match self
+                    .ports
+                    .sagas
+                    .renew_lease(id, &self.config.worker, version, until)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost) => return,
+                    // The database is away: the call goes on, and its commit tells whether
+                    // the lease held.
+                    Err(e) => debug!(saga = %id, error = %e, "renewing the saga's lease failed"),
+                }
+            }
+        };
+        tokio::select! {
+            out = call => Ok(out),
+            () = renew => Err(StepError::LeaseLost),
         }
     }
 
@@ -87,7 +134,9 @@ impl SagaEngine {
             last_error,
             at: now,
         };
-        match self.executor().run(step.forward, saga, &order, &key).await {
+        let executor = self.executor();
+        let call = executor.run(step.forward, saga, &order, &key);
+        match self.heartbeat(saga, call).await? {
             Ok(effect) => {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let mut next = saga.advance(definition.steps.len(), now);
@@ -272,7 +321,9 @@ impl SagaEngine {
             last_error,
             at: now,
         };
-        match self.executor().run(op, saga, &order, &key).await {
+        let executor = self.executor();
+        let call = executor.run(op, saga, &order, &key);
+        match self.heartbeat(saga, call).await? {
             Ok(effect) => {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let next = saga.undo_step(index, now);
