@@ -893,6 +893,57 @@ async fn a_stale_worker_stops_at_its_refused_commit_even_when_the_order_moved_to
     assert!(rig.committed_effects().await.is_empty());
 }
 
+#[tokio::test]
+async fn a_stale_worker_that_reads_the_order_after_the_new_owner_finished_stops_quietly() {
+    // Found by the fault-injection harness (1-3 per long run): a worker claimed a saga, its
+    // lease lapsed before it read the order (the database was away), another worker ran
+    // the saga to its end, and the first one then read the order as that left it. Its steps'
+    // changes were refused by the domain (`order in status CONFIRMED cannot change its
+    // reservation that way`) and logged as failed steps: a warning for a worker that merely
+    // lost its lease.
+    let rig = Rig::new().await;
+    let w1 = rig.engine("w1");
+    let (mut claimed, claimed_at) = w1.claim_due(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    rig.clock.advance(LEASE + Duration::from_secs(1));
+    let w2 = rig.engine("w2");
+    w2.run_due(10).await.unwrap();
+    assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
+    let finished = (rig.saga().await, rig.order().await);
+
+    let warnings = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer({
+            let warnings = Arc::clone(&warnings);
+            move || Capture(Arc::clone(&warnings))
+        })
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    w1.drive(claimed.remove(0), claimed_at).await;
+    drop(guard);
+
+    let warnings = String::from_utf8(warnings.lock().unwrap().clone()).unwrap();
+    assert!(
+        warnings.is_empty(),
+        "a worker that lost its lease warned: {warnings}"
+    );
+    assert_eq!((rig.saga().await, rig.order().await), finished);
+}
+
+/// A log writer into a shared buffer.
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_call_that_outlasts_the_lease_keeps_it_by_heartbeat() {
     // Found by the fault-injection harness: a drive longer than the lease was claimed by

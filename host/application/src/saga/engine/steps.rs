@@ -147,7 +147,10 @@ impl SagaEngine {
                     && next.status == SagaStatus::Running
                     && next.next_attempt_at <= now
                 {
-                    let order = saga.defer(next, record, order, &effect.change, now)?;
+                    let order = match saga.defer(next, record, order, &effect.change, now) {
+                        Ok(order) => order,
+                        Err(e) => return Err(self.refused(saga, e).await),
+                    };
                     return Ok(Next::Continue(Box::new(order)));
                 }
                 let order = self
