@@ -681,6 +681,50 @@ async fn an_unresolved_authorization_that_never_happened_is_sent_again_with_the_
     assert_eq!(rig.order().await.status(), OrderStatus::Confirmed);
 }
 
+/// A placement whose authorisation ran out of time with its last outcome unknown, at a
+/// provider the plugin reaches over the network, asks the provider before failing the order:
+/// a hold found is voided. It used to end PAYMENT_FAILED without asking, leaving the hold on
+/// the customer's card (a known gap).
+#[tokio::test]
+async fn an_authorization_that_runs_out_of_time_unresolved_voids_the_hold_it_finds() {
+    let rig = Rig::new().await;
+    // The provider took the authorisation but the answer was lost, and then could not be
+    // asked until the step's deadline had passed.
+    rig.gateways.script("authorize", [Scripted::LostAnswer]);
+    rig.gateways
+        .fail("get-payment", std::iter::repeat_n(transient(), 1_000));
+    let engine = rig.engine("w1");
+    for _ in 0..1_000 {
+        let saga = rig.saga().await;
+        if saga.status != SagaStatus::Running {
+            break;
+        }
+        rig.clock.set(rig.clock.now().max(saga.next_attempt_at));
+        engine.run_due(10).await.unwrap();
+    }
+    assert_eq!(rig.saga().await.status, SagaStatus::Compensating);
+    assert_eq!(
+        rig.order().await.payment_status(),
+        PaymentStatus::Unresolved,
+        "nothing decided before the provider answers"
+    );
+    rig.gateways.clear("get-payment");
+    rig.run_to_rest(&engine).await;
+
+    let operations = rig.gateways.operations();
+    assert_eq!(
+        operations[operations.len() - 3..],
+        ["get-payment", "void", "release"],
+        "the provider was asked and the hold it found voided: {operations:?}"
+    );
+    assert!(!operations[2..].contains(&"authorize"), "nothing resent");
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::PaymentFailed);
+    assert_eq!(order.payment_status(), PaymentStatus::Voided);
+    assert_eq!(order.reservation_status(), ReservationStatus::Released);
+    assert_eq!(rig.saga().await.status, SagaStatus::Compensated);
+}
+
 /// Runs the placement until its authorisation is UNRESOLVED (as `rig`'s gateways are
 /// scripted), cancels the order, and runs the saga to rest.
 async fn cancel_while_unresolved(rig: &Rig) {

@@ -264,12 +264,17 @@ impl SagaEngine {
                 .await;
         }
         let mut next = saga.turn_back(reason, now);
-        // The step turned back at has no outcome to undo, except, under a cancellation, an
-        // authorisation whose last attempt's outcome is unknown (UNRESOLVED): the provider may
-        // hold the money, so its compensation runs first and asks (`void` of an unresolved
-        // payment reconciles). A step that ran out of time ends PAYMENT_FAILED without asking,
-        // as a provider that crashes or never answers could not be asked either.
-        let unresolved_authorization = cancelled
+        // The step turned back at has no outcome to undo, except an authorisation whose last
+        // attempt's outcome is unknown (UNRESOLVED): the provider may hold the money, so its
+        // compensation runs first and asks (`void` of an unresolved payment reconciles; a
+        // provider that never answers parks the saga for an operator rather than leave a
+        // hold on the card). That is under a cancellation, and when the step failed for good
+        // after an unknown outcome at a provider the plugin reaches over the network (its
+        // build was remembered for this: `remember_build`). A host-only plugin's unknown
+        // outcome took nothing (its writes were dropped with the call), so such a step ends
+        // PAYMENT_FAILED without asking.
+        let may_hold = cancelled || saga.data.payment_build.is_some();
+        let unresolved_authorization = may_hold
             && order.payment_status() == PaymentStatus::Unresolved
             && definition
                 .step(saga.step)
