@@ -605,6 +605,40 @@ async fn a_transient_failure_retries_with_growing_backoff_until_the_deadline() {
     assert_eq!(authorize.attempts as usize, runs.len());
 }
 
+/// A saga's end is counted once: an end through `finish` (compensated, parked) used to be
+/// counted both there and by the commit that made it durable, doubling
+/// `oms_saga_outcomes_total` for every failed order.
+#[tokio::test]
+async fn a_saga_that_ends_is_counted_once() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let rig = Rig::new().await;
+    // Declined: the reservation is undone and the saga ends COMPENSATED.
+    rig.gateways.fail(
+        "authorize",
+        [permanent(
+            FailureCode::PaymentDeclined,
+            "insufficient funds",
+        )],
+    );
+    let engine = rig.engine("w1");
+    {
+        let _counted_here = metrics::set_default_local_recorder(&recorder);
+        rig.run_to_rest(&engine).await;
+    }
+    assert_eq!(rig.saga().await.status, SagaStatus::Compensated);
+    let text = handle.render();
+    for expected in [
+        r#"oms_saga_outcomes_total{kind="place_order",outcome="COMPENSATED"} 1"#,
+        r#"oms_saga_duration_seconds_count{kind="place_order",outcome="COMPENSATED"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == expected),
+            "{expected} in:\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unresolved_authorization_is_reconciled_before_anything_is_resent() {
     // The provider took the first authorisation but its answer was lost.

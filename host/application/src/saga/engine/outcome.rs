@@ -93,19 +93,10 @@ impl SagaEngine {
         };
         let next = saga.end(status, reason, now);
         let order_id = order.id();
-        let (kind, started) = (saga.kind, saga.created_at);
+        // Counted by the commit once the end is durable (`ended`), so a saga that ends twice
+        // (a retry after a lost commit) ended once.
         self.commit(saga, next, record, order, &Change::None, mark, now)
             .await?;
-        // Counted once committed: a saga that ends twice (a retry after a lost commit) ended
-        // once.
-        metrics::counter!("oms_saga_outcomes_total", "kind" => kind.as_str(), "outcome" => status.as_str())
-            .increment(1);
-        let took = now
-            .unix_millis()
-            .saturating_sub(started.unix_millis())
-            .max(0);
-        metrics::histogram!("oms_saga_duration_seconds", "kind" => kind.as_str(), "outcome" => status.as_str())
-            .record(took as f64 / 1000.0);
         if status == SagaStatus::CompensationFailed {
             // Never silent: this line, and the `SagaParked` event committed with it.
             warn!(
