@@ -89,6 +89,28 @@ impl Rig {
             .unwrap()
     }
 
+    /// Starts a worker named `name` on the due saga in a task of its own, and returns once
+    /// its first gateway call is in flight (a test holds it with `gateways.hold`).
+    async fn drive_until_the_first_call(&self, name: &str) -> tokio::task::JoinHandle<()> {
+        let worker = self.engine(name);
+        let driving = tokio::spawn(async move {
+            worker.run_due(10).await.unwrap();
+        });
+        while self.gateways.calls().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        driving
+    }
+
+    /// What worker `name` would claim now, on the store's clock.
+    async fn claim_as(&self, name: &str) -> Vec<SagaInstance> {
+        let now = self.clock.now();
+        self.store
+            .claim_due(name, now, now.saturating_add(LEASE), 10)
+            .await
+            .unwrap()
+    }
+
     async fn order(&self) -> Order {
         OrderStore::get(self.store.as_ref(), self.order)
             .await
@@ -1029,14 +1051,7 @@ async fn a_call_that_outlasts_the_lease_keeps_it_by_heartbeat() {
     // step's deadline parked the saga. The worker now renews its lease while a call runs.
     let rig = Rig::new().await;
     let release = rig.gateways.hold(&rig.saga.id.to_string());
-    let w1 = Arc::new(rig.engine("w1"));
-    let driving = tokio::spawn({
-        let w1 = Arc::clone(&w1);
-        async move { w1.run_due(10).await.unwrap() }
-    });
-    while rig.gateways.calls().is_empty() {
-        tokio::task::yield_now().await;
-    }
+    let driving = rig.drive_until_the_first_call("w1").await;
     // Two leases pass while the reservation hangs; each third of a lease (Tokio's paused
     // clock) the worker renews from the store's clock.
     for _ in 0..4 {
@@ -1050,13 +1065,10 @@ async fn a_call_that_outlasts_the_lease_keeps_it_by_heartbeat() {
             ),
             "renewed while the call runs"
         );
-        let now = rig.clock.now();
-        let taken = rig
-            .store
-            .claim_due("w2", now, now.saturating_add(LEASE), 10)
-            .await
-            .unwrap();
-        assert!(taken.is_empty(), "no other worker takes the saga over");
+        assert!(
+            rig.claim_as("w2").await.is_empty(),
+            "no other worker takes the saga over"
+        );
     }
     release.notify_one();
     driving.await.unwrap();
@@ -1070,39 +1082,27 @@ async fn a_call_that_never_returns_keeps_the_lease_no_longer_than_the_heartbeat_
     // must not keep its saga from the other workers for good.
     let rig = Rig::new().await;
     let _never = rig.gateways.hold(&rig.saga.id.to_string());
-    let w1 = Arc::new(rig.engine("w1"));
-    let driving = tokio::spawn({
-        let w1 = Arc::clone(&w1);
-        async move { w1.run_due(10).await.unwrap() }
-    });
-    while rig.gateways.calls().is_empty() {
-        tokio::task::yield_now().await;
-    }
+    let driving = rig.drive_until_the_first_call("w1").await;
     let tick = LEASE / 3;
     let mut waited = Duration::ZERO;
     while waited < HEARTBEAT_LIMIT {
         rig.clock.advance(tick);
         tokio::time::sleep(tick).await;
         waited += tick;
-        let now = rig.clock.now();
-        let taken = rig
-            .store
-            .claim_due("w2", now, now.saturating_add(LEASE), 10)
-            .await
-            .unwrap();
-        assert!(taken.is_empty(), "held by its heartbeat after {waited:?}");
+        assert!(
+            rig.claim_as("w2").await.is_empty(),
+            "held by its heartbeat after {waited:?}"
+        );
     }
     // No renewal after the limit: one lease later the saga is anyone's.
     let lapse = LEASE + Duration::from_millis(1);
     rig.clock.advance(lapse);
     tokio::time::sleep(lapse).await;
-    let now = rig.clock.now();
-    let taken = rig
-        .store
-        .claim_due("w2", now, now.saturating_add(LEASE), 10)
-        .await
-        .unwrap();
-    assert_eq!(taken.len(), 1, "the lease lapsed after the heartbeat limit");
+    assert_eq!(
+        rig.claim_as("w2").await.len(),
+        1,
+        "the lease lapsed after the heartbeat limit"
+    );
     driving.abort();
 }
 
