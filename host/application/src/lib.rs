@@ -9,6 +9,7 @@ pub mod clock;
 pub mod error;
 pub mod idempotency;
 pub mod operations;
+pub mod outage;
 pub mod outbox;
 pub mod plugin_kv;
 pub mod ports;

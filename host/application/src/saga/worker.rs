@@ -2,11 +2,13 @@
 //! soon as one finishes or new work is announced, sleep when nothing is due.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
-use tracing::warn;
+use tracing::{debug, info, warn};
+
+use crate::outage::{FailureRun, Recovered, Report};
 
 use super::engine::SagaEngine;
 
@@ -24,8 +26,9 @@ pub struct WorkerConfig {
 /// current step. A saga is claimed whenever a slot is free: one that finishes frees its
 /// slot at once, so a saga started while the worker is busy waits for the first free slot,
 /// not for the slowest saga of a batch. Woken early by `wakeup` (a local write started a
-/// saga). A failing claim (database down) is logged and retried after the poll interval;
-/// the sagas themselves are safe in the database meanwhile.
+/// saga). A failing claim (database down) is retried after the poll interval, and logged
+/// once per run of failures ([`FailureRun`]); the sagas themselves are safe in the database
+/// meanwhile.
 pub async fn run(
     engine: Arc<SagaEngine>,
     config: WorkerConfig,
@@ -34,6 +37,9 @@ pub async fn run(
 ) {
     let slots = usize::try_from(config.batch.max(1)).unwrap_or(usize::MAX);
     let mut in_flight: JoinSet<()> = JoinSet::new();
+    // While the database is away every claim fails: one line per run of failures, not per
+    // poll (docs/operations.md).
+    let mut claim_failures = FailureRun::default();
     loop {
         if *shutdown.borrow() {
             break;
@@ -46,13 +52,36 @@ pub async fn run(
                 .await
             {
                 Ok((sagas, claimed_at)) => {
+                    if let Some(Recovered { failures, lasted }) =
+                        claim_failures.succeeded(Instant::now())
+                    {
+                        info!(
+                            failures,
+                            lasted_ms = lasted.as_millis(),
+                            "saga worker claims work again"
+                        );
+                    }
                     claimed = sagas.len();
                     for saga in sagas {
                         let engine = Arc::clone(&engine);
                         in_flight.spawn(async move { engine.drive(saga, claimed_at).await });
                     }
                 }
-                Err(e) => warn!(error = %e, "saga worker claim failed"),
+                Err(e) => match claim_failures.failed(Instant::now()) {
+                    Report::First => warn!(error = %e, "saga worker claim failed"),
+                    Report::StillFailing {
+                        failures,
+                        unreported,
+                        lasted,
+                    } => warn!(
+                        error = %e,
+                        failures,
+                        unreported,
+                        lasted_secs = lasted.as_secs(),
+                        "saga worker claims still failing"
+                    ),
+                    Report::Quiet => debug!(error = %e, "saga worker claim failed"),
+                },
             }
         }
         // Every free slot filled: more may be due; claim again at once.

@@ -23,6 +23,7 @@ mod message;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use oms_application::outage::{FailureRun, Recovered, Report};
 use oms_application::ports::OutboxStore;
 use oms_application::retry::RetryPolicy;
 use oms_domain::Timestamp;
@@ -313,6 +314,7 @@ impl Relay {
         // the same statement, so a relay kept busy by commits pays one write per round, not
         // two. They wait at most `mark_delay`; until then they stay leased to this relay.
         let mut acked = Acked::default();
+        let mut round_failures = FailureRun::default();
         info!(topic = %self.topics.events, plugin_changes = %self.topics.plugin_changes, batch = self.config.batch_size, "outbox relay started");
         loop {
             if *shutdown.borrow() {
@@ -324,13 +326,38 @@ impl Relay {
             }
             let busy = match self.round(&mut acked).await {
                 Ok(o) => {
+                    if let Some(Recovered { failures, lasted }) =
+                        round_failures.succeeded(Instant::now())
+                    {
+                        info!(
+                            failures,
+                            lasted_ms = lasted.as_millis(),
+                            "relay rounds work again"
+                        );
+                    }
                     if o.claimed > 0 {
                         debug!(?o, "relay round");
                     }
                     o.claimed >= self.config.batch_size as usize
                 }
+                // The database or the broker is away: one line per run of failures, not per
+                // round.
                 Err(e) => {
-                    warn!(error = %e, "relay round failed");
+                    match round_failures.failed(Instant::now()) {
+                        Report::First => warn!(error = %e, "relay round failed"),
+                        Report::StillFailing {
+                            failures,
+                            unreported,
+                            lasted,
+                        } => warn!(
+                            error = %e,
+                            failures,
+                            unreported,
+                            lasted_secs = lasted.as_secs(),
+                            "relay rounds still failing"
+                        ),
+                        Report::Quiet => debug!(error = %e, "relay round failed"),
+                    }
                     false
                 }
             };
