@@ -12,11 +12,11 @@ use oms_application::changes::OrderChanges;
 use oms_application::clock::Clock;
 use oms_application::outbox::{OutboxMessage, SAGA_PARKED};
 use oms_application::ports::{
-    FailureCode, FailureReason, GatewayError, OrderStore, OrderWrite, PluginKvStore, SagaStore,
-    StepDirection, StepState,
+    FailureCode, FailureReason, GatewayError, OrderStore, OrderWrite, PluginKvStore, SagaCommit,
+    SagaQuery, SagaStore, StepDirection, StepHistory, StepState, StoreError,
 };
 use oms_application::saga::{
-    Direction, EngineConfig, SagaEngine, SagaInstance, SagaKind, SagaPorts, SagaStatus,
+    Direction, EngineConfig, SagaEngine, SagaId, SagaInstance, SagaKind, SagaPorts, SagaStatus,
 };
 use oms_application::testing::{
     ManualClock, MemoryStore, SCRIPTED_PLUGINS, Scripted, ScriptedGateways, sample_order, transient,
@@ -72,14 +72,19 @@ impl Rig {
             },
             self.clock.clone(),
             OrderChanges::default(),
-            EngineConfig {
-                worker: name.to_owned(),
-                lease: LEASE,
-                heartbeat_limit: HEARTBEAT_LIMIT,
-                deadline_cap: None,
-            },
+            self.config(name),
             Arc::new(|| 0.0),
         )
+    }
+
+    /// The configuration of [`Self::engine`]'s workers.
+    fn config(&self, name: &str) -> EngineConfig {
+        EngineConfig {
+            worker: name.to_owned(),
+            lease: LEASE,
+            heartbeat_limit: HEARTBEAT_LIMIT,
+            deadline_cap: None,
+        }
     }
 
     async fn saga(&self) -> SagaInstance {
@@ -1074,6 +1079,83 @@ async fn a_call_that_outlasts_the_lease_keeps_it_by_heartbeat() {
     driving.await.unwrap();
     assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
     assert_eq!(rig.gateways.operations(), ["reserve", "authorize"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_stuck_on_the_database_never_holds_the_call_up() {
+    // The first heartbeat awaited its renewal inside the call's `select!` arm: while a
+    // renewal hung (the database gone), the call was not polled, and the step waited on the
+    // database instead of finishing. Renewals now run beside the call.
+    let rig = Rig::new().await;
+    let release = rig.gateways.hold(&rig.saga.id.to_string());
+    let worker = SagaEngine::new(
+        SagaPorts {
+            orders: rig.store.clone(),
+            sagas: Arc::new(StuckRenewals(rig.store.clone())),
+            payments: rig.gateways.clone(),
+            inventory: rig.gateways.clone(),
+        },
+        rig.clock.clone(),
+        OrderChanges::default(),
+        rig.config("w1"),
+        Arc::new(|| 0.0),
+    );
+    let driving = tokio::spawn(async move { worker.run_due(10).await.unwrap() });
+    while rig.gateways.calls().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    // A renewal is due after a third of the lease, and hangs; the call answers after it.
+    tokio::time::sleep(LEASE / 2).await;
+    release.notify_one();
+    tokio::time::timeout(LEASE, driving)
+        .await
+        .expect("the drive went on while its renewal hung")
+        .unwrap();
+    assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
+}
+
+/// The test kit's store, except that a lease renewal never answers (the database went away
+/// under a heartbeat).
+struct StuckRenewals(Arc<MemoryStore>);
+
+#[async_trait::async_trait]
+impl SagaStore for StuckRenewals {
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<SagaInstance>, StoreError> {
+        self.0.claim_due(owner, now, lease_until, limit).await
+    }
+    async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError> {
+        self.0.commit(commit).await
+    }
+    async fn renew_lease(
+        &self,
+        _: SagaId,
+        _: &str,
+        _: i64,
+        _: Timestamp,
+    ) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError> {
+        SagaStore::get(self.0.as_ref(), id).await
+    }
+    async fn for_order(&self, order_id: OrderId) -> Result<Vec<SagaInstance>, StoreError> {
+        self.0.for_order(order_id).await
+    }
+    async fn find(&self, query: &SagaQuery) -> Result<Vec<SagaInstance>, StoreError> {
+        self.0.find(query).await
+    }
+    async fn steps(&self, id: SagaId) -> Result<Vec<StepHistory>, StoreError> {
+        SagaStore::steps(self.0.as_ref(), id).await
+    }
+    async fn plugin_builds_in_use(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.0.plugin_builds_in_use().await
+    }
 }
 
 #[tokio::test(start_paused = true)]
