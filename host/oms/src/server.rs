@@ -161,7 +161,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         )
         .await;
     let mut applied = std::collections::HashMap::new();
-    catalog.catch_up(&mut applied).await;
+    catalog
+        .catch_up(
+            &mut applied,
+            &mut oms_application::outage::FailureRun::default(),
+        )
+        .await;
     // Older builds that open orders are pinned to, before their follow-ups run here.
     catalog.restore_pinned_builds().await;
     service = service.with_plugins(catalog.clone());

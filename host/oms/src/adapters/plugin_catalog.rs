@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use oms_application::outage::{FailureRun, Recovered, Report};
 use oms_application::ports::{
     AuditEntry, CanaryEnd, CanaryInfo, DisabledPlugin, NewCanary, NewRelease, PluginBuild,
     PluginCatalog, PluginInfo, PluginRelease, PluginReleaseStore, ReleaseAction, SagaStore,
@@ -38,7 +39,7 @@ use oms_plugin_runtime::{
     manifests_in,
 };
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The plugin runtime as the admin API's catalog, following the shared release set.
 #[derive(Clone)]
@@ -299,12 +300,36 @@ impl RuntimeCatalog {
 
     /// One round of following the release set: installs each release whose generation is
     /// not in `applied` (all of them the first time, so that a starting process serves what
-    /// the others serve) and records it there.
-    pub async fn catch_up(&self, applied: &mut HashMap<String, i64>) {
+    /// the others serve) and records it there. A failure to read the set is logged as
+    /// `failures` decides: once per run of failures while the database is away.
+    pub async fn catch_up(&self, applied: &mut HashMap<String, i64>, failures: &mut FailureRun) {
         let releases = match self.releases.releases().await {
-            Ok(releases) => releases,
+            Ok(releases) => {
+                if let Some(Recovered { failures, lasted }) = failures.succeeded(Instant::now()) {
+                    info!(
+                        failures,
+                        lasted_ms = lasted.as_millis(),
+                        "reading the plugin releases works again"
+                    );
+                }
+                releases
+            }
             Err(e) => {
-                warn!(error = %e, "reading the plugin releases failed");
+                match failures.failed(Instant::now()) {
+                    Report::First => warn!(error = %e, "reading the plugin releases failed"),
+                    Report::StillFailing {
+                        failures,
+                        unreported,
+                        lasted,
+                    } => warn!(
+                        error = %e,
+                        failures,
+                        unreported,
+                        lasted_secs = lasted.as_secs(),
+                        "reading the plugin releases still failing"
+                    ),
+                    Report::Quiet => debug!(error = %e, "reading the plugin releases failed"),
+                }
                 return;
             }
         };
@@ -351,8 +376,9 @@ impl RuntimeCatalog {
     ) {
         let mut swept = Instant::now();
         let mut samples = Samples::new();
+        let mut read_failures = FailureRun::default();
         while oms_application::shutdown::pause(interval, &mut shutdown).await {
-            self.catch_up(&mut applied).await;
+            self.catch_up(&mut applied, &mut read_failures).await;
             self.guard_canaries(&mut samples, &actor).await;
             if swept.elapsed() >= RETAINED_SWEEP_EVERY {
                 self.release_unreferenced().await;
