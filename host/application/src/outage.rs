@@ -97,6 +97,44 @@ impl FailureRun {
     }
 }
 
+/// Logs `$error`, a failure of a background loop, as `$run` (a [`FailureRun`]) decides:
+/// `WARN $failed` for the first failure of a run, `WARN $still` with the counts once per
+/// period while it lasts, `DEBUG $failed` for the rest. One way to word it for every loop.
+#[macro_export]
+macro_rules! log_failure {
+    ($run:expr, $error:ident, $failed:literal, $still:literal) => {
+        match $run.failed(::std::time::Instant::now()) {
+            $crate::outage::Report::First => ::tracing::warn!(error = %$error, $failed),
+            $crate::outage::Report::StillFailing {
+                failures,
+                unreported,
+                lasted,
+            } => ::tracing::warn!(
+                error = %$error,
+                failures,
+                unreported,
+                lasted_secs = lasted.as_secs(),
+                $still
+            ),
+            $crate::outage::Report::Quiet => ::tracing::debug!(error = %$error, $failed),
+        }
+    };
+}
+
+/// Logs `INFO $recovered` with how many failed and for how long, when this success ends a
+/// run of failures of `$run` (a [`FailureRun`]).
+#[macro_export]
+macro_rules! log_recovery {
+    ($run:expr, $recovered:literal) => {
+        if let Some($crate::outage::Recovered { failures, lasted }) =
+            $run.succeeded(::std::time::Instant::now())
+        {
+            let lasted_ms = u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX);
+            ::tracing::info!(failures, lasted_ms, $recovered);
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

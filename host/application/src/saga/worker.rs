@@ -2,13 +2,12 @@
 //! soon as one finishes or new work is announced, sleep when nothing is due.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
 
-use crate::outage::{FailureRun, Recovered, Report};
+use crate::outage::FailureRun;
 
 use super::engine::SagaEngine;
 
@@ -52,36 +51,19 @@ pub async fn run(
                 .await
             {
                 Ok((sagas, claimed_at)) => {
-                    if let Some(Recovered { failures, lasted }) =
-                        claim_failures.succeeded(Instant::now())
-                    {
-                        info!(
-                            failures,
-                            lasted_ms = lasted.as_millis(),
-                            "saga worker claims work again"
-                        );
-                    }
+                    crate::log_recovery!(claim_failures, "saga worker claims work again");
                     claimed = sagas.len();
                     for saga in sagas {
                         let engine = Arc::clone(&engine);
                         in_flight.spawn(async move { engine.drive(saga, claimed_at).await });
                     }
                 }
-                Err(e) => match claim_failures.failed(Instant::now()) {
-                    Report::First => warn!(error = %e, "saga worker claim failed"),
-                    Report::StillFailing {
-                        failures,
-                        unreported,
-                        lasted,
-                    } => warn!(
-                        error = %e,
-                        failures,
-                        unreported,
-                        lasted_secs = lasted.as_secs(),
-                        "saga worker claims still failing"
-                    ),
-                    Report::Quiet => debug!(error = %e, "saga worker claim failed"),
-                },
+                Err(e) => crate::log_failure!(
+                    claim_failures,
+                    e,
+                    "saga worker claim failed",
+                    "saga worker claims still failing"
+                ),
             }
         }
         // Every free slot filled: more may be due; claim again at once.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use oms_application::outage::{FailureRun, Recovered, Report};
+use oms_application::outage::FailureRun;
 use oms_application::ports::{
     AuditEntry, CanaryEnd, CanaryInfo, DisabledPlugin, NewCanary, NewRelease, PluginBuild,
     PluginCatalog, PluginInfo, PluginRelease, PluginReleaseStore, ReleaseAction, SagaStore,
@@ -39,7 +39,7 @@ use oms_plugin_runtime::{
     manifests_in,
 };
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// The plugin runtime as the admin API's catalog, following the shared release set.
 #[derive(Clone)]
@@ -305,31 +305,16 @@ impl RuntimeCatalog {
     pub async fn catch_up(&self, applied: &mut HashMap<String, i64>, failures: &mut FailureRun) {
         let releases = match self.releases.releases().await {
             Ok(releases) => {
-                if let Some(Recovered { failures, lasted }) = failures.succeeded(Instant::now()) {
-                    info!(
-                        failures,
-                        lasted_ms = lasted.as_millis(),
-                        "reading the plugin releases works again"
-                    );
-                }
+                oms_application::log_recovery!(failures, "reading the plugin releases works again");
                 releases
             }
             Err(e) => {
-                match failures.failed(Instant::now()) {
-                    Report::First => warn!(error = %e, "reading the plugin releases failed"),
-                    Report::StillFailing {
-                        failures,
-                        unreported,
-                        lasted,
-                    } => warn!(
-                        error = %e,
-                        failures,
-                        unreported,
-                        lasted_secs = lasted.as_secs(),
-                        "reading the plugin releases still failing"
-                    ),
-                    Report::Quiet => debug!(error = %e, "reading the plugin releases failed"),
-                }
+                oms_application::log_failure!(
+                    failures,
+                    e,
+                    "reading the plugin releases failed",
+                    "reading the plugin releases still failing"
+                );
                 return;
             }
         };

@@ -23,7 +23,7 @@ mod message;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oms_application::outage::{FailureRun, Recovered, Report};
+use oms_application::outage::FailureRun;
 use oms_application::ports::OutboxStore;
 use oms_application::retry::RetryPolicy;
 use oms_domain::Timestamp;
@@ -326,15 +326,7 @@ impl Relay {
             }
             let busy = match self.round(&mut acked).await {
                 Ok(o) => {
-                    if let Some(Recovered { failures, lasted }) =
-                        round_failures.succeeded(Instant::now())
-                    {
-                        info!(
-                            failures,
-                            lasted_ms = lasted.as_millis(),
-                            "relay rounds work again"
-                        );
-                    }
+                    oms_application::log_recovery!(round_failures, "relay rounds work again");
                     if o.claimed > 0 {
                         debug!(?o, "relay round");
                     }
@@ -343,21 +335,12 @@ impl Relay {
                 // The database or the broker is away: one line per run of failures, not per
                 // round.
                 Err(e) => {
-                    match round_failures.failed(Instant::now()) {
-                        Report::First => warn!(error = %e, "relay round failed"),
-                        Report::StillFailing {
-                            failures,
-                            unreported,
-                            lasted,
-                        } => warn!(
-                            error = %e,
-                            failures,
-                            unreported,
-                            lasted_secs = lasted.as_secs(),
-                            "relay rounds still failing"
-                        ),
-                        Report::Quiet => debug!(error = %e, "relay round failed"),
-                    }
+                    oms_application::log_failure!(
+                        round_failures,
+                        e,
+                        "relay round failed",
+                        "relay rounds still failing"
+                    );
                     false
                 }
             };
