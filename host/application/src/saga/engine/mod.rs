@@ -20,7 +20,7 @@ use super::instance::{SagaInstance, SagaStatus};
 use crate::changes::OrderChanges;
 use crate::clock::Clock;
 use crate::error::AppError;
-use crate::ports::{InventoryGateway, OrderStore, PaymentGateway, SagaStore};
+use crate::ports::{InventoryGateway, OrderStore, PaymentGateway, SagaStore, StoreError};
 use run::Run;
 
 /// How a step left the saga.
@@ -48,6 +48,12 @@ enum StepError {
     /// This worker no longer owns the saga (another worker claimed it after the lease ran
     /// out, or it moved on): stop at once; calling the provider again would be for nothing.
     LeaseLost,
+    /// The domain refused the step's change for the order as read (`payment in status
+    /// AUTHORIZED cannot be authorized`). Mostly a stale worker: its lease lapsed before it
+    /// read the order, another worker ran the step and committed, and this one read the
+    /// order as that commit left it. [`SagaEngine::drive_steps`] tells it from a real
+    /// failure by the lease.
+    Refused(DomainError),
     Failed(AppError),
 }
 
@@ -59,7 +65,7 @@ impl From<AppError> for StepError {
 
 impl From<DomainError> for StepError {
     fn from(e: DomainError) -> Self {
-        Self::Failed(e.into())
+        Self::Refused(e)
     }
 }
 
@@ -206,12 +212,34 @@ impl SagaEngine {
                     debug!(saga = %saga.id, "order or plugin state kept moving under the saga; it resumes later");
                     return;
                 }
+                Err(StepError::Refused(e)) => {
+                    // A worker that lost its lease has nothing to report: the saga is
+                    // another's. One that holds it reports the refusal as the failure it is.
+                    if matches!(self.renew_lease(&saga).await, Err(StoreError::LeaseLost)) {
+                        debug!(saga = %saga.id, error = %e, "step refused after the lease was lost; stopping");
+                    } else {
+                        let e = AppError::from(e);
+                        warn!(saga = %saga.id, order = %saga.order_id, error = %e, "saga step failed; it resumes after its lease");
+                    }
+                    return;
+                }
                 Err(StepError::Failed(e)) => {
                     warn!(saga = %saga.id, order = %saga.order_id, error = %e, "saga step failed; it resumes after its lease");
                     return;
                 }
             }
         }
+    }
+
+    /// Extends this worker's lease of `saga` by a lease from now, while the saga is still at
+    /// the version this worker committed and leased to it: the heartbeat of a long call, and
+    /// how a refused step tells whether its worker still owns the saga.
+    async fn renew_lease(&self, saga: &SagaInstance) -> Result<(), StoreError> {
+        let until = self.clock.now().saturating_add(self.config.lease);
+        self.ports
+            .sagas
+            .renew_lease(saga.id, &self.config.worker, saga.version, until)
+            .await
     }
 
     async fn load_order(&self, saga: &SagaInstance) -> Result<Order, AppError> {

@@ -141,41 +141,11 @@ impl SagaEngine {
                 .await;
             match result {
                 // Steps run since the last commit go onto the fresh order with this one.
-                Err(StepError::OrderMoved) => {
-                    let fresh = self.load_order(saga).await?;
-                    order = match saga.rebase(fresh) {
-                        Ok(order) => order,
-                        Err(e) => return Err(self.refused(saga, e).await),
-                    };
-                }
+                Err(StepError::OrderMoved) => order = saga.rebase(self.load_order(saga).await?)?,
                 other => return other,
             }
         }
         Err(StepError::OrderMoved)
-    }
-
-    /// A step's change that the domain refused for the order as read (say `payment in
-    /// status AUTHORIZED cannot be authorized`). Mostly a stale worker: its lease lapsed
-    /// before it read the order, another worker ran the step and committed, and this one
-    /// read the order as that commit left it. Such a worker has nothing to say and stops as
-    /// if its commit had been refused (`LeaseLost`, checked by renewing the lease at the
-    /// saga's version); a worker that still holds the saga reports the refusal as the
-    /// failure it is.
-    pub(super) async fn refused(
-        &self,
-        saga: &SagaInstance,
-        error: oms_domain::DomainError,
-    ) -> StepError {
-        let until = self.clock.now().saturating_add(self.config.lease);
-        match self
-            .ports
-            .sagas
-            .renew_lease(saga.id, &self.config.worker, saga.version, until)
-            .await
-        {
-            Err(StoreError::LeaseLost) => StepError::LeaseLost,
-            _ => StepError::Failed(error.into()),
-        }
     }
 
     /// Commits `next` (the saga after this step) with the step's audit row and the order
@@ -204,17 +174,13 @@ impl SagaEngine {
             .chain(record)
             .cloned()
             .collect();
-        match change.apply(&mut order, now) {
-            Ok(Some(event)) => events.push(event),
-            Ok(None) => {}
-            Err(e) => return Err(self.refused(saga, e).await),
+        if let Some(event) = change.apply(&mut order, now)? {
+            events.push(event);
         }
-        if let Some(mark) = mark {
-            match mark.apply(&mut order, now) {
-                Ok(Some(event)) => events.push(event),
-                Ok(None) => {}
-                Err(e) => return Err(self.refused(saga, e).await),
-            }
+        if let Some(mark) = mark
+            && let Some(event) = mark.apply(&mut order, now)?
+        {
+            events.push(event);
         }
         let changed = order.version() != base;
         let mut outbox: Vec<OutboxMessage> = events

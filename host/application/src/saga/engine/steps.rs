@@ -61,7 +61,7 @@ impl SagaEngine {
         saga: &SagaInstance,
         call: impl std::future::Future<Output = T>,
     ) -> Result<T, StepError> {
-        let (id, version) = (saga.id, saga.version);
+        let id = saga.id;
         let every = self.config.lease / 3;
         let stop_at = tokio::time::Instant::now() + self.config.heartbeat_limit;
         let renew = async {
@@ -71,13 +71,7 @@ impl SagaEngine {
                     debug!(saga = %id, "a step's calls outlasted the heartbeat limit; the lease lapses");
                     return std::future::pending().await;
                 }
-                let until = self.clock.now().saturating_add(self.config.lease);
-                match self
-                    .ports
-                    .sagas
-                    .renew_lease(id, &self.config.worker, version, until)
-                    .await
-                {
+                match self.renew_lease(saga).await {
                     Ok(()) => {}
                     Err(StoreError::LeaseLost) => return,
                     // The database is away: the call goes on, and its commit tells whether
@@ -147,10 +141,7 @@ impl SagaEngine {
                     && next.status == SagaStatus::Running
                     && next.next_attempt_at <= now
                 {
-                    let order = match saga.defer(next, record, order, &effect.change, now) {
-                        Ok(order) => order,
-                        Err(e) => return Err(self.refused(saga, e).await),
-                    };
+                    let order = saga.defer(next, record, order, &effect.change, now)?;
                     return Ok(Next::Continue(Box::new(order)));
                 }
                 let order = self
