@@ -20,7 +20,8 @@ use oms_domain::Timestamp;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::sql::{Args, ConnOf, Dialect, Q, ResultOf, RowExt, Sql, json};
+use crate::sql::batch::Statement;
+use crate::sql::{Args, Batch, Counts, Dialect, PartId, RowExt, Sql, UniqueIndex, json};
 use oms_application::idempotency::rules::{KeyRecord, MAX_ROUNDS, Verdict, contention, judge};
 
 pub(crate) struct SqlIdempotencyStore<D: Dialect> {
@@ -77,71 +78,104 @@ fn claim(scope: &IdempotencyScope, fingerprint: &Fingerprint, token: Uuid) -> Be
 }
 
 /// Marks the claim's record completed with `outcome`. Compares the lease token, so a request
-/// whose lease was taken over cannot complete.
-fn completion<D: Dialect>(
-    claim: &IdempotencyClaim,
+/// whose lease was taken over cannot complete: it changes no row (see [`completed`]).
+fn completion<'q, D: Dialect>(
+    claim: &'q IdempotencyClaim,
     outcome: &StoredOutcome,
-) -> Result<Q<'static, D>, StoreError> {
-    Ok(D::query(
-        "UPDATE idempotency_keys SET state = 'completed', outcome = $5, \
-         lease_token = NULL, locked_until = NULL \
-         WHERE method = $1 AND caller = $2 AND key = $3 AND lease_token = $4 \
-         AND state = 'in_progress'",
-    )
-    .arg(claim.scope.method.as_str())
-    .arg(claim.scope.caller.as_str())
-    .arg(claim.scope.key.as_str())
-    .arg(D::id(claim.lease_token))
-    .arg(json(outcome, "idempotency outcome")?))
+) -> Result<Statement<'q, D>, StoreError> {
+    let outcome = json(outcome, "idempotency outcome")?;
+    Ok(Statement {
+        sql: "UPDATE idempotency_keys SET state = 'completed', outcome = $5, \
+              lease_token = NULL, locked_until = NULL \
+              WHERE method = $1 AND caller = $2 AND key = $3 AND lease_token = $4 \
+              AND state = 'in_progress'"
+            .to_owned(),
+        bind: Box::new(move |query| {
+            query
+                .arg(claim.scope.method.as_str())
+                .arg(claim.scope.caller.as_str())
+                .arg(claim.scope.key.as_str())
+                .arg(D::id(claim.lease_token))
+                .arg(outcome)
+        }),
+    })
 }
 
-fn completed<D: Dialect>(result: &ResultOf<D>) -> Result<(), StoreError> {
-    if D::rows_affected(result) == 1 {
+fn completed(rows: u64) -> Result<(), StoreError> {
+    if rows == 1 {
         Ok(())
     } else {
         Err(StoreError::LeaseLost)
     }
 }
 
-/// Writes an order write's idempotency record inside the caller's transaction: completes a
-/// claim (see [`completion`]), or inserts the record already completed. The insert is
-/// `ON CONFLICT DO NOTHING`: on PostgreSQL a concurrent insert of the same key waits for the
-/// first one's transaction and then does nothing if it committed; on SQLite the write lock
-/// taken at `BEGIN IMMEDIATE` orders them. Either way a conflict is `KeyExists`, and the
-/// caller rolls back.
-pub(crate) async fn write_key<D: Dialect>(
-    conn: &mut ConnOf<D>,
-    write: &IdempotencyCompletion,
-) -> Result<(), StoreError> {
-    let fingerprint_hex;
-    let query = match write {
-        IdempotencyCompletion::Claimed { claim, outcome } => completion::<D>(claim, outcome)?,
+/// The primary key of the records: a new record's insert violates it when the key is taken.
+const KEY_TAKEN: UniqueIndex = UniqueIndex {
+    name: "idempotency_keys_pkey",
+    columns: "idempotency_keys.method",
+};
+
+/// A write's idempotency record that failed because the key is already recorded: another
+/// request with this key committed first (see [`push_key`]).
+pub(crate) fn key_taken<D: Dialect>(e: &sqlx::Error) -> bool {
+    D::violates(e, &KEY_TAKEN)
+}
+
+/// What [`push_key`] asks of its part's count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyCheck(Option<PartId>);
+
+impl KeyCheck {
+    /// `LeaseLost` when a claim's completion changed nothing (its lease was taken over).
+    pub(crate) fn check(self, counts: &Counts) -> Result<(), StoreError> {
+        match self.0 {
+            Some(part) => completed(counts.of(part)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Adds an order write's idempotency record to the write's batch: completes a claim (see
+/// [`completion`]), or inserts the record already completed. The insert has no `ON CONFLICT`
+/// clause: it is part of one statement with the rest of the write (PostgreSQL), which a taken
+/// key must stop as a whole, before anything is written. On PostgreSQL a concurrent insert of
+/// the same key waits for the first one's transaction and fails if it committed; on SQLite
+/// the write lock taken at `BEGIN IMMEDIATE` orders them. Either way the violation is
+/// reported as `KeyExists` ([`key_taken`]).
+pub(crate) fn push_key<'q, D: Dialect>(
+    batch: &mut Batch<'q, D>,
+    write: &'q IdempotencyCompletion,
+) -> Result<KeyCheck, StoreError> {
+    match write {
+        IdempotencyCompletion::Claimed { claim, outcome } => {
+            let Statement { sql, bind } = completion::<D>(claim, outcome)?;
+            Ok(KeyCheck(Some(batch.push(sql, bind))))
+        }
         IdempotencyCompletion::Unclaimed {
             request,
             outcome,
             created_at,
             expires_at,
         } => {
-            fingerprint_hex = request.fingerprint.to_hex();
-            D::query(
+            let fingerprint = request.fingerprint.to_hex();
+            let outcome = json(outcome, "idempotency outcome")?;
+            let (created_at, expires_at) = (created_at.unix_millis(), expires_at.unix_millis());
+            batch.push(
                 "INSERT INTO idempotency_keys (method, caller, key, fingerprint, state, outcome, \
-             created_at, expires_at) VALUES ($1, $2, $3, $4, 'completed', $5, $6, $7) \
-             ON CONFLICT (method, caller, key) DO NOTHING",
-            )
-            .arg(request.scope.method.as_str())
-            .arg(request.scope.caller.as_str())
-            .arg(request.scope.key.as_str())
-            .arg(fingerprint_hex.as_str())
-            .arg(json(outcome, "idempotency outcome")?)
-            .arg(created_at.unix_millis())
-            .arg(expires_at.unix_millis())
+                 created_at, expires_at) VALUES ($1, $2, $3, $4, 'completed', $5, $6, $7)",
+                move |query| {
+                    query
+                        .arg(request.scope.method.as_str())
+                        .arg(request.scope.caller.as_str())
+                        .arg(request.scope.key.as_str())
+                        .arg(fingerprint)
+                        .arg(outcome)
+                        .arg(created_at)
+                        .arg(expires_at)
+                },
+            );
+            Ok(KeyCheck(None))
         }
-    };
-    let written = query.execute(D::on(conn)).await.map_err(D::classify)?;
-    match write {
-        IdempotencyCompletion::Claimed { .. } => completed::<D>(&written),
-        IdempotencyCompletion::Unclaimed { .. } if D::rows_affected(&written) == 1 => Ok(()),
-        IdempotencyCompletion::Unclaimed { .. } => Err(StoreError::KeyExists),
     }
 }
 
@@ -227,8 +261,11 @@ impl<D: Dialect> IdempotencyStore for SqlIdempotencyStore<D> {
         outcome: &StoredOutcome,
         _now: Timestamp,
     ) -> Result<(), StoreError> {
-        let updated = self.sql.write(completion::<D>(claim, outcome)?).await?;
-        completed::<D>(&updated)
+        let updated = self
+            .sql
+            .write(completion::<D>(claim, outcome)?.query())
+            .await?;
+        completed(D::rows_affected(&updated))
     }
 
     async fn release(&self, claim: &IdempotencyClaim) -> Result<(), StoreError> {

@@ -14,14 +14,17 @@ use oms_application::saga::SagaInstance;
 use oms_domain::{Order, OrderId, Timestamp, Version};
 use sqlx::AssertSqlSafe;
 
-use crate::idempotency::write_key;
+use crate::idempotency::{KeyCheck, key_taken, push_key};
 use crate::mapping::{
     ItemRow, OrderRow, decode_item, decode_order, item_columns, order_columns, order_from_rows,
     orders_from_rows,
 };
-use crate::outbox::{NewOutboxRow, write_outbox};
-use crate::sagas::insert_saga;
-use crate::sql::{Args, Column, ConnOf, Dialect, RowOf, Rows, Sql, current_version, json, work};
+use crate::outbox::{NewOutboxRow, outbox_rows};
+use crate::sagas::{push_saga, saga_write_error};
+use crate::sql::{
+    Args, Batch, Column, ConnOf, Counts, Dialect, PartId, RowOf, Rows, Sql, current_version, json,
+    work,
+};
 
 pub(crate) struct SqlOrderStore<D: Dialect> {
     sql: Sql<D>,
@@ -142,13 +145,18 @@ impl<D: Dialect> OrderStore for SqlOrderStore<D> {
     }
 
     async fn save(&self, write: OrderWrite<'_>) -> Result<(), StoreError> {
-        // Committed with whatever other writes are queued (`sql::group`).
+        // Committed with whatever other writes are queued (`sql::group`); a create, one
+        // statement on PostgreSQL, without a transaction of its own when nothing is grouped.
+        let alone = atomic_alone::<D>(&write);
         let write = OwnedOrderWrite::of(&write);
-        self.sql
-            .commit_grouped(work::<D, _>(move |conn| {
-                Box::pin(async move { write_order::<D>(conn, &write.borrow()).await })
-            }))
-            .await
+        let work = work::<D, _>(move |conn| {
+            Box::pin(async move { write_order::<D>(conn, &write.borrow()).await })
+        });
+        if alone {
+            self.sql.commit_alone(work).await
+        } else {
+            self.sql.commit_grouped(work).await
+        }
     }
 }
 
@@ -191,67 +199,134 @@ impl OwnedOrderWrite {
     }
 }
 
-/// Everything an [`OrderWrite`] changes, inside the caller's transaction: `save` runs it
-/// alone; a saga commit runs it before updating the saga (the lock order is explained in
-/// `sagas.rs`). On error the caller must roll back (drop the transaction).
+/// Everything an [`OrderWrite`] changes, as one batch (one statement on PostgreSQL): `save`
+/// runs it alone; a saga commit adds its own statements after it (the lock order is
+/// explained in `sagas.rs`). On error the caller must roll back (drop the transaction).
 pub(crate) async fn write_order<D: Dialect>(
     conn: &mut ConnOf<D>,
     write: &OrderWrite<'_>,
 ) -> Result<(), StoreError> {
-    // The key first: a request whose lease was taken over, or whose key is already
-    // recorded, fails before it writes anything; and holding the key's row lock makes a
-    // concurrent takeover (or insert) wait for this commit, then see the key completed.
-    if let Some(key) = write.idempotency {
-        write_key::<D>(conn, key).await?;
-    }
-    match write.expected_version {
-        None => insert_order::<D>(conn, write.order).await?,
-        Some(expected) => update_order::<D>(conn, write.order, expected).await?,
-    }
-    insert_outbox::<D>(conn, write.outbox, write.order).await?;
-    // After the order: the saga row references it.
-    if let Some(saga) = write.start_saga {
-        insert_saga::<D>(conn, saga, write.lease_saga_to).await?;
-    }
-    Ok(())
+    let mut batch = Batch::default();
+    let checks = push_order::<D>(&mut batch, write)?;
+    let counts = batch.run(conn).await.map_err(write_error::<D>)?;
+    checks.check::<D>(conn, write.order, &counts).await
 }
 
-async fn insert_order<D: Dialect>(conn: &mut ConnOf<D>, order: &Order) -> Result<(), StoreError> {
+/// Whether [`write_order`] of `write` is atomic without a transaction: one statement, and no
+/// count to check that would have to roll it back (a create, without a claim to complete).
+pub(crate) fn atomic_alone<D: Dialect>(write: &OrderWrite<'_>) -> bool {
+    D::ONE_STATEMENT_BATCH
+        && write.expected_version.is_none()
+        && !matches!(
+            write.idempotency,
+            Some(IdempotencyCompletion::Claimed { .. })
+        )
+}
+
+/// A batch's error as the store reports it: a taken idempotency key is `KeyExists`, a second
+/// active saga of one order `SagaActive`.
+pub(crate) fn write_error<D: Dialect>(e: sqlx::Error) -> StoreError {
+    if key_taken::<D>(&e) {
+        StoreError::KeyExists
+    } else {
+        saga_write_error::<D>(e)
+    }
+}
+
+/// What [`push_order`] asks of its parts' counts.
+pub(crate) struct OrderChecks {
+    key: Option<KeyCheck>,
+    /// The optimistic-locked update, when the write is one.
+    update: Option<PartId>,
+}
+
+impl OrderChecks {
+    /// The key first: a request whose lease was taken over fails whatever else happened.
+    /// Then the version: an update that changed no row lost to a concurrent writer.
+    pub(crate) async fn check<D: Dialect>(
+        self,
+        conn: &mut ConnOf<D>,
+        order: &Order,
+        counts: &Counts,
+    ) -> Result<(), StoreError> {
+        if let Some(key) = self.key {
+            key.check(counts)?;
+        }
+        match self.update {
+            Some(part) if counts.of(part) != 1 => Err(version_conflict::<D>(conn, order).await?),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Adds `write`'s statements to `batch`, in lock order: the idempotency record first (a
+/// request whose key is already recorded, or whose lease was taken over, fails before it
+/// writes anything, and holding the key's row lock makes a concurrent takeover or insert
+/// wait for this commit, then see the key completed); then the order, its lines, its events;
+/// the saga last (its row references the order).
+pub(crate) fn push_order<'q, D: Dialect>(
+    batch: &mut Batch<'q, D>,
+    write: &OrderWrite<'q>,
+) -> Result<OrderChecks, StoreError> {
+    let key = write
+        .idempotency
+        .map(|key| push_key::<D>(batch, key))
+        .transpose()?;
+    let update = match write.expected_version {
+        None => {
+            push_insert::<D>(batch, write.order);
+            None
+        }
+        Some(expected) => Some(push_update::<D>(batch, write.order, expected)),
+    };
+    // Guarded by the update: a stale writer's events may already be in the outbox under the
+    // same ids, and its saga may already run; the update's count must tell it so instead.
+    batch.push_rows(
+        outbox_rows(outbox_of(write.outbox)?, write.order.updated_at())?,
+        update,
+    );
+    if let Some(saga) = write.start_saga {
+        push_saga::<D>(batch, saga, write.lease_saga_to, update)?;
+    }
+    Ok(OrderChecks { key, update })
+}
+
+fn push_insert<'q, D: Dialect>(batch: &mut Batch<'q, D>, order: &'q Order) {
     let p = order.parts();
     let a = &p.shipping_address;
-    D::query(
+    batch.push(
         "INSERT INTO orders (id, customer_id, status, payment_status, reservation_status, \
          currency, total_minor, captured_minor, refunded_minor, payment_provider, payment_token, \
          ship_recipient, ship_line1, ship_line2, ship_city, ship_postal_code, ship_country, \
          failure_reason, version, created_at, updated_at, ship_email) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
          $18, $19, $20, $21, $22)",
-    )
-    .arg(D::id(p.id.as_uuid()))
-    .arg(p.customer_id.as_str())
-    .arg(p.status.as_str())
-    .arg(p.payment_status.as_str())
-    .arg(p.reservation_status.as_str())
-    .arg(p.total.currency().as_str())
-    .arg(p.total.amount_minor())
-    .arg(p.captured.amount_minor())
-    .arg(p.refunded.amount_minor())
-    .arg(p.payment.provider.as_str())
-    .arg(p.payment.token.as_str())
-    .arg(a.recipient.as_str())
-    .arg(a.line1.as_str())
-    .arg(a.line2.as_str())
-    .arg(a.city.as_str())
-    .arg(a.postal_code.as_str())
-    .arg(a.country.as_str())
-    .arg(p.failure_reason.as_deref())
-    .arg(p.version.0)
-    .arg(p.created_at.unix_millis())
-    .arg(p.updated_at.unix_millis())
-    .arg(a.email.as_str())
-    .execute(D::on(conn))
-    .await
-    .map_err(D::classify)?;
+        move |query| {
+            query
+                .arg(D::id(p.id.as_uuid()))
+                .arg(p.customer_id.as_str())
+                .arg(p.status.as_str())
+                .arg(p.payment_status.as_str())
+                .arg(p.reservation_status.as_str())
+                .arg(p.total.currency().as_str())
+                .arg(p.total.amount_minor())
+                .arg(p.captured.amount_minor())
+                .arg(p.refunded.amount_minor())
+                .arg(p.payment.provider.as_str())
+                .arg(p.payment.token.as_str())
+                .arg(a.recipient.as_str())
+                .arg(a.line1.as_str())
+                .arg(a.line2.as_str())
+                .arg(a.city.as_str())
+                .arg(a.postal_code.as_str())
+                .arg(a.country.as_str())
+                .arg(p.failure_reason.as_deref())
+                .arg(p.version.0)
+                .arg(p.created_at.unix_millis())
+                .arg(p.updated_at.unix_millis())
+                .arg(a.email.as_str())
+        },
+    );
 
     let lines = p.items.len();
     let mut line_nos = Vec::with_capacity(lines);
@@ -266,8 +341,7 @@ async fn insert_order<D: Dialect>(conn: &mut ConnOf<D>, order: &Order) -> Result
         prices.push(item.unit_price.amount_minor());
         currencies.push(item.unit_price.currency().as_str().to_owned());
     }
-    D::insert_rows(
-        conn,
+    batch.push_rows(
         Rows {
             table: "order_items",
             columns: &[
@@ -288,55 +362,57 @@ async fn insert_order<D: Dialect>(conn: &mut ConnOf<D>, order: &Order) -> Result
             ],
             on_conflict: "",
         },
-    )
-    .await
-    .map_err(D::classify)?;
-    Ok(())
+        None,
+    );
 }
 
 /// The optimistic-locked update. Lines never change after the insert, so only the order row
 /// is written.
-async fn update_order<D: Dialect>(
-    conn: &mut ConnOf<D>,
-    order: &Order,
+fn push_update<'q, D: Dialect>(
+    batch: &mut Batch<'q, D>,
+    order: &'q Order,
     expected: Version,
-) -> Result<(), StoreError> {
+) -> PartId {
     let p = order.parts();
     let a = &p.shipping_address;
-    let updated = D::query(
+    batch.push(
         "UPDATE orders SET status = $3, payment_status = $4, reservation_status = $5, \
          captured_minor = $6, refunded_minor = $7, ship_recipient = $8, ship_line1 = $9, \
          ship_line2 = $10, ship_city = $11, ship_postal_code = $12, ship_country = $13, \
          failure_reason = $14, version = $15, updated_at = $16, ship_email = $17 \
          WHERE id = $1 AND version = $2",
+        move |query| {
+            query
+                .arg(D::id(p.id.as_uuid()))
+                .arg(expected.0)
+                .arg(p.status.as_str())
+                .arg(p.payment_status.as_str())
+                .arg(p.reservation_status.as_str())
+                .arg(p.captured.amount_minor())
+                .arg(p.refunded.amount_minor())
+                .arg(a.recipient.as_str())
+                .arg(a.line1.as_str())
+                .arg(a.line2.as_str())
+                .arg(a.city.as_str())
+                .arg(a.postal_code.as_str())
+                .arg(a.country.as_str())
+                .arg(p.failure_reason.as_deref())
+                .arg(p.version.0)
+                .arg(p.updated_at.unix_millis())
+                .arg(a.email.as_str())
+        },
     )
-    .arg(D::id(p.id.as_uuid()))
-    .arg(expected.0)
-    .arg(p.status.as_str())
-    .arg(p.payment_status.as_str())
-    .arg(p.reservation_status.as_str())
-    .arg(p.captured.amount_minor())
-    .arg(p.refunded.amount_minor())
-    .arg(a.recipient.as_str())
-    .arg(a.line1.as_str())
-    .arg(a.line2.as_str())
-    .arg(a.city.as_str())
-    .arg(a.postal_code.as_str())
-    .arg(a.country.as_str())
-    .arg(p.failure_reason.as_deref())
-    .arg(p.version.0)
-    .arg(p.updated_at.unix_millis())
-    .arg(a.email.as_str())
-    .execute(D::on(conn))
-    .await
-    .map_err(D::classify)?;
-    if D::rows_affected(&updated) == 1 {
-        return Ok(());
-    }
-    // The version that beat us: under READ COMMITTED (PostgreSQL) a concurrent writer's
-    // commit is visible to this statement; on SQLite the write lock is held since BEGIN.
-    let current = current_version::<D>(conn, "orders", p.id.as_uuid()).await?;
-    Err(match current {
+}
+
+/// Why an update changed no row: the version that beat it. Under READ COMMITTED (PostgreSQL)
+/// a concurrent writer's commit is visible to this read; on SQLite the write lock is held
+/// since `BEGIN`.
+async fn version_conflict<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    order: &Order,
+) -> Result<StoreError, StoreError> {
+    let current = current_version::<D>(conn, "orders", order.id().as_uuid()).await?;
+    Ok(match current {
         None => StoreError::NotFound,
         Some(v) => StoreError::VersionConflict {
             current: Version(v),
@@ -345,12 +421,8 @@ async fn update_order<D: Dialect>(
 }
 
 /// The events, in order (the relay publishes in id order, which follows insertion order).
-async fn insert_outbox<D: Dialect>(
-    conn: &mut ConnOf<D>,
-    messages: &[OutboxMessage],
-    order: &Order,
-) -> Result<(), StoreError> {
-    let rows = messages
+fn outbox_of(messages: &[OutboxMessage]) -> Result<Vec<NewOutboxRow>, StoreError> {
+    messages
         .iter()
         .map(|m| {
             Ok(NewOutboxRow {
@@ -364,6 +436,5 @@ async fn insert_outbox<D: Dialect>(
                 occurred_at: m.occurred_at,
             })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    write_outbox::<D>(conn, rows, order.updated_at()).await
+        .collect()
 }

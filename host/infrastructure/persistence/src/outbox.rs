@@ -39,9 +39,17 @@ pub(crate) async fn write_outbox<D: Dialect>(
     rows: Vec<NewOutboxRow>,
     created_at: Timestamp,
 ) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
+    D::insert_rows(conn, outbox_rows(rows, created_at)?)
+        .await
+        .map_err(D::classify)?;
+    Ok(())
+}
+
+/// The insert of [`write_outbox`], for a caller that batches it with its other statements.
+pub(crate) fn outbox_rows(
+    rows: Vec<NewOutboxRow>,
+    created_at: Timestamp,
+) -> Result<Rows<'static>, StoreError> {
     let n = rows.len();
     let mut event_ids = Vec::with_capacity(n);
     let mut aggregate_types = Vec::with_capacity(n);
@@ -63,41 +71,35 @@ pub(crate) async fn write_outbox<D: Dialect>(
         occurred.push(r.occurred_at.unix_millis());
         headers.push(r.headers);
     }
-    D::insert_rows(
-        conn,
-        Rows {
-            table: "outbox",
-            columns: &[
-                "event_id",
-                "aggregate_type",
-                "aggregate_id",
-                "event_type",
-                "schema_version",
-                "payload",
-                "headers",
-                "occurred_at",
-                "created_at",
-                "next_attempt_at",
-            ],
-            values: vec![
-                Column::Id(event_ids),
-                Column::Text(aggregate_types),
-                Column::Id(aggregates),
-                Column::Text(types),
-                Column::Int(versions),
-                Column::Json(payloads),
-                Column::Json(headers),
-                Column::BigInt(occurred.clone()),
-                Column::BigInt(vec![created_at.unix_millis(); n]),
-                // Due at once.
-                Column::BigInt(occurred),
-            ],
-            on_conflict: "",
-        },
-    )
-    .await
-    .map_err(D::classify)?;
-    Ok(())
+    Ok(Rows {
+        table: "outbox",
+        columns: &[
+            "event_id",
+            "aggregate_type",
+            "aggregate_id",
+            "event_type",
+            "schema_version",
+            "payload",
+            "headers",
+            "occurred_at",
+            "created_at",
+            "next_attempt_at",
+        ],
+        values: vec![
+            Column::Id(event_ids),
+            Column::Text(aggregate_types),
+            Column::Id(aggregates),
+            Column::Text(types),
+            Column::Int(versions),
+            Column::Json(payloads),
+            Column::Json(headers),
+            Column::BigInt(occurred.clone()),
+            Column::BigInt(vec![created_at.unix_millis(); n]),
+            // Due at once.
+            Column::BigInt(occurred),
+        ],
+        on_conflict: "",
+    })
 }
 
 /// The PostgreSQL channel on which relays announce published order events, one notification

@@ -26,7 +26,7 @@ use oms_application::plugin_kv::{
 use oms_application::ports::{PluginKvStore, StoreError};
 use sqlx::AssertSqlSafe;
 
-use crate::sql::{Args, Column, ConnOf, Dialect, RowExt, Rows, Sql};
+use crate::sql::{Args, Batch, Column, ConnOf, Counts, Dialect, PartId, RowExt, Rows, Sql};
 
 /// How often a batch is retried when it lost a race (PostgreSQL: a deadlock or serialization
 /// failure, possible only if advisory lock ids of different keys collide).
@@ -198,25 +198,35 @@ impl<D: Dialect> PluginKvStore for SqlPluginKvStore<D> {
     }
 }
 
-/// Applies a commit's buffered plugin writes (every call of every step it records) on `conn`,
-/// inside that commit's transaction. `KvConflict` names a key whose condition or bound
-/// failed; the caller's transaction then rolls back with everything else the steps wrote.
-///
-/// Round trips: every record that must not exist yet (an outcome under a fresh idempotency
-/// key, a new payment or reservation: most of what a step writes) goes in one multi-row
-/// insert that skips existing keys, so a skipped row is a failed condition; every other key
-/// then gets its own statement, in sorted order, the hot counters last of all.
-pub(crate) async fn apply_changes<'a, D: Dialect>(
-    conn: &mut ConnOf<D>,
-    all: impl IntoIterator<Item = &'a KvChanges>,
-) -> Result<(), StoreError> {
-    let all: Vec<&KvChanges> = all.into_iter().collect();
-    let is_new = |change: &KeyChange| {
-        matches!(
-            (&change.expect, &change.effect),
-            (Expect::Value(None), KeyEffect::Put(_))
-        )
-    };
+// A commit's buffered plugin writes (every call of every step it records) are applied inside
+// that commit's transaction in two parts. `KvConflict` names a key whose condition or bound
+// failed; the caller's transaction then rolls back with everything else the steps wrote.
+//
+// Round trips: every record that must not exist yet (an outcome under a fresh idempotency
+// key, a new payment or reservation: most of what a step writes) goes in one multi-row
+// insert that skips existing keys, part of the commit's batch ([`push_new`]), so a skipped
+// row is a failed condition; every other key then gets its own statement, in sorted order,
+// the hot counters last of all ([`apply_rest`]).
+
+/// A record that must not exist yet: inserted by [`push_new`].
+fn is_new(change: &KeyChange) -> bool {
+    matches!(
+        (&change.expect, &change.effect),
+        (Expect::Value(None), KeyEffect::Put(_))
+    )
+}
+
+/// The records [`push_new`] inserts, to check against the batch's count.
+pub(crate) struct NewRecords<'a> {
+    part: PartId,
+    new: Vec<(&'a str, &'a str, &'a [u8])>,
+}
+
+/// Adds the insert of every record of `all` that must not exist yet to `batch`.
+pub(crate) fn push_new<'a, D: Dialect>(
+    batch: &mut Batch<'_, D>,
+    all: &[&'a KvChanges],
+) -> NewRecords<'a> {
     let mut new: Vec<(&str, &str, &[u8])> = all
         .iter()
         .flat_map(|changes| {
@@ -233,27 +243,7 @@ pub(crate) async fn apply_changes<'a, D: Dialect>(
         .collect();
     // One lock order for every commit: two commits inserting overlapping keys cannot deadlock.
     new.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    insert_new::<D>(conn, &new).await?;
-    for changes in &all {
-        for (key, change) in changes.keys.iter().filter(|(_, c)| !is_new(c)) {
-            if !apply_one::<D>(conn, &changes.namespace, key, change).await? {
-                return Err(StoreError::KvConflict {
-                    namespace: changes.namespace.clone(),
-                    key: key.clone(),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Inserts records that must not exist yet, in one statement; `KvConflict` when one did.
-async fn insert_new<D: Dialect>(
-    conn: &mut ConnOf<D>,
-    new: &[(&str, &str, &[u8])],
-) -> Result<(), StoreError> {
-    let inserted = D::insert_rows(
-        conn,
+    let part = batch.push_rows(
         Rows {
             table: "plugin_kv",
             columns: &["namespace", "key", "value"],
@@ -264,22 +254,50 @@ async fn insert_new<D: Dialect>(
             ],
             on_conflict: "ON CONFLICT (namespace, key) DO NOTHING",
         },
-    )
-    .await
-    .map_err(D::classify)?;
-    if usize::try_from(inserted).is_ok_and(|n| n == new.len()) {
-        return Ok(());
+        None,
+    );
+    NewRecords { part, new }
+}
+
+impl NewRecords<'_> {
+    /// `KvConflict` when a record existed already.
+    pub(crate) async fn check<D: Dialect>(
+        &self,
+        conn: &mut ConnOf<D>,
+        counts: &Counts,
+    ) -> Result<(), StoreError> {
+        if usize::try_from(counts.of(self.part)).is_ok_and(|n| n == self.new.len()) {
+            return Ok(());
+        }
+        // Some key existed (rare: the commit is refused and the step runs again). Name it for
+        // the log: a key now holding something else than what this commit wrote.
+        for (namespace, key, value) in &self.new {
+            if read_in::<D>(conn, namespace, key, "").await?.as_deref() != Some(*value) {
+                return Err(kv_conflict(namespace, key));
+            }
+        }
+        // Every key holds this commit's bytes, yet one existed before: an identical record.
+        let (namespace, key, _) = self.new[0];
+        Err(kv_conflict(namespace, key))
     }
-    // Some key existed (rare: the commit is refused and the step runs again). Name it for
-    // the log: a key now holding something else than what this commit wrote.
-    for (namespace, key, value) in new {
-        if read_in::<D>(conn, namespace, key, "").await?.as_deref() != Some(*value) {
-            return Err(kv_conflict(namespace, key));
+}
+
+/// Applies every change of `all` that [`push_new`] did not, one key at a time.
+pub(crate) async fn apply_rest<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    all: &[&KvChanges],
+) -> Result<(), StoreError> {
+    for changes in all {
+        for (key, change) in changes.keys.iter().filter(|(_, c)| !is_new(c)) {
+            if !apply_one::<D>(conn, &changes.namespace, key, change).await? {
+                return Err(StoreError::KvConflict {
+                    namespace: changes.namespace.clone(),
+                    key: key.clone(),
+                });
+            }
         }
     }
-    // Every key holds this commit's bytes, yet one existed before: an identical record.
-    let (namespace, key, _) = new[0];
-    Err(kv_conflict(namespace, key))
+    Ok(())
 }
 
 /// One key's value inside the commit's transaction; `lock` is appended to the query (a

@@ -12,13 +12,16 @@ use oms_application::ports::{
 };
 use oms_application::saga::{SagaId, SagaInstance, SagaStatus};
 use oms_domain::{OrderId, OrderStatus, Timestamp, Version};
+use serde_json::value::RawValue;
 use sqlx::AssertSqlSafe;
+use sqlx::types::Json;
 
 use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
-use crate::orders::{OwnedOrderWrite, write_order};
+use crate::orders::{OwnedOrderWrite, push_order, write_error};
+use crate::sql::batch::GUARD;
 use crate::sql::{
-    Args, Column, ConnOf, Dialect, Q, RowExt, RowOf, Rows, Sql, UniqueIndex, current_version, json,
-    work,
+    Args, Batch, Column, ConnOf, Dialect, PartId, Q, RowExt, RowOf, Rows, Sql, UniqueIndex,
+    current_version, json, work,
 };
 
 /// The unique partial index that admits one active saga per order (migration 0004).
@@ -72,7 +75,7 @@ fn decode_sagas<D: Dialect>(rows: &[RowOf<D>]) -> Result<Vec<SagaInstance>, Stor
 
 /// Classifies an error of a statement that may make a saga active: hitting the one-active
 /// index means the order already has a running saga, which the caller must hear as such.
-fn saga_write_error<D: Dialect>(e: sqlx::Error) -> StoreError {
+pub(crate) fn saga_write_error<D: Dialect>(e: sqlx::Error) -> StoreError {
     if D::violates(&e, &ONE_ACTIVE) {
         StoreError::SagaActive
     } else {
@@ -80,61 +83,81 @@ fn saga_write_error<D: Dialect>(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// Inserts a new saga inside the caller's transaction (an order write that starts it),
-/// leased to `lease`'s owner when the writer drives it itself.
-pub(crate) async fn insert_saga<D: Dialect>(
-    conn: &mut ConnOf<D>,
-    saga: &SagaInstance,
-    lease: Option<SagaLease<'_>>,
-) -> Result<(), StoreError> {
-    let query = D::query(
-        "INSERT INTO saga_instances (id, kind, order_id, status, step_index, attempts, \
-         next_attempt_at, deadline_at, last_error, state, version, created_at, updated_at, \
-         lease_owner, lease_until) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-    )
-    .arg(D::id(saga.id.0))
-    .arg(saga.kind.as_str())
-    .arg(D::id(saga.order_id.as_uuid()));
-    bind_progress::<D>(query, saga)?
-        .arg(saga.created_at.unix_millis())
-        .arg(saga.updated_at.unix_millis())
-        .arg(lease.map(|l| l.owner))
-        .arg(lease.map(|l| l.until.unix_millis()))
-        .execute(D::on(conn))
-        .await
-        .map_err(saga_write_error::<D>)?;
-    Ok(())
+/// Adds the insert of a new saga to an order write's batch (an order write that starts it),
+/// leased to `lease`'s owner when the writer drives it itself; only when part `guard` (the
+/// order's update) changed a row, when given.
+pub(crate) fn push_saga<'q, D: Dialect>(
+    batch: &mut Batch<'q, D>,
+    saga: &'q SagaInstance,
+    lease: Option<SagaLease<'q>>,
+    guard: Option<PartId>,
+) -> Result<PartId, StoreError> {
+    const INSERT: &str = "INSERT INTO saga_instances (id, kind, order_id, status, step_index, \
+        attempts, next_attempt_at, deadline_at, last_error, state, version, created_at, \
+        updated_at, lease_owner, lease_until) ";
+    const VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15";
+    let progress = Progress::of(saga)?;
+    let bind = move |query: Q<'q, D>| {
+        progress
+            .bind::<D>(
+                query
+                    .arg(D::id(saga.id.0))
+                    .arg(saga.kind.as_str())
+                    .arg(D::id(saga.order_id.as_uuid())),
+            )
+            .arg(saga.created_at.unix_millis())
+            .arg(saga.updated_at.unix_millis())
+            .arg(lease.map(|l| l.owner))
+            .arg(lease.map(|l| l.until.unix_millis()))
+    };
+    Ok(match guard {
+        None => batch.push(format!("{INSERT}VALUES ({VALUES})"), bind),
+        Some(guard) => batch.push_guarded(
+            guard,
+            format!("{INSERT}SELECT {VALUES} WHERE {GUARD}"),
+            bind,
+        ),
+    })
 }
 
-/// Binds a saga's progress as parameters `$4` to `$11` (`status`, `step_index`, `attempts`,
-/// `next_attempt_at`, `deadline_at`, `last_error`, `state`, `version`), which the insert of
-/// a new saga and the update of a commit both write in that order.
-fn bind_progress<'q, D: Dialect>(
-    query: Q<'q, D>,
-    saga: &SagaInstance,
-) -> Result<Q<'q, D>, StoreError> {
-    let ints = SagaInts::of(saga)?;
-    Ok(query
-        .arg(saga.status.as_str())
-        .arg(ints.step_index)
-        .arg(ints.attempts)
-        .arg(saga.next_attempt_at.unix_millis())
-        .arg(saga.step_deadline.map(|t| t.unix_millis()))
-        .arg(saga.last_error.as_deref())
-        .arg(json(&saga.data, "saga state")?)
-        .arg(saga.version))
+/// A saga's progress (`status`, `step_index`, `attempts`, `next_attempt_at`, `deadline_at`,
+/// `last_error`, `state`, `version`), which the insert of a new saga and the update of a
+/// commit both write, in that order, as parameters `$4` to `$11`.
+struct Progress<'q> {
+    saga: &'q SagaInstance,
+    ints: SagaInts,
+    state: Json<Box<RawValue>>,
+}
+
+impl<'q> Progress<'q> {
+    /// Checks and encodes what can fail before anything is bound.
+    fn of(saga: &'q SagaInstance) -> Result<Self, StoreError> {
+        Ok(Self {
+            saga,
+            ints: SagaInts::of(saga)?,
+            state: json(&saga.data, "saga state")?,
+        })
+    }
+
+    fn bind<D: Dialect>(self, query: Q<'q, D>) -> Q<'q, D> {
+        let saga = self.saga;
+        query
+            .arg(saga.status.as_str())
+            .arg(self.ints.step_index)
+            .arg(self.ints.attempts)
+            .arg(saga.next_attempt_at.unix_millis())
+            .arg(saga.step_deadline.map(|t| t.unix_millis()))
+            .arg(saga.last_error.as_deref())
+            .arg(self.state)
+            .arg(saga.version)
+    }
 }
 
 /// Records one attempt of each step in `records`, in one statement. `started_at` is the
 /// first attempt's time; the plugin build is the last one that served a call (an attempt
 /// that never reached the plugin keeps it). A step listed twice keeps its last record (one
 /// statement cannot update a row twice).
-async fn upsert_steps<D: Dialect>(
-    conn: &mut ConnOf<D>,
-    saga: SagaId,
-    records: &[StepRecord],
-) -> Result<(), StoreError> {
+fn push_steps<D: Dialect>(batch: &mut Batch<'_, D>, saga: SagaId, records: &[StepRecord]) {
     let last: Vec<&StepRecord> = records
         .iter()
         .enumerate()
@@ -148,8 +171,7 @@ async fn upsert_steps<D: Dialect>(
     let text = |f: fn(&StepRecord) -> Option<&str>| {
         Column::OptText(last.iter().map(|r| f(r).map(str::to_owned)).collect())
     };
-    D::insert_rows(
-        conn,
+    batch.push_rows(
         Rows {
             table: "saga_steps",
             columns: &[
@@ -204,16 +226,15 @@ async fn upsert_steps<D: Dialect>(
                 attempts = excluded.attempts, last_error = excluded.last_error, \
                 finished_at = excluded.finished_at",
         },
-    )
-    .await
-    .map_err(D::classify)?;
-    Ok(())
+        None,
+    );
 }
 
-/// A saga commit's statements, inside the caller's transaction (see [`SagaStore::commit`]).
-/// `owner` is the leaseholder, whose lease then lasts until `lease_until`; `None` for an
-/// operator resuming a parked saga, which it leaves unleased so that any worker claims it.
-/// On error the caller must roll back.
+/// A saga commit's statements, inside the caller's transaction (see [`SagaStore::commit`]):
+/// one batch (the order, the saga, its steps, the plugins' new records), then the plugins'
+/// other keys. `owner` is the leaseholder, whose lease then lasts until `lease_until`; `None`
+/// for an operator resuming a parked saga, which it leaves unleased so that any worker claims
+/// it. On error the caller must roll back.
 async fn commit_saga<D: Dialect>(
     conn: &mut ConnOf<D>,
     saga: &SagaInstance,
@@ -225,42 +246,55 @@ async fn commit_saga<D: Dialect>(
 ) -> Result<(), StoreError> {
     // An ended saga lets go of its lease, so nothing reads it as still being worked on.
     let active = saga.status.is_active();
+    let order = order.map(OwnedOrderWrite::borrow);
+    let mut batch = Batch::default();
     // The order first, the saga second: the same lock order as an order write that starts
     // a saga (order row, then the one-active index), so the two cannot deadlock.
-    if let Some(order) = order {
-        match write_order::<D>(conn, &order.borrow()).await {
-            // The order moved, but so may have the saga: a worker whose copy of the saga is
-            // stale (another worker took it over while its step ran long, or its own last
-            // commit landed though its answer was lost) must hear that it no longer owns
-            // the saga. Told "the order moved", it would lay its stale steps onto an order
-            // that already has them, and call the provider again for nothing.
-            Err(StoreError::VersionConflict { .. })
-                if owner.is_some()
-                    && !holds_lease::<D>(conn, saga, expected_version, owner).await? =>
-            {
-                return Err(StoreError::LeaseLost);
-            }
-            other => other?,
-        }
-    }
-    let query = D::query(
+    let order_checks = order
+        .as_ref()
+        .map(|order| push_order::<D>(&mut batch, order))
+        .transpose()?;
+    let progress = Progress::of(saga)?;
+    let saga_part = batch.push(
         "UPDATE saga_instances SET status = $4, step_index = $5, attempts = $6, \
          next_attempt_at = $7, deadline_at = $8, last_error = $9, state = $10, \
          version = $11, updated_at = $12, lease_owner = $13, lease_until = $14 \
          WHERE id = $1 AND version = $2 \
          AND (lease_owner = $3 OR ($3 IS NULL AND status = 'COMPENSATION_FAILED'))",
-    )
-    .arg(D::id(saga.id.0))
-    .arg(expected_version)
-    .arg(owner);
-    let updated = bind_progress::<D>(query, saga)?
-        .arg(saga.updated_at.unix_millis())
-        .arg(owner.filter(|_| active))
-        .arg(owner.filter(|_| active).map(|_| lease_until.unix_millis()))
-        .execute(D::on(conn))
-        .await
-        .map_err(saga_write_error::<D>)?;
-    if D::rows_affected(&updated) != 1 {
+        move |query| {
+            progress
+                .bind::<D>(query.arg(D::id(saga.id.0)).arg(expected_version).arg(owner))
+                .arg(saga.updated_at.unix_millis())
+                .arg(owner.filter(|_| active))
+                .arg(owner.filter(|_| active).map(|_| lease_until.unix_millis()))
+        },
+    );
+    push_steps::<D>(&mut batch, saga.id, steps);
+    let kv = steps
+        .iter()
+        .filter_map(|r| r.call.as_ref())
+        .map(|call| call.kv.as_ref())
+        .collect::<Vec<_>>();
+    let new_records = crate::plugin_kv::push_new::<D>(&mut batch, &kv);
+    let counts = batch.run(conn).await.map_err(write_error::<D>)?;
+    // The saga's update ran in the same statement as the order's (PostgreSQL), against the
+    // same snapshot: it changed the row exactly when the saga was still at `expected_version`
+    // and leased to `owner`.
+    let saga_held = counts.of(saga_part) == 1;
+    if let (Some(checks), Some(order)) = (order_checks, order.as_ref()) {
+        match checks.check::<D>(conn, order.order, &counts).await {
+            // The order moved, but so may have the saga: a worker whose copy of the saga is
+            // stale (another worker took it over while its step ran long, or its own last
+            // commit landed though its answer was lost) must hear that it no longer owns
+            // the saga. Told "the order moved", it would lay its stale steps onto an order
+            // that already has them, and call the provider again for nothing.
+            Err(StoreError::VersionConflict { .. }) if owner.is_some() && !saga_held => {
+                return Err(StoreError::LeaseLost);
+            }
+            other => other?,
+        }
+    }
+    if !saga_held {
         // A worker's saga moved on, or was leased to another worker since its claim: the
         // worker no longer owns it and must stop (repeating the step would only call the
         // provider again for nothing).
@@ -273,31 +307,10 @@ async fn commit_saga<D: Dialect>(
             current: Version(current.unwrap_or(0)),
         });
     }
-    upsert_steps::<D>(conn, saga.id, steps).await?;
+    new_records.check::<D>(conn, &counts).await?;
     // Last: a hot key (a stock counter many orders take from) is locked from its write
     // until the commit, so it is written as late as possible.
-    let calls = steps.iter().filter_map(|r| r.call.as_ref());
-    crate::plugin_kv::apply_changes::<D>(conn, calls.map(|call| call.kv.as_ref())).await
-}
-
-/// Whether the saga is still at `expected_version` and leased to `owner`: the fence of
-/// [`commit_saga`], read without writing.
-async fn holds_lease<D: Dialect>(
-    conn: &mut ConnOf<D>,
-    saga: &SagaInstance,
-    expected_version: i64,
-    owner: Option<&str>,
-) -> Result<bool, StoreError> {
-    let held = D::query(
-        "SELECT 1 AS held FROM saga_instances WHERE id = $1 AND version = $2 AND lease_owner = $3",
-    )
-    .arg(D::id(saga.id.0))
-    .arg(expected_version)
-    .arg(owner)
-    .fetch_optional(D::on(conn))
-    .await
-    .map_err(D::classify)?;
-    Ok(held.is_some())
+    crate::plugin_kv::apply_rest::<D>(conn, &kv).await
 }
 
 #[async_trait]

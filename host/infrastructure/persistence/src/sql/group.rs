@@ -120,6 +120,18 @@ impl<D: Dialect> GroupCommit<D> {
         Self(Mode::Lanes(jobs))
     }
 
+    /// [`Self::run`] for work that is one statement, atomic on its own: with grouping off it
+    /// runs on a pooled connection without a transaction (see `Sql::commit_alone`).
+    pub(crate) async fn run_alone(&self, work: Work<D>) -> Result<(), StoreError> {
+        match &self.0 {
+            Mode::Off(pool) if D::ONE_STATEMENT_BATCH => {
+                let mut conn = pool.acquire().await.map_err(D::classify)?;
+                work(&mut conn).await
+            }
+            _ => self.run(work).await,
+        }
+    }
+
     /// Runs `work` in the next group and waits for the group's commit; with grouping off, in
     /// a transaction of its own on the caller's task.
     pub(crate) async fn run(&self, work: Work<D>) -> Result<(), StoreError> {

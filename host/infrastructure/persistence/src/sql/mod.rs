@@ -21,10 +21,12 @@
 //! [`RowExt::col`]. (sqlx's `Any` driver would avoid the bounds by erasing every type to a
 //! few variants; this keeps each driver's own types, e.g. native UUIDs and JSONB.)
 
+pub(crate) mod batch;
 pub(crate) mod group;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
+pub(crate) use batch::{Batch, Counts, PartId};
 pub use group::GroupCommitOptions;
 pub(crate) use group::work;
 
@@ -85,6 +87,7 @@ pub(crate) trait SqlDb:
     + for<'t> Bind<'t, i64>
     + for<'t> Bind<'t, Option<i64>>
     + for<'t> Bind<'t, &'t str>
+    + for<'t> Bind<'t, String>
     + for<'t> Bind<'t, Option<&'t str>>
     + for<'t> Bind<'t, &'t [u8]>
     + for<'t> Bind<'t, Json<Box<RawValue>>>
@@ -262,7 +265,7 @@ impl Rows<'_> {
 
 /// What PostgreSQL and SQLite do differently. Implemented by [`postgres::PostgresDialect`]
 /// and [`sqlite::SqliteDialect`].
-pub(crate) trait Dialect: Send + Sync + 'static {
+pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     type DB: SqlDb
         + for<'t> Bind<'t, Self::Id>
         + for<'t> Bind<'t, Option<Self::Id>>
@@ -303,6 +306,15 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn in_list(param: &str) -> String;
     /// Binds a list for [`Self::in_list`].
     fn bind_list<'q>(query: Q<'q, Self>, values: Column) -> Q<'q, Self>;
+    /// Runs a batch's parts in order on `conn` and answers how many rows each changed (see
+    /// [`batch`]).
+    fn run_batch<'q>(
+        conn: &mut ConnOf<Self>,
+        parts: Vec<batch::Guarded<'q, Self>>,
+    ) -> impl Future<Output = Result<Vec<u64>, sqlx::Error>> + Send;
+    /// Whether [`Self::run_batch`] sends one statement, which is atomic on its own: a write
+    /// that is one batch then needs no transaction (`BEGIN` and `COMMIT` are round trips too).
+    const ONE_STATEMENT_BATCH: bool;
     /// Inserts `rows`, in order. Returns how many were inserted (fewer than given when
     /// `on_conflict` skipped some).
     fn insert_rows(
@@ -391,6 +403,13 @@ impl<D: Dialect> Sql<D> {
     /// written).
     pub(crate) async fn commit_grouped(&self, work: group::Work<D>) -> Result<(), StoreError> {
         self.group.run(work).await
+    }
+
+    /// [`Self::commit_grouped`] for `work` that is atomic on its own (one statement: see
+    /// [`Dialect::ONE_STATEMENT_BATCH`]). When nothing is grouped it runs without `BEGIN`
+    /// and `COMMIT`, two round trips fewer; in a group it is one more job.
+    pub(crate) async fn commit_alone(&self, work: group::Work<D>) -> Result<(), StoreError> {
+        self.group.run_alone(work).await
     }
 
     /// Where reads run.

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use oms_application::ports::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::watch;
 use tracing::warn;
 use uuid::Uuid;
 
+use super::batch::{GUARD, Guarded, Part, Statement, shift_params};
 use super::{Column, Concurrency, Dialect, Pools, Q, Rows, SqlDb, UniqueIndex};
 use crate::errors::{transient, unexpected};
 use crate::{DatabaseOptions, PersistenceError, redact};
@@ -97,6 +98,36 @@ fn array_type(column: &Column) -> &'static str {
     }
 }
 
+/// One statement for all rows: a round trip per row would dominate an order's write (an
+/// order has up to 100 lines). The arrays are unnested in parallel; `WITH ORDINALITY` keeps
+/// the rows in order, so generated ids follow it. `condition`, when given, must hold for any
+/// row to be inserted (a batch's guard).
+fn rows_statement<'q>(rows: Rows<'_>, condition: Option<&str>) -> Statement<'q, PostgresDialect> {
+    let columns = rows.columns.join(", ");
+    let mut arrays = String::new();
+    for (n, values) in rows.values.iter().enumerate() {
+        let sep = if n == 0 { "" } else { ", " };
+        let _ = write!(arrays, "{sep}${}::{}", n + 1, array_type(values));
+    }
+    let sql = format!(
+        "INSERT INTO {table} ({columns}) SELECT {columns} FROM UNNEST({arrays}) \
+         WITH ORDINALITY AS r({columns}, ord){filter} ORDER BY ord {on_conflict}",
+        table = rows.table,
+        filter = condition.map(|c| format!(" WHERE {c}")).unwrap_or_default(),
+        on_conflict = rows.on_conflict,
+    );
+    let values = rows.values;
+    Statement {
+        sql,
+        bind: Box::new(move |mut query| {
+            for column in values {
+                query = bind_array(query, column);
+            }
+            query
+        }),
+    }
+}
+
 fn bind_array<'q>(query: Q<'q, PostgresDialect>, values: Column) -> Q<'q, PostgresDialect> {
     match values {
         Column::Int(v) => query.bind(v),
@@ -168,30 +199,78 @@ impl Dialect for PostgresDialect {
         bind_array(query, values)
     }
 
-    /// One statement for all rows: a round trip per row would dominate an order's write
-    /// (an order has up to 100 lines). The arrays are unnested in parallel; `WITH ORDINALITY`
-    /// keeps the rows in order, so generated ids follow it.
     async fn insert_rows(conn: &mut PgConnection, rows: Rows<'_>) -> Result<u64, sqlx::Error> {
         if rows.len() == 0 {
             return Ok(0);
         }
-        let columns = rows.columns.join(", ");
-        let mut arrays = String::new();
-        for (n, values) in rows.values.iter().enumerate() {
+        Ok(rows_statement(rows, None)
+            .query()
+            .execute(conn)
+            .await?
+            .rows_affected())
+    }
+
+    const ONE_STATEMENT_BATCH: bool = true;
+
+    /// One statement: each part a data-modifying CTE `p<N>` (`N` its position) returning a
+    /// row per row it changed, and a select that counts them, part by part in order (which
+    /// is also the order the parts run in: each count reads its part to the end before the
+    /// next is read). A guarded part's condition reads its guard's rows.
+    async fn run_batch<'q>(
+        conn: &mut PgConnection,
+        parts: Vec<Guarded<'q, Self>>,
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        let mut counts = vec![0; parts.len()];
+        let guarded = parts.iter().any(|p| p.guard.is_some());
+        let mut statements: Vec<(usize, Statement<'q, Self>)> = parts
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, Guarded { part, guard })| {
+                let condition = guard.map(|g| format!("EXISTS (SELECT 1 FROM p{})", g.0));
+                match part {
+                    Part::Statement(mut statement) => {
+                        if let Some(condition) = condition {
+                            statement.sql = statement.sql.replace(GUARD, &condition);
+                        }
+                        Some((i, statement))
+                    }
+                    Part::Rows(rows) if rows.len() == 0 => None,
+                    Part::Rows(rows) => Some((i, rows_statement(rows, condition.as_deref()))),
+                }
+            })
+            .collect();
+        // A lone statement needs no CTE (a guarded one has its guard beside it).
+        if statements.len() <= 1 && !guarded {
+            if let Some((i, statement)) = statements.pop() {
+                counts[i] = statement.query().execute(conn).await?.rows_affected();
+            }
+            return Ok(counts);
+        }
+        let mut with = String::from("WITH ");
+        let mut select = String::from(" SELECT ");
+        let mut offset = 0;
+        let mut binders = Vec::with_capacity(statements.len());
+        let mut owners = Vec::with_capacity(statements.len());
+        for (n, (i, statement)) in statements.into_iter().enumerate() {
+            let (sql, highest) = shift_params(&statement.sql, offset);
+            offset += highest;
             let sep = if n == 0 { "" } else { ", " };
-            let _ = write!(arrays, "{sep}${}::{}", n + 1, array_type(values));
+            let _ = write!(with, "{sep}p{i} AS ({sql} RETURNING 1)");
+            let _ = write!(select, "{sep}(SELECT count(*) FROM p{i})");
+            binders.push(statement.bind);
+            owners.push(i);
         }
-        let sql = format!(
-            "INSERT INTO {table} ({columns}) SELECT {columns} FROM UNNEST({arrays}) \
-             WITH ORDINALITY AS r({columns}, ord) ORDER BY ord {on_conflict}",
-            table = rows.table,
-            on_conflict = rows.on_conflict,
-        );
-        let mut query = Self::query(AssertSqlSafe(sql));
-        for values in rows.values {
-            query = bind_array(query, values);
+        with.push_str(&select);
+        let mut query = Self::query(AssertSqlSafe(with));
+        for bind in binders {
+            query = bind(query);
         }
-        Ok(query.execute(conn).await?.rows_affected())
+        let row = query.fetch_one(conn).await?;
+        for (n, i) in owners.into_iter().enumerate() {
+            let count: i64 = row.try_get(n)?;
+            counts[i] = u64::try_from(count).unwrap_or(0);
+        }
+        Ok(counts)
     }
 
     /// Transaction-scoped advisory locks, one per name, taken in a fixed (sorted) order so

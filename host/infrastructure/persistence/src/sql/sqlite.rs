@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
+use super::batch::{GUARD, Guarded, Part};
 use super::{Column, Concurrency, Dialect, Pools, Q, Rows, SqlDb, UniqueIndex};
 use crate::errors::{transient, unexpected};
 use crate::{DatabaseOptions, PersistenceError, redact};
@@ -205,6 +206,31 @@ impl Dialect for SqliteDialect {
 
     /// One prepared statement per row: the calls are in-process, so there are no round trips
     /// to save, and the statement is prepared once per connection.
+    /// No round trips to save: the parts run one after the other, a guarded one only when
+    /// its guard changed a row.
+    async fn run_batch<'q>(
+        conn: &mut SqliteConnection,
+        parts: Vec<Guarded<'q, Self>>,
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        let mut counts: Vec<u64> = Vec::with_capacity(parts.len());
+        for Guarded { part, guard } in parts {
+            if guard.is_some_and(|g| counts.get(g.0).is_none_or(|&n| n == 0)) {
+                counts.push(0);
+                continue;
+            }
+            counts.push(match part {
+                Part::Statement(mut statement) => {
+                    statement.sql = statement.sql.replace(GUARD, "1");
+                    statement.query().execute(&mut *conn).await?.rows_affected()
+                }
+                Part::Rows(rows) => Self::insert_rows(conn, rows).await?,
+            });
+        }
+        Ok(counts)
+    }
+
+    const ONE_STATEMENT_BATCH: bool = false;
+
     async fn insert_rows(conn: &mut SqliteConnection, rows: Rows<'_>) -> Result<u64, sqlx::Error> {
         if rows.len() == 0 {
             return Ok(0);
