@@ -116,6 +116,25 @@ pub(crate) fn decode_item<D: Dialect>(row: &RowOf<D>) -> Result<ItemRow, sqlx::E
     })
 }
 
+/// Decodes the line of a row that joins an order with one of its lines (columns `line_sku`,
+/// `line_quantity`, `line_unit_price_minor`, `line_currency`); `None` when the row has no
+/// line (an order without lines, read through a left join).
+pub(crate) fn decode_joined_item<D: Dialect>(
+    order_id: Uuid,
+    row: &RowOf<D>,
+) -> Result<Option<ItemRow>, sqlx::Error> {
+    let Some(sku) = row.col::<Option<String>>("line_sku")? else {
+        return Ok(None);
+    };
+    Ok(Some(ItemRow {
+        order_id,
+        sku,
+        quantity: row.col("line_quantity")?,
+        unit_price_minor: row.col("line_unit_price_minor")?,
+        currency: row.col("line_currency")?,
+    }))
+}
+
 fn corrupt(id: Uuid, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("order {id}: {what}"))
 }

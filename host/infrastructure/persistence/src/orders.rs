@@ -16,8 +16,8 @@ use sqlx::AssertSqlSafe;
 
 use crate::idempotency::{KeyCheck, key_taken, push_key};
 use crate::mapping::{
-    ItemRow, OrderRow, decode_item, decode_order, item_columns, order_columns, order_from_rows,
-    orders_from_rows,
+    ItemRow, OrderRow, decode_item, decode_joined_item, decode_order, item_columns, order_columns,
+    order_from_rows, orders_from_rows,
 };
 use crate::outbox::{NewOutboxRow, outbox_rows};
 use crate::sagas::{push_saga, saga_write_error};
@@ -49,31 +49,30 @@ fn decode_items<D: Dialect>(rows: &[RowOf<D>]) -> Result<Vec<ItemRow>, StoreErro
 #[async_trait]
 impl<D: Dialect> OrderStore for SqlOrderStore<D> {
     async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        let row = D::query(concat!(
-            "SELECT ",
+        // One statement (one round trip): the order's columns on every row, beside one line
+        // each. The lines never change after the insert, so they cannot disagree with it.
+        let rows = D::query(concat!(
+            "SELECT o.*, i.sku AS line_sku, i.quantity AS line_quantity, \
+             i.unit_price_minor AS line_unit_price_minor, i.currency AS line_currency \
+             FROM (SELECT ",
             order_columns!(),
-            " FROM orders WHERE id = $1"
-        ))
-        .arg(D::id(id.as_uuid()))
-        .fetch_optional(self.sql.reader())
-        .await
-        .map_err(D::classify)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let order = decode_order::<D>(&row).map_err(D::classify)?;
-        // Lines are written with the order and never change, so reading them in a second
-        // statement cannot see a different order than the first.
-        let items = D::query(concat!(
-            "SELECT ",
-            item_columns!(),
-            " FROM order_items WHERE order_id = $1 ORDER BY line_no"
+            " FROM orders WHERE id = $1) AS o \
+             LEFT JOIN order_items i ON i.order_id = o.id ORDER BY i.line_no"
         ))
         .arg(D::id(id.as_uuid()))
         .fetch_all(self.sql.reader())
         .await
         .map_err(D::classify)?;
-        order_from_rows(order, decode_items::<D>(&items)?).map(Some)
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let order = decode_order::<D>(first).map_err(D::classify)?;
+        let items = rows
+            .iter()
+            .filter_map(|row| decode_joined_item::<D>(order.id, row).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(D::classify)?;
+        order_from_rows(order, items).map(Some)
     }
 
     async fn list(&self, query: &OrderQuery) -> Result<Vec<Order>, StoreError> {
