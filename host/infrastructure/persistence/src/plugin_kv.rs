@@ -26,8 +26,7 @@ use oms_application::plugin_kv::{
 use oms_application::ports::{PluginKvStore, StoreError};
 use sqlx::AssertSqlSafe;
 
-use crate::sql::batch::Statement;
-use crate::sql::{Args, Batch, Column, ConnOf, Counts, Dialect, PartId, Q, RowExt, Rows, Sql};
+use crate::sql::{Args, Batch, Column, ConnOf, Counts, Dialect, PartId, RowExt, Rows, Sql};
 
 /// How often a batch is retried when it lost a race (PostgreSQL: a deadlock or serialization
 /// failure, possible only if advisory lock ids of different keys collide).
@@ -207,8 +206,7 @@ impl<D: Dialect> PluginKvStore for SqlPluginKvStore<D> {
 // key, a new payment or reservation: most of what a step writes) goes in one multi-row
 // insert that skips existing keys, part of the commit's batch ([`push_new`]), so a skipped
 // row is a failed condition; every other key then gets its own statement, in sorted order,
-// the hot counters last of all: in the batch too when each is one write ([`push_rest`]),
-// after it otherwise ([`apply_rest`]).
+// the hot counters last of all ([`apply_rest`]).
 
 /// A record that must not exist yet: inserted by [`push_new`].
 fn is_new(change: &KeyChange) -> bool {
@@ -284,91 +282,19 @@ impl NewRecords<'_> {
     }
 }
 
-/// Every change of `all` that [`push_new`] does not insert, in order (sorted by key within
-/// each plugin's changes, the hot counters last: see `KvChanges`).
-fn rest<'a>(all: &[&'a KvChanges]) -> impl Iterator<Item = (&'a str, &'a str, &'a KeyChange)> {
-    all.iter().flat_map(|changes| {
-        changes
-            .keys
-            .iter()
-            .filter(|(_, c)| !is_new(c))
-            .map(|(key, change)| (changes.namespace.as_str(), key.as_str(), change))
-    })
-}
-
-/// The keys [`push_rest`] writes in the batch, to check against its counts.
-pub(crate) struct RestWrites<'a> {
-    writes: Vec<(PartId, &'a str, &'a str, &'a KeyChange)>,
-}
-
-/// Adds every other change of `all` to `batch` when each is one write (the common case: a
-/// stock take, a record replaced under its expected value), so that the step's commit sends
-/// them with everything else. `None`, adding nothing, when a key is only checked (read under
-/// a share lock): [`apply_rest`] then applies them all after the batch, in their order.
-pub(crate) fn push_rest<'a, D: Dialect>(
-    batch: &mut Batch<'a, D>,
-    all: &[&'a KvChanges],
-) -> Result<Option<RestWrites<'a>>, StoreError> {
-    let mut plans = Vec::new();
-    for (namespace, key, change) in rest(all) {
-        match plan::<D>(namespace, key, change)? {
-            Plan::Nothing => {}
-            Plan::Write(statement) => plans.push((statement, namespace, key, change)),
-            Plan::Check(_) => return Ok(None),
-        }
-    }
-    let writes = plans
-        .into_iter()
-        .map(|(Statement { sql, bind }, namespace, key, change)| {
-            (batch.push(sql, bind), namespace, key, change)
-        })
-        .collect();
-    Ok(Some(RestWrites { writes }))
-}
-
-impl RestWrites<'_> {
-    /// `KvConflict` for the first key whose condition or bound did not hold. A counter's add
-    /// that changed no row found it out of bounds or absent: absent, it starts the counter.
-    pub(crate) async fn check<D: Dialect>(
-        &self,
-        conn: &mut ConnOf<D>,
-        counts: &Counts,
-    ) -> Result<(), StoreError> {
-        for &(part, namespace, key, change) in &self.writes {
-            if counts.of(part) == 1 || first_add::<D>(conn, namespace, key, change).await? {
-                continue;
-            }
-            return Err(kv_conflict(namespace, key));
-        }
-        Ok(())
-    }
-}
-
 /// Applies every change of `all` that [`push_new`] did not, one key at a time.
 pub(crate) async fn apply_rest<D: Dialect>(
     conn: &mut ConnOf<D>,
     all: &[&KvChanges],
 ) -> Result<(), StoreError> {
-    for (namespace, key, change) in rest(all) {
-        let held = match plan::<D>(namespace, key, change)? {
-            Plan::Nothing => true,
-            Plan::Write(statement) => {
-                let result = statement
-                    .query()
-                    .execute(D::on(conn))
-                    .await
-                    .map_err(D::classify)?;
-                D::rows_affected(&result) == 1
-                    || first_add::<D>(conn, namespace, key, change).await?
+    for changes in all {
+        for (key, change) in changes.keys.iter().filter(|(_, c)| !is_new(c)) {
+            if !apply_one::<D>(conn, &changes.namespace, key, change).await? {
+                return Err(StoreError::KvConflict {
+                    namespace: changes.namespace.clone(),
+                    key: key.clone(),
+                });
             }
-            Plan::Check(expected) => {
-                let current =
-                    read_in::<D>(conn, namespace, key, D::CONCURRENCY.share_lock()).await?;
-                current.as_deref() == expected
-            }
-        };
-        if !held {
-            return Err(kv_conflict(namespace, key));
         }
     }
     Ok(())
@@ -402,95 +328,50 @@ fn kv_conflict(namespace: &str, key: &str) -> StoreError {
     }
 }
 
-/// How one key's condition and effect are applied.
-enum Plan<'a, D: Dialect> {
-    /// Nothing to check or write.
-    Nothing,
-    /// One statement, which holds the condition when it changes exactly one row (a counter's
-    /// add that changes none may still start the counter: [`first_add`]).
-    Write(Statement<'a, D>),
-    /// Checked, not written: the key must hold this value (`None`: be absent), read under a
-    /// share lock.
-    Check(Option<&'a [u8]>),
-}
-
-fn plan<'a, D: Dialect>(
-    namespace: &'a str,
-    key: &'a str,
-    change: &'a KeyChange,
-) -> Result<Plan<'a, D>, StoreError> {
-    let write = |sql: String, value: Option<&'a [u8]>, expected: Option<&'a [u8]>| {
-        Plan::Write(Statement {
-            sql,
-            bind: Box::new(move |query: Q<'a, D>| {
-                let query = query.arg(namespace).arg(key);
-                let query = match value {
-                    Some(value) => query.arg(value),
-                    None => query,
-                };
-                match expected {
-                    Some(expected) => query.arg(expected),
-                    None => query,
-                }
-            }),
-        })
-    };
-    Ok(match (&change.expect, &change.effect) {
-        (Expect::Anything, KeyEffect::Keep) => Plan::Nothing,
-        (Expect::Anything, KeyEffect::Put(value)) => write(
-            format!(
-                "INSERT INTO plugin_kv (namespace, key, value) VALUES ($1, $2, $3) {}",
-                SqlPluginKvStore::<D>::upsert()
-            ),
-            Some(value),
-            None,
-        ),
-        (Expect::Anything, KeyEffect::Delete) => write(
-            "DELETE FROM plugin_kv WHERE namespace = $1 AND key = $2".into(),
-            None,
-            None,
-        ),
+/// One key's condition and effect, in as few statements as the case allows; `false` when
+/// the condition or a bound does not hold.
+async fn apply_one<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    namespace: &str,
+    key: &str,
+    change: &KeyChange,
+) -> Result<bool, StoreError> {
+    let write = |sql: String| D::query(AssertSqlSafe(sql)).arg(namespace).arg(key);
+    let done = match (&change.expect, &change.effect) {
+        (Expect::Anything, KeyEffect::Keep) => return Ok(true),
+        (Expect::Anything, KeyEffect::Put(value)) => write(format!(
+            "INSERT INTO plugin_kv (namespace, key, value) VALUES ($1, $2, $3) {}",
+            SqlPluginKvStore::<D>::upsert()
+        ))
+        .arg(value.as_slice()),
+        (Expect::Anything, KeyEffect::Delete) => {
+            write("DELETE FROM plugin_kv WHERE namespace = $1 AND key = $2".into())
+        }
         (Expect::Anything, KeyEffect::Add { delta, min, max }) => {
-            let (open, close) = D::COUNTER_BYTES;
-            let counter = D::COUNTER;
-            let (delta, min, max) = (*delta, *min, *max);
-            Plan::Write(Statement {
-                sql: format!(
-                    "UPDATE plugin_kv SET value = {open}{counter} + $3{close}, updated_at = {now} \
-                     WHERE namespace = $1 AND key = $2 \
-                     AND ($4 IS NULL OR {counter} + $3 >= $4) \
-                     AND ($5 IS NULL OR {counter} + $3 <= $5)",
-                    now = D::NOW
-                ),
-                bind: Box::new(move |query: Q<'a, D>| {
-                    query.arg(namespace).arg(key).arg(delta).arg(min).arg(max)
-                }),
-            })
+            return add::<D>(conn, namespace, key, *delta, *min, *max).await;
         }
         (Expect::Value(None), KeyEffect::Put(value)) => write(
             "INSERT INTO plugin_kv (namespace, key, value) VALUES ($1, $2, $3) \
              ON CONFLICT (namespace, key) DO NOTHING"
                 .into(),
-            Some(value),
-            None,
-        ),
-        (Expect::Value(Some(expected)), KeyEffect::Put(value)) => write(
-            format!(
-                "UPDATE plugin_kv SET value = $3, updated_at = {} \
-                 WHERE namespace = $1 AND key = $2 AND value = $4",
-                D::NOW
-            ),
-            Some(value),
-            Some(expected),
-        ),
-        (Expect::Value(Some(expected)), KeyEffect::Delete) => write(
-            "DELETE FROM plugin_kv WHERE namespace = $1 AND key = $2 AND value = $3".into(),
-            None,
-            Some(expected),
-        ),
-        // Deleting what must be absent leaves it absent: only the check remains.
+        )
+        .arg(value.as_slice()),
+        (Expect::Value(Some(expected)), KeyEffect::Put(value)) => write(format!(
+            "UPDATE plugin_kv SET value = $3, updated_at = {} \
+             WHERE namespace = $1 AND key = $2 AND value = $4",
+            D::NOW
+        ))
+        .arg(value.as_slice())
+        .arg(expected.as_slice()),
+        (Expect::Value(Some(expected)), KeyEffect::Delete) => {
+            write("DELETE FROM plugin_kv WHERE namespace = $1 AND key = $2 AND value = $3".into())
+                .arg(expected.as_slice())
+        }
+        // Checked, not written: read it under a share lock and compare.
         (Expect::Value(expected), KeyEffect::Keep | KeyEffect::Delete) => {
-            Plan::Check(expected.as_deref())
+            let current = read_in::<D>(conn, namespace, key, D::CONCURRENCY.share_lock()).await?;
+            // Deleting what must be absent leaves it absent: only the check remains.
+            return Ok(current.as_ref() == expected.as_ref());
         }
         // A pinned counter add is never recorded (the buffer makes it an absolute write).
         (Expect::Value(_), KeyEffect::Add { .. }) => {
@@ -498,23 +379,41 @@ fn plan<'a, D: Dialect>(
                 "plugin write for {key} adds to a pinned value"
             )));
         }
-    })
+    };
+    let result = done.execute(D::on(conn)).await.map_err(D::classify)?;
+    Ok(D::rows_affected(&result) == 1)
 }
 
-/// After a counter's bounded add changed no row: the counter is out of bounds, or absent. Only
-/// an absent one may start at the add's delta (when that is within the bounds): `true` when
-/// this inserted it. `false` for any other change.
-async fn first_add<D: Dialect>(
+/// A bounded add in one `UPDATE` when the counter exists; a first add inserts it.
+async fn add<D: Dialect>(
     conn: &mut ConnOf<D>,
     namespace: &str,
     key: &str,
-    change: &KeyChange,
+    delta: i64,
+    min: Option<i64>,
+    max: Option<i64>,
 ) -> Result<bool, StoreError> {
-    let (Expect::Anything, KeyEffect::Add { delta, min, max }) = (&change.expect, &change.effect)
-    else {
-        return Ok(false);
-    };
-    let within = min.is_none_or(|m| *delta >= m) && max.is_none_or(|m| *delta <= m);
+    let (open, close) = D::COUNTER_BYTES;
+    let counter = D::COUNTER;
+    let updated = D::query(AssertSqlSafe(format!(
+        "UPDATE plugin_kv SET value = {open}{counter} + $3{close}, updated_at = {now} \
+         WHERE namespace = $1 AND key = $2 \
+         AND ($4 IS NULL OR {counter} + $3 >= $4) AND ($5 IS NULL OR {counter} + $3 <= $5)",
+        now = D::NOW
+    )))
+    .arg(namespace)
+    .arg(key)
+    .arg(delta)
+    .arg(min)
+    .arg(max)
+    .execute(D::on(conn))
+    .await
+    .map_err(D::classify)?;
+    if D::rows_affected(&updated) == 1 {
+        return Ok(true);
+    }
+    // Out of bounds, or absent (0): only the latter may start the counter at `delta`.
+    let within = min.is_none_or(|m| delta >= m) && max.is_none_or(|m| delta <= m);
     if !within {
         return Ok(false);
     }

@@ -231,8 +231,8 @@ fn push_steps<D: Dialect>(batch: &mut Batch<'_, D>, saga: SagaId, records: &[Ste
 }
 
 /// A saga commit's statements, inside the caller's transaction (see [`SagaStore::commit`]):
-/// one batch (the order, the saga, its steps, the plugins' records), then what only a read
-/// can check. `owner` is the leaseholder, whose lease then lasts until `lease_until`; `None`
+/// one batch (the order, the saga, its steps, the plugins' new records), then the plugins'
+/// other keys. `owner` is the leaseholder, whose lease then lasts until `lease_until`; `None`
 /// for an operator resuming a parked saga, which it leaves unleased so that any worker claims
 /// it. On error the caller must roll back.
 async fn commit_saga<D: Dialect>(
@@ -276,9 +276,6 @@ async fn commit_saga<D: Dialect>(
         .map(|call| call.kv.as_ref())
         .collect::<Vec<_>>();
     let new_records = crate::plugin_kv::push_new::<D>(&mut batch, &kv);
-    // Last: a hot key (a stock counter many orders take from) is locked from its write
-    // until the commit, so it is written as late as possible.
-    let rest = crate::plugin_kv::push_rest::<D>(&mut batch, &kv)?;
     let counts = batch.run(conn).await.map_err(write_error::<D>)?;
     // The saga's update ran in the same statement as the order's (PostgreSQL), against the
     // same snapshot: it changed the row exactly when the saga was still at `expected_version`
@@ -311,10 +308,9 @@ async fn commit_saga<D: Dialect>(
         });
     }
     new_records.check::<D>(conn, &counts).await?;
-    match rest {
-        Some(writes) => writes.check::<D>(conn, &counts).await,
-        None => crate::plugin_kv::apply_rest::<D>(conn, &kv).await,
-    }
+    // Last: a hot key (a stock counter many orders take from) is locked from its write
+    // until the commit, so it is written as late as possible.
+    crate::plugin_kv::apply_rest::<D>(conn, &kv).await
 }
 
 #[async_trait]

@@ -253,60 +253,6 @@ async fn every_change_kind(db: Stores) {
 }
 on_all!(every_kind_of_plugin_write, every_change_kind);
 
-/// Writes only, no key merely checked: they ride in the step's one batch, and a counter's
-/// add that finds no row still starts the counter, within its bounds only.
-async fn writes_only_in_the_batch(db: Stores) {
-    let change = |expect: Expect, effect: KeyEffect| KeyChange { expect, effect };
-    let add = |delta: i64| {
-        change(
-            Expect::Anything,
-            KeyEffect::Add {
-                delta,
-                min: Some(0),
-                max: None,
-            },
-        )
-    };
-    let kv = KvChanges {
-        namespace: NS.into(),
-        keys: BTreeMap::from([
-            (
-                "m".into(),
-                change(Expect::Anything, KeyEffect::Put(b"y".to_vec())),
-            ),
-            ("n".into(), add(3)),
-        ]),
-    };
-    let saga = claimed(&db).await;
-    commit(&db, &saga, "w1", &step(kv)).await.unwrap();
-    assert_eq!(value(&db, "m").await.as_deref(), Some("y"));
-    assert_eq!(value(&db, "n").await.as_deref(), Some("3"));
-
-    // Below the bound from the start: refused, and nothing of the step lands.
-    let kv = KvChanges {
-        namespace: NS.into(),
-        keys: BTreeMap::from([
-            (
-                "m".into(),
-                change(Expect::Anything, KeyEffect::Put(b"z".to_vec())),
-            ),
-            ("o".into(), add(-1)),
-        ]),
-    };
-    let saga = db.sagas().get(saga.id).await.unwrap().unwrap();
-    let err = commit(&db, &saga, "w1", &step(kv)).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::KvConflict { key, .. } if key == "o"),
-        "{err:?}"
-    );
-    assert_eq!(value(&db, "o").await, None);
-    assert_eq!(value(&db, "m").await.as_deref(), Some("y"));
-}
-on_all!(
-    plugin_writes_alone_ride_in_the_batch,
-    writes_only_in_the_batch
-);
-
 /// A deferred step's writes ride in the next step's commit: one commit then holds two
 /// plugins' new records, inserted together. A record of the second plugin that exists
 /// already refuses the whole commit: neither plugin's writes land.
