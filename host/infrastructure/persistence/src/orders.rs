@@ -11,7 +11,7 @@ use oms_application::ports::{
     AggregateType, OrderQuery, OrderStore, OrderWrite, SagaLease, StoreError,
 };
 use oms_application::saga::SagaInstance;
-use oms_domain::{Order, OrderId, Timestamp, Version};
+use oms_domain::{Order, OrderId, ShippingAddress, Timestamp, Version};
 use sqlx::AssertSqlSafe;
 
 use crate::idempotency::{KeyCheck, key_taken, push_key};
@@ -22,8 +22,8 @@ use crate::mapping::{
 use crate::outbox::{NewOutboxRow, outbox_rows};
 use crate::sagas::{push_saga, saga_write_error};
 use crate::sql::{
-    Args, Batch, Column, ConnOf, Counts, Dialect, PartId, RowOf, Rows, Sql, current_version, json,
-    work,
+    Args, Batch, Column, ConnOf, Counts, Dialect, PartId, Q, RowOf, Rows, Sql, current_version,
+    json, work,
 };
 
 pub(crate) struct SqlOrderStore<D: Dialect> {
@@ -146,7 +146,7 @@ impl<D: Dialect> OrderStore for SqlOrderStore<D> {
     async fn save(&self, write: OrderWrite<'_>) -> Result<(), StoreError> {
         // Committed with whatever other writes are queued (`sql::group`); a create, one
         // statement on PostgreSQL, without a transaction of its own when nothing is grouped.
-        let alone = atomic_alone::<D>(&write);
+        let alone = atomic_alone(&write);
         let write = OwnedOrderWrite::of(&write);
         let work = work::<D, _>(move |conn| {
             Box::pin(async move { write_order::<D>(conn, &write.borrow()).await })
@@ -211,11 +211,12 @@ pub(crate) async fn write_order<D: Dialect>(
     checks.check::<D>(conn, write.order, &counts).await
 }
 
-/// Whether [`write_order`] of `write` is atomic without a transaction: one statement, and no
-/// count to check that would have to roll it back (a create, without a claim to complete).
-pub(crate) fn atomic_alone<D: Dialect>(write: &OrderWrite<'_>) -> bool {
-    D::ONE_STATEMENT_BATCH
-        && write.expected_version.is_none()
+/// Whether [`write_order`] of `write` is atomic without a transaction where its batch is one
+/// statement: no count to check that would have to roll it back (a create, without a claim
+/// to complete).
+/// Whether the batch is one statement is the commit mechanism's to judge (`Sql::commit_alone`).
+pub(crate) fn atomic_alone(write: &OrderWrite<'_>) -> bool {
+    write.expected_version.is_none()
         && !matches!(
             write.idempotency,
             Some(IdempotencyCompletion::Claimed { .. })
@@ -301,7 +302,7 @@ fn push_insert<'q, D: Dialect>(batch: &mut Batch<'q, D>, order: &'q Order) {
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
          $18, $19, $20, $21, $22)",
         move |query| {
-            query
+            let query = query
                 .arg(D::id(p.id.as_uuid()))
                 .arg(p.customer_id.as_str())
                 .arg(p.status.as_str())
@@ -312,13 +313,8 @@ fn push_insert<'q, D: Dialect>(batch: &mut Batch<'q, D>, order: &'q Order) {
                 .arg(p.captured.amount_minor())
                 .arg(p.refunded.amount_minor())
                 .arg(p.payment.provider.as_str())
-                .arg(p.payment.token.as_str())
-                .arg(a.recipient.as_str())
-                .arg(a.line1.as_str())
-                .arg(a.line2.as_str())
-                .arg(a.city.as_str())
-                .arg(a.postal_code.as_str())
-                .arg(a.country.as_str())
+                .arg(p.payment.token.as_str());
+            bind_address::<D>(query, a)
                 .arg(p.failure_reason.as_deref())
                 .arg(p.version.0)
                 .arg(p.created_at.unix_millis())
@@ -381,20 +377,15 @@ fn push_update<'q, D: Dialect>(
          failure_reason = $14, version = $15, updated_at = $16, ship_email = $17 \
          WHERE id = $1 AND version = $2",
         move |query| {
-            query
+            let query = query
                 .arg(D::id(p.id.as_uuid()))
                 .arg(expected.0)
                 .arg(p.status.as_str())
                 .arg(p.payment_status.as_str())
                 .arg(p.reservation_status.as_str())
                 .arg(p.captured.amount_minor())
-                .arg(p.refunded.amount_minor())
-                .arg(a.recipient.as_str())
-                .arg(a.line1.as_str())
-                .arg(a.line2.as_str())
-                .arg(a.city.as_str())
-                .arg(a.postal_code.as_str())
-                .arg(a.country.as_str())
+                .arg(p.refunded.amount_minor());
+            bind_address::<D>(query, a)
                 .arg(p.failure_reason.as_deref())
                 .arg(p.version.0)
                 .arg(p.updated_at.unix_millis())
@@ -417,6 +408,18 @@ async fn version_conflict<D: Dialect>(
             current: Version(v),
         },
     })
+}
+
+/// Binds the shipping address's `ship_recipient` .. `ship_country` columns, which the insert
+/// and the update both write in this order.
+fn bind_address<'q, D: Dialect>(query: Q<'q, D>, a: &'q ShippingAddress) -> Q<'q, D> {
+    query
+        .arg(a.recipient.as_str())
+        .arg(a.line1.as_str())
+        .arg(a.line2.as_str())
+        .arg(a.city.as_str())
+        .arg(a.postal_code.as_str())
+        .arg(a.country.as_str())
 }
 
 /// The events, in order (the relay publishes in id order, which follows insertion order).

@@ -290,10 +290,7 @@ pub(crate) async fn apply_rest<D: Dialect>(
     for changes in all {
         for (key, change) in changes.keys.iter().filter(|(_, c)| !is_new(c)) {
             if !apply_one::<D>(conn, &changes.namespace, key, change).await? {
-                return Err(StoreError::KvConflict {
-                    namespace: changes.namespace.clone(),
-                    key: key.clone(),
-                });
+                return Err(kv_conflict(&changes.namespace, key));
             }
         }
     }

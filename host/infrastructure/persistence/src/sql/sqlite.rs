@@ -204,8 +204,6 @@ impl Dialect for SqliteDialect {
         }
     }
 
-    /// One prepared statement per row: the calls are in-process, so there are no round trips
-    /// to save, and the statement is prepared once per connection.
     /// No round trips to save: the parts run one after the other, a guarded one only when
     /// its guard changed a row.
     async fn run_batch<'q>(
@@ -231,6 +229,8 @@ impl Dialect for SqliteDialect {
 
     const ONE_STATEMENT_BATCH: bool = false;
 
+    /// One prepared statement per row: the calls are in-process, so there are no round trips
+    /// to save, and the statement is prepared once per connection.
     async fn insert_rows(conn: &mut SqliteConnection, rows: Rows<'_>) -> Result<u64, sqlx::Error> {
         if rows.len() == 0 {
             return Ok(0);
