@@ -156,13 +156,64 @@ impl DirWatcher {
                 _ => installs.push(path.clone()),
             }
         }
-        for path in installs {
-            match self.runtime.install(&path).await {
+        self.install_all(installs, &mut report).await;
+        report
+    }
+
+    /// Installs `paths`, compiling up to one component per core at once (a large Python or
+    /// JavaScript component takes tens of seconds on a cold cache): each result is logged
+    /// as it lands, so an operator watching a slow start sees which plugin it waits on.
+    async fn install_all(&self, paths: Vec<PathBuf>, report: &mut ScanReport) {
+        let total = paths.len();
+        if total == 0 {
+            return;
+        }
+        let parallel = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let parallel = parallel.min(total);
+        tracing::info!(dir = %self.dir.display(), plugins = total, parallel, "loading plugins");
+        let started = std::time::Instant::now();
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
+        let mut loading = tokio::task::JoinSet::new();
+        for (index, path) in paths.into_iter().enumerate() {
+            let runtime = self.runtime.clone();
+            let permits = permits.clone();
+            loading.spawn(async move {
+                // Never closed: acquiring fails only on a closed semaphore.
+                let _permit = permits.acquire_owned().await;
+                let began = std::time::Instant::now();
+                let result = runtime.install(&path).await;
+                (index, path, result, began.elapsed())
+            });
+        }
+        let mut done = Vec::with_capacity(total);
+        while let Some(joined) = loading.join_next().await {
+            match joined {
+                Ok(item) => {
+                    let (_, path, result, took) = &item;
+                    let outcome = if result.is_ok() { "loaded" } else { "refused" };
+                    tracing::info!(manifest = %path.display(), outcome,
+                                   took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                                   progress = %format!("{}/{total}", done.len() + 1),
+                                   "plugin load finished");
+                    done.push(item);
+                }
+                // An install panicked: the runtime's own bug, not the plugin's; the file is
+                // retried when it changes, like a refused one.
+                Err(e) => tracing::error!(error = %e, "a plugin install task failed"),
+            }
+        }
+        // Report in file-name order, as a sequential scan did.
+        done.sort_by_key(|(index, ..)| *index);
+        for (_, path, result, _) in done {
+            match result {
                 Ok(info) => report.installed.push(info),
                 Err(e) => report.refused.push((path, e)),
             }
         }
-        report
+        tracing::info!(dir = %self.dir.display(), installed = report.installed.len(),
+                       refused = report.refused.len(),
+                       took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                       "plugins loaded from the directory");
     }
 
     /// Scans every `every` on a tokio task until the handle is dropped.
