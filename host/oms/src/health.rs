@@ -1,7 +1,8 @@
 //! `grpc.health.v1` that means something: the host reports SERVING only while it can do its
 //! job, re-checked every `health.interval_ms`:
 //! - the database answers (`SELECT 1` within the interval);
-//! - a payment provider and the configured inventory adapter are installed;
+//! - the startup load of the plugins has finished, and a payment provider and the
+//!   configured inventory adapter are installed;
 //! - no background task (saga workers, relay, notification consumer, sweeper, admin API) has
 //!   ended before shutdown.
 //!
@@ -20,6 +21,8 @@ use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
+
+use crate::adapters::RuntimeCatalog;
 
 /// Background tasks that ended while the host was meant to be running.
 #[derive(Clone, Default)]
@@ -67,6 +70,9 @@ pub struct Checks {
     pub plugins: PluginRuntime,
     pub inventory: String,
     pub tasks: TaskWatch,
+    /// The catalog that knows which plugins are still loading, and whether the startup
+    /// load has finished.
+    pub loading: (RuntimeCatalog, watch::Receiver<bool>),
 }
 
 impl Checks {
@@ -75,6 +81,14 @@ impl Checks {
         let mut problems = Vec::new();
         if let Err(e) = self.db.ping(within).await {
             problems.push(format!("database unreachable: {e}"));
+        }
+        if !*self.loading.1.borrow() {
+            // Orders are accepted meanwhile and wait; a balancer should still prefer a
+            // process that serves them at once.
+            problems.push(format!(
+                "plugins still loading: {}",
+                self.loading.0.still_loading().join(", ")
+            ));
         }
         let payments = self
             .plugins

@@ -1,8 +1,10 @@
 //! Starts the plugin runtime for `serve`: the engine with its on-disk artifact cache, the
-//! `kv` capability backed by the host database, and the plugins directory, scanned once here
-//! and then watched ([`watch`]) with every change published to the shared release set.
+//! `kv` capability backed by the host database, and the plugins directory, loaded in the
+//! background once gRPC serves ([`load`]) and then watched ([`watch`]) with every change
+//! published to the shared release set.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use oms_application::ports::ReleaseAction;
@@ -10,15 +12,62 @@ use oms_persistence::Database;
 use oms_plugin_runtime::engine::EngineOptions;
 use oms_plugin_runtime::{DirWatcher, PluginRuntime, RuntimeOptions};
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::adapters::RuntimeCatalog;
 use crate::config::PluginsConfig;
 
-/// The running runtime and, when watching is on, the directory watcher for [`watch`].
+/// The running runtime and the directory's watcher, which [`load`] takes.
 pub struct Plugins {
     pub runtime: PluginRuntime,
     pub watcher: Option<DirWatcher>,
+}
+
+/// What a starting process serves, installed while gRPC already serves: every plugin in the
+/// directory (compiled in parallel, each logged as it lands), the directory's names that
+/// have no shared release published as theirs, then the shared release set over the
+/// directory, then the older builds open orders are pinned to. Until it returns, orders
+/// naming an expected plugin are accepted and their steps wait for it
+/// ([`RuntimeCatalog::expect`]). Returns the release generations applied, for the follower.
+pub async fn load(
+    watcher: &mut DirWatcher,
+    catalog: &RuntimeCatalog,
+    config: &PluginsConfig,
+    process: &str,
+) -> HashMap<String, i64> {
+    let started = Instant::now();
+    let report = watcher.scan().await;
+    for (path, error) in &report.refused {
+        warn!(manifest = %path.display(), %error, "plugin refused");
+    }
+    catalog
+        .publish_dir(
+            &config.dir,
+            None,
+            ReleaseAction::Seed,
+            &format!("seed:{process}"),
+        )
+        .await;
+    let mut applied = HashMap::new();
+    catalog
+        .catch_up(
+            &mut applied,
+            &mut oms_application::outage::FailureRun::default(),
+        )
+        .await;
+    catalog.restore_pinned_builds().await;
+    let missing = catalog.loaded();
+    if !missing.is_empty() {
+        warn!(plugins = ?missing, "plugins expected at startup were not installed (see the \
+               refusals above); orders naming them fail with PLUGIN_NOT_INSTALLED");
+    }
+    // Child-process tests and operators wait for this line: the host is fully ready.
+    info!(
+        installed = catalog.installed_count(),
+        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "oms plugins loaded"
+    );
+    applied
 }
 
 /// Rescans the plugins directory every `plugins.watch_interval_ms` until shutdown; what a
@@ -51,9 +100,10 @@ pub async fn watch(
     }
 }
 
-/// Builds the runtime and installs every plugin in the directory. Refused plugins are logged
-/// with their reason and do not stop the host: one bad plugin never takes it down.
-pub async fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plugins> {
+/// Builds the runtime and the directory's watcher; nothing is compiled yet ([`load`] does).
+/// Refused plugins are logged with their reason and never stop the host: one bad plugin
+/// never takes it down.
+pub fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plugins> {
     std::fs::create_dir_all(&config.cache_dir)
         .with_context(|| format!("creating plugin cache dir {}", config.cache_dir.display()))?;
     let options = RuntimeOptions {
@@ -66,15 +116,12 @@ pub async fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plug
     };
     let runtime =
         PluginRuntime::new(options, Some(db.plugin_kv())).context("starting the plugin runtime")?;
-    let mut watcher = DirWatcher::new(runtime.clone(), &config.dir);
+    let watcher = DirWatcher::new(runtime.clone(), &config.dir);
     if !config.dir.is_dir() {
         warn!(dir = %config.dir.display(), "plugins directory missing; build it with scripts/build-plugins");
     }
-    // The runtime logs every installed version itself; refusals are reported here.
-    let report = watcher.scan().await;
-    for (path, error) in &report.refused {
-        warn!(manifest = %path.display(), %error, "plugin refused");
-    }
-    let watcher = (config.watch_interval_ms > 0).then_some(watcher);
-    Ok(Plugins { runtime, watcher })
+    Ok(Plugins {
+        runtime,
+        watcher: Some(watcher),
+    })
 }

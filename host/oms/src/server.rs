@@ -9,7 +9,6 @@ use anyhow::Context;
 use oms_application::changes::OrderChanges;
 use oms_application::clock::SystemClock;
 use oms_application::operations::OutboxOperations;
-use oms_application::ports::ReleaseAction;
 use oms_application::saga::worker::{self, WorkerConfig};
 use oms_application::saga::{EngineConfig, SagaEngine, SagaOperations, SagaPorts};
 use oms_application::{InlinePlacement, OrderService, ServiceConfig};
@@ -47,6 +46,7 @@ pub struct RunningServer {
     db: Database,
     plugins: Plugins,
     operations: SagaOperations,
+    plugins_loaded: watch::Receiver<bool>,
 }
 
 impl RunningServer {
@@ -74,6 +74,13 @@ impl RunningServer {
     /// The plugin runtime (install, rollback, metrics: what the admin API will expose).
     pub fn plugins(&self) -> &PluginRuntime {
         &self.plugins.runtime
+    }
+
+    /// Returns once the startup load of the plugins has finished (every plugin installed or
+    /// refused; [`crate::plugins::load`]) or the server stopped. gRPC serves before that.
+    pub async fn plugins_loaded(&self) {
+        let mut loaded = self.plugins_loaded.clone();
+        let _ = loaded.wait_for(|loaded| *loaded).await;
     }
 
     /// Operator operations on sagas (what the admin API will expose).
@@ -119,7 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     check_grpc_limits(&config)?;
     let db = open_database(&config, config.database.max_connections).await?;
-    let mut plugins = crate::plugins::start(&config.plugins, &db).await?;
+    let mut plugins = crate::plugins::start(&config.plugins, &db)?;
     let changes = OrderChanges::default();
     // Names this process's saga leases: its workers' and its inline placement's.
     let process = format!(
@@ -150,25 +157,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             min_calls: canary.min_calls,
         },
     ));
-    // The directory seeds names the shared release set does not have; the set decides the
-    // rest, installed here before any order is served.
-    catalog
-        .publish_dir(
-            &config.plugins.dir,
-            None,
-            ReleaseAction::Seed,
-            &format!("seed:{process}"),
-        )
-        .await;
-    let mut applied = std::collections::HashMap::new();
-    catalog
-        .catch_up(
-            &mut applied,
-            &mut oms_application::outage::FailureRun::default(),
-        )
-        .await;
-    // Older builds that open orders are pinned to, before their follow-ups run here.
-    catalog.restore_pinned_builds().await;
+    // Plugins compile in the background once gRPC serves (a large component takes tens of
+    // seconds); what will be served is known from the manifests now, so orders naming it
+    // are accepted meanwhile and wait for it.
+    let expected = catalog.expect(&config.plugins.dir).await;
+    info!(plugins = expected, "plugins will load in the background");
     service = service.with_plugins(catalog.clone());
     // A process that runs no sagas (`saga.workers = 0`, an API-only replica) does not place
     // orders inline either.
@@ -182,28 +175,44 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let mut tasks = Vec::new();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let background = TaskWatch::default();
-    if let Some(watcher) = plugins.watcher.take() {
-        let watching = crate::plugins::watch(
-            watcher,
-            RuntimeCatalog::clone(&catalog),
-            config.plugins.clone(),
-            format!("dir:{process}"),
-            shutdown_rx.clone(),
-        );
-        tasks.push(
-            background.spawn("plugins directory watcher", &shutdown_rx, async move {
-                watching.await;
-                Ok(())
-            }),
-        );
-    }
+    let (loaded_tx, plugins_loaded) = watch::channel(false);
+    let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
+    let mut watcher = plugins
+        .watcher
+        .take()
+        .context("the plugins directory watcher was taken twice")?;
+    tasks.push(background.spawn("plugin loader", &shutdown_rx, {
+        let catalog = RuntimeCatalog::clone(&catalog);
+        let config = config.plugins.clone();
+        let mut stop = shutdown_rx.clone();
+        let process = process.clone();
+        async move {
+            let applied = tokio::select! {
+                applied = crate::plugins::load(&mut watcher, &catalog, &config, &process) => applied,
+                () = stopped(stop.clone()) => return Ok(()),
+            };
+            let _ = applied_tx.send(applied);
+            let _ = loaded_tx.send(true);
+            if config.watch_interval_ms > 0 {
+                crate::plugins::watch(watcher, catalog, config, format!("dir:{process}"), stop)
+                    .await;
+            } else {
+                // Nothing left to do; ending early would read as a failed task.
+                let _ = stop.wait_for(|stop| *stop).await;
+            }
+            Ok(())
+        }
+    }));
     let follow = RuntimeCatalog::clone(&catalog);
     tasks.push(background.spawn("plugin release follower", &shutdown_rx, {
         let interval = Duration::from_millis(config.plugins.sync_interval_ms);
         let stop = shutdown_rx.clone();
         let actor = format!("auto-rollback:{process}");
         async move {
-            follow.follow(applied, interval, actor, stop).await;
+            // Follows from what the startup load applied; no load, nothing to follow.
+            if let Ok(applied) = applied_rx.await {
+                follow.follow(applied, interval, actor, stop).await;
+            }
             Ok(())
         }
     }));
@@ -236,6 +245,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Arc::new(SystemClock),
         Arc::new(move || relay.wake()),
     );
+    let health_catalog = RuntimeCatalog::clone(&catalog);
     let admin = AdminApi::new(
         operations.clone(),
         outbox,
@@ -325,6 +335,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         plugins: plugins.runtime.clone(),
         inventory: config.plugins.inventory.clone(),
         tasks: background,
+        loading: (health_catalog, plugins_loaded.clone()),
     };
     let health = health::start(
         health_reporter,
@@ -347,6 +358,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         operations,
         db,
         plugins,
+        plugins_loaded,
     })
 }
 

@@ -49,6 +49,9 @@ pub struct RuntimeCatalog {
     /// Which builds open orders refer to, so that retained builds are unloaded in time.
     sagas: Arc<dyn SagaStore>,
     guard: CanaryGuard,
+    /// The plugins a starting process expects to serve and has not installed yet, with
+    /// their kinds ([`Self::expect`]): orders naming one are accepted meanwhile.
+    loading: Arc<std::sync::RwLock<HashMap<String, PluginKind>>>,
 }
 
 /// When a canary is aborted without an operator (`plugins.canary`).
@@ -131,7 +134,69 @@ impl RuntimeCatalog {
             releases,
             sagas,
             guard,
+            loading: Arc::default(),
         }
+    }
+
+    /// Records what this starting process will serve once [`crate::plugins::load`] has
+    /// compiled it (parsing manifests only, no compilation): the shared release set's
+    /// enabled plugins, and the plugins directory's names that set does not have. Until
+    /// [`Self::loaded`], a `CreateOrder` naming one of these payment providers is accepted
+    /// and its step waits for the plugin (a missing plugin is a transient failure, retried
+    /// within the step's deadline). Returns how many plugins are expected.
+    pub async fn expect(&self, dir: &Path) -> usize {
+        let mut expected = HashMap::new();
+        for path in manifests_in(dir).unwrap_or_default() {
+            if let Ok(manifest) = Manifest::from_file(&path) {
+                expected.entry(manifest.name).or_insert(manifest.kind);
+            }
+        }
+        match self.releases.releases().await {
+            Ok(releases) => {
+                for r in releases {
+                    if r.disabled {
+                        expected.remove(&r.name);
+                    } else if let Ok(m) = Manifest::parse(&r.manifest, Path::new("<release>")) {
+                        expected.insert(r.name, m.kind);
+                    }
+                }
+            }
+            // The loader reads the set again and reports; the directory's names stand.
+            Err(e) => warn!(error = %e, "reading the plugin releases failed"),
+        }
+        let count = expected.len();
+        *self.loading.write().unwrap_or_else(|e| e.into_inner()) = expected;
+        count
+    }
+
+    /// Ends the startup load: from now on only installed plugins count. Returns the
+    /// expected names that did not get installed, sorted.
+    pub fn loaded(&self) -> Vec<String> {
+        let expected =
+            std::mem::take(&mut *self.loading.write().unwrap_or_else(|e| e.into_inner()));
+        let mut missing: Vec<String> = expected
+            .into_keys()
+            .filter(|name| self.runtime.kind_of(name).is_none())
+            .collect();
+        missing.sort();
+        missing
+    }
+
+    /// The expected plugins not installed yet while the startup load runs, sorted.
+    pub fn still_loading(&self) -> Vec<String> {
+        let loading = self.loading.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = loading
+            .keys()
+            .filter(|name| self.runtime.kind_of(name).is_none())
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// How many plugins this process serves.
+    pub fn installed_count(&self) -> usize {
+        self.runtime.list().len()
     }
 
     /// Aborts, everywhere, each canary this process saw fail too often. `actor` names this
@@ -608,7 +673,15 @@ impl PluginCatalog for RuntimeCatalog {
     }
 
     fn has_payment_provider(&self, name: &str) -> bool {
-        self.runtime.kind_of(name) == Some(PluginKind::PaymentProvider)
+        let payment = Some(PluginKind::PaymentProvider);
+        self.runtime.kind_of(name) == payment
+            || self
+                .loading
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .copied()
+                == payment
     }
 
     async fn rollback(&self, name: &str, actor: &str) -> Result<PluginInfo, AppError> {

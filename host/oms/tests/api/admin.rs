@@ -522,7 +522,9 @@ pub async fn a_file_dropped_in_a_watched_directory_reaches_every_host(backend: T
         config.plugins.watch_interval_ms = 0;
         let cache = tempfile::tempdir().unwrap();
         config.plugins.cache_dir = cache.path().to_owned();
-        (oms::start(config).await.unwrap(), cache)
+        let other = oms::start(config).await.unwrap();
+        other.plugins_loaded().await;
+        (other, cache)
     };
     // The component first, then the manifest that names it (as docs/plugins.md says).
     let staged = tempfile::tempdir().unwrap();

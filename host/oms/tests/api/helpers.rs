@@ -68,7 +68,14 @@ impl TestApp {
     /// deadlines (so a provider that never answers fails a saga in seconds, not minutes),
     /// then lets `adjust` change the configuration.
     pub async fn spawn_with(backend: TestBackend, adjust: impl FnOnce(&mut Config)) -> TestApp {
-        Self::spawn_inner(backend, adjust, None).await
+        Self::spawn_inner(backend, adjust, None, true).await
+    }
+
+    /// [`Self::spawn_with`], returning as soon as gRPC serves, while the plugins may still
+    /// be loading (every other constructor waits for them, so tests start from a ready
+    /// host).
+    pub async fn spawn_loading(backend: TestBackend, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_inner(backend, adjust, None, false).await
     }
 
     /// [`Self::spawn_with`] for a host whose public API serves TLS with a certificate for
@@ -78,13 +85,14 @@ impl TestApp {
         adjust: impl FnOnce(&mut Config),
         ca: &Path,
     ) -> TestApp {
-        Self::spawn_inner(backend, adjust, Some(ca)).await
+        Self::spawn_inner(backend, adjust, Some(ca), true).await
     }
 
     async fn spawn_inner(
         backend: TestBackend,
         adjust: impl FnOnce(&mut Config),
         ca: Option<&Path>,
+        wait_for_plugins: bool,
     ) -> TestApp {
         let db = TestDatabase::new(backend).await.unwrap_or_else(|e| {
             panic!("{backend:?} test database (PostgreSQL: 127.0.0.1:5432 or OMS_TEST_PG_URL): {e}")
@@ -106,6 +114,9 @@ impl TestApp {
         config.plugins.sync_interval_ms = 100;
         adjust(&mut config);
         let server = oms::start(config.clone()).await.expect("server starts");
+        if wait_for_plugins {
+            server.plugins_loaded().await;
+        }
         let channel = match ca {
             None => Channel::from_shared(format!("http://{}", server.addr)).unwrap(),
             Some(ca) => {
@@ -137,7 +148,9 @@ impl TestApp {
         let cache = tempfile::tempdir().expect("plugin cache dir");
         let mut config = self.config.clone();
         config.plugins.cache_dir = cache.path().to_owned();
-        (oms::start(config).await.expect("second host starts"), cache)
+        let server = oms::start(config).await.expect("second host starts");
+        server.plugins_loaded().await;
+        (server, cache)
     }
 
     /// The running server, for what the API does not expose (plugins, operator operations).

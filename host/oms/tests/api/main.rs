@@ -6,6 +6,7 @@ mod admin;
 mod edge;
 mod health;
 mod helpers;
+mod loading;
 mod metrics;
 mod races;
 mod sagas;
@@ -109,6 +110,11 @@ on_both_backends!(
     a_canary_takes_its_share_and_each_order_stays_on_its_build,
     a_failing_canary_is_rolled_back_by_the_host,
     a_host_started_after_swaps_loads_the_builds_open_orders_need,
+);
+
+on_both_backends!(
+    startup => loading:
+    grpc_serves_while_plugins_load_and_orders_wait_for_them,
 );
 
 on_both_backends!(

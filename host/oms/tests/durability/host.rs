@@ -141,20 +141,23 @@ impl Host {
         let mut child = command.spawn().expect("oms binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
+        // Ready once it serves gRPC and has loaded its plugins (which it does after it
+        // serves, in the background; the tests want a host that places orders at once).
         let addr = tokio::time::timeout(Duration::from_secs(180), async {
+            let mut addr = None;
             while let Some(line) = lines.next_line().await.expect("read host log") {
                 if line.contains("oms serving gRPC") {
                     let value: serde_json::Value = serde_json::from_str(&line).expect("json log");
-                    return value["fields"]["addr"]
-                        .as_str()
-                        .expect("addr field")
-                        .to_owned();
+                    addr = value["fields"]["addr"].as_str().map(str::to_owned);
+                }
+                if line.contains("oms plugins loaded") {
+                    return addr.expect("the host logs its gRPC address before its plugins load");
                 }
             }
             panic!("host exited before serving");
         })
         .await
-        .expect("host serves within 180 s (plugins compile before it serves; a Python component takes ~40 s)");
+        .expect("host serves and loads its plugins within 180 s (a Python component takes ~40 s to compile)");
         // Keep draining the log so the child never blocks on a full pipe, noting group sizes.
         let largest_group = Arc::new(AtomicU64::new(0));
         let largest = Arc::clone(&largest_group);
