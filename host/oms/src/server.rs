@@ -220,7 +220,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         &config,
         &db,
         &service,
-        &ports,
+        (&ports, &plugins_loaded),
         &process,
         (&background, &shutdown_rx),
         &mut tasks,
@@ -229,7 +229,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         &config,
         &db,
         &service,
-        &plugins,
+        (&plugins, &plugins_loaded),
         (&background, &shutdown_rx),
         &mut tasks,
     )?;
@@ -591,11 +591,14 @@ fn saga_engine(
 
 /// Starts `saga.workers` tasks that drive sagas through the plugins. Each has its own lease
 /// identity, so they (and other host processes) never run the same saga at once.
+/// Each worker claims its first saga once the startup load of the plugins has ended: the
+/// sagas an earlier process left would otherwise spend their steps' deadlines on plugins
+/// still compiling (new orders meanwhile are placed inline and wait for theirs).
 fn spawn_saga_workers(
     config: &Config,
     db: &Database,
     service: &OrderService,
-    ports: &SagaPorts,
+    (ports, plugins_loaded): (&SagaPorts, &watch::Receiver<bool>),
     process: &str,
     (background, shutdown): (&TaskWatch, &watch::Receiver<bool>),
     tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
@@ -618,7 +621,10 @@ fn spawn_saga_workers(
         };
         let wakeup = service.saga_wakeup();
         let stop = shutdown.clone();
+        let mut loaded = plugins_loaded.clone();
         tasks.push(background.spawn("saga worker", shutdown, async move {
+            // Ends early only when the loader stopped (shutdown): the worker then stops too.
+            let _ = loaded.wait_for(|loaded| *loaded).await;
             worker::run(engine, worker_config, wakeup, stop).await;
             Ok(())
         }));
@@ -667,7 +673,7 @@ fn spawn_messaging(
     config: &Config,
     db: &Database,
     service: &OrderService,
-    plugins: &Plugins,
+    (plugins, plugins_loaded): (&Plugins, &watch::Receiver<bool>),
     (background, shutdown): (&TaskWatch, &watch::Receiver<bool>),
     tasks: &mut Vec<JoinHandle<anyhow::Result<()>>>,
 ) -> anyhow::Result<(
@@ -726,9 +732,12 @@ fn spawn_messaging(
         .formatters
         .iter()
         .map(|name| {
-            Arc::new(notifications::plugin::PluginFormatter::new(
-                plugins.runtime.notification(name),
-            )) as Arc<dyn notifications::Formatter>
+            Arc::new(AfterStartupLoad {
+                inner: notifications::plugin::PluginFormatter::new(
+                    plugins.runtime.notification(name),
+                ),
+                loaded: plugins_loaded.clone(),
+            }) as Arc<dyn notifications::Formatter>
         })
         .collect();
     let stores = host::MessagingStores {
@@ -749,6 +758,36 @@ fn spawn_messaging(
         }));
     }
     Ok((messaging.relay, messaging.notifications))
+}
+
+/// A notification formatter that formats its first event once the startup load of the
+/// plugins has ended. A formatter still compiling is not a failing one: without the wait, a
+/// backlog of events would spend the consumer's attempts on it and be dead-lettered while a
+/// large component compiles.
+struct AfterStartupLoad<F> {
+    inner: F,
+    loaded: watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl<F: oms_messaging::notifications::Formatter> oms_messaging::notifications::Formatter
+    for AfterStartupLoad<F>
+{
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn format(
+        &self,
+        event: &oms_messaging::event::pb::OrderEvent,
+    ) -> Result<
+        Vec<oms_messaging::notifications::Notification>,
+        oms_messaging::notifications::FormatFailure,
+    > {
+        // Returns at once after the load; early only when the loader stopped (shutdown).
+        let _ = self.loaded.clone().wait_for(|loaded| *loaded).await;
+        self.inner.format(event).await
+    }
 }
 
 /// Deletes expired idempotency keys until shutdown. A failed sweep is logged and retried at
@@ -782,8 +821,45 @@ async fn sweep_idempotency_keys(
 
 #[cfg(test)]
 mod tests {
-    use super::{api_in_flight, check_grpc_limits};
+    use super::{AfterStartupLoad, api_in_flight, check_grpc_limits};
     use crate::config::Config;
+    use futures::FutureExt;
+    use oms_messaging::event::pb::OrderEvent;
+    use oms_messaging::notifications::{FormatFailure, Formatter, Notification};
+
+    /// Answers "unavailable", as a formatter that is not installed yet does.
+    struct NotYet;
+
+    #[async_trait::async_trait]
+    impl Formatter for NotYet {
+        fn name(&self) -> &str {
+            "not-yet"
+        }
+        async fn format(&self, _: &OrderEvent) -> Result<Vec<Notification>, FormatFailure> {
+            Err(FormatFailure::Unavailable("not installed".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_formatter_formats_nothing_before_the_plugins_have_loaded() {
+        let (loaded, rx) = tokio::sync::watch::channel(false);
+        let formatter = AfterStartupLoad {
+            inner: NotYet,
+            loaded: rx,
+        };
+        let event = OrderEvent::default();
+        let mut first = Box::pin(formatter.format(&event));
+        assert!(
+            (&mut first).now_or_never().is_none(),
+            "waits while the plugins load (an answer now would spend one of the event's attempts)"
+        );
+        loaded.send(true).unwrap();
+        assert!(matches!(first.await, Err(FormatFailure::Unavailable(_))));
+        assert!(
+            formatter.format(&event).now_or_never().is_some(),
+            "no wait once loaded"
+        );
+    }
 
     #[test]
     fn api_calls_leave_database_connections_to_the_background() {
