@@ -134,9 +134,13 @@ async fn run(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    // The end of the plugins' startup load is checked at once, not at the next tick.
+    let mut loaded = checks.loading.1.clone();
+    let mut loading = !*loaded.borrow();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            r = loaded.changed(), if loading => loading = r.is_ok() && !*loaded.borrow(),
             r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break; } else { continue },
         }
         let problems = checks.problems(interval).await;
