@@ -89,15 +89,17 @@ async fn one_orders_trace_reaches_the_collector() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        // Serving gRPC comes first; the plugins load after it, in the background.
-        let mut addr = None;
+        // Ready once it serves gRPC and has loaded its plugins (in the background: the two
+        // lines come in either order).
+        let (mut addr, mut loaded) = (None, false);
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains("oms serving gRPC") {
                 let value: serde_json::Value = serde_json::from_str(&line).unwrap();
                 addr = value["fields"]["addr"].as_str().map(str::to_owned);
             }
-            if line.contains("oms plugins loaded") {
-                return addr.unwrap();
+            loaded |= line.contains("oms plugins loaded");
+            if let (Some(addr), true) = (&addr, loaded) {
+                return addr.clone();
             }
         }
         panic!("host exited before serving");

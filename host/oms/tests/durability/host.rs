@@ -141,17 +141,18 @@ impl Host {
         let mut child = command.spawn().expect("oms binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        // Ready once it serves gRPC and has loaded its plugins (which it does after it
-        // serves, in the background; the tests want a host that places orders at once).
+        // Ready once it serves gRPC and has loaded its plugins (in the background, so the
+        // two lines come in either order; the tests want a host that places orders at once).
         let addr = tokio::time::timeout(Duration::from_secs(180), async {
-            let mut addr = None;
+            let (mut addr, mut loaded) = (None, false);
             while let Some(line) = lines.next_line().await.expect("read host log") {
                 if line.contains("oms serving gRPC") {
                     let value: serde_json::Value = serde_json::from_str(&line).expect("json log");
                     addr = value["fields"]["addr"].as_str().map(str::to_owned);
                 }
-                if line.contains("oms plugins loaded") {
-                    return addr.expect("the host logs its gRPC address before its plugins load");
+                loaded |= line.contains("oms plugins loaded");
+                if let (Some(addr), true) = (&addr, loaded) {
+                    return addr.clone();
                 }
             }
             panic!("host exited before serving");
