@@ -66,7 +66,7 @@ async fn forward(listener: TcpListener, target: SocketAddr) {
     }
 }
 
-async fn status(app: &TestApp, service: &str) -> ServingStatus {
+pub(crate) async fn status(app: &TestApp, service: &str) -> ServingStatus {
     let mut health = HealthClient::new(app.channel.clone());
     let request = HealthCheckRequest {
         service: service.to_owned(),
@@ -76,7 +76,7 @@ async fn status(app: &TestApp, service: &str) -> ServingStatus {
 }
 
 /// Polls both the overall status and the order API's until they are `expected` (15 s).
-async fn until(app: &TestApp, expected: ServingStatus) {
+pub(crate) async fn until(app: &TestApp, expected: ServingStatus) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let now = (

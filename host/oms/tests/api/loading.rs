@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use oms_grpc::pb::OrderStatus as S;
 use oms_persistence::testing::TestBackend;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{TestApp, order_with, plugins_with_testing, settle};
 
@@ -52,19 +50,6 @@ impl SlowComponent {
     }
 }
 
-async fn health(app: &TestApp) -> ServingStatus {
-    let request = HealthCheckRequest {
-        service: String::new(),
-    };
-    let status = HealthClient::new(app.channel.clone())
-        .check(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown)
-}
-
 pub async fn grpc_serves_while_plugins_load_and_orders_wait_for_them(backend: TestBackend) {
     let dir = plugins_with_testing(&[]);
     let slow = SlowComponent::replace(dir.path().join("fakepay.wasm"));
@@ -82,7 +67,7 @@ pub async fn grpc_serves_while_plugins_load_and_orders_wait_for_them(backend: Te
     .expect("gRPC serves before the plugins have loaded");
 
     assert_eq!(
-        health(&app).await,
+        crate::health::status(&app, "").await,
         ServingStatus::NotServing,
         "a host still loading its plugins is not yet a balancer's first choice"
     );

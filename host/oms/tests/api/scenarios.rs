@@ -456,29 +456,15 @@ pub async fn every_change_writes_its_outbox_event(backend: TestBackend) {
 }
 
 pub async fn health_and_reflection_are_served(backend: TestBackend) {
-    use tonic_health::pb::health_check_response::ServingStatus;
     let app = TestApp::api_only(backend).await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
     // Health is re-checked as the plugins' startup load ends: SERVING follows shortly after.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let serving = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "oms.v1.OrderService".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if serving.status() == ServingStatus::Serving {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health stayed {:?} after the plugins loaded",
-            serving.status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let serving = crate::health::until(
+        &app,
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+    );
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("health SERVING within 10 s of the plugins loading");
 
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
