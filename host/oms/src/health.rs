@@ -70,9 +70,10 @@ pub struct Checks {
     pub plugins: PluginRuntime,
     pub inventory: String,
     pub tasks: TaskWatch,
-    /// The catalog that knows which plugins are still loading, and whether the startup
-    /// load has finished.
-    pub loading: (RuntimeCatalog, watch::Receiver<bool>),
+    /// Which plugins are still loading.
+    pub catalog: RuntimeCatalog,
+    /// Whether the startup load of the plugins has finished.
+    pub plugins_loaded: watch::Receiver<bool>,
 }
 
 impl Checks {
@@ -82,12 +83,12 @@ impl Checks {
         if let Err(e) = self.db.ping(within).await {
             problems.push(format!("database unreachable: {e}"));
         }
-        if !*self.loading.1.borrow() {
+        if !*self.plugins_loaded.borrow() {
             // Orders are accepted meanwhile and wait; a balancer should still prefer a
             // process that serves them at once.
             problems.push(format!(
                 "plugins still loading: {}",
-                self.loading.0.still_loading().join(", ")
+                self.catalog.still_loading().join(", ")
             ));
         }
         let payments = self
@@ -135,7 +136,7 @@ async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     // The end of the plugins' startup load is checked at once, not at the next tick.
-    let mut loaded = checks.loading.1.clone();
+    let mut loaded = checks.plugins_loaded.clone();
     let mut loading = !*loaded.borrow();
     loop {
         tokio::select! {

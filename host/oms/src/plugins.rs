@@ -17,10 +17,9 @@ use tracing::{info, warn};
 use crate::adapters::RuntimeCatalog;
 use crate::config::PluginsConfig;
 
-/// The running runtime and the directory's watcher, which [`load`] takes.
+/// The running runtime.
 pub struct Plugins {
     pub runtime: PluginRuntime,
-    pub watcher: Option<DirWatcher>,
 }
 
 /// What a starting process serves, installed while gRPC already serves: every plugin in the
@@ -100,10 +99,10 @@ pub async fn watch(
     }
 }
 
-/// Builds the runtime and the directory's watcher; nothing is compiled yet ([`load`] does).
+/// Builds the runtime and the directory's watcher, for [`load`]; nothing is compiled yet.
 /// Refused plugins are logged with their reason and never stop the host: one bad plugin
 /// never takes it down.
-pub fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plugins> {
+pub fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<(Plugins, DirWatcher)> {
     std::fs::create_dir_all(&config.cache_dir)
         .with_context(|| format!("creating plugin cache dir {}", config.cache_dir.display()))?;
     let options = RuntimeOptions {
@@ -120,8 +119,5 @@ pub fn start(config: &PluginsConfig, db: &Database) -> anyhow::Result<Plugins> {
     if !config.dir.is_dir() {
         warn!(dir = %config.dir.display(), "plugins directory missing; build it with scripts/build-plugins");
     }
-    Ok(Plugins {
-        runtime,
-        watcher: Some(watcher),
-    })
+    Ok((Plugins { runtime }, watcher))
 }

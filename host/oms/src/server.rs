@@ -126,7 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     check_grpc_limits(&config)?;
     let db = open_database(&config, config.database.max_connections).await?;
-    let mut plugins = crate::plugins::start(&config.plugins, &db)?;
+    let (plugins, mut watcher) = crate::plugins::start(&config.plugins, &db)?;
     let changes = OrderChanges::default();
     // Names this process's saga leases: its workers' and its inline placement's.
     let process = format!(
@@ -177,10 +177,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let background = TaskWatch::default();
     let (loaded_tx, plugins_loaded) = watch::channel(false);
     let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
-    let mut watcher = plugins
-        .watcher
-        .take()
-        .context("the plugins directory watcher was taken twice")?;
     tasks.push(background.spawn("plugin loader", &shutdown_rx, {
         let catalog = RuntimeCatalog::clone(&catalog);
         let config = config.plugins.clone();
@@ -335,7 +331,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         plugins: plugins.runtime.clone(),
         inventory: config.plugins.inventory.clone(),
         tasks: background,
-        loading: (health_catalog, plugins_loaded.clone()),
+        catalog: health_catalog,
+        plugins_loaded: plugins_loaded.clone(),
     };
     let health = health::start(
         health_reporter,
@@ -591,6 +588,7 @@ fn saga_engine(
 
 /// Starts `saga.workers` tasks that drive sagas through the plugins. Each has its own lease
 /// identity, so they (and other host processes) never run the same saga at once.
+///
 /// Each worker claims its first saga once the startup load of the plugins has ended: the
 /// sagas an earlier process left would otherwise spend their steps' deadlines on plugins
 /// still compiling (new orders meanwhile are placed inline and wait for theirs).

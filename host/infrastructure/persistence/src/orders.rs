@@ -214,6 +214,7 @@ pub(crate) async fn write_order<D: Dialect>(
 /// Whether [`write_order`] of `write` is atomic without a transaction where its batch is one
 /// statement: no count to check that would have to roll it back (a create, without a claim
 /// to complete).
+///
 /// Whether the batch is one statement is the commit mechanism's to judge (`Sql::commit_alone`).
 pub(crate) fn atomic_alone(write: &OrderWrite<'_>) -> bool {
     write.expected_version.is_none()

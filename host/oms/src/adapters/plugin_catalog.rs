@@ -172,13 +172,11 @@ impl RuntimeCatalog {
     /// Ends the startup load: from now on only installed plugins count. Returns the
     /// expected names that did not get installed, sorted.
     pub fn loaded(&self) -> Vec<String> {
-        let expected =
-            std::mem::take(&mut *self.loading.write().unwrap_or_else(|e| e.into_inner()));
-        let mut missing: Vec<String> = expected
-            .into_keys()
-            .filter(|name| self.runtime.kind_of(name).is_none())
-            .collect();
-        missing.sort();
+        let missing = self.still_loading();
+        self.loading
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         missing
     }
 
