@@ -4,8 +4,8 @@
 use oms_domain::Currency;
 use oms_domain::order::OrderParts;
 use oms_domain::{
-    CustomerId, LineItem, Money, Order, OrderId, OrderStatus, PaymentMethod, PaymentStatus,
-    Quantity, ReservationStatus, ShippingAddress, Sku, Timestamp, Version,
+    CustomerId, LineItem, Money, Order, OrderId, OrderStatus, PaymentAction, PaymentMethod,
+    PaymentStatus, Quantity, ReservationStatus, ShippingAddress, Sku, Timestamp, Version,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,9 +54,20 @@ pub struct OrderSnapshot {
     pub payment_provider: String,
     pub shipping_address: AddressDoc,
     pub failure_reason: Option<String>,
+    /// What the customer must do while the payment is ACTION_REQUIRED. Absent from documents
+    /// written before contract 0.2 (hence the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_action: Option<PaymentActionDoc>,
     pub version: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// [`oms_domain::PaymentAction`] as a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentActionDoc {
+    pub url: String,
+    pub expires_at_ms: i64,
 }
 
 fn money(m: Money) -> MoneyDoc {
@@ -103,6 +114,10 @@ impl From<&Order> for OrderSnapshot {
                 email: a.email.clone(),
             },
             failure_reason: order.failure_reason().map(str::to_owned),
+            payment_action: order.payment_action().map(|a| PaymentActionDoc {
+                url: a.url.clone(),
+                expires_at_ms: a.expires_at.unix_millis(),
+            }),
             version: order.version().0,
             created_at_ms: order.created_at().unix_millis(),
             updated_at_ms: order.updated_at().unix_millis(),
@@ -153,6 +168,10 @@ impl OrderSnapshot {
             captured: parse_money(&self.captured)?,
             refunded: parse_money(&self.refunded)?,
             failure_reason: self.failure_reason.clone(),
+            payment_action: self.payment_action.as_ref().map(|a| PaymentAction {
+                url: a.url.clone(),
+                expires_at: Timestamp::from_unix_millis(a.expires_at_ms),
+            }),
             version: Version(self.version),
             created_at: Timestamp::from_unix_millis(self.created_at_ms),
             updated_at: Timestamp::from_unix_millis(self.updated_at_ms),

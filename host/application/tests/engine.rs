@@ -12,17 +12,20 @@ use oms_application::changes::OrderChanges;
 use oms_application::clock::Clock;
 use oms_application::outbox::{OutboxMessage, SAGA_PARKED};
 use oms_application::ports::{
-    FailureCode, FailureReason, GatewayError, OrderStore, OrderWrite, PluginKvStore, SagaCommit,
-    SagaQuery, SagaStore, StepDirection, StepHistory, StepState, StoreError,
+    FailureCode, FailureReason, GatewayError, OrderStore, OrderWrite, PluginKvStore,
+    ProviderPaymentState, SagaCommit, SagaQuery, SagaStore, StepDirection, StepHistory, StepState,
+    StoreError,
 };
 use oms_application::saga::{
-    Direction, EngineConfig, SagaEngine, SagaId, SagaInstance, SagaKind, SagaPorts, SagaStatus,
+    Direction, EngineConfig, SagaEngine, SagaId, SagaInstance, SagaKind, SagaOperations, SagaPorts,
+    SagaStatus,
 };
 use oms_application::testing::{
     ManualClock, MemoryStore, SCRIPTED_PLUGINS, Scripted, ScriptedGateways, sample_order, transient,
 };
 use oms_domain::{
-    Order, OrderEvent, OrderId, OrderStatus, PaymentStatus, ReservationStatus, Timestamp, Version,
+    Order, OrderEvent, OrderId, OrderStatus, PaymentAction, PaymentStatus, ReservationStatus,
+    Timestamp, Version,
 };
 
 /// When every test begins, in Unix milliseconds.
@@ -840,6 +843,159 @@ async fn a_cancellation_while_an_authorization_is_unresolved_records_nothing_hel
     assert_eq!(order.reservation_status(), ReservationStatus::Released);
 }
 
+/// A provider (contract 0.2) that asks for a customer action (3-D Secure), expiring `ms`
+/// after T0.
+fn customer_action(rig: &Rig, expires_after_ms: i64) -> PaymentAction {
+    let action = PaymentAction {
+        url: "https://psp.example/challenge/1".to_owned(),
+        expires_at: ts(T0 + expires_after_ms),
+    };
+    rig.gateways
+        .script("authorize", [Scripted::RequiresAction(action.clone())]);
+    action
+}
+
+#[tokio::test]
+async fn a_payment_that_requires_action_waits_polls_and_goes_on_once_the_customer_acted() {
+    let rig = Rig::new().await;
+    let action = customer_action(&rig, 10 * 60 * 1000);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+    assert_eq!(rig.gateways.operations(), ["reserve", "authorize"]);
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Pending);
+    assert_eq!(order.payment_status(), PaymentStatus::ActionRequired);
+    assert_eq!(order.payment_action(), Some(&action), "shown on the order");
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::Running);
+    assert_eq!(saga.next_attempt_at, ts(T0 + 5_000), "polled in 5 s");
+    assert_eq!(
+        rig.committed_effects().await,
+        ["reserve-inventory:reserve", "authorize-payment:authorize"],
+        "the reservation and the pending payment are durable while the customer acts"
+    );
+
+    // Still waiting at the first poll.
+    rig.clock.set(ts(T0 + 5_000));
+    engine.run_due(10).await.unwrap();
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "authorize", "get-payment"]
+    );
+    assert_eq!(rig.saga().await.next_attempt_at, ts(T0 + 10_000));
+
+    rig.gateways
+        .customer_acted(&rig.saga.id.to_string(), ProviderPaymentState::Authorized);
+    rig.clock.set(ts(T0 + 10_000));
+    engine.run_due(10).await.unwrap();
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "authorize", "get-payment", "get-payment"],
+        "nothing resent: the poll found the payment authorized"
+    );
+    let calls = rig.gateways.calls();
+    assert_eq!(calls[1].idempotency_key, calls[3].idempotency_key);
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+    assert_eq!(order.payment_status(), PaymentStatus::Authorized);
+    assert_eq!(order.payment_action(), None);
+    assert_eq!(rig.saga().await.status, SagaStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_customer_action_that_expires_cancels_the_payment_and_fails_it_with_a_stable_code() {
+    let rig = Rig::new().await;
+    customer_action(&rig, 12_000);
+    let engine = rig.engine("w1");
+    let runs = rig.run_to_rest(&engine).await;
+    assert_eq!(
+        runs,
+        [0, 5_000, 10_000, 12_000],
+        "polled until the expiry, not after"
+    );
+    assert_eq!(
+        rig.gateways.operations(),
+        [
+            "reserve",
+            "authorize",
+            "get-payment",
+            "get-payment",
+            "get-payment",
+            "void",
+            "release"
+        ],
+        "the pending payment is cancelled at the provider, then the stock released"
+    );
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::PaymentFailed);
+    assert_eq!(order.payment_status(), PaymentStatus::Voided);
+    assert_eq!(order.reservation_status(), ReservationStatus::Released);
+    let reason = order.failure_reason().unwrap_or_default();
+    assert!(reason.starts_with("PAYMENT_ACTION_EXPIRED: "), "{reason}");
+    assert_eq!(rig.saga().await.status, SagaStatus::Compensated);
+}
+
+#[tokio::test]
+async fn a_customer_who_fails_the_action_fails_the_payment() {
+    let rig = Rig::new().await;
+    customer_action(&rig, 60_000);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+    rig.gateways
+        .customer_acted(&rig.saga.id.to_string(), ProviderPaymentState::Declined);
+    rig.run_to_rest(&engine).await;
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::PaymentFailed);
+    let reason = order.failure_reason().unwrap_or_default();
+    assert!(reason.starts_with("PAYMENT_DECLINED: "), "{reason}");
+    assert_eq!(order.reservation_status(), ReservationStatus::Released);
+}
+
+#[tokio::test]
+async fn news_from_the_provider_makes_a_waiting_payment_due_at_once() {
+    let rig = Rig::new().await;
+    customer_action(&rig, 60_000);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+    let wakeup = Arc::new(tokio::sync::Notify::new());
+    let operations = SagaOperations::new(
+        rig.store.clone(),
+        rig.store.clone(),
+        rig.clock.clone(),
+        OrderChanges::default(),
+        wakeup.clone(),
+    );
+    rig.clock.set(ts(T0 + 1_000));
+    assert_eq!(operations.payment_news(rig.order).await.unwrap(), 1);
+    assert_eq!(rig.saga().await.next_attempt_at, ts(T0 + 1_000));
+    assert!(
+        futures::FutureExt::now_or_never(wakeup.notified()).is_some(),
+        "the workers are woken"
+    );
+    assert_eq!(
+        operations.payment_news(rig.order).await.unwrap(),
+        0,
+        "a saga already due is left alone"
+    );
+}
+
+#[tokio::test]
+async fn a_cancellation_while_the_customer_acts_cancels_the_payment_at_the_provider() {
+    let rig = Rig::new().await;
+    customer_action(&rig, 60_000);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+    rig.cancel_order().await;
+    rig.run_to_rest(&engine).await;
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "authorize", "void", "release"]
+    );
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(order.payment_status(), PaymentStatus::Voided);
+}
+
 #[tokio::test]
 async fn a_cancellation_during_placement_undoes_every_step_in_reverse() {
     let rig = Rig::new().await;
@@ -1140,6 +1296,9 @@ impl SagaStore for StuckRenewals {
         _: Timestamp,
     ) -> Result<(), StoreError> {
         std::future::pending().await
+    }
+    async fn wake(&self, id: SagaId, now: Timestamp) -> Result<bool, StoreError> {
+        self.0.wake(id, now).await
     }
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError> {
         SagaStore::get(self.0.as_ref(), id).await

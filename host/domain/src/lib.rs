@@ -22,8 +22,8 @@ pub use ids::{CustomerId, OrderId};
 pub use line_item::{LineItem, Quantity, Sku};
 pub use money::{Currency, Money, MoneyError};
 pub use order::{
-    NewOrder, Order, OrderEvent, OrderEventKind, OrderParts, OrderStatus, PaymentMethod,
-    PaymentStatus, ReservationStatus, Version,
+    NewOrder, Order, OrderEvent, OrderEventKind, OrderParts, OrderStatus, PaymentAction,
+    PaymentMethod, PaymentStatus, ReservationStatus, Version,
 };
 pub use text::Reason;
 pub use time::Timestamp;

@@ -296,7 +296,14 @@ pub enum Answer {
 }
 
 /// The functions of each world `run` can call, with an example input each.
-const PAYMENT: &[&str] = &["authorize", "capture", "void", "refund", "get-payment"];
+const PAYMENT: &[&str] = &[
+    "authorize",
+    "capture",
+    "void",
+    "refund",
+    "get-payment",
+    "handle-webhook",
+];
 const INVENTORY: &[&str] = &["reserve", "release", "commit"];
 const NOTIFICATION: &[&str] = &["format"];
 
@@ -310,6 +317,8 @@ pub(crate) fn example(function: &str) -> &'static str {
         }
         "void" => r#"{"id":"p-1","idempotency_key":"k-2"}"#,
         "get-payment" => r#"{"AuthorizeKey":"k-1"}"#,
+        // Contract 0.2; the body is bytes (here `{}`).
+        "handle-webhook" => r#"{"headers":[["content-type","application/json"]],"body":[123,125]}"#,
         "reserve" => {
             r#"{"order_id":"o-1","lines":[{"sku":"DEMO-1","quantity":1}],"idempotency_key":"k-1"}"#
         }
@@ -439,6 +448,7 @@ pub async fn run(
                     answer(pay.refund(a.id, a.amount, a.idempotency_key).await)
                 }
                 "get-payment" => answer(pay.get_payment(parse(function, input)?).await),
+                "handle-webhook" => answer(pay.handle_webhook(parse(function, input)?).await),
                 _ => return unknown("payment-provider", PAYMENT),
             }
         }

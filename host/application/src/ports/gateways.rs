@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use oms_domain::{LineItem, Money, OrderId};
+use oms_domain::{LineItem, Money, OrderId, PaymentAction};
 
 use crate::plugin_kv::KvChanges;
 
@@ -90,6 +90,9 @@ pub enum FailureCode {
     PaymentDeclined,
     /// The payment provider refused the request as invalid.
     PaymentInvalid,
+    /// The customer did not complete the action the provider asked for (3-D Secure, a bank
+    /// redirect) before it expired; whatever the provider held was released.
+    PaymentActionExpired,
     /// The inventory adapter has too few units of some SKUs.
     OutOfStock,
     /// The inventory adapter refused the request as invalid (e.g. an unknown SKU).
@@ -121,6 +124,7 @@ impl FailureCode {
         match self {
             Self::PaymentDeclined => "PAYMENT_DECLINED",
             Self::PaymentInvalid => "PAYMENT_INVALID",
+            Self::PaymentActionExpired => "PAYMENT_ACTION_EXPIRED",
             Self::OutOfStock => "OUT_OF_STOCK",
             Self::InventoryInvalid => "INVENTORY_INVALID",
             Self::ProviderUnavailable => "PROVIDER_UNAVAILABLE",
@@ -250,11 +254,16 @@ pub struct ProviderPayment {
     pub authorized: Money,
     pub captured: Money,
     pub refunded: Money,
+    /// What the customer must do first: only on an `authorize` answered "requires action"
+    /// (contract 0.2; a lookup reports the state, not the action).
+    pub action: Option<PaymentAction>,
 }
 
 /// Payment states as providers report them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderPaymentState {
+    /// The provider waits for the customer (contract 0.2); nothing is held yet.
+    RequiresAction,
     Authorized,
     Declined,
     PartiallyCaptured,

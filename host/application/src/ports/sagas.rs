@@ -125,6 +125,12 @@ pub trait SagaStore: Send + Sync {
         until: Timestamp,
     ) -> Result<(), StoreError>;
 
+    /// Makes active saga `id` due at `now` when it waits for a later time (news arrived, such
+    /// as a provider's webhook); `false` when it was not waiting. The version is unchanged:
+    /// this is scheduling, not state, and a worker that commits meanwhile keeps its own
+    /// schedule (the news then waits for that schedule, never for good).
+    async fn wake(&self, id: SagaId, now: Timestamp) -> Result<bool, StoreError>;
+
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError>;
 
     /// The sagas of an order, oldest first.

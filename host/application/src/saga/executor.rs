@@ -2,7 +2,8 @@
 //! has on the order and the saga's data.
 
 use oms_domain::{
-    DomainError, Money, Order, OrderEvent, PaymentStatus, ReservationStatus, Timestamp,
+    DomainError, Money, Order, OrderEvent, PaymentAction, PaymentStatus, ReservationStatus,
+    Timestamp,
 };
 
 use super::definition::Operation;
@@ -19,6 +20,9 @@ pub(crate) struct Effect {
     pub change: Change,
     pub reservation_id: Option<String>,
     pub payment_id: Option<String>,
+    /// The step is not done: the provider waits for the customer until this time (the
+    /// engine polls until then, or until a webhook wakes the saga).
+    pub wait_until: Option<Timestamp>,
 }
 
 /// The order transition an effect makes (applied to a freshly read order at commit time, so
@@ -31,6 +35,8 @@ pub(crate) enum Change {
     Released,
     Committed,
     Authorized,
+    /// The provider waits for the customer to complete an action.
+    ActionRequired(PaymentAction),
     /// An unresolved authorisation held nothing.
     AuthorizationFailed,
     Voided,
@@ -54,6 +60,9 @@ impl Change {
             Change::Released => order.record_release(now).map(|()| None)?,
             Change::Committed => order.record_commit(now).map(|()| None)?,
             Change::Authorized => order.record_authorization(now).map(|()| None)?,
+            Change::ActionRequired(action) => order
+                .record_action_required(action.clone(), now)
+                .map(|()| None)?,
             Change::AuthorizationFailed => {
                 order.record_authorization_failure(now).map(|()| None)?
             }
@@ -202,8 +211,13 @@ impl Executor<'_> {
             Operation::VoidPayment if order.payment_status() == PaymentStatus::Unresolved => {
                 self.void_unresolved(saga, order, pay_build, key).await
             }
+            // A payment still waiting for the customer is cancelled the same way, so that the
+            // customer can no longer complete it for an order that will not go on.
             Operation::VoidPayment => {
-                if order.payment_status() != PaymentStatus::Authorized {
+                if !matches!(
+                    order.payment_status(),
+                    PaymentStatus::Authorized | PaymentStatus::ActionRequired
+                ) {
                     return Ok(local(Change::None));
                 }
                 let id = data
@@ -223,7 +237,7 @@ impl Executor<'_> {
                 ))
             }
             Operation::UndoPayment => match order.payment_status() {
-                PaymentStatus::Authorized => {
+                PaymentStatus::Authorized | PaymentStatus::ActionRequired => {
                     let id = data
                         .payment_id
                         .as_deref()
@@ -321,7 +335,7 @@ impl Executor<'_> {
                 payment_id: Some(payment.payment_id),
                 ..with_call(Change::Voided, call)
             }),
-            ProviderPaymentState::Authorized => {
+            ProviderPaymentState::Authorized | ProviderPaymentState::RequiresAction => {
                 let (_, call) = self
                     .payments
                     .void(provider, build, &payment.payment_id, key)
@@ -355,6 +369,9 @@ impl Executor<'_> {
         key: &str,
     ) -> Result<Effect, GatewayFailure> {
         let provider = order.payment().provider.as_str();
+        if order.payment_status() == PaymentStatus::ActionRequired {
+            return self.poll_action(order, build, key).await;
+        }
         if order.payment_status() == PaymentStatus::Unresolved {
             let (found, call) = self
                 .payments
@@ -371,6 +388,11 @@ impl Executor<'_> {
                         },
                         call: Some(Box::new(call)),
                     }),
+                    // Waiting for the customer: the resend below returns the action again
+                    // (a lookup reports the state, not the action).
+                    ProviderPaymentState::RequiresAction => {
+                        self.send_authorize(order, build, key).await
+                    }
                     _ => Ok(Effect {
                         payment_id: Some(payment.payment_id),
                         ..with_call(Change::Authorized, call)
@@ -378,6 +400,17 @@ impl Executor<'_> {
                 };
             }
         }
+        self.send_authorize(order, build, key).await
+    }
+
+    /// Sends the authorisation (again, with the same key): held, or a customer action first.
+    async fn send_authorize(
+        &self,
+        order: &Order,
+        build: Option<&str>,
+        key: &str,
+    ) -> Result<Effect, GatewayFailure> {
+        let provider = order.payment().provider.as_str();
         let (payment, call) = self
             .payments
             .authorize(
@@ -389,9 +422,68 @@ impl Executor<'_> {
                 key,
             )
             .await?;
-        Ok(Effect {
-            payment_id: Some(payment.payment_id),
-            ..with_call(Change::Authorized, call)
-        })
+        match (payment.state, payment.action) {
+            (ProviderPaymentState::RequiresAction, Some(action)) => Ok(Effect {
+                payment_id: Some(payment.payment_id),
+                wait_until: Some(action.expires_at),
+                ..with_call(Change::ActionRequired(action), call)
+            }),
+            _ => Ok(Effect {
+                payment_id: Some(payment.payment_id),
+                ..with_call(Change::Authorized, call)
+            }),
+        }
+    }
+
+    /// A payment waits for the customer: asks the provider where it stands. Authorised goes
+    /// on; declined or cancelled fails the payment; still waiting waits on (the engine gives
+    /// up at the action's expiry); a provider that lost it is asked again with the same key.
+    async fn poll_action(
+        &self,
+        order: &Order,
+        build: Option<&str>,
+        key: &str,
+    ) -> Result<Effect, GatewayFailure> {
+        let provider = order.payment().provider.as_str();
+        let (found, call) = self
+            .payments
+            .find_by_authorize_key(provider, build, key)
+            .await?;
+        let Some(payment) = found else {
+            return self.send_authorize(order, build, key).await;
+        };
+        let declined = |sentence: &str| GatewayFailure {
+            error: GatewayError::Permanent {
+                reason: FailureReason::new(FailureCode::PaymentDeclined, sentence),
+            },
+            call: Some(Box::new(call.clone())),
+        };
+        match payment.state {
+            // An action whose expiry the order lost (it cannot, short of a corrupt row) counts
+            // as expired: waiting for good is worse than failing the payment.
+            ProviderPaymentState::RequiresAction => Ok(Effect {
+                payment_id: Some(payment.payment_id),
+                wait_until: Some(
+                    order
+                        .payment_action()
+                        .map_or(Timestamp::from_unix_millis(0), |a| a.expires_at),
+                ),
+                ..with_call(Change::None, call)
+            }),
+            ProviderPaymentState::Declined => Err(declined(
+                "the provider declined the payment after the customer action",
+            )),
+            ProviderPaymentState::Voided => Err(declined(
+                "the provider cancelled the payment before the customer completed it",
+            )),
+            ProviderPaymentState::Authorized
+            | ProviderPaymentState::PartiallyCaptured
+            | ProviderPaymentState::Captured
+            | ProviderPaymentState::PartiallyRefunded
+            | ProviderPaymentState::Refunded => Ok(Effect {
+                payment_id: Some(payment.payment_id),
+                ..with_call(Change::Authorized, call)
+            }),
+        }
     }
 }

@@ -9,6 +9,14 @@ use crate::retry::RetryPolicy;
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 const COMPENSATION_DEADLINE: Duration = Duration::from_secs(10 * 60);
 
+/// How often a payment waiting for the customer (contract 0.2's `requires-action`) is polled
+/// with `get-payment`; a webhook from the provider wakes the saga sooner.
+pub(crate) const ACTION_POLL: Duration = Duration::from_secs(5);
+
+/// The longest a placement waits for a customer action, from the saga's start, whatever
+/// expiry the provider gives: an order cannot stay PENDING for good.
+pub(crate) const MAX_ACTION_WAIT: Duration = Duration::from_secs(60 * 60);
+
 /// Placement: reserve -> authorize (the last reversible step) -> confirm (the pivot).
 /// Nothing is announced as confirmed before the pivot commits. With plugins that stay inside
 /// the host (no network grant) the three steps commit once, with the pivot: until then

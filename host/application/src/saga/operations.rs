@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use oms_domain::{OrderStatus, Timestamp};
+use oms_domain::{OrderId, OrderStatus, Timestamp};
 use tokio::sync::Notify;
 
 use super::flows;
@@ -90,6 +90,24 @@ impl SagaOperations {
             .get(id)
             .await?
             .ok_or_else(|| AppError::NotFound(format!("saga {id}")))
+    }
+
+    /// A payment provider brought news about `order_id`'s payment (an inbound webhook): the
+    /// order's active sagas that wait for a later time run now, and read the news from the
+    /// provider themselves (a webhook only wakes; its sender is not trusted for the state).
+    /// Returns how many were woken.
+    pub async fn payment_news(&self, order_id: OrderId) -> Result<usize, AppError> {
+        let now = self.clock.now();
+        let mut woken = 0;
+        for saga in self.sagas.for_order(order_id).await? {
+            if saga.status.is_active() && self.sagas.wake(saga.id, now).await? {
+                woken += 1;
+            }
+        }
+        if woken > 0 {
+            self.wakeup.notify_one();
+        }
+        Ok(woken)
     }
 
     /// Resumes a parked saga where it stopped, in the direction it was going, with fresh

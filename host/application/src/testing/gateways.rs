@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use oms_domain::{LineItem, Money, OrderId};
+use oms_domain::{LineItem, Money, OrderId, PaymentAction};
 use tokio::sync::Notify;
 
 use crate::plugin_kv::{Expect, KeyChange, KeyEffect, KvChanges};
@@ -34,6 +34,9 @@ pub enum Scripted {
     /// The call takes effect but its answer is lost: the engine hears `Unknown`, and the
     /// provider knows the payment (or reservation) under the call's idempotency key.
     LostAnswer,
+    /// `authorize` only: the provider records the payment as waiting for the customer and
+    /// answers with this action ([`ScriptedGateways::customer_acted`] settles it).
+    RequiresAction(PaymentAction),
 }
 
 #[derive(Default)]
@@ -105,7 +108,9 @@ fn lost(operation: &str) -> GatewayError {
 enum Answer {
     /// Answers; the call's idempotency key and the build it was pinned to.
     Normal(String, Option<String>),
-    LostAnswer(Option<String>),
+    Lost(Option<String>),
+    /// As `Normal`, the payment waiting for the customer to complete this action.
+    Action(String, Option<String>, PaymentAction),
 }
 
 impl ScriptedGateways {
@@ -176,6 +181,17 @@ impl ScriptedGateways {
         release
     }
 
+    /// The customer completed (or failed) the action the payment whose authorize key
+    /// contains `key_fragment` waits for: the provider now reports it as `state`.
+    pub fn customer_acted(&self, key_fragment: &str, state: ProviderPaymentState) {
+        let mut guard = lock(&self.state);
+        for (key, payment) in &mut guard.payments {
+            if key.contains(key_fragment) && payment.state == ProviderPaymentState::RequiresAction {
+                payment.state = state;
+            }
+        }
+    }
+
     /// Drops what is left of `operation`'s script: its next calls succeed.
     pub fn clear(&self, operation: &str) {
         lock(&self.state).script.remove(operation);
@@ -242,7 +258,10 @@ impl ScriptedGateways {
             .and_then(VecDeque::pop_front);
         match next {
             None => Ok(Answer::Normal(key.to_owned(), call.pinned)),
-            Some(Scripted::LostAnswer) => Ok(Answer::LostAnswer(call.pinned)),
+            Some(Scripted::LostAnswer) => Ok(Answer::Lost(call.pinned)),
+            Some(Scripted::RequiresAction(action)) => {
+                Ok(Answer::Action(key.to_owned(), call.pinned, action))
+            }
             Some(Scripted::Fail(error)) => {
                 // A call refused before it reached the plugin has no build to record.
                 let reached = !matches!(error, GatewayError::NotTried { .. });
@@ -257,12 +276,12 @@ impl ScriptedGateways {
     /// The answer to a call that took effect: `value`, or the lost-answer error.
     fn answer<T>(&self, operation: &'static str, answer: Answer, value: T) -> GatewayResult<T> {
         match answer {
-            Answer::Normal(key, pinned) => Ok((
+            Answer::Normal(key, pinned) | Answer::Action(key, pinned, _) => Ok((
                 value,
                 self.plugin_call(operation, Some(&key), pinned.as_deref()),
             )),
             // What a stopped call wrote is dropped with it.
-            Answer::LostAnswer(pinned) => Err(GatewayFailure {
+            Answer::Lost(pinned) => Err(GatewayFailure {
                 error: lost(operation),
                 call: Some(Box::new(self.plugin_call(
                     operation,
@@ -318,7 +337,11 @@ impl PaymentGateway for ScriptedGateways {
         idempotency_key: &str,
     ) -> GatewayResult<ProviderPayment> {
         let answer = self.enter("authorize", idempotency_key, pinned).await?;
-        let payment = {
+        let action = match &answer {
+            Answer::Action(_, _, action) => Some(action.clone()),
+            _ => None,
+        };
+        let mut payment = {
             let mut state = lock(&self.state);
             let number = state.payments.len() + 1;
             state
@@ -326,13 +349,21 @@ impl PaymentGateway for ScriptedGateways {
                 .entry(idempotency_key.to_owned())
                 .or_insert_with(|| ProviderPayment {
                     payment_id: format!("pay-{number}"),
-                    state: ProviderPaymentState::Authorized,
+                    state: if action.is_some() {
+                        ProviderPaymentState::RequiresAction
+                    } else {
+                        ProviderPaymentState::Authorized
+                    },
                     authorized: amount,
                     captured: Money::zero(amount.currency()),
+                    action: None,
                     refunded: Money::zero(amount.currency()),
                 })
                 .clone()
         };
+        if payment.state == ProviderPaymentState::RequiresAction {
+            payment.action = action;
+        }
         self.answer("authorize", answer, payment)
     }
 

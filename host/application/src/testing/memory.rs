@@ -419,6 +419,17 @@ impl SagaStore for MemoryStore {
         }
     }
 
+    async fn wake(&self, id: SagaId, now: Timestamp) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.sagas.get_mut(&id) {
+            Some(row) if row.saga.status.is_active() && row.saga.next_attempt_at > now => {
+                row.saga.next_attempt_at = now;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError> {
         Ok(self.lock().sagas.get(&id).map(|row| row.saga.clone()))
     }

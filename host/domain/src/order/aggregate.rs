@@ -37,6 +37,15 @@ pub struct PaymentMethod {
     pub token: String,
 }
 
+/// A step the customer must complete for the provider to decide on the payment (a 3-D Secure
+/// challenge, a bank redirect), and when the provider stops waiting for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentAction {
+    /// Where the storefront sends the customer.
+    pub url: String,
+    pub expires_at: Timestamp,
+}
+
 impl PaymentMethod {
     const MAX_LEN: usize = 255;
 
@@ -173,6 +182,8 @@ impl NewOrder {
 /// transition table, so only storage code that read a previously valid order may use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderParts {
+    /// What the customer must do for the payment to go on (while it is ACTION_REQUIRED).
+    pub payment_action: Option<PaymentAction>,
     pub id: OrderId,
     pub customer_id: CustomerId,
     pub items: Vec<LineItem>,
@@ -216,6 +227,7 @@ impl Order {
                 captured: Money::zero(currency),
                 refunded: Money::zero(currency),
                 failure_reason: None,
+                payment_action: None,
                 version: Version::INITIAL,
                 created_at: now,
                 updated_at: now,
@@ -326,6 +338,9 @@ impl Order {
             },
         )?;
         self.parts.payment_status = next;
+        if next != PaymentStatus::ActionRequired {
+            self.parts.payment_action = None;
+        }
         Ok(())
     }
 
@@ -433,6 +448,31 @@ impl Order {
         self.move_payment(PaymentTransition::Authorize, "be authorized")?;
         self.bump(now);
         Ok(())
+    }
+
+    /// The provider waits for the customer to complete `action` before it decides.
+    pub fn record_action_required(
+        &mut self,
+        action: PaymentAction,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        if self.parts.payment_status == PaymentStatus::ActionRequired
+            && self.parts.payment_action.as_ref() == Some(&action)
+        {
+            return Ok(());
+        }
+        self.move_payment(
+            PaymentTransition::RequireAction,
+            "require a customer action",
+        )?;
+        self.parts.payment_action = Some(action);
+        self.bump(now);
+        Ok(())
+    }
+
+    /// The customer action the payment waits for, while it is ACTION_REQUIRED.
+    pub fn payment_action(&self) -> Option<&PaymentAction> {
+        self.parts.payment_action.as_ref()
     }
 
     /// An unresolved authorisation turned out to hold nothing (the provider has no payment

@@ -4,7 +4,9 @@ mod aggregate;
 mod events;
 mod status;
 
-pub use aggregate::{MAX_LINES, NewOrder, Order, OrderParts, PaymentMethod, Version};
+pub use aggregate::{
+    MAX_LINES, NewOrder, Order, OrderParts, PaymentAction, PaymentMethod, Version,
+};
 pub use events::{OrderEvent, OrderEventKind};
 pub use status::{
     OrderStatus, OrderTransition, PaymentStatus, PaymentTransition, ReservationStatus,

@@ -125,6 +125,9 @@ pub enum PaymentStatus {
     PartiallyRefunded,
     /// A provider call timed out: the outcome is unknown until reconciled.
     Unresolved,
+    /// The provider waits for the customer (3-D Secure, a bank redirect): the order shows
+    /// the action until the provider decides or the action expires. Nothing is held yet.
+    ActionRequired,
 }
 
 /// What can happen to a payment.
@@ -133,6 +136,7 @@ pub enum PaymentTransition {
     Authorize,
     FailAuthorization,
     MarkUnresolved,
+    RequireAction,
     CapturePartially,
     Capture,
     Void,
@@ -141,7 +145,7 @@ pub enum PaymentTransition {
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 9] = [
+    pub const ALL: [PaymentStatus; 10] = [
         Self::Pending,
         Self::Authorized,
         Self::AuthFailed,
@@ -151,21 +155,28 @@ impl PaymentStatus {
         Self::Refunded,
         Self::PartiallyRefunded,
         Self::Unresolved,
+        Self::ActionRequired,
     ];
 
     pub fn apply(self, transition: PaymentTransition) -> Option<PaymentStatus> {
         use PaymentStatus as S;
         use PaymentTransition as T;
         match (self, transition) {
-            (S::Pending | S::Unresolved, T::Authorize) => Some(S::Authorized),
-            (S::Pending | S::Unresolved, T::FailAuthorization) => Some(S::AuthFailed),
+            (S::Pending | S::Unresolved | S::ActionRequired, T::Authorize) => Some(S::Authorized),
+            (S::Pending | S::Unresolved | S::ActionRequired, T::FailAuthorization) => {
+                Some(S::AuthFailed)
+            }
             (S::Pending, T::MarkUnresolved) => Some(S::Unresolved),
+            (S::Pending | S::Unresolved | S::ActionRequired, T::RequireAction) => {
+                Some(S::ActionRequired)
+            }
             (S::Authorized | S::PartiallyCaptured, T::CapturePartially) => {
                 Some(S::PartiallyCaptured)
             }
             (S::Authorized | S::PartiallyCaptured, T::Capture) => Some(S::Captured),
             // An unresolved authorisation found held at the provider and voided at once.
-            (S::Authorized | S::Unresolved, T::Void) => Some(S::Voided),
+            // A payment still waiting for the customer is cancelled at the provider the same way.
+            (S::Authorized | S::Unresolved | S::ActionRequired, T::Void) => Some(S::Voided),
             (S::Captured | S::PartiallyCaptured | S::PartiallyRefunded, T::RefundPartially) => {
                 Some(S::PartiallyRefunded)
             }
@@ -187,6 +198,7 @@ impl PaymentStatus {
             Self::Refunded => "REFUNDED",
             Self::PartiallyRefunded => "PARTIALLY_REFUNDED",
             Self::Unresolved => "UNRESOLVED",
+            Self::ActionRequired => "ACTION_REQUIRED",
         }
     }
 

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use oms_application::ports::StoreError;
 use oms_application::saga::{SagaData, SagaId, SagaInstance, SagaKind, SagaStatus};
 use oms_domain::{
-    Currency, CustomerId, LineItem, Money, Order, OrderId, OrderParts, OrderStatus, PaymentMethod,
-    PaymentStatus, Quantity, ReservationStatus, ShippingAddress, Sku, Timestamp, Version,
+    Currency, CustomerId, LineItem, Money, Order, OrderId, OrderParts, OrderStatus, PaymentAction,
+    PaymentMethod, PaymentStatus, Quantity, ReservationStatus, ShippingAddress, Sku, Timestamp,
+    Version,
 };
 use serde::Deserialize;
 use sqlx::types::Json;
@@ -42,6 +43,8 @@ pub(crate) struct OrderRow {
     pub ship_country: String,
     pub ship_email: String,
     pub failure_reason: Option<String>,
+    pub payment_action_url: Option<String>,
+    pub payment_action_expires_at: Option<i64>,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -64,7 +67,8 @@ macro_rules! order_columns {
         "id, customer_id, status, payment_status, reservation_status, currency, total_minor, \
          captured_minor, refunded_minor, payment_provider, payment_token, ship_recipient, \
          ship_line1, ship_line2, ship_city, ship_postal_code, ship_country, failure_reason, \
-         version, created_at, updated_at, ship_email"
+         version, created_at, updated_at, ship_email, payment_action_url, \
+         payment_action_expires_at"
     };
 }
 pub(crate) use order_columns;
@@ -99,6 +103,8 @@ pub(crate) fn decode_order<D: Dialect>(row: &RowOf<D>) -> Result<OrderRow, sqlx:
         ship_country: row.col("ship_country")?,
         ship_email: row.col("ship_email")?,
         failure_reason: row.col("failure_reason")?,
+        payment_action_url: row.col("payment_action_url")?,
+        payment_action_expires_at: row.col("payment_action_expires_at")?,
         version: row.col("version")?,
         created_at: row.col("created_at")?,
         updated_at: row.col("updated_at")?,
@@ -198,6 +204,13 @@ pub(crate) fn order_from_rows(row: OrderRow, items: Vec<ItemRow>) -> Result<Orde
         captured: money(id, "captured", row.captured_minor, currency)?,
         refunded: money(id, "refunded", row.refunded_minor, currency)?,
         failure_reason: row.failure_reason,
+        payment_action: match (row.payment_action_url, row.payment_action_expires_at) {
+            (Some(url), Some(at)) => Some(PaymentAction {
+                url,
+                expires_at: Timestamp::from_unix_millis(at),
+            }),
+            _ => None,
+        },
         version: Version(row.version),
         created_at: Timestamp::from_unix_millis(row.created_at),
         updated_at: Timestamp::from_unix_millis(row.updated_at),

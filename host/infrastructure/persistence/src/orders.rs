@@ -299,9 +299,10 @@ fn push_insert<'q, D: Dialect>(batch: &mut Batch<'q, D>, order: &'q Order) {
         "INSERT INTO orders (id, customer_id, status, payment_status, reservation_status, \
          currency, total_minor, captured_minor, refunded_minor, payment_provider, payment_token, \
          ship_recipient, ship_line1, ship_line2, ship_city, ship_postal_code, ship_country, \
-         failure_reason, version, created_at, updated_at, ship_email) \
+         failure_reason, version, created_at, updated_at, ship_email, payment_action_url, \
+         payment_action_expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22)",
+         $18, $19, $20, $21, $22, $23, $24)",
         move |query| {
             let query = query
                 .arg(D::id(p.id.as_uuid()))
@@ -321,6 +322,12 @@ fn push_insert<'q, D: Dialect>(batch: &mut Batch<'q, D>, order: &'q Order) {
                 .arg(p.created_at.unix_millis())
                 .arg(p.updated_at.unix_millis())
                 .arg(a.email.as_str())
+                .arg(p.payment_action.as_ref().map(|x| x.url.as_str()))
+                .arg(
+                    p.payment_action
+                        .as_ref()
+                        .map(|x| x.expires_at.unix_millis()),
+                )
         },
     );
 
@@ -375,7 +382,8 @@ fn push_update<'q, D: Dialect>(
         "UPDATE orders SET status = $3, payment_status = $4, reservation_status = $5, \
          captured_minor = $6, refunded_minor = $7, ship_recipient = $8, ship_line1 = $9, \
          ship_line2 = $10, ship_city = $11, ship_postal_code = $12, ship_country = $13, \
-         failure_reason = $14, version = $15, updated_at = $16, ship_email = $17 \
+         failure_reason = $14, version = $15, updated_at = $16, ship_email = $17, \
+         payment_action_url = $18, payment_action_expires_at = $19 \
          WHERE id = $1 AND version = $2",
         move |query| {
             let query = query
@@ -391,6 +399,12 @@ fn push_update<'q, D: Dialect>(
                 .arg(p.version.0)
                 .arg(p.updated_at.unix_millis())
                 .arg(a.email.as_str())
+                .arg(p.payment_action.as_ref().map(|x| x.url.as_str()))
+                .arg(
+                    p.payment_action
+                        .as_ref()
+                        .map(|x| x.expires_at.unix_millis()),
+                )
         },
     )
 }

@@ -384,6 +384,23 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         }
     }
 
+    async fn wake(&self, id: SagaId, now: Timestamp) -> Result<bool, StoreError> {
+        // A plain statement: if a crash forgets it, the saga runs at its own schedule.
+        let woken = self
+            .sql
+            .write(
+                D::query(
+                    "UPDATE saga_instances SET next_attempt_at = $2 \
+                     WHERE id = $1 AND status IN ('RUNNING', 'COMPENSATING') \
+                     AND next_attempt_at > $2",
+                )
+                .arg(D::id(id.0))
+                .arg(now.unix_millis()),
+            )
+            .await?;
+        Ok(D::rows_affected(&woken) == 1)
+    }
+
     async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError> {
         // Committed with whatever other writes are queued (`sql::group`): the job owns what it
         // writes.

@@ -11,9 +11,56 @@ use sha2::Digest;
 use crate::error::LoadError;
 use crate::limits::LimitsSpec;
 
-/// The WIT package version this host implements. A plugin must declare a contract whose
-/// major.minor matches (0.x versions break on minor, per semver).
+/// The oldest WIT package version this host implements (every kind has it). A plugin must
+/// declare a contract whose major.minor is one the host supports (0.x versions break on
+/// minor, per semver): see [`Contract`].
 pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// The contract versions this host loads, side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Contract {
+    /// `oms:plugins@0.1.x`: every kind.
+    #[default]
+    V0_1,
+    /// `oms:plugins@0.2.x`: payment plugins only (`wit/v0.2/`): customer actions and webhooks.
+    V0_2,
+}
+
+impl Contract {
+    /// The package version, as a manifest spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V0_1 => "oms:plugins@0.1.0",
+            Self::V0_2 => "oms:plugins@0.2.0",
+        }
+    }
+}
+
+/// Where a payment plugin's inbound webhooks are authenticated (`[webhook]`, 0.2 only): the
+/// host checks every delivery's signature before the plugin sees it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// The signing secret shared with the provider.
+    pub secret: SecretRef,
+    /// The header carrying `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+    #[serde(default = "WebhookSpec::default_header")]
+    pub signature_header: String,
+    /// How old (or how far in the future) a signature's timestamp may be, in seconds: a
+    /// recorded delivery cannot be replayed after it.
+    #[serde(default = "WebhookSpec::default_tolerance")]
+    pub tolerance_secs: u64,
+}
+
+impl WebhookSpec {
+    fn default_header() -> String {
+        "webhook-signature".to_owned()
+    }
+
+    fn default_tolerance() -> u64 {
+        300
+    }
+}
 
 /// The identity of a manifest text (lower-case hex SHA-256), as [`Manifest::manifest_sha256`]
 /// records it.
@@ -101,16 +148,58 @@ pub struct HttpSpec {
 pub enum SecretRef {
     /// `api-key = { env = "FAKEPAY_API_KEY" }`
     Env { env: String },
-    /// `api-key = "env:FAKEPAY_API_KEY"`
+    /// `api-key = { file = "/run/secrets/fakepay-api-key" }` (a mounted secret)
+    File { file: PathBuf },
+    /// `api-key = "env:FAKEPAY_API_KEY"` or `"file:/run/secrets/fakepay-api-key"`
     Short(String),
 }
 
+/// Where a [`SecretRef`] points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource<'a> {
+    /// An environment variable of the host process.
+    Env(&'a str),
+    /// A file (absolute path) whose content, without a trailing newline, is the secret.
+    File(&'a Path),
+}
+
 impl SecretRef {
-    /// Name of the environment variable holding the value.
+    /// Where the value is; `None` for a reference of neither form (refused at parse time).
+    pub fn source(&self) -> Option<SecretSource<'_>> {
+        let source = match self {
+            Self::Env { env } => SecretSource::Env(env),
+            Self::File { file } => SecretSource::File(file),
+            Self::Short(s) => match (s.strip_prefix("env:"), s.strip_prefix("file:")) {
+                (Some(var), _) => SecretSource::Env(var),
+                (None, Some(path)) => SecretSource::File(Path::new(path)),
+                (None, None) => return None,
+            },
+        };
+        match source {
+            SecretSource::Env("") => None,
+            SecretSource::File(path) if !path.is_absolute() => None,
+            ok => Some(ok),
+        }
+    }
+
+    /// Name of the environment variable holding the value, for an `env` reference.
     pub fn env_var(&self) -> Option<&str> {
-        match self {
-            Self::Env { env } => Some(env),
-            Self::Short(s) => s.strip_prefix("env:"),
+        match self.source()? {
+            SecretSource::Env(var) => Some(var),
+            SecretSource::File(_) => None,
+        }
+    }
+
+    /// Reads the value now; the error names where it looked, never the value.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self.source() {
+            Some(SecretSource::Env(var)) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is unset"))
+            }
+            Some(SecretSource::File(path)) => std::fs::read_to_string(path)
+                .map(|v| v.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            None => Err("not an env: or file: reference".to_owned()),
         }
     }
 }
@@ -138,8 +227,14 @@ pub struct Manifest {
     pub config: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretRef>,
+    /// Inbound webhooks (0.2 payment plugins only).
+    #[serde(default)]
+    pub webhook: Option<WebhookSpec>,
     #[serde(skip)]
     pub path: PathBuf,
+    /// Which contract version `contract` names (checked at parse time).
+    #[serde(skip)]
+    pub contract_version: Contract,
     /// sha256 of the manifest text: two loads with the same component and the same manifest
     /// are the same plugin version; any change (a grant, a limit, config) is a new one.
     #[serde(skip)]
@@ -181,17 +276,57 @@ impl Manifest {
         if m.version.trim().is_empty() {
             return Err(invalid("version is empty".into()));
         }
-        if !contract_supported(&m.contract) {
-            return Err(LoadError::UnsupportedContract {
-                plugin: m.name.clone(),
-                found: m.contract.clone(),
-                supported: format!("oms:plugins@{CONTRACT_VERSION}"),
-            });
+        m.contract_version = match contract_supported(&m.contract) {
+            Some(Contract::V0_2) if m.kind != PluginKind::PaymentProvider => {
+                return Err(invalid(format!(
+                    "contract {} defines payment plugins only; a {} plugin declares oms:plugins@0.1.0",
+                    m.contract.trim(),
+                    m.kind
+                )));
+            }
+            Some(version) => version,
+            None => {
+                return Err(LoadError::UnsupportedContract {
+                    plugin: m.name.clone(),
+                    found: m.contract.clone(),
+                    supported: "oms:plugins@0.1.0 (every kind) or oms:plugins@0.2.0 (payment)"
+                        .to_owned(),
+                });
+            }
+        };
+        if let Some(webhook) = &m.webhook {
+            if m.contract_version != Contract::V0_2 {
+                return Err(invalid(
+                    "[webhook] needs contract oms:plugins@0.2.0 (0.1 has no handle-webhook)".into(),
+                ));
+            }
+            if webhook.secret.source().is_none() {
+                return Err(invalid(
+                    "webhook.secret must be \"env:VAR\" or \"file:/absolute/path\"".into(),
+                ));
+            }
+            let header = &webhook.signature_header;
+            if header.is_empty()
+                || !header
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid(format!(
+                    "webhook.signature_header {header:?} must be a lower-case header name"
+                )));
+            }
+            if webhook.tolerance_secs == 0 || webhook.tolerance_secs > 3600 {
+                return Err(invalid(format!(
+                    "webhook.tolerance_secs {} must be 1..=3600",
+                    webhook.tolerance_secs
+                )));
+            }
         }
         for (key, secret) in &m.secrets {
-            if secret.env_var().is_none() {
+            if secret.source().is_none() {
                 return Err(invalid(format!(
-                    "secret {key:?} must be {{ env = \"VAR\" }} or \"env:VAR\""
+                    "secret {key:?} must be \"env:VAR\", \"file:/absolute/path\", \
+                     {{ env = \"VAR\" }} or {{ file = \"/absolute/path\" }}"
                 )));
             }
         }
@@ -201,6 +336,11 @@ impl Manifest {
         }
         m.limits.validate().map_err(invalid)?;
         Ok(m)
+    }
+
+    /// Which contract version the plugin implements.
+    pub fn contract_version(&self) -> Contract {
+        self.contract_version
     }
 
     /// Where the component binary is.
@@ -224,21 +364,25 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// `0.1.0`, `0.1.3` or `oms:plugins@0.1.0` are accepted; `0.2.0` or `1.0.0` are not.
-fn contract_supported(declared: &str) -> bool {
+/// `0.1.0`, `0.1.3` or `oms:plugins@0.1.0` are 0.1; `0.2.x` is 0.2; `0.3.0` or `1.0.0` are
+/// not supported.
+fn contract_supported(declared: &str) -> Option<Contract> {
     let v = declared.trim();
     let v = v.strip_prefix("oms:plugins@").unwrap_or(v);
     let mut parts = v.split('.');
     let (Some(major), Some(minor), Some(patch), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return false;
+        return None;
     };
-    let mut ours = CONTRACT_VERSION.split('.');
-    major.parse::<u32>().is_ok()
-        && patch.parse::<u32>().is_ok()
-        && Some(major) == ours.next()
-        && Some(minor) == ours.next()
+    if major != "0" || patch.parse::<u32>().is_err() {
+        return None;
+    }
+    match minor {
+        "1" => Some(Contract::V0_1),
+        "2" => Some(Contract::V0_2),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -276,10 +420,10 @@ other = "env:OTHER"
 
     #[test]
     fn refuses_an_unknown_contract_with_its_number() {
-        let text = GOOD.replace("contract = \"0.1.0\"", "contract = \"0.2.0\"");
+        let text = GOOD.replace("contract = \"0.1.0\"", "contract = \"0.3.0\"");
         let err = Manifest::parse(&text, Path::new("x.toml")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("unsupported contract version 0.2.0"), "{msg}");
+        assert!(msg.contains("unsupported contract version 0.3.0"), "{msg}");
         assert!(msg.contains("0.1.0"), "{msg}");
     }
 
@@ -292,11 +436,44 @@ other = "env:OTHER"
     }
 
     #[test]
+    fn contract_0_2_is_for_payment_plugins_and_brings_webhooks() {
+        let v2 = GOOD.replace("contract = \"0.1.0\"", "contract = \"oms:plugins@0.2.0\"");
+        let with_webhook =
+            format!("{v2}\n[webhook]\nsecret = \"env:PAY_HOOK\"\ntolerance_secs = 60\n");
+        let m = Manifest::parse(&with_webhook, Path::new("x.toml")).expect("a 0.2 payment plugin");
+        assert_eq!(m.contract_version(), Contract::V0_2);
+        let hook = m.webhook.expect("the webhook table");
+        assert_eq!(hook.secret.env_var(), Some("PAY_HOOK"));
+        assert_eq!(hook.signature_header, "webhook-signature");
+        assert_eq!(hook.tolerance_secs, 60);
+
+        let inventory = v2.replace("kind = \"payment-provider\"", "kind = \"inventory\"");
+        let msg = Manifest::parse(&inventory, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("defines payment plugins only"), "{msg}");
+
+        let old_with_webhook = format!("{GOOD}\n[webhook]\nsecret = \"env:PAY_HOOK\"\n");
+        let msg = Manifest::parse(&old_with_webhook, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("[webhook] needs contract oms:plugins@0.2.0"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn contract_matching_is_major_minor() {
-        assert!(contract_supported("0.1.7"));
-        assert!(contract_supported("oms:plugins@0.1.0"));
-        assert!(!contract_supported("0.2.0"));
-        assert!(!contract_supported("0.1"));
-        assert!(!contract_supported("1.1.0"));
+        assert_eq!(contract_supported("0.1.7"), Some(Contract::V0_1));
+        assert_eq!(
+            contract_supported("oms:plugins@0.1.0"),
+            Some(Contract::V0_1)
+        );
+        assert_eq!(contract_supported("0.2.0"), Some(Contract::V0_2));
+        assert_eq!(contract_supported("0.3.0"), None);
+        assert_eq!(contract_supported("0.1"), None);
+        assert_eq!(contract_supported("1.1.0"), None);
+        assert_eq!(contract_supported("01.1.0"), None);
     }
 }

@@ -8,19 +8,21 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Linker;
 
-use crate::bindings::{inventory, notification, payment};
+use crate::bindings::{inventory, notification, payment, payment_v2};
 use crate::capabilities::PluginContext;
 use crate::engine::{CacheOutcome, PluginEngine};
 use crate::error::LoadError;
 use crate::kv::PluginKvStore;
 use crate::limits::Limits;
-use crate::manifest::{Manifest, PluginKind};
+use crate::manifest::{Contract, Manifest, PluginKind};
 use crate::state::HostState;
 
 /// The pre-instantiated component, typed by world: instantiating from it is the cheap part
 /// of a call (imports are already resolved and checked).
 pub(crate) enum Exports {
     Payment(payment::PaymentProviderPre<HostState>),
+    /// A payment plugin of contract `oms:plugins@0.2.0`.
+    PaymentV2(payment_v2::PaymentProviderPre<HostState>),
     Inventory(inventory::InventoryAdapterPre<HostState>),
     Notification(notification::NotificationFormatterPre<HostState>),
 }
@@ -101,21 +103,27 @@ impl LoadedPlugin {
             })?;
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             plugin: manifest.name.clone(),
-            world: manifest.kind.world(),
+            world: match (manifest.kind, manifest.contract_version()) {
+                (PluginKind::PaymentProvider, Contract::V0_2) => "payment-provider@0.2.0",
+                (kind, _) => kind.world(),
+            },
             reason: format!("{e:#}"),
         };
         // Resolves every import against the host's linker: an import the host does not offer
         // (another world's, or a newer WASI) is refused here, not at the first call.
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
         // Checks that the exports are exactly the world's, with the right types.
-        let exports = match manifest.kind {
-            PluginKind::PaymentProvider => {
+        let exports = match (manifest.kind, manifest.contract_version()) {
+            (PluginKind::PaymentProvider, Contract::V0_1) => {
                 Exports::Payment(payment::PaymentProviderPre::new(pre).map_err(wrong_world)?)
             }
-            PluginKind::InventoryAdapter => {
+            (PluginKind::PaymentProvider, Contract::V0_2) => {
+                Exports::PaymentV2(payment_v2::PaymentProviderPre::new(pre).map_err(wrong_world)?)
+            }
+            (PluginKind::InventoryAdapter, _) => {
                 Exports::Inventory(inventory::InventoryAdapterPre::new(pre).map_err(wrong_world)?)
             }
-            PluginKind::NotificationFormatter => Exports::Notification(
+            (PluginKind::NotificationFormatter, _) => Exports::Notification(
                 notification::NotificationFormatterPre::new(pre).map_err(wrong_world)?,
             ),
         };

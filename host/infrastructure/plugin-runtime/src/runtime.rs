@@ -335,6 +335,15 @@ impl PluginRuntime {
         self.inner.registry.slot(name).map(|s| s.current().kind())
     }
 
+    /// How the current build of plugin `name` authenticates inbound webhooks (`[webhook]`,
+    /// contract 0.2); `None` when it is not installed or takes none.
+    pub fn webhook_of(&self, name: &str) -> Option<crate::manifest::WebhookSpec> {
+        self.inner
+            .registry
+            .slot(name)
+            .and_then(|s| s.current().manifest.webhook.clone())
+    }
+
     /// Call metrics per plugin name.
     pub fn metrics(&self) -> Vec<(String, MetricsSnapshot)> {
         self.inner.registry.metrics()

@@ -23,8 +23,8 @@ async fn fakepay_tokens_behave_as_specified() {
         .authorize(authorize_request("tok_ok", "k-ok"))
         .await
         .unwrap();
-    assert_eq!(ok.value.status, PaymentStatus::Authorized);
-    assert_eq!(ok.value.authorized, eur(1250));
+    assert_eq!(ok.value.payment().status, PaymentStatus::Authorized);
+    assert_eq!(ok.value.payment().authorized, eur(1250));
     assert_eq!(&*ok.info.plugin, "fakepay");
     assert_eq!(&*ok.info.version, info.version.as_str());
     assert_eq!(&*ok.info.digest, info.digest.as_str());
@@ -33,7 +33,7 @@ async fn fakepay_tokens_behave_as_specified() {
         .authorize(authorize_request("tok_ok", "k-ok"))
         .await
         .unwrap();
-    assert_eq!(again.value.id, ok.value.id);
+    assert_eq!(again.value.payment().id, ok.value.payment().id);
 
     let declined = pay
         .authorize(authorize_request("tok_decline", "k-dec"))
@@ -64,10 +64,10 @@ async fn fakepay_tokens_behave_as_specified() {
         .authorize(authorize_request("tok_flaky", "k-flaky"))
         .await
         .unwrap();
-    assert_eq!(third.value.status, PaymentStatus::Authorized);
+    assert_eq!(third.value.payment().status, PaymentStatus::Authorized);
 
     // Capture more than authorized is invalid; a partial capture then a refund work.
-    let id = ok.value.id.clone();
+    let id = ok.value.payment().id.clone();
     let over = pay
         .capture(id.clone(), Some(eur(5000)), "cap-over".into())
         .await;
@@ -148,7 +148,7 @@ async fn fakepay_strict_imports_no_wasi_and_works() {
         .authorize(authorize_request("tok_ok", "strict-1"))
         .await
         .unwrap();
-    assert_eq!(ok.value.status, PaymentStatus::Authorized);
+    assert_eq!(ok.value.payment().status, PaymentStatus::Authorized);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

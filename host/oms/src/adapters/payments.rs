@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use oms_application::ports::{
     GatewayResult, PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
 };
-use oms_domain::{Currency, Money, OrderId};
+use oms_domain::{Currency, Money, OrderId, PaymentAction, Timestamp};
 use oms_plugin_runtime::clients::payment::{
-    self as wit, AuthorizeRequest, PaymentError, PaymentLookup, PaymentResult,
+    self as wit, Authorization, AuthorizeRequest, PaymentError, PaymentLookup, PaymentResult,
 };
 use oms_plugin_runtime::{KvMode, PaymentPlugin, PluginRuntime};
 
@@ -97,6 +97,7 @@ fn provider_payment(
     Ok(ProviderPayment {
         payment_id: p.id.clone(),
         state: match p.status {
+            wit::PaymentStatus::RequiresAction => ProviderPaymentState::RequiresAction,
             wit::PaymentStatus::Authorized => ProviderPaymentState::Authorized,
             wit::PaymentStatus::Declined => ProviderPaymentState::Declined,
             wit::PaymentStatus::PartiallyCaptured => ProviderPaymentState::PartiallyCaptured,
@@ -108,7 +109,67 @@ fn provider_payment(
         authorized: from_wit(&p.authorized, call)?,
         captured: from_wit(&p.captured, call)?,
         refunded: from_wit(&p.refunded, call)?,
+        action: None,
     })
+}
+
+/// Longest customer-action URL the host shows on an order.
+const MAX_ACTION_URL_BYTES: usize = 2048;
+
+/// A plugin's customer action, checked: an `https://` (or `http://`) URL the storefront can
+/// send the customer to, and a status that says the payment waits for it.
+fn customer_action(
+    payment: &wit::Payment,
+    action: &wit::CustomerAction,
+    call: &PluginCall,
+) -> Result<PaymentAction, GatewayFailure> {
+    let violation = |what: String| GatewayFailure {
+        error: GatewayError::Permanent {
+            reason: FailureReason::new(
+                FailureCode::PluginContractViolation,
+                format!(
+                    "the payment plugin \"{}\" asked for a customer action {what}",
+                    call.plugin
+                ),
+            ),
+        },
+        call: Some(Box::new(call.clone())),
+    };
+    let url = action.url.trim();
+    if !(url.starts_with("https://") || url.starts_with("http://"))
+        || url.len() > MAX_ACTION_URL_BYTES
+        || url.chars().any(char::is_control)
+    {
+        return Err(violation(format!(
+            "with a URL that is not an http(s) URL of at most {MAX_ACTION_URL_BYTES} bytes"
+        )));
+    }
+    if payment.status != wit::PaymentStatus::RequiresAction {
+        return Err(violation(
+            "on a payment whose status is not requires-action".to_owned(),
+        ));
+    }
+    let expires_at = i64::try_from(action.expires_at_ms)
+        .map(Timestamp::from_unix_millis)
+        .map_err(|_| violation("with an expiry out of range".to_owned()))?;
+    Ok(PaymentAction {
+        url: url.to_owned(),
+        expires_at,
+    })
+}
+
+/// An authorize answer in the port's terms: a payment, with the action it waits for.
+fn authorized(result: PaymentResult<Authorization>) -> GatewayResult<ProviderPayment> {
+    let called = result.map_err(payment_failure)?;
+    let call = plugin_call(&called.info);
+    let payment = match &called.value {
+        Authorization::Authorized(p) => provider_payment(p, &call)?,
+        Authorization::RequiresAction((p, action)) => ProviderPayment {
+            action: Some(customer_action(p, action, &call)?),
+            ..provider_payment(p, &call)?
+        },
+    };
+    Ok((payment, call))
 }
 
 /// A payment call's answer in the port's terms.
@@ -160,7 +221,7 @@ impl PaymentGateway for PluginPayments {
     ) -> GatewayResult<ProviderPayment> {
         // A first attempt: a canary of the provider takes its share of orders. A resend
         // after an unknown outcome goes to the build that may have acted.
-        answered(
+        authorized(
             self.plugin(provider)
                 .starting(&order_id.to_string(), pinned)
                 .authorize(authorize_request(order_id, amount, token, idempotency_key))

@@ -9,7 +9,7 @@ use std::future::Future;
 use oms_plugin_runtime::clients::inventory::{InventoryError, Line};
 use oms_plugin_runtime::clients::notification::{Customer, Event, Item, OrderSnapshot};
 use oms_plugin_runtime::clients::payment::{
-    AuthorizeRequest, Money, Payment, PaymentError, PaymentLookup, PaymentStatus,
+    Authorization, AuthorizeRequest, Money, Payment, PaymentError, PaymentLookup, PaymentStatus,
 };
 use oms_plugin_runtime::{
     Called, InventoryPlugin, NotificationFormatter, PaymentPlugin, PluginError, PluginKind,
@@ -190,6 +190,17 @@ fn expect_payment(
     Ok(())
 }
 
+/// An authorize's answer as the payment it concerns: a customer action (contract 0.2) shows
+/// as the payment's `requires-action` status, which the checks then report.
+fn authorized(
+    r: Result<Called<Authorization>, PluginError<PaymentError>>,
+) -> Result<Called<Payment>, PluginError<PaymentError>> {
+    r.map(|c| Called {
+        value: c.value.payment().clone(),
+        info: c.info,
+    })
+}
+
 /// A call answered `invalid` (the contract's word for a request that can never succeed).
 fn expect_invalid(
     what: &str,
@@ -220,10 +231,10 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
 
     let held = s
         .check("authorize holds the amount", PLACE, async {
-            let p = value(
+            let p = value(authorized(
                 pay.authorize(authorize("ct-o1", &fx.token_ok, "ct-a1", 1250))
                     .await,
-            )?;
+            ))?;
             expect_payment(&p, PaymentStatus::Authorized, 1250, 0, 0)?;
             if p.order_id != "ct-o1" {
                 return Err(format!("order id {:?}, expected \"ct-o1\"", p.order_id));
@@ -238,10 +249,10 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
         "authorize replays its key",
         PLACE,
         |first| async move {
-            let again = value(
+            let again = value(authorized(
                 pay.authorize(authorize("ct-o1", &fx.token_ok, "ct-a1", 1250))
                     .await,
-            )?;
+            ))?;
             if again.id != first.id {
                 return Err(format!(
                     "a retry with the same key made a second payment ({} then {}): \
@@ -286,9 +297,10 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
     .await;
 
     s.check("a declined token is a typed decline", PLACE, async {
-        let r = pay
-            .authorize(authorize("ct-o2", &fx.token_decline, "ct-a2", 1250))
-            .await;
+        let r = authorized(
+            pay.authorize(authorize("ct-o2", &fx.token_decline, "ct-a2", 1250))
+                .await,
+        );
         match rejection(r)? {
             PaymentError::Declined(why) => Ok(((), format!("declined: {why}"))),
             other => Err(format!(
@@ -300,7 +312,7 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
     .await;
 
     s.check("a malformed request is a typed error", PLACE, async {
-        let empty_token = pay.authorize(authorize("ct-o3", "", "ct-a3", 1250)).await;
+        let empty_token = authorized(pay.authorize(authorize("ct-o3", "", "ct-a3", 1250)).await);
         match rejection(empty_token)? {
             PaymentError::Invalid(_) | PaymentError::Declined(_) => {}
             PaymentError::Transient(why) => {
@@ -311,8 +323,10 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
         }
         expect_invalid(
             "a negative amount",
-            pay.authorize(authorize("ct-o3", &fx.token_ok, "ct-a4", -5))
-                .await,
+            authorized(
+                pay.authorize(authorize("ct-o3", &fx.token_ok, "ct-a4", -5))
+                    .await,
+            ),
         )?;
         Ok((
             (),
@@ -431,10 +445,10 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
     .await;
 
     s.check("void releases a hold, once", CANCEL, async {
-        let p = value(
+        let p = value(authorized(
             pay.authorize(authorize("ct-o4", &fx.token_ok, "ct-a5", 800))
                 .await,
-        )?;
+        ))?;
         let voided = value(pay.void(p.id.clone(), "ct-v1".into()).await)?;
         expect_payment(&voided, PaymentStatus::Voided, 800, 0, 0)?;
         let again = value(pay.void(p.id.clone(), "ct-v2".into()).await)?;

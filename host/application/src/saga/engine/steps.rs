@@ -9,10 +9,12 @@ use super::run::Run;
 use super::{Next, SagaEngine, StepError};
 use crate::error::AppError;
 use crate::ports::{
-    GatewayError, GatewayFailure, PluginCall, StepDirection, StepRecord, StepState, StoreError,
+    FailureCode, FailureReason, GatewayError, GatewayFailure, PluginCall, StepDirection,
+    StepRecord, StepState, StoreError,
 };
 use crate::saga::definition::{OnFailure, Operation, SagaDefinition, StepCommit};
 use crate::saga::executor::{Change, Effect, Executor};
+use crate::saga::flows;
 use crate::saga::instance::{SagaData, SagaInstance, SagaKind, SagaStatus};
 
 impl SagaEngine {
@@ -131,6 +133,50 @@ impl SagaEngine {
         let executor = self.executor();
         let call = executor.run(step.forward, saga, &order, &key);
         match self.heartbeat(saga, call).await? {
+            Ok(effect) if effect.wait_until.is_some() => {
+                let until = effect.wait_until.unwrap_or(now);
+                // The action's expiry, capped: a provider cannot keep an order open forever.
+                let until = until.min(saga.created_at.saturating_add(flows::MAX_ACTION_WAIT));
+                if now >= until {
+                    let reason = FailureReason::new(
+                        FailureCode::PaymentActionExpired,
+                        "the customer did not complete the payment step in time",
+                    );
+                    let error = GatewayError::Permanent { reason };
+                    debug!(saga = %saga.id, step = step.name, "customer action expired");
+                    let record = record(
+                        StepState::Failed,
+                        effect.call.clone(),
+                        Some(error.to_string()),
+                    );
+                    return self
+                        .turn_back(
+                            definition,
+                            saga,
+                            order,
+                            Failure::Step(error.public_reason()),
+                            Some(&record),
+                        )
+                        .await;
+                }
+                // Not done: poll the provider at the next interval (or at the expiry, or when
+                // a webhook wakes the saga), with the same key. A transient failure meanwhile
+                // retries until a step deadline past the expiry.
+                let waiting = "waiting for the customer to complete the payment step".to_owned();
+                // Recorded as a step still running (its history says why).
+                let record = record(
+                    StepState::Retrying,
+                    effect.call.clone(),
+                    Some(waiting.clone()),
+                );
+                let poll_at = now.saturating_add(flows::ACTION_POLL).min(until);
+                let deadline = until.saturating_add(self.capped(step.deadline));
+                let mut next = saga.schedule_retry(attempt, deadline, true, waiting, poll_at);
+                absorb(&mut next, &effect);
+                self.commit_called(saga, next, &record, order, &effect.change, None, now)
+                    .await?;
+                Ok(Next::Stop)
+            }
             Ok(effect) => {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let mut next = saga.advance(definition.steps.len(), now);
@@ -264,9 +310,12 @@ impl SagaEngine {
         // build was remembered for this: `remember_build`). A host-only plugin's unknown
         // outcome took nothing (its writes were dropped with the call), so such a step ends
         // PAYMENT_FAILED without asking.
+        // A payment waiting for the customer exists at the provider: it is cancelled too, or
+        // the customer could still complete it for an order that will not go on.
         let may_hold = cancelled || saga.data.payment_build.is_some();
-        let unresolved_authorization = may_hold
-            && order.payment_status() == PaymentStatus::Unresolved
+        let unresolved_authorization = ((may_hold
+            && order.payment_status() == PaymentStatus::Unresolved)
+            || order.payment_status() == PaymentStatus::ActionRequired)
             && definition
                 .step(saga.step)
                 .is_some_and(|s| s.forward == Operation::AuthorizePayment);

@@ -50,18 +50,15 @@ impl PluginConfig {
             .collect();
         let mut secrets = BTreeMap::new();
         for (name, reference) in &m.secrets {
-            let Some(var) = reference.env_var() else {
-                continue;
-            };
-            match std::env::var(var) {
+            match reference.resolve() {
                 Ok(v) => {
                     secrets.insert(name.clone(), Secret(v));
                 }
-                Err(_) => tracing::warn!(
+                Err(why) => tracing::warn!(
                     plugin = %m.name,
                     secret = %name,
-                    env = %var,
-                    "plugin secret not provisioned: environment variable unset"
+                    %why,
+                    "plugin secret not provisioned"
                 ),
             }
         }

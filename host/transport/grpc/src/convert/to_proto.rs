@@ -63,6 +63,7 @@ fn payment_status(s: PaymentStatus) -> pb::PaymentStatus {
         PaymentStatus::Refunded => P::Refunded,
         PaymentStatus::PartiallyRefunded => P::PartiallyRefunded,
         PaymentStatus::Unresolved => P::Unresolved,
+        PaymentStatus::ActionRequired => P::ActionRequired,
     }
 }
 
@@ -103,6 +104,10 @@ pub fn order_to_proto(o: &Order) -> pb::Order {
         refunded: Some(money(o.refunded())),
         payment: Some(pb::PaymentMethodSummary {
             provider: o.payment().provider.clone(),
+        }),
+        payment_action: o.payment_action().map(|a| pb::PaymentAction {
+            url: a.url.clone(),
+            expires_at: Some(timestamp(a.expires_at)),
         }),
     }
 }
