@@ -24,6 +24,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub health: HealthConfig,
     pub metrics: MetricsConfig,
+    pub webhooks: WebhooksConfig,
     pub tracing: TracingConfig,
     pub log: LogConfig,
 }
@@ -51,6 +52,18 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Where `GET /metrics` is served; keep it private (it names plugins and methods).
     pub listen: SocketAddr,
+}
+
+/// Payment providers' inbound webhooks (`crate::webhooks`): their own listener, off until
+/// `listen` is set. Put it behind the TLS proxy the providers reach.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Where `POST /webhooks/<plugin>` is served (`OMS_WEBHOOKS__LISTEN`); unset: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Largest delivery body accepted; larger ones get 413 unread.
+    pub max_body_bytes: usize,
 }
 
 /// `grpc.health.v1` checks (`crate::health`).
@@ -456,6 +469,10 @@ impl Default for Config {
             metrics: MetricsConfig {
                 enabled: true,
                 listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            },
+            webhooks: WebhooksConfig {
+                listen: None,
+                max_body_bytes: 256 * 1024,
             },
             log: LogConfig {
                 filter: "info".to_owned(),

@@ -9,6 +9,7 @@ pub mod plugin_kit;
 pub mod plugins;
 pub mod server;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use config::Config;
 pub use server::{RunningServer, start};

@@ -41,6 +41,8 @@ pub struct RunningServer {
     pub admin_addr: Option<SocketAddr>,
     /// The Prometheus endpoint's bound address; `None` when `metrics.enabled` is false.
     pub metrics_addr: Option<SocketAddr>,
+    /// The webhook endpoint's bound address; `None` when `webhooks.listen` is unset.
+    pub webhooks_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     db: Database,
@@ -259,6 +261,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         None
     };
 
+    let webhooks_addr = if let Some(listen) = config.webhooks.listen {
+        let host = crate::webhooks::WebhookHost {
+            plugins: plugins.runtime.clone(),
+            operations: operations.clone(),
+            max_body_bytes: config.webhooks.max_body_bytes,
+        };
+        let (addr, server) = crate::webhooks::serve(listen, host, shutdown_rx.clone()).await?;
+        tasks.push(background.spawn("webhook endpoint", &shutdown_rx, server));
+        Some(addr)
+    } else {
+        None
+    };
+
     let listener = TcpListener::bind(config.grpc.listen)
         .await
         .with_context(|| format!("binding gRPC listener on {}", config.grpc.listen))?;
@@ -350,6 +365,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         addr,
         admin_addr,
         metrics_addr,
+        webhooks_addr,
         shutdown,
         tasks,
         operations,

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod contract;
 mod edge;
 mod health;
 mod helpers;
@@ -110,6 +111,12 @@ on_both_backends!(
     a_canary_takes_its_share_and_each_order_stays_on_its_build,
     a_failing_canary_is_rolled_back_by_the_host,
     a_host_started_after_swaps_loads_the_builds_open_orders_need,
+);
+
+on_both_backends!(
+    contract_0_2 => contract:
+    a_customer_action_is_shown_and_a_signed_webhook_moves_the_order_on,
+    an_expired_customer_action_fails_the_payment_and_cancels_it,
 );
 
 on_both_backends!(
