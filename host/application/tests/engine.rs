@@ -921,10 +921,12 @@ async fn a_customer_action_that_expires_cancels_the_payment_and_fails_it_with_a_
             "get-payment",
             "get-payment",
             "get-payment",
+            "get-payment",
             "void",
             "release"
         ],
-        "the pending payment is cancelled at the provider, then the stock released"
+        "after the last poll the compensation asks once more (the customer may have acted), \
+         cancels the pending payment at the provider, then releases the stock"
     );
     let order = rig.order().await;
     assert_eq!(order.status(), OrderStatus::PaymentFailed);
@@ -944,11 +946,56 @@ async fn a_customer_who_fails_the_action_fails_the_payment() {
     rig.gateways
         .customer_acted(&rig.saga.id.to_string(), ProviderPaymentState::Declined);
     rig.run_to_rest(&engine).await;
+    assert_eq!(
+        rig.gateways.operations(),
+        [
+            "reserve",
+            "authorize",
+            "get-payment",
+            "get-payment",
+            "release"
+        ],
+        "nothing to void: a provider refuses to void a declined payment"
+    );
     let order = rig.order().await;
     assert_eq!(order.status(), OrderStatus::PaymentFailed);
+    assert_eq!(order.payment_status(), PaymentStatus::AuthFailed);
     let reason = order.failure_reason().unwrap_or_default();
     assert!(reason.starts_with("PAYMENT_DECLINED: "), "{reason}");
     assert_eq!(order.reservation_status(), ReservationStatus::Released);
+    assert_eq!(
+        rig.saga().await.status,
+        SagaStatus::Compensated,
+        "not parked"
+    );
+}
+
+#[tokio::test]
+async fn an_action_answered_already_expired_is_still_cancelled_at_the_provider() {
+    let rig = Rig::new().await;
+    // The provider's expiry is before the answer arrives (a clock skew, a resend after a
+    // long outage).
+    rig.clock.set(ts(T0 + 20_000));
+    customer_action(&rig, 10_000);
+    let engine = rig.engine("w1");
+    engine.run_due(10).await.unwrap();
+    assert_eq!(
+        rig.gateways.operations(),
+        [
+            "reserve",
+            "authorize",
+            "get-payment",
+            "get-payment",
+            "void",
+            "release"
+        ],
+        "recorded, polled at once by the same worker, expired, cancelled"
+    );
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::PaymentFailed);
+    assert_eq!(order.payment_status(), PaymentStatus::Voided);
+    let reason = order.failure_reason().unwrap_or_default();
+    assert!(reason.starts_with("PAYMENT_ACTION_EXPIRED: "), "{reason}");
 }
 
 #[tokio::test]
@@ -989,7 +1036,7 @@ async fn a_cancellation_while_the_customer_acts_cancels_the_payment_at_the_provi
     rig.run_to_rest(&engine).await;
     assert_eq!(
         rig.gateways.operations(),
-        ["reserve", "authorize", "void", "release"]
+        ["reserve", "authorize", "get-payment", "void", "release"]
     );
     let order = rig.order().await;
     assert_eq!(order.status(), OrderStatus::Cancelled);

@@ -207,17 +207,20 @@ impl Executor<'_> {
             }
             Operation::AuthorizePayment => self.authorize(order, pay_build, key).await,
             // The last authorisation attempt's outcome is unknown: a hold may exist at the
-            // provider. Ask before undoing, or it would be left on the customer's card.
-            Operation::VoidPayment if order.payment_status() == PaymentStatus::Unresolved => {
+            // provider. Ask before undoing, or it would be left on the customer's card. A
+            // payment waiting for the customer is asked about too: the customer may have
+            // completed it (void it), failed it (nothing to void: a provider refuses to void
+            // a declined payment) or the provider may have cancelled it already.
+            Operation::VoidPayment
+                if matches!(
+                    order.payment_status(),
+                    PaymentStatus::Unresolved | PaymentStatus::ActionRequired
+                ) =>
+            {
                 self.void_unresolved(saga, order, pay_build, key).await
             }
-            // A payment still waiting for the customer is cancelled the same way, so that the
-            // customer can no longer complete it for an order that will not go on.
             Operation::VoidPayment => {
-                if !matches!(
-                    order.payment_status(),
-                    PaymentStatus::Authorized | PaymentStatus::ActionRequired
-                ) {
+                if order.payment_status() != PaymentStatus::Authorized {
                     return Ok(local(Change::None));
                 }
                 let id = data
@@ -237,7 +240,11 @@ impl Executor<'_> {
                 ))
             }
             Operation::UndoPayment => match order.payment_status() {
-                PaymentStatus::Authorized | PaymentStatus::ActionRequired => {
+                // Asked first, as for a placement's own void (above).
+                PaymentStatus::ActionRequired => {
+                    self.void_unresolved(saga, order, pay_build, key).await
+                }
+                PaymentStatus::Authorized => {
                     let id = data
                         .payment_id
                         .as_deref()
@@ -309,9 +316,10 @@ impl Executor<'_> {
         }
     }
 
-    /// Undoes an authorisation whose outcome is unknown: asks the provider what the authorise
-    /// key did, and voids a hold it finds (the order's payment becomes VOIDED) or records that
-    /// nothing is held (AUTH_FAILED).
+    /// Undoes an authorisation whose outcome is unknown, or that waits for the customer: asks
+    /// the provider what the authorise key did, and voids a hold (or a pending payment) it
+    /// finds (the order's payment becomes VOIDED) or records that nothing is held
+    /// (AUTH_FAILED).
     async fn void_unresolved(
         &self,
         saga: &SagaInstance,
@@ -379,24 +387,12 @@ impl Executor<'_> {
                 .await?;
             if let Some(payment) = found {
                 return match payment.state {
-                    ProviderPaymentState::Declined => Err(GatewayFailure {
-                        error: GatewayError::Permanent {
-                            reason: FailureReason::new(
-                                FailureCode::PaymentDeclined,
-                                "the provider declined the payment",
-                            ),
-                        },
-                        call: Some(Box::new(call)),
-                    }),
                     // Waiting for the customer: the resend below returns the action again
                     // (a lookup reports the state, not the action).
                     ProviderPaymentState::RequiresAction => {
                         self.send_authorize(order, build, key).await
                     }
-                    _ => Ok(Effect {
-                        payment_id: Some(payment.payment_id),
-                        ..with_call(Change::Authorized, call)
-                    }),
+                    state => held(payment.payment_id, state, call),
                 };
             }
         }
@@ -452,12 +448,6 @@ impl Executor<'_> {
         let Some(payment) = found else {
             return self.send_authorize(order, build, key).await;
         };
-        let declined = |sentence: &str| GatewayFailure {
-            error: GatewayError::Permanent {
-                reason: FailureReason::new(FailureCode::PaymentDeclined, sentence),
-            },
-            call: Some(Box::new(call.clone())),
-        };
         match payment.state {
             // An action whose expiry the order lost (it cannot, short of a corrupt row) counts
             // as expired: waiting for good is worse than failing the payment.
@@ -470,20 +460,50 @@ impl Executor<'_> {
                 ),
                 ..with_call(Change::None, call)
             }),
-            ProviderPaymentState::Declined => Err(declined(
-                "the provider declined the payment after the customer action",
-            )),
-            ProviderPaymentState::Voided => Err(declined(
-                "the provider cancelled the payment before the customer completed it",
-            )),
-            ProviderPaymentState::Authorized
-            | ProviderPaymentState::PartiallyCaptured
-            | ProviderPaymentState::Captured
-            | ProviderPaymentState::PartiallyRefunded
-            | ProviderPaymentState::Refunded => Ok(Effect {
-                payment_id: Some(payment.payment_id),
-                ..with_call(Change::Authorized, call)
-            }),
+            state => held(payment.payment_id, state, call),
         }
+    }
+}
+
+/// What a lookup of an authorisation found, as the step's outcome: a hold goes on; declined
+/// or cancelled fails the payment; money already moved on a payment this saga never saw
+/// authorised breaks the contract (the step fails, and its compensation parks the saga for
+/// an operator rather than undo it blindly).
+fn held(
+    payment_id: String,
+    state: ProviderPaymentState,
+    call: PluginCall,
+) -> Result<Effect, GatewayFailure> {
+    let failed = |code: FailureCode, sentence: &str| GatewayFailure {
+        error: GatewayError::Permanent {
+            reason: FailureReason::new(code, sentence),
+        },
+        call: Some(Box::new(call.clone())),
+    };
+    match state {
+        ProviderPaymentState::Authorized => Ok(Effect {
+            payment_id: Some(payment_id),
+            ..with_call(Change::Authorized, call)
+        }),
+        ProviderPaymentState::Declined => Err(failed(
+            FailureCode::PaymentDeclined,
+            "the provider declined the payment",
+        )),
+        ProviderPaymentState::Voided => Err(failed(
+            FailureCode::PaymentDeclined,
+            "the provider cancelled the payment",
+        )),
+        // Unreachable from the callers (they handle it first); no hold yet.
+        ProviderPaymentState::RequiresAction => Err(failed(
+            FailureCode::PluginContractViolation,
+            "the provider reported a pending payment where a decision was expected",
+        )),
+        ProviderPaymentState::PartiallyCaptured
+        | ProviderPaymentState::Captured
+        | ProviderPaymentState::PartiallyRefunded
+        | ProviderPaymentState::Refunded => Err(failed(
+            FailureCode::PluginContractViolation,
+            "the provider reports money moved on a payment the OMS never saw authorized",
+        )),
     }
 }

@@ -163,6 +163,23 @@ fn authorized(result: PaymentResult<Authorization>) -> GatewayResult<ProviderPay
     let called = result.map_err(payment_failure)?;
     let call = plugin_call(&called.info);
     let payment = match &called.value {
+        // An answer that says "authorized" must hold the money: any other status would be
+        // recorded as a hold that is not there.
+        Authorization::Authorized(p) if p.status != wit::PaymentStatus::Authorized => {
+            return Err(GatewayFailure {
+                error: GatewayError::Permanent {
+                    reason: FailureReason::new(
+                        FailureCode::PluginContractViolation,
+                        format!(
+                            "the payment plugin \"{}\" answered an authorization with status {}",
+                            call.plugin,
+                            format!("{:?}", p.status).to_lowercase()
+                        ),
+                    ),
+                },
+                call: Some(Box::new(call)),
+            });
+        }
         Authorization::Authorized(p) => provider_payment(p, &call)?,
         Authorization::RequiresAction((p, action)) => ProviderPayment {
             action: Some(customer_action(p, action, &call)?),

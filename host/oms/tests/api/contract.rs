@@ -178,3 +178,37 @@ pub async fn an_expired_customer_action_fails_the_payment_and_cancels_it(backend
     assert_eq!(done.reservation_status(), pb::ReservationStatus::Released);
     app.stop().await;
 }
+
+pub async fn a_customer_who_fails_the_action_fails_the_payment_without_parking(
+    backend: TestBackend,
+) {
+    let (app, _dir) = host(backend).await;
+    let placed = app
+        .create(order_paid_with("cust-fails", "redirectpay", "tok_3ds"))
+        .await;
+    let waiting = wait_until(&app, &placed.order_id, Duration::from_secs(20), |o| {
+        o.payment_status() == P::ActionRequired
+    })
+    .await;
+    let url = waiting.payment_action.expect("the customer action").url;
+    let payment_id = url.rsplit('/').next().unwrap();
+    let body = format!(r#"{{"type":"action.failed","payment_id":"{payment_id}"}}"#);
+    let signed = oms::webhooks::sign(SECRET.as_bytes(), body.as_bytes(), unix_now());
+    let (status, _) = deliver(&app, "redirectpay", &body, Some(&signed)).await;
+    assert_eq!(status, 200);
+    let done = settle(&app, &placed.order_id).await;
+    assert_eq!(done.status(), S::PaymentFailed, "{done:?}");
+    assert!(
+        done.failure_reason.starts_with("PAYMENT_DECLINED: "),
+        "{}",
+        done.failure_reason
+    );
+    let done = quiet(&app, &placed.order_id).await;
+    assert_eq!(
+        done.payment_status(),
+        P::AuthFailed,
+        "nothing held, nothing voided"
+    );
+    assert_eq!(done.reservation_status(), pb::ReservationStatus::Released);
+    app.stop().await;
+}

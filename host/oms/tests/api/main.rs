@@ -117,6 +117,7 @@ on_both_backends!(
     contract_0_2 => contract:
     a_customer_action_is_shown_and_a_signed_webhook_moves_the_order_on,
     an_expired_customer_action_fails_the_payment_and_cancels_it,
+    a_customer_who_fails_the_action_fails_the_payment_without_parking,
 );
 
 on_both_backends!(

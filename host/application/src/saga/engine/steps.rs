@@ -137,7 +137,12 @@ impl SagaEngine {
                 let until = effect.wait_until.unwrap_or(now);
                 // The action's expiry, capped: a provider cannot keep an order open forever.
                 let until = until.min(saga.created_at.saturating_add(flows::MAX_ACTION_WAIT));
-                if now >= until {
+                // Expired at a poll: the order shows the action and the saga knows the payment,
+                // so the compensation can cancel it. An answer that comes back expired from
+                // `authorize` itself is first committed as waiting (below) and expires at
+                // the poll that follows at once.
+                let first_answer = effect.change != Change::None;
+                if now >= until && !first_answer {
                     let reason = FailureReason::new(
                         FailureCode::PaymentActionExpired,
                         "the customer did not complete the payment step in time",
@@ -173,9 +178,16 @@ impl SagaEngine {
                 let deadline = until.saturating_add(self.capped(step.deadline));
                 let mut next = saga.schedule_retry(attempt, deadline, true, waiting, poll_at);
                 absorb(&mut next, &effect);
-                self.commit_called(saga, next, &record, order, &effect.change, None, now)
+                let order = self
+                    .commit_called(saga, next, &record, order, &effect.change, None, now)
                     .await?;
-                Ok(Next::Stop)
+                // Due now (an action that came back expired): this worker, which keeps the
+                // lease, polls at once rather than leave it leased and idle.
+                Ok(if poll_at <= now {
+                    Next::Continue(Box::new(order))
+                } else {
+                    Next::Stop
+                })
             }
             Ok(effect) => {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
