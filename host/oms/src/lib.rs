@@ -4,6 +4,7 @@
 pub mod adapters;
 pub mod config;
 pub mod health;
+mod http;
 pub mod metrics;
 pub mod plugin_kit;
 pub mod plugins;

@@ -87,6 +87,9 @@ enum PluginCommand {
         /// Payment: a token `authorize` declines.
         #[arg(long, default_value = "tok_decline")]
         token_decline: String,
+        /// Payment, contract 0.2: a token for which `authorize` asks for a customer action.
+        #[arg(long, default_value = "tok_3ds")]
+        token_action: String,
         /// Inventory: a SKU with at least 10 units in stock.
         #[arg(long, default_value = "DEMO-1")]
         sku_in_stock: String,
@@ -172,6 +175,7 @@ async fn run() -> anyhow::Result<()> {
                     kind,
                     token_ok,
                     token_decline,
+                    token_action,
                     sku_in_stock,
                     sku_out_of_stock,
                 },
@@ -179,6 +183,7 @@ async fn run() -> anyhow::Result<()> {
             let fixtures = oms::plugin_kit::Fixtures {
                 token_ok,
                 token_decline,
+                token_action,
                 sku_in_stock,
                 sku_out_of_stock,
             };

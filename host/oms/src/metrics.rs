@@ -14,11 +14,10 @@ use anyhow::Context;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::info;
 
 /// Histogram buckets in seconds, from a fast plugin call to a slow saga.
 const BUCKETS: [f64; 16] = [
@@ -59,36 +58,11 @@ pub async fn serve(
         .with_context(|| format!("binding the metrics listener on {listen}"))?;
     let addr = listener.local_addr()?;
     info!(%addr, "serving Prometheus metrics on /metrics");
-    Ok((addr, accept(listener, handle, collect, shutdown)))
-}
-
-async fn accept(
-    listener: TcpListener,
-    handle: PrometheusHandle,
-    collect: Collect,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => { debug!(error = %e, "metrics accept failed"); continue; }
-            },
-            r = shutdown.wait_for(|s| *s) => { let _ = r; return Ok(()); }
-        };
-        let (handle, collect) = (handle.clone(), Arc::clone(&collect));
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let response = respond(&request, &handle, &collect);
-                async move { Ok::<_, std::convert::Infallible>(response) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                debug!(error = %e, "metrics connection failed");
-            }
-        });
-    }
+    let serve = crate::http::serve(listener, "metrics", shutdown, move |request| {
+        let response = respond(&request, &handle, &collect);
+        async move { response }
+    });
+    Ok((addr, serve))
 }
 
 fn respond(

@@ -225,6 +225,7 @@ pub async fn test(wasm: &Path, manifest: &Path, fixtures: &Fixtures) -> TestRepo
         };
     };
     let kind = plugin.kind();
+    let contract = plugin.manifest.contract_version();
     let info = match runtime.install_loaded(plugin) {
         Ok(info) => info,
         Err(e) => {
@@ -238,7 +239,14 @@ pub async fn test(wasm: &Path, manifest: &Path, fixtures: &Fixtures) -> TestRepo
     use oms_plugin_runtime::PluginKind as K;
     let name = info.name.as_str();
     let findings = match kind {
-        K::PaymentProvider => conformance::payment(&runtime.payment(name), fixtures).await,
+        K::PaymentProvider => {
+            let pay = runtime.payment(name);
+            let mut findings = conformance::payment(&pay, fixtures).await;
+            if contract == oms_plugin_runtime::manifest::Contract::V0_2 {
+                findings.extend(conformance::payment_v2(&pay, fixtures).await);
+            }
+            findings
+        }
         K::InventoryAdapter => conformance::inventory(&runtime.inventory(name), fixtures).await,
         K::NotificationFormatter => conformance::notification(&runtime.notification(name)).await,
     };

@@ -1,15 +1,18 @@
 //! Inbound webhooks of payment providers: `POST /webhooks/<plugin name>` on `webhooks.listen`
 //! (off until set). A delivery reaches the plugin (`handle-webhook`, contract
 //! `oms:plugins@0.2.0`) only after its signature checks out against the secret the plugin's
-//! manifest names (`[webhook]`); the plugin records what it says, and the order waiting on
-//! that payment is woken to read the outcome from the provider itself (`get-payment`). A
-//! forged or replayed delivery therefore reaches nothing, and a lost one only delays the
-//! order until its next poll.
+//! manifest names (`[webhook]`) with a timestamp within the manifest's tolerance; the plugin
+//! records what it says, and the order waiting on that payment is woken to read the outcome
+//! with `get-payment`. The signature is what keeps forgeries out: for a plugin that keeps its
+//! provider's state in KV, `handle-webhook` is what moves the payment. A delivery replayed
+//! within the tolerance is a redelivery, which the contract requires plugins to handle
+//! idempotently; a lost one only delays the order until its next poll.
 //!
 //! Answers, for the provider's retry logic: 200 handled (or ignored), 400 the plugin refused
 //! the event, 401 bad or stale signature, 404 no such plugin or no webhooks, 405 not a POST,
-//! 413 body over `webhooks.max_body_bytes`, 503 try again (the plugin or the database is
-//! unavailable, or the secret is not set).
+//! 408 body not received within 10 s, 413 body over `webhooks.max_body_bytes` (read up to
+//! the limit, no further), 503 try again (the plugin or the database is unavailable, or the
+//! secret is not provisioned).
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,11 +22,9 @@ use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use oms_application::saga::SagaOperations;
 use oms_domain::OrderId;
 use oms_plugin_runtime::clients::payment::{PaymentError, Webhook};
-use oms_plugin_runtime::manifest::WebhookSpec;
 use oms_plugin_runtime::{PluginError, PluginRuntime};
 use sha2::Sha256;
 use tokio::net::TcpListener;
@@ -49,39 +50,11 @@ pub async fn serve(
         .with_context(|| format!("binding the webhook listener on {listen}"))?;
     let addr = listener.local_addr()?;
     info!(%addr, "serving payment provider webhooks on /webhooks/<plugin>");
-    Ok((addr, accept(listener, host, shutdown)))
-}
-
-async fn accept(
-    listener: TcpListener,
-    host: WebhookHost,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => { debug!(error = %e, "webhook accept failed"); continue; }
-            },
-            r = shutdown.wait_for(|s| *s) => { let _ = r; return Ok(()); }
-        };
+    let serve = crate::http::serve(listener, "webhooks", shutdown, move |request| {
         let host = host.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let host = host.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&host, request).await) }
-            });
-            // A slow sender cannot hold a connection open for good (the timeout needs the
-            // timer).
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                debug!(error = %e, "webhook connection failed");
-            }
-        });
-    }
+        async move { handle(&host, request).await }
+    });
+    Ok((addr, serve))
 }
 
 fn reply(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
@@ -109,6 +82,22 @@ async fn handle(host: &WebhookHost, request: Request<Incoming>) -> Response<Full
             "no installed plugin of that name takes webhooks",
         );
     };
+    // The signature's shape and time are checked before the body is read or the secret
+    // looked up, so a sender without a fresh signature costs nothing.
+    let unauthenticated = |why: &str| {
+        // Debug only: a flood of forgeries must not flood the log.
+        debug!(%plugin, why, "webhook refused");
+        metrics::counter!("oms_webhooks_total", "plugin" => plugin.clone(), "outcome" => "unauthenticated").increment(1);
+        reply(StatusCode::UNAUTHORIZED, "bad signature")
+    };
+    let signature = request
+        .headers()
+        .get(spec.signature_header.as_str())
+        .and_then(|v| v.to_str().ok());
+    let signature = match Signature::parse(signature, spec.tolerance_secs, unix_now()) {
+        Ok(signature) => signature,
+        Err(why) => return unauthenticated(why),
+    };
     let headers: Vec<(String, String)> = request
         .headers()
         .iter()
@@ -116,39 +105,28 @@ async fn handle(host: &WebhookHost, request: Request<Incoming>) -> Response<Full
             Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
         })
         .collect();
-    let body = match Limited::new(request.into_body(), host.max_body_bytes)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let collect = Limited::new(request.into_body(), host.max_body_bytes).collect();
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return reply(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             debug!(%plugin, error = %e, "reading a webhook body failed");
             return reply(StatusCode::BAD_REQUEST, "unreadable body");
         }
+        Err(_) => return reply(StatusCode::REQUEST_TIMEOUT, "body too slow"),
     };
     // Read per delivery: a rotated secret (a new file, a restarted sidecar) applies at once.
     let secret = match spec.secret.resolve() {
         Ok(secret) if !secret.is_empty() => secret,
         Ok(_) | Err(_) => {
             warn!(%plugin, "a webhook arrived but the plugin's webhook secret is not provisioned");
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "webhook secret not configured",
-            );
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "unavailable; try again");
         }
     };
-    let signature = headers
-        .iter()
-        .find(|(name, _)| *name == spec.signature_header)
-        .map(|(_, value)| value.as_str());
-    if let Err(why) = verify(&spec, secret.as_bytes(), signature, &body, unix_now()) {
-        // Debug only: a flood of forgeries must not flood the log.
-        debug!(%plugin, why, "webhook refused");
-        metrics::counter!("oms_webhooks_total", "plugin" => plugin.clone(), "outcome" => "unauthenticated").increment(1);
-        return reply(StatusCode::UNAUTHORIZED, "bad signature");
+    if let Err(why) = signature.verify(secret.as_bytes(), &body) {
+        return unauthenticated(why);
     }
     let event = Webhook {
         headers,
@@ -220,44 +198,74 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Checks `t=<unix seconds>,v1=<hex>` (several `v1` allowed, for secret rotation at the
-/// provider): the timestamp within the tolerance of `now`, and one `v1` the HMAC-SHA256 of
-/// `"<t>.<body>"` under `secret`, compared in constant time.
-fn verify(
-    spec: &WebhookSpec,
-    secret: &[u8],
-    header: Option<&str>,
-    body: &[u8],
-    now: u64,
-) -> Result<(), &'static str> {
-    let header = header.ok_or("no signature header")?;
-    let mut timestamp = None;
-    let mut signatures = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", t)) => timestamp = Some(t),
-            Some(("v1", sig)) => signatures.push(sig),
-            _ => {}
+/// Longest signature header read: a timestamp and a few signatures.
+const MAX_SIGNATURE_HEADER: usize = 512;
+/// Most `v1=` signatures one header may carry (a provider rotating its secret sends two).
+const MAX_SIGNATURES: usize = 4;
+/// How long a sender may take to send the body once its headers are in.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A parsed `t=<unix seconds>,v1=<hex>[,v1=<hex>]` header whose timestamp is fresh.
+struct Signature {
+    timestamp: String,
+    candidates: Vec<[u8; 32]>,
+}
+
+impl Signature {
+    /// Bounded parsing, no cryptography: the header's size, its number of signatures (each
+    /// exactly 32 bytes of hex) and its timestamp within `tolerance` of `now`.
+    fn parse(header: Option<&str>, tolerance: u64, now: u64) -> Result<Self, &'static str> {
+        let header = header.ok_or("no signature header")?;
+        if header.len() > MAX_SIGNATURE_HEADER {
+            return Err("signature header too long");
         }
+        let mut timestamp = None;
+        let mut candidates = Vec::new();
+        for part in header.split(',') {
+            match part.trim().split_once('=') {
+                Some(("t", t)) => timestamp = Some(t),
+                Some(("v1", hex_sig)) => {
+                    let mut bytes = [0u8; 32];
+                    if hex::decode_to_slice(hex_sig, &mut bytes).is_ok() {
+                        candidates.push(bytes);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if candidates.is_empty() || candidates.len() > MAX_SIGNATURES {
+            return Err("no usable v1 signature, or too many");
+        }
+        let timestamp = timestamp.ok_or("no timestamp")?;
+        let at: u64 = timestamp.parse().map_err(|_| "timestamp is not a number")?;
+        if now.abs_diff(at) > tolerance {
+            return Err("timestamp outside the tolerance");
+        }
+        Ok(Self {
+            timestamp: timestamp.to_owned(),
+            candidates,
+        })
     }
-    let t = timestamp.ok_or("no timestamp")?;
-    let at: u64 = t.parse().map_err(|_| "timestamp is not a number")?;
-    if now.abs_diff(at) > spec.tolerance_secs {
-        return Err("timestamp outside the tolerance");
-    }
-    for signature in signatures {
-        let Ok(expected) = hex::decode(signature) else {
-            continue;
-        };
+
+    /// One HMAC-SHA256 of `"<t>.<body>"` under `secret`, compared with each candidate in
+    /// constant time.
+    fn verify(&self, secret: &[u8], body: &[u8]) -> Result<(), &'static str> {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "unusable secret")?;
-        mac.update(t.as_bytes());
+        mac.update(self.timestamp.as_bytes());
         mac.update(b".");
         mac.update(body);
-        if mac.verify_slice(&expected).is_ok() {
-            return Ok(());
+        let expected = mac.finalize();
+        let mut matched = false;
+        for candidate in &self.candidates {
+            let candidate = hmac::digest::CtOutput::<Hmac<Sha256>>::new((*candidate).into());
+            matched |= expected == candidate;
+        }
+        if matched {
+            Ok(())
+        } else {
+            Err("no matching signature")
         }
     }
-    Err("no matching signature")
 }
 
 /// Signs `body` as a provider would (`t=<now>,v1=<hex>`): for tests and for operators who
@@ -274,8 +282,13 @@ pub fn sign(secret: &[u8], body: &[u8], now: u64) -> String {
 mod tests {
     use super::*;
 
-    fn spec() -> WebhookSpec {
-        toml::from_str("secret = \"env:X\"\ntolerance_secs = 300\n").expect("a webhook table")
+    fn verify(
+        secret: &[u8],
+        header: Option<&str>,
+        body: &[u8],
+        now: u64,
+    ) -> Result<(), &'static str> {
+        Signature::parse(header, 300, now)?.verify(secret, body)
     }
 
     #[test]
@@ -283,39 +296,47 @@ mod tests {
         let body = br#"{"type":"action.completed"}"#;
         let now = 1_800_000_000;
         let good = sign(b"s3cret", body, now);
-        assert_eq!(verify(&spec(), b"s3cret", Some(&good), body, now), Ok(()));
+        assert_eq!(verify(b"s3cret", Some(good.as_str()), body, now), Ok(()));
         // Within the tolerance either way.
         assert_eq!(
-            verify(&spec(), b"s3cret", Some(&good), body, now + 300),
+            verify(b"s3cret", Some(good.as_str()), body, now + 300),
             Ok(())
         );
         assert_eq!(
-            verify(&spec(), b"s3cret", Some(&good), body, now + 301),
+            verify(b"s3cret", Some(good.as_str()), body, now + 301),
             Err("timestamp outside the tolerance")
         );
         assert_eq!(
-            verify(&spec(), b"other", Some(&good), body, now),
+            verify(b"other", Some(good.as_str()), body, now),
             Err("no matching signature")
         );
         assert_eq!(
-            verify(&spec(), b"s3cret", Some(&good), b"{}", now),
+            verify(b"s3cret", Some(good.as_str()), b"{}", now),
             Err("no matching signature")
         );
         assert_eq!(
-            verify(&spec(), b"s3cret", None, body, now),
+            verify(b"s3cret", None, body, now),
             Err("no signature header")
         );
         // A replay with a new timestamp but the old signature fails.
         let replayed = good.replace(&format!("t={now}"), &format!("t={}", now + 10));
         assert_eq!(
-            verify(&spec(), b"s3cret", Some(&replayed), body, now + 10),
+            verify(b"s3cret", Some(replayed.as_str()), body, now + 10),
             Err("no matching signature")
         );
-        // Rotation: any one of several v1 signatures may match.
-        let rotated = format!("{good},v1=00ff");
+        // Rotation: any one of several v1 signatures may match; a flood of them is refused
+        // before any hashing.
+        let rotated = format!("{good},v1={}", "00".repeat(32));
+        assert_eq!(verify(b"s3cret", Some(rotated.as_str()), body, now), Ok(()));
+        let flood = format!("{good}{}", format!(",v1={}", "00".repeat(32)).repeat(4));
         assert_eq!(
-            verify(&spec(), b"s3cret", Some(&rotated), body, now),
-            Ok(())
+            verify(b"s3cret", Some(flood.as_str()), body, now),
+            Err("no usable v1 signature, or too many")
+        );
+        let long = format!("{good},{}", "x".repeat(MAX_SIGNATURE_HEADER));
+        assert_eq!(
+            verify(b"s3cret", Some(long.as_str()), body, now),
+            Err("signature header too long")
         );
     }
 }

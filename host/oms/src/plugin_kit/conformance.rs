@@ -26,6 +26,8 @@ pub struct Fixtures {
     pub token_ok: String,
     /// A token `authorize` declines.
     pub token_decline: String,
+    /// Contract 0.2: a token for which `authorize` asks for a customer action.
+    pub token_action: String,
     /// A SKU with at least 10 units in stock.
     pub sku_in_stock: String,
     /// A SKU with none.
@@ -37,6 +39,7 @@ impl Default for Fixtures {
         Self {
             token_ok: "tok_ok".to_owned(),
             token_decline: "tok_decline".to_owned(),
+            token_action: "tok_3ds".to_owned(),
             sku_in_stock: "DEMO-1".to_owned(),
             sku_out_of_stock: "OUT-OF-STOCK".to_owned(),
         }
@@ -465,6 +468,111 @@ pub(super) async fn payment(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> 
     })
     .await;
 
+    s.findings
+}
+
+const ACTION: &str = "CreateOrder (authorize-payment), contract 0.2";
+const EXPIRY: &str = "an expired customer action, or CancelOrder meanwhile (void)";
+const WEBHOOK: &str = "POST /webhooks/<plugin> (handle-webhook)";
+
+/// What contract 0.2 adds to the payment suite: a customer action, its cancellation, and a
+/// webhook the plugin cannot read.
+pub(super) async fn payment_v2(pay: &PaymentPlugin, fx: &Fixtures) -> Vec<Finding> {
+    let mut s = Suite::default();
+    let request = |key: &str| AuthorizeRequest {
+        order_id: "ct-o5".to_owned(),
+        amount: eur(900),
+        payment_token: fx.token_action.clone(),
+        idempotency_key: key.to_owned(),
+    };
+    let waiting = s
+        .check("authorize asks for a customer action", ACTION, async {
+            let (p, action) = match value(pay.authorize(request("ct-a6")).await)? {
+                Authorization::RequiresAction(pair) => pair,
+                Authorization::Authorized(p) => {
+                    return Err(format!(
+                        "token {:?} was authorized at once ({}); pass the token that asks for \
+                         an action with --token-action",
+                        fx.token_action, p.id
+                    ));
+                }
+            };
+            // Nothing is held yet; what `authorized` says meanwhile is the provider's choice.
+            if p.status != PaymentStatus::RequiresAction || p.captured.amount_minor != 0 {
+                return Err(format!(
+                    "expected status RequiresAction, nothing captured: {p:?}"
+                ));
+            }
+            if !(action.url.starts_with("https://") || action.url.starts_with("http://")) {
+                return Err(format!("the action's URL {:?} is not http(s)", action.url));
+            }
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            if action.expires_at_ms <= now_ms {
+                return Err(format!(
+                    "the action expired already ({})",
+                    action.expires_at_ms
+                ));
+            }
+            match value(pay.authorize(request("ct-a6")).await)? {
+                Authorization::RequiresAction((again, same))
+                    if again.id == p.id && same == action => {}
+                other => {
+                    return Err(format!(
+                        "a retry with the same key answered {other:?}, not the same action"
+                    ));
+                }
+            }
+            match value(
+                pay.get_payment(PaymentLookup::AuthorizeKey("ct-a6".to_owned()))
+                    .await,
+            )? {
+                Some(found) if found.status == PaymentStatus::RequiresAction => {}
+                other => {
+                    return Err(format!(
+                        "get-payment by the authorize key found {other:?}, not requires-action"
+                    ));
+                }
+            }
+            let detail = format!("payment {} waits for {}", p.id, action.url);
+            Ok((p, detail))
+        })
+        .await;
+    s.check_after(
+        waiting,
+        "void cancels a payment waiting for the customer",
+        EXPIRY,
+        |p: Payment| async move {
+            let voided = value(pay.void(p.id.clone(), "ct-v4".into()).await)?;
+            if voided.status != PaymentStatus::Voided {
+                return Err(format!("void answered {voided:?}"));
+            }
+            Ok(((), format!("{} voided before the customer acted", p.id)))
+        },
+    )
+    .await;
+    s.check(
+        "a webhook it cannot read is answered, not trapped",
+        WEBHOOK,
+        async {
+            let event = oms_plugin_runtime::clients::payment::Webhook {
+                headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+                body: b"\xff not json".to_vec(),
+            };
+            match pay.handle_webhook(event).await {
+                Ok(c) => Ok(((), format!("ignored: {:?}", c.value))),
+                Err(PluginError::Rejected { error, .. }) if !error.is_transient() => {
+                    Ok(((), format!("refused: {error:?}")))
+                }
+                Err(PluginError::Rejected { error, .. }) => Err(format!(
+                    "answered {error:?}: the provider would redeliver it forever"
+                )),
+                Err(e) => Err(describe(e)),
+            }
+        },
+    )
+    .await;
     s.findings
 }
 
