@@ -430,6 +430,9 @@ pub async fn run(
     let runtime = local_runtime().map_err(|e| RunError::Runtime(e.to_string()))?;
     let info = runtime.install_bytes(&text, bytes).await?;
     let name = info.name.as_str();
+    // Installed, so the manifest parses.
+    let v0_1 = oms_plugin_runtime::Manifest::parse(&text, manifest)
+        .is_ok_and(|m| m.contract_version() == oms_plugin_runtime::manifest::Contract::V0_1);
     let unknown = |kind: &'static str, functions: &'static [&'static str]| {
         Err(RunError::UnknownFunction {
             kind,
@@ -442,6 +445,15 @@ pub async fn run(
         K::PaymentProvider => {
             let pay = runtime.payment(name);
             match function {
+                // In the plugin's own contract's shape: a 0.1 authorize answers a payment.
+                "authorize" if v0_1 => {
+                    answer(pay.authorize(parse(function, input)?).await.map(|c| {
+                        oms_plugin_runtime::Called {
+                            value: c.value.payment().clone(),
+                            info: c.info,
+                        }
+                    }))
+                }
                 "authorize" => answer(pay.authorize(parse(function, input)?).await),
                 "capture" => {
                     let a: PaymentIdArgs = parse(function, input)?;
