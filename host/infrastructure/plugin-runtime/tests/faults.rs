@@ -243,13 +243,24 @@ async fn unsupported_contract_and_oversized_binary_are_refused() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let m = staged(dir.path(), "fakepay", |t| {
-        set_line(&t, "contract", "\"oms:plugins@0.2.0\"")
+        set_line(&t, "contract", "\"oms:plugins@0.3.0\"")
     });
     let err = rt.install(&m).await.unwrap_err();
     assert!(
         err.to_string().contains(
-            "unsupported contract version oms:plugins@0.2.0: this host implements oms:plugins@0.1.0"
+            "unsupported contract version oms:plugins@0.3.0: this host implements \
+             oms:plugins@0.1.0 (every kind) or oms:plugins@0.2.0 (payment)"
         ),
+        "{err}"
+    );
+    // A 0.1 component declared as 0.2 is checked against 0.2's world, and refused.
+    let dir = tempfile::tempdir().unwrap();
+    let m = staged(dir.path(), "fakepay", |t| {
+        set_line(&t, "contract", "\"oms:plugins@0.2.0\"")
+    });
+    let err = rt.install(&m).await.unwrap_err().to_string();
+    assert!(
+        err.contains("does not implement the payment-provider@0.2.0 world"),
         "{err}"
     );
 
