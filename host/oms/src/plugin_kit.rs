@@ -430,9 +430,9 @@ pub async fn run(
     let runtime = local_runtime().map_err(|e| RunError::Runtime(e.to_string()))?;
     let info = runtime.install_bytes(&text, bytes).await?;
     let name = info.name.as_str();
-    // Installed, so the manifest parses.
-    let v0_1 = oms_plugin_runtime::Manifest::parse(&text, manifest)
-        .is_ok_and(|m| m.contract_version() == oms_plugin_runtime::manifest::Contract::V0_1);
+    // The plugin's own contract decides the shape its answers are printed in.
+    let v0_1 = oms_plugin_runtime::manifest::Contract::parse(&info.contract)
+        == Some(oms_plugin_runtime::manifest::Contract::V0_1);
     let unknown = |kind: &'static str, functions: &'static [&'static str]| {
         Err(RunError::UnknownFunction {
             kind,

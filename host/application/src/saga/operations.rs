@@ -92,10 +92,10 @@ impl SagaOperations {
             .ok_or_else(|| AppError::NotFound(format!("saga {id}")))
     }
 
-    /// A payment provider brought news about `order_id`'s payment (an inbound webhook): the
-    /// order's active sagas that wait for a later time run now, and read the news from the
-    /// provider themselves (a webhook only wakes; its sender is not trusted for the state).
-    /// Returns how many were woken.
+    /// A payment provider brought news about `order_id`'s payment (an authenticated inbound
+    /// webhook, which the plugin has recorded): the order's active sagas that wait for a
+    /// later time run now, and read the outcome with `get-payment` rather than from the
+    /// webhook. Returns how many were woken.
     pub async fn payment_news(&self, order_id: OrderId) -> Result<usize, AppError> {
         let now = self.clock.now();
         let mut woken = 0;

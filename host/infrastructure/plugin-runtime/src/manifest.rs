@@ -27,6 +27,27 @@ pub enum Contract {
 }
 
 impl Contract {
+    /// The version a manifest's `contract` declares, if this host supports it: `0.1.0`,
+    /// `0.1.3` or `oms:plugins@0.1.0` are 0.1; `0.2.x` is 0.2; `0.3.0` or `1.0.0` are not.
+    pub fn parse(declared: &str) -> Option<Self> {
+        let v = declared.trim();
+        let v = v.strip_prefix("oms:plugins@").unwrap_or(v);
+        let mut parts = v.split('.');
+        let (Some(major), Some(minor), Some(patch), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if major != "0" || patch.parse::<u32>().is_err() {
+            return None;
+        }
+        match minor {
+            "1" => Some(Self::V0_1),
+            "2" => Some(Self::V0_2),
+            _ => None,
+        }
+    }
+
     /// The package version, as a manifest spells it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -276,7 +297,7 @@ impl Manifest {
         if m.version.trim().is_empty() {
             return Err(invalid("version is empty".into()));
         }
-        m.contract_version = match contract_supported(&m.contract) {
+        m.contract_version = match Contract::parse(&m.contract) {
             Some(Contract::V0_2) if m.kind != PluginKind::PaymentProvider => {
                 return Err(invalid(format!(
                     "contract {} defines payment plugins only; a {} plugin declares oms:plugins@0.1.0",
@@ -364,27 +385,6 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// `0.1.0`, `0.1.3` or `oms:plugins@0.1.0` are 0.1; `0.2.x` is 0.2; `0.3.0` or `1.0.0` are
-/// not supported.
-fn contract_supported(declared: &str) -> Option<Contract> {
-    let v = declared.trim();
-    let v = v.strip_prefix("oms:plugins@").unwrap_or(v);
-    let mut parts = v.split('.');
-    let (Some(major), Some(minor), Some(patch), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    if major != "0" || patch.parse::<u32>().is_err() {
-        return None;
-    }
-    match minor {
-        "1" => Some(Contract::V0_1),
-        "2" => Some(Contract::V0_2),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,15 +465,12 @@ other = "env:OTHER"
 
     #[test]
     fn contract_matching_is_major_minor() {
-        assert_eq!(contract_supported("0.1.7"), Some(Contract::V0_1));
-        assert_eq!(
-            contract_supported("oms:plugins@0.1.0"),
-            Some(Contract::V0_1)
-        );
-        assert_eq!(contract_supported("0.2.0"), Some(Contract::V0_2));
-        assert_eq!(contract_supported("0.3.0"), None);
-        assert_eq!(contract_supported("0.1"), None);
-        assert_eq!(contract_supported("1.1.0"), None);
-        assert_eq!(contract_supported("01.1.0"), None);
+        assert_eq!(Contract::parse("0.1.7"), Some(Contract::V0_1));
+        assert_eq!(Contract::parse("oms:plugins@0.1.0"), Some(Contract::V0_1));
+        assert_eq!(Contract::parse("0.2.0"), Some(Contract::V0_2));
+        assert_eq!(Contract::parse("0.3.0"), None);
+        assert_eq!(Contract::parse("0.1"), None);
+        assert_eq!(Contract::parse("1.1.0"), None);
+        assert_eq!(Contract::parse("01.1.0"), None);
     }
 }
