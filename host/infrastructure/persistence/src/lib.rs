@@ -83,11 +83,13 @@ impl Default for DatabaseOptions {
 /// `BEGIN IMMEDIATE`) makes writers queue fairly in the pool instead of spinning in SQLite's
 /// busy handler, while WAL mode lets the `reader` connections run alongside.
 pub type SqlitePools = Pools<Sqlite>;
+/// The PostgreSQL pools: see [`Pools`].
+pub type PostgresPools = Pools<Postgres>;
 
 /// The raw pools, for [`Database::postgres`] and [`Database::sqlite`].
 #[derive(Debug, Clone)]
 enum Backend {
-    Postgres(Pools<Postgres>),
+    Postgres(PostgresPools),
     Sqlite(SqlitePools),
 }
 
@@ -179,6 +181,15 @@ impl Database {
     pub fn postgres(&self) -> Option<&PgPool> {
         match &self.backend {
             Backend::Postgres(pools) => Some(&pools.writer),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Every PostgreSQL pool, the one whose commits do not wait for their flush included:
+    /// for tests and tools, like [`Self::postgres`].
+    pub fn postgres_pools(&self) -> Option<&PostgresPools> {
+        match &self.backend {
+            Backend::Postgres(pools) => Some(pools),
             Backend::Sqlite(_) => None,
         }
     }

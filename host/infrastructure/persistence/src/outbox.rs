@@ -242,8 +242,10 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
                 list = D::in_list("$4"),
                 hint = published_hint(),
             );
+            // Committed without waiting for its flush: a lease or mark lost in a database
+            // crash only publishes an event again (see `Pools::async_commit`).
             self.sql
-                .write_returning(
+                .write_returning_async_commit(
                     D::bind_list(
                         D::query(AssertSqlSafe(sql))
                             // Planned afresh each time (see above).
@@ -323,8 +325,9 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
             }
         );
         let query = D::query(AssertSqlSafe(sql)).arg(now.unix_millis());
+        // As the claim's mark: lost in a database crash, an event is published again.
         self.sql
-            .write_returning(D::bind_list(query, Column::BigInt(ids.to_vec())))
+            .write_returning_async_commit(D::bind_list(query, Column::BigInt(ids.to_vec())))
             .await?;
         Ok(())
     }

@@ -139,3 +139,86 @@ async fn a_corrupt_dead_letter_does_not_hide_the_others() {
     db.close().await;
     test_db.cleanup().await.unwrap();
 }
+
+/// The relay's claims and marks are committed on a pool of their own whose sessions run with
+/// `synchronous_commit = off` (their loss in a database crash only publishes events again;
+/// see `Pools::async_commit`), while every other write, consumers' dedup records included,
+/// waits for its flush. With that pool's connections all taken, the claim and the mark wait
+/// for one and the dedup record does not; they finish once the connections are back.
+#[tokio::test]
+async fn relay_bookkeeping_commits_without_waiting_for_the_flush() {
+    use std::time::Duration;
+    let test_db = TestDatabase::postgres().await.unwrap();
+    let db = test_db.connect().await.unwrap();
+    let pools = db.postgres_pools().unwrap();
+    let show = |pool: &sqlx::PgPool| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(show(&pools.writer).await, "on");
+    assert_eq!(show(&pools.reader).await, "on");
+    assert_eq!(show(&pools.async_commit).await, "off");
+
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, event_type, schema_version, payload, \
+         occurred_at, created_at, next_attempt_at) \
+         VALUES (gen_random_uuid(), gen_random_uuid(), 'OrderCreated', 1, '{}', 0, 0, 0)",
+    )
+    .execute(&pools.writer)
+    .await
+    .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..pools.async_commit.options().get_max_connections() {
+        held.push(pools.async_commit.acquire().await.unwrap());
+    }
+    let now = Timestamp::from_unix_millis(1_000);
+    let lease = Timestamp::from_unix_millis(60_000);
+    // Had it gone through the writer pool (free), it would finish at once.
+    let claim = tokio::time::timeout(
+        Duration::from_millis(300),
+        db.outbox().claim(&[], now, now, lease, 10),
+    )
+    .await;
+    assert!(
+        claim.is_err(),
+        "the claim did not use the async-commit pool"
+    );
+    // The dedup record is flushed before it returns: it does not need that pool.
+    let event = uuid::Uuid::now_v7();
+    db.processed_events()
+        .record_all("test", &[event], now)
+        .await
+        .unwrap();
+
+    drop(held);
+    let claimed = db.outbox().claim(&[], now, now, lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let mut held = Vec::new();
+    for _ in 0..pools.async_commit.options().get_max_connections() {
+        held.push(pools.async_commit.acquire().await.unwrap());
+    }
+    let mark = tokio::time::timeout(
+        Duration::from_millis(300),
+        db.outbox().mark_published(&[claimed[0].id], now),
+    )
+    .await;
+    assert!(mark.is_err(), "the mark did not use the async-commit pool");
+    drop(held);
+    db.outbox()
+        .mark_published(&[claimed[0].id], now)
+        .await
+        .unwrap();
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&pools.reader)
+            .await
+            .unwrap();
+    assert_eq!(unpublished, 0);
+    db.close().await;
+    test_db.cleanup().await.unwrap();
+}

@@ -346,14 +346,27 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     }
 }
 
-/// The pools of one database. PostgreSQL: the same pool twice. SQLite: many reader
-/// connections and the single writer connection (see `Concurrency::SingleWriter`).
+/// The pools of one database. PostgreSQL: one pool for reads and writes, and a small one for
+/// the commits that need not wait for their flush. SQLite: many reader connections and the
+/// single writer connection (see `Concurrency::SingleWriter`), which also takes those commits.
 #[derive(Debug)]
 pub struct Pools<DB: Database> {
     /// For reads.
     pub reader: Pool<DB>,
-    /// For every write.
+    /// For every write whose commit must be on disk before it is acknowledged.
     pub writer: Pool<DB>,
+    /// For bookkeeping writes whose loss in a database crash only repeats work that is
+    /// idempotent downstream: the relay's leases and published marks (lost, an event is
+    /// published again; delivery is at least once and consumers deduplicate). PostgreSQL
+    /// commits these with `synchronous_commit = off`: the commit returns without waiting for
+    /// its WAL flush, which the next flushed commit (any order's) or the WAL writer (within
+    /// `wal_writer_delay`) does. Only a database crash in that window loses them; a host
+    /// crash loses nothing. On SQLite this is the writer.
+    ///
+    /// Consumers' dedup records are not among them: a consumer commits its broker offsets
+    /// once they are written, so a lost record would not be redelivered, and the event would
+    /// be handled with no trace of it.
+    pub async_commit: Pool<DB>,
 }
 
 // By hand: a derive would demand `DB: Clone`, which the driver types are not.
@@ -362,6 +375,7 @@ impl<DB: Database> Clone for Pools<DB> {
         Self {
             reader: self.reader.clone(),
             writer: self.writer.clone(),
+            async_commit: self.async_commit.clone(),
         }
     }
 }
@@ -370,6 +384,7 @@ impl<DB: Database> Pools<DB> {
     pub(crate) async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+        self.async_commit.close().await;
     }
 }
 
@@ -448,13 +463,31 @@ impl<D: Dialect> Sql<D> {
         &self,
         query: Q<'_, D>,
     ) -> Result<Vec<RowOf<D>>, StoreError> {
+        self.write_returning_on(&self.pools.writer, query).await
+    }
+
+    /// [`Self::write_returning`] for bookkeeping that may commit without waiting for its flush
+    /// (see [`Pools::async_commit`]).
+    pub(crate) async fn write_returning_async_commit(
+        &self,
+        query: Q<'_, D>,
+    ) -> Result<Vec<RowOf<D>>, StoreError> {
+        self.write_returning_on(&self.pools.async_commit, query)
+            .await
+    }
+
+    async fn write_returning_on(
+        &self,
+        pool: &Pool<D::DB>,
+        query: Q<'_, D>,
+    ) -> Result<Vec<RowOf<D>>, StoreError> {
         match D::CONCURRENCY {
-            Concurrency::RowLocks => query
-                .fetch_all(D::on_pool(&self.pools.writer))
-                .await
-                .map_err(D::classify),
+            Concurrency::RowLocks => query.fetch_all(D::on_pool(pool)).await.map_err(D::classify),
             Concurrency::SingleWriter => {
-                let mut tx = self.begin_write().await?;
+                let mut tx = pool
+                    .begin_with(D::CONCURRENCY.begin_write())
+                    .await
+                    .map_err(D::classify)?;
                 let rows = query.fetch_all(D::on(&mut tx)).await.map_err(D::classify)?;
                 tx.commit().await.map_err(D::classify)?;
                 Ok(rows)

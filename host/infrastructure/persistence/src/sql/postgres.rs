@@ -25,7 +25,12 @@ pub(crate) struct PostgresDialect;
 
 impl SqlDb for Postgres {}
 
-/// Opens the pool (one pool serves reads and writes) and runs the migrations.
+/// Connections of the pool whose commits do not wait for their flush ([`Pools::async_commit`]):
+/// a relay writes from one task.
+const ASYNC_COMMIT_CONNECTIONS: u32 = 4;
+
+/// Opens the pools (one serves reads and writes, a small one the bookkeeping commits that
+/// need not wait for their flush) and runs the migrations.
 pub(crate) async fn open(
     url: &str,
     options: &DatabaseOptions,
@@ -35,6 +40,19 @@ pub(crate) async fn open(
             url: redact(url),
             source,
         })?;
+    // `synchronous_commit` is the server's setting for every other connection; these ask for
+    // `off` in their startup packet (no round trip). See `Pools::async_commit` for why that
+    // is safe for what they write. Why it matters: one order at a time, the relay's rounds
+    // (one per event) were two of an order's six flushes.
+    let async_commit = PgPoolOptions::new()
+        .max_connections(ASYNC_COMMIT_CONNECTIONS.min(options.max_connections))
+        .acquire_timeout(options.acquire_timeout)
+        .test_before_acquire(false)
+        .connect_lazy_with(
+            connect_options
+                .clone()
+                .options([("synchronous_commit", "off")]),
+        );
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
@@ -58,6 +76,7 @@ pub(crate) async fn open(
     Ok(Pools {
         reader: pool.clone(),
         writer: pool,
+        async_commit,
     })
 }
 

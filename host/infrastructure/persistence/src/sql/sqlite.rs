@@ -64,6 +64,7 @@ pub(crate) async fn open(
             .map_err(connect_error)?;
         Pools {
             reader: pool.clone(),
+            async_commit: pool.clone(),
             writer: pool,
         }
     } else {
@@ -97,7 +98,13 @@ pub(crate) async fn open(
             .connect_with(connect_options)
             .await
             .map_err(connect_error)?;
-        Pools { reader, writer }
+        // Every commit is flushed: one connection writes, and switching `synchronous` on it
+        // per transaction would risk an order's commit running unflushed.
+        Pools {
+            reader,
+            async_commit: writer.clone(),
+            writer,
+        }
     };
     MIGRATOR
         .run(&pools.writer)
