@@ -391,3 +391,129 @@ async fn a_database_outage_never_dead_letters_an_event() {
     drop(db);
     test_db.cleanup().await.unwrap();
 }
+
+/// Passes deliveries through and says when one has been received.
+struct Announcing {
+    inner: Box<dyn oms_messaging::broker::Consumer>,
+    received: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+#[async_trait]
+impl oms_messaging::broker::Consumer for Announcing {
+    async fn recv(
+        &mut self,
+    ) -> Result<oms_messaging::broker::Delivery, oms_messaging::BrokerError> {
+        let delivery = self.inner.recv().await?;
+        let _ = self.received.send(());
+        Ok(delivery)
+    }
+
+    async fn commit(
+        &mut self,
+        delivery: &oms_messaging::broker::Delivery,
+    ) -> Result<(), oms_messaging::BrokerError> {
+        self.inner.commit(delivery).await
+    }
+}
+
+/// The store's records, each with how many events it recorded.
+struct CountingRecords {
+    inner: Arc<dyn oms_application::ports::ProcessedEventStore>,
+    records: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl oms_application::ports::ProcessedEventStore for CountingRecords {
+    async fn processed_among(
+        &self,
+        consumer: &str,
+        event_ids: &[uuid::Uuid],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, oms_application::ports::StoreError> {
+        self.inner.processed_among(consumer, event_ids).await
+    }
+
+    async fn record_all(
+        &self,
+        consumer: &str,
+        event_ids: &[uuid::Uuid],
+        now: oms_domain::Timestamp,
+    ) -> Result<(), oms_application::ports::StoreError> {
+        self.records.lock().unwrap().push(event_ids.len());
+        self.inner.record_all(consumer, event_ids, now).await
+    }
+}
+
+/// A trickle of events (one order at a time) is recorded in batches, not one flushed commit
+/// per event: once a batch's first event has arrived, the consumer waits up to
+/// `batch_linger` for more. Here the second and third events are published only after the
+/// first was received, and the three are still recorded together; and a batch that fills
+/// goes at once instead of waiting out its linger (10 s here).
+#[tokio::test]
+async fn a_trickle_of_events_is_recorded_in_one_batch() {
+    let (test_db, db) = database(TestBackend::Sqlite).await;
+    let svc = service(&db);
+    let source = InProcessBroker::default();
+    let topics = Topics::default();
+    let relay = Relay::new(
+        db.outbox(),
+        source.publisher_arc(),
+        topics.clone(),
+        RelayConfig::default(),
+    );
+    write_orders(&svc, 3, 0, 1).await; // 3 events
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    let mut events = source.messages(&topics.events).into_iter();
+    assert_eq!(events.len(), 3);
+
+    let broker = InProcessBroker::default();
+    use oms_messaging::broker::Publisher;
+    broker.publish(vec![events.next().unwrap()]).await;
+    let store = Arc::new(CountingRecords {
+        inner: db.processed_events(),
+        records: std::sync::Mutex::new(Vec::new()),
+    });
+    let config = NotificationConfig {
+        dead_letter_topic: topics.notification_dead_letters.clone(),
+        batch_size: 3,
+        batch_linger: Duration::from_secs(10),
+        ..NotificationConfig::default()
+    };
+    let service = NotificationService::new(
+        store.clone(),
+        config.clone(),
+        vec![Arc::new(TestFormatter {
+            crash_on_order: None,
+            calls: AtomicUsize::new(0),
+        })],
+        vec![Arc::new(FileSink::new(None)) as Arc<dyn Channel>],
+        broker.publisher_arc(),
+    );
+    let (received, mut receipts) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = Box::new(Announcing {
+        inner: broker
+            .consumer(&config.consumer, &[topics.events.as_str()])
+            .unwrap(),
+        received,
+    });
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let started = std::time::Instant::now();
+    let worker = tokio::spawn(service.clone().run(consumer, stop_rx));
+    receipts.recv().await.unwrap();
+    broker.publish(events.collect()).await;
+    let metrics = service.metrics();
+    eventually(Duration::from_secs(5), "three events processed", || async {
+        metrics.processed.load(Ordering::Relaxed) == 3
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a full batch waited out its linger"
+    );
+    assert_eq!(*store.records.lock().unwrap(), vec![3]);
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), worker)
+        .await
+        .unwrap()
+        .unwrap();
+    test_db.cleanup().await.unwrap();
+}

@@ -11,7 +11,6 @@ mod kafka;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::FutureExt;
 
 use crate::error::BrokerError;
 
@@ -58,14 +57,10 @@ pub trait Publisher: Send + Sync + 'static {
 /// Receives messages of a consumer group. Offsets are committed only by [`Consumer::commit`].
 #[async_trait]
 pub trait Consumer: Send + 'static {
-    /// The next message; waits until there is one.
+    /// The next message; waits until there is one. Cancellation safe, in both brokers:
+    /// nothing is taken from the queue until a message is returned, so a consumer may give up
+    /// waiting (a batch's linger, a shutdown) and lose nothing.
     async fn recv(&mut self) -> Result<Delivery, BrokerError>;
-    /// The next message if one has arrived already, without waiting (how a consumer batches
-    /// what is there). Both brokers' `recv` are cancellation safe (nothing is taken from the
-    /// queue until a message is returned), so polling it once and dropping it loses nothing.
-    async fn try_recv(&mut self) -> Option<Result<Delivery, BrokerError>> {
-        self.recv().now_or_never()
-    }
     /// Marks `delivery` and everything before it in its partition as processed.
     async fn commit(&mut self, delivery: &Delivery) -> Result<(), BrokerError>;
 }

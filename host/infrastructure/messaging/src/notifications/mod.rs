@@ -97,6 +97,12 @@ pub struct NotificationConfig {
     pub backoff: RetryPolicy,
     /// Messages handled together at most (one dedup read and one record per batch).
     pub batch_size: usize,
+    /// How long a batch waits for more messages once its first has arrived, when no more are
+    /// there yet (as Kafka's `fetch.max.wait.ms` does for a fetch). A batch's record is a
+    /// flushed commit, so without it a trickle of events (one order at a time: two per
+    /// order) costs a flush per event; with it, one per linger. It delays a notification by at
+    /// most this much; a backlog fills batches at once and never waits.
+    pub batch_linger: Duration,
 }
 
 impl Default for NotificationConfig {
@@ -110,6 +116,7 @@ impl Default for NotificationConfig {
                 max: Duration::from_secs(10),
             },
             batch_size: 100,
+            batch_linger: Duration::from_millis(50),
         }
     }
 }
@@ -168,7 +175,7 @@ impl NotificationService {
     }
 
     /// Consumes until `shutdown` turns true, in batches: it waits for one message, takes
-    /// whatever else has already arrived (up to `batch_size`), and handles them together
+    /// whatever else arrives within `batch_linger` (up to `batch_size`), and handles them together
     /// ([`Self::handle_batch`]). The offset of a message is committed only after it was
     /// processed, found duplicate, or dead-lettered.
     pub async fn run(self, mut consumer: Box<dyn Consumer>, mut shutdown: watch::Receiver<bool>) {
@@ -193,15 +200,18 @@ impl NotificationService {
             };
             failures = 0;
             let mut batch = vec![delivery];
+            let linger_ends = tokio::time::Instant::now() + self.config.batch_linger;
+            // `timeout_at` polls `recv` before it looks at the clock, so what has arrived is
+            // taken even once the linger has ended (or when it is zero).
             while batch.len() < self.config.batch_size {
-                match consumer.try_recv().await {
-                    Some(Ok(d)) => batch.push(d),
-                    Some(Err(e)) => {
+                match tokio::time::timeout_at(linger_ends, consumer.recv()).await {
+                    Ok(Ok(d)) => batch.push(d),
+                    Ok(Err(e)) => {
                         // The next `recv` meets it again if it lasts.
                         debug!(error = %e, "receiving more events for the batch failed");
                         break;
                     }
-                    None => break,
+                    Err(_) => break,
                 }
             }
             match self.handle_with_retries(&batch).await {
