@@ -116,6 +116,9 @@ pub trait OutboxStore: Send + Sync {
     /// unpublished row of its order, counting the rows just marked as published) until
     /// `lease_until`; returns them in id order. One commit for both, so a busy relay pays
     /// one write per round. Safe with several relays: a row is leased to one relay at a time.
+    /// The store may commit this without waiting for its flush (PostgreSQL does): after a
+    /// database crash a lease or mark may be gone, and the row is claimed and published again
+    /// (a duplicate, never a loss).
     async fn claim(
         &self,
         published: &[i64],

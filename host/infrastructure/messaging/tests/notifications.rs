@@ -447,7 +447,7 @@ impl oms_application::ports::ProcessedEventStore for CountingRecords {
 /// per event: once a batch's first event has arrived, the consumer waits up to
 /// `batch_linger` for more. Here the second and third events are published only after the
 /// first was received, and the three are still recorded together; and a batch that fills
-/// goes at once instead of waiting out its linger (10 s here).
+/// goes at once: the 5 s wait for it is shorter than its linger (10 s).
 #[tokio::test]
 async fn a_trickle_of_events_is_recorded_in_one_batch() {
     let (test_db, db) = database(TestBackend::Sqlite).await;
@@ -496,7 +496,6 @@ async fn a_trickle_of_events_is_recorded_in_one_batch() {
         received,
     });
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let started = std::time::Instant::now();
     let worker = tokio::spawn(service.clone().run(consumer, stop_rx));
     receipts.recv().await.unwrap();
     broker.publish(events.collect()).await;
@@ -505,15 +504,12 @@ async fn a_trickle_of_events_is_recorded_in_one_batch() {
         metrics.processed.load(Ordering::Relaxed) == 3
     })
     .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "a full batch waited out its linger"
-    );
     assert_eq!(*store.records.lock().unwrap(), vec![3]);
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(15), worker)
         .await
         .unwrap()
         .unwrap();
+    db.close().await;
     test_db.cleanup().await.unwrap();
 }

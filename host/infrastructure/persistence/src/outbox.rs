@@ -107,9 +107,11 @@ pub(crate) fn outbox_rows(
 pub const CHANGES_CHANNEL: &str = "oms_order_changes";
 
 /// The `RETURNING` expression of the statements that mark rows published on PostgreSQL: one
-/// notification per row, sent when the relay's own commit is durable. Not in the order
-/// transactions (migration 0007): a notifying commit holds a cluster-wide lock through its
-/// WAL flush, which only the relay's commits now queue on. Identical notifications of one
+/// notification per row, sent when the relay's own commit ends (it does not wait for its
+/// flush: `Pools::async_commit`; the events it announces were flushed by their order's
+/// commit). Not in the order transactions (migration 0007): a notifying commit holds a
+/// cluster-wide lock through its WAL flush, which would serialise every order's commit on
+/// it. Identical notifications of one
 /// transaction are folded, and the version is what lets a listener that already holds that
 /// version skip the read.
 fn published_hint() -> String {

@@ -201,8 +201,10 @@ impl NotificationService {
             failures = 0;
             let mut batch = vec![delivery];
             let linger_ends = tokio::time::Instant::now() + self.config.batch_linger;
-            // `timeout_at` polls `recv` before it looks at the clock, so what has arrived is
-            // taken even once the linger has ended (or when it is zero).
+            // `timeout_at` polls `recv` before it looks at the clock, so once the linger has
+            // ended (or with none) a message that is ready is still taken; with Kafka, `recv`
+            // may answer "not yet" once while rdkafka handles another event (an offset
+            // commit's result), which ends the batch early. Nothing is lost either way.
             while batch.len() < self.config.batch_size {
                 match tokio::time::timeout_at(linger_ends, consumer.recv()).await {
                     Ok(Ok(d)) => batch.push(d),

@@ -26,8 +26,8 @@ pub(crate) struct PostgresDialect;
 impl SqlDb for Postgres {}
 
 /// Connections of the pool whose commits do not wait for their flush ([`Pools::async_commit`]):
-/// a relay writes from one task.
-const ASYNC_COMMIT_CONNECTIONS: u32 = 4;
+/// a process's relay runs one statement at a time.
+const ASYNC_COMMIT_CONNECTIONS: u32 = 2;
 
 /// Opens the pools (one serves reads and writes, a small one the bookkeeping commits that
 /// need not wait for their flush) and runs the migrations.
@@ -40,19 +40,6 @@ pub(crate) async fn open(
             url: redact(url),
             source,
         })?;
-    // `synchronous_commit` is the server's setting for every other connection; these ask for
-    // `off` in their startup packet (no round trip). See `Pools::async_commit` for why that
-    // is safe for what they write. Why it matters: one order at a time, the relay's rounds
-    // (one per event) were two of an order's six flushes.
-    let async_commit = PgPoolOptions::new()
-        .max_connections(ASYNC_COMMIT_CONNECTIONS.min(options.max_connections))
-        .acquire_timeout(options.acquire_timeout)
-        .test_before_acquire(false)
-        .connect_lazy_with(
-            connect_options
-                .clone()
-                .options([("synchronous_commit", "off")]),
-        );
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
@@ -60,7 +47,7 @@ pub(crate) async fn open(
         // third of an order's. A connection the server dropped fails its next statement
         // instead, which classifies as `Unavailable` (retryable), and the pool discards it.
         .test_before_acquire(false)
-        .connect_with(connect_options)
+        .connect_with(connect_options.clone())
         .await
         .map_err(|source| PersistenceError::Connect {
             url: redact(url),
@@ -73,6 +60,42 @@ pub(crate) async fn open(
             url: redact(url),
             source,
         })?;
+    // `synchronous_commit` is the server's (or the URL's) setting for every other connection;
+    // these ask for `off` in their startup packet (no round trip). See `Pools::async_commit`
+    // for why that is safe for what they write. Why it matters: one order at a time, the
+    // relay's rounds (one per event) were two of an order's six flushes. Opened now, not on
+    // the relay's first round, so that a connection pooler that refuses the startup parameter
+    // fails the start instead of every round.
+    let async_commit = PgPoolOptions::new()
+        .max_connections(ASYNC_COMMIT_CONNECTIONS.min(options.max_connections))
+        .acquire_timeout(options.acquire_timeout)
+        .test_before_acquire(false)
+        .connect_with(connect_options.options([("synchronous_commit", "off")]))
+        .await
+        .map_err(|source| PersistenceError::Connect {
+            url: redact(url),
+            source,
+        })?;
+    // A pooler that drops the parameter silently leaves these commits flushed: correct, only
+    // slower, so say so instead of failing.
+    match sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+        .fetch_one(&async_commit)
+        .await
+    {
+        Ok(setting) if setting == "off" => {}
+        Ok(setting) => warn!(
+            %setting,
+            "the relay's connections do not run with synchronous_commit = off: its \
+             commits wait for their WAL flush (a connection pooler may have dropped the \
+             startup parameter)"
+        ),
+        Err(e) => {
+            return Err(PersistenceError::Connect {
+                url: redact(url),
+                source: e,
+            });
+        }
+    }
     Ok(Pools {
         reader: pool.clone(),
         writer: pool,
