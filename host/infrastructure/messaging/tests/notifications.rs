@@ -287,15 +287,27 @@ async fn batches_deduplicate_within_and_across_sqlite() {
     batches_deduplicate_within_and_across(TestBackend::Sqlite).await;
 }
 
-/// The processed-events store of [`a_database_outage_never_dead_letters_an_event`]: its
-/// first `failures` reads fail as a database that is down does, then it is the real store.
-struct DownForAWhile {
+/// The real processed-events store, observed: its first `failures` reads fail as a database
+/// that is down does ([`a_database_outage_never_dead_letters_an_event`]), and it logs how
+/// many events each record holds ([`a_trickle_of_events_is_recorded_in_one_batch`]).
+struct Observed {
     store: Arc<dyn oms_application::ports::ProcessedEventStore>,
     failures: AtomicUsize,
+    records: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Observed {
+    fn new(store: Arc<dyn oms_application::ports::ProcessedEventStore>, failures: usize) -> Self {
+        Self {
+            store,
+            failures: AtomicUsize::new(failures),
+            records: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 #[async_trait]
-impl oms_application::ports::ProcessedEventStore for DownForAWhile {
+impl oms_application::ports::ProcessedEventStore for Observed {
     async fn processed_among(
         &self,
         consumer: &str,
@@ -317,6 +329,7 @@ impl oms_application::ports::ProcessedEventStore for DownForAWhile {
         event_ids: &[uuid::Uuid],
         now: oms_domain::Timestamp,
     ) -> Result<(), oms_application::ports::StoreError> {
+        self.records.lock().unwrap().push(event_ids.len());
         self.store.record_all(consumer, event_ids, now).await
     }
 }
@@ -349,10 +362,7 @@ async fn a_database_outage_never_dead_letters_an_event() {
         },
         ..NotificationConfig::default()
     };
-    let store = Arc::new(DownForAWhile {
-        store: db.processed_events(),
-        failures: AtomicUsize::new(9),
-    });
+    let store = Arc::new(Observed::new(db.processed_events(), 9));
     let service = NotificationService::new(
         store.clone(),
         config.clone(),
@@ -416,33 +426,6 @@ impl oms_messaging::broker::Consumer for Announcing {
     }
 }
 
-/// The store's records, each with how many events it recorded.
-struct CountingRecords {
-    inner: Arc<dyn oms_application::ports::ProcessedEventStore>,
-    records: std::sync::Mutex<Vec<usize>>,
-}
-
-#[async_trait]
-impl oms_application::ports::ProcessedEventStore for CountingRecords {
-    async fn processed_among(
-        &self,
-        consumer: &str,
-        event_ids: &[uuid::Uuid],
-    ) -> Result<std::collections::HashSet<uuid::Uuid>, oms_application::ports::StoreError> {
-        self.inner.processed_among(consumer, event_ids).await
-    }
-
-    async fn record_all(
-        &self,
-        consumer: &str,
-        event_ids: &[uuid::Uuid],
-        now: oms_domain::Timestamp,
-    ) -> Result<(), oms_application::ports::StoreError> {
-        self.records.lock().unwrap().push(event_ids.len());
-        self.inner.record_all(consumer, event_ids, now).await
-    }
-}
-
 /// A trickle of events (one order at a time) is recorded in batches, not one flushed commit
 /// per event: once a batch's first event has arrived, the consumer waits up to
 /// `batch_linger` for more. Here the second and third events are published only after the
@@ -468,10 +451,7 @@ async fn a_trickle_of_events_is_recorded_in_one_batch() {
     let broker = InProcessBroker::default();
     use oms_messaging::broker::Publisher;
     broker.publish(vec![events.next().unwrap()]).await;
-    let store = Arc::new(CountingRecords {
-        inner: db.processed_events(),
-        records: std::sync::Mutex::new(Vec::new()),
-    });
+    let store = Arc::new(Observed::new(db.processed_events(), 0));
     let config = NotificationConfig {
         dead_letter_topic: topics.notification_dead_letters.clone(),
         batch_size: 3,
