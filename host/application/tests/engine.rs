@@ -855,6 +855,14 @@ fn customer_action(rig: &Rig, expires_after_ms: i64) -> PaymentAction {
     action
 }
 
+/// The order ended `PAYMENT_FAILED` with the payment `payment` and a reason under `code`.
+fn assert_payment_failed(order: &Order, payment: PaymentStatus, code: &str) {
+    assert_eq!(order.status(), OrderStatus::PaymentFailed);
+    assert_eq!(order.payment_status(), payment);
+    let reason = order.failure_reason().unwrap_or_default();
+    assert!(reason.starts_with(&format!("{code}: ")), "{reason}");
+}
+
 #[tokio::test]
 async fn a_payment_that_requires_action_waits_polls_and_goes_on_once_the_customer_acted() {
     let rig = Rig::new().await;
@@ -929,11 +937,8 @@ async fn a_customer_action_that_expires_cancels_the_payment_and_fails_it_with_a_
          cancels the pending payment at the provider, then releases the stock"
     );
     let order = rig.order().await;
-    assert_eq!(order.status(), OrderStatus::PaymentFailed);
-    assert_eq!(order.payment_status(), PaymentStatus::Voided);
+    assert_payment_failed(&order, PaymentStatus::Voided, "PAYMENT_ACTION_EXPIRED");
     assert_eq!(order.reservation_status(), ReservationStatus::Released);
-    let reason = order.failure_reason().unwrap_or_default();
-    assert!(reason.starts_with("PAYMENT_ACTION_EXPIRED: "), "{reason}");
     assert_eq!(rig.saga().await.status, SagaStatus::Compensated);
 }
 
@@ -958,10 +963,7 @@ async fn a_customer_who_fails_the_action_fails_the_payment() {
         "nothing to void: a provider refuses to void a declined payment"
     );
     let order = rig.order().await;
-    assert_eq!(order.status(), OrderStatus::PaymentFailed);
-    assert_eq!(order.payment_status(), PaymentStatus::AuthFailed);
-    let reason = order.failure_reason().unwrap_or_default();
-    assert!(reason.starts_with("PAYMENT_DECLINED: "), "{reason}");
+    assert_payment_failed(&order, PaymentStatus::AuthFailed, "PAYMENT_DECLINED");
     assert_eq!(order.reservation_status(), ReservationStatus::Released);
     assert_eq!(
         rig.saga().await.status,
@@ -992,10 +994,7 @@ async fn an_action_answered_already_expired_is_still_cancelled_at_the_provider()
         "recorded, polled at once by the same worker, expired, cancelled"
     );
     let order = rig.order().await;
-    assert_eq!(order.status(), OrderStatus::PaymentFailed);
-    assert_eq!(order.payment_status(), PaymentStatus::Voided);
-    let reason = order.failure_reason().unwrap_or_default();
-    assert!(reason.starts_with("PAYMENT_ACTION_EXPIRED: "), "{reason}");
+    assert_payment_failed(&order, PaymentStatus::Voided, "PAYMENT_ACTION_EXPIRED");
 }
 
 #[tokio::test]

@@ -53,6 +53,26 @@ impl Formatter for TestFormatter {
     }
 }
 
+/// Writes `orders` orders with `updates` updates each (`concurrency` at a time) and relays all
+/// their events to `broker` on the default topics; returns the orders' ids.
+async fn relayed_orders(
+    db: &oms_persistence::Database,
+    broker: &InProcessBroker,
+    orders: usize,
+    updates: usize,
+    concurrency: usize,
+) -> Vec<oms_domain::OrderId> {
+    let relay = Relay::new(
+        db.outbox(),
+        broker.publisher_arc(),
+        Topics::default(),
+        RelayConfig::default(),
+    );
+    let ids = write_orders(&service(db), orders, updates, concurrency).await;
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    ids
+}
+
 fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -63,18 +83,10 @@ fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 
 async fn redeliveries_notify_once_and_poison_goes_to_the_dlq(backend: TestBackend) {
     let (test_db, db) = database(backend).await;
-    let svc = service(&db);
     let broker = InProcessBroker::default();
     let topics = Topics::default();
-    let relay = Relay::new(
-        db.outbox(),
-        broker.publisher_arc(),
-        topics.clone(),
-        RelayConfig::default(),
-    );
-    let ids = write_orders(&svc, 5, 1, 2).await; // 10 events
+    let ids = relayed_orders(&db, &broker, 5, 1, 2).await; // 10 events
     let poison_order = ids[0].to_string();
-    while relay.run_once().await.unwrap().claimed > 0 {}
     // The relay publishes everything a second time (as after a crash mid-batch): the same
     // events, duplicated on the topic.
     let again = broker.messages(&topics.events);
@@ -208,17 +220,9 @@ async fn undecodable_messages_are_poison() {
 /// other copy is a duplicate.
 async fn batches_deduplicate_within_and_across(backend: TestBackend) {
     let (test_db, db) = database(backend).await;
-    let svc = service(&db);
     let broker = InProcessBroker::default();
     let topics = Topics::default();
-    let relay = Relay::new(
-        db.outbox(),
-        broker.publisher_arc(),
-        topics.clone(),
-        RelayConfig::default(),
-    );
-    write_orders(&svc, 3, 0, 1).await; // 3 events
-    while relay.run_once().await.unwrap().claimed > 0 {}
+    relayed_orders(&db, &broker, 3, 0, 1).await; // 3 events
     let msgs = broker.messages(&topics.events);
     assert_eq!(msgs.len(), 3);
     let delivery = |n: usize, offset: i64| oms_messaging::broker::Delivery {
@@ -341,17 +345,9 @@ impl oms_application::ports::ProcessedEventStore for Observed {
 #[tokio::test]
 async fn a_database_outage_never_dead_letters_an_event() {
     let (test_db, db) = database(TestBackend::Sqlite).await;
-    let svc = service(&db);
     let broker = InProcessBroker::default();
     let topics = Topics::default();
-    let relay = Relay::new(
-        db.outbox(),
-        broker.publisher_arc(),
-        topics.clone(),
-        RelayConfig::default(),
-    );
-    write_orders(&svc, 2, 1, 2).await; // 4 events
-    while relay.run_once().await.unwrap().claimed > 0 {}
+    relayed_orders(&db, &broker, 2, 1, 2).await; // 4 events
     let config = NotificationConfig {
         dead_letter_topic: topics.notification_dead_letters.clone(),
         // Three times the attempts that dead-letter a failing event, quickly.
@@ -434,17 +430,9 @@ impl oms_messaging::broker::Consumer for Announcing {
 #[tokio::test]
 async fn a_trickle_of_events_is_recorded_in_one_batch() {
     let (test_db, db) = database(TestBackend::Sqlite).await;
-    let svc = service(&db);
     let source = InProcessBroker::default();
     let topics = Topics::default();
-    let relay = Relay::new(
-        db.outbox(),
-        source.publisher_arc(),
-        topics.clone(),
-        RelayConfig::default(),
-    );
-    write_orders(&svc, 3, 0, 1).await; // 3 events
-    while relay.run_once().await.unwrap().claimed > 0 {}
+    relayed_orders(&db, &source, 3, 0, 1).await; // 3 events
     let mut events = source.messages(&topics.events).into_iter();
     assert_eq!(events.len(), 3);
 
