@@ -111,9 +111,8 @@ pub const CHANGES_CHANNEL: &str = "oms_order_changes";
 /// flush: `Pools::async_commit`; the events it announces were flushed by their order's
 /// commit). Not in the order transactions (migration 0007): a notifying commit holds a
 /// cluster-wide lock through its WAL flush, which would serialise every order's commit on
-/// it. Identical notifications of one
-/// transaction are folded, and the version is what lets a listener that already holds that
-/// version skip the read.
+/// it. Identical notifications of one transaction are folded, and the version is what lets a
+/// listener that already holds that version skip the read.
 fn published_hint() -> String {
     format!(
         "CASE WHEN aggregate_type = 'order' THEN pg_notify('{CHANGES_CHANNEL}', \

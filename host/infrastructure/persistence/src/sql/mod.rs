@@ -360,7 +360,7 @@ pub struct Pools<DB: Database> {
     /// published again; delivery is at least once and consumers deduplicate). PostgreSQL
     /// commits these with `synchronous_commit = off`: the commit returns without waiting for
     /// its WAL flush, which the next flushed commit (any order's) or the WAL writer (within
-    /// `wal_writer_delay`) does. Only a database crash in that window loses them; a host
+    /// three `wal_writer_delay`s) does. Only a database crash in that window loses them; a host
     /// crash loses nothing. On SQLite this is the writer.
     ///
     /// Consumers' dedup records are not among them: a consumer commits its broker offsets
@@ -434,9 +434,11 @@ impl<D: Dialect> Sql<D> {
 
     /// Starts a write transaction (see [`Concurrency::begin_write`]).
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, D::DB>, StoreError> {
-        self.pools
-            .writer
-            .begin_with(D::CONCURRENCY.begin_write())
+        Self::begin_write_on(&self.pools.writer).await
+    }
+
+    async fn begin_write_on(pool: &Pool<D::DB>) -> Result<Transaction<'static, D::DB>, StoreError> {
+        pool.begin_with(D::CONCURRENCY.begin_write())
             .await
             .map_err(D::classify)
     }
@@ -484,10 +486,7 @@ impl<D: Dialect> Sql<D> {
         match D::CONCURRENCY {
             Concurrency::RowLocks => query.fetch_all(D::on_pool(pool)).await.map_err(D::classify),
             Concurrency::SingleWriter => {
-                let mut tx = pool
-                    .begin_with(D::CONCURRENCY.begin_write())
-                    .await
-                    .map_err(D::classify)?;
+                let mut tx = Self::begin_write_on(pool).await?;
                 let rows = query.fetch_all(D::on(&mut tx)).await.map_err(D::classify)?;
                 tx.commit().await.map_err(D::classify)?;
                 Ok(rows)

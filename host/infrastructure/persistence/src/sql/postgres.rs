@@ -40,6 +40,10 @@ pub(crate) async fn open(
             url: redact(url),
             source,
         })?;
+    let connect_error = |source| PersistenceError::Connect {
+        url: redact(url),
+        source,
+    };
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
@@ -49,10 +53,7 @@ pub(crate) async fn open(
         .test_before_acquire(false)
         .connect_with(connect_options.clone())
         .await
-        .map_err(|source| PersistenceError::Connect {
-            url: redact(url),
-            source,
-        })?;
+        .map_err(connect_error)?;
     MIGRATOR
         .run(&pool)
         .await
@@ -72,29 +73,20 @@ pub(crate) async fn open(
         .test_before_acquire(false)
         .connect_with(connect_options.options([("synchronous_commit", "off")]))
         .await
-        .map_err(|source| PersistenceError::Connect {
-            url: redact(url),
-            source,
-        })?;
+        .map_err(connect_error)?;
     // A pooler that drops the parameter silently leaves these commits flushed: correct, only
     // slower, so say so instead of failing.
-    match sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
         .fetch_one(&async_commit)
         .await
-    {
-        Ok(setting) if setting == "off" => {}
-        Ok(setting) => warn!(
+        .map_err(connect_error)?;
+    if setting != "off" {
+        warn!(
             %setting,
             "the relay's connections do not run with synchronous_commit = off: its \
              commits wait for their WAL flush (a connection pooler may have dropped the \
              startup parameter)"
-        ),
-        Err(e) => {
-            return Err(PersistenceError::Connect {
-                url: redact(url),
-                source: e,
-            });
-        }
+        );
     }
     Ok(Pools {
         reader: pool.clone(),
