@@ -132,23 +132,51 @@ const COLUMNS: &str = "id, event_id, aggregate_type, aggregate_id, event_type, s
 
 /// Due, unpublished, not in `published` (the list parameter of rows being marked published
 /// by the same statement), and the oldest unpublished row of its order.
+///
+/// The per-order check is a scalar subquery on purpose: PostgreSQL flattens `NOT EXISTS`
+/// into an anti-join, which a plan made while the outbox was nearly empty ran by walking
+/// every unpublished row for each candidate (quadratic in the backlog), while a scalar
+/// subquery always stays a per-candidate probe of `outbox_pending_aggregate_idx`. The
+/// candidate is among the rows of its own `min`, so `<=` holds exactly when it is the
+/// earliest; it is not written `=` because the planner reads `id = <one value>` as one row
+/// and would then sort the whole backlog "cheaply" instead of reading it in index order.
 fn claimable<D: Dialect>(published: &str) -> String {
     let published = D::in_list(published);
     format!(
         "c.published_at IS NULL AND c.next_attempt_at <= $1 AND NOT c.id {published} \
-         AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.aggregate_id = c.aggregate_id \
-                         AND p.published_at IS NULL AND p.id < c.id AND NOT p.id {published})"
+         AND c.id <= (SELECT min(p.id) FROM outbox p WHERE p.aggregate_id = c.aggregate_id \
+                      AND p.published_at IS NULL AND NOT p.id {published})"
     )
 }
 
-/// The claim: leases up to `$3` claimable rows (see [`claimable`]) until `$2`, oldest first;
-/// `$1` is now, `$4` the ids being marked published by the same round.
+/// The claim: leases up to `$3` claimable rows (see [`claimable`]) until `$2`, earliest due
+/// first; `$1` is now, `$4` the ids being marked published by the same round.
+///
+/// The candidates are read in the order of the `(next_attempt_at, id)` index of unpublished
+/// rows, so a claim reads about `$3` of them and stops, however long the backlog: the plan
+/// does not depend on how many rows are unpublished, and the statement can be prepared once
+/// (`claim_plan_reads_what_it_claims_at_any_backlog`). Ordered by id instead, a plan must
+/// either read every due row and sort them or trust statistics about how many there are.
+/// Order between orders is not promised to consumers; within an order, [`claimable`] holds.
 fn claim_sql<D: Dialect>() -> String {
     format!(
         "UPDATE outbox SET next_attempt_at = $2 WHERE id IN (SELECT c.id FROM outbox c \
-         WHERE {claimable} ORDER BY c.id LIMIT $3{lock}) RETURNING {COLUMNS}",
+         WHERE {claimable} ORDER BY c.next_attempt_at, c.id LIMIT $3{lock}) RETURNING {COLUMNS}",
         claimable = claimable::<D>("$4"),
         lock = D::CONCURRENCY.claim_lock()
+    )
+}
+
+/// PostgreSQL's claim-and-mark in one statement: the mark runs as a data-modifying CTE,
+/// which PostgreSQL always runs to completion (RETURNING included, which sends the hints);
+/// `$5` is the mark's time.
+fn claim_and_mark_sql<D: Dialect>() -> String {
+    format!(
+        "WITH marked AS (UPDATE outbox SET published_at = $5, last_error = NULL \
+         WHERE id {list} RETURNING {hint}) {claim}",
+        list = D::in_list("$4"),
+        hint = published_hint(),
+        claim = claim_sql::<D>(),
     )
 }
 
@@ -223,34 +251,13 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
         // The rows being marked are still unpublished in the claim's view on PostgreSQL (one
         // statement, one snapshot): `NOT ... $4` keeps them from blocking their orders' next
         // rows and from being leased again.
-        //
-        // The claim is not a prepared statement (`persistent(false)`): it is planned for the
-        // table as it is at each run. The unpublished backlog swings from nothing to tens of
-        // thousands of rows; a cached plan made while the table was nearly empty (PostgreSQL
-        // keeps a generic plan after five runs, and without a fresh ANALYZE nothing replaces
-        // it) answered the per-order check (`NOT EXISTS` an earlier unpublished row of the
-        // same order) by walking every unpublished row for each candidate: quadratic in the
-        // backlog, minutes per claim at 40,000 rows, and the relay never caught up. Planning
-        // afresh costs well under a millisecond per claim, and a claim serves a whole batch.
-        // (`claim_is_planned_for_the_backlog_it_finds` in tests/outbox.rs.)
-        let claim = claim_sql::<D>();
         let rows = if D::NOTIFIES {
-            // One statement: the mark runs as a data-modifying CTE, which PostgreSQL always
-            // runs to completion (RETURNING included, which sends the hints).
-            let sql = format!(
-                "WITH marked AS (UPDATE outbox SET published_at = $5, last_error = NULL \
-                 WHERE id {list} RETURNING {hint}) {claim}",
-                list = D::in_list("$4"),
-                hint = published_hint(),
-            );
             // Committed without waiting for its flush: a lease or mark lost in a database
             // crash only publishes an event again (see `Pools::async_commit`).
             self.sql
                 .write_returning_async_commit(
                     D::bind_list(
-                        D::query(AssertSqlSafe(sql))
-                            // Planned afresh each time (see above).
-                            .persistent(false)
+                        D::query(AssertSqlSafe(claim_and_mark_sql::<D>()))
                             .arg(now.unix_millis())
                             .arg(lease_until.unix_millis())
                             .arg(i64::from(limit)),
@@ -276,8 +283,7 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
                 .map_err(D::classify)?;
             }
             let rows = D::bind_list(
-                D::query(AssertSqlSafe(claim))
-                    .persistent(false)
+                D::query(AssertSqlSafe(claim_sql::<D>()))
                     .arg(now.unix_millis())
                     .arg(lease_until.unix_millis())
                     .arg(i64::from(limit)),
@@ -514,6 +520,89 @@ mod tests {
     use super::*;
     use crate::sql::sqlite::SqliteDialect;
     use crate::testing::{TestBackend, TestDatabase};
+
+    /// The claim is a prepared statement, so PostgreSQL may run it with a generic plan, made
+    /// either while the outbox was empty or at a backlog the statistics do not know about
+    /// (never analysed, as with autovacuum off or behind). Either plan must read about as
+    /// many rows as it claims: at 40,000 unpublished rows (two per order), no step may handle
+    /// more than a few times the 100 rows claimed. Seen failing here: the `NOT EXISTS` form
+    /// (an anti-join over every unpublished row), `ORDER BY id` (every due row read and
+    /// sorted, 40,000 probes, 120 ms a claim), and `c.id = (SELECT min ..)` in a plan made at
+    /// the backlog (estimated at one row, so the whole backlog was fetched and sorted).
+    #[tokio::test]
+    async fn claim_plan_reads_what_it_claims_at_any_backlog() {
+        use crate::sql::postgres::PostgresDialect;
+        let test_db = TestDatabase::postgres().await.unwrap();
+        let db = test_db.connect().await.unwrap();
+        let mut conn = db.postgres().unwrap().acquire().await.unwrap();
+        let prepare = format!(
+            "PREPARE claim (bigint, bigint, bigint, bigint[], bigint) AS {}",
+            claim_and_mark_sql::<PostgresDialect>()
+        );
+        for sql in [
+            "SET plan_cache_mode = force_generic_plan",
+            &prepare,
+            // The plan is made (and kept) at the first run, on the empty outbox.
+            "EXECUTE claim (1000, 60000, 100, '{}', 1000)",
+            "INSERT INTO outbox (event_id, aggregate_id, event_type, schema_version, payload, \
+             occurred_at, created_at, next_attempt_at) \
+             SELECT gen_random_uuid(), a, 'OrderCreated', 1, '{}', 0, 0, 0 \
+             FROM (SELECT gen_random_uuid() AS a FROM generate_series(1, 20000)) orders, \
+             generate_series(1, 2)",
+        ] {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        for made in ["on the empty outbox", "at the backlog"] {
+            if made == "at the backlog" {
+                sqlx::raw_sql(AssertSqlSafe(format!("DEALLOCATE claim; {prepare}")))
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+            }
+            let (plan,): (serde_json::Value,) = sqlx::query_as(
+                "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim (1000, 60000, 100, '{}', 1000)",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+            // Rows a step handled: those it passed on and those its filters dropped (EXPLAIN
+            // gives both per loop).
+            let mut steps = vec![&plan[0]["Plan"]];
+            let mut widest = (0.0, String::new());
+            while let Some(step) = steps.pop() {
+                let per_loop: f64 = [
+                    "Actual Rows",
+                    "Rows Removed by Filter",
+                    "Rows Removed by Join Filter",
+                ]
+                .iter()
+                .filter_map(|field| step[field].as_f64())
+                .sum();
+                let handled = per_loop * step["Actual Loops"].as_f64().unwrap();
+                if handled > widest.0 {
+                    widest = (handled, step["Node Type"].to_string());
+                }
+                steps.extend(step["Plans"].as_array().into_iter().flatten());
+            }
+            assert_eq!(
+                plan[0]["Plan"]["Actual Rows"].as_f64(),
+                Some(100.0),
+                "the plan made {made} claims a batch: {plan:#}"
+            );
+            assert!(
+                widest.0 <= 1_000.0,
+                "a step of the plan made {made} handled {} rows ({}) to claim 100: {plan:#}",
+                widest.0,
+                widest.1
+            );
+        }
+        drop(conn);
+        db.close().await;
+        test_db.cleanup().await.unwrap();
+    }
 
     /// Regression: on SQLite the claim walked the whole outbox in rowid order (published rows
     /// included) for want of an index of unpublished rows in id order, so its cost grew with

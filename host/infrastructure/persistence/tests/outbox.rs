@@ -5,14 +5,15 @@ use oms_domain::Timestamp;
 use oms_persistence::testing::TestDatabase;
 use oms_persistence::{DatabaseOptions, connect};
 
-/// Regression: the relay's claim was a prepared statement, and PostgreSQL settled on a
-/// generic plan for it while the outbox was empty. With that plan the per-order check (no
-/// earlier unpublished row of the same order) walked every unpublished row for each
-/// candidate, so once the relay fell behind, each claim took minutes and it never caught up
-/// (seen in `scripts/bench-sagas` at 300 orders/s: 40,000 rows behind, one claim running for
-/// 11 minutes). Here the claim runs ten times on an empty outbox on one connection, then
+/// Regression: the relay's claim is a prepared statement, and PostgreSQL settled on a
+/// generic plan for it while the outbox was empty. With the claim's first form (`NOT EXISTS`
+/// an earlier unpublished row of the same order) that plan walked every unpublished row for
+/// each candidate, so once the relay fell behind, each claim took minutes and it never caught
+/// up (seen in `scripts/bench-sagas` at 300 orders/s: 40,000 rows behind, one claim running
+/// for 11 minutes). Here the claim runs ten times on an empty outbox on one connection, then
 /// finds 40,000 unpublished rows (two per order, never analysed, as with autovacuum off):
-/// it must claim its batch well within a 10 s statement timeout (it takes milliseconds).
+/// it must claim its batch well within a 10 s statement timeout (it takes milliseconds; the
+/// plan's own bound is `claim_plan_reads_what_it_claims_at_any_backlog` in src/outbox.rs).
 #[tokio::test]
 async fn claim_is_planned_for_the_backlog_it_finds() {
     let test_db = TestDatabase::postgres().await.unwrap();
