@@ -346,6 +346,10 @@ pub struct NotificationsConfig {
     /// The consumer's Kafka `group.instance.id` (static membership), unique per host and
     /// stable across its restarts (a StatefulSet pod name); empty for dynamic membership.
     pub group_instance_id: String,
+    /// How long a batch of events waits for more once its first has arrived (its dedup
+    /// record is one flushed commit per batch); a notification is delayed by at most this.
+    /// 0 handles what has arrived at once.
+    pub batch_linger_ms: u64,
 }
 
 /// Logging.
@@ -456,6 +460,7 @@ impl Default for Config {
                     webhook_allow_private: false,
                     webhook_ca_file: None,
                     group_instance_id: String::new(),
+                    batch_linger_ms: 50,
                 },
                 assign_all_partitions: false,
                 properties: std::collections::BTreeMap::new(),
@@ -704,10 +709,14 @@ mod tests {
             )?;
             jail.set_env("OMS_BROKER__BOOTSTRAP_SERVERS", "k1:9092,k2:9092");
             jail.set_env("OMS_BROKER__RELAY__BATCH_SIZE", "1000");
+            jail.set_env("OMS_BROKER__NOTIFICATIONS__BATCH_LINGER_MS", "0");
             let c = Config::load(Some(Path::new("oms.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.broker.kind, BrokerKind::Kafka);
             assert_eq!(c.broker.bootstrap_servers, "k1:9092,k2:9092");
             assert_eq!(c.broker.relay.batch_size, 1000);
+            // 0 is a valid linger (off), unlike the durations `validate` refuses at 0.
+            assert_eq!(c.broker.notifications.batch_linger_ms, 0);
+            assert!(c.validate().is_ok());
             assert_eq!(
                 c.broker
                     .properties

@@ -739,6 +739,7 @@ fn spawn_messaging(
             file: (!b.notifications.file.is_empty()).then(|| b.notifications.file.clone().into()),
             log_bodies: b.notifications.log_bodies,
             webhook,
+            batch_linger: ms(b.notifications.batch_linger_ms),
         }),
     };
     let formatters: Vec<Arc<dyn notifications::Formatter>> = b

@@ -51,6 +51,8 @@ pub struct NotificationSettings {
     pub log_bodies: bool,
     /// Built by the caller, which reports a bad secret or CA file at startup.
     pub webhook: Arc<WebhookChannel>,
+    /// See [`NotificationConfig::batch_linger`].
+    pub batch_linger: Duration,
 }
 
 /// The running messaging part of the host.
@@ -130,6 +132,7 @@ pub fn start(
         let config = NotificationConfig {
             consumer: group.clone(),
             dead_letter_topic: settings.topics.notification_dead_letters.clone(),
+            batch_linger: n.batch_linger,
             ..NotificationConfig::default()
         };
         let service = NotificationService::new(
