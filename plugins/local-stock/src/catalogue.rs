@@ -35,23 +35,30 @@ fn initial_units(sku: &str) -> Result<Option<i64>, InventoryError> {
     Ok(None)
 }
 
-/// Makes sure `stock/<sku>` exists. Seeding is a swap from "absent", so when two instances
-/// seed the same SKU concurrently exactly one write lands and neither resets the other's
-/// reservations.
-pub fn ensure_seeded(sku: &str) -> Result<(), InventoryError> {
-    let key = stock_key(sku);
-    if kv::get(&key)?.is_some() {
-        return Ok(());
+/// Seeds those of the counters `keys` (`stock/<sku>`, as a batch named them out of bounds)
+/// that do not exist yet, from the catalogue; true when it seeded one. An absent counter
+/// counts as 0, so a SKU's first take is out of bounds until it is seeded. Seeding is a swap
+/// from "absent", so when two instances seed the same SKU concurrently exactly one write
+/// lands and neither resets the other's reservations.
+pub fn seed_absent(keys: &[String]) -> Result<bool, InventoryError> {
+    let mut seeded = false;
+    for key in keys {
+        // Read already by the batch that named it (in a saga step, no round trip).
+        if kv::get(key)?.is_some() {
+            continue;
+        }
+        let sku = key.strip_prefix("stock/").unwrap_or(key);
+        let Some(units) = initial_units(sku)? else {
+            return Err(InventoryError::Invalid(format!("unknown sku {sku}")));
+        };
+        let seed = Swap {
+            key: key.clone(),
+            expected: None,
+            new: Some(units.to_string().into_bytes()),
+        };
+        // Applied or conflict (another instance seeded it first): either way it exists.
+        kv::compare_and_swap(&[seed], &[])?;
+        seeded = true;
     }
-    let Some(units) = initial_units(sku)? else {
-        return Err(InventoryError::Invalid(format!("unknown sku {sku}")));
-    };
-    let seed = Swap {
-        key,
-        expected: None,
-        new: Some(units.to_string().into_bytes()),
-    };
-    // Applied or conflict (another instance seeded it first): either way the counter exists.
-    kv::compare_and_swap(&[seed], &[])?;
-    Ok(())
+    Ok(seeded)
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::bindings::exports::oms::plugins::inventory::{InventoryError, Line};
 use crate::bindings::oms::plugins::kv::{self, BatchOutcome, BoundedAdd, Swap};
 use crate::bindings::oms::plugins::log::{self, Level};
-use crate::catalogue::{ensure_seeded, stock_key};
+use crate::catalogue::{seed_absent, stock_key};
 
 /// Release and commit re-read and retry when a concurrent call changed the same reservation
 /// between their read and their swap; after this many tries the caller retries later.
@@ -99,13 +99,8 @@ pub fn reserve(
     let fingerprint = lines.iter().fold(format!("{order_id}|"), |acc, line| {
         format!("{acc}{}x{};", line.sku, line.quantity)
     });
-    if let Some((_, done)) = load::<ReserveOutcome>(&outcome_key(idempotency_key))? {
-        return done.replay(&fingerprint);
-    }
-    for line in lines {
-        ensure_seeded(&line.sku)?;
-    }
-
+    // No read first: the batch's condition that the outcome be absent is the replay check
+    // (a conflict), and the host reads the batch's keys in one round trip.
     let id = format!("rsv-{idempotency_key}");
     let reservation = Reservation {
         order_id: order_id.to_owned(),
@@ -138,7 +133,15 @@ pub fn reserve(
         })
         .collect();
 
-    match kv::compare_and_swap(&swaps, &takes)? {
+    let mut seeded = false;
+    let outcome = loop {
+        match kv::compare_and_swap(&swaps, &takes)? {
+            // A SKU's first reservation: its counter is seeded, and the batch tried again.
+            BatchOutcome::OutOfBounds(keys) if !seeded && seed_absent(&keys)? => seeded = true,
+            outcome => break outcome,
+        }
+    };
+    match outcome {
         BatchOutcome::Applied(_) => {
             log::log(
                 Level::Debug,

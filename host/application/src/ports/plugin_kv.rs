@@ -1,5 +1,7 @@
 //! The plugin key-value store port: the durable state behind the plugins' `kv` capability.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 
 use crate::plugin_kv::{BatchOutcome, BoundedAdd, KvError, Swap};
@@ -9,8 +11,19 @@ use crate::plugin_kv::{BatchOutcome, BoundedAdd, KvError, Swap};
 /// including calls from other processes sharing the database.
 #[async_trait]
 pub trait PluginKvStore: Send + Sync + 'static {
+    /// Reads several keys in one round trip; absent keys are not in the answer.
+    async fn get_many(
+        &self,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, KvError>;
     /// Reads one key; `None` when absent.
-    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self
+            .get_many(namespace, &[key.to_owned()])
+            .await?
+            .remove(key))
+    }
     /// Writes one key unconditionally.
     async fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), KvError>;
     /// Deletes one key; deleting a missing key succeeds.

@@ -650,12 +650,19 @@ fn apply_kv(state: &mut State, changes: &KvChanges) -> Result<(), StoreError> {
 /// The plugins' own writes outside a saga step, each one atomic like the SQL store's.
 #[async_trait]
 impl PluginKvStore for MemoryStore {
-    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self
-            .lock()
-            .plugin_kv
-            .get(namespace)
-            .and_then(|ns| ns.get(key).cloned()))
+    async fn get_many(
+        &self,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, KvError> {
+        let state = self.lock();
+        let Some(values) = state.plugin_kv.get(namespace) else {
+            return Ok(HashMap::new());
+        };
+        Ok(keys
+            .iter()
+            .filter_map(|key| Some((key.clone(), values.get(key)?.clone())))
+            .collect())
     }
 
     async fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), KvError> {

@@ -68,20 +68,7 @@ impl<D: Dialect> SqlPluginKvStore<D> {
             .begin_with(D::CONCURRENCY.begin_write())
             .await?;
         D::lock_names(&mut tx, namespace, &keys).await?;
-        let rows = D::bind_list(
-            D::query(AssertSqlSafe(format!(
-                "SELECT key, value FROM plugin_kv WHERE namespace = $1 AND key {}",
-                D::in_list("$2")
-            )))
-            .arg(namespace),
-            Column::Text(keys),
-        )
-        .fetch_all(D::on(&mut tx))
-        .await?;
-        let mut current = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            current.insert(row.col::<String>("key")?, row.col::<Vec<u8>>("value")?);
-        }
+        let current = read_keys::<D>(D::on(&mut tx), namespace, keys).await?;
         // Dropping `tx` on an early return rolls back.
         let (writes, outcome) = match evaluate(&current, swaps, adds) {
             Err(e) => return Ok(Err(e)),
@@ -158,18 +145,38 @@ impl<D: Dialect> SqlPluginKvStore<D> {
     }
 }
 
+/// The present ones of `keys` with their values, in one statement.
+async fn read_keys<'c, D: Dialect>(
+    conn: impl sqlx::Executor<'c, Database = D::DB>,
+    namespace: &str,
+    keys: Vec<String>,
+) -> Result<HashMap<String, Vec<u8>>, sqlx::Error> {
+    let rows = D::bind_list(
+        D::query(AssertSqlSafe(format!(
+            "SELECT key, value FROM plugin_kv WHERE namespace = $1 AND key {}",
+            D::in_list("$2")
+        )))
+        .arg(namespace),
+        Column::Text(keys),
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut values = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        values.insert(row.col::<String>("key")?, row.col::<Vec<u8>>("value")?);
+    }
+    Ok(values)
+}
+
 #[async_trait]
 impl<D: Dialect> PluginKvStore for SqlPluginKvStore<D> {
-    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let row = D::query("SELECT value FROM plugin_kv WHERE namespace = $1 AND key = $2")
-            .arg(namespace)
-            .arg(key)
-            .fetch_optional(self.sql.reader())
+    async fn get_many(
+        &self,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, KvError> {
+        Ok(read_keys::<D>(self.sql.reader(), namespace, keys.to_vec())
             .await
-            .map_err(D::classify)?;
-        Ok(row
-            .map(|r| r.col::<Vec<u8>>("value"))
-            .transpose()
             .map_err(D::classify)?)
     }
 

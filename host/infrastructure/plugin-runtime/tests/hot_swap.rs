@@ -58,9 +58,13 @@ impl GatedKv {
 
 #[async_trait::async_trait]
 impl PluginKvStore for GatedKv {
-    async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    async fn get_many(
+        &self,
+        ns: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>, KvError> {
         self.pass().await;
-        self.inner.get(ns, key).await
+        self.inner.get_many(ns, keys).await
     }
     async fn set(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), KvError> {
         self.pass().await;

@@ -28,8 +28,19 @@ impl MemoryKvStore {
 
 #[async_trait::async_trait]
 impl PluginKvStore for MemoryKvStore {
-    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.with(|d| d.get(namespace).and_then(|ns| ns.get(key).cloned())))
+    async fn get_many(
+        &self,
+        namespace: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, KvError> {
+        Ok(self.with(|d| {
+            let Some(values) = d.get(namespace) else {
+                return HashMap::new();
+            };
+            keys.iter()
+                .filter_map(|key| Some((key.clone(), values.get(key)?.clone())))
+                .collect()
+        }))
     }
 
     async fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), KvError> {

@@ -319,7 +319,10 @@ impl FakePay {
             request.amount.currency,
             request.payment_token
         );
-        if let Some(done) = get::<OpRecord>(kv, &idem_key(&request.idempotency_key)).await? {
+        // As the plugin: only the tokens that act before recording look for a replay first.
+        if matches!(request.payment_token.as_str(), "tok_flaky" | "tok_slow")
+            && let Some(done) = get::<OpRecord>(kv, &idem_key(&request.idempotency_key)).await?
+        {
             return done.value.replay(&fingerprint);
         }
         let status = match request.payment_token.as_str() {

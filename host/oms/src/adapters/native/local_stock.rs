@@ -189,13 +189,7 @@ impl LocalStock {
         let fingerprint = lines.iter().fold(format!("{order_id}|"), |acc, line| {
             format!("{acc}{}x{};", line.sku, line.quantity)
         });
-        if let Some((_, done)) = load::<ReserveOutcome>(kv, &outcome_key(idempotency_key)).await? {
-            return done.replay(&fingerprint);
-        }
-        for line in lines {
-            self.ensure_seeded(kv, &line.sku).await?;
-        }
-
+        // As the plugin: no read first.
         let id = format!("rsv-{idempotency_key}");
         let reservation = Reservation {
             order_id: order_id.to_owned(),
@@ -228,7 +222,18 @@ impl LocalStock {
             })
             .collect();
 
-        match batch(kv, &swaps, &takes).await? {
+        let mut seeded = false;
+        let outcome = loop {
+            match batch(kv, &swaps, &takes).await? {
+                BatchOutcome::OutOfBounds(keys)
+                    if !seeded && self.seed_absent(kv, &keys).await? =>
+                {
+                    seeded = true;
+                }
+                outcome => break outcome,
+            }
+        };
+        match outcome {
             BatchOutcome::Applied(_) => {
                 tracing::debug!(plugin = NAME, reservation_id = %id, %order_id, "reserved");
                 Ok(id)
@@ -261,22 +266,30 @@ impl LocalStock {
         }
     }
 
-    /// As the plugin's `catalogue::ensure_seeded`.
-    async fn ensure_seeded(&self, kv: &mut KvTransaction, sku: &str) -> Result<(), InventoryError> {
-        let key = stock_key(sku);
-        if kv.get(&key).await.map_err(unavailable)?.is_some() {
-            return Ok(());
+    /// As the plugin's `catalogue::seed_absent`.
+    async fn seed_absent(
+        &self,
+        kv: &mut KvTransaction,
+        keys: &[String],
+    ) -> Result<bool, InventoryError> {
+        let mut seeded = false;
+        for key in keys {
+            if kv.get(key).await.map_err(unavailable)?.is_some() {
+                continue;
+            }
+            let sku = key.strip_prefix("stock/").unwrap_or(key);
+            let Some(units) = self.initial_units(sku)? else {
+                return Err(InventoryError::Invalid(format!("unknown sku {sku}")));
+            };
+            let seed = Swap {
+                key: key.clone(),
+                expected: None,
+                new: Some(units.to_string().into_bytes()),
+            };
+            batch(kv, &[seed], &[]).await?;
+            seeded = true;
         }
-        let Some(units) = self.initial_units(sku)? else {
-            return Err(InventoryError::Invalid(format!("unknown sku {sku}")));
-        };
-        let seed = Swap {
-            key,
-            expected: None,
-            new: Some(units.to_string().into_bytes()),
-        };
-        batch(kv, &[seed], &[]).await?;
-        Ok(())
+        Ok(seeded)
     }
 
     fn initial_units(&self, sku: &str) -> Result<Option<i64>, InventoryError> {
