@@ -153,11 +153,11 @@ fn claimable<D: Dialect>(published: &str) -> String {
 /// first; `$1` is now, `$4` the ids being marked published by the same round.
 ///
 /// The candidates are read in the order of the `(next_attempt_at, id)` index of unpublished
-/// rows, so a claim reads about `$3` of them and stops, however long the backlog: the plan
-/// does not depend on how many rows are unpublished, and the statement can be prepared once
-/// (`claim_plan_reads_what_it_claims_at_any_backlog`). Ordered by id instead, a plan must
-/// either read every due row and sort them or trust statistics about how many there are.
-/// Order between orders is not promised to consumers; within an order, [`claimable`] holds.
+/// rows, so a claim reads about `$3` of them and stops, however long the backlog, even with a
+/// plan made without knowing it (`claim_plan_reads_what_it_claims_at_any_backlog`). Ordered
+/// by id instead, a plan must either read every due row and sort them or trust statistics
+/// about how many there are. Order between orders is not promised to consumers; within an
+/// order, [`claimable`] holds.
 fn claim_sql<D: Dialect>() -> String {
     format!(
         "UPDATE outbox SET next_attempt_at = $2 WHERE id IN (SELECT c.id FROM outbox c \
@@ -251,6 +251,14 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
         // The rows being marked are still unpublished in the claim's view on PostgreSQL (one
         // statement, one snapshot): `NOT ... $4` keeps them from blocking their orders' next
         // rows and from being leased again.
+        //
+        // The claim is not a prepared statement (`persistent(false)`): it is planned with its
+        // actual parameters for the table as it is at each run. A cached generic plan is made
+        // once, usually while the outbox is nearly empty, and PostgreSQL keeps it: measured in
+        // `scripts/bench-sagas` (auto_explain), that plan marked rows by a sequential scan of
+        // the whole outbox, which grows with every order; an earlier form of the per-order
+        // check went quadratic in a backlog the same way. Planning afresh costs a fraction of
+        // a millisecond per round, and a round serves a whole batch.
         let rows = if D::NOTIFIES {
             // Committed without waiting for its flush: a lease or mark lost in a database
             // crash only publishes an event again (see `Pools::async_commit`).
@@ -258,6 +266,7 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
                 .write_returning_async_commit(
                     D::bind_list(
                         D::query(AssertSqlSafe(claim_and_mark_sql::<D>()))
+                            .persistent(false)
                             .arg(now.unix_millis())
                             .arg(lease_until.unix_millis())
                             .arg(i64::from(limit)),
@@ -284,6 +293,7 @@ impl<D: Dialect> OutboxStore for SqlOutboxStore<D> {
             }
             let rows = D::bind_list(
                 D::query(AssertSqlSafe(claim_sql::<D>()))
+                    .persistent(false)
                     .arg(now.unix_millis())
                     .arg(lease_until.unix_millis())
                     .arg(i64::from(limit)),
@@ -521,10 +531,10 @@ mod tests {
     use crate::sql::sqlite::SqliteDialect;
     use crate::testing::{TestBackend, TestDatabase};
 
-    /// The claim is a prepared statement, so PostgreSQL may run it with a generic plan, made
-    /// either while the outbox was empty or at a backlog the statistics do not know about
-    /// (never analysed, as with autovacuum off or behind). Either plan must read about as
-    /// many rows as it claims: at 40,000 unpublished rows (two per order), no step may handle
+    /// The claim's candidate scan must not depend on the planner knowing the backlog: even a
+    /// generic plan (no parameter values), made either while the outbox was empty or at a
+    /// backlog the statistics do not know about (never analysed, as with autovacuum off or
+    /// behind), must read about as many rows as it claims: at 40,000 unpublished rows (two per order), no step may handle
     /// more than a few times the 100 rows claimed. Seen failing here: the `NOT EXISTS` form
     /// (an anti-join over every unpublished row), `ORDER BY id` (every due row read and
     /// sorted, 40,000 probes, 120 ms a claim), and `c.id = (SELECT min ..)` in a plan made at

@@ -145,7 +145,10 @@ impl<D: Dialect> SqlPluginKvStore<D> {
     }
 }
 
-/// The present ones of `keys` with their values, in one statement.
+/// The present ones of `keys` with their values, in one statement. Planned with its actual
+/// keys at each run (`persistent(false)`): a cached generic plan, made while the table was
+/// small, probed the index by namespace alone and filtered every key of the plugin (seen in
+/// `scripts/bench-sagas` with auto_explain: 1,400 rows read per call after 700 orders).
 async fn read_keys<'c, D: Dialect>(
     conn: impl sqlx::Executor<'c, Database = D::DB>,
     namespace: &str,
@@ -156,6 +159,7 @@ async fn read_keys<'c, D: Dialect>(
             "SELECT key, value FROM plugin_kv WHERE namespace = $1 AND key {}",
             D::in_list("$2")
         )))
+        .persistent(false)
         .arg(namespace),
         Column::Text(keys),
     )

@@ -81,6 +81,8 @@ where
 /// drivers. Adding a type a store binds means adding it here (the compiler says so).
 pub(crate) trait SqlDb:
     Database<Arguments: IntoArguments<Self>>
+    // `Query::persistent(false)`, for a statement that must be planned afresh each run.
+    + sqlx::database::HasStatementCache
     + for<'t> Bind<'t, i32>
     + for<'t> Bind<'t, i64>
     + for<'t> Bind<'t, Option<i64>>
