@@ -504,7 +504,14 @@ pub enum ConfigError {
         "invalid configuration: plugins.canary.max_failure_rate must be above 0.0 and at most 1.0, not {0}"
     )]
     FailureRate(f64),
+    /// A wait that delays what it holds back by its whole length.
+    #[error("invalid configuration: {key} must be at most {max}")]
+    TooLarge { key: &'static str, max: u64 },
 }
+
+/// The longest notification linger accepted: a batch's events wait for it, and the
+/// consumer must still poll Kafka well within its poll interval.
+const MAX_BATCH_LINGER_MS: u64 = 10_000;
 
 /// What printed or logged secrets are replaced with.
 pub const REDACTED: &str = "***";
@@ -634,6 +641,12 @@ impl Config {
         if let Some(&(key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::NotPositive { key });
         }
+        if b.notifications.batch_linger_ms > MAX_BATCH_LINGER_MS {
+            return Err(ConfigError::TooLarge {
+                key: "broker.notifications.batch_linger_ms",
+                max: MAX_BATCH_LINGER_MS,
+            });
+        }
         if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
             return Err(ConfigError::SampleRatio(self.tracing.sample_ratio));
         }
@@ -714,9 +727,16 @@ mod tests {
             assert_eq!(c.broker.kind, BrokerKind::Kafka);
             assert_eq!(c.broker.bootstrap_servers, "k1:9092,k2:9092");
             assert_eq!(c.broker.relay.batch_size, 1000);
-            // 0 is a valid linger (off), unlike the durations `validate` refuses at 0.
+            // 0 is a valid linger (off), unlike the durations `validate` refuses at 0; a
+            // linger past 10 s is refused by name.
             assert_eq!(c.broker.notifications.batch_linger_ms, 0);
             assert!(c.validate().is_ok());
+            let mut long = c.clone();
+            long.broker.notifications.batch_linger_ms = 10_001;
+            assert_eq!(
+                long.validate().map_err(|e| e.to_string()),
+                Err("invalid configuration: broker.notifications.batch_linger_ms must be at most 10000".to_owned())
+            );
             assert_eq!(
                 c.broker
                     .properties

@@ -36,12 +36,11 @@ fn initial_units(sku: &str) -> Result<Option<i64>, InventoryError> {
 }
 
 /// Seeds those of the counters `keys` (`stock/<sku>`, as a batch named them out of bounds)
-/// that do not exist yet, from the catalogue; true when it seeded one. An absent counter
+/// that do not exist yet, from the catalogue. An absent counter
 /// counts as 0, so a SKU's first take is out of bounds until it is seeded. Seeding is a swap
 /// from "absent", so when two instances seed the same SKU concurrently exactly one write
 /// lands and neither resets the other's reservations.
-pub fn seed_absent(keys: &[String]) -> Result<bool, InventoryError> {
-    let mut seeded = false;
+pub fn seed_absent(keys: &[String]) -> Result<(), InventoryError> {
     for key in keys {
         // Read already by the batch that named it (in a saga step, no round trip).
         if kv::get(key)?.is_some() {
@@ -58,7 +57,6 @@ pub fn seed_absent(keys: &[String]) -> Result<bool, InventoryError> {
         };
         // Applied or conflict (another instance seeded it first): either way it exists.
         kv::compare_and_swap(&[seed], &[])?;
-        seeded = true;
     }
-    Ok(seeded)
+    Ok(())
 }

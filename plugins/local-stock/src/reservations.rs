@@ -136,8 +136,13 @@ pub fn reserve(
     let mut seeded = false;
     let outcome = loop {
         match kv::compare_and_swap(&swaps, &takes)? {
-            // A SKU's first reservation: its counter is seeded, and the batch tried again.
-            BatchOutcome::OutOfBounds(keys) if !seeded && seed_absent(&keys)? => seeded = true,
+            // Perhaps a SKU's first reservation: an absent counter is seeded, and the batch
+            // tried once more, also when another call seeded it meanwhile (its "out of
+            // bounds" was then about a counter that did not exist yet, not a shortage).
+            BatchOutcome::OutOfBounds(keys) if !seeded => {
+                seed_absent(&keys)?;
+                seeded = true;
+            }
             outcome => break outcome,
         }
     };

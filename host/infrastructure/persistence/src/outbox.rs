@@ -578,25 +578,7 @@ mod tests {
             .fetch_one(&mut *conn)
             .await
             .unwrap();
-            // Rows a step handled: those it passed on and those its filters dropped (EXPLAIN
-            // gives both per loop).
-            let mut steps = vec![&plan[0]["Plan"]];
-            let mut widest = (0.0, String::new());
-            while let Some(step) = steps.pop() {
-                let per_loop: f64 = [
-                    "Actual Rows",
-                    "Rows Removed by Filter",
-                    "Rows Removed by Join Filter",
-                ]
-                .iter()
-                .filter_map(|field| step[field].as_f64())
-                .sum();
-                let handled = per_loop * step["Actual Loops"].as_f64().unwrap();
-                if handled > widest.0 {
-                    widest = (handled, step["Node Type"].to_string());
-                }
-                steps.extend(step["Plans"].as_array().into_iter().flatten());
-            }
+            let widest = crate::sql::postgres::widest_step(&plan);
             assert_eq!(
                 plan[0]["Plan"]["Actual Rows"].as_f64(),
                 Some(100.0),

@@ -5,8 +5,8 @@ use oms_domain::Timestamp;
 use oms_persistence::testing::TestDatabase;
 use oms_persistence::{DatabaseOptions, connect};
 
-/// Regression: the relay's claim is a prepared statement, and PostgreSQL settled on a
-/// generic plan for it while the outbox was empty. With the claim's first form (`NOT EXISTS`
+/// Regression: the relay's claim was a prepared statement, and PostgreSQL settled on a
+/// generic plan for it while the outbox was empty (it is now planned at each run). With the claim's first form (`NOT EXISTS`
 /// an earlier unpublished row of the same order) that plan walked every unpublished row for
 /// each candidate, so once the relay fell behind, each claim took minutes and it never caught
 /// up (seen in `scripts/bench-sagas` at 300 orders/s: 40,000 rows behind, one claim running

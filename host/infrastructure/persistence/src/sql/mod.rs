@@ -306,6 +306,9 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     fn in_list(param: &str) -> String;
     /// Binds a list for [`Self::in_list`].
     fn bind_list<'q>(query: Q<'q, Self>, values: Column) -> Q<'q, Self>;
+    /// The list bound as `param` (see [`Self::bind_list`]) as a row source `alias`, one row
+    /// per element in column `column`, after `FROM`.
+    fn list_rows(param: &str, alias: &str, column: &str) -> String;
     /// Runs a batch's parts in order on `conn` and answers how many rows each changed (see
     /// [`batch`]).
     fn run_batch<'q>(

@@ -211,6 +211,10 @@ impl Dialect for SqliteDialect {
         }
     }
 
+    fn list_rows(param: &str, alias: &str, column: &str) -> String {
+        format!("(SELECT value AS {column} FROM json_each({param})) AS {alias}")
+    }
+
     /// No round trips to save: the parts run one after the other, a guarded one only when
     /// its guard changed a row.
     async fn run_batch<'q>(

@@ -225,9 +225,8 @@ impl LocalStock {
         let mut seeded = false;
         let outcome = loop {
             match batch(kv, &swaps, &takes).await? {
-                BatchOutcome::OutOfBounds(keys)
-                    if !seeded && self.seed_absent(kv, &keys).await? =>
-                {
+                BatchOutcome::OutOfBounds(keys) if !seeded => {
+                    self.seed_absent(kv, &keys).await?;
                     seeded = true;
                 }
                 outcome => break outcome,
@@ -271,8 +270,7 @@ impl LocalStock {
         &self,
         kv: &mut KvTransaction,
         keys: &[String],
-    ) -> Result<bool, InventoryError> {
-        let mut seeded = false;
+    ) -> Result<(), InventoryError> {
         for key in keys {
             if kv.get(key).await.map_err(unavailable)?.is_some() {
                 continue;
@@ -287,9 +285,8 @@ impl LocalStock {
                 new: Some(units.to_string().into_bytes()),
             };
             batch(kv, &[seed], &[]).await?;
-            seeded = true;
         }
-        Ok(seeded)
+        Ok(())
     }
 
     fn initial_units(&self, sku: &str) -> Result<Option<i64>, InventoryError> {
