@@ -368,6 +368,31 @@ impl Dialect for PostgresDialect {
     }
 }
 
+/// For tests of plans: the most rows any step of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan
+/// handled (those it passed on and those its filters dropped, times its loops), and that
+/// step's node type.
+#[cfg(test)]
+pub(crate) fn widest_step(plan: &serde_json::Value) -> (f64, String) {
+    let mut steps = vec![&plan[0]["Plan"]];
+    let mut widest = (0.0, String::new());
+    while let Some(step) = steps.pop() {
+        let per_loop: f64 = [
+            "Actual Rows",
+            "Rows Removed by Filter",
+            "Rows Removed by Join Filter",
+        ]
+        .iter()
+        .filter_map(|field| step[field].as_f64())
+        .sum();
+        let handled = per_loop * step["Actual Loops"].as_f64().unwrap_or(1.0);
+        if handled > widest.0 {
+            widest = (handled, step["Node Type"].to_string());
+        }
+        steps.extend(step["Plans"].as_array().into_iter().flatten());
+    }
+    widest
+}
+
 #[cfg(test)]
 mod tests {
     use sqlx::{Connection, PgConnection};
@@ -450,29 +475,4 @@ mod tests {
             StoreError::Unavailable(_)
         ));
     }
-}
-
-/// For tests of plans: the most rows any step of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan
-/// handled (those it passed on and those its filters dropped, times its loops), and that
-/// step's node type.
-#[cfg(test)]
-pub(crate) fn widest_step(plan: &serde_json::Value) -> (f64, String) {
-    let mut steps = vec![&plan[0]["Plan"]];
-    let mut widest = (0.0, String::new());
-    while let Some(step) = steps.pop() {
-        let per_loop: f64 = [
-            "Actual Rows",
-            "Rows Removed by Filter",
-            "Rows Removed by Join Filter",
-        ]
-        .iter()
-        .filter_map(|field| step[field].as_f64())
-        .sum();
-        let handled = per_loop * step["Actual Loops"].as_f64().unwrap_or(1.0);
-        if handled > widest.0 {
-            widest = (handled, step["Node Type"].to_string());
-        }
-        steps.extend(step["Plans"].as_array().into_iter().flatten());
-    }
-    widest
 }
