@@ -37,6 +37,14 @@ pub fn batch_keys(swaps: &[Swap], adds: &[BoundedAdd]) -> Vec<String> {
     keys
 }
 
+/// Those of `keys` that `values` holds, with their values: what an in-memory store answers
+/// to [`crate::ports::PluginKvStore::get_many`].
+pub fn present(values: &HashMap<String, Vec<u8>>, keys: &[String]) -> HashMap<String, Vec<u8>> {
+    keys.iter()
+        .filter_map(|key| Some((key.clone(), values.get(key)?.clone())))
+        .collect()
+}
+
 /// Conditional write of one key: it must hold `expected` (`None` = absent), then holds `new`
 /// (`None` = deleted).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -315,11 +315,7 @@ mod tests {
             keys: &[String],
         ) -> Result<HashMap<String, Vec<u8>>, KvError> {
             *self.1.lock().unwrap() += 1;
-            let values = self.0.lock().unwrap();
-            Ok(keys
-                .iter()
-                .filter_map(|key| Some((key.clone(), values.get(key)?.clone())))
-                .collect())
+            Ok(crate::plugin_kv::present(&self.0.lock().unwrap(), keys))
         }
         async fn set(&self, _: &str, _: &str, _: &[u8]) -> Result<(), KvError> {
             panic!("a buffered call wrote through")

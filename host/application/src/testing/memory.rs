@@ -656,13 +656,11 @@ impl PluginKvStore for MemoryStore {
         keys: &[String],
     ) -> Result<HashMap<String, Vec<u8>>, KvError> {
         let state = self.lock();
-        let Some(values) = state.plugin_kv.get(namespace) else {
-            return Ok(HashMap::new());
-        };
-        Ok(keys
-            .iter()
-            .filter_map(|key| Some((key.clone(), values.get(key)?.clone())))
-            .collect())
+        Ok(state
+            .plugin_kv
+            .get(namespace)
+            .map(|values| crate::plugin_kv::present(values, keys))
+            .unwrap_or_default())
     }
 
     async fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), KvError> {

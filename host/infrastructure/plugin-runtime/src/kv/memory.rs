@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{BatchOutcome, BoundedAdd, KvError, PluginKvStore, Swap, apply_batch_in};
+use oms_application::plugin_kv::present;
 
 /// Not durable: state is lost with the process.
 #[derive(Debug, Default)]
@@ -34,12 +35,9 @@ impl PluginKvStore for MemoryKvStore {
         keys: &[String],
     ) -> Result<HashMap<String, Vec<u8>>, KvError> {
         Ok(self.with(|d| {
-            let Some(values) = d.get(namespace) else {
-                return HashMap::new();
-            };
-            keys.iter()
-                .filter_map(|key| Some((key.clone(), values.get(key)?.clone())))
-                .collect()
+            d.get(namespace)
+                .map(|values| present(values, keys))
+                .unwrap_or_default()
         }))
     }
 
