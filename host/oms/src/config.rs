@@ -320,6 +320,9 @@ pub struct RelayConfig {
     pub poll_interval_ms: u64,
     /// Published rows are deleted after this long.
     pub retention_hours: u64,
+    /// How long a woken relay waits after its previous round began, so that concurrent
+    /// commits share a round; 0 runs a round per wake.
+    pub linger_ms: u64,
 }
 
 /// The notification consumer.
@@ -450,6 +453,7 @@ impl Default for Config {
                     backoff_max_ms: 60_000,
                     poll_interval_ms: 500,
                     retention_hours: 168,
+                    linger_ms: 20,
                 },
                 notifications: NotificationsConfig {
                     enabled: true,
@@ -512,6 +516,10 @@ pub enum ConfigError {
 /// The longest notification linger accepted: a batch's events wait for it, and the
 /// consumer must still poll Kafka well within its poll interval.
 const MAX_BATCH_LINGER_MS: u64 = 10_000;
+
+/// The longest relay linger accepted: every event of a busy relay may wait for it, and
+/// shutdown waits for it too.
+const MAX_RELAY_LINGER_MS: u64 = 1_000;
 
 /// What printed or logged secrets are replaced with.
 pub const REDACTED: &str = "***";
@@ -647,6 +655,12 @@ impl Config {
                 max: MAX_BATCH_LINGER_MS,
             });
         }
+        if b.relay.linger_ms > MAX_RELAY_LINGER_MS {
+            return Err(ConfigError::TooLarge {
+                key: "broker.relay.linger_ms",
+                max: MAX_RELAY_LINGER_MS,
+            });
+        }
         if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
             return Err(ConfigError::SampleRatio(self.tracing.sample_ratio));
         }
@@ -723,6 +737,7 @@ mod tests {
             jail.set_env("OMS_BROKER__BOOTSTRAP_SERVERS", "k1:9092,k2:9092");
             jail.set_env("OMS_BROKER__RELAY__BATCH_SIZE", "1000");
             jail.set_env("OMS_BROKER__NOTIFICATIONS__BATCH_LINGER_MS", "0");
+            jail.set_env("OMS_BROKER__RELAY__LINGER_MS", "0");
             let c = Config::load(Some(Path::new("oms.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.broker.kind, BrokerKind::Kafka);
             assert_eq!(c.broker.bootstrap_servers, "k1:9092,k2:9092");
@@ -736,6 +751,16 @@ mod tests {
             assert_eq!(
                 long.validate().map_err(|e| e.to_string()),
                 Err("invalid configuration: broker.notifications.batch_linger_ms must be at most 10000".to_owned())
+            );
+            // The relay's linger likewise: 0 (a round per wake) is valid, past 1 s is not.
+            assert_eq!(c.broker.relay.linger_ms, 0);
+            let mut long = c.clone();
+            long.broker.relay.linger_ms = 1_001;
+            assert_eq!(
+                long.validate().map_err(|e| e.to_string()),
+                Err(
+                    "invalid configuration: broker.relay.linger_ms must be at most 1000".to_owned()
+                )
             );
             assert_eq!(
                 c.broker

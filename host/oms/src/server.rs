@@ -732,6 +732,7 @@ fn spawn_messaging(
             lease: ms(b.delivery_timeout_ms.saturating_mul(2)),
             poll_interval: ms(b.relay.poll_interval_ms),
             retention: Duration::from_secs(b.relay.retention_hours.saturating_mul(3600)),
+            linger: ms(b.relay.linger_ms),
             ..relay::RelayConfig::default()
         },
         notifications: webhook.map(|webhook| host::NotificationSettings {

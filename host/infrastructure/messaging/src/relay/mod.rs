@@ -6,7 +6,8 @@
 //! `max_attempts` (or at once when the payload breaks the event contract), publish it to the
 //! dead-letter topic and move it to `dead_letters`. [`Relay::run`] repeats rounds while there
 //! is work and otherwise sleeps until woken (in-process signal after each commit of this
-//! process) or until the poll interval passes (rows committed by other processes); it marks
+//! process, lingering so that concurrent commits share a round) or until the poll interval
+//! passes (rows committed by other processes); it marks
 //! a round's published rows in the next round's claim statement, and also refreshes the lag
 //! gauges and prunes old published rows.
 //!
@@ -58,6 +59,13 @@ pub struct RelayConfig {
     /// other processes' `WatchOrder` streams get, and widens the window in which a crash
     /// republishes rows (duplicates, which consumers drop).
     pub mark_delay: Duration,
+    /// How long after the previous round began a woken relay waits before its next round, so
+    /// that the commits of concurrent orders share one claim and one publish instead of each
+    /// starting a round of its own (as Kafka's `linger.ms` lets a producer's sends share a
+    /// request). A relay woken after a quiet spell longer than this, or still holding a full
+    /// batch's backlog, does not wait: it delays an event only when rounds are already
+    /// running back to back, and then by at most this. Zero runs a round per wake.
+    pub linger: Duration,
 }
 
 impl Default for RelayConfig {
@@ -74,6 +82,7 @@ impl Default for RelayConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             housekeeping_interval: Duration::from_secs(10),
             mark_delay: Duration::from_millis(100),
+            linger: Duration::from_millis(20),
         }
     }
 }
@@ -315,6 +324,9 @@ impl Relay {
         // two. They wait at most `mark_delay`; until then they stay leased to this relay.
         let mut acked = Acked::default();
         let mut round_failures = FailureRun::default();
+        // When the last round began, and whether it left a full batch behind.
+        let mut last_round: Option<tokio::time::Instant> = None;
+        let mut busy = false;
         info!(topic = %self.topics.events, plugin_changes = %self.topics.plugin_changes, batch = self.config.batch_size, "outbox relay started");
         loop {
             if *shutdown.borrow() {
@@ -324,7 +336,12 @@ impl Relay {
                 last_housekeeping = Some(Instant::now());
                 self.housekeeping().await;
             }
-            let busy = match self.round(&mut acked).await {
+            if let Some(began) = last_round.filter(|_| !busy) {
+                // At most `linger`, and the relay's own timer: shutdown waits for it.
+                tokio::time::sleep_until(began + self.config.linger).await;
+            }
+            last_round = Some(tokio::time::Instant::now());
+            busy = match self.round(&mut acked).await {
                 Ok(o) => {
                     oms_application::log_recovery!(round_failures, "relay rounds work again");
                     if o.claimed > 0 {
@@ -384,5 +401,153 @@ impl Relay {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "pruning the outbox failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use oms_application::ports::{AggregateType, StoreError};
+    use oms_domain::{OrderId, Version};
+
+    use super::*;
+    use crate::broker::InProcessBroker;
+
+    /// An outbox in memory: rows added by the test, each claim's rows recorded.
+    #[derive(Default)]
+    struct MemoryOutbox {
+        pending: Mutex<Vec<OutboxRow>>,
+        claims: Mutex<Vec<Vec<i64>>>,
+    }
+
+    impl MemoryOutbox {
+        fn add(&self, id: i64) {
+            let now = Timestamp::now();
+            let row = OutboxRow {
+                id,
+                event_id: uuid::Uuid::from_u128(id as u128),
+                aggregate_type: AggregateType::Order,
+                // An order of its own: nothing orders these rows.
+                aggregate_id: uuid::Uuid::from_u128(id as u128),
+                event_type: "OrderCreated".to_owned(),
+                schema_version: 1,
+                payload: serde_json::json!({}),
+                headers: serde_json::json!({}),
+                occurred_at: now,
+                created_at: now,
+                attempts: 0,
+            };
+            self.pending.lock().unwrap().push(row);
+        }
+
+        /// The ids of each claim that leased any row, in order.
+        fn claims(&self) -> Vec<Vec<i64>> {
+            self.claims.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl OutboxStore for MemoryOutbox {
+        async fn claim(
+            &self,
+            _published: &[i64],
+            _published_at: Timestamp,
+            _now: Timestamp,
+            _lease_until: Timestamp,
+            limit: u32,
+        ) -> Result<Vec<OutboxRow>, StoreError> {
+            let mut pending = self.pending.lock().unwrap();
+            let n = pending.len().min(limit as usize);
+            let rows: Vec<OutboxRow> = pending.drain(..n).collect();
+            if !rows.is_empty() {
+                let ids = rows.iter().map(|r| r.id).collect();
+                self.claims.lock().unwrap().push(ids);
+            }
+            Ok(rows)
+        }
+        async fn mark_published(&self, _: &[i64], _: Timestamp) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn mark_failed(&self, _: i64, _: &str, _: Timestamp) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn dead_letter(
+            &self,
+            _: i64,
+            _: u32,
+            _: &str,
+            _: Timestamp,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn redrive(&self, _: i64, _: Timestamp) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        async fn dead_letters(&self, _: bool, _: u32) -> Result<Vec<DeadLetter>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn prune(&self, _: Timestamp, _: u32) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn backlog(&self) -> Result<Backlog, StoreError> {
+            Ok(Backlog::default())
+        }
+        async fn watch_published(
+            &self,
+            _: Arc<dyn Fn(OrderId, Version) + Send + Sync>,
+            _: watch::Receiver<bool>,
+        ) {
+        }
+    }
+
+    /// Three commits 1 ms apart wake a running relay (on a paused clock, so "apart" is
+    /// exact). Returns the rows of each round that claimed any.
+    async fn rounds_for_three_commits(linger: Duration) -> Vec<Vec<i64>> {
+        let outbox = Arc::new(MemoryOutbox::default());
+        let config = RelayConfig {
+            linger,
+            // Only the wake-ups start rounds here.
+            poll_interval: Duration::from_secs(3600),
+            mark_delay: Duration::from_secs(3600),
+            housekeeping_interval: Duration::from_secs(3600),
+            ..RelayConfig::default()
+        };
+        let broker = InProcessBroker::default();
+        let relay = Relay::new(
+            outbox.clone(),
+            broker.publisher_arc(),
+            Topics::default(),
+            config,
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let worker = tokio::spawn(relay.clone().run(stop_rx));
+        for id in 1..=3 {
+            outbox.add(id);
+            relay.wake();
+            // On a paused clock the relay runs whatever it can before time moves on.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.send(true).unwrap();
+        relay.wake();
+        worker.await.unwrap();
+        outbox.claims()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commits_within_the_linger_share_a_round() {
+        // The first commit after a quiet spell does not wait; the next two arrive while its
+        // round's linger runs and go out together.
+        assert_eq!(
+            rounds_for_three_commits(Duration::from_millis(5)).await,
+            vec![vec![1], vec![2, 3]]
+        );
+        // Without a linger each wake is a round of its own.
+        assert_eq!(
+            rounds_for_three_commits(Duration::ZERO).await,
+            vec![vec![1], vec![2], vec![3]]
+        );
     }
 }
