@@ -59,12 +59,14 @@ pub struct RelayConfig {
     /// other processes' `WatchOrder` streams get, and widens the window in which a crash
     /// republishes rows (duplicates, which consumers drop).
     pub mark_delay: Duration,
-    /// How long after the previous round began a woken relay waits before its next round, so
-    /// that the commits of concurrent orders share one claim and one publish instead of each
-    /// starting a round of its own (as Kafka's `linger.ms` lets a producer's sends share a
-    /// request). A relay woken after a quiet spell longer than this, or still holding a full
-    /// batch's backlog, does not wait: it delays an event only when rounds are already
-    /// running back to back, and then by at most this. Zero runs a round per wake.
+    /// How long after the previous round that claimed rows began a woken relay waits before
+    /// its next round, so that the commits of concurrent orders share one claim and one
+    /// publish instead of each starting a round of its own (as Kafka's `linger.ms` lets a
+    /// producer's sends share a request). A relay woken more than this after its last claim,
+    /// or still holding a full batch's backlog, does not wait. A round takes one event per
+    /// order, so an order's k-th event committed in quick succession may wait up to k
+    /// lingers; acknowledged rows may wait for their mark up to the longer of this and
+    /// `mark_delay`. Zero runs a round per wake.
     pub linger: Duration,
 }
 
@@ -324,8 +326,10 @@ impl Relay {
         // two. They wait at most `mark_delay`; until then they stay leased to this relay.
         let mut acked = Acked::default();
         let mut round_failures = FailureRun::default();
-        // When the last round began, and whether it left a full batch behind.
-        let mut last_round: Option<tokio::time::Instant> = None;
+        // When the last round that claimed rows began (rounds that found nothing, such as
+        // idle polls and marking rounds, do not hold the next commit back), and whether it
+        // left a full batch behind.
+        let mut last_claim: Option<tokio::time::Instant> = None;
         let mut busy = false;
         info!(topic = %self.topics.events, plugin_changes = %self.topics.plugin_changes, batch = self.config.batch_size, "outbox relay started");
         loop {
@@ -336,15 +340,19 @@ impl Relay {
                 last_housekeeping = Some(Instant::now());
                 self.housekeeping().await;
             }
-            if let Some(began) = last_round.filter(|_| !busy) {
-                // At most `linger`, and the relay's own timer: shutdown waits for it.
-                tokio::time::sleep_until(began + self.config.linger).await;
+            if let Some(began) = last_claim.filter(|_| !busy) {
+                tokio::select! {
+                    () = tokio::time::sleep_until(began + self.config.linger) => {}
+                    // Stopping does not wait for the linger (the loop's head checks).
+                    r = shutdown.changed() => if r.is_err() { break; } else { continue; },
+                }
             }
-            last_round = Some(tokio::time::Instant::now());
+            let began = tokio::time::Instant::now();
             busy = match self.round(&mut acked).await {
                 Ok(o) => {
                     oms_application::log_recovery!(round_failures, "relay rounds work again");
                     if o.claimed > 0 {
+                        last_claim = Some(began);
                         debug!(?o, "relay round");
                     }
                     o.claimed >= self.config.batch_size as usize
@@ -411,15 +419,16 @@ mod tests {
     use async_trait::async_trait;
     use oms_application::ports::{AggregateType, StoreError};
     use oms_domain::{OrderId, Version};
+    use tokio::time::Instant as ClockInstant;
 
     use super::*;
     use crate::broker::InProcessBroker;
 
-    /// An outbox in memory: rows added by the test, each claim's rows recorded.
+    /// An outbox in memory: rows added by the test, each claim's time and rows recorded.
     #[derive(Default)]
     struct MemoryOutbox {
         pending: Mutex<Vec<OutboxRow>>,
-        claims: Mutex<Vec<Vec<i64>>>,
+        claims: Mutex<Vec<(ClockInstant, Vec<i64>)>>,
     }
 
     impl MemoryOutbox {
@@ -441,11 +450,6 @@ mod tests {
             };
             self.pending.lock().unwrap().push(row);
         }
-
-        /// The ids of each claim that leased any row, in order.
-        fn claims(&self) -> Vec<Vec<i64>> {
-            self.claims.lock().unwrap().clone()
-        }
     }
 
     #[async_trait]
@@ -463,7 +467,7 @@ mod tests {
             let rows: Vec<OutboxRow> = pending.drain(..n).collect();
             if !rows.is_empty() {
                 let ids = rows.iter().map(|r| r.id).collect();
-                self.claims.lock().unwrap().push(ids);
+                self.claims.lock().unwrap().push((ClockInstant::now(), ids));
             }
             Ok(rows)
         }
@@ -502,12 +506,19 @@ mod tests {
         }
     }
 
-    /// Three commits 1 ms apart wake a running relay (on a paused clock, so "apart" is
-    /// exact). Returns the rows of each round that claimed any.
-    async fn rounds_for_three_commits(linger: Duration) -> Vec<Vec<i64>> {
+    /// Runs a relay with `linger_ms` and `batch_size` while commits are made: each `(at, ids)`
+    /// adds rows `at` ms after the start and wakes the relay. On a paused clock, so times are
+    /// exact and the relay runs whatever it can before time moves on. Returns each claim that
+    /// leased rows: when (ms after the start) and which.
+    async fn claims_for(
+        linger_ms: u64,
+        batch_size: u32,
+        commits: &[(u64, &[i64])],
+    ) -> Vec<(u64, Vec<i64>)> {
         let outbox = Arc::new(MemoryOutbox::default());
         let config = RelayConfig {
-            linger,
+            linger: Duration::from_millis(linger_ms),
+            batch_size,
             // Only the wake-ups start rounds here.
             poll_interval: Duration::from_secs(3600),
             mark_delay: Duration::from_secs(3600),
@@ -521,33 +532,53 @@ mod tests {
             Topics::default(),
             config,
         );
+        let start = ClockInstant::now();
         let (stop, stop_rx) = watch::channel(false);
         let worker = tokio::spawn(relay.clone().run(stop_rx));
-        for id in 1..=3 {
-            outbox.add(id);
+        for (at, ids) in commits {
+            tokio::time::sleep_until(start + Duration::from_millis(*at)).await;
+            for id in *ids {
+                outbox.add(*id);
+            }
             relay.wake();
-            // On a paused clock the relay runs whatever it can before time moves on.
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         stop.send(true).unwrap();
-        relay.wake();
         worker.await.unwrap();
-        outbox.claims()
+        let claims = outbox.claims.lock().unwrap().clone();
+        claims
+            .into_iter()
+            .map(|(at, ids)| (at.duration_since(start).as_millis() as u64, ids))
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]
     async fn commits_within_the_linger_share_a_round() {
-        // The first commit after a quiet spell does not wait; the next two arrive while its
-        // round's linger runs and go out together.
+        let commits: &[(u64, &[i64])] = &[(0, &[1]), (1, &[2]), (2, &[3])];
+        // The first commit goes out at once; the next two arrive while the linger runs and
+        // go out together when it ends.
         assert_eq!(
-            rounds_for_three_commits(Duration::from_millis(5)).await,
-            vec![vec![1], vec![2, 3]]
+            claims_for(20, 500, commits).await,
+            vec![(0, vec![1]), (20, vec![2, 3])]
         );
         // Without a linger each wake is a round of its own.
         assert_eq!(
-            rounds_for_three_commits(Duration::ZERO).await,
-            vec![vec![1], vec![2], vec![3]]
+            claims_for(0, 500, commits).await,
+            vec![(0, vec![1]), (1, vec![2]), (2, vec![3])]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_after_a_quiet_spell_or_a_backlog_does_not_wait() {
+        // More than the linger after the last claim: claimed the moment it wakes the relay.
+        assert_eq!(
+            claims_for(20, 500, &[(0, &[1]), (100, &[2])]).await,
+            vec![(0, vec![1]), (100, vec![2])]
+        );
+        // A full batch: the next round runs at once, however short the gap.
+        assert_eq!(
+            claims_for(20, 1, &[(0, &[1, 2, 3])]).await,
+            vec![(0, vec![1]), (0, vec![2]), (0, vec![3])]
         );
     }
 }
