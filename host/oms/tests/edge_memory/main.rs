@@ -108,8 +108,8 @@ struct Held {
 enum NoAnswer {
     /// Not answered within `HOLD`: the call, held open.
     Held(Held),
-    /// The connection ended under the call (an I/O error such as a broken pipe), with no
-    /// HTTP/2 or gRPC answer: the host, or the kernel for it, dropped the connection.
+    /// The connection ended under the call (an I/O error such as a broken pipe) before any
+    /// response headers: the host, or the kernel for it, dropped the connection unanswered.
     Closed(String),
     /// Anything else that failed, and how.
     Failed(String),
@@ -162,9 +162,11 @@ async fn raw_call(addr: SocketAddr, body: Vec<u8>, finish: bool) -> Result<Code,
                 let Ok(chunk) = chunk else { break };
                 let _ = body.flow_control().release_capacity(chunk.len());
             }
+            // After the response's headers: a connection lost now is a failure, not a
+            // connection dropped unanswered.
             body.trailers()
                 .await
-                .map_err(h2_failed)?
+                .map_err(failed)?
                 .ok_or_else(|| failed("no trailers"))?
         }
     };
