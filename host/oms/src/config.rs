@@ -320,8 +320,8 @@ pub struct RelayConfig {
     pub poll_interval_ms: u64,
     /// Published rows are deleted after this long.
     pub retention_hours: u64,
-    /// How long a woken relay waits after its previous round began, so that concurrent
-    /// commits share a round; 0 runs a round per wake.
+    /// How long a woken relay waits after its last round that claimed rows began, so that
+    /// concurrent commits share a round; 0 runs a round per wake.
     pub linger_ms: u64,
 }
 
@@ -517,8 +517,8 @@ pub enum ConfigError {
 /// consumer must still poll Kafka well within its poll interval.
 const MAX_BATCH_LINGER_MS: u64 = 10_000;
 
-/// The longest relay linger accepted: every event of a busy relay may wait for it, and
-/// shutdown waits for it too.
+/// The longest relay linger accepted: every event of a busy relay may wait for it (an
+/// order's later events, once per event before them).
 const MAX_RELAY_LINGER_MS: u64 = 1_000;
 
 /// What printed or logged secrets are replaced with.
@@ -649,17 +649,21 @@ impl Config {
         if let Some(&(key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::NotPositive { key });
         }
-        if b.notifications.batch_linger_ms > MAX_BATCH_LINGER_MS {
-            return Err(ConfigError::TooLarge {
-                key: "broker.notifications.batch_linger_ms",
-                max: MAX_BATCH_LINGER_MS,
-            });
-        }
-        if b.relay.linger_ms > MAX_RELAY_LINGER_MS {
-            return Err(ConfigError::TooLarge {
-                key: "broker.relay.linger_ms",
-                max: MAX_RELAY_LINGER_MS,
-            });
+        // Waits that delay what they hold back by their whole length: bounded.
+        let bounded: [(&'static str, u64, u64); 2] = [
+            (
+                "broker.notifications.batch_linger_ms",
+                b.notifications.batch_linger_ms,
+                MAX_BATCH_LINGER_MS,
+            ),
+            (
+                "broker.relay.linger_ms",
+                b.relay.linger_ms,
+                MAX_RELAY_LINGER_MS,
+            ),
+        ];
+        if let Some(&(key, _, max)) = bounded.iter().find(|(_, value, max)| value > max) {
+            return Err(ConfigError::TooLarge { key, max });
         }
         if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
             return Err(ConfigError::SampleRatio(self.tracing.sample_ratio));

@@ -7,9 +7,8 @@
 //! dead-letter topic and move it to `dead_letters`. [`Relay::run`] repeats rounds while there
 //! is work and otherwise sleeps until woken (in-process signal after each commit of this
 //! process, lingering so that concurrent commits share a round) or until the poll interval
-//! passes (rows committed by other processes); it marks
-//! a round's published rows in the next round's claim statement, and also refreshes the lag
-//! gauges and prunes old published rows.
+//! passes (rows committed by other processes); it marks a round's published rows in the next
+//! round's claim statement, and also refreshes the lag gauges and prunes old published rows.
 //!
 //! Metrics (through the `metrics` facade): `oms_outbox_published_total`,
 //! `oms_outbox_publish_failures_total`, `oms_outbox_dead_lettered_total`,
@@ -323,7 +322,8 @@ impl Relay {
         let mut last_housekeeping: Option<Instant> = None;
         // Acknowledged rows not yet marked published: the next round's claim marks them in
         // the same statement, so a relay kept busy by commits pays one write per round, not
-        // two. They wait at most `mark_delay`; until then they stay leased to this relay.
+        // two. They wait at most `mark_delay` (or the linger, if longer); until then they stay
+        // leased to this relay.
         let mut acked = Acked::default();
         let mut round_failures = FailureRun::default();
         // When the last round that claimed rows began (rounds that found nothing, such as
