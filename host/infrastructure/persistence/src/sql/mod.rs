@@ -364,7 +364,8 @@ pub struct Pools<DB: Database> {
     /// commits these with `synchronous_commit = off`: the commit returns without waiting for
     /// its WAL flush, which the next flushed commit (any order's) or the WAL writer (within
     /// three `wal_writer_delay`s) does. Only a database crash in that window loses them; a host
-    /// crash loses nothing. On SQLite this is the writer.
+    /// crash loses nothing. Its connections also plan without bitmap scans, for the claim's
+    /// sake (`sql::postgres::open` says why). On SQLite this is the writer.
     ///
     /// Consumers' dedup records are not among them: a consumer commits its broker offsets
     /// once they are written, so a lost record would not be redelivered, and the event would
