@@ -126,6 +126,13 @@ pub(crate) fn key_taken<D: Dialect>(e: &sqlx::Error) -> bool {
 pub(crate) struct KeyCheck(Option<PartId>);
 
 impl KeyCheck {
+    /// A claim's completion must change its record, for [`Batch::run_all_or_nothing`].
+    pub(crate) fn expect<D: Dialect>(self, batch: &mut Batch<'_, D>) {
+        if let Some(part) = self.0 {
+            batch.expect(part, 1);
+        }
+    }
+
     /// `LeaseLost` when a claim's completion changed nothing (its lease was taken over).
     pub(crate) fn check(self, counts: &Counts) -> Result<(), StoreError> {
         match self.0 {

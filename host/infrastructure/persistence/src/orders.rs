@@ -242,6 +242,17 @@ pub(crate) struct OrderChecks {
 }
 
 impl OrderChecks {
+    /// What [`Self::check`] asks, as expectations of the batch for
+    /// [`Batch::run_all_or_nothing`]: the key's completion and the update each change their row.
+    pub(crate) fn expect<D: Dialect>(&self, batch: &mut Batch<'_, D>) {
+        if let Some(key) = self.key {
+            key.expect(batch);
+        }
+        if let Some(part) = self.update {
+            batch.expect(part, 1);
+        }
+    }
+
     /// The key first: a request whose lease was taken over fails whatever else happened.
     /// Then the version: an update that changed no row lost to a concurrent writer.
     pub(crate) async fn check<D: Dialect>(

@@ -301,6 +301,11 @@ pub(crate) fn push_new<'a, D: Dialect>(
 }
 
 impl NewRecords<'_> {
+    /// Every record must be inserted (none existed), for [`Batch::run_all_or_nothing`].
+    pub(crate) fn expect<D: Dialect>(&self, batch: &mut Batch<'_, D>) {
+        batch.expect(self.part, self.new.len() as u64);
+    }
+
     /// `KvConflict` when a record existed already.
     pub(crate) async fn check<D: Dialect>(
         &self,
@@ -422,6 +427,54 @@ async fn apply_one<D: Dialect>(
     Ok(D::rows_affected(&result) == 1)
 }
 
+/// Adds the changes of `all` that [`push_new`] did not to `batch`, when each of them is a
+/// counter add (a stock counter: what a reservation writes besides its record), in the
+/// order [`apply_rest`] applies them, each expected to change its row. `false`, with nothing
+/// added, when another kind of change is among them: those are applied by [`apply_rest`].
+/// An add to an absent counter, or past a bound, then fails the batch's expectation; the
+/// caller learns which from [`apply_rest`] in a transaction.
+pub(crate) fn push_adds<'q, D: Dialect>(batch: &mut Batch<'q, D>, all: &[&'q KvChanges]) -> bool {
+    let rest = || {
+        all.iter().flat_map(|changes| {
+            changes
+                .keys
+                .iter()
+                .filter(|(_, c)| !is_new(c))
+                .map(move |(key, change)| (changes.namespace.as_str(), key.as_str(), change))
+        })
+    };
+    if !rest().all(|(_, _, c)| {
+        matches!(
+            (&c.expect, &c.effect),
+            (Expect::Anything, KeyEffect::Add { .. })
+        )
+    }) {
+        return false;
+    }
+    for (namespace, key, change) in rest() {
+        if let KeyEffect::Add { delta, min, max } = change.effect {
+            let part = batch.push(add_sql::<D>(), move |query| {
+                query.arg(namespace).arg(key).arg(delta).arg(min).arg(max)
+            });
+            batch.expect(part, 1);
+        }
+    }
+    true
+}
+
+/// The bounded add of `$3` to the counter `$1`/`$2`, within `$4` and `$5` (either `NULL`
+/// for no bound): one row changed when the counter exists and stays within them.
+fn add_sql<D: Dialect>() -> String {
+    let (open, close) = D::COUNTER_BYTES;
+    let counter = D::COUNTER;
+    format!(
+        "UPDATE plugin_kv SET value = {open}{counter} + $3{close}, updated_at = {now} \
+         WHERE namespace = $1 AND key = $2 \
+         AND ($4 IS NULL OR {counter} + $3 >= $4) AND ($5 IS NULL OR {counter} + $3 <= $5)",
+        now = D::NOW
+    )
+}
+
 /// A bounded add in one `UPDATE` when the counter exists; a first add inserts it.
 async fn add<D: Dialect>(
     conn: &mut ConnOf<D>,
@@ -431,22 +484,15 @@ async fn add<D: Dialect>(
     min: Option<i64>,
     max: Option<i64>,
 ) -> Result<bool, StoreError> {
-    let (open, close) = D::COUNTER_BYTES;
-    let counter = D::COUNTER;
-    let updated = D::query(AssertSqlSafe(format!(
-        "UPDATE plugin_kv SET value = {open}{counter} + $3{close}, updated_at = {now} \
-         WHERE namespace = $1 AND key = $2 \
-         AND ($4 IS NULL OR {counter} + $3 >= $4) AND ($5 IS NULL OR {counter} + $3 <= $5)",
-        now = D::NOW
-    )))
-    .arg(namespace)
-    .arg(key)
-    .arg(delta)
-    .arg(min)
-    .arg(max)
-    .execute(D::on(conn))
-    .await
-    .map_err(D::classify)?;
+    let updated = D::query(AssertSqlSafe(add_sql::<D>()))
+        .arg(namespace)
+        .arg(key)
+        .arg(delta)
+        .arg(min)
+        .arg(max)
+        .execute(D::on(conn))
+        .await
+        .map_err(D::classify)?;
     if D::rows_affected(&updated) == 1 {
         return Ok(true);
     }

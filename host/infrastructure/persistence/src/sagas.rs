@@ -4,8 +4,10 @@
 //! and the committing worker's lease.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use oms_application::plugin_kv::KvChanges;
 use oms_application::ports::{
     Fence, SagaCommit, SagaLease, SagaQuery, SagaStore, StepHistory, StepRecord, StepState,
     StoreError,
@@ -17,7 +19,8 @@ use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 
 use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
-use crate::orders::{OwnedOrderWrite, push_order, write_error};
+use crate::orders::{OrderChecks, OwnedOrderWrite, push_order, write_error};
+use crate::plugin_kv::NewRecords;
 use crate::sql::batch::GUARD;
 use crate::sql::{
     Args, Batch, Column, ConnOf, Dialect, PartId, Q, RowExt, RowOf, Rows, Sql, UniqueIndex,
@@ -230,59 +233,105 @@ fn push_steps<D: Dialect>(batch: &mut Batch<'_, D>, saga: SagaId, records: &[Ste
     );
 }
 
+/// What a saga commit writes ([`SagaStore::commit`]), owned: a group-commit job may outlive
+/// the request that queued it, and a one-statement commit that fails its expectations is run
+/// again in a transaction.
+struct OwnedSagaCommit {
+    saga: SagaInstance,
+    expected_version: i64,
+    /// The leaseholder, whose lease then lasts until `lease_until`; `None` for an operator
+    /// resuming a parked saga, which it leaves unleased so that any worker claims it.
+    owner: Option<String>,
+    lease_until: Timestamp,
+    steps: Vec<StepRecord>,
+    order: Option<OwnedOrderWrite>,
+}
+
+/// A saga commit's batch, in lock order: the order, the saga, its steps, the plugins' new
+/// records. Then come the plugins' other keys: by [`commit_saga`], one statement each, or as
+/// parts of this batch by [`commit_saga_in_one_statement`].
+struct SagaBatch<'q, D: Dialect> {
+    batch: Batch<'q, D>,
+    order_checks: Option<OrderChecks>,
+    saga_part: PartId,
+    new_records: NewRecords<'q>,
+    kv: Vec<&'q KvChanges>,
+}
+
+impl<'q, D: Dialect> SagaBatch<'q, D> {
+    fn of(commit: &'q OwnedSagaCommit) -> Result<Self, StoreError> {
+        let OwnedSagaCommit {
+            saga,
+            expected_version,
+            owner,
+            lease_until,
+            steps,
+            order,
+        } = commit;
+        let (expected_version, lease_until) = (*expected_version, *lease_until);
+        let owner = owner.as_deref();
+        // An ended saga lets go of its lease, so nothing reads it as still being worked on.
+        let active = saga.status.is_active();
+        let mut batch = Batch::default();
+        // The order first, the saga second: the same lock order as an order write that
+        // starts a saga (order row, then the one-active index), so the two cannot deadlock.
+        let order_checks = order
+            .as_ref()
+            .map(|order| push_order::<D>(&mut batch, &order.borrow()))
+            .transpose()?;
+        let progress = Progress::of(saga)?;
+        let saga_part = batch.push(
+            "UPDATE saga_instances SET status = $4, step_index = $5, attempts = $6, \
+             next_attempt_at = $7, deadline_at = $8, last_error = $9, state = $10, \
+             version = $11, updated_at = $12, lease_owner = $13, lease_until = $14 \
+             WHERE id = $1 AND version = $2 \
+             AND (lease_owner = $3 OR ($3 IS NULL AND status = 'COMPENSATION_FAILED'))",
+            move |query| {
+                progress
+                    .bind::<D>(query.arg(D::id(saga.id.0)).arg(expected_version).arg(owner))
+                    .arg(saga.updated_at.unix_millis())
+                    .arg(owner.filter(|_| active))
+                    .arg(owner.filter(|_| active).map(|_| lease_until.unix_millis()))
+            },
+        );
+        push_steps::<D>(&mut batch, saga.id, steps);
+        let kv = steps
+            .iter()
+            .filter_map(|r| r.call.as_ref())
+            .map(|call| call.kv.as_ref())
+            .collect::<Vec<_>>();
+        let new_records = crate::plugin_kv::push_new::<D>(&mut batch, &kv);
+        Ok(Self {
+            batch,
+            order_checks,
+            saga_part,
+            new_records,
+            kv,
+        })
+    }
+}
+
 /// A saga commit's statements, inside the caller's transaction (see [`SagaStore::commit`]):
-/// one batch (the order, the saga, its steps, the plugins' new records), then the plugins'
-/// other keys. `owner` is the leaseholder, whose lease then lasts until `lease_until`; `None`
-/// for an operator resuming a parked saga, which it leaves unleased so that any worker claims
-/// it. On error the caller must roll back.
+/// the [`SagaBatch`], then the plugins' other keys. On error the caller must roll back.
 async fn commit_saga<D: Dialect>(
     conn: &mut ConnOf<D>,
-    saga: &SagaInstance,
-    expected_version: i64,
-    owner: Option<&str>,
-    lease_until: Timestamp,
-    steps: &[StepRecord],
-    order: Option<&OwnedOrderWrite>,
+    commit: &OwnedSagaCommit,
 ) -> Result<(), StoreError> {
-    // An ended saga lets go of its lease, so nothing reads it as still being worked on.
-    let active = saga.status.is_active();
-    let order = order.map(OwnedOrderWrite::borrow);
-    let mut batch = Batch::default();
-    // The order first, the saga second: the same lock order as an order write that starts
-    // a saga (order row, then the one-active index), so the two cannot deadlock.
-    let order_checks = order
-        .as_ref()
-        .map(|order| push_order::<D>(&mut batch, order))
-        .transpose()?;
-    let progress = Progress::of(saga)?;
-    let saga_part = batch.push(
-        "UPDATE saga_instances SET status = $4, step_index = $5, attempts = $6, \
-         next_attempt_at = $7, deadline_at = $8, last_error = $9, state = $10, \
-         version = $11, updated_at = $12, lease_owner = $13, lease_until = $14 \
-         WHERE id = $1 AND version = $2 \
-         AND (lease_owner = $3 OR ($3 IS NULL AND status = 'COMPENSATION_FAILED'))",
-        move |query| {
-            progress
-                .bind::<D>(query.arg(D::id(saga.id.0)).arg(expected_version).arg(owner))
-                .arg(saga.updated_at.unix_millis())
-                .arg(owner.filter(|_| active))
-                .arg(owner.filter(|_| active).map(|_| lease_until.unix_millis()))
-        },
-    );
-    push_steps::<D>(&mut batch, saga.id, steps);
-    let kv = steps
-        .iter()
-        .filter_map(|r| r.call.as_ref())
-        .map(|call| call.kv.as_ref())
-        .collect::<Vec<_>>();
-    let new_records = crate::plugin_kv::push_new::<D>(&mut batch, &kv);
+    let SagaBatch {
+        batch,
+        order_checks,
+        saga_part,
+        new_records,
+        kv,
+    } = SagaBatch::<D>::of(commit)?;
+    let owner = commit.owner.as_deref();
     let counts = batch.run(conn).await.map_err(write_error::<D>)?;
     // The saga's update ran in the same statement as the order's (PostgreSQL), against the
     // same snapshot: it changed the row exactly when the saga was still at `expected_version`
     // and leased to `owner`.
     let saga_held = counts.of(saga_part) == 1;
-    if let (Some(checks), Some(order)) = (order_checks, order.as_ref()) {
-        match checks.check::<D>(conn, order.order, &counts).await {
+    if let (Some(checks), Some(order)) = (order_checks, commit.order.as_ref()) {
+        match checks.check::<D>(conn, order.borrow().order, &counts).await {
             // The order moved, but so may have the saga: a worker whose copy of the saga is
             // stale (another worker took it over while its step ran long, or its own last
             // commit landed though its answer was lost) must hear that it no longer owns
@@ -302,7 +351,7 @@ async fn commit_saga<D: Dialect>(
             return Err(StoreError::LeaseLost);
         }
         // An operator's view of a parked saga is stale: it reloads.
-        let current = current_version::<D>(conn, "saga_instances", saga.id.0).await?;
+        let current = current_version::<D>(conn, "saga_instances", commit.saga.id.0).await?;
         return Err(StoreError::VersionConflict {
             current: Version(current.unwrap_or(0)),
         });
@@ -311,6 +360,44 @@ async fn commit_saga<D: Dialect>(
     // Last: a hot key (a stock counter many orders take from) is locked from its write
     // until the commit, so it is written as late as possible.
     crate::plugin_kv::apply_rest::<D>(conn, &kv).await
+}
+
+/// [`commit_saga`] as one statement outside any transaction, where the batch is one
+/// statement ([`Dialect::ONE_STATEMENT_BATCH`]): the plugins' counter adds join the batch as
+/// its last parts, and every count [`commit_saga`] checks is expected of the statement, which
+/// aborts and writes nothing when one is off. `false` when it could not commit so: another
+/// kind of plugin key change (not tried), or an expectation failed (nothing written). The
+/// caller then runs [`commit_saga`] in a transaction, which answers the precise error, or
+/// commits what one statement cannot: a first add, which creates its counter.
+///
+/// Why: a step commit was `BEGIN`, the batch, an `UPDATE` per stock counter and `COMMIT`,
+/// four round trips, and a hot SKU's counter row stayed locked from its `UPDATE` until the
+/// host's `COMMIT` arrived, however long the host took to send it under load. As one
+/// statement it is one round trip, and the row is held only while the server commits.
+async fn commit_saga_in_one_statement<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    commit: &OwnedSagaCommit,
+) -> Result<bool, StoreError> {
+    let SagaBatch {
+        mut batch,
+        order_checks,
+        saga_part,
+        new_records,
+        kv,
+    } = SagaBatch::<D>::of(commit)?;
+    if !crate::plugin_kv::push_adds::<D>(&mut batch, &kv) {
+        return Ok(false);
+    }
+    if let Some(checks) = &order_checks {
+        checks.expect(&mut batch);
+    }
+    batch.expect(saga_part, 1);
+    new_records.expect(&mut batch);
+    let counts = batch
+        .run_all_or_nothing(conn)
+        .await
+        .map_err(write_error::<D>)?;
+    Ok(counts.is_some())
 }
 
 #[async_trait]
@@ -402,33 +489,37 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
     }
 
     async fn commit(&self, commit: SagaCommit<'_>) -> Result<(), StoreError> {
-        // Committed with whatever other writes are queued (`sql::group`): the job owns what it
-        // writes.
-        let saga = commit.saga.clone();
-        let owner = match commit.fence {
-            Fence::Lease(owner) => Some(owner.to_owned()),
-            Fence::Parked => None,
+        let commit = Arc::new(OwnedSagaCommit {
+            saga: commit.saga.clone(),
+            expected_version: commit.expected_version,
+            owner: match commit.fence {
+                Fence::Lease(owner) => Some(owner.to_owned()),
+                Fence::Parked => None,
+            },
+            lease_until: commit.lease_until,
+            steps: commit.steps.to_vec(),
+            order: commit.order.as_ref().map(OwnedOrderWrite::of),
+        });
+        let grouped = {
+            let commit = Arc::clone(&commit);
+            work::<D, _>(move |conn| Box::pin(async move { commit_saga::<D>(conn, &commit).await }))
         };
-        let expected_version = commit.expected_version;
-        let lease_until = commit.lease_until;
-        let steps = commit.steps.to_vec();
-        let order = commit.order.as_ref().map(OwnedOrderWrite::of);
-        self.sql
-            .commit_grouped(work::<D, _>(move |conn| {
-                Box::pin(async move {
-                    commit_saga::<D>(
-                        conn,
-                        &saga,
-                        expected_version,
-                        owner.as_deref(),
-                        lease_until,
-                        &steps,
-                        order.as_ref(),
-                    )
+        // One statement on a connection of its own where nothing is grouped; otherwise
+        // committed with whatever other writes are queued (`sql::group`).
+        let bare = work::<D, _>(move |conn| {
+            Box::pin(async move {
+                if commit_saga_in_one_statement::<D>(conn, &commit).await? {
+                    return Ok(());
+                }
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, D::CONCURRENCY.begin_write())
                     .await
-                })
-            }))
-            .await
+                    .map_err(D::classify)?;
+                commit_saga::<D>(&mut tx, &commit).await?;
+                // Dropping `tx` on an error above rolled the commit back.
+                tx.commit().await.map_err(D::classify)
+            })
+        });
+        self.sql.commit_bare_or_grouped(bare, grouped).await
     }
 
     async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>, StoreError> {

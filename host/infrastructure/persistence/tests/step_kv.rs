@@ -332,3 +332,88 @@ on_all!(
     two_plugins_records_land_together_or_not_at_all,
     two_plugins_in_one_commit
 );
+
+/// A first add to a counter that does not exist yet starts it at the delta: on PostgreSQL
+/// the one-statement commit finds no row to add to, writes nothing, and the commit runs again
+/// in a transaction, which creates the counter.
+async fn first_add_creates_its_counter(db: Stores) {
+    let saga = claimed(&db).await;
+    let release = KvChanges {
+        namespace: NS.into(),
+        keys: BTreeMap::from([(
+            "stock/B".into(),
+            KeyChange {
+                expect: Expect::Anything,
+                effect: KeyEffect::Add {
+                    delta: 3,
+                    min: Some(0),
+                    max: None,
+                },
+            },
+        )]),
+    };
+    commit(&db, &saga, "w1", &step(release)).await.unwrap();
+    assert_eq!(value(&db, "stock/B").await.as_deref(), Some("3"));
+    assert_eq!(db.sagas().get(saga.id).await.unwrap().unwrap().step, 1);
+}
+on_all!(
+    a_first_add_creates_its_counter,
+    first_add_creates_its_counter
+);
+
+/// A reservation's commit on PostgreSQL is one statement, with its stock counter's add
+/// inside: while another transaction holds the counter's row, what waits for it is the
+/// commit's batch statement, not an `UPDATE` of its own sent after the batch (which held the
+/// row until the host's `COMMIT` arrived). Once the row is free, everything lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reservation_commits_in_one_statement_on_postgres() {
+    use std::time::Duration;
+    let test_db = oms_persistence::testing::TestDatabase::postgres()
+        .await
+        .unwrap();
+    common::run(test_db, |database| async move {
+        let db = Stores::Sql(database.clone());
+        let pool = database.postgres().unwrap().clone();
+        seed(&db, "stock/A", "5").await;
+        let saga = claimed(&db).await;
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM plugin_kv WHERE key = 'stock/A' FOR UPDATE")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let committing = {
+            let (db, saga) = (db.clone(), saga.clone());
+            tokio::spawn(async move { commit(&db, &saga, "w1", &step(reserve("1", 2))).await })
+        };
+        // The backend waiting behind the holder's lock, as PostgreSQL reports it.
+        let waiting = async {
+            loop {
+                let row: Option<String> = sqlx::query_scalar(
+                    "SELECT query FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+                if let Some(row) = row {
+                    break row;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        let query = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the commit never waited for the held counter");
+        // The text as PostgreSQL keeps it is cut at `track_activity_query_size`, before the
+        // counter's part: the batch's statement is the one waiting for the counter's row.
+        assert!(
+            query.starts_with("WITH "),
+            "the counter's add is not part of the commit's statement: {query}"
+        );
+        holder.rollback().await.unwrap();
+        committing.await.unwrap().unwrap();
+        assert_eq!(value(&db, "stock/A").await.as_deref(), Some("3"));
+        assert_eq!(value(&db, "rsv/1").await.as_deref(), Some("held"));
+    })
+    .await;
+}

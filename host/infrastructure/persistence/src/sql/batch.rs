@@ -22,6 +22,13 @@
 //!   lost to a concurrent writer) are lost with it. A part that would fail only because an
 //!   earlier part changed nothing (a stale writer's events, already in the outbox under the
 //!   same ids) is therefore *guarded* by that part: it runs only when that part changed a row.
+//!
+//! A batch may also *expect* counts of its parts ([`Batch::expect`]) and run all or nothing
+//! ([`Batch::run_all_or_nothing`]). On PostgreSQL the statement then ends by checking them and
+//! aborts itself when one is off (migration 0016), so it writes nothing and needs no
+//! transaction around it to be undone: a saga step's commit is then one round trip, not
+//! `BEGIN`, the batch, a statement per stock counter and `COMMIT`, and a hot counter's row is
+//! held only while the server commits, never across a round trip to the host.
 
 use super::{ConnOf, Dialect, Q, Rows};
 
@@ -60,7 +67,12 @@ pub(crate) struct Guarded<'q, D: Dialect> {
 /// The statements of one commit, in order (see the module docs).
 pub(crate) struct Batch<'q, D: Dialect> {
     parts: Vec<Guarded<'q, D>>,
+    expected: Vec<(PartId, u64)>,
 }
+
+/// The SQLSTATE with which a one-statement batch aborts when a part changed another number
+/// of rows than expected (raised by `oms_batch_expectation_failed()`, migration 0016).
+const EXPECTATION_FAILED: &str = "OMSB1";
 
 /// Which part of a [`Batch`] a count belongs to: its position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +90,10 @@ impl Counts {
 
 impl<'q, D: Dialect> Default for Batch<'q, D> {
     fn default() -> Self {
-        Self { parts: Vec::new() }
+        Self {
+            parts: Vec::new(),
+            expected: Vec::new(),
+        }
     }
 }
 
@@ -114,10 +129,42 @@ impl<'q, D: Dialect> Batch<'q, D> {
         PartId(self.parts.len() - 1)
     }
 
+    /// Requires part `part` to change exactly `rows` rows when the batch runs with
+    /// [`Self::run_all_or_nothing`].
+    pub(crate) fn expect(&mut self, part: PartId, rows: u64) {
+        self.expected.push((part, rows));
+    }
+
     /// Runs the batch on `conn` (see the module docs) and answers each part's count.
     pub(crate) async fn run(self, conn: &mut ConnOf<D>) -> Result<Counts, sqlx::Error> {
-        D::run_batch(conn, self.parts).await.map(Counts)
+        D::run_batch(conn, self.parts, &[]).await.map(Counts)
     }
+
+    /// Runs the batch and answers each part's count, or `None` when a part changed another
+    /// number of rows than [`Self::expect`]ed. Where the batch is one statement
+    /// ([`Dialect::ONE_STATEMENT_BATCH`]) it then wrote nothing, even outside a transaction;
+    /// elsewhere its parts ran inside the caller's transaction, which must be rolled back.
+    pub(crate) async fn run_all_or_nothing(
+        self,
+        conn: &mut ConnOf<D>,
+    ) -> Result<Option<Counts>, sqlx::Error> {
+        let counts = match D::run_batch(conn, self.parts, &self.expected).await {
+            Ok(counts) => Counts(counts),
+            Err(e) if expectation_failed(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let met = self
+            .expected
+            .iter()
+            .all(|&(part, rows)| counts.of(part) == rows);
+        Ok(met.then_some(counts))
+    }
+}
+
+fn expectation_failed(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == EXPECTATION_FAILED)
 }
 
 fn statement<'q, D: Dialect>(

@@ -132,6 +132,22 @@ impl<D: Dialect> GroupCommit<D> {
         }
     }
 
+    /// `bare` on a pooled connection without a transaction where [`Self::run_alone`] would
+    /// run its work so; `grouped` as [`Self::run`] otherwise (see `Sql::commit_bare_or_grouped`).
+    pub(crate) async fn run_bare_or(
+        &self,
+        bare: Work<D>,
+        grouped: Work<D>,
+    ) -> Result<(), StoreError> {
+        match &self.0 {
+            Mode::Off(pool) if D::ONE_STATEMENT_BATCH => {
+                let mut conn = pool.acquire().await.map_err(D::classify)?;
+                bare(&mut conn).await
+            }
+            _ => self.run(grouped).await,
+        }
+    }
+
     /// Runs `work` in the next group and waits for the group's commit; with grouping off, in
     /// a transaction of its own on the caller's task.
     pub(crate) async fn run(&self, work: Work<D>) -> Result<(), StoreError> {

@@ -310,10 +310,13 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// per element in column `column`, after `FROM`.
     fn list_rows(param: &str, alias: &str, column: &str) -> String;
     /// Runs a batch's parts in order on `conn` and answers how many rows each changed (see
-    /// [`batch`]).
+    /// [`batch`]). Where the batch is one statement ([`Self::ONE_STATEMENT_BATCH`]) it aborts
+    /// when a part changes another number of rows than `expected` says; elsewhere the caller
+    /// compares the counts.
     fn run_batch<'q>(
         conn: &mut ConnOf<Self>,
         parts: Vec<batch::Guarded<'q, Self>>,
+        expected: &[(batch::PartId, u64)],
     ) -> impl Future<Output = Result<Vec<u64>, sqlx::Error>> + Send;
     /// Whether [`Self::run_batch`] sends one statement, which is atomic on its own: a write
     /// that is one batch then needs no transaction (`BEGIN` and `COMMIT` are round trips too).
@@ -429,6 +432,18 @@ impl<D: Dialect> Sql<D> {
     /// and `COMMIT`, two round trips fewer; in a group it is one more job.
     pub(crate) async fn commit_alone(&self, work: group::Work<D>) -> Result<(), StoreError> {
         self.group.run_alone(work).await
+    }
+
+    /// Runs `bare` on a pooled connection outside any transaction where nothing is grouped
+    /// and a batch is one statement ([`Dialect::ONE_STATEMENT_BATCH`]): it commits its own
+    /// statements, and opens a transaction itself where it needs one. Otherwise `grouped` is
+    /// the next group's job, as [`Self::commit_grouped`].
+    pub(crate) async fn commit_bare_or_grouped(
+        &self,
+        bare: group::Work<D>,
+        grouped: group::Work<D>,
+    ) -> Result<(), StoreError> {
+        self.group.run_bare_or(bare, grouped).await
     }
 
     /// Where reads run.

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::warn;
 use uuid::Uuid;
 
-use super::batch::{GUARD, Guarded, Part, Statement, shift_params};
+use super::batch::{GUARD, Guarded, Part, PartId, Statement, shift_params};
 use super::{Column, Concurrency, Dialect, Pools, Q, Rows, SqlDb, UniqueIndex};
 use crate::errors::{transient, unexpected};
 use crate::{DatabaseOptions, PersistenceError, redact};
@@ -270,9 +270,11 @@ impl Dialect for PostgresDialect {
     async fn run_batch<'q>(
         conn: &mut PgConnection,
         parts: Vec<Guarded<'q, Self>>,
+        expected: &[(PartId, u64)],
     ) -> Result<Vec<u64>, sqlx::Error> {
         let mut counts = vec![0; parts.len()];
-        let guarded = parts.iter().any(|p| p.guard.is_some());
+        // A guarded or expecting part needs the CTE form even alone.
+        let guarded = !expected.is_empty() || parts.iter().any(|p| p.guard.is_some());
         let mut statements: Vec<(usize, Statement<'q, Self>)> = parts
             .into_iter()
             .enumerate()
@@ -290,8 +292,11 @@ impl Dialect for PostgresDialect {
                 }
             })
             .collect();
+        if statements.is_empty() {
+            return Ok(counts);
+        }
         // A lone statement needs no CTE (a guarded one has its guard beside it).
-        if statements.len() <= 1 && !guarded {
+        if statements.len() == 1 && !guarded {
             if let Some((i, statement)) = statements.pop() {
                 counts[i] = statement.query().execute(conn).await?.rows_affected();
             }
@@ -310,6 +315,28 @@ impl Dialect for PostgresDialect {
             let _ = write!(select, "{sep}(SELECT count(*) FROM p{i})");
             binders.push(statement.bind);
             owners.push(i);
+        }
+        if !expected.is_empty() {
+            // Evaluated after every part has run to its end: a count that is off aborts the
+            // statement, which undoes every part (see `batch`). A part left out (an empty
+            // insert) changed no row.
+            let met = expected
+                .iter()
+                .map(|(part, rows)| {
+                    if owners.contains(&part.0) {
+                        format!("(SELECT count(*) FROM p{}) = {rows}", part.0)
+                    } else if *rows == 0 {
+                        "true".to_owned()
+                    } else {
+                        "false".to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let _ = write!(
+                select,
+                ", CASE WHEN {met} THEN 0 ELSE oms_batch_expectation_failed() END"
+            );
         }
         with.push_str(&select);
         let mut query = Self::query(AssertSqlSafe(with));
@@ -478,6 +505,52 @@ mod tests {
             .unwrap_err();
         assert!(matches!(classify(err), StoreError::Unavailable(_)));
         drop(conn);
+        test_db.cleanup().await.unwrap();
+    }
+
+    /// A batch run all or nothing is one statement that aborts itself when a part's count is
+    /// off: nothing of it stays written although no transaction surrounds it, and the
+    /// connection goes on (it is not left in a failed transaction). With every count as
+    /// expected it commits and answers them.
+    #[tokio::test]
+    async fn a_batch_run_all_or_nothing_writes_nothing_when_a_count_is_off() {
+        use crate::sql::{Args, Batch};
+        let test_db = TestDatabase::postgres().await.unwrap();
+        let db = test_db.connect().await.unwrap();
+        let mut conn = db.postgres().unwrap().acquire().await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        // The update reads the table as the statement found it: it changes no row.
+        let batch = |update_changes: u64| {
+            let mut batch = Batch::<PostgresDialect>::default();
+            let insert = batch.push("INSERT INTO t VALUES ($1)", |q| q.arg(1_i32));
+            let update = batch.push("UPDATE t SET x = x WHERE x = $1", |q| q.arg(1_i32));
+            batch.expect(insert, 1);
+            batch.expect(update, update_changes);
+            (batch, insert)
+        };
+        let rows = || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM t");
+        let (refused, _) = batch(1);
+        assert!(
+            refused
+                .run_all_or_nothing(&mut conn)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(rows().fetch_one(&mut *conn).await.unwrap(), 0);
+        let (accepted, insert) = batch(0);
+        let counts = accepted
+            .run_all_or_nothing(&mut conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(counts.of(insert), 1);
+        assert_eq!(rows().fetch_one(&mut *conn).await.unwrap(), 1);
+        drop(conn);
+        db.close().await;
         test_db.cleanup().await.unwrap();
     }
 

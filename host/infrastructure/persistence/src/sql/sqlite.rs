@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
-use super::batch::{GUARD, Guarded, Part};
+use super::batch::{GUARD, Guarded, Part, PartId};
 use super::{Column, Concurrency, Dialect, Pools, Q, Rows, SqlDb, UniqueIndex};
 use crate::errors::{transient, unexpected};
 use crate::{DatabaseOptions, PersistenceError, redact};
@@ -217,9 +217,12 @@ impl Dialect for SqliteDialect {
 
     /// No round trips to save: the parts run one after the other, a guarded one only when
     /// its guard changed a row.
+    /// The parts one after the other, in the caller's transaction; `Batch` compares the
+    /// counts with what is expected.
     async fn run_batch<'q>(
         conn: &mut SqliteConnection,
         parts: Vec<Guarded<'q, Self>>,
+        _expected: &[(PartId, u64)],
     ) -> Result<Vec<u64>, sqlx::Error> {
         let mut counts: Vec<u64> = Vec::with_capacity(parts.len());
         for Guarded { part, guard } in parts {
