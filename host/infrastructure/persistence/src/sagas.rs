@@ -623,3 +623,160 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
             .map_err(D::classify)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use oms_application::plugin_kv::{Expect, KeyChange, KeyEffect, Swap};
+    use oms_application::ports::{OrderWrite, PluginCall, StepDirection};
+    use oms_application::saga::SagaKind;
+    use oms_application::testing::sample_order;
+    use oms_domain::Order;
+
+    use super::*;
+    use crate::sql::postgres::PostgresDialect;
+    use crate::testing::TestDatabase;
+
+    const NS: &str = "local-stock";
+
+    /// A reservation of `delta` units on `counter` under record `rsv/1`, as local-stock's
+    /// reserve buffers it.
+    fn reserve(counter: &str, delta: i64) -> StepRecord {
+        let kv = KvChanges {
+            namespace: NS.into(),
+            keys: BTreeMap::from([
+                (
+                    "rsv/1".to_owned(),
+                    KeyChange {
+                        expect: Expect::Value(None),
+                        effect: KeyEffect::Put(b"held".to_vec()),
+                    },
+                ),
+                (
+                    counter.to_owned(),
+                    KeyChange {
+                        expect: Expect::Anything,
+                        effect: KeyEffect::Add {
+                            delta,
+                            min: Some(0),
+                            max: None,
+                        },
+                    },
+                ),
+            ]),
+        };
+        StepRecord {
+            step: "reserve-inventory",
+            direction: StepDirection::Forward,
+            call: Some(PluginCall {
+                plugin: NS.into(),
+                version: "1.0.0".into(),
+                digest: "sha256:x".into(),
+                kv: Arc::new(kv),
+                host_only: true,
+            }),
+            idempotency_key: "saga:x:reserve-inventory:reserve".into(),
+            state: StepState::Succeeded,
+            attempts: 1,
+            last_error: None,
+            at: Timestamp::from_unix_millis(3_000),
+        }
+    }
+
+    /// The one-statement commit itself (PostgreSQL), not its fallback: a reservation lands
+    /// in it with its counter; a bound crossed, a counter not there yet and a lost lease each
+    /// answer `false` with nothing of the step written (which is what sends the commit to the
+    /// transactional path). The store's tests (`tests/step_kv.rs`) pass either way, through
+    /// the fallback; this one fails if the statement itself never commits.
+    #[tokio::test]
+    async fn one_statement_commit_lands_whole_or_writes_nothing() {
+        let test_db = TestDatabase::postgres().await.unwrap();
+        let db = test_db.connect().await.unwrap();
+        let now = Timestamp::from_unix_millis(1_000);
+        let (order, _) = Order::place(sample_order(), OrderId::generate(), now);
+        let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), now);
+        db.orders()
+            .save(OrderWrite {
+                order: &order,
+                expected_version: None,
+                outbox: &[],
+                idempotency: None,
+                start_saga: Some(&saga),
+                lease_saga_to: None,
+            })
+            .await
+            .unwrap();
+        let lease_until = Timestamp::from_unix_millis(100_000);
+        let claimed = db
+            .sagas()
+            .claim_due("w1", Timestamp::from_unix_millis(2_000), lease_until, 1)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let seed = Swap {
+            key: "stock/A".into(),
+            expected: None,
+            new: Some(b"5".to_vec()),
+        };
+        db.plugin_kv().batch(NS, &[seed], &[]).await.unwrap();
+        let commit = |owner: &str, step: StepRecord| {
+            let mut next = claimed.clone();
+            next.step += 1;
+            next.version += 1;
+            OwnedSagaCommit {
+                saga: next,
+                expected_version: claimed.version,
+                owner: Some(owner.to_owned()),
+                lease_until,
+                steps: vec![step],
+                order: None,
+            }
+        };
+        let kv = db.plugin_kv();
+        let mut conn = db.postgres().unwrap().acquire().await.unwrap();
+        for (why, refused) in [
+            ("a bound crossed", commit("w1", reserve("stock/A", -6))),
+            (
+                "a counter not there yet",
+                commit("w1", reserve("stock/B", 1)),
+            ),
+            ("a lost lease", commit("w2", reserve("stock/A", -2))),
+        ] {
+            let done = commit_saga_in_one_statement::<PostgresDialect>(&mut conn, &refused)
+                .await
+                .unwrap();
+            assert!(!done, "{why}: committed");
+            assert_eq!(kv.get(NS, "rsv/1").await.unwrap(), None, "{why}");
+            assert_eq!(
+                kv.get(NS, "stock/A").await.unwrap().as_deref(),
+                Some(&b"5"[..])
+            );
+            assert_eq!(kv.get(NS, "stock/B").await.unwrap(), None, "{why}");
+            assert_eq!(
+                db.sagas().get(claimed.id).await.unwrap(),
+                Some(claimed.clone())
+            );
+        }
+        let accepted = commit("w1", reserve("stock/A", -2));
+        assert!(
+            commit_saga_in_one_statement::<PostgresDialect>(&mut conn, &accepted)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            kv.get(NS, "rsv/1").await.unwrap().as_deref(),
+            Some(&b"held"[..])
+        );
+        assert_eq!(
+            kv.get(NS, "stock/A").await.unwrap().as_deref(),
+            Some(&b"3"[..])
+        );
+        assert_eq!(db.sagas().get(claimed.id).await.unwrap().unwrap().step, 1);
+        drop(conn);
+        db.close().await;
+        test_db.cleanup().await.unwrap();
+    }
+}
