@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use oms::Config;
 use tracing::info;
 
-/// The host's allocator: jemalloc, as in most Rust servers. Every request, plugin call and
+/// The host's allocator: jemalloc. Every request, plugin call and
 /// statement builds and drops small buffers on whichever worker thread runs it; glibc's
 /// malloc and free took about an eighth of the host's CPU samples under load (perf, 32
 /// clients on PostgreSQL), jemalloc's about 3%. Measured in the same session: 10% less host

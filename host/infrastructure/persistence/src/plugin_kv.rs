@@ -246,8 +246,10 @@ impl<D: Dialect> PluginKvStore for SqlPluginKvStore<D> {
 // Round trips: every record that must not exist yet (an outcome under a fresh idempotency
 // key, a new payment or reservation: most of what a step writes) goes in one multi-row
 // insert that skips existing keys, part of the commit's batch ([`push_new`]), so a skipped
-// row is a failed condition; every other key then gets its own statement, in sorted order,
-// the hot counters last of all ([`apply_rest`]).
+// row is a failed condition; every other key then gets its own statement, call by call and in
+// key order within a call, after everything else the commit writes, so that a hot counter is
+// locked as late as possible ([`apply_rest`]; on PostgreSQL counter adds may instead be the
+// last parts of the commit's one statement: [`push_adds`]).
 
 /// A record that must not exist yet: inserted by [`push_new`].
 fn is_new(change: &KeyChange) -> bool {

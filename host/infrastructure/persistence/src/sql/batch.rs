@@ -142,8 +142,9 @@ impl<'q, D: Dialect> Batch<'q, D> {
 
     /// Runs the batch and answers each part's count, or `None` when a part changed another
     /// number of rows than [`Self::expect`]ed. Where the batch is one statement
-    /// ([`Dialect::ONE_STATEMENT_BATCH`]) it then wrote nothing, even outside a transaction;
-    /// elsewhere its parts ran inside the caller's transaction, which must be rolled back.
+    /// ([`Dialect::ONE_STATEMENT_BATCH`]) it then wrote nothing, even outside a transaction
+    /// (inside one, the statement's error has aborted that transaction); elsewhere its parts
+    /// ran inside the caller's transaction, which must be rolled back.
     pub(crate) async fn run_all_or_nothing(
         self,
         conn: &mut ConnOf<D>,

@@ -215,10 +215,9 @@ impl Dialect for SqliteDialect {
         format!("(SELECT value AS {column} FROM json_each({param})) AS {alias}")
     }
 
-    /// No round trips to save: the parts run one after the other, a guarded one only when
-    /// its guard changed a row.
-    /// The parts one after the other, in the caller's transaction; `Batch` compares the
-    /// counts with what is expected.
+    /// No round trips to save: the parts run one after the other in the caller's
+    /// transaction, a guarded one only when its guard changed a row. `Batch` compares the
+    /// counts with what is expected; the caller rolls the transaction back when one is off.
     async fn run_batch<'q>(
         conn: &mut SqliteConnection,
         parts: Vec<Guarded<'q, Self>>,
