@@ -8,12 +8,12 @@ use clap::{Parser, Subcommand};
 use oms::Config;
 use tracing::info;
 
-/// The host's allocator: jemalloc. Every request, plugin call and
-/// statement builds and drops small buffers on whichever worker thread runs it; glibc's
-/// malloc and free took about an eighth of the host's CPU samples under load (perf, 32
-/// clients on PostgreSQL), jemalloc's about 3%. Measured in the same session: 10% less host
-/// CPU per order and 4-8% more orders/s, with the same peak RSS (mimalloc was a little faster
-/// still but nearly doubled the peak RSS). docs/benchmarks.md has the runs.
+/// The host's allocator: jemalloc. Every request, plugin call and statement builds and drops
+/// small buffers on whichever worker thread runs it; glibc's malloc and free took about an
+/// eighth of the host's CPU samples under load (perf, 32 clients on PostgreSQL), jemalloc's
+/// about 3%. Measured in the same session: 10% less host CPU per order and 4-8% more
+/// orders/s, peak RSS within 10% (mimalloc was a little faster still but nearly doubled the
+/// peak RSS). docs/benchmarks.md has the runs.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
