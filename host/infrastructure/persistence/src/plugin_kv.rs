@@ -330,16 +330,26 @@ impl NewRecords<'_> {
     }
 }
 
+/// The changes of `all` that [`push_new`] does not insert, as (namespace, key, change), in
+/// the order they are written: call by call, in key order within a call.
+fn rest<'q>(all: &[&'q KvChanges]) -> impl Iterator<Item = (&'q str, &'q str, &'q KeyChange)> {
+    all.iter().flat_map(|changes| {
+        changes
+            .keys
+            .iter()
+            .filter(|(_, c)| !is_new(c))
+            .map(move |(key, change)| (changes.namespace.as_str(), key.as_str(), change))
+    })
+}
+
 /// Applies every change of `all` that [`push_new`] did not, one key at a time.
 pub(crate) async fn apply_rest<D: Dialect>(
     conn: &mut ConnOf<D>,
     all: &[&KvChanges],
 ) -> Result<(), StoreError> {
-    for changes in all {
-        for (key, change) in changes.keys.iter().filter(|(_, c)| !is_new(c)) {
-            if !apply_one::<D>(conn, &changes.namespace, key, change).await? {
-                return Err(kv_conflict(&changes.namespace, key));
-            }
+    for (namespace, key, change) in rest(all) {
+        if !apply_one::<D>(conn, namespace, key, change).await? {
+            return Err(kv_conflict(namespace, key));
         }
     }
     Ok(())
@@ -436,16 +446,7 @@ async fn apply_one<D: Dialect>(
 /// An add to an absent counter, or past a bound, then fails the batch's expectation; the
 /// caller learns which from [`apply_rest`] in a transaction.
 pub(crate) fn push_adds<'q, D: Dialect>(batch: &mut Batch<'q, D>, all: &[&'q KvChanges]) -> bool {
-    let rest = || {
-        all.iter().flat_map(|changes| {
-            changes
-                .keys
-                .iter()
-                .filter(|(_, c)| !is_new(c))
-                .map(move |(key, change)| (changes.namespace.as_str(), key.as_str(), change))
-        })
-    };
-    if !rest().all(|(_, _, c)| {
+    if !rest(all).all(|(_, _, c)| {
         matches!(
             (&c.expect, &c.effect),
             (Expect::Anything, KeyEffect::Add { .. })
@@ -453,7 +454,7 @@ pub(crate) fn push_adds<'q, D: Dialect>(batch: &mut Batch<'q, D>, all: &[&'q KvC
     }) {
         return false;
     }
-    for (namespace, key, change) in rest() {
+    for (namespace, key, change) in rest(all) {
         if let KeyEffect::Add { delta, min, max } = change.effect {
             let part = batch.push(add_sql::<D>(), move |query| {
                 query.arg(namespace).arg(key).arg(delta).arg(min).arg(max)

@@ -120,15 +120,21 @@ impl<D: Dialect> GroupCommit<D> {
         Self(Mode::Lanes(jobs))
     }
 
+    /// Where work may run on a pooled connection without a transaction: with grouping off,
+    /// when a batch is one statement.
+    fn bare_pool(&self) -> Option<&Pool<D::DB>> {
+        match &self.0 {
+            Mode::Off(pool) if D::ONE_STATEMENT_BATCH => Some(pool),
+            _ => None,
+        }
+    }
+
     /// [`Self::run`] for work that is one statement, atomic on its own: with grouping off it
     /// runs on a pooled connection without a transaction (see `Sql::commit_alone`).
     pub(crate) async fn run_alone(&self, work: Work<D>) -> Result<(), StoreError> {
-        match &self.0 {
-            Mode::Off(pool) if D::ONE_STATEMENT_BATCH => {
-                let mut conn = pool.acquire().await.map_err(D::classify)?;
-                work(&mut conn).await
-            }
-            _ => self.run(work).await,
+        match self.bare_pool() {
+            Some(pool) => run_bare::<D>(pool, work).await,
+            None => self.run(work).await,
         }
     }
 
@@ -139,12 +145,9 @@ impl<D: Dialect> GroupCommit<D> {
         bare: Work<D>,
         grouped: Work<D>,
     ) -> Result<(), StoreError> {
-        match &self.0 {
-            Mode::Off(pool) if D::ONE_STATEMENT_BATCH => {
-                let mut conn = pool.acquire().await.map_err(D::classify)?;
-                bare(&mut conn).await
-            }
-            _ => self.run(grouped).await,
+        match self.bare_pool() {
+            Some(pool) => run_bare::<D>(pool, bare).await,
+            None => self.run(grouped).await,
         }
     }
 
@@ -171,6 +174,12 @@ impl<D: Dialect> GroupCommit<D> {
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable(STOPPED.to_owned())))
     }
+}
+
+/// Runs `work` on a connection of `pool`, outside any transaction.
+async fn run_bare<D: Dialect>(pool: &Pool<D::DB>, work: Work<D>) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await.map_err(D::classify)?;
+    work(&mut conn).await
 }
 
 /// One lane: takes what is queued, commits it as one group, and again.
