@@ -283,6 +283,42 @@ async fn steps_that_stayed_in_the_host_commit_once_with_the_pivot() {
     );
 }
 
+/// An order edited under every attempt (an address change while each authorisation runs):
+/// the steps that commit with the confirmation run again after each refused commit, and
+/// the worker gives up after a bounded number of refusals in a row, leaving the saga for its
+/// next claim, instead of spinning for as long as the edits go on.
+#[tokio::test]
+async fn steps_refused_over_and_over_wait_for_the_next_claim() {
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    let store = rig.store.clone();
+    let clock = rig.clock.clone();
+    let order_id = rig.order;
+    rig.gateways.before_each(move |call| {
+        if call.operation == "authorize" {
+            futures::executor::block_on(async {
+                let mut order = OrderStore::get(store.as_ref(), order_id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let base = order.version();
+                let address = order.shipping_address().clone();
+                let event = order.update_shipping_address(address, clock.now()).unwrap();
+                save(&store, &order, Some(base), &event, None).await;
+            });
+        }
+    });
+    rig.engine("w1").run_due(10).await.unwrap();
+
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "authorize"].repeat(5),
+        "five refused commits, then the worker let the saga be"
+    );
+    assert_eq!(rig.saga().await, rig.saga, "nothing was committed");
+    assert!(rig.committed_effects().await.is_empty());
+}
+
 #[tokio::test]
 async fn a_retry_makes_the_steps_run_before_it_durable() {
     let rig = Rig::new().await;

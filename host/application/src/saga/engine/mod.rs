@@ -106,8 +106,11 @@ pub struct SagaEngine {
     jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
 }
 
-/// How many times one step is re-run because the order moved under it before the worker
-/// lets the saga wait for its next claim: a bound against an order edited in a tight loop.
+/// How many commits in a row a worker lets be refused because the order or a plugin key
+/// moved under the steps before it lets the saga wait for its next claim: a bound against an
+/// order edited in a tight loop. Counted over the run, not per step: steps that commit with
+/// the next one ([`StepCommit::WithNext`](super::definition::StepCommit)) all run again after
+/// each refusal.
 const ORDER_MOVED_ROUNDS: usize = 5;
 
 impl SagaEngine {
@@ -252,9 +255,12 @@ impl SagaEngine {
     /// commit). Re-runs it when a concurrent edit of the order moved its version, or another
     /// step changed the plugin state its call decided from: the commit was rolled back, so
     /// the saga goes back to its committed state, and steps run since that commit run again.
+    ///
+    /// After [`ORDER_MOVED_ROUNDS`] refused commits in a row (counted over the run, as the
+    /// steps run again one `step` at a time) the saga waits for its next claim.
     async fn step(&self, saga: &mut Run, mut held: Option<Order>) -> Result<Next, StepError> {
         let definition = flows::definition(saga.kind);
-        for _ in 0..ORDER_MOVED_ROUNDS {
+        loop {
             let order = match held.take() {
                 Some(order) => order,
                 None => self.load_order(saga).await?,
@@ -277,12 +283,15 @@ impl SagaEngine {
                 _ => return Ok(Next::Stop),
             };
             match result {
-                Err(StepError::OrderMoved | StepError::PluginStateMoved) => {
+                Err(refused @ (StepError::OrderMoved | StepError::PluginStateMoved)) => {
                     saga.revert();
+                    saga.refused += 1;
+                    if saga.refused >= ORDER_MOVED_ROUNDS {
+                        return Err(refused);
+                    }
                 }
                 other => return other,
             }
         }
-        Err(StepError::OrderMoved)
     }
 }

@@ -242,6 +242,7 @@ impl SagaEngine {
                 }
                 saga.saga = next;
                 saga.unflushed = None;
+                saga.refused = 0;
                 if changed {
                     self.changes.publish(&order);
                 }

@@ -20,6 +20,8 @@ use crate::saga::instance::SagaInstance;
 pub(super) struct Run {
     pub saga: SagaInstance,
     pub unflushed: Option<Unflushed>,
+    /// Commits refused since the last one landed ([`super::ORDER_MOVED_ROUNDS`] bounds it).
+    pub refused: usize,
 }
 
 /// Steps that ran since the last commit.
@@ -61,6 +63,7 @@ impl Run {
         Self {
             saga,
             unflushed: None,
+            refused: 0,
         }
     }
 
