@@ -8,7 +8,7 @@
 
 mod transaction;
 
-pub use transaction::{Expect, KeyChange, KeyEffect, KvChanges, KvTransaction};
+pub use transaction::{AbsentKeys, Expect, KeyChange, KeyEffect, KvChanges, KvTransaction};
 
 use std::collections::HashMap;
 

@@ -283,6 +283,54 @@ async fn steps_that_stayed_in_the_host_commit_once_with_the_pivot() {
     );
 }
 
+/// A call that created its record without reading it (the engine leaves that check to the
+/// commit), under a key that was there after all: the commit is refused, nothing of it
+/// lands, and the steps run again reading what they create, so that the plugin decides from
+/// its own record; that commit lands. Without the switch to reading, the steps would be
+/// refused the same way every time.
+#[tokio::test]
+async fn a_commit_refused_over_a_created_key_runs_the_steps_again_reading_it() {
+    use oms_application::plugin_kv::AbsentKeys::{CheckedAtCommit, Read};
+
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    rig.gateways.creates_records();
+    let recorded = rig.saga.idempotency_key("authorize-payment", "authorize");
+    PluginKvStore::set(
+        rig.store.as_ref(),
+        SCRIPTED_PLUGINS[1],
+        &recorded,
+        b"before",
+    )
+    .await
+    .unwrap();
+    rig.engine("w1").run_due(10).await.unwrap();
+
+    let calls: Vec<_> = rig
+        .gateways
+        .calls()
+        .iter()
+        .map(|c| (c.operation, c.absent_keys))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("reserve", CheckedAtCommit),
+            ("authorize", CheckedAtCommit),
+            ("reserve", Read),
+            ("authorize", Read),
+        ]
+    );
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::Succeeded);
+    assert_eq!(saga.version, rig.saga.version + 1, "one commit landed");
+    assert_eq!(rig.order().await.status(), OrderStatus::Confirmed);
+    assert_eq!(
+        rig.committed_effects().await,
+        ["reserve-inventory:reserve", "authorize-payment:authorize"]
+    );
+}
+
 /// An order edited under every attempt (an address change while each authorisation runs):
 /// the steps that commit with the confirmation run again after each refused commit, and
 /// the worker gives up after a bounded number of refusals in a row, leaving the saga for its

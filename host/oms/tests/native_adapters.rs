@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use oms::adapters::native::{NativeInventory, NativePayments};
 use oms::adapters::{PluginInventory, PluginPayments};
-use oms_application::plugin_kv::KvChanges;
+use oms_application::plugin_kv::{AbsentKeys, Expect, KvChanges};
 use oms_application::ports::{
     GatewayFailure, GatewayResult, InventoryGateway, PaymentGateway, PluginCall, PluginKvStore,
 };
@@ -124,6 +124,8 @@ async fn script(side: &Side, order: OrderId) -> Vec<String> {
     let s = &side.store;
     let inv = &side.inventory;
     let pay = &side.payments;
+    // Replays must find their records: read as a step run again after a refused commit.
+    const R: AbsentKeys = AbsentKeys::Read;
     let mut log = Vec::new();
     macro_rules! step {
         ($call:expr) => {{
@@ -133,42 +135,55 @@ async fn script(side: &Side, order: OrderId) -> Vec<String> {
         }};
     }
 
-    let held =
-        step!(inv.reserve(None, order, &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]), "r1")).unwrap();
-    step!(inv.reserve(None, order, &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]), "r1")).unwrap();
-    step!(inv.reserve(None, order, &lines(&[("DEMO-1", 3)]), "r1")).unwrap_err();
-    step!(inv.reserve(None, order, &lines(&[("NO-SUCH-SKU", 1)]), "r2")).unwrap_err();
-    step!(inv.reserve(None, order, &lines(&[("LIMITED-100", 101)]), "r3")).unwrap_err();
-    step!(inv.reserve(None, order, &lines(&[("LIMITED-100", 101)]), "r3")).unwrap_err();
-    step!(inv.reserve(None, order, &lines(&[("LIMITED-100", 100)]), "r4")).unwrap();
-    step!(inv.release(None, &held, "x1")).unwrap();
-    step!(inv.release(None, &held, "x2")).unwrap();
-    step!(inv.commit(None, &held, "x3")).unwrap_err();
-    step!(inv.commit(None, "rsv-unknown", "x4")).unwrap_err();
+    let held = step!(inv.reserve(
+        None,
+        order,
+        &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]),
+        "r1",
+        R
+    ))
+    .unwrap();
+    step!(inv.reserve(
+        None,
+        order,
+        &lines(&[("DEMO-1", 2), ("DEMO-2", 1)]),
+        "r1",
+        R
+    ))
+    .unwrap();
+    step!(inv.reserve(None, order, &lines(&[("DEMO-1", 3)]), "r1", R)).unwrap_err();
+    step!(inv.reserve(None, order, &lines(&[("NO-SUCH-SKU", 1)]), "r2", R)).unwrap_err();
+    step!(inv.reserve(None, order, &lines(&[("LIMITED-100", 101)]), "r3", R)).unwrap_err();
+    step!(inv.reserve(None, order, &lines(&[("LIMITED-100", 101)]), "r3", R)).unwrap_err();
+    step!(inv.reserve(None, order, &lines(&[("LIMITED-100", 100)]), "r4", R)).unwrap();
+    step!(inv.release(None, &held, "x1", R)).unwrap();
+    step!(inv.release(None, &held, "x2", R)).unwrap();
+    step!(inv.commit(None, &held, "x3", R)).unwrap_err();
+    step!(inv.commit(None, "rsv-unknown", "x4", R)).unwrap_err();
 
-    let paid = step!(pay.authorize("fakepay", None, order, eur(1500), "tok_ok", "a1")).unwrap();
-    step!(pay.authorize("fakepay", None, order, eur(1500), "tok_ok", "a1")).unwrap();
-    step!(pay.authorize("fakepay", None, order, eur(9), "tok_ok", "a1")).unwrap_err();
+    let paid = step!(pay.authorize("fakepay", None, order, eur(1500), "tok_ok", "a1", R)).unwrap();
+    step!(pay.authorize("fakepay", None, order, eur(1500), "tok_ok", "a1", R)).unwrap();
+    step!(pay.authorize("fakepay", None, order, eur(9), "tok_ok", "a1", R)).unwrap_err();
     let id = paid.payment_id;
-    step!(pay.capture("fakepay", None, &id, Some(eur(1000)), "c1")).unwrap();
-    step!(pay.capture("fakepay", None, &id, Some(eur(1000)), "c2")).unwrap_err();
-    step!(pay.capture("fakepay", None, &id, None, "c3")).unwrap();
-    step!(pay.refund("fakepay", None, &id, Some(eur(200)), "f1")).unwrap();
-    step!(pay.refund("fakepay", None, &id, Some(eur(200)), "f1")).unwrap();
-    step!(pay.refund("fakepay", None, &id, None, "f2")).unwrap();
-    step!(pay.void("fakepay", None, &id, "v1")).unwrap_err();
+    step!(pay.capture("fakepay", None, &id, Some(eur(1000)), "c1", R)).unwrap();
+    step!(pay.capture("fakepay", None, &id, Some(eur(1000)), "c2", R)).unwrap_err();
+    step!(pay.capture("fakepay", None, &id, None, "c3", R)).unwrap();
+    step!(pay.refund("fakepay", None, &id, Some(eur(200)), "f1", R)).unwrap();
+    step!(pay.refund("fakepay", None, &id, Some(eur(200)), "f1", R)).unwrap();
+    step!(pay.refund("fakepay", None, &id, None, "f2", R)).unwrap();
+    step!(pay.void("fakepay", None, &id, "v1", R)).unwrap_err();
     step!(pay.find_by_authorize_key("fakepay", None, "a1")).unwrap();
     step!(pay.find_by_authorize_key("fakepay", None, "nobody")).unwrap();
 
-    let held = step!(pay.authorize("fakepay", None, order, eur(700), "tok_ok", "a2")).unwrap();
-    step!(pay.void("fakepay", None, &held.payment_id, "v2")).unwrap();
-    step!(pay.void("fakepay", None, &held.payment_id, "v3")).unwrap();
-    step!(pay.authorize("fakepay", None, order, eur(700), "tok_decline", "a3")).unwrap_err();
-    step!(pay.authorize("fakepay", None, order, eur(700), "tok_nonsense", "a4")).unwrap_err();
+    let held = step!(pay.authorize("fakepay", None, order, eur(700), "tok_ok", "a2", R)).unwrap();
+    step!(pay.void("fakepay", None, &held.payment_id, "v2", R)).unwrap();
+    step!(pay.void("fakepay", None, &held.payment_id, "v3", R)).unwrap();
+    step!(pay.authorize("fakepay", None, order, eur(700), "tok_decline", "a3", R)).unwrap_err();
+    step!(pay.authorize("fakepay", None, order, eur(700), "tok_nonsense", "a4", R)).unwrap_err();
     for _ in 0..3 {
-        let _ = step!(pay.authorize("fakepay", None, order, eur(700), "tok_flaky", "a5"));
+        let _ = step!(pay.authorize("fakepay", None, order, eur(700), "tok_flaky", "a5", R));
     }
-    step!(pay.capture("fakepay", None, "fp_nobody", None, "c4")).unwrap_err();
+    step!(pay.capture("fakepay", None, "fp_nobody", None, "c4", R)).unwrap_err();
     log
 }
 
@@ -181,5 +196,61 @@ async fn native_adapters_answer_and_write_as_the_wasm_plugins_do() {
     assert_eq!(wasm.len(), native.len());
     for (n, (wasm, native)) in wasm.iter().zip(&native).enumerate() {
         assert_eq!(wasm, native, "call {n} differs");
+    }
+}
+
+/// A placement's and a fulfilment's first calls, as the engine makes them: the keys they
+/// create left to the commit. Both sides must leave the same records to it, pinned to
+/// "absent" where nothing was read: fakepay's authorisation reads nothing at all.
+#[tokio::test]
+async fn native_adapters_leave_the_same_new_keys_to_the_commit() {
+    const C: AbsentKeys = AbsentKeys::CheckedAtCommit;
+    async fn first_calls(side: &Side, order: OrderId) -> Vec<Answer<String>> {
+        let (s, inv, pay) = (&side.store, &side.inventory, &side.payments);
+        let mut log = Vec::new();
+        let lines = lines(&[("DEMO-1", 2)]);
+        let held = settle(s, inv.reserve(None, order, &lines, "r1", C).await).await;
+        let held_id = held.value.clone().unwrap();
+        log.push(held);
+        let paid = pay.authorize("fakepay", None, order, eur(1000), "tok_ok", "a1", C);
+        let paid = settle(s, paid.await).await;
+        let id = paid.value.clone().unwrap().payment_id;
+        log.push(Answer {
+            value: Ok(id.clone()),
+            kv: paid.kv,
+        });
+        let declined = pay.authorize("fakepay", None, order, eur(5), "tok_decline", "a2", C);
+        let declined = settle(s, declined.await).await;
+        log.push(Answer {
+            value: declined.value.map(|p| p.payment_id),
+            kv: declined.kv,
+        });
+        let captured = settle(s, pay.capture("fakepay", None, &id, None, "c1", C).await).await;
+        log.push(Answer {
+            value: captured.value.map(|p| p.payment_id),
+            kv: captured.kv,
+        });
+        let committed = settle(s, inv.commit(None, &held_id, "x1", C).await).await;
+        log.push(Answer {
+            value: committed.value.map(|()| held_id.clone()),
+            kv: committed.kv,
+        });
+        log
+    }
+    let dir = built_plugins();
+    let order = OrderId::generate();
+    let wasm = first_calls(&wasm_side(&dir).await, order).await;
+    let native = first_calls(&native_side(&dir), order).await;
+    assert_eq!(wasm, native);
+    for authorization in &wasm[1..3] {
+        let keys = &authorization
+            .kv
+            .as_ref()
+            .expect("an authorisation writes")
+            .keys;
+        assert!(
+            keys.values().all(|k| k.expect == Expect::Value(None)),
+            "every key of an authorisation is left to the commit: {keys:?}"
+        );
     }
 }

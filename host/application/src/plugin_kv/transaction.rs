@@ -14,6 +14,14 @@
 //! decides afresh from the new state. A bounded counter (stock) is not pinned to the value the
 //! plugin saw: its add is applied in SQL at commit with its bounds checked there, so
 //! concurrent steps on one hot counter do not refuse each other while the bounds hold.
+//!
+//! A batch that only creates keys (every swap from absent, no counter) need not read them
+//! first: with [`AbsentKeys::CheckedAtCommit`] it is answered `Applied` on its own word, each
+//! key recorded as "must still be absent", and the commit checks that as it checks every
+//! condition. That is the record a plugin writes per idempotency key, new on nearly every
+//! call: fakepay's authorisation costs no round trip. When the key was there after all (a
+//! replay), the commit is refused and the step runs again with [`AbsentKeys::Read`], so the
+//! plugin sees the record and answers from it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -99,6 +107,20 @@ pub enum KeyEffect {
     },
 }
 
+/// How a buffered call learns that the keys a batch creates are absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AbsentKeys {
+    /// Read them before answering: a key that is there answers `Conflict` at once.
+    #[default]
+    Read,
+    /// Take a batch that only creates keys (every swap expects absence, no counter, no key
+    /// this call read or wrote before) at its word: `Applied` without a read, each key
+    /// recorded as "must still be absent" for the step's commit to check. Only for a call
+    /// whose every effect is its buffered writes (a plugin with no network grant): a wrong
+    /// `Applied` must have done nothing the refused commit does not undo.
+    CheckedAtCommit,
+}
+
 /// One call's view of a namespace: committed values read through `store`, overlaid with the
 /// call's pending writes, which are collected instead of written.
 pub struct KvTransaction {
@@ -106,6 +128,7 @@ pub struct KvTransaction {
     changes: KvChanges,
     /// Committed values read so far, so that one call sees one value per key.
     read: HashMap<String, Option<Vec<u8>>>,
+    absent_keys: AbsentKeys,
 }
 
 impl std::fmt::Debug for KvTransaction {
@@ -125,7 +148,15 @@ impl KvTransaction {
                 keys: BTreeMap::new(),
             },
             read: HashMap::new(),
+            absent_keys: AbsentKeys::Read,
         }
+    }
+
+    /// The same view, checking the keys a batch creates as `absent_keys` says.
+    #[must_use]
+    pub fn with_absent_keys(mut self, absent_keys: AbsentKeys) -> Self {
+        self.absent_keys = absent_keys;
+        self
     }
 
     /// The writes to commit with the step.
@@ -234,6 +265,20 @@ impl KvTransaction {
         }
     }
 
+    /// Whether the batch may be answered without reading ([`AbsentKeys::CheckedAtCommit`]):
+    /// it only creates keys this call has neither read nor written, so its answer depends on
+    /// nothing but their absence, which the commit checks.
+    fn creates_unseen_keys(&self, swaps: &[Swap], adds: &[BoundedAdd]) -> bool {
+        self.absent_keys == AbsentKeys::CheckedAtCommit
+            && adds.is_empty()
+            && !swaps.is_empty()
+            && swaps.iter().all(|s| {
+                s.expected.is_none()
+                    && !self.read.contains_key(&s.key)
+                    && !self.changes.keys.contains_key(&s.key)
+            })
+    }
+
     /// Evaluates the batch against this call's view; when it applies, records it as pending
     /// changes and answers `Applied` with the counters' provisional values.
     pub async fn batch(
@@ -241,6 +286,20 @@ impl KvTransaction {
         swaps: &[Swap],
         adds: &[BoundedAdd],
     ) -> Result<BatchOutcome, KvError> {
+        if self.creates_unseen_keys(swaps, adds) {
+            for swap in swaps {
+                let effect = match &swap.new {
+                    Some(value) => KeyEffect::Put(value.clone()),
+                    None => KeyEffect::Keep,
+                };
+                let change = KeyChange {
+                    expect: Expect::Value(None),
+                    effect,
+                };
+                self.changes.keys.insert(swap.key.clone(), change);
+            }
+            return Ok(BatchOutcome::Applied(Vec::new()));
+        }
         let keys = batch_keys(swaps, adds);
         self.read_ahead(&keys).await?;
         let mut view = HashMap::new();
@@ -422,6 +481,92 @@ mod tests {
         assert_eq!(reads(), 1, "everything there was read or written already");
         assert_eq!(t.get("other").await.unwrap(), None);
         assert_eq!(reads(), 2);
+    }
+
+    /// fakepay's authorisation: a record and its index, both new. Checked at commit, the
+    /// batch costs no read, even when a key is there (a replay): the commit, which requires
+    /// both absent, is what refuses it then.
+    #[tokio::test]
+    async fn a_batch_that_only_creates_keys_is_left_to_the_commit() {
+        let store = Arc::new(Committed::default());
+        store
+            .0
+            .lock()
+            .unwrap()
+            .insert("op/replayed".into(), b"first".to_vec());
+        let reads = || *store.1.lock().unwrap();
+        let mut t =
+            KvTransaction::new(store.clone(), "ns").with_absent_keys(AbsentKeys::CheckedAtCommit);
+        let record = [
+            swap("op/replayed", None, Some("second")),
+            swap("pay/1", None, Some("held")),
+            swap("lock/1", None, None),
+        ];
+        let got = t.batch(&record, &[]).await.unwrap();
+        assert_eq!(got, BatchOutcome::Applied(vec![]));
+        assert_eq!(t.get("pay/1").await.unwrap().as_deref(), Some(&b"held"[..]));
+        assert_eq!(t.get("lock/1").await.unwrap(), None);
+        assert_eq!(reads(), 0, "nothing was read");
+        let keys = t.into_changes().keys;
+        let absent_then = |effect| KeyChange {
+            expect: Expect::Value(None),
+            effect,
+        };
+        assert_eq!(
+            keys["op/replayed"],
+            absent_then(KeyEffect::Put(b"second".to_vec()))
+        );
+        assert_eq!(keys["pay/1"], absent_then(KeyEffect::Put(b"held".to_vec())));
+        assert_eq!(keys["lock/1"], absent_then(KeyEffect::Keep));
+    }
+
+    /// What is not a plain creation still reads, checked at commit or not: a counter, a swap
+    /// from a value, a key the call has seen; and with `Read` a creation reads too, so a
+    /// replay finds its record at once.
+    #[tokio::test]
+    async fn batches_that_depend_on_a_value_read_it() {
+        let store = Arc::new(Committed::default());
+        for (k, v) in [("stock/A", "5"), ("op/1", "first")] {
+            store
+                .0
+                .lock()
+                .unwrap()
+                .insert(k.into(), v.as_bytes().to_vec());
+        }
+        let reads = || *store.1.lock().unwrap();
+        let mut t =
+            KvTransaction::new(store.clone(), "ns").with_absent_keys(AbsentKeys::CheckedAtCommit);
+        let got = t
+            .batch(&[swap("res/1", None, Some("held"))], &[take("stock/A", 1)])
+            .await
+            .unwrap();
+        assert_eq!(got, BatchOutcome::Applied(vec![4]));
+        assert_eq!(reads(), 1, "a batch with a counter reads its keys");
+        let got = t
+            .batch(&[swap("op/1", Some("first"), Some("next"))], &[])
+            .await
+            .unwrap();
+        assert_eq!(got, BatchOutcome::Applied(vec![]));
+        assert_eq!(reads(), 2, "a swap from a value reads it");
+        assert_eq!(t.get("seen").await.unwrap(), None);
+        let got = t
+            .batch(&[swap("seen", None, Some("x"))], &[])
+            .await
+            .unwrap();
+        assert_eq!(got, BatchOutcome::Applied(vec![]));
+        assert_eq!(
+            reads(),
+            3,
+            "a key read before is decided from what was read"
+        );
+
+        let mut t = KvTransaction::new(store.clone(), "ns");
+        let got = t
+            .batch(&[swap("op/1", None, Some("again"))], &[])
+            .await
+            .unwrap();
+        assert_eq!(got, BatchOutcome::Conflict(vec!["op/1".into()]));
+        assert_eq!(reads(), 4);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use oms_domain::{LineItem, Money, OrderId, PaymentAction};
 
-use crate::plugin_kv::KvChanges;
+use crate::plugin_kv::{AbsentKeys, KvChanges};
 
 /// Which plugin build served a call. Recorded on every saga step, so an audit after a hot
 /// swap knows which version did what.
@@ -283,11 +283,19 @@ pub type GatewayResult<T> = Result<(T, PluginCall), GatewayFailure>;
 /// [`PluginCall::digest`] recorded: the call runs on that build while it is still installed,
 /// so a newer version with another id format or ledger cannot break the orders taken before
 /// it; on the current build otherwise. The returned [`PluginCall`] says which build answered.
+///
+/// `absent_keys` on a call that writes (every one but the lookup) says whether the plugin's
+/// batches that only create keys may be answered without reading them, left to the step's
+/// commit to check ([`AbsentKeys`]): the engine asks for that until a commit of the saga is
+/// refused over a plugin key. The runtime honours it only for a plugin with no network grant.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync {
     /// Holds `amount`. Idempotent per `idempotency_key`. `pinned`: the build an earlier
     /// attempt reached (its outcome unknown), so a resend reaches the same ledger; `None`
     /// for a first attempt, which a canary of the provider may take.
+    // The contract's request, field by field, plus how the call is made (`pinned`,
+    // `absent_keys`): a struct for them would only be unpacked again in every adapter.
+    #[allow(clippy::too_many_arguments)]
     async fn authorize(
         &self,
         provider: &str,
@@ -296,6 +304,7 @@ pub trait PaymentGateway: Send + Sync {
         amount: Money,
         token: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment>;
 
     /// Captures `amount` (`None`: everything authorized).
@@ -306,6 +315,7 @@ pub trait PaymentGateway: Send + Sync {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment>;
 
     /// Releases the hold.
@@ -315,6 +325,7 @@ pub trait PaymentGateway: Send + Sync {
         pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment>;
 
     /// Refunds `amount` (`None`: everything captured and not yet refunded).
@@ -325,6 +336,7 @@ pub trait PaymentGateway: Send + Sync {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment>;
 
     /// The payment an `authorize` with this key created, if any: how an UNRESOLVED
@@ -337,7 +349,7 @@ pub trait PaymentGateway: Send + Sync {
     ) -> GatewayResult<Option<ProviderPayment>>;
 }
 
-/// Inventory adapters.
+/// Inventory adapters. `pinned` and `absent_keys` as for [`PaymentGateway`].
 #[async_trait]
 pub trait InventoryGateway: Send + Sync {
     /// Reserves every line or none; `Permanent` when out of stock (the reason names SKUs).
@@ -349,6 +361,7 @@ pub trait InventoryGateway: Send + Sync {
         order_id: OrderId,
         lines: &[LineItem],
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<String>;
 
     /// Returns the stock. Idempotent per key. `pinned`: see [`PaymentGateway`].
@@ -357,6 +370,7 @@ pub trait InventoryGateway: Send + Sync {
         pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<()>;
 
     /// Allocates the stock at fulfillment. Idempotent per key.
@@ -365,6 +379,7 @@ pub trait InventoryGateway: Send + Sync {
         pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<()>;
 }
 

@@ -8,6 +8,7 @@ use oms_domain::{
 
 use super::definition::Operation;
 use super::instance::{SagaData, SagaInstance};
+use crate::plugin_kv::AbsentKeys;
 use crate::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, InventoryGateway, PaymentGateway,
     PluginCall, ProviderPaymentState,
@@ -80,6 +81,8 @@ impl Change {
 pub(crate) struct Executor<'a> {
     pub payments: &'a dyn PaymentGateway,
     pub inventory: &'a dyn InventoryGateway,
+    /// Passed to every call that writes (see [`AbsentKeys`]).
+    pub absent_keys: AbsentKeys,
 }
 
 fn with_call(change: Change, call: PluginCall) -> Effect {
@@ -169,7 +172,13 @@ impl Executor<'_> {
             Operation::ReserveInventory => {
                 let (reservation_id, call) = self
                     .inventory
-                    .reserve(stock_build, order.id(), order.items(), key)
+                    .reserve(
+                        stock_build,
+                        order.id(),
+                        order.items(),
+                        key,
+                        self.absent_keys,
+                    )
                     .await?;
                 Ok(Effect {
                     reservation_id: Some(reservation_id),
@@ -194,7 +203,10 @@ impl Executor<'_> {
                     .reservation_id
                     .as_deref()
                     .ok_or_else(|| missing("reservation"))?;
-                let ((), call) = self.inventory.release(stock_build, id, key).await?;
+                let ((), call) = self
+                    .inventory
+                    .release(stock_build, id, key, self.absent_keys)
+                    .await?;
                 Ok(with_call(Change::Released, call))
             }
             Operation::CommitInventory => {
@@ -202,7 +214,10 @@ impl Executor<'_> {
                     .reservation_id
                     .as_deref()
                     .ok_or_else(|| missing("reservation"))?;
-                let ((), call) = self.inventory.commit(stock_build, id, key).await?;
+                let ((), call) = self
+                    .inventory
+                    .commit(stock_build, id, key, self.absent_keys)
+                    .await?;
                 Ok(with_call(Change::Committed, call))
             }
             Operation::AuthorizePayment => self.authorize(order, pay_build, key).await,
@@ -227,7 +242,10 @@ impl Executor<'_> {
                     .payment_id
                     .as_deref()
                     .ok_or_else(|| missing("payment"))?;
-                let (_, call) = self.payments.void(provider, pay_build, id, key).await?;
+                let (_, call) = self
+                    .payments
+                    .void(provider, pay_build, id, key, self.absent_keys)
+                    .await?;
                 Ok(with_call(Change::Voided, call))
             }
             // Committed stock cannot be released (see below): voiding or refunding the money
@@ -249,7 +267,10 @@ impl Executor<'_> {
                         .payment_id
                         .as_deref()
                         .ok_or_else(|| missing("payment"))?;
-                    let (_, call) = self.payments.void(provider, pay_build, id, key).await?;
+                    let (_, call) = self
+                        .payments
+                        .void(provider, pay_build, id, key, self.absent_keys)
+                        .await?;
                     Ok(with_call(Change::Voided, call))
                 }
                 PaymentStatus::Captured
@@ -265,7 +286,7 @@ impl Executor<'_> {
                         .map_err(|e| missing(&e.to_string()))?;
                     let (_, call) = self
                         .payments
-                        .refund(provider, pay_build, id, None, key)
+                        .refund(provider, pay_build, id, None, key, self.absent_keys)
                         .await?;
                     Ok(with_call(Change::Refunded(refundable), call))
                 }
@@ -289,7 +310,7 @@ impl Executor<'_> {
                     .map_err(|e| missing(&e.to_string()))?;
                 let (_, call) = self
                     .payments
-                    .capture(provider, pay_build, id, None, key)
+                    .capture(provider, pay_build, id, None, key, self.absent_keys)
                     .await?;
                 Ok(with_call(Change::Captured(remaining), call))
             }
@@ -306,7 +327,7 @@ impl Executor<'_> {
                 .map_err(|e| missing(&e.to_string()))?;
                 let (_, call) = self
                     .payments
-                    .refund(provider, pay_build, id, Some(amount), key)
+                    .refund(provider, pay_build, id, Some(amount), key, self.absent_keys)
                     .await?;
                 Ok(with_call(Change::Refunded(amount), call))
             }
@@ -346,7 +367,7 @@ impl Executor<'_> {
             ProviderPaymentState::Authorized | ProviderPaymentState::RequiresAction => {
                 let (_, call) = self
                     .payments
-                    .void(provider, build, &payment.payment_id, key)
+                    .void(provider, build, &payment.payment_id, key, self.absent_keys)
                     .await?;
                 Ok(Effect {
                     payment_id: Some(payment.payment_id),
@@ -416,6 +437,7 @@ impl Executor<'_> {
                 order.total(),
                 &order.payment().token,
                 key,
+                self.absent_keys,
             )
             .await?;
         match (payment.state, payment.action) {

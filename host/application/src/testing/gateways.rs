@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use oms_domain::{LineItem, Money, OrderId, PaymentAction};
 use tokio::sync::Notify;
 
-use crate::plugin_kv::{Expect, KeyChange, KeyEffect, KvChanges};
+use crate::plugin_kv::{AbsentKeys, Expect, KeyChange, KeyEffect, KvChanges};
 use crate::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
     PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
@@ -24,6 +24,9 @@ pub struct Call {
     pub idempotency_key: String,
     /// The build the engine pinned the call to (`PaymentGateway`'s `pinned`).
     pub pinned: Option<String>,
+    /// How the call was to check the keys it creates (`Read` for the lookup, which writes
+    /// nothing).
+    pub absent_keys: AbsentKeys,
 }
 
 /// A scripted answer for the next call of an operation.
@@ -69,6 +72,9 @@ pub struct ScriptedGateways {
     before_call: Mutex<Option<Hook>>,
     holds: Mutex<Holds>,
     host_only: AtomicBool,
+    /// Whether an answered call's record is created as a plugin creates it
+    /// ([`Self::creates_records`]).
+    creates_records: AtomicBool,
     /// The digest its calls report ([`Self::swap_build`]); `sha256:scripted` by default.
     build: Mutex<Option<String>>,
 }
@@ -106,11 +112,11 @@ fn lost(operation: &str) -> GatewayError {
 
 /// What the script says about this call, once it is recorded.
 enum Answer {
-    /// Answers; the call's idempotency key and the build it was pinned to.
-    Normal(String, Option<String>),
+    /// Answers the call.
+    Normal(Call),
     Lost(Option<String>),
     /// As `Normal`, the payment waiting for the customer to complete this action.
-    Action(String, Option<String>, PaymentAction),
+    Action(Call, PaymentAction),
 }
 
 impl ScriptedGateways {
@@ -121,6 +127,16 @@ impl ScriptedGateways {
         self.host_only.store(true, Ordering::Relaxed);
     }
 
+    /// From now on a call that answers creates its record as a plugin creates a new record
+    /// with `compare-and-swap` from absent: pinned to "absent" when the engine left that check
+    /// to the commit (`AbsentKeys::CheckedAtCommit`), so that the commit is refused if the
+    /// record is there; written over what is there after a read otherwise (`Read`), as a
+    /// plugin that found its record would answer from it. By default every record is written
+    /// unconditionally.
+    pub fn creates_records(&self) {
+        self.creates_records.store(true, Ordering::Relaxed);
+    }
+
     /// From now on calls report `digest` as the build that served them (a new version was
     /// installed); a call pinned to another build still reports the pinned one, as the
     /// runtime serves a pinned call on the build it names while that build is loaded.
@@ -129,20 +145,31 @@ impl ScriptedGateways {
     }
 
     /// The build that served `operation`; with the call's effect as a pending KV write when
-    /// it answered (`key`).
-    fn plugin_call(&self, operation: &str, key: Option<&str>, pinned: Option<&str>) -> PluginCall {
+    /// it answered (`answered`).
+    fn plugin_call(
+        &self,
+        operation: &str,
+        answered: Option<&Call>,
+        pinned: Option<&str>,
+    ) -> PluginCall {
         let plugin = scripted_plugin(operation);
         let digest = pinned
             .map(str::to_owned)
             .or_else(|| lock(&self.build).clone())
             .unwrap_or_else(|| "sha256:scripted".to_owned());
-        let keys = key
-            .map(|key| {
+        let keys = answered
+            .map(|call| {
+                let left_to_commit = self.creates_records.load(Ordering::Relaxed)
+                    && call.absent_keys == AbsentKeys::CheckedAtCommit;
                 let change = KeyChange {
-                    expect: Expect::Anything,
+                    expect: if left_to_commit {
+                        Expect::Value(None)
+                    } else {
+                        Expect::Anything
+                    },
                     effect: KeyEffect::Put(operation.as_bytes().to_vec()),
                 };
-                BTreeMap::from([(key.to_owned(), change)])
+                BTreeMap::from([(call.idempotency_key.clone(), change)])
             })
             .unwrap_or_default();
         PluginCall {
@@ -233,11 +260,13 @@ impl ScriptedGateways {
         operation: &'static str,
         key: &str,
         pinned: Option<&str>,
+        absent_keys: AbsentKeys,
     ) -> Result<Answer, GatewayFailure> {
         let call = Call {
             operation,
             idempotency_key: key.to_owned(),
             pinned: pinned.map(str::to_owned),
+            absent_keys,
         };
         lock(&self.state).calls.push(call.clone());
         if let Some(hook) = lock(&self.before_call).as_ref() {
@@ -257,11 +286,9 @@ impl ScriptedGateways {
             .get_mut(operation)
             .and_then(VecDeque::pop_front);
         match next {
-            None => Ok(Answer::Normal(key.to_owned(), call.pinned)),
+            None => Ok(Answer::Normal(call)),
             Some(Scripted::LostAnswer) => Ok(Answer::Lost(call.pinned)),
-            Some(Scripted::RequiresAction(action)) => {
-                Ok(Answer::Action(key.to_owned(), call.pinned, action))
-            }
+            Some(Scripted::RequiresAction(action)) => Ok(Answer::Action(call, action)),
             Some(Scripted::Fail(error)) => {
                 // A call refused before it reached the plugin has no build to record.
                 let reached = !matches!(error, GatewayError::NotTried { .. });
@@ -276,9 +303,9 @@ impl ScriptedGateways {
     /// The answer to a call that took effect: `value`, or the lost-answer error.
     fn answer<T>(&self, operation: &'static str, answer: Answer, value: T) -> GatewayResult<T> {
         match answer {
-            Answer::Normal(key, pinned) | Answer::Action(key, pinned, _) => Ok((
+            Answer::Normal(call) | Answer::Action(call, _) => Ok((
                 value,
-                self.plugin_call(operation, Some(&key), pinned.as_deref()),
+                self.plugin_call(operation, Some(&call), call.pinned.as_deref()),
             )),
             // What a stopped call wrote is dropped with it.
             Answer::Lost(pinned) => Err(GatewayFailure {
@@ -335,10 +362,13 @@ impl PaymentGateway for ScriptedGateways {
         amount: Money,
         _token: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("authorize", idempotency_key, pinned).await?;
+        let answer = self
+            .enter("authorize", idempotency_key, pinned, absent_keys)
+            .await?;
         let action = match &answer {
-            Answer::Action(_, _, action) => Some(action.clone()),
+            Answer::Action(_, action) => Some(action.clone()),
             _ => None,
         };
         let mut payment = {
@@ -374,8 +404,11 @@ impl PaymentGateway for ScriptedGateways {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("capture", idempotency_key, pinned).await?;
+        let answer = self
+            .enter("capture", idempotency_key, pinned, absent_keys)
+            .await?;
         let payment = self.settle(
             "capture",
             payment_id,
@@ -391,8 +424,11 @@ impl PaymentGateway for ScriptedGateways {
         pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("void", idempotency_key, pinned).await?;
+        let answer = self
+            .enter("void", idempotency_key, pinned, absent_keys)
+            .await?;
         let payment = self.settle("void", payment_id, None, ProviderPaymentState::Voided)?;
         self.answer("void", answer, payment)
     }
@@ -404,8 +440,11 @@ impl PaymentGateway for ScriptedGateways {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
-        let answer = self.enter("refund", idempotency_key, pinned).await?;
+        let answer = self
+            .enter("refund", idempotency_key, pinned, absent_keys)
+            .await?;
         let payment = self.settle("refund", payment_id, amount, ProviderPaymentState::Refunded)?;
         self.answer("refund", answer, payment)
     }
@@ -416,7 +455,9 @@ impl PaymentGateway for ScriptedGateways {
         pinned: Option<&str>,
         idempotency_key: &str,
     ) -> GatewayResult<Option<ProviderPayment>> {
-        let answer = self.enter("get-payment", idempotency_key, pinned).await?;
+        let answer = self
+            .enter("get-payment", idempotency_key, pinned, AbsentKeys::Read)
+            .await?;
         let found = lock(&self.state).payments.get(idempotency_key).cloned();
         self.answer("get-payment", answer, found)
     }
@@ -430,8 +471,11 @@ impl InventoryGateway for ScriptedGateways {
         _order_id: OrderId,
         _lines: &[LineItem],
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<String> {
-        let answer = self.enter("reserve", idempotency_key, pinned).await?;
+        let answer = self
+            .enter("reserve", idempotency_key, pinned, absent_keys)
+            .await?;
         let id = {
             let mut state = lock(&self.state);
             let number = state.reservations.len() + 1;
@@ -449,8 +493,11 @@ impl InventoryGateway for ScriptedGateways {
         pinned: Option<&str>,
         _reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<()> {
-        let answer = self.enter("release", idempotency_key, pinned).await?;
+        let answer = self
+            .enter("release", idempotency_key, pinned, absent_keys)
+            .await?;
         self.answer("release", answer, ())
     }
 
@@ -459,8 +506,11 @@ impl InventoryGateway for ScriptedGateways {
         pinned: Option<&str>,
         _reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<()> {
-        let answer = self.enter("commit", idempotency_key, pinned).await?;
+        let answer = self
+            .enter("commit", idempotency_key, pinned, absent_keys)
+            .await?;
         self.answer("commit", answer, ())
     }
 }

@@ -11,7 +11,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::breaker::CircuitBreaker;
 use crate::error::{BreakerCause, CallError, CallErrorKind};
-use crate::kv::KvChanges;
+use crate::kv::{AbsentKeys, KvChanges};
 use crate::metrics::PluginMetrics;
 use crate::plugin::LoadedPlugin;
 use crate::registry::{Picked, Route};
@@ -50,8 +50,12 @@ pub enum KvMode {
     #[default]
     Direct,
     /// Into a buffer returned in [`CallInfo::kv`]: the caller (a saga step) commits them
-    /// with its own outcome, and the plugin reads its own pending writes meanwhile.
-    Buffered,
+    /// with its own outcome, and the plugin reads its own pending writes meanwhile. The
+    /// keys its batches create are read first or checked by that commit, as the caller
+    /// says; checked by the commit only when the plugin has no network grant, whatever the
+    /// caller asked: a plugin that can reach a provider must not act on an answer the commit
+    /// may take back.
+    Buffered(AbsentKeys),
 }
 
 /// A guest call borrowing the store and the plugin for its duration.
@@ -133,8 +137,17 @@ where
 
     let started = Instant::now();
     let mut store = new_store(rt, &plugin, started);
-    if kv == KvMode::Buffered {
-        store.data_mut().kv_txn = plugin.ctx.kv.transaction();
+    if let KvMode::Buffered(absent_keys) = kv {
+        let absent_keys = if plugin.ctx.http.is_none() {
+            absent_keys
+        } else {
+            AbsentKeys::Read
+        };
+        store.data_mut().kv_txn = plugin
+            .ctx
+            .kv
+            .transaction()
+            .map(|txn| txn.with_absent_keys(absent_keys));
     }
     let deadline = plugin.limits.deadline;
     let span = tracing::debug_span!(

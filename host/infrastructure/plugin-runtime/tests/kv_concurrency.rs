@@ -105,7 +105,7 @@ async fn no_oversell_on_sqlite() {
 async fn a_buffered_call_returns_its_writes_instead_of_writing() {
     use oms_application::plugin_kv::{Expect, KeyChange, KeyEffect};
     use oms_plugin_runtime::KvMode;
-    use oms_plugin_runtime::kv::MemoryKvStore;
+    use oms_plugin_runtime::kv::{AbsentKeys, MemoryKvStore};
 
     plugins_dir();
     let kv = Arc::new(MemoryKvStore::new());
@@ -114,7 +114,10 @@ async fn a_buffered_call_returns_its_writes_instead_of_writing() {
     rt.install(staged(dir.path(), "local-stock", |t| t))
         .await
         .unwrap();
-    let inv = rt.inventory("local-stock").with_kv(KvMode::Buffered);
+    // Checked at commit where it can be: a reservation's batch has a counter, so it reads.
+    let inv = rt
+        .inventory("local-stock")
+        .with_kv(KvMode::Buffered(AbsentKeys::CheckedAtCommit));
     let line = |quantity| Line {
         sku: "LIMITED-100".into(),
         quantity,
@@ -162,4 +165,67 @@ async fn a_buffered_call_returns_its_writes_instead_of_writing() {
             },
         }
     );
+}
+
+/// A saga step may let the commit check the keys a call creates (`AbsentKeys::CheckedAtCommit`)
+/// only when the plugin cannot reach outside the host: fakepay, asked to authorise again
+/// under a key it already recorded, answers `Applied` without a read, and its write is pinned
+/// to "absent" for the commit to refuse. The same plugin granted the network reads first, as
+/// its call could act on the answer, and so replays its record.
+#[tokio::test]
+async fn only_a_plugin_without_network_leaves_its_new_keys_to_the_commit() {
+    use oms_application::plugin_kv::Expect;
+    use oms_plugin_runtime::KvMode;
+    use oms_plugin_runtime::kv::{AbsentKeys, MemoryKvStore};
+
+    plugins_dir();
+    for networked in [false, true] {
+        let kv = Arc::new(MemoryKvStore::new());
+        let rt = runtime_with(kv.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = staged(dir.path(), "fakepay", |t| {
+            if networked {
+                t.replace(
+                    "kv = true",
+                    "kv = true\nhttp.allow = [\"127.0.0.1:9\"]\nhttp.allow_private = true",
+                )
+            } else {
+                t
+            }
+        });
+        rt.install(&manifest).await.unwrap();
+        // The first authorisation, committed.
+        let first = rt
+            .payment("fakepay")
+            .authorize(authorize_request("tok_ok", "again"))
+            .await
+            .unwrap();
+        let again = rt
+            .payment("fakepay")
+            .with_kv(KvMode::Buffered(AbsentKeys::CheckedAtCommit))
+            .authorize(authorize_request("tok_ok", "again"))
+            .await
+            .unwrap();
+        assert_eq!(again.info.host_only, !networked);
+        assert_eq!(again.value.payment().id, first.value.payment().id);
+        let pinned_absent = again
+            .info
+            .kv
+            .keys
+            .values()
+            .filter(|k| k.expect == Expect::Value(None))
+            .count();
+        if networked {
+            assert_eq!(
+                pinned_absent, 0,
+                "read first, the replay writes nothing new"
+            );
+        } else {
+            assert!(
+                pinned_absent >= 2,
+                "the record and its index are left to the commit, which refuses them: {:?}",
+                again.info.kv
+            );
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `InventoryGateway` over one inventory-adapter plugin.
 
 use async_trait::async_trait;
+use oms_application::plugin_kv::AbsentKeys;
 use oms_application::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
 };
@@ -26,10 +27,10 @@ impl PluginInventory {
     }
 
     /// Every call here is a saga step's: its key-value writes are committed with the step.
-    fn plugin(&self) -> InventoryPlugin {
+    fn plugin(&self, absent_keys: AbsentKeys) -> InventoryPlugin {
         self.runtime
             .inventory(&self.plugin)
-            .with_kv(KvMode::Buffered)
+            .with_kv(KvMode::Buffered(absent_keys))
     }
 }
 
@@ -97,11 +98,12 @@ impl InventoryGateway for PluginInventory {
         order_id: OrderId,
         lines: &[LineItem],
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<String> {
         // A first attempt: a canary of the adapter takes its share of orders; a resend after
         // an unknown outcome goes to the build that may have acted.
         let called = self
-            .plugin()
+            .plugin(absent_keys)
             .starting(&order_id.to_string(), pinned)
             .reserve(
                 order_id.to_string(),
@@ -118,9 +120,10 @@ impl InventoryGateway for PluginInventory {
         pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<()> {
         let called = self
-            .plugin()
+            .plugin(absent_keys)
             .pinned(pinned)
             .release(reservation_id.to_owned(), idempotency_key.to_owned())
             .await
@@ -133,9 +136,10 @@ impl InventoryGateway for PluginInventory {
         pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<()> {
         let called = self
-            .plugin()
+            .plugin(absent_keys)
             .pinned(pinned)
             .commit(reservation_id.to_owned(), idempotency_key.to_owned())
             .await

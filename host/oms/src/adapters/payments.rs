@@ -1,6 +1,7 @@
 //! `PaymentGateway` over payment-provider plugins.
 
 use async_trait::async_trait;
+use oms_application::plugin_kv::AbsentKeys;
 use oms_application::ports::{
     GatewayResult, PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
 };
@@ -25,8 +26,10 @@ impl PluginPayments {
     }
 
     /// Every call here is a saga step's: its key-value writes are committed with the step.
-    fn plugin(&self, provider: &str) -> PaymentPlugin {
-        self.runtime.payment(provider).with_kv(KvMode::Buffered)
+    fn plugin(&self, provider: &str, absent_keys: AbsentKeys) -> PaymentPlugin {
+        self.runtime
+            .payment(provider)
+            .with_kv(KvMode::Buffered(absent_keys))
     }
 }
 
@@ -235,11 +238,12 @@ impl PaymentGateway for PluginPayments {
         amount: Money,
         token: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
         // A first attempt: a canary of the provider takes its share of orders. A resend
         // after an unknown outcome goes to the build that may have acted.
         authorized(
-            self.plugin(provider)
+            self.plugin(provider, absent_keys)
                 .starting(&order_id.to_string(), pinned)
                 .authorize(authorize_request(order_id, amount, token, idempotency_key))
                 .await,
@@ -253,9 +257,10 @@ impl PaymentGateway for PluginPayments {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.plugin(provider)
+            self.plugin(provider, absent_keys)
                 .pinned(pinned)
                 .capture(
                     payment_id.to_owned(),
@@ -272,9 +277,10 @@ impl PaymentGateway for PluginPayments {
         pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.plugin(provider)
+            self.plugin(provider, absent_keys)
                 .pinned(pinned)
                 .void(payment_id.to_owned(), idempotency_key.to_owned())
                 .await,
@@ -288,9 +294,10 @@ impl PaymentGateway for PluginPayments {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.plugin(provider)
+            self.plugin(provider, absent_keys)
                 .pinned(pinned)
                 .refund(
                     payment_id.to_owned(),

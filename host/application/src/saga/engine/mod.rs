@@ -20,6 +20,7 @@ use super::instance::{SagaInstance, SagaStatus};
 use crate::changes::OrderChanges;
 use crate::clock::Clock;
 use crate::error::AppError;
+use crate::plugin_kv::AbsentKeys;
 use crate::ports::{InventoryGateway, OrderStore, PaymentGateway, SagaStore, StoreError};
 use run::Run;
 
@@ -42,8 +43,10 @@ enum StepError {
     /// same call.
     OrderMoved,
     /// The plugin state the step's call read changed before the step committed (another
-    /// step took the same stock meanwhile): the call's writes were not applied, and the step
-    /// runs its call again on the new state, with the same idempotency key.
+    /// step took the same stock meanwhile), or a key the call created without reading it was
+    /// there after all (a replay): the call's writes were not applied, and the step runs its
+    /// call again on the new state, with the same idempotency key, reading every key it
+    /// creates from then on ([`AbsentKeys::Read`]).
     PluginStateMoved,
     /// This worker no longer owns the saga (another worker claimed it after the lease ran
     /// out, or it moved on): stop at once; calling the provider again would be for nothing.
@@ -285,6 +288,9 @@ impl SagaEngine {
             match result {
                 Err(refused @ (StepError::OrderMoved | StepError::PluginStateMoved)) => {
                     saga.revert();
+                    if matches!(refused, StepError::PluginStateMoved) {
+                        saga.absent_keys = AbsentKeys::Read;
+                    }
                     saga.refused += 1;
                     if saga.refused >= ORDER_MOVED_ROUNDS {
                         return Err(refused);

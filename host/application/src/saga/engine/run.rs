@@ -11,6 +11,7 @@ use std::ops::{Deref, DerefMut};
 
 use oms_domain::{DomainError, Order, OrderEvent, Timestamp, Version};
 
+use crate::plugin_kv::AbsentKeys;
 use crate::ports::StepRecord;
 use crate::saga::executor::Change;
 use crate::saga::instance::SagaInstance;
@@ -20,6 +21,10 @@ use crate::saga::instance::SagaInstance;
 pub(super) struct Run {
     pub saga: SagaInstance,
     pub unflushed: Option<Unflushed>,
+    /// How this run's calls check the plugin keys they create: at commit, until a commit
+    /// is refused over a plugin key; then by reading them, so that the steps run again see
+    /// what is there (a replayed call's record) instead of being refused the same way.
+    pub absent_keys: AbsentKeys,
     /// Commits refused since the last one landed ([`super::ORDER_MOVED_ROUNDS`] bounds it).
     pub refused: usize,
 }
@@ -63,6 +68,7 @@ impl Run {
         Self {
             saga,
             unflushed: None,
+            absent_keys: AbsentKeys::CheckedAtCommit,
             refused: 0,
         }
     }

@@ -8,6 +8,7 @@ use super::outcome::{Failure, Mark};
 use super::run::Run;
 use super::{Next, SagaEngine, StepError};
 use crate::error::AppError;
+use crate::plugin_kv::AbsentKeys;
 use crate::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, PluginCall, StepDirection,
     StepRecord, StepState, StoreError,
@@ -18,10 +19,11 @@ use crate::saga::flows;
 use crate::saga::instance::{SagaData, SagaInstance, SagaKind, SagaStatus};
 
 impl SagaEngine {
-    fn executor(&self) -> Executor<'_> {
+    fn executor(&self, absent_keys: AbsentKeys) -> Executor<'_> {
         Executor {
             payments: self.ports.payments.as_ref(),
             inventory: self.ports.inventory.as_ref(),
+            absent_keys,
         }
     }
 
@@ -130,7 +132,7 @@ impl SagaEngine {
             last_error,
             at: now,
         };
-        let executor = self.executor();
+        let executor = self.executor(saga.absent_keys);
         let call = executor.run(step.forward, saga, &order, &key);
         match self.heartbeat(saga, call).await? {
             Ok(effect) if effect.wait_until.is_some() => {
@@ -381,7 +383,7 @@ impl SagaEngine {
             last_error,
             at: now,
         };
-        let executor = self.executor();
+        let executor = self.executor(saga.absent_keys);
         let call = executor.run(op, saga, &order, &key);
         match self.heartbeat(saga, call).await? {
             Ok(effect) => {

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oms_application::plugin_kv::{BatchOutcome, BoundedAdd, KvError, KvTransaction, Swap};
+use oms_application::plugin_kv::{
+    AbsentKeys, BatchOutcome, BoundedAdd, KvError, KvTransaction, Swap,
+};
 use oms_application::ports::PluginKvStore;
 use oms_plugin_runtime::PluginKind;
 use oms_plugin_runtime::clients::payment::{
@@ -221,8 +223,12 @@ impl FakePay {
         })
     }
 
-    pub async fn authorize(&self, request: AuthorizeRequest) -> PaymentResult<Payment> {
-        let mut call = self.identity.call();
+    pub async fn authorize(
+        &self,
+        request: AuthorizeRequest,
+        absent_keys: AbsentKeys,
+    ) -> PaymentResult<Payment> {
+        let mut call = self.identity.call(absent_keys);
         let result = match self
             .count_call(&mut call.kv, "authorize", &request.idempotency_key)
             .await
@@ -238,12 +244,13 @@ impl FakePay {
         id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> PaymentResult<Payment> {
         let fingerprint = format!("capture|{id}|{}", amount_text(amount.as_ref()));
         self.mutate(
             "capture",
             id,
-            idempotency_key,
+            (idempotency_key, absent_keys),
             amount.as_ref(),
             &fingerprint,
             |p| capture(p, amount.as_ref()),
@@ -251,10 +258,15 @@ impl FakePay {
         .await
     }
 
-    pub async fn void(&self, id: &str, idempotency_key: &str) -> PaymentResult<Payment> {
+    pub async fn void(
+        &self,
+        id: &str,
+        idempotency_key: &str,
+        absent_keys: AbsentKeys,
+    ) -> PaymentResult<Payment> {
         let fingerprint = format!("void|{id}");
-        self.mutate("void", id, idempotency_key, None, &fingerprint, void)
-            .await
+        let key = (idempotency_key, absent_keys);
+        self.mutate("void", id, key, None, &fingerprint, void).await
     }
 
     pub async fn refund(
@@ -262,12 +274,13 @@ impl FakePay {
         id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> PaymentResult<Payment> {
         let fingerprint = format!("refund|{id}|{}", amount_text(amount.as_ref()));
         self.mutate(
             "refund",
             id,
-            idempotency_key,
+            (idempotency_key, absent_keys),
             amount.as_ref(),
             &fingerprint,
             |p| refund(p, amount.as_ref()),
@@ -276,22 +289,24 @@ impl FakePay {
     }
 
     pub async fn get_payment(&self, lookup: PaymentLookup) -> PaymentResult<Option<Payment>> {
-        let mut call = self.identity.call();
+        // A lookup writes nothing: nothing to leave to a commit.
+        let mut call = self.identity.call(AbsentKeys::Read);
         let result = get_payment(&mut call.kv, lookup).await;
         call.finish(result)
     }
 
-    /// Capture, void and refund: count, check, then the plugin's `transition`.
+    /// Capture, void and refund: count, check, then the plugin's `transition`. The call's
+    /// key and how it checks the keys it creates travel together.
     async fn mutate(
         &self,
         operation: &str,
         id: &str,
-        idempotency_key: &str,
+        (idempotency_key, absent_keys): (&str, AbsentKeys),
         amount: Option<&Money>,
         fingerprint: &str,
         change: impl Fn(&PaymentRecord) -> Result<PaymentRecord, Refusal>,
     ) -> PaymentResult<Payment> {
-        let mut call = self.identity.call();
+        let mut call = self.identity.call(absent_keys);
         let result = async {
             self.count_call(&mut call.kv, operation, idempotency_key)
                 .await?;

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use oms_application::plugin_kv::{BatchOutcome, BoundedAdd, KvError, KvTransaction, Swap};
+use oms_application::plugin_kv::{
+    AbsentKeys, BatchOutcome, BoundedAdd, KvError, KvTransaction, Swap,
+};
 use oms_application::ports::PluginKvStore;
 use oms_plugin_runtime::PluginKind;
 use oms_plugin_runtime::clients::inventory::{InventoryError, InventoryResult, Line};
@@ -137,8 +139,9 @@ impl LocalStock {
         order_id: &str,
         lines: &[Line],
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> InventoryResult<String> {
-        let mut call = self.identity.call();
+        let mut call = self.identity.call(absent_keys);
         let result = self
             .reserve_in(&mut call.kv, order_id, lines, idempotency_key)
             .await;
@@ -149,24 +152,43 @@ impl LocalStock {
         &self,
         reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> InventoryResult<()> {
-        self.settle(reservation_id, idempotency_key, "release", State::Released)
-            .await
+        self.settle(
+            reservation_id,
+            idempotency_key,
+            absent_keys,
+            "release",
+            State::Released,
+        )
+        .await
     }
 
-    pub async fn commit(&self, reservation_id: &str, idempotency_key: &str) -> InventoryResult<()> {
-        self.settle(reservation_id, idempotency_key, "commit", State::Committed)
-            .await
+    pub async fn commit(
+        &self,
+        reservation_id: &str,
+        idempotency_key: &str,
+        absent_keys: AbsentKeys,
+    ) -> InventoryResult<()> {
+        self.settle(
+            reservation_id,
+            idempotency_key,
+            absent_keys,
+            "commit",
+            State::Committed,
+        )
+        .await
     }
 
     async fn settle(
         &self,
         reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
         operation: &str,
         target: State,
     ) -> InventoryResult<()> {
-        let mut call = self.identity.call();
+        let mut call = self.identity.call(absent_keys);
         let result = match self
             .count_call(&mut call.kv, operation, idempotency_key)
             .await

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use oms_application::plugin_kv::KvTransaction;
+use oms_application::plugin_kv::{AbsentKeys, KvTransaction};
 use oms_application::ports::{
     GatewayResult, InventoryGateway, PaymentGateway, PluginKvStore, ProviderPayment,
 };
@@ -112,12 +112,14 @@ impl NativeIdentity {
         Ok((identity, PluginConfig::from_manifest(&manifest)))
     }
 
-    fn call(&self) -> NativeCall {
+    /// A call that buffers its writes, checking the keys it creates as `absent_keys` says
+    /// (both adapters stay in the host, as a Wasm plugin with no network grant does).
+    fn call(&self, absent_keys: AbsentKeys) -> NativeCall {
         NativeCall {
             plugin: self.plugin.clone(),
             version: self.version.clone(),
             started: Instant::now(),
-            kv: KvTransaction::new(self.store.clone(), &self.plugin),
+            kv: KvTransaction::new(self.store.clone(), &self.plugin).with_absent_keys(absent_keys),
         }
     }
 }
@@ -156,15 +158,27 @@ impl PaymentGateway for NativePayments {
         amount: Money,
         token: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
-                .authorize(provider, pinned, order_id, amount, token, idempotency_key)
+                .authorize(
+                    provider,
+                    pinned,
+                    order_id,
+                    amount,
+                    token,
+                    idempotency_key,
+                    absent_keys,
+                )
                 .await;
         };
         answered(
             fakepay
-                .authorize(authorize_request(order_id, amount, token, idempotency_key))
+                .authorize(
+                    authorize_request(order_id, amount, token, idempotency_key),
+                    absent_keys,
+                )
                 .await,
         )
     }
@@ -176,15 +190,23 @@ impl PaymentGateway for NativePayments {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
-                .capture(provider, pinned, payment_id, amount, idempotency_key)
+                .capture(
+                    provider,
+                    pinned,
+                    payment_id,
+                    amount,
+                    idempotency_key,
+                    absent_keys,
+                )
                 .await;
         };
         answered(
             fakepay
-                .capture(payment_id, amount.map(to_wit), idempotency_key)
+                .capture(payment_id, amount.map(to_wit), idempotency_key, absent_keys)
                 .await,
         )
     }
@@ -195,14 +217,15 @@ impl PaymentGateway for NativePayments {
         pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return self
                 .plugins
-                .void(provider, pinned, payment_id, idempotency_key)
+                .void(provider, pinned, payment_id, idempotency_key, absent_keys)
                 .await;
         };
-        answered(fakepay.void(payment_id, idempotency_key).await)
+        answered(fakepay.void(payment_id, idempotency_key, absent_keys).await)
     }
 
     async fn refund(
@@ -212,15 +235,23 @@ impl PaymentGateway for NativePayments {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
-                .refund(provider, pinned, payment_id, amount, idempotency_key)
+                .refund(
+                    provider,
+                    pinned,
+                    payment_id,
+                    amount,
+                    idempotency_key,
+                    absent_keys,
+                )
                 .await;
         };
         answered(
             fakepay
-                .refund(payment_id, amount.map(to_wit), idempotency_key)
+                .refund(payment_id, amount.map(to_wit), idempotency_key, absent_keys)
                 .await,
         )
     }
@@ -267,10 +298,16 @@ impl InventoryGateway for NativeInventory {
         order_id: OrderId,
         lines: &[LineItem],
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<String> {
         let called = self
             .local_stock
-            .reserve(&order_id.to_string(), &wit_lines(lines), idempotency_key)
+            .reserve(
+                &order_id.to_string(),
+                &wit_lines(lines),
+                idempotency_key,
+                absent_keys,
+            )
             .await
             .map_err(inventory_failure)?;
         Ok((called.value, plugin_call(&called.info)))
@@ -282,10 +319,11 @@ impl InventoryGateway for NativeInventory {
         _pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<()> {
         let called = self
             .local_stock
-            .release(reservation_id, idempotency_key)
+            .release(reservation_id, idempotency_key, absent_keys)
             .await
             .map_err(inventory_failure)?;
         Ok(((), plugin_call(&called.info)))
@@ -297,10 +335,11 @@ impl InventoryGateway for NativeInventory {
         _pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
+        absent_keys: AbsentKeys,
     ) -> GatewayResult<()> {
         let called = self
             .local_stock
-            .commit(reservation_id, idempotency_key)
+            .commit(reservation_id, idempotency_key, absent_keys)
             .await
             .map_err(inventory_failure)?;
         Ok(((), plugin_call(&called.info)))
