@@ -526,7 +526,7 @@ mod tests {
     #[tokio::test]
     async fn batches_that_depend_on_a_value_read_it() {
         let store = Arc::new(Committed::default());
-        for (k, v) in [("stock/A", "5"), ("op/1", "first")] {
+        for (k, v) in [("stock/A", "5"), ("op/1", "first"), ("seen", "there")] {
             store
                 .0
                 .lock()
@@ -548,17 +548,17 @@ mod tests {
             .unwrap();
         assert_eq!(got, BatchOutcome::Applied(vec![]));
         assert_eq!(reads(), 2, "a swap from a value reads it");
-        assert_eq!(t.get("seen").await.unwrap(), None);
+        assert_eq!(t.get("seen").await.unwrap().as_deref(), Some(&b"there"[..]));
         let got = t
             .batch(&[swap("seen", None, Some("x"))], &[])
             .await
             .unwrap();
-        assert_eq!(got, BatchOutcome::Applied(vec![]));
         assert_eq!(
-            reads(),
-            3,
+            got,
+            BatchOutcome::Conflict(vec!["seen".into()]),
             "a key read before is decided from what was read"
         );
+        assert_eq!(reads(), 3);
 
         let mut t = KvTransaction::new(store.clone(), "ns");
         let got = t

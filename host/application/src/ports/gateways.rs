@@ -286,8 +286,9 @@ pub type GatewayResult<T> = Result<(T, PluginCall), GatewayFailure>;
 ///
 /// `absent_keys` on a call that writes (every one but the lookup) says whether the plugin's
 /// batches that only create keys may be answered without reading them, left to the step's
-/// commit to check ([`AbsentKeys`]): the engine asks for that until a commit of the saga is
-/// refused over a plugin key. The runtime honours it only for a plugin with no network grant.
+/// commit to check ([`AbsentKeys`]): a worker asks for that until a commit of the saga it
+/// drives is refused over a plugin key, then reads for the rest of that run. The runtime
+/// honours it only for a plugin with no network grant.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync {
     /// Holds `amount`. Idempotent per `idempotency_key`. `pinned`: the build an earlier

@@ -159,7 +159,9 @@ impl ScriptedGateways {
             .unwrap_or_else(|| "sha256:scripted".to_owned());
         let keys = answered
             .map(|call| {
+                // As the runtime does: only a host-only plugin leaves them to the commit.
                 let left_to_commit = self.creates_records.load(Ordering::Relaxed)
+                    && self.host_only.load(Ordering::Relaxed)
                     && call.absent_keys == AbsentKeys::CheckedAtCommit;
                 let change = KeyChange {
                     expect: if left_to_commit {

@@ -113,7 +113,8 @@ pub struct SagaEngine {
 /// moved under the steps before it lets the saga wait for its next claim: a bound against an
 /// order edited in a tight loop. Counted over the run, not per step: steps that commit with
 /// the next one ([`StepCommit::WithNext`](super::definition::StepCommit)) all run again after
-/// each refusal.
+/// each refusal. A provider call's outcome is not run again but committed onto the fresh
+/// order, up to as many times for that one commit (`commit_called`).
 const ORDER_MOVED_ROUNDS: usize = 5;
 
 impl SagaEngine {
