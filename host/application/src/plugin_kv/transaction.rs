@@ -126,7 +126,8 @@ pub enum AbsentKeys {
 pub struct KvTransaction {
     store: Arc<dyn PluginKvStore>,
     changes: KvChanges,
-    /// Committed values read so far, so that one call sees one value per key.
+    /// Committed values read so far, so that one call sees one value per key; with
+    /// [`AbsentKeys::CheckedAtCommit`], also the keys taken as absent without a read.
     read: HashMap<String, Option<Vec<u8>>>,
     absent_keys: AbsentKeys,
 }
@@ -287,18 +288,11 @@ impl KvTransaction {
         adds: &[BoundedAdd],
     ) -> Result<BatchOutcome, KvError> {
         if self.creates_unseen_keys(swaps, adds) {
+            // Taken as read absent: the batch then applies, and each key is recorded as it
+            // would be after a read that found it absent ("must still be absent").
             for swap in swaps {
-                let effect = match &swap.new {
-                    Some(value) => KeyEffect::Put(value.clone()),
-                    None => KeyEffect::Keep,
-                };
-                let change = KeyChange {
-                    expect: Expect::Value(None),
-                    effect,
-                };
-                self.changes.keys.insert(swap.key.clone(), change);
+                self.read.insert(swap.key.clone(), None);
             }
-            return Ok(BatchOutcome::Applied(Vec::new()));
         }
         let keys = batch_keys(swaps, adds);
         self.read_ahead(&keys).await?;
