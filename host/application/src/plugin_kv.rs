@@ -8,7 +8,9 @@
 
 mod transaction;
 
-pub use transaction::{AbsentKeys, Expect, KeyChange, KeyEffect, KvChanges, KvTransaction};
+pub use transaction::{
+    AbsentKeys, Buffering, Expect, KeyChange, KeyEffect, KvChanges, KvTransaction,
+};
 
 use std::collections::HashMap;
 

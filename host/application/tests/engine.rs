@@ -310,7 +310,7 @@ async fn a_commit_refused_over_a_created_key_runs_the_steps_again_reading_it() {
         .gateways
         .calls()
         .iter()
-        .map(|c| (c.operation, c.absent_keys))
+        .map(|c| (c.operation, c.buffering.absent_keys))
         .collect();
     assert_eq!(
         calls,
@@ -329,6 +329,92 @@ async fn a_commit_refused_over_a_created_key_runs_the_steps_again_reading_it() {
         rig.committed_effects().await,
         ["reserve-inventory:reserve", "authorize-payment:authorize"]
     );
+}
+
+/// A provider behind the network after a step that stays in the host (a local stock
+/// plugin): the reservation, deferred to the authorisation's commit, commits alone before
+/// the authorisation goes out. What the provider does then can no longer depend on a step
+/// that a refused commit would take back.
+#[tokio::test]
+async fn steps_before_a_networked_call_commit_before_it_goes_out() {
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    rig.gateways.reaches_network("authorize");
+    let store = rig.store.clone();
+    let reserved = rig.saga.idempotency_key("reserve-inventory", "reserve");
+    let committed_before_authorize = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = committed_before_authorize.clone();
+    rig.gateways.before_each(move |call| {
+        if call.operation == "authorize" {
+            let record = futures::executor::block_on(PluginKvStore::get(
+                store.as_ref(),
+                SCRIPTED_PLUGINS[0],
+                &reserved,
+            ))
+            .unwrap();
+            seen.lock().unwrap().push(record.is_some());
+        }
+    });
+    rig.engine("w1").run_due(10).await.unwrap();
+
+    assert_eq!(
+        *committed_before_authorize.lock().unwrap(),
+        [true],
+        "one authorisation, sent once the reservation was committed"
+    );
+    let calls: Vec<_> = rig
+        .gateways
+        .calls()
+        .iter()
+        .map(|c| (c.operation, c.buffering.pending_steps))
+        .collect();
+    assert_eq!(calls, [("reserve", false), ("authorize", false)]);
+    let saga = rig.saga().await;
+    assert_eq!(saga.status, SagaStatus::Succeeded);
+    assert_eq!(
+        saga.version,
+        rig.saga.version + 3,
+        "the reservation, the authorisation and the confirmation commit one by one"
+    );
+    assert_eq!(rig.order().await.status(), OrderStatus::Confirmed);
+    assert_eq!(
+        rig.committed_effects().await,
+        ["reserve-inventory:reserve", "authorize-payment:authorize"]
+    );
+}
+
+/// The money this protects: the reservation's commit is refused (its plugin state moved) and
+/// its second run finds the SKU sold out. Had the authorisation gone out with the
+/// reservation still pending, the provider would hold the customer's money for an order
+/// that the saga rejects without ever knowing of the payment, so nothing would void it.
+#[tokio::test]
+async fn a_reservation_refused_at_its_commit_never_strands_an_authorisation() {
+    let rig = Rig::new().await;
+    rig.gateways.host_only();
+    rig.gateways.reaches_network("authorize");
+    rig.gateways.creates_records();
+    // The reservation's record is there already: its first commit is refused over it.
+    let reserved = rig.saga.idempotency_key("reserve-inventory", "reserve");
+    PluginKvStore::set(rig.store.as_ref(), SCRIPTED_PLUGINS[0], &reserved, b"moved")
+        .await
+        .unwrap();
+    let sold_out = GatewayError::Permanent {
+        reason: FailureReason::new(FailureCode::OutOfStock, "DEMO-1: none left"),
+    };
+    rig.gateways
+        .script("reserve", [Scripted::Answer, Scripted::Fail(sold_out)]);
+    rig.engine("w1").run_due(10).await.unwrap();
+
+    assert_eq!(
+        rig.gateways.operations(),
+        ["reserve", "reserve"],
+        "the authorisation never went out"
+    );
+    let order = rig.order().await;
+    assert_eq!(order.status(), OrderStatus::Rejected);
+    let reason = order.failure_reason().unwrap_or_default();
+    assert!(reason.starts_with("OUT_OF_STOCK: "), "{reason}");
+    assert_eq!(rig.saga().await.status, SagaStatus::Compensated);
 }
 
 /// An order edited under every attempt (an address change while each authorisation runs):

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use oms::adapters::native::{NativeInventory, NativePayments};
 use oms::adapters::{PluginInventory, PluginPayments};
-use oms_application::plugin_kv::{AbsentKeys, Expect, KvChanges};
+use oms_application::plugin_kv::{AbsentKeys, Buffering, Expect, KvChanges};
 use oms_application::ports::{
     GatewayFailure, GatewayResult, InventoryGateway, PaymentGateway, PluginCall, PluginKvStore,
 };
@@ -125,7 +125,10 @@ async fn script(side: &Side, order: OrderId) -> Vec<String> {
     let inv = &side.inventory;
     let pay = &side.payments;
     // Replays must find their records: read as a step run again after a refused commit.
-    const R: AbsentKeys = AbsentKeys::Read;
+    const R: Buffering = Buffering {
+        absent_keys: AbsentKeys::Read,
+        pending_steps: false,
+    };
     let mut log = Vec::new();
     macro_rules! step {
         ($call:expr) => {{
@@ -200,11 +203,20 @@ async fn native_adapters_answer_and_write_as_the_wasm_plugins_do() {
 }
 
 /// A placement's and a fulfilment's first calls, as the engine makes them: the keys they
-/// create left to the commit. Both sides must leave the same records to it, pinned to
-/// "absent" where nothing was read: fakepay's authorisation reads nothing at all.
+/// create left to the commit, the second call of each saga with the first one's step still
+/// pending (neither side reaches the network, so neither refuses it). Both sides must leave
+/// the same records to the commit, pinned to "absent" where nothing was read: fakepay's
+/// authorisation reads nothing at all.
 #[tokio::test]
 async fn native_adapters_leave_the_same_new_keys_to_the_commit() {
-    const C: AbsentKeys = AbsentKeys::CheckedAtCommit;
+    const C: Buffering = Buffering {
+        absent_keys: AbsentKeys::CheckedAtCommit,
+        pending_steps: false,
+    };
+    const P: Buffering = Buffering {
+        pending_steps: true,
+        ..C
+    };
     async fn first_calls(side: &Side, order: OrderId) -> Vec<Answer<String>> {
         let (s, inv, pay) = (&side.store, &side.inventory, &side.payments);
         let mut log = Vec::new();
@@ -212,20 +224,20 @@ async fn native_adapters_leave_the_same_new_keys_to_the_commit() {
         let held = settle(s, inv.reserve(None, order, &lines, "r1", C).await).await;
         let held_id = held.value.clone().unwrap();
         log.push(held);
-        let paid = pay.authorize("fakepay", None, order, eur(1000), "tok_ok", "a1", C);
+        let paid = pay.authorize("fakepay", None, order, eur(1000), "tok_ok", "a1", P);
         let paid = settle(s, paid.await).await;
         let id = paid.value.clone().unwrap().payment_id;
         log.push(Answer {
             value: Ok(id.clone()),
             kv: paid.kv,
         });
-        let declined = pay.authorize("fakepay", None, order, eur(5), "tok_decline", "a2", C);
+        let declined = pay.authorize("fakepay", None, order, eur(5), "tok_decline", "a2", P);
         let declined = settle(s, declined.await).await;
         log.push(Answer {
             value: declined.value.map(|p| p.payment_id),
             kv: declined.kv,
         });
-        let captured = settle(s, pay.capture("fakepay", None, &id, None, "c1", C).await).await;
+        let captured = settle(s, pay.capture("fakepay", None, &id, None, "c1", P).await).await;
         log.push(Answer {
             value: captured.value.map(|p| p.payment_id),
             kv: captured.kv,

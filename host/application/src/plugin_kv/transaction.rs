@@ -121,6 +121,19 @@ pub enum AbsentKeys {
     CheckedAtCommit,
 }
 
+/// How a saga step's call buffers its plugin writes for the commit that records the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Buffering {
+    /// How its batches learn that the keys they create are absent.
+    pub absent_keys: AbsentKeys,
+    /// Steps that ran before this call wait to be committed with it
+    /// (`StepCommit::WithNext`): a commit refused after the call drops them, and the saga
+    /// runs them again, maybe to a different end (out of stock this time). A call with
+    /// effects outside the host must not depend on them: one to a plugin with network access
+    /// is refused before it starts, and the caller commits those steps first.
+    pub pending_steps: bool,
+}
+
 /// One call's view of a namespace: committed values read through `store`, overlaid with the
 /// call's pending writes, which are collected instead of written.
 pub struct KvTransaction {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use oms_domain::{LineItem, Money, OrderId, PaymentAction};
 
-use crate::plugin_kv::{AbsentKeys, KvChanges};
+use crate::plugin_kv::{Buffering, KvChanges};
 
 /// Which plugin build served a call. Recorded on every saga step, so an audit after a hot
 /// swap knows which version did what.
@@ -45,16 +45,23 @@ pub enum GatewayError {
     /// with the provider before deciding.
     #[error("outcome unknown: {reason}")]
     Unknown { reason: FailureReason },
+    /// Not called: the plugin has a network grant and the caller said earlier steps wait for
+    /// this call's commit ([`Buffering::pending_steps`]). The caller commits them, then calls
+    /// again; never a failure of the step (the reason is for a caller that could not).
+    #[error("not called before earlier steps commit: {reason}")]
+    CommitFirst { reason: FailureReason },
 }
 
 impl GatewayError {
-    /// The class as a metric label: `permanent`, `transient`, `not_tried` or `unknown`.
+    /// The class as a metric label: `permanent`, `transient`, `not_tried`, `unknown` or
+    /// `commit_first`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Permanent { .. } => "permanent",
             Self::Transient { .. } => "transient",
             Self::NotTried { .. } => "not_tried",
             Self::Unknown { .. } => "unknown",
+            Self::CommitFirst { .. } => "commit_first",
         }
     }
 
@@ -64,7 +71,8 @@ impl GatewayError {
             Self::Permanent { reason }
             | Self::Transient { reason }
             | Self::NotTried { reason }
-            | Self::Unknown { reason } => reason,
+            | Self::Unknown { reason }
+            | Self::CommitFirst { reason } => reason,
         }
     }
 
@@ -284,18 +292,21 @@ pub type GatewayResult<T> = Result<(T, PluginCall), GatewayFailure>;
 /// so a newer version with another id format or ledger cannot break the orders taken before
 /// it; on the current build otherwise. The returned [`PluginCall`] says which build answered.
 ///
-/// `absent_keys` on a call that writes (every one but the lookup) says whether the plugin's
-/// batches that only create keys may be answered without reading them, left to the step's
-/// commit to check ([`AbsentKeys`]): a worker asks for that until a commit of the saga it
-/// drives is refused over a plugin key, then reads for the rest of that run. The runtime
-/// honours it only for a plugin with no network grant.
+/// `buffering` on a call that writes (every one but the lookup) says how the plugin's
+/// writes wait for the step's commit ([`Buffering`]):
+/// - whether its batches that only create keys may be answered without reading them, left
+///   to that commit to check (`AbsentKeys`): a worker asks for that until a commit of the
+///   saga it drives is refused over a plugin key, then reads for the rest of that run. The
+///   runtime honours it only for a plugin with no network grant;
+/// - whether earlier steps wait for the same commit (`pending_steps`): then a plugin with a
+///   network grant is not called, and the call fails with [`GatewayError::CommitFirst`].
 #[async_trait]
 pub trait PaymentGateway: Send + Sync {
     /// Holds `amount`. Idempotent per `idempotency_key`. `pinned`: the build an earlier
     /// attempt reached (its outcome unknown), so a resend reaches the same ledger; `None`
     /// for a first attempt, which a canary of the provider may take.
     // The contract's request, field by field, plus how the call is made (`pinned`,
-    // `absent_keys`): a struct for them would only be unpacked again in every adapter.
+    // `buffering`): a struct for them would only be unpacked again in every adapter.
     #[allow(clippy::too_many_arguments)]
     async fn authorize(
         &self,
@@ -305,7 +316,7 @@ pub trait PaymentGateway: Send + Sync {
         amount: Money,
         token: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment>;
 
     /// Captures `amount` (`None`: everything authorized).
@@ -316,7 +327,7 @@ pub trait PaymentGateway: Send + Sync {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment>;
 
     /// Releases the hold.
@@ -326,7 +337,7 @@ pub trait PaymentGateway: Send + Sync {
         pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment>;
 
     /// Refunds `amount` (`None`: everything captured and not yet refunded).
@@ -337,7 +348,7 @@ pub trait PaymentGateway: Send + Sync {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment>;
 
     /// The payment an `authorize` with this key created, if any: how an UNRESOLVED
@@ -350,7 +361,7 @@ pub trait PaymentGateway: Send + Sync {
     ) -> GatewayResult<Option<ProviderPayment>>;
 }
 
-/// Inventory adapters. `pinned` and `absent_keys` as for [`PaymentGateway`].
+/// Inventory adapters. `pinned` and `buffering` as for [`PaymentGateway`].
 #[async_trait]
 pub trait InventoryGateway: Send + Sync {
     /// Reserves every line or none; `Permanent` when out of stock (the reason names SKUs).
@@ -362,7 +373,7 @@ pub trait InventoryGateway: Send + Sync {
         order_id: OrderId,
         lines: &[LineItem],
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<String>;
 
     /// Returns the stock. Idempotent per key. `pinned`: see [`PaymentGateway`].
@@ -371,7 +382,7 @@ pub trait InventoryGateway: Send + Sync {
         pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<()>;
 
     /// Allocates the stock at fulfillment. Idempotent per key.
@@ -380,7 +391,7 @@ pub trait InventoryGateway: Send + Sync {
         pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<()>;
 }
 

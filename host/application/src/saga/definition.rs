@@ -68,7 +68,10 @@ pub enum StepCommit {
     /// on, committed together with the next step instead. A crash, or a refused commit,
     /// before then loses the call and its writes together, as if it had never run, and the
     /// saga runs the step again with the same idempotency key. Only for steps whose plugin
-    /// no later step calls before that commit (it would not see the pending writes).
+    /// no later step calls before that commit (it would not see the pending writes). When
+    /// the next step's plugin has a network grant, the pending steps commit alone before its
+    /// call goes out (`GatewayError::CommitFirst`): nothing a provider does may depend on a
+    /// step a refused commit would take back.
     WithNext,
 }
 

@@ -8,7 +8,7 @@ use oms_domain::{
 
 use super::definition::Operation;
 use super::instance::{SagaData, SagaInstance};
-use crate::plugin_kv::AbsentKeys;
+use crate::plugin_kv::Buffering;
 use crate::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, InventoryGateway, PaymentGateway,
     PluginCall, ProviderPaymentState,
@@ -81,8 +81,8 @@ impl Change {
 pub(crate) struct Executor<'a> {
     pub payments: &'a dyn PaymentGateway,
     pub inventory: &'a dyn InventoryGateway,
-    /// Passed to every call that writes (see [`AbsentKeys`]).
-    pub absent_keys: AbsentKeys,
+    /// Passed to every call that writes (see [`Buffering`]).
+    pub buffering: Buffering,
 }
 
 fn with_call(change: Change, call: PluginCall) -> Effect {
@@ -172,13 +172,7 @@ impl Executor<'_> {
             Operation::ReserveInventory => {
                 let (reservation_id, call) = self
                     .inventory
-                    .reserve(
-                        stock_build,
-                        order.id(),
-                        order.items(),
-                        key,
-                        self.absent_keys,
-                    )
+                    .reserve(stock_build, order.id(), order.items(), key, self.buffering)
                     .await?;
                 Ok(Effect {
                     reservation_id: Some(reservation_id),
@@ -205,7 +199,7 @@ impl Executor<'_> {
                     .ok_or_else(|| missing("reservation"))?;
                 let ((), call) = self
                     .inventory
-                    .release(stock_build, id, key, self.absent_keys)
+                    .release(stock_build, id, key, self.buffering)
                     .await?;
                 Ok(with_call(Change::Released, call))
             }
@@ -216,7 +210,7 @@ impl Executor<'_> {
                     .ok_or_else(|| missing("reservation"))?;
                 let ((), call) = self
                     .inventory
-                    .commit(stock_build, id, key, self.absent_keys)
+                    .commit(stock_build, id, key, self.buffering)
                     .await?;
                 Ok(with_call(Change::Committed, call))
             }
@@ -244,7 +238,7 @@ impl Executor<'_> {
                     .ok_or_else(|| missing("payment"))?;
                 let (_, call) = self
                     .payments
-                    .void(provider, pay_build, id, key, self.absent_keys)
+                    .void(provider, pay_build, id, key, self.buffering)
                     .await?;
                 Ok(with_call(Change::Voided, call))
             }
@@ -269,7 +263,7 @@ impl Executor<'_> {
                         .ok_or_else(|| missing("payment"))?;
                     let (_, call) = self
                         .payments
-                        .void(provider, pay_build, id, key, self.absent_keys)
+                        .void(provider, pay_build, id, key, self.buffering)
                         .await?;
                     Ok(with_call(Change::Voided, call))
                 }
@@ -286,7 +280,7 @@ impl Executor<'_> {
                         .map_err(|e| missing(&e.to_string()))?;
                     let (_, call) = self
                         .payments
-                        .refund(provider, pay_build, id, None, key, self.absent_keys)
+                        .refund(provider, pay_build, id, None, key, self.buffering)
                         .await?;
                     Ok(with_call(Change::Refunded(refundable), call))
                 }
@@ -310,7 +304,7 @@ impl Executor<'_> {
                     .map_err(|e| missing(&e.to_string()))?;
                 let (_, call) = self
                     .payments
-                    .capture(provider, pay_build, id, None, key, self.absent_keys)
+                    .capture(provider, pay_build, id, None, key, self.buffering)
                     .await?;
                 Ok(with_call(Change::Captured(remaining), call))
             }
@@ -327,7 +321,7 @@ impl Executor<'_> {
                 .map_err(|e| missing(&e.to_string()))?;
                 let (_, call) = self
                     .payments
-                    .refund(provider, pay_build, id, Some(amount), key, self.absent_keys)
+                    .refund(provider, pay_build, id, Some(amount), key, self.buffering)
                     .await?;
                 Ok(with_call(Change::Refunded(amount), call))
             }
@@ -367,7 +361,7 @@ impl Executor<'_> {
             ProviderPaymentState::Authorized | ProviderPaymentState::RequiresAction => {
                 let (_, call) = self
                     .payments
-                    .void(provider, build, &payment.payment_id, key, self.absent_keys)
+                    .void(provider, build, &payment.payment_id, key, self.buffering)
                     .await?;
                 Ok(Effect {
                     payment_id: Some(payment.payment_id),
@@ -437,7 +431,7 @@ impl Executor<'_> {
                 order.total(),
                 &order.payment().token,
                 key,
-                self.absent_keys,
+                self.buffering,
             )
             .await?;
         match (payment.state, payment.action) {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use oms_domain::{LineItem, Money, OrderId, PaymentAction};
 use tokio::sync::Notify;
 
-use crate::plugin_kv::{AbsentKeys, Expect, KeyChange, KeyEffect, KvChanges};
+use crate::plugin_kv::{AbsentKeys, Buffering, Expect, KeyChange, KeyEffect, KvChanges};
 use crate::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
     PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
@@ -24,14 +24,16 @@ pub struct Call {
     pub idempotency_key: String,
     /// The build the engine pinned the call to (`PaymentGateway`'s `pinned`).
     pub pinned: Option<String>,
-    /// How the call was to check the keys it creates (`Read` for the lookup, which writes
+    /// How the call was to buffer its writes (the default for the lookup, which writes
     /// nothing).
-    pub absent_keys: AbsentKeys,
+    pub buffering: Buffering,
 }
 
 /// A scripted answer for the next call of an operation.
 #[derive(Debug, Clone)]
 pub enum Scripted {
+    /// The call answers as an unscripted one does (before a failure meant for a later call).
+    Answer,
     /// The call fails with this error and has no effect.
     Fail(GatewayError),
     /// The call takes effect but its answer is lost: the engine hears `Unknown`, and the
@@ -72,6 +74,9 @@ pub struct ScriptedGateways {
     before_call: Mutex<Option<Hook>>,
     holds: Mutex<Holds>,
     host_only: AtomicBool,
+    /// Operations whose plugin reaches the network even when [`Self::host_only`] was set
+    /// ([`Self::reaches_network`]).
+    networked: Mutex<Vec<&'static str>>,
     /// Whether an answered call's record is created as a plugin creates it
     /// ([`Self::creates_records`]).
     creates_records: AtomicBool,
@@ -127,6 +132,19 @@ impl ScriptedGateways {
         self.host_only.store(true, Ordering::Relaxed);
     }
 
+    /// From now on `operation`'s plugin has a network grant, whatever [`Self::host_only`]
+    /// says of the others (a provider behind HTTP after a local stock plugin): its calls
+    /// report so, and one made while earlier steps wait for its commit is refused before it
+    /// starts, as the runtime refuses it (`GatewayError::CommitFirst`, not recorded).
+    pub fn reaches_network(&self, operation: &'static str) {
+        lock(&self.networked).push(operation);
+    }
+
+    /// Whether `operation`'s calls stay in the host.
+    fn stays_in_host(&self, operation: &str) -> bool {
+        self.host_only.load(Ordering::Relaxed) && !lock(&self.networked).contains(&operation)
+    }
+
     /// From now on a call that answers creates its record as a plugin creates a new record
     /// with `compare-and-swap` from absent: pinned to "absent" when the engine left that check
     /// to the commit (`AbsentKeys::CheckedAtCommit`), so that the commit is refused if the
@@ -161,8 +179,8 @@ impl ScriptedGateways {
             .map(|call| {
                 // As the runtime does: only a host-only plugin leaves them to the commit.
                 let left_to_commit = self.creates_records.load(Ordering::Relaxed)
-                    && self.host_only.load(Ordering::Relaxed)
-                    && call.absent_keys == AbsentKeys::CheckedAtCommit;
+                    && self.stays_in_host(operation)
+                    && call.buffering.absent_keys == AbsentKeys::CheckedAtCommit;
                 let change = KeyChange {
                     expect: if left_to_commit {
                         Expect::Value(None)
@@ -182,7 +200,7 @@ impl ScriptedGateways {
                 namespace: plugin.to_owned(),
                 keys,
             }),
-            host_only: self.host_only.load(Ordering::Relaxed),
+            host_only: self.stays_in_host(operation),
         }
     }
 
@@ -262,13 +280,24 @@ impl ScriptedGateways {
         operation: &'static str,
         key: &str,
         pinned: Option<&str>,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> Result<Answer, GatewayFailure> {
+        if buffering.pending_steps && !self.stays_in_host(operation) {
+            return Err(GatewayFailure {
+                error: GatewayError::CommitFirst {
+                    reason: FailureReason::new(
+                        FailureCode::Internal,
+                        format!("{operation} reaches the network; earlier steps commit first"),
+                    ),
+                },
+                call: None,
+            });
+        }
         let call = Call {
             operation,
             idempotency_key: key.to_owned(),
             pinned: pinned.map(str::to_owned),
-            absent_keys,
+            buffering,
         };
         lock(&self.state).calls.push(call.clone());
         if let Some(hook) = lock(&self.before_call).as_ref() {
@@ -288,7 +317,7 @@ impl ScriptedGateways {
             .get_mut(operation)
             .and_then(VecDeque::pop_front);
         match next {
-            None => Ok(Answer::Normal(call)),
+            None | Some(Scripted::Answer) => Ok(Answer::Normal(call)),
             Some(Scripted::LostAnswer) => Ok(Answer::Lost(call.pinned)),
             Some(Scripted::RequiresAction(action)) => Ok(Answer::Action(call, action)),
             Some(Scripted::Fail(error)) => {
@@ -364,10 +393,10 @@ impl PaymentGateway for ScriptedGateways {
         amount: Money,
         _token: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         let answer = self
-            .enter("authorize", idempotency_key, pinned, absent_keys)
+            .enter("authorize", idempotency_key, pinned, buffering)
             .await?;
         let action = match &answer {
             Answer::Action(_, action) => Some(action.clone()),
@@ -406,10 +435,10 @@ impl PaymentGateway for ScriptedGateways {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         let answer = self
-            .enter("capture", idempotency_key, pinned, absent_keys)
+            .enter("capture", idempotency_key, pinned, buffering)
             .await?;
         let payment = self.settle(
             "capture",
@@ -426,10 +455,10 @@ impl PaymentGateway for ScriptedGateways {
         pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         let answer = self
-            .enter("void", idempotency_key, pinned, absent_keys)
+            .enter("void", idempotency_key, pinned, buffering)
             .await?;
         let payment = self.settle("void", payment_id, None, ProviderPaymentState::Voided)?;
         self.answer("void", answer, payment)
@@ -442,10 +471,10 @@ impl PaymentGateway for ScriptedGateways {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         let answer = self
-            .enter("refund", idempotency_key, pinned, absent_keys)
+            .enter("refund", idempotency_key, pinned, buffering)
             .await?;
         let payment = self.settle("refund", payment_id, amount, ProviderPaymentState::Refunded)?;
         self.answer("refund", answer, payment)
@@ -458,7 +487,7 @@ impl PaymentGateway for ScriptedGateways {
         idempotency_key: &str,
     ) -> GatewayResult<Option<ProviderPayment>> {
         let answer = self
-            .enter("get-payment", idempotency_key, pinned, AbsentKeys::Read)
+            .enter("get-payment", idempotency_key, pinned, Buffering::default())
             .await?;
         let found = lock(&self.state).payments.get(idempotency_key).cloned();
         self.answer("get-payment", answer, found)
@@ -473,10 +502,10 @@ impl InventoryGateway for ScriptedGateways {
         _order_id: OrderId,
         _lines: &[LineItem],
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<String> {
         let answer = self
-            .enter("reserve", idempotency_key, pinned, absent_keys)
+            .enter("reserve", idempotency_key, pinned, buffering)
             .await?;
         let id = {
             let mut state = lock(&self.state);
@@ -495,10 +524,10 @@ impl InventoryGateway for ScriptedGateways {
         pinned: Option<&str>,
         _reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<()> {
         let answer = self
-            .enter("release", idempotency_key, pinned, absent_keys)
+            .enter("release", idempotency_key, pinned, buffering)
             .await?;
         self.answer("release", answer, ())
     }
@@ -508,10 +537,10 @@ impl InventoryGateway for ScriptedGateways {
         pinned: Option<&str>,
         _reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<()> {
         let answer = self
-            .enter("commit", idempotency_key, pinned, absent_keys)
+            .enter("commit", idempotency_key, pinned, buffering)
             .await?;
         self.answer("commit", answer, ())
     }

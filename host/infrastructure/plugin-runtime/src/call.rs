@@ -11,7 +11,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::breaker::CircuitBreaker;
 use crate::error::{BreakerCause, CallError, CallErrorKind};
-use crate::kv::{AbsentKeys, KvChanges};
+use crate::kv::{AbsentKeys, Buffering, KvChanges};
 use crate::metrics::PluginMetrics;
 use crate::plugin::LoadedPlugin;
 use crate::registry::{Picked, Route};
@@ -50,12 +50,15 @@ pub enum KvMode {
     #[default]
     Direct,
     /// Into a buffer returned in [`CallInfo::kv`]: the caller (a saga step) commits them
-    /// with its own outcome, and the plugin reads its own pending writes meanwhile. The
-    /// keys its batches create are read first or checked by that commit, as the caller
-    /// says; checked by the commit only when the plugin has no network grant, whatever the
-    /// caller asked: a plugin that can reach a provider must not act on an answer the commit
-    /// may take back.
-    Buffered(AbsentKeys),
+    /// with its own outcome, and the plugin reads its own pending writes meanwhile. Two
+    /// things only a plugin with no network grant may be given, whatever the caller asked,
+    /// because a plugin that can reach a provider must not act on what a refused commit may
+    /// take back:
+    /// - the keys its batches create checked by that commit rather than read first
+    ///   (`absent_keys`; a networked plugin's are read);
+    /// - earlier steps waiting for the same commit (`pending_steps`; a networked plugin is
+    ///   not called: [`CallErrorKind::PendingSteps`]).
+    Buffered(Buffering),
 }
 
 /// A guest call borrowing the store and the plugin for its duration.
@@ -120,6 +123,14 @@ where
             },
         ));
     }
+    // Decided on the build this call would run on, so a hot swap that grants or drops the
+    // network between the caller's steps cannot slip past it.
+    if let KvMode::Buffered(buffering) = kv
+        && buffering.pending_steps
+        && plugin.ctx.http.is_some()
+    {
+        return Err(fail(None, CallErrorKind::PendingSteps));
+    }
     // Held across the call: if this future is dropped mid-call, a half-open probe is handed
     // back instead of leaving the circuit waiting for its outcome.
     let admission = match breaker.try_acquire() {
@@ -137,9 +148,9 @@ where
 
     let started = Instant::now();
     let mut store = new_store(rt, &plugin, started);
-    if let KvMode::Buffered(absent_keys) = kv {
+    if let KvMode::Buffered(buffering) = kv {
         let absent_keys = if plugin.ctx.http.is_none() {
-            absent_keys
+            buffering.absent_keys
         } else {
             AbsentKeys::Read
         };

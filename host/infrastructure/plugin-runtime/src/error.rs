@@ -112,6 +112,13 @@ pub enum CallErrorKind {
     },
     #[error("could not instantiate: {message}")]
     Instantiate { message: String },
+    /// Not called: the plugin has a network grant and the caller's earlier steps wait for
+    /// this call's commit ([`KvMode::Buffered`](crate::KvMode)); the caller commits them
+    /// first, then calls again. Nothing ran and the breaker did not count it.
+    #[error(
+        "the plugin has network access and earlier steps are not committed yet; commit them first"
+    )]
+    PendingSteps,
 }
 
 impl CallErrorKind {
@@ -126,6 +133,7 @@ impl CallErrorKind {
             Self::NotInstalled => "not_installed",
             Self::WrongKind { .. } => "wrong_kind",
             Self::Instantiate { .. } => "instantiate",
+            Self::PendingSteps => "pending_steps",
         }
     }
 

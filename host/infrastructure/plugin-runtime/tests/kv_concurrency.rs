@@ -105,7 +105,7 @@ async fn no_oversell_on_sqlite() {
 async fn a_buffered_call_returns_its_writes_instead_of_writing() {
     use oms_application::plugin_kv::{Expect, KeyChange, KeyEffect};
     use oms_plugin_runtime::KvMode;
-    use oms_plugin_runtime::kv::{AbsentKeys, MemoryKvStore};
+    use oms_plugin_runtime::kv::{AbsentKeys, Buffering, MemoryKvStore};
 
     plugins_dir();
     let kv = Arc::new(MemoryKvStore::new());
@@ -117,7 +117,10 @@ async fn a_buffered_call_returns_its_writes_instead_of_writing() {
     // Checked at commit where it can be: a reservation's batch has a counter, so it reads.
     let inv = rt
         .inventory("local-stock")
-        .with_kv(KvMode::Buffered(AbsentKeys::CheckedAtCommit));
+        .with_kv(KvMode::Buffered(Buffering {
+            absent_keys: AbsentKeys::CheckedAtCommit,
+            ..Buffering::default()
+        }));
     let line = |quantity| Line {
         sku: "LIMITED-100".into(),
         quantity,
@@ -176,7 +179,7 @@ async fn a_buffered_call_returns_its_writes_instead_of_writing() {
 async fn only_a_plugin_without_network_leaves_its_new_keys_to_the_commit() {
     use oms_application::plugin_kv::Expect;
     use oms_plugin_runtime::KvMode;
-    use oms_plugin_runtime::kv::{AbsentKeys, MemoryKvStore};
+    use oms_plugin_runtime::kv::{AbsentKeys, Buffering, MemoryKvStore};
 
     plugins_dir();
     for networked in [false, true] {
@@ -202,7 +205,10 @@ async fn only_a_plugin_without_network_leaves_its_new_keys_to_the_commit() {
             .unwrap();
         let again = rt
             .payment("fakepay")
-            .with_kv(KvMode::Buffered(AbsentKeys::CheckedAtCommit))
+            .with_kv(KvMode::Buffered(Buffering {
+                absent_keys: AbsentKeys::CheckedAtCommit,
+                pending_steps: false,
+            }))
             .authorize(authorize_request("tok_ok", "again"))
             .await
             .unwrap();
@@ -226,6 +232,66 @@ async fn only_a_plugin_without_network_leaves_its_new_keys_to_the_commit() {
                 "the record and its index are left to the commit, which refuses them: {:?}",
                 again.info.kv
             );
+        }
+    }
+}
+
+/// A saga step whose earlier steps wait for its commit (`Buffering::pending_steps`) may only
+/// call a plugin that stays in the host: were the commit refused, those steps would run
+/// again, maybe to another end, and what a provider did meanwhile would be stranded. The
+/// same fakepay granted the network is refused before any build runs, and called once the caller says nothing is pending; without the grant it
+/// is called either way.
+#[tokio::test]
+async fn a_networked_plugin_is_not_called_while_earlier_steps_wait() {
+    use oms_plugin_runtime::kv::{Buffering, MemoryKvStore};
+    use oms_plugin_runtime::{CallErrorKind, KvMode};
+
+    plugins_dir();
+    for networked in [false, true] {
+        let kv = Arc::new(MemoryKvStore::new());
+        let rt = runtime_with(kv.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = staged(dir.path(), "fakepay", |t| {
+            if networked {
+                t.replace(
+                    "kv = true",
+                    "kv = true\nhttp.allow = [\"127.0.0.1:9\"]\nhttp.allow_private = true",
+                )
+            } else {
+                t
+            }
+        });
+        rt.install(&manifest).await.unwrap();
+        let authorize = |pending_steps| {
+            let client = rt.payment("fakepay").with_kv(KvMode::Buffered(Buffering {
+                pending_steps,
+                ..Buffering::default()
+            }));
+            async move {
+                client
+                    .authorize(authorize_request("tok_ok", "after-reserve"))
+                    .await
+            }
+        };
+        let pending = authorize(true).await;
+        if networked {
+            match pending {
+                Err(PluginError::Runtime(e)) => {
+                    assert_eq!(e.kind, CallErrorKind::PendingSteps);
+                    assert!(e.info.is_none(), "no build ran: {e:?}");
+                }
+                other => panic!("a networked plugin was called with steps pending: {other:?}"),
+            }
+            let called = authorize(false).await.unwrap();
+            assert!(!called.info.host_only);
+            assert!(
+                !called.info.kv.keys.is_empty(),
+                "the call that went out recorded its payment"
+            );
+        } else {
+            let called = pending.unwrap();
+            assert!(called.info.host_only);
+            assert!(!called.info.kv.keys.is_empty());
         }
     }
 }

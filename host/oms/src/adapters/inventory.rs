@@ -1,7 +1,7 @@
 //! `InventoryGateway` over one inventory-adapter plugin.
 
 use async_trait::async_trait;
-use oms_application::plugin_kv::AbsentKeys;
+use oms_application::plugin_kv::Buffering;
 use oms_application::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, GatewayResult, InventoryGateway,
 };
@@ -27,10 +27,10 @@ impl PluginInventory {
     }
 
     /// Every call here is a saga step's: its key-value writes are committed with the step.
-    fn plugin(&self, absent_keys: AbsentKeys) -> InventoryPlugin {
+    fn plugin(&self, buffering: Buffering) -> InventoryPlugin {
         self.runtime
             .inventory(&self.plugin)
-            .with_kv(KvMode::Buffered(absent_keys))
+            .with_kv(KvMode::Buffered(buffering))
     }
 }
 
@@ -98,12 +98,12 @@ impl InventoryGateway for PluginInventory {
         order_id: OrderId,
         lines: &[LineItem],
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<String> {
         // A first attempt: a canary of the adapter takes its share of orders; a resend after
         // an unknown outcome goes to the build that may have acted.
         let called = self
-            .plugin(absent_keys)
+            .plugin(buffering)
             .starting(&order_id.to_string(), pinned)
             .reserve(
                 order_id.to_string(),
@@ -120,10 +120,10 @@ impl InventoryGateway for PluginInventory {
         pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<()> {
         let called = self
-            .plugin(absent_keys)
+            .plugin(buffering)
             .pinned(pinned)
             .release(reservation_id.to_owned(), idempotency_key.to_owned())
             .await
@@ -136,10 +136,10 @@ impl InventoryGateway for PluginInventory {
         pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<()> {
         let called = self
-            .plugin(absent_keys)
+            .plugin(buffering)
             .pinned(pinned)
             .commit(reservation_id.to_owned(), idempotency_key.to_owned())
             .await

@@ -64,6 +64,8 @@ fn runtime_failure(e: &CallError, kind: &str) -> GatewayError {
         }
         // The breaker refused without calling: other calls failed, not this one.
         CallErrorKind::CircuitOpen { .. } => GatewayError::NotTried { reason },
+        // Not called while the saga's earlier steps wait for the commit: it commits first.
+        CallErrorKind::PendingSteps => GatewayError::CommitFirst { reason },
         // Pool exhausted, memory limit, not (yet) installed: the operator or time can fix
         // these within the step's deadline.
         _ => GatewayError::Transient { reason },
@@ -127,6 +129,14 @@ fn sandbox_sentence(kind: &CallErrorKind, plugin: &str, role: &str) -> (FailureC
             FailureCode::PluginContractViolation,
             format!("{subject} broke the plugin contract"),
         ),
+        // Handled by the saga engine (it commits, then calls again); shown only if a
+        // caller that could not commit first asked for it: a bug of the host.
+        CallErrorKind::PendingSteps => (
+            FailureCode::Internal,
+            format!(
+                "{subject} reaches the network and was called before earlier steps were committed"
+            ),
+        ),
         // Only reached for a breaker cause, which is never itself an open circuit.
         CallErrorKind::CircuitOpen { .. } => (
             FailureCode::PluginUnavailable,
@@ -185,5 +195,24 @@ mod tests {
             }),
             "PLUGIN_UNAVAILABLE: circuit open after the payment plugin \"fakepay\" kept asking to retry later"
         );
+    }
+
+    /// The runtime's refusal of a networked plugin while steps wait is the engine's cue to
+    /// commit them first: it must arrive as `CommitFirst`, never as a failure the saga would
+    /// retry or give up on.
+    #[test]
+    fn a_call_refused_for_pending_steps_asks_for_a_commit_first() {
+        let refused = CallError {
+            plugin: "psp".into(),
+            info: None,
+            kind: CallErrorKind::PendingSteps,
+        };
+        let error = runtime_failure(&refused, "payment");
+        assert!(
+            matches!(error, GatewayError::CommitFirst { .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.kind(), "commit_first");
+        assert!(error.public_reason().starts_with("INTERNAL: "));
     }
 }

@@ -1,7 +1,7 @@
 //! `PaymentGateway` over payment-provider plugins.
 
 use async_trait::async_trait;
-use oms_application::plugin_kv::AbsentKeys;
+use oms_application::plugin_kv::Buffering;
 use oms_application::ports::{
     GatewayResult, PaymentGateway, PluginCall, ProviderPayment, ProviderPaymentState,
 };
@@ -26,10 +26,10 @@ impl PluginPayments {
     }
 
     /// Every call here is a saga step's: its key-value writes are committed with the step.
-    fn plugin(&self, provider: &str, absent_keys: AbsentKeys) -> PaymentPlugin {
+    fn plugin(&self, provider: &str, buffering: Buffering) -> PaymentPlugin {
         self.runtime
             .payment(provider)
-            .with_kv(KvMode::Buffered(absent_keys))
+            .with_kv(KvMode::Buffered(buffering))
     }
 }
 
@@ -238,12 +238,12 @@ impl PaymentGateway for PluginPayments {
         amount: Money,
         token: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         // A first attempt: a canary of the provider takes its share of orders. A resend
         // after an unknown outcome goes to the build that may have acted.
         authorized(
-            self.plugin(provider, absent_keys)
+            self.plugin(provider, buffering)
                 .starting(&order_id.to_string(), pinned)
                 .authorize(authorize_request(order_id, amount, token, idempotency_key))
                 .await,
@@ -257,10 +257,10 @@ impl PaymentGateway for PluginPayments {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.plugin(provider, absent_keys)
+            self.plugin(provider, buffering)
                 .pinned(pinned)
                 .capture(
                     payment_id.to_owned(),
@@ -277,10 +277,10 @@ impl PaymentGateway for PluginPayments {
         pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.plugin(provider, absent_keys)
+            self.plugin(provider, buffering)
                 .pinned(pinned)
                 .void(payment_id.to_owned(), idempotency_key.to_owned())
                 .await,
@@ -294,10 +294,10 @@ impl PaymentGateway for PluginPayments {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         answered(
-            self.plugin(provider, absent_keys)
+            self.plugin(provider, buffering)
                 .pinned(pinned)
                 .refund(
                     payment_id.to_owned(),

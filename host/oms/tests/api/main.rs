@@ -59,6 +59,7 @@ on_both_backends!(
 on_both_backends!(
     saga => sagas:
     placement_confirms_with_stock_and_a_hold,
+    a_networked_provider_is_called_once_the_reservation_is_committed,
     out_of_stock_rejects_without_touching_payment,
     declined_payment_releases_the_stock,
     transient_failures_are_retried_to_success,

@@ -11,9 +11,9 @@ use pb::{OrderStatus as S, PaymentStatus as P, ReservationStatus as R};
 use tonic::Code;
 
 use crate::helpers::{
-    LogCapture, TestApp, address, break_fakepay, error_info, money, omsctl, omsctl_json,
-    order_with, outbox_event_id, outbox_event_types, outbox_payloads, plugins_with_testing, quiet,
-    renamed_plugin, settle, wait_for_saga, wait_until,
+    LogCapture, TestApp, address, break_fakepay, error_info, fetch_for_order, money, omsctl,
+    omsctl_json, order_with, outbox_event_id, outbox_event_types, outbox_payloads,
+    plugins_with_testing, quiet, renamed_plugin, settle, wait_for_saga, wait_until,
 };
 
 pub async fn placement_confirms_with_stock_and_a_hold(backend: TestBackend) {
@@ -32,6 +32,41 @@ pub async fn placement_confirms_with_stock_and_a_hold(backend: TestBackend) {
         outbox_event_types(&app.db, &created.order_id).await,
         ["OrderCreated", "OrderConfirmed"]
     );
+    app.stop().await;
+}
+
+/// A payment plugin granted the network (a real PSP) after local-stock, whose reservation
+/// would otherwise wait for the authorisation's commit: the runtime refuses to call the
+/// provider while the reservation is pending, the engine commits it alone, then authorises.
+/// The placement saga's row shows it: created at version 1, then one commit each for the
+/// reservation, the authorisation and the confirmation (the bundled plugins, which stay in
+/// the host, need one commit for all three: version 2).
+pub async fn a_networked_provider_is_called_once_the_reservation_is_committed(
+    backend: TestBackend,
+) {
+    let plugins = plugins_with_testing(&[]);
+    let manifest = plugins.path().join("fakepay.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("\nkv = true\n"), "{text}");
+    let granted = text.replace(
+        "\nkv = true\n",
+        "\nkv = true\nhttp.allow = [\"127.0.0.1:9\"]\nhttp.allow_private = true\n",
+    );
+    std::fs::write(&manifest, granted).unwrap();
+    let dir = plugins.path().to_path_buf();
+    let app = TestApp::spawn_with(backend, move |config| config.plugins.dir = dir).await;
+    let created = app.create(order_with("c-psp", "DEMO-1", "tok_ok")).await;
+    let done = settle(&app, &created.order_id).await;
+    assert_eq!(done.status(), S::Confirmed, "{done:?}");
+    assert_eq!(done.payment_status(), P::Authorized);
+    assert_eq!(done.reservation_status(), R::Reserved);
+    let versions: Vec<(i64,)> = fetch_for_order(
+        &app.db,
+        "SELECT version FROM saga_instances WHERE CAST(order_id AS TEXT) = $1",
+        &created.order_id,
+    )
+    .await;
+    assert_eq!(versions, [(4,)], "created, then three commits");
     app.stop().await;
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Such steps are not lost work waiting to be saved: their calls stayed inside the host,
 //! so everything they did is in their plugin writes, which only the commit applies. The
-//! commit makes them durable together with the step that follows; a commit refused or never
+//! commit makes them durable together with the step that follows (or alone just before it,
+//! when that step's plugin would reach the network); a commit refused or never
 //! made (a crash, a lost lease) drops them as if they had never run, and the saga runs them
 //! again from its committed state with the same idempotency keys.
 

@@ -8,7 +8,7 @@ use super::outcome::{Failure, Mark};
 use super::run::Run;
 use super::{Next, SagaEngine, StepError};
 use crate::error::AppError;
-use crate::plugin_kv::AbsentKeys;
+use crate::plugin_kv::Buffering;
 use crate::ports::{
     FailureCode, FailureReason, GatewayError, GatewayFailure, PluginCall, StepDirection,
     StepRecord, StepState, StoreError,
@@ -19,12 +19,40 @@ use crate::saga::flows;
 use crate::saga::instance::{SagaData, SagaInstance, SagaKind, SagaStatus};
 
 impl SagaEngine {
-    fn executor(&self, absent_keys: AbsentKeys) -> Executor<'_> {
+    /// Calls for `saga`'s next step: its plugin writes wait for the step's commit, with
+    /// those of the steps run since the last one.
+    fn executor(&self, saga: &Run) -> Executor<'_> {
         Executor {
             payments: self.ports.payments.as_ref(),
             inventory: self.ports.inventory.as_ref(),
-            absent_keys,
+            buffering: Buffering {
+                absent_keys: saga.absent_keys,
+                pending_steps: saga.unflushed.is_some(),
+            },
         }
+    }
+
+    /// The step's plugin reaches the network and steps that ran before it wait for its
+    /// commit ([`GatewayError::CommitFirst`]): those steps are committed alone, and the step
+    /// runs again from there. Its call must not go out while they can still be undone: a
+    /// refused commit would run them again, maybe to another end (out of stock), and nothing
+    /// would undo what the provider did (a hold on the card that no saga knows of).
+    ///
+    /// Only with steps pending: the refusal is asked for by the engine itself
+    /// ([`Buffering::pending_steps`]), so one without them is a failure like any other (it
+    /// retries, and fails the step at its deadline).
+    async fn commit_pending(
+        &self,
+        saga: &mut Run,
+        order: Order,
+        now: oms_domain::Timestamp,
+    ) -> Result<Next, StepError> {
+        debug!(saga = %saga.id, "the step's plugin reaches the network: the steps before it commit first");
+        let next = saga.saga.clone();
+        let order = self
+            .commit(saga, next, None, order, &Change::None, None, now)
+            .await?;
+        Ok(Next::Continue(Box::new(order)))
     }
 
     /// Commits a successful operation: onto the fresh order if the order moved meanwhile
@@ -132,9 +160,13 @@ impl SagaEngine {
             last_error,
             at: now,
         };
-        let executor = self.executor(saga.absent_keys);
+        let executor = self.executor(saga);
         let call = executor.run(step.forward, saga, &order, &key);
         match self.heartbeat(saga, call).await? {
+            Err(GatewayFailure {
+                error: GatewayError::CommitFirst { .. },
+                ..
+            }) if saga.unflushed.is_some() => self.commit_pending(saga, order, now).await,
             Ok(effect) if effect.wait_until.is_some() => {
                 let until = effect.wait_until.unwrap_or(now);
                 // The action's expiry, capped: a provider cannot keep an order open forever.
@@ -383,9 +415,13 @@ impl SagaEngine {
             last_error,
             at: now,
         };
-        let executor = self.executor(saga.absent_keys);
+        let executor = self.executor(saga);
         let call = executor.run(op, saga, &order, &key);
         match self.heartbeat(saga, call).await? {
+            Err(GatewayFailure {
+                error: GatewayError::CommitFirst { .. },
+                ..
+            }) if saga.unflushed.is_some() => self.commit_pending(saga, order, now).await,
             Ok(effect) => {
                 let record = record(StepState::Succeeded, effect.call.clone(), None);
                 let next = saga.undo_step(index, now);

@@ -50,6 +50,9 @@ impl Formatter for PluginFormatter {
                     | CallErrorKind::MemoryLimitExceeded { .. }
                     | CallErrorKind::CircuitOpen { .. }
                     | CallErrorKind::NotInstalled => FormatFailure::Unavailable(e.to_string()),
+                    // Only a saga step's buffered call is refused so; a formatter's writes go
+                    // straight to the store. Reached, it would be the host's bug: not retried.
+                    CallErrorKind::PendingSteps => FormatFailure::Crashed(e.to_string()),
                 });
             }
         };

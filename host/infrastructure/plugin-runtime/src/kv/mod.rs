@@ -10,7 +10,7 @@ mod memory;
 
 pub use memory::MemoryKvStore;
 pub use oms_application::plugin_kv::{
-    AbsentKeys, BatchOutcome, BoundedAdd, Evaluation, KvChanges, KvError, KvTransaction, Swap,
-    Write, apply_batch_in, batch_keys, evaluate,
+    AbsentKeys, BatchOutcome, BoundedAdd, Buffering, Evaluation, KvChanges, KvError, KvTransaction,
+    Swap, Write, apply_batch_in, batch_keys, evaluate,
 };
 pub use oms_application::ports::PluginKvStore;

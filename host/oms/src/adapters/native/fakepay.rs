@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oms_application::plugin_kv::{
-    AbsentKeys, BatchOutcome, BoundedAdd, KvError, KvTransaction, Swap,
+    BatchOutcome, BoundedAdd, Buffering, KvError, KvTransaction, Swap,
 };
 use oms_application::ports::PluginKvStore;
 use oms_plugin_runtime::PluginKind;
@@ -226,9 +226,9 @@ impl FakePay {
     pub async fn authorize(
         &self,
         request: AuthorizeRequest,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> PaymentResult<Payment> {
-        let mut call = self.identity.call(absent_keys);
+        let mut call = self.identity.call(buffering);
         let result = match self
             .count_call(&mut call.kv, "authorize", &request.idempotency_key)
             .await
@@ -244,13 +244,13 @@ impl FakePay {
         id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> PaymentResult<Payment> {
         let fingerprint = format!("capture|{id}|{}", amount_text(amount.as_ref()));
         self.mutate(
             "capture",
             id,
-            (idempotency_key, absent_keys),
+            (idempotency_key, buffering),
             amount.as_ref(),
             &fingerprint,
             |p| capture(p, amount.as_ref()),
@@ -262,10 +262,10 @@ impl FakePay {
         &self,
         id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> PaymentResult<Payment> {
         let fingerprint = format!("void|{id}");
-        let key = (idempotency_key, absent_keys);
+        let key = (idempotency_key, buffering);
         self.mutate("void", id, key, None, &fingerprint, void).await
     }
 
@@ -274,13 +274,13 @@ impl FakePay {
         id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> PaymentResult<Payment> {
         let fingerprint = format!("refund|{id}|{}", amount_text(amount.as_ref()));
         self.mutate(
             "refund",
             id,
-            (idempotency_key, absent_keys),
+            (idempotency_key, buffering),
             amount.as_ref(),
             &fingerprint,
             |p| refund(p, amount.as_ref()),
@@ -290,7 +290,7 @@ impl FakePay {
 
     pub async fn get_payment(&self, lookup: PaymentLookup) -> PaymentResult<Option<Payment>> {
         // A lookup writes nothing: nothing to leave to a commit.
-        let mut call = self.identity.call(AbsentKeys::Read);
+        let mut call = self.identity.call(Buffering::default());
         let result = get_payment(&mut call.kv, lookup).await;
         call.finish(result)
     }
@@ -301,12 +301,12 @@ impl FakePay {
         &self,
         operation: &str,
         id: &str,
-        (idempotency_key, absent_keys): (&str, AbsentKeys),
+        (idempotency_key, buffering): (&str, Buffering),
         amount: Option<&Money>,
         fingerprint: &str,
         change: impl Fn(&PaymentRecord) -> Result<PaymentRecord, Refusal>,
     ) -> PaymentResult<Payment> {
-        let mut call = self.identity.call(absent_keys);
+        let mut call = self.identity.call(buffering);
         let result = async {
             self.count_call(&mut call.kv, operation, idempotency_key)
                 .await?;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use oms_application::plugin_kv::{
-    AbsentKeys, BatchOutcome, BoundedAdd, KvError, KvTransaction, Swap,
+    BatchOutcome, BoundedAdd, Buffering, KvError, KvTransaction, Swap,
 };
 use oms_application::ports::PluginKvStore;
 use oms_plugin_runtime::PluginKind;
@@ -139,9 +139,9 @@ impl LocalStock {
         order_id: &str,
         lines: &[Line],
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> InventoryResult<String> {
-        let mut call = self.identity.call(absent_keys);
+        let mut call = self.identity.call(buffering);
         let result = self
             .reserve_in(&mut call.kv, order_id, lines, idempotency_key)
             .await;
@@ -152,12 +152,12 @@ impl LocalStock {
         &self,
         reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> InventoryResult<()> {
         self.settle(
             reservation_id,
             idempotency_key,
-            absent_keys,
+            buffering,
             "release",
             State::Released,
         )
@@ -168,12 +168,12 @@ impl LocalStock {
         &self,
         reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> InventoryResult<()> {
         self.settle(
             reservation_id,
             idempotency_key,
-            absent_keys,
+            buffering,
             "commit",
             State::Committed,
         )
@@ -184,11 +184,11 @@ impl LocalStock {
         &self,
         reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
         operation: &str,
         target: State,
     ) -> InventoryResult<()> {
-        let mut call = self.identity.call(absent_keys);
+        let mut call = self.identity.call(buffering);
         let result = match self
             .count_call(&mut call.kv, operation, idempotency_key)
             .await

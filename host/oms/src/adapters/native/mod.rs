@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use oms_application::plugin_kv::{AbsentKeys, KvTransaction};
+use oms_application::plugin_kv::{Buffering, KvTransaction};
 use oms_application::ports::{
     GatewayResult, InventoryGateway, PaymentGateway, PluginKvStore, ProviderPayment,
 };
@@ -112,14 +112,16 @@ impl NativeIdentity {
         Ok((identity, PluginConfig::from_manifest(&manifest)))
     }
 
-    /// A call that buffers its writes, checking the keys it creates as `absent_keys` says
-    /// (both adapters stay in the host, as a Wasm plugin with no network grant does).
-    fn call(&self, absent_keys: AbsentKeys) -> NativeCall {
+    /// A call that buffers its writes, checking the keys it creates as `buffering` says.
+    /// Both adapters stay in the host, as a Wasm plugin with no network grant does, so
+    /// steps pending before them (`Buffering::pending_steps`) never stop them.
+    fn call(&self, buffering: Buffering) -> NativeCall {
         NativeCall {
             plugin: self.plugin.clone(),
             version: self.version.clone(),
             started: Instant::now(),
-            kv: KvTransaction::new(self.store.clone(), &self.plugin).with_absent_keys(absent_keys),
+            kv: KvTransaction::new(self.store.clone(), &self.plugin)
+                .with_absent_keys(buffering.absent_keys),
         }
     }
 }
@@ -158,7 +160,7 @@ impl PaymentGateway for NativePayments {
         amount: Money,
         token: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
@@ -169,7 +171,7 @@ impl PaymentGateway for NativePayments {
                     amount,
                     token,
                     idempotency_key,
-                    absent_keys,
+                    buffering,
                 )
                 .await;
         };
@@ -177,7 +179,7 @@ impl PaymentGateway for NativePayments {
             fakepay
                 .authorize(
                     authorize_request(order_id, amount, token, idempotency_key),
-                    absent_keys,
+                    buffering,
                 )
                 .await,
         )
@@ -190,7 +192,7 @@ impl PaymentGateway for NativePayments {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
@@ -200,13 +202,13 @@ impl PaymentGateway for NativePayments {
                     payment_id,
                     amount,
                     idempotency_key,
-                    absent_keys,
+                    buffering,
                 )
                 .await;
         };
         answered(
             fakepay
-                .capture(payment_id, amount.map(to_wit), idempotency_key, absent_keys)
+                .capture(payment_id, amount.map(to_wit), idempotency_key, buffering)
                 .await,
         )
     }
@@ -217,15 +219,15 @@ impl PaymentGateway for NativePayments {
         pinned: Option<&str>,
         payment_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return self
                 .plugins
-                .void(provider, pinned, payment_id, idempotency_key, absent_keys)
+                .void(provider, pinned, payment_id, idempotency_key, buffering)
                 .await;
         };
-        answered(fakepay.void(payment_id, idempotency_key, absent_keys).await)
+        answered(fakepay.void(payment_id, idempotency_key, buffering).await)
     }
 
     async fn refund(
@@ -235,7 +237,7 @@ impl PaymentGateway for NativePayments {
         payment_id: &str,
         amount: Option<Money>,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<ProviderPayment> {
         let Some(fakepay) = self.native(provider) else {
             return (self.plugins)
@@ -245,13 +247,13 @@ impl PaymentGateway for NativePayments {
                     payment_id,
                     amount,
                     idempotency_key,
-                    absent_keys,
+                    buffering,
                 )
                 .await;
         };
         answered(
             fakepay
-                .refund(payment_id, amount.map(to_wit), idempotency_key, absent_keys)
+                .refund(payment_id, amount.map(to_wit), idempotency_key, buffering)
                 .await,
         )
     }
@@ -298,7 +300,7 @@ impl InventoryGateway for NativeInventory {
         order_id: OrderId,
         lines: &[LineItem],
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<String> {
         let called = self
             .local_stock
@@ -306,7 +308,7 @@ impl InventoryGateway for NativeInventory {
                 &order_id.to_string(),
                 &wit_lines(lines),
                 idempotency_key,
-                absent_keys,
+                buffering,
             )
             .await
             .map_err(inventory_failure)?;
@@ -319,11 +321,11 @@ impl InventoryGateway for NativeInventory {
         _pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<()> {
         let called = self
             .local_stock
-            .release(reservation_id, idempotency_key, absent_keys)
+            .release(reservation_id, idempotency_key, buffering)
             .await
             .map_err(inventory_failure)?;
         Ok(((), plugin_call(&called.info)))
@@ -335,11 +337,11 @@ impl InventoryGateway for NativeInventory {
         _pinned: Option<&str>,
         reservation_id: &str,
         idempotency_key: &str,
-        absent_keys: AbsentKeys,
+        buffering: Buffering,
     ) -> GatewayResult<()> {
         let called = self
             .local_stock
-            .commit(reservation_id, idempotency_key, absent_keys)
+            .commit(reservation_id, idempotency_key, buffering)
             .await
             .map_err(inventory_failure)?;
         Ok(((), plugin_call(&called.info)))
