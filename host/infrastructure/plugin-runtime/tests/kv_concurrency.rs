@@ -170,6 +170,28 @@ async fn a_buffered_call_returns_its_writes_instead_of_writing() {
     );
 }
 
+/// fakepay in a runtime of its own over an empty in-memory store: granted the network (an
+/// `http` section, to an address nothing listens on; fakepay never calls it) or not. The
+/// directory holds the staged manifest.
+async fn fakepay(networked: bool) -> (PluginRuntime, tempfile::TempDir) {
+    use oms_plugin_runtime::kv::MemoryKvStore;
+
+    let rt = runtime_with(Arc::new(MemoryKvStore::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = staged(dir.path(), "fakepay", |t| {
+        if networked {
+            t.replace(
+                "kv = true",
+                "kv = true\nhttp.allow = [\"127.0.0.1:9\"]\nhttp.allow_private = true",
+            )
+        } else {
+            t
+        }
+    });
+    rt.install(&manifest).await.unwrap();
+    (rt, dir)
+}
+
 /// A saga step may let the commit check the keys a call creates (`AbsentKeys::CheckedAtCommit`)
 /// only when the plugin cannot reach outside the host: fakepay, asked to authorise again
 /// under a key it already recorded, answers `Applied` without a read, and its write is pinned
@@ -179,24 +201,11 @@ async fn a_buffered_call_returns_its_writes_instead_of_writing() {
 async fn only_a_plugin_without_network_leaves_its_new_keys_to_the_commit() {
     use oms_application::plugin_kv::Expect;
     use oms_plugin_runtime::KvMode;
-    use oms_plugin_runtime::kv::{AbsentKeys, Buffering, MemoryKvStore};
+    use oms_plugin_runtime::kv::{AbsentKeys, Buffering};
 
     plugins_dir();
     for networked in [false, true] {
-        let kv = Arc::new(MemoryKvStore::new());
-        let rt = runtime_with(kv.clone());
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = staged(dir.path(), "fakepay", |t| {
-            if networked {
-                t.replace(
-                    "kv = true",
-                    "kv = true\nhttp.allow = [\"127.0.0.1:9\"]\nhttp.allow_private = true",
-                )
-            } else {
-                t
-            }
-        });
-        rt.install(&manifest).await.unwrap();
+        let (rt, _dir) = fakepay(networked).await;
         // The first authorisation, committed.
         let first = rt
             .payment("fakepay")
@@ -239,29 +248,16 @@ async fn only_a_plugin_without_network_leaves_its_new_keys_to_the_commit() {
 /// A saga step whose earlier steps wait for its commit (`Buffering::pending_steps`) may only
 /// call a plugin that stays in the host: were the commit refused, those steps would run
 /// again, maybe to another end, and what a provider did meanwhile would be stranded. The
-/// same fakepay granted the network is refused before any build runs, and called once the caller says nothing is pending; without the grant it
-/// is called either way.
+/// same fakepay granted the network is refused before any build runs, and called once the
+/// caller says nothing is pending; without the grant it is called either way.
 #[tokio::test]
 async fn a_networked_plugin_is_not_called_while_earlier_steps_wait() {
-    use oms_plugin_runtime::kv::{Buffering, MemoryKvStore};
+    use oms_plugin_runtime::kv::Buffering;
     use oms_plugin_runtime::{CallErrorKind, KvMode};
 
     plugins_dir();
     for networked in [false, true] {
-        let kv = Arc::new(MemoryKvStore::new());
-        let rt = runtime_with(kv.clone());
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = staged(dir.path(), "fakepay", |t| {
-            if networked {
-                t.replace(
-                    "kv = true",
-                    "kv = true\nhttp.allow = [\"127.0.0.1:9\"]\nhttp.allow_private = true",
-                )
-            } else {
-                t
-            }
-        });
-        rt.install(&manifest).await.unwrap();
+        let (rt, _dir) = fakepay(networked).await;
         let authorize = |pending_steps| {
             let client = rt.payment("fakepay").with_kv(KvMode::Buffered(Buffering {
                 pending_steps,
