@@ -15,7 +15,7 @@
 //! locked only by the row write itself, and a hot stock counter is never read and then
 //! written back under a lock: one `UPDATE` adds to it if the bound holds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
@@ -439,30 +439,111 @@ async fn apply_one<D: Dialect>(
     Ok(D::rows_affected(&result) == 1)
 }
 
-/// Adds the changes of `all` that [`push_new`] did not to `batch`, when each of them is a
-/// counter add (a stock counter: what a reservation writes besides its record), in the
-/// order [`apply_rest`] applies them, each expected to change its row. `false`, with nothing
-/// added, when another kind of change is among them: those are applied by [`apply_rest`].
-/// An add to an absent counter, or past a bound, then fails the batch's expectation; the
-/// caller learns which from [`apply_rest`] in a transaction.
-pub(crate) fn push_adds<'q, D: Dialect>(batch: &mut Batch<'q, D>, all: &[&'q KvChanges]) -> bool {
-    if !rest(all).all(|(_, _, c)| {
-        matches!(
-            (&c.expect, &c.effect),
-            (Expect::Anything, KeyEffect::Add { .. })
+/// A bounded counter add a commit makes (a stock counter: what a reservation writes besides
+/// its record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CounterAdd<'q> {
+    pub namespace: &'q str,
+    pub key: &'q str,
+    pub delta: i64,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+}
+
+/// The changes of `all` that [`push_new`] did not insert, when each of them is a counter add,
+/// in the order [`apply_rest`] applies them; `None` when another kind of change is among
+/// them (those are applied by [`apply_rest`]).
+pub(crate) fn counter_adds<'q>(all: &[&'q KvChanges]) -> Option<Vec<CounterAdd<'q>>> {
+    rest(all)
+        .map(
+            |(namespace, key, change)| match (&change.expect, &change.effect) {
+                (Expect::Anything, &KeyEffect::Add { delta, min, max }) => Some(CounterAdd {
+                    namespace,
+                    key,
+                    delta,
+                    min,
+                    max,
+                }),
+                _ => None,
+            },
         )
-    }) {
+        .collect()
+}
+
+/// Adds the changes of `all` that [`push_new`] did not to `batch`, when each of them is a
+/// counter add ([`counter_adds`]), each expected to change its row. `false`, with nothing
+/// added, otherwise. An add to an absent counter, or past a bound, then fails the batch's
+/// expectation; the caller learns which from [`apply_rest`] in a transaction.
+pub(crate) fn push_adds<'q, D: Dialect>(batch: &mut Batch<'q, D>, all: &[&'q KvChanges]) -> bool {
+    let Some(adds) = counter_adds(all) else {
         return false;
-    }
-    for (namespace, key, change) in rest(all) {
-        if let KeyEffect::Add { delta, min, max } = change.effect {
-            let part = batch.push(add_sql::<D>(), move |query| {
-                query.arg(namespace).arg(key).arg(delta).arg(min).arg(max)
-            });
-            batch.expect(part, 1);
-        }
+    };
+    for add in adds {
+        push_add(batch, add);
     }
     true
+}
+
+/// Adds one bounded add to `batch`, expected to change its row.
+pub(crate) fn push_add<'q, D: Dialect>(batch: &mut Batch<'q, D>, add: CounterAdd<'q>) {
+    let CounterAdd {
+        namespace,
+        key,
+        delta,
+        min,
+        max,
+    } = add;
+    let part = batch.push(add_sql::<D>(), move |query| {
+        query.arg(namespace).arg(key).arg(delta).arg(min).arg(max)
+    });
+    batch.expect(part, 1);
+}
+
+/// Several commits' counter adds, summed per counter, so that a group of commits sent as one
+/// statement updates each counter once (`sql::coalesce`). Adds are summed only where no
+/// order of them can cross a bound while their sum does not: takes (deltas <= 0) against a
+/// lower bound alone, gives (deltas >= 0) against an upper bound alone, or either without a
+/// bound, every add of a counter with the same bounds. A take's lower bound then holds after
+/// each of them exactly when it holds after their sum, so the one bounded update admits the
+/// group exactly when every commit of it, run one after the other, would have been admitted.
+#[derive(Debug, Default)]
+pub(crate) struct SummedAdds<'q> {
+    counters: BTreeMap<(&'q str, &'q str), CounterAdd<'q>>,
+}
+
+impl<'q> SummedAdds<'q> {
+    /// Adds one commit's adds to the sums; `false`, with nothing changed, when one of them
+    /// cannot be summed with the others (or one commit adds to a counter twice).
+    pub(crate) fn join(&mut self, adds: &[CounterAdd<'q>]) -> bool {
+        let mut joined: BTreeMap<(&'q str, &'q str), CounterAdd<'q>> = BTreeMap::new();
+        for add in adds {
+            let one_way =
+                (add.delta <= 0 && add.max.is_none()) || (add.delta >= 0 && add.min.is_none());
+            let counter = (add.namespace, add.key);
+            if !one_way || joined.contains_key(&counter) {
+                return false;
+            }
+            let sum = match self.counters.get(&counter) {
+                Some(sum) if (sum.min, sum.max) != (add.min, add.max) => return false,
+                Some(sum) => match sum.delta.checked_add(add.delta) {
+                    Some(delta) => CounterAdd { delta, ..*sum },
+                    None => return false,
+                },
+                None => *add,
+            };
+            joined.insert(counter, sum);
+        }
+        self.counters.extend(joined);
+        true
+    }
+
+    /// Adds one bounded add per counter to `batch`, in key order, each expected to change its
+    /// row.
+    pub(crate) fn push<D: Dialect>(self, batch: &mut Batch<'q, D>) {
+        for add in self.counters.into_values() {
+            push_add(batch, add);
+        }
+    }
 }
 
 /// The bounded add of `$3` to the counter `$1`/`$2`, within `$4` and `$5` (either `NULL`

@@ -15,13 +15,14 @@ use oms_application::ports::{
 use oms_application::saga::{SagaId, SagaInstance, SagaStatus};
 use oms_domain::{OrderId, OrderStatus, Timestamp, Version};
 use serde_json::value::RawValue;
-use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Pool};
 
 use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
 use crate::orders::{OrderChecks, OwnedOrderWrite, push_order, write_error};
-use crate::plugin_kv::NewRecords;
+use crate::plugin_kv::{NewRecords, SummedAdds};
 use crate::sql::batch::GUARD;
+use crate::sql::coalesce::{Coalescer, RunGroup};
 use crate::sql::{
     Args, Batch, Column, ConnOf, Dialect, PartId, Q, RowExt, RowOf, Rows, Sql, UniqueIndex,
     current_version, json, work,
@@ -33,15 +34,29 @@ const ONE_ACTIVE: UniqueIndex = UniqueIndex {
     columns: "saga_instances.order_id",
 };
 
+/// Saga commits keyed by the counter they update first: (namespace, key).
+type CounterCoalescer = Coalescer<(String, String), Arc<OwnedSagaCommit>>;
+
 pub(crate) struct SqlSagaStore<D: Dialect> {
     sql: Sql<D>,
+    /// Where commits run bare, one statement each ([`Sql::bare_pool`]): the commits that
+    /// would queue on one counter, sent together. With commit lanes (SQLite, or grouping
+    /// turned on) a lane's group already takes a hot row once.
+    coalescer: Option<Arc<CounterCoalescer>>,
     dialect: PhantomData<D>,
 }
 
 impl<D: Dialect> SqlSagaStore<D> {
     pub(crate) fn new(sql: Sql<D>) -> Self {
+        let coalescer = sql.bare_pool().map(|pool| {
+            let pool = pool.clone();
+            let run_group: RunGroup<Arc<OwnedSagaCommit>> =
+                Box::new(move |commits| Box::pin(commit_coalesced::<D>(pool.clone(), commits)));
+            Coalescer::new(MAX_COALESCED, run_group)
+        });
         Self {
             sql,
+            coalescer,
             dialect: PhantomData,
         }
     }
@@ -247,6 +262,25 @@ struct OwnedSagaCommit {
     order: Option<OwnedOrderWrite>,
 }
 
+impl OwnedSagaCommit {
+    /// The plugins' key changes its steps made, step by step.
+    fn kv(&self) -> Vec<&KvChanges> {
+        self.steps
+            .iter()
+            .filter_map(|r| r.call.as_ref())
+            .map(|call| call.kv.as_ref())
+            .collect()
+    }
+
+    /// The counter a commit that may be coalesced with others updates first (`sql::coalesce`):
+    /// when its plugin changes besides new records are all counter adds, and there is one.
+    fn hot_counter(&self) -> Option<(String, String)> {
+        let adds = crate::plugin_kv::counter_adds(&self.kv())?;
+        let first = adds.first()?;
+        Some((first.namespace.to_owned(), first.key.to_owned()))
+    }
+}
+
 /// A saga commit's batch, in lock order: the order, the saga, its steps, the plugins' new
 /// records. Then come the plugins' other keys: by [`commit_saga`], one statement each, or as
 /// parts of this batch by [`commit_saga_in_one_statement`].
@@ -295,11 +329,7 @@ impl<'q, D: Dialect> SagaBatch<'q, D> {
             },
         );
         push_steps::<D>(&mut batch, saga.id, steps);
-        let kv = steps
-            .iter()
-            .filter_map(|r| r.call.as_ref())
-            .map(|call| call.kv.as_ref())
-            .collect::<Vec<_>>();
+        let kv = commit.kv();
         let new_records = crate::plugin_kv::push_new::<D>(&mut batch, &kv);
         Ok(Self {
             batch,
@@ -308,6 +338,20 @@ impl<'q, D: Dialect> SagaBatch<'q, D> {
             new_records,
             kv,
         })
+    }
+}
+
+impl<'q, D: Dialect> SagaBatch<'q, D> {
+    /// The batch, expecting every count [`commit_saga`] checks: the order's, the saga's and
+    /// the new records'. Without the plugins' other keys.
+    fn expecting_all(self) -> Batch<'q, D> {
+        let mut batch = self.batch;
+        if let Some(checks) = &self.order_checks {
+            checks.expect(&mut batch);
+        }
+        batch.expect(self.saga_part, 1);
+        self.new_records.expect(&mut batch);
+        batch
     }
 }
 
@@ -378,21 +422,109 @@ async fn commit_saga_in_one_statement<D: Dialect>(
     conn: &mut ConnOf<D>,
     commit: &OwnedSagaCommit,
 ) -> Result<bool, StoreError> {
-    let SagaBatch {
-        mut batch,
-        order_checks,
-        saga_part,
-        new_records,
-        kv,
-    } = SagaBatch::<D>::of(commit)?;
+    let saga_batch = SagaBatch::<D>::of(commit)?;
+    let kv = saga_batch.kv.clone();
+    let mut batch = saga_batch.expecting_all();
     if !crate::plugin_kv::push_adds::<D>(&mut batch, &kv) {
         return Ok(false);
     }
-    if let Some(checks) = &order_checks {
-        checks.expect(&mut batch);
+    let counts = batch
+        .run_all_or_nothing(conn)
+        .await
+        .map_err(write_error::<D>)?;
+    Ok(counts.is_some())
+}
+
+/// A saga commit on a connection of its own, outside any transaction: one statement where it
+/// can be ([`commit_saga_in_one_statement`]), else [`commit_saga`] in a transaction.
+async fn commit_bare<D: Dialect>(
+    conn: &mut ConnOf<D>,
+    commit: &OwnedSagaCommit,
+) -> Result<(), StoreError> {
+    if commit_saga_in_one_statement::<D>(conn, commit).await? {
+        return Ok(());
     }
-    batch.expect(saga_part, 1);
-    new_records.expect(&mut batch);
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, D::CONCURRENCY.begin_write())
+        .await
+        .map_err(D::classify)?;
+    commit_saga::<D>(&mut tx, commit).await?;
+    // Dropping `tx` on an error above rolled the commit back.
+    tx.commit().await.map_err(D::classify)
+}
+
+/// The most saga commits one coalesced statement carries. A commit binds a few dozen
+/// parameters: this many stay far below PostgreSQL's 65,535.
+const MAX_COALESCED: usize = 32;
+
+/// Commits saga commits that waited for the same counter (`sql::coalesce`): those whose
+/// counter adds sum ([`SummedAdds`]) as one statement that updates each counter once, all or
+/// nothing; the others, and all of them when that statement is refused (a bound crossed, a
+/// lease lost, an order moved: it cannot tell whose), one by one as [`commit_bare`], which
+/// answers each its own outcome. A refused group costs a statement more than running its
+/// commits one by one; it is rare where many commits queue for one counter (a stock running
+/// out refuses only the commits at the end).
+async fn commit_coalesced<D: Dialect>(
+    pool: Pool<D::DB>,
+    commits: Vec<Arc<OwnedSagaCommit>>,
+) -> Vec<Result<(), StoreError>> {
+    let mut done = vec![false; commits.len()];
+    if commits.len() > 1 {
+        let mut summed = SummedAdds::default();
+        let together: Vec<usize> = (0..commits.len())
+            .filter(|&i| {
+                crate::plugin_kv::counter_adds(&commits[i].kv())
+                    .is_some_and(|adds| summed.join(&adds))
+            })
+            .collect();
+        if together.len() > 1 {
+            let group: Vec<&OwnedSagaCommit> =
+                together.iter().map(|&i| commits[i].as_ref()).collect();
+            let landed = match pool.acquire().await {
+                Ok(mut conn) => commit_together::<D>(&mut conn, &group, summed).await,
+                Err(e) => Err(D::classify(e)),
+            };
+            if let Ok(true) = landed {
+                for i in together {
+                    done[i] = true;
+                }
+            }
+        }
+    }
+    if commits.len() > 1 {
+        let together = done.iter().filter(|&&d| d).count();
+        let coalesced = |outcome: &'static str, n: usize| {
+            metrics::counter!("oms_saga_commits_coalesced_total", "outcome" => outcome)
+                .increment(n as u64);
+        };
+        coalesced("together", together);
+        coalesced("alone", commits.len() - together);
+    }
+    let alone = commits.iter().zip(&done).map(|(commit, &done)| {
+        let pool = pool.clone();
+        async move {
+            if done {
+                return Ok(());
+            }
+            let mut conn = pool.acquire().await.map_err(D::classify)?;
+            commit_bare::<D>(&mut conn, commit).await
+        }
+    });
+    futures::future::join_all(alone).await
+}
+
+/// `commits` as one statement, outside any transaction: each one's batch with every count
+/// [`commit_saga`] checks expected, then `summed`, one update per counter. `false` when a
+/// count was off: nothing was written.
+async fn commit_together<'q, D: Dialect>(
+    conn: &mut ConnOf<D>,
+    commits: &[&'q OwnedSagaCommit],
+    summed: SummedAdds<'q>,
+) -> Result<bool, StoreError> {
+    let mut batch = Batch::default();
+    for commit in commits {
+        batch.append(SagaBatch::<D>::of(commit)?.expecting_all());
+    }
+    summed.push(&mut batch);
     let counts = batch
         .run_all_or_nothing(conn)
         .await
@@ -500,6 +632,11 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
             steps: commit.steps.to_vec(),
             order: commit.order.as_ref().map(OwnedOrderWrite::of),
         });
+        // A commit that takes from a counter waits for the one in flight on that counter, and
+        // goes with the others that waited (`sql::coalesce`).
+        if let Some((coalescer, counter)) = self.coalescer.as_ref().zip(commit.hot_counter()) {
+            return coalescer.run(counter, commit).await;
+        }
         let grouped = {
             let commit = Arc::clone(&commit);
             work::<D, _>(move |conn| Box::pin(async move { commit_saga::<D>(conn, &commit).await }))
@@ -507,17 +644,7 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         // One statement on a connection of its own where nothing is grouped; otherwise
         // committed with whatever other writes are queued (`sql::group`).
         let bare = work::<D, _>(move |conn| {
-            Box::pin(async move {
-                if commit_saga_in_one_statement::<D>(conn, &commit).await? {
-                    return Ok(());
-                }
-                let mut tx = sqlx::Connection::begin_with(&mut *conn, D::CONCURRENCY.begin_write())
-                    .await
-                    .map_err(D::classify)?;
-                commit_saga::<D>(&mut tx, &commit).await?;
-                // Dropping `tx` on an error above rolled the commit back.
-                tx.commit().await.map_err(D::classify)
-            })
+            Box::pin(async move { commit_bare::<D>(conn, &commit).await })
         });
         self.sql.commit_bare_or_grouped(bare, grouped).await
     }
@@ -644,11 +771,16 @@ mod tests {
     /// A reservation of `delta` units on `counter` under record `rsv/1`, as local-stock's
     /// reserve buffers it.
     fn reserve(counter: &str, delta: i64) -> StepRecord {
+        reserve_as("rsv/1", counter, delta)
+    }
+
+    /// [`reserve`] under record `record`.
+    fn reserve_as(record: &str, counter: &str, delta: i64) -> StepRecord {
         let kv = KvChanges {
             namespace: NS.into(),
             keys: BTreeMap::from([
                 (
-                    "rsv/1".to_owned(),
+                    record.to_owned(),
                     KeyChange {
                         expect: Expect::Value(None),
                         effect: KeyEffect::Put(b"held".to_vec()),
@@ -776,6 +908,149 @@ mod tests {
         );
         assert_eq!(db.sagas().get(claimed.id).await.unwrap().unwrap().step, 1);
         drop(conn);
+        db.close().await;
+        test_db.cleanup().await.unwrap();
+    }
+
+    /// `n` place-order sagas of new orders, claimed by `w1`.
+    async fn claimed_sagas(db: &crate::Database, n: u32) -> Vec<SagaInstance> {
+        let now = Timestamp::from_unix_millis(1_000);
+        for _ in 0..n {
+            let (order, _) = Order::place(sample_order(), OrderId::generate(), now);
+            let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), now);
+            db.orders()
+                .save(OrderWrite {
+                    order: &order,
+                    expected_version: None,
+                    outbox: &[],
+                    idempotency: None,
+                    start_saga: Some(&saga),
+                    lease_saga_to: None,
+                })
+                .await
+                .unwrap();
+        }
+        let lease_until = Timestamp::from_unix_millis(100_000);
+        db.sagas()
+            .claim_due("w1", Timestamp::from_unix_millis(2_000), lease_until, n)
+            .await
+            .unwrap()
+    }
+
+    /// `claimed`'s next step, committed by `owner` with `step`.
+    fn next_step(claimed: &SagaInstance, owner: &str, step: StepRecord) -> Arc<OwnedSagaCommit> {
+        let mut next = claimed.clone();
+        next.step += 1;
+        next.version += 1;
+        Arc::new(OwnedSagaCommit {
+            saga: next,
+            expected_version: claimed.version,
+            owner: Some(owner.to_owned()),
+            lease_until: Timestamp::from_unix_millis(100_000),
+            steps: vec![step],
+            order: None,
+        })
+    }
+
+    /// How many transactions wrote the rows of `sagas` (PostgreSQL's `xmin`).
+    async fn writers(pool: &sqlx::PgPool, sagas: &[SagaInstance]) -> i64 {
+        let ids: Vec<uuid::Uuid> = sagas.iter().map(|s| s.id.0).collect();
+        sqlx::query_scalar(
+            "SELECT count(DISTINCT xmin::text) FROM saga_instances WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    /// Coalesced commits (PostgreSQL): commits that take from one counter land in one
+    /// statement, which updates the counter once; when their sum crosses the counter's bound,
+    /// or one of them lost its lease, each is run alone and hears its own outcome, and the
+    /// counter is never overdrawn. A give cannot be summed with takes and goes alone.
+    #[tokio::test]
+    async fn commits_waiting_for_one_counter_land_together_or_each_alone() {
+        let test_db = TestDatabase::postgres().await.unwrap();
+        let db = test_db.connect().await.unwrap();
+        let pool = db.postgres().unwrap().clone();
+        let kv = db.plugin_kv();
+        let seed = Swap {
+            key: "stock/A".into(),
+            expected: None,
+            new: Some(b"10".to_vec()),
+        };
+        kv.batch(NS, &[seed], &[]).await.unwrap();
+        let stock = || async { kv.get(NS, "stock/A").await.unwrap().unwrap() };
+
+        // Four takes of 2 from 10: one statement, one transaction, the counter at 2.
+        let sagas = claimed_sagas(&db, 4).await;
+        let commits = sagas
+            .iter()
+            .enumerate()
+            .map(|(i, saga)| next_step(saga, "w1", reserve_as(&format!("rsv/{i}"), "stock/A", -2)))
+            .collect();
+        let heard = commit_coalesced::<PostgresDialect>(pool.clone(), commits).await;
+        assert_eq!(heard, vec![Ok(()); 4]);
+        assert_eq!(stock().await, b"2");
+        assert_eq!(
+            writers(&pool, &sagas).await,
+            1,
+            "one statement wrote the four steps"
+        );
+
+        // Three takes of 1 from 2, one of them by a worker that lost its lease, and a give of
+        // 5 (not summed with takes): the group is refused, each runs alone.
+        let sagas = claimed_sagas(&db, 4).await;
+        let take = |i: usize, owner: &str| {
+            next_step(
+                &sagas[i],
+                owner,
+                reserve_as(&format!("rsv/b{i}"), "stock/A", -1),
+            )
+        };
+        let mut give = reserve_as("rsv/b3", "stock/A", 5);
+        if let Some(call) = give.call.as_mut() {
+            let mut changes = (*call.kv).clone();
+            if let Some(change) = changes.keys.get_mut("stock/A") {
+                change.effect = KeyEffect::Add {
+                    delta: 5,
+                    min: None,
+                    max: None,
+                };
+            }
+            call.kv = Arc::new(changes);
+        }
+        let commits = vec![
+            take(0, "w1"),
+            take(1, "w2"),
+            take(2, "w1"),
+            next_step(&sagas[3], "w1", give),
+        ];
+        let heard = commit_coalesced::<PostgresDialect>(pool.clone(), commits).await;
+        assert_eq!(heard[1], Err(StoreError::LeaseLost), "{heard:?}");
+        // Takes 0 and 2 fit the 2 left, the give adds 5, in whichever order they ran.
+        assert_eq!(heard[0], Ok(()), "{heard:?}");
+        assert_eq!(heard[2], Ok(()), "{heard:?}");
+        assert_eq!(heard[3], Ok(()), "{heard:?}");
+        assert_eq!(stock().await, b"5");
+        assert_eq!(kv.get(NS, "rsv/b1").await.unwrap(), None);
+
+        // Three takes of 2 from 5: two land, one hears its conflict; never below zero.
+        let sagas = claimed_sagas(&db, 3).await;
+        let commits = sagas
+            .iter()
+            .enumerate()
+            .map(|(i, saga)| next_step(saga, "w1", reserve_as(&format!("rsv/c{i}"), "stock/A", -2)))
+            .collect();
+        let heard = commit_coalesced::<PostgresDialect>(pool.clone(), commits).await;
+        assert_eq!(heard.iter().filter(|h| h.is_ok()).count(), 2, "{heard:?}");
+        assert!(
+            heard
+                .iter()
+                .any(|h| matches!(h, Err(StoreError::KvConflict { key, .. }) if key == "stock/A")),
+            "{heard:?}"
+        );
+        assert_eq!(stock().await, b"1");
         db.close().await;
         test_db.cleanup().await.unwrap();
     }

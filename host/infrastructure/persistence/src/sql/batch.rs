@@ -129,6 +129,28 @@ impl<'q, D: Dialect> Batch<'q, D> {
         PartId(self.parts.len() - 1)
     }
 
+    /// Adds every part of `other` after this batch's, with its guards and expectations:
+    /// several commits' batches as one (see `sql::coalesce`).
+    pub(crate) fn append(&mut self, other: Batch<'q, D>) {
+        let offset = self.parts.len();
+        let shift = |part: PartId| PartId(part.0 + offset);
+        self.parts.extend(
+            other
+                .parts
+                .into_iter()
+                .map(|Guarded { part, guard }| Guarded {
+                    part,
+                    guard: guard.map(shift),
+                }),
+        );
+        self.expected.extend(
+            other
+                .expected
+                .into_iter()
+                .map(|(part, rows)| (shift(part), rows)),
+        );
+    }
+
     /// Requires part `part` to change exactly `rows` rows when the batch runs with
     /// [`Self::run_all_or_nothing`].
     pub(crate) fn expect(&mut self, part: PartId, rows: u64) {

@@ -122,7 +122,7 @@ impl<D: Dialect> GroupCommit<D> {
 
     /// Where work may run on a pooled connection without a transaction: with grouping off,
     /// when a batch is one statement.
-    fn bare_pool(&self) -> Option<&Pool<D::DB>> {
+    pub(crate) fn bare_pool(&self) -> Option<&Pool<D::DB>> {
         match &self.0 {
             Mode::Off(pool) if D::ONE_STATEMENT_BATCH => Some(pool),
             _ => None,

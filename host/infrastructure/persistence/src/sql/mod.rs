@@ -22,6 +22,7 @@
 //! few variants; this keeps each driver's own types, e.g. native UUIDs and JSONB.)
 
 pub(crate) mod batch;
+pub(crate) mod coalesce;
 pub(crate) mod group;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
@@ -444,6 +445,12 @@ impl<D: Dialect> Sql<D> {
         grouped: group::Work<D>,
     ) -> Result<(), StoreError> {
         self.group.run_bare_or(bare, grouped).await
+    }
+
+    /// The pool commits run on without a transaction, one statement each, where nothing is
+    /// grouped and a batch is one statement (see [`Self::commit_bare_or_grouped`]).
+    pub(crate) fn bare_pool(&self) -> Option<&Pool<D::DB>> {
+        self.group.bare_pool()
     }
 
     /// Where reads run.
