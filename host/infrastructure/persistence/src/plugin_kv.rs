@@ -606,6 +606,83 @@ mod tests {
     use crate::sql::postgres::{PostgresDialect, widest_step};
     use crate::testing::TestDatabase;
 
+    fn add(
+        key: &'static str,
+        delta: i64,
+        min: Option<i64>,
+        max: Option<i64>,
+    ) -> CounterAdd<'static> {
+        CounterAdd {
+            namespace: "ns",
+            key,
+            delta,
+            min,
+            max,
+        }
+    }
+
+    /// Which adds sum (takes against a lower bound, gives against an upper one, unbounded
+    /// ones; the same bounds per counter), and that a refused join changes nothing.
+    #[test]
+    fn summed_adds_join_only_what_cannot_cross_a_bound_in_any_order() {
+        let take = |key, delta| add(key, delta, Some(0), None);
+        let mut summed = SummedAdds::default();
+        assert!(summed.join(&[take("a", -2), take("b", -1)]));
+        assert!(summed.join(&[take("a", -3)]));
+        assert!(summed.join(&[take("a", 0)]), "a zero take");
+        let refused = [
+            (
+                "a give beside takes, other bounds",
+                vec![add("a", 1, None, None)],
+            ),
+            (
+                "a give against the same lower bound",
+                vec![add("a", 1, Some(0), None)],
+            ),
+            (
+                "a take with another lower bound",
+                vec![add("a", -1, Some(5), None)],
+            ),
+            (
+                "a take with both bounds",
+                vec![add("c", -1, Some(0), Some(9))],
+            ),
+            (
+                "a give against a lower bound",
+                vec![add("c", 1, Some(0), None)],
+            ),
+            (
+                "a take against an upper bound",
+                vec![add("c", -1, None, Some(9))],
+            ),
+            (
+                "one counter twice in a commit",
+                vec![take("c", -1), take("c", -1)],
+            ),
+            ("an overflow", vec![take("a", i64::MIN)]),
+            // The first add would join; the second refuses the commit, and neither counts.
+            (
+                "half a commit",
+                vec![take("b", -4), add("a", 1, None, None)],
+            ),
+        ];
+        for (why, adds) in refused {
+            assert!(!summed.join(&adds), "{why}");
+        }
+        let sums: Vec<_> = summed.counters.values().map(|a| (a.key, a.delta)).collect();
+        assert_eq!(sums, vec![("a", -5), ("b", -1)]);
+        let mut gives = SummedAdds::default();
+        assert!(gives.join(&[add("g", 2, None, Some(10))]));
+        assert!(gives.join(&[add("g", 3, None, Some(10))]));
+        assert!(gives.join(&[add("u", -3, None, None)]));
+        assert!(
+            gives.join(&[add("u", 4, None, None)]),
+            "unbounded adds either way"
+        );
+        let sums: Vec<_> = gives.counters.values().map(|a| (a.key, a.delta)).collect();
+        assert_eq!(sums, vec![("g", 5), ("u", 1)]);
+    }
+
     /// The key read is prepared, so PostgreSQL may run it with a generic plan made while the
     /// table was small (here 50 keys in two namespaces, not analysed). At 40,000 keys in the
     /// namespace it must still probe each asked key and read nothing else, in both forms: a

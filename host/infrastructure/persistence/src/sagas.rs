@@ -22,7 +22,7 @@ use crate::mapping::{SagaInts, decode_saga, saga_columns, saga_from_row};
 use crate::orders::{OrderChecks, OwnedOrderWrite, push_order, write_error};
 use crate::plugin_kv::{NewRecords, SummedAdds};
 use crate::sql::batch::GUARD;
-use crate::sql::coalesce::{Coalescer, RunGroup};
+use crate::sql::coalesce::{Coalescer, Grouped, RunGroup};
 use crate::sql::{
     Args, Batch, Column, ConnOf, Dialect, PartId, Q, RowExt, RowOf, Rows, Sql, UniqueIndex,
     current_version, json, work,
@@ -40,19 +40,20 @@ type CounterCoalescer = Coalescer<(String, String), Arc<OwnedSagaCommit>>;
 pub(crate) struct SqlSagaStore<D: Dialect> {
     sql: Sql<D>,
     /// Where commits run bare, one statement each ([`Sql::bare_pool`]): the commits that
-    /// would queue on one counter, sent together. With commit lanes (SQLite, or grouping
+    /// would queue on one counter, sent together, and that pool. With commit lanes (SQLite, or grouping
     /// turned on) a lane's group already takes a hot row once.
-    coalescer: Option<Arc<CounterCoalescer>>,
+    coalescer: Option<(Arc<CounterCoalescer>, Pool<D::DB>)>,
     dialect: PhantomData<D>,
 }
 
 impl<D: Dialect> SqlSagaStore<D> {
     pub(crate) fn new(sql: Sql<D>) -> Self {
         let coalescer = sql.bare_pool().map(|pool| {
-            let pool = pool.clone();
-            let run_group: RunGroup<Arc<OwnedSagaCommit>> =
-                Box::new(move |commits| Box::pin(commit_coalesced::<D>(pool.clone(), commits)));
-            Coalescer::new(MAX_COALESCED, run_group)
+            let runner_pool = pool.clone();
+            let run_group: RunGroup<Arc<OwnedSagaCommit>> = Box::new(move |commits| {
+                Box::pin(commit_coalesced::<D>(runner_pool.clone(), commits))
+            });
+            (Coalescer::new(MAX_COALESCED, run_group), pool.clone())
         });
         Self {
             sql,
@@ -456,60 +457,68 @@ async fn commit_bare<D: Dialect>(
 /// parameters: this many stay far below PostgreSQL's 65,535.
 const MAX_COALESCED: usize = 32;
 
-/// Commits saga commits that waited for the same counter (`sql::coalesce`): those whose
-/// counter adds sum ([`SummedAdds`]) as one statement that updates each counter once, all or
-/// nothing; the others, and all of them when that statement is refused (a bound crossed, a
-/// lease lost, an order moved: it cannot tell whose), one by one as [`commit_bare`], which
-/// answers each its own outcome. A refused group costs a statement more than running its
-/// commits one by one; it is rare where many commits queue for one counter (a stock running
-/// out refuses only the commits at the end).
+/// Commits a group of saga commits of one counter (`sql::coalesce`). A group of one (nothing
+/// was in flight when it came) is committed as [`commit_bare`]. In a larger one, the commits
+/// whose counter adds sum ([`SummedAdds`]) go as one statement that updates each counter once,
+/// all or nothing; the others, and all of them when that statement is refused (a bound
+/// crossed, a lease lost, an order moved: it cannot tell whose), are handed back to their
+/// callers, which commit them alone, each hearing its own outcome. A refused group costs a
+/// statement more than committing its commits alone; where many commits queue for one
+/// counter it is rare (a stock running out refuses the groups at its end).
 async fn commit_coalesced<D: Dialect>(
     pool: Pool<D::DB>,
     commits: Vec<Arc<OwnedSagaCommit>>,
-) -> Vec<Result<(), StoreError>> {
-    let mut done = vec![false; commits.len()];
-    if commits.len() > 1 {
-        let mut summed = SummedAdds::default();
-        let together: Vec<usize> = (0..commits.len())
-            .filter(|&i| {
-                crate::plugin_kv::counter_adds(&commits[i].kv())
-                    .is_some_and(|adds| summed.join(&adds))
-            })
-            .collect();
-        if together.len() > 1 {
-            let group: Vec<&OwnedSagaCommit> =
-                together.iter().map(|&i| commits[i].as_ref()).collect();
-            let landed = match pool.acquire().await {
-                Ok(mut conn) => commit_together::<D>(&mut conn, &group, summed).await,
-                Err(e) => Err(D::classify(e)),
-            };
-            if let Ok(true) = landed {
-                for i in together {
-                    done[i] = true;
-                }
-            }
-        }
+) -> Vec<Grouped<Arc<OwnedSagaCommit>>> {
+    if let [commit] = commits.as_slice() {
+        return vec![Grouped::Done(commit_alone::<D>(&pool, commit).await)];
     }
-    if commits.len() > 1 {
-        let together = done.iter().filter(|&&d| d).count();
-        let coalesced = |outcome: &'static str, n: usize| {
-            metrics::counter!("oms_saga_commits_coalesced_total", "outcome" => outcome)
-                .increment(n as u64);
+    let mut summed = SummedAdds::default();
+    let together: Vec<bool> = commits
+        .iter()
+        .map(|commit| {
+            crate::plugin_kv::counter_adds(&commit.kv()).is_some_and(|adds| summed.join(&adds))
+        })
+        .collect();
+    let group: Vec<&OwnedSagaCommit> = commits
+        .iter()
+        .zip(&together)
+        .filter(|&(_, &together)| together)
+        .map(|(commit, _)| commit.as_ref())
+        .collect();
+    let landed = group.len() > 1
+        && match pool.acquire().await {
+            Ok(mut conn) => commit_together::<D>(&mut conn, &group, summed)
+                .await
+                .unwrap_or(false),
+            Err(_) => false,
         };
-        coalesced("together", together);
-        coalesced("alone", commits.len() - together);
-    }
-    let alone = commits.iter().zip(&done).map(|(commit, &done)| {
-        let pool = pool.clone();
-        async move {
-            if done {
-                return Ok(());
+    let landed_n = if landed { group.len() } else { 0 };
+    let coalesced = |outcome: &'static str, n: usize| {
+        metrics::counter!("oms_saga_commits_coalesced_total", "outcome" => outcome)
+            .increment(n as u64);
+    };
+    coalesced("together", landed_n);
+    coalesced("alone", commits.len() - landed_n);
+    commits
+        .into_iter()
+        .zip(together)
+        .map(|(commit, together)| {
+            if landed && together {
+                Grouped::Done(Ok(()))
+            } else {
+                Grouped::Alone(commit)
             }
-            let mut conn = pool.acquire().await.map_err(D::classify)?;
-            commit_bare::<D>(&mut conn, commit).await
-        }
-    });
-    futures::future::join_all(alone).await
+        })
+        .collect()
+}
+
+/// [`commit_bare`] on a connection of `pool`.
+async fn commit_alone<D: Dialect>(
+    pool: &Pool<D::DB>,
+    commit: &OwnedSagaCommit,
+) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await.map_err(D::classify)?;
+    commit_bare::<D>(&mut conn, commit).await
 }
 
 /// `commits` as one statement, outside any transaction: each one's batch with every count
@@ -634,8 +643,13 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         });
         // A commit that takes from a counter waits for the one in flight on that counter, and
         // goes with the others that waited (`sql::coalesce`).
-        if let Some((coalescer, counter)) = self.coalescer.as_ref().zip(commit.hot_counter()) {
-            return coalescer.run(counter, commit).await;
+        if let Some(((coalescer, pool), counter)) =
+            self.coalescer.as_ref().zip(commit.hot_counter())
+        {
+            return match coalescer.run(counter, commit).await {
+                Grouped::Done(outcome) => outcome,
+                Grouped::Alone(commit) => commit_alone::<D>(pool, &commit).await,
+            };
         }
         let grouped = {
             let commit = Arc::clone(&commit);
@@ -964,10 +978,46 @@ mod tests {
         .unwrap()
     }
 
+    /// Commits `commits` as one group of their counter, and the ones handed back alone, as
+    /// `SqlSagaStore::commit` does: what each heard, and whether it was handed back.
+    async fn as_one_group(
+        pool: &sqlx::PgPool,
+        commits: Vec<Arc<OwnedSagaCommit>>,
+    ) -> Vec<(Result<(), StoreError>, bool)> {
+        let grouped = commit_coalesced::<PostgresDialect>(pool.clone(), commits).await;
+        let each = grouped.into_iter().map(|grouped| async move {
+            match grouped {
+                Grouped::Done(outcome) => (outcome, false),
+                Grouped::Alone(commit) => {
+                    (commit_alone::<PostgresDialect>(pool, &commit).await, true)
+                }
+            }
+        });
+        futures::future::join_all(each).await
+    }
+
+    /// A give of `delta` (no bound) on `counter` under `record`, as a release.
+    fn give_as(record: &str, counter: &str, delta: i64) -> StepRecord {
+        let mut give = reserve_as(record, counter, delta);
+        if let Some(call) = give.call.as_mut() {
+            let mut changes = (*call.kv).clone();
+            if let Some(change) = changes.keys.get_mut(counter) {
+                change.effect = KeyEffect::Add {
+                    delta,
+                    min: None,
+                    max: None,
+                };
+            }
+            call.kv = Arc::new(changes);
+        }
+        give
+    }
+
     /// Coalesced commits (PostgreSQL): commits that take from one counter land in one
-    /// statement, which updates the counter once; when their sum crosses the counter's bound,
-    /// or one of them lost its lease, each is run alone and hears its own outcome, and the
-    /// counter is never overdrawn. A give cannot be summed with takes and goes alone.
+    /// statement, which updates the counter once. When the statement is refused (a lost lease
+    /// though the sum fits; a sum that crosses the bound) every commit is handed back, runs
+    /// alone and hears its own outcome, and the counter is never overdrawn. A give cannot be
+    /// summed with takes: handed back, while the takes still land together.
     #[tokio::test]
     async fn commits_waiting_for_one_counter_land_together_or_each_alone() {
         let test_db = TestDatabase::postgres().await.unwrap();
@@ -977,80 +1027,85 @@ mod tests {
         let seed = Swap {
             key: "stock/A".into(),
             expected: None,
-            new: Some(b"10".to_vec()),
+            new: Some(b"20".to_vec()),
         };
         kv.batch(NS, &[seed], &[]).await.unwrap();
         let stock = || async { kv.get(NS, "stock/A").await.unwrap().unwrap() };
+        let takes = |sagas: &[SagaInstance], prefix: &str, n: i64| {
+            sagas
+                .iter()
+                .enumerate()
+                .map(|(i, saga)| {
+                    next_step(
+                        saga,
+                        "w1",
+                        reserve_as(&format!("rsv/{prefix}{i}"), "stock/A", -n),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
 
-        // Four takes of 2 from 10: one statement, one transaction, the counter at 2.
+        // Four takes of 2 from 20: one statement, one transaction, the counter at 12.
         let sagas = claimed_sagas(&db, 4).await;
-        let commits = sagas
-            .iter()
-            .enumerate()
-            .map(|(i, saga)| next_step(saga, "w1", reserve_as(&format!("rsv/{i}"), "stock/A", -2)))
-            .collect();
-        let heard = commit_coalesced::<PostgresDialect>(pool.clone(), commits).await;
-        assert_eq!(heard, vec![Ok(()); 4]);
-        assert_eq!(stock().await, b"2");
+        let heard = as_one_group(&pool, takes(&sagas, "a", 2)).await;
+        assert_eq!(heard, vec![(Ok(()), false); 4]);
+        assert_eq!(stock().await, b"12");
         assert_eq!(
             writers(&pool, &sagas).await,
             1,
             "one statement wrote the four steps"
         );
 
-        // Three takes of 1 from 2, one of them by a worker that lost its lease, and a give of
-        // 5 (not summed with takes): the group is refused, each runs alone.
-        let sagas = claimed_sagas(&db, 4).await;
-        let take = |i: usize, owner: &str| {
-            next_step(
-                &sagas[i],
-                owner,
-                reserve_as(&format!("rsv/b{i}"), "stock/A", -1),
-            )
-        };
-        let mut give = reserve_as("rsv/b3", "stock/A", 5);
-        if let Some(call) = give.call.as_mut() {
-            let mut changes = (*call.kv).clone();
-            if let Some(change) = changes.keys.get_mut("stock/A") {
-                change.effect = KeyEffect::Add {
-                    delta: 5,
-                    min: None,
-                    max: None,
-                };
-            }
-            call.kv = Arc::new(changes);
-        }
-        let commits = vec![
-            take(0, "w1"),
-            take(1, "w2"),
-            take(2, "w1"),
-            next_step(&sagas[3], "w1", give),
-        ];
-        let heard = commit_coalesced::<PostgresDialect>(pool.clone(), commits).await;
-        assert_eq!(heard[1], Err(StoreError::LeaseLost), "{heard:?}");
-        // Takes 0 and 2 fit the 2 left, the give adds 5, in whichever order they ran.
-        assert_eq!(heard[0], Ok(()), "{heard:?}");
-        assert_eq!(heard[2], Ok(()), "{heard:?}");
-        assert_eq!(heard[3], Ok(()), "{heard:?}");
-        assert_eq!(stock().await, b"5");
-        assert_eq!(kv.get(NS, "rsv/b1").await.unwrap(), None);
-
-        // Three takes of 2 from 5: two land, one hears its conflict; never below zero.
+        // Three takes of 1, the second by a worker that lost its lease: the sum fits, but the
+        // statement is refused, and each runs alone.
         let sagas = claimed_sagas(&db, 3).await;
-        let commits = sagas
-            .iter()
-            .enumerate()
-            .map(|(i, saga)| next_step(saga, "w1", reserve_as(&format!("rsv/c{i}"), "stock/A", -2)))
-            .collect();
-        let heard = commit_coalesced::<PostgresDialect>(pool.clone(), commits).await;
-        assert_eq!(heard.iter().filter(|h| h.is_ok()).count(), 2, "{heard:?}");
-        assert!(
-            heard
-                .iter()
-                .any(|h| matches!(h, Err(StoreError::KvConflict { key, .. }) if key == "stock/A")),
+        let mut commits = takes(&sagas, "b", 1);
+        commits[1] = next_step(&sagas[1], "w2", reserve_as("rsv/b1", "stock/A", -1));
+        let heard = as_one_group(&pool, commits).await;
+        assert_eq!(
+            heard,
+            vec![
+                (Ok(()), true),
+                (Err(StoreError::LeaseLost), true),
+                (Ok(()), true)
+            ]
+        );
+        assert_eq!(stock().await, b"10");
+        assert_eq!(kv.get(NS, "rsv/b1").await.unwrap(), None);
+        let landed = [sagas[0].clone(), sagas[2].clone()];
+        assert_eq!(writers(&pool, &landed).await, 2, "each landed alone");
+
+        // Two takes of 1 and a give of 5: the takes land together, the give alone.
+        let sagas = claimed_sagas(&db, 3).await;
+        let mut commits = takes(&sagas[..2], "c", 1);
+        commits.push(next_step(&sagas[2], "w1", give_as("rsv/c2", "stock/A", 5)));
+        let heard = as_one_group(&pool, commits).await;
+        assert_eq!(
+            heard,
+            vec![(Ok(()), false), (Ok(()), false), (Ok(()), true)]
+        );
+        assert_eq!(stock().await, b"13");
+        assert_eq!(writers(&pool, &sagas[..2]).await, 1);
+
+        // Three takes of 5 from 13: refused together; alone, two land and one hears its
+        // conflict; never below zero.
+        let sagas = claimed_sagas(&db, 3).await;
+        let heard = as_one_group(&pool, takes(&sagas, "d", 5)).await;
+        assert_eq!(
+            heard.iter().filter(|(h, _)| h.is_ok()).count(),
+            2,
             "{heard:?}"
         );
-        assert_eq!(stock().await, b"1");
+        assert!(
+            heard.iter().all(|(h, alone)| *alone
+                && match h {
+                    Ok(()) => true,
+                    Err(StoreError::KvConflict { key, .. }) => key == "stock/A",
+                    Err(_) => false,
+                }),
+            "{heard:?}"
+        );
+        assert_eq!(stock().await, b"3");
         db.close().await;
         test_db.cleanup().await.unwrap();
     }

@@ -6,15 +6,16 @@
 //! before it to be flushed, each holding a connection and a backend while it waits, and the
 //! hot SKU ran at 78-84% of spread SKUs (docs/benchmarks.md).
 //!
-//! Here commits are keyed by the hot row they update. While a commit for a key is in flight,
-//! the next ones for that key wait in the host instead of on the row; when it ends, those
-//! that waited go on as one group (up to `max_group`), which the runner commits as it can:
-//! the saga store sends them as one statement that updates the row once. A commit that finds
-//! nothing in flight for its key goes at once, alone, exactly as it would without this, so
-//! nothing waits at low load or on spread keys.
+//! Here commits are keyed by the hot row they update. While a group for a key is in flight,
+//! the next commits for that key wait in the host instead of on the row; when it ends, those
+//! that waited go on as the next group (up to `max_group`). A commit that finds nothing in
+//! flight for its key goes at once, as a group of one, so nothing waits at low load or on
+//! spread keys.
 //!
-//! Waiting in the host costs nothing the row did not already cost: a commit for a key in
-//! flight could not have updated the row before that one's flush anyway.
+//! The runner commits a group as it can (the saga store: as one statement that updates the
+//! row once) and hands back, [`Grouped::Alone`], the jobs it did not commit (they could not
+//! go with the others, or the group was refused): their callers then commit them alone on
+//! their own tasks, and the key is free for the next group meanwhile.
 //!
 //! A group runs on a task of its own, so a caller that goes away (a cancelled request) never
 //! leaves its key marked in flight, and a group is run to its end either way.
@@ -30,17 +31,29 @@ use futures::future::BoxFuture;
 use oms_application::ports::StoreError;
 use tokio::sync::oneshot;
 
-/// Commits a group of jobs and answers each, in the group's order.
-pub(crate) type RunGroup<J> =
-    Box<dyn Fn(Vec<J>) -> BoxFuture<'static, Vec<Result<(), StoreError>>> + Send + Sync>;
+/// What became of a job in its group.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Grouped<J> {
+    /// Committed, or refused with this error.
+    Done(Result<(), StoreError>),
+    /// Not committed: the caller commits it alone.
+    Alone(J),
+}
 
-type Answer = oneshot::Sender<Result<(), StoreError>>;
+/// Commits a group of jobs and says what became of each, in the group's order.
+pub(crate) type RunGroup<J> =
+    Box<dyn Fn(Vec<J>) -> BoxFuture<'static, Vec<Grouped<J>>> + Send + Sync>;
+
+type Answer<J> = oneshot::Sender<Grouped<J>>;
+
+/// The jobs waiting per key, each with where its answer goes.
+type Waiting<K, J> = HashMap<K, Vec<(J, Answer<J>)>>;
 
 const STOPPED: &str = "a coalesced commit stopped before answering";
 
 /// The jobs waiting per key; a key is present while a group of it is in flight.
 pub(crate) struct Coalescer<K, J> {
-    waiting: Mutex<HashMap<K, Vec<(J, Answer)>>>,
+    waiting: Mutex<Waiting<K, J>>,
     run_group: RunGroup<J>,
     max_group: usize,
 }
@@ -58,9 +71,9 @@ where
         })
     }
 
-    /// Commits `job` with the jobs of `key` that wait with it; returns once its group is
-    /// committed, with the job's own outcome.
-    pub(crate) async fn run(self: &Arc<Self>, key: K, job: J) -> Result<(), StoreError> {
+    /// Runs `job` in a group of `key`: after the group in flight for `key`, if any, with the
+    /// jobs that waited with it.
+    pub(crate) async fn run(self: &Arc<Self>, key: K, job: J) -> Grouped<J> {
         let (done, answer) = oneshot::channel();
         let lead = match self.lock().entry(key.clone()) {
             Entry::Occupied(mut queued) => {
@@ -77,22 +90,21 @@ where
         }
         answer
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable(STOPPED.to_owned())))
+            .unwrap_or_else(|_| Grouped::Done(Err(StoreError::Unavailable(STOPPED.to_owned()))))
     }
 
     /// Runs `group`, then whatever queued for `key` meanwhile, until nothing is left.
-    async fn drain(self: Arc<Self>, key: K, mut group: Vec<(J, Answer)>) {
+    async fn drain(self: Arc<Self>, key: K, mut group: Vec<(J, Answer<J>)>) {
         loop {
-            let (jobs, answers): (Vec<J>, Vec<Answer>) = group.into_iter().unzip();
+            let (jobs, answers): (Vec<J>, Vec<Answer<J>>) = group.into_iter().unzip();
             // A panicking runner (a bug) fails its group, whose callers hear that it stopped
             // (their answers are dropped); the key goes on being served.
-            match AssertUnwindSafe((self.run_group)(jobs))
-                .catch_unwind()
-                .await
-            {
+            let run = async { (self.run_group)(jobs).await };
+            match AssertUnwindSafe(run).catch_unwind().await {
                 Ok(outcomes) => {
                     for (answer, outcome) in answers.into_iter().zip(outcomes) {
-                        // The caller may have gone; its job ran all the same.
+                        // The caller may have gone; its job ran all the same (or, handed
+                        // back, is dropped uncommitted: nobody waits for it).
                         let _ = answer.send(outcome);
                     }
                 }
@@ -113,7 +125,7 @@ where
 
     /// The map, also after a panic elsewhere while it was held: every change to it is one
     /// call that cannot leave it half-made.
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Vec<(J, Answer)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting<K, J>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -125,6 +137,7 @@ mod tests {
     //! lone job goes at once.
 
     use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
 
     use tokio::sync::{Semaphore, mpsc};
 
@@ -134,7 +147,8 @@ mod tests {
     type Groups = mpsc::UnboundedReceiver<Vec<i64>>;
 
     /// A coalescer whose runner reports each group it gets and then waits for a permit, so
-    /// the test decides when a group ends. A job `n < 0` fails.
+    /// the test decides when a group ends. A job `n < 0` fails; a job `n >= 100` is handed
+    /// back.
     fn held() -> (Arc<Coalescer<&'static str, i64>>, Groups, Arc<Semaphore>) {
         let (groups, seen) = mpsc::unbounded_channel();
         let gate = Arc::new(Semaphore::new(0));
@@ -148,12 +162,10 @@ mod tests {
                 Box::pin(async move {
                     gate.acquire().await.unwrap().forget();
                     jobs.iter()
-                        .map(|&n| {
-                            if n < 0 {
-                                Err(StoreError::LeaseLost)
-                            } else {
-                                Ok(())
-                            }
+                        .map(|&n| match n {
+                            ..0 => Grouped::Done(Err(StoreError::LeaseLost)),
+                            100.. => Grouped::Alone(n),
+                            _ => Grouped::Done(Ok(())),
                         })
                         .collect()
                 })
@@ -162,7 +174,17 @@ mod tests {
         (coalescer, seen, gate)
     }
 
-    #[tokio::test]
+    /// The next group the runner got; a test that waits for one that never comes fails.
+    async fn next(seen: &mut Groups) -> Vec<i64> {
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("no group came")
+            .unwrap()
+    }
+
+    // One thread: spawned tasks run only when the test yields, which makes the order in which
+    // jobs queue, and which permit releases which group, the test's.
+    #[tokio::test(flavor = "current_thread")]
     async fn jobs_that_wait_for_a_key_go_together_and_others_go_at_once() {
         let (coalescer, mut seen, gate) = held();
         let call = |key: &'static str, n: i64| {
@@ -170,14 +192,10 @@ mod tests {
             tokio::spawn(async move { coalescer.run(key, n).await })
         };
         let first = call("a", 1);
-        assert_eq!(
-            seen.recv().await.unwrap(),
-            vec![1],
-            "a lone job goes at once"
-        );
+        assert_eq!(next(&mut seen).await, vec![1], "a lone job goes at once");
         // While job 1 is in flight, four more for key "a" wait; one for "b" does not.
         let mut waiting = Vec::new();
-        for n in [2, -3, 4, 5] {
+        for n in [2, -3, 104, 5] {
             waiting.push(call("a", n));
             // Queued in call order: each waits until its job is in the map.
             while coalescer.lock().get("a").map_or(0, Vec::len) < waiting.len() {
@@ -185,20 +203,15 @@ mod tests {
             }
         }
         let other = call("b", 9);
-        assert_eq!(
-            seen.recv().await.unwrap(),
-            vec![9],
-            "another key is not held"
-        );
-        gate.add_permits(1);
-        // Job 1 and job 9 hold one permit each; whichever took it, the other is released next.
-        gate.add_permits(1);
-        first.await.unwrap().unwrap();
-        other.await.unwrap().unwrap();
+        assert_eq!(next(&mut seen).await, vec![9], "another key is not held");
+        // Jobs 1 and 9 wait for a permit each.
+        gate.add_permits(2);
+        assert_eq!(first.await.unwrap(), Grouped::Done(Ok(())));
+        assert_eq!(other.await.unwrap(), Grouped::Done(Ok(())));
         // The next group is the first three that waited (`max_group`), then the last.
-        assert_eq!(seen.recv().await.unwrap(), vec![2, -3, 4]);
+        assert_eq!(next(&mut seen).await, vec![2, -3, 104]);
         gate.add_permits(1);
-        assert_eq!(seen.recv().await.unwrap(), vec![5]);
+        assert_eq!(next(&mut seen).await, vec![5]);
         gate.add_permits(1);
         let heard: Vec<_> = futures::future::join_all(waiting)
             .await
@@ -207,7 +220,12 @@ mod tests {
             .collect();
         assert_eq!(
             heard,
-            vec![Ok(()), Err(StoreError::LeaseLost), Ok(()), Ok(())]
+            vec![
+                Grouped::Done(Ok(())),
+                Grouped::Done(Err(StoreError::LeaseLost)),
+                Grouped::Alone(104),
+                Grouped::Done(Ok(())),
+            ]
         );
         // Nothing is in flight any more: the keys are free again.
         assert!(coalescer.lock().is_empty());
