@@ -840,47 +840,14 @@ mod tests {
     async fn one_statement_commit_lands_whole_or_writes_nothing() {
         let test_db = TestDatabase::postgres().await.unwrap();
         let db = test_db.connect().await.unwrap();
-        let now = Timestamp::from_unix_millis(1_000);
-        let (order, _) = Order::place(sample_order(), OrderId::generate(), now);
-        let saga = SagaInstance::start(SagaKind::PlaceOrder, order.id(), now);
-        db.orders()
-            .save(OrderWrite {
-                order: &order,
-                expected_version: None,
-                outbox: &[],
-                idempotency: None,
-                start_saga: Some(&saga),
-                lease_saga_to: None,
-            })
-            .await
-            .unwrap();
-        let lease_until = Timestamp::from_unix_millis(100_000);
-        let claimed = db
-            .sagas()
-            .claim_due("w1", Timestamp::from_unix_millis(2_000), lease_until, 1)
-            .await
-            .unwrap()
-            .pop()
-            .unwrap();
+        let claimed = claimed_sagas(&db, 1).await.pop().unwrap();
         let seed = Swap {
             key: "stock/A".into(),
             expected: None,
             new: Some(b"5".to_vec()),
         };
         db.plugin_kv().batch(NS, &[seed], &[]).await.unwrap();
-        let commit = |owner: &str, step: StepRecord| {
-            let mut next = claimed.clone();
-            next.step += 1;
-            next.version += 1;
-            OwnedSagaCommit {
-                saga: next,
-                expected_version: claimed.version,
-                owner: Some(owner.to_owned()),
-                lease_until,
-                steps: vec![step],
-                order: None,
-            }
-        };
+        let commit = |owner: &str, step: StepRecord| next_step(&claimed, owner, step);
         let kv = db.plugin_kv();
         let mut conn = db.postgres().unwrap().acquire().await.unwrap();
         for (why, refused) in [
