@@ -40,8 +40,8 @@ type CounterCoalescer = Coalescer<(String, String), Arc<OwnedSagaCommit>>;
 pub(crate) struct SqlSagaStore<D: Dialect> {
     sql: Sql<D>,
     /// Where commits run bare, one statement each ([`Sql::bare_pool`]): the commits that
-    /// would queue on one counter, sent together, and that pool. With commit lanes (SQLite, or grouping
-    /// turned on) a lane's group already takes a hot row once.
+    /// would queue on one counter, sent together, and that pool. With commit lanes (SQLite,
+    /// or grouping turned on) a lane's group already takes a hot row once.
     coalescer: Option<(Arc<CounterCoalescer>, Pool<D::DB>)>,
     dialect: PhantomData<D>,
 }
@@ -643,9 +643,11 @@ impl<D: Dialect> SagaStore for SqlSagaStore<D> {
         });
         // A commit that takes from a counter waits for the one in flight on that counter, and
         // goes with the others that waited (`sql::coalesce`).
-        if let Some(((coalescer, pool), counter)) =
-            self.coalescer.as_ref().zip(commit.hot_counter())
-        {
+        let coalesce = self
+            .coalescer
+            .as_ref()
+            .and_then(|coalescer| commit.hot_counter().map(|counter| (coalescer, counter)));
+        if let Some(((coalescer, pool), counter)) = coalesce {
             return match coalescer.run(counter, commit).await {
                 Grouped::Done(outcome) => outcome,
                 Grouped::Alone(commit) => commit_alone::<D>(pool, &commit).await,
