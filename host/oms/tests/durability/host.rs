@@ -143,7 +143,10 @@ impl Host {
         let mut lines = BufReader::new(stdout).lines();
         // Ready once it serves gRPC and has loaded its plugins (in the background, so the
         // two lines come in either order; the tests want a host that places orders at once).
-        let addr = tokio::time::timeout(Duration::from_secs(180), async {
+        // Generous: the example plugins' test loads three Python and three JavaScript
+        // components, compiled at load. On a slow 2-core machine, otherwise idle, that ran
+        // past the former 180 s once and passed in 179 s (orders included) the next time.
+        let addr = tokio::time::timeout(Duration::from_secs(600), async {
             let (mut addr, mut loaded) = (None, false);
             while let Some(line) = lines.next_line().await.expect("read host log") {
                 if line.contains("oms serving gRPC") {
@@ -158,7 +161,7 @@ impl Host {
             panic!("host exited before serving");
         })
         .await
-        .expect("host serves and loads its plugins within 180 s (a Python component takes ~40 s to compile)");
+        .expect("host serves and loads its plugins within 600 s (a Python component takes ~40 s or more to compile)");
         // Keep draining the log so the child never blocks on a full pipe, noting group sizes.
         let largest_group = Arc::new(AtomicU64::new(0));
         let largest = Arc::clone(&largest_group);
